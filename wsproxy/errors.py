@@ -7,7 +7,7 @@
     │       └── InvalidTransition(state, trigger)
     ├── HandshakeRejected(status, reason, headers)   an HTTP answer instead of 101
     └── UpstreamError
-        ├── UpstreamUnavailable(target)              refused, timed out, garbled -> next backend, then 502
+        ├── UpstreamUnavailable(target)              unreachable or garbled: next backend, then 502
         └── UpstreamHandshakeFailed(status)          the backend said no -> its status
 
 A peer's misbehaviour on an open WebSocket is not an exception: the sans-I/O core turns

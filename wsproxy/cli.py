@@ -1,0 +1,173 @@
+"""The command line: ``wsproxy run | demo | check-config | echo-backend``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import signal
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+import anyio
+
+from wsproxy import __version__
+from wsproxy.config import ProxyConfig, load_config, parse_config
+from wsproxy.errors import ConfigError
+from wsproxy.log import configure_logging, get_logger
+
+#: Exit status for a configuration the user has to fix (SPEC.md).
+EXIT_CONFIG = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``wsproxy`` command; returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        result: int = args.func(args)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"wsproxy: config error: {problem}", file=sys.stderr)  # noqa: T201
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return 130
+    return result
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wsproxy", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"wsproxy {__version__}")
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the proxy until SIGTERM/SIGINT")
+    run.add_argument("-c", "--config", required=True, metavar="FILE")
+    run.set_defaults(func=_cmd_run)
+
+    check = sub.add_parser("check-config", help="validate a config file (exit 0 or 2)")
+    check.add_argument("-c", "--config", required=True, metavar="FILE")
+    check.set_defaults(func=_cmd_check_config)
+
+    demo = sub.add_parser("demo", help="two echo backends and the proxy, on 127.0.0.1")
+    demo.add_argument("--port", type=int, default=8080, help="the proxy's port (8080)")
+    demo.set_defaults(func=_cmd_demo)
+
+    echo = sub.add_parser("echo-backend", help="a built-in echo WebSocket server")
+    echo.add_argument("--port", type=int, required=True)
+    echo.add_argument("--host", default="127.0.0.1")
+    echo.set_defaults(func=_cmd_echo)
+    return parser
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    load_config(args.config)
+    print(f"{args.config}: ok")  # noqa: T201
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    configure_logging(config.logging.level, config.logging.format)
+    return _run_async(_serve_until_signal, config)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    configure_logging("info", "console")
+    return _run_async(_demo, args.port)
+
+
+def _cmd_echo(args: argparse.Namespace) -> int:
+    configure_logging("info", "json")
+    return _run_async(_echo, args.host, args.port)
+
+
+def _run_async(fn: Callable[..., Coroutine[Any, Any, int]], *args: Any) -> int:
+    """anyio.run on asyncio, with uvloop where it is installed (PERF-NOTES.md)."""
+    options = {"use_uvloop": importlib.util.find_spec("uvloop") is not None}
+    try:
+        return anyio.run(fn, *args, backend="asyncio", backend_options=options)
+    except (OSError, BaseExceptionGroup) as exc:
+        # A port in use, a certificate file that cannot be read: no traceback.
+        errors = _leaves(exc)
+        if not all(isinstance(e, OSError) for e in errors):
+            raise
+        for error in errors:
+            print(f"wsproxy: {error}", file=sys.stderr)  # noqa: T201
+        return 1
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if not isinstance(exc, BaseExceptionGroup):
+        return [exc]
+    return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+
+
+async def _serve_until_signal(config: ProxyConfig) -> int:
+    from wsproxy.supervisor import serve
+
+    stop = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_watch_signals, stop)
+        await serve(config, stop)
+        tg.cancel_scope.cancel()
+    return 0
+
+
+async def _watch_signals(stop: anyio.Event) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            get_logger().info("proxy.signal", signal=signal.Signals(signum).name)
+            stop.set()
+
+
+async def _echo(host: str, port: int) -> int:
+    from wsproxy.echo import start_echo_server
+
+    server = await start_echo_server(host, port)
+    get_logger().info("echo.listening", address=f"{host}:{server.sockets[0].getsockname()[1]}")
+    stop = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_watch_signals, stop)
+        await stop.wait()
+        tg.cancel_scope.cancel()
+    server.close()
+    return 0
+
+
+async def _demo(port: int) -> int:
+    from wsproxy.echo import start_echo_server
+    from wsproxy.supervisor import serve
+
+    echoes = [await start_echo_server() for _ in range(2)]
+    backends = [
+        {"name": f"echo-{i + 1}", "url": f"ws://127.0.0.1:{s.sockets[0].getsockname()[1]}"}
+        for i, s in enumerate(echoes)
+    ]
+    config = parse_config({
+        "listen": {"host": "127.0.0.1", "port": port},
+        "backends": backends,
+        "logging": {"level": "info", "format": "console"},
+    })
+    stop = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_watch_signals, stop)
+        await tg.start(serve, config, stop)
+        print(_DEMO_TEXT.format(port=port, backends=", ".join(  # noqa: T201
+            f"{b['name']} at {b['url']}" for b in backends)), flush=True)
+        await stop.wait()
+    for server in echoes:
+        server.close()
+    return 0
+
+
+_DEMO_TEXT = """
+wsproxy demo is running. Ctrl-C stops it (with a close frame to every client).
+
+  proxy:     ws://127.0.0.1:{port}/
+  backends:  {backends} (built-in echo servers)
+
+Try it:
+  python -m websockets ws://127.0.0.1:{port}/          # pip install websockets
+  or, in a browser console:
+    ws = new WebSocket("ws://127.0.0.1:{port}/"); ws.onmessage = e => console.log(e.data);
+    ws.onopen = () => ws.send("hello through wsproxy");
+"""

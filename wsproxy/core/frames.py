@@ -1,0 +1,118 @@
+"""RFC 6455 frame arithmetic: header constants, close payloads, frames we build.
+
+The relay never decodes data frames: it reads headers in place and skips payloads by
+arithmetic (wsproxy.core.session). This module holds the pieces that are not the hot
+loop: the rules for control frames and close codes, and builders for the few frames
+the proxy writes itself (its pings, its closes).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Final
+
+# Opcodes (RFC 6455 §5.2).
+CONTINUATION: Final = 0x0
+TEXT: Final = 0x1
+BINARY: Final = 0x2
+CLOSE: Final = 0x8
+PING: Final = 0x9
+PONG: Final = 0xA
+
+FIN: Final = 0x80
+RSV_BITS: Final = 0x70
+RSV1: Final = 0x40
+MASK_BIT: Final = 0x80
+
+#: Control frames carry at most 125 payload bytes (§5.5).
+MAX_CONTROL_PAYLOAD: Final = 125
+#: A close reason fits in what is left of a control payload after the code.
+MAX_CLOSE_REASON: Final = MAX_CONTROL_PAYLOAD - 2
+
+# Close codes (§7.4.1, and the IANA registry for 1012-1014).
+NORMAL: Final = 1000
+GOING_AWAY: Final = 1001
+PROTOCOL_ERROR: Final = 1002
+INVALID_DATA: Final = 1007
+POLICY_VIOLATION: Final = 1008
+MESSAGE_TOO_BIG: Final = 1009
+SERVICE_RESTART: Final = 1012
+BAD_GATEWAY: Final = 1014
+#: 1005, 1006 and 1015 are for reporting only and never go on the wire.
+NO_STATUS: Final = 1005
+ABNORMAL: Final = 1006
+
+
+def close_code_is_sendable(code: int) -> bool:
+    """Whether *code* may appear in a close frame on the wire (§7.4)."""
+    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
+
+
+class CloseFrameError(ValueError):
+    """A close payload that breaks §5.5.1; ``code`` is what to fail the leg with."""
+
+    def __init__(self, code: int, message: str) -> None:
+        self.code = code
+        super().__init__(message)
+
+
+def parse_close_payload(payload: bytes) -> tuple[int | None, str]:
+    """Read a close frame's (code, reason); (None, "") for an empty payload.
+
+    Raises:
+        CloseFrameError: a one-byte payload or a code not allowed on the wire
+            (1002), or a reason that is not UTF-8 (1007).
+    """
+    if not payload:
+        return None, ""
+    if len(payload) == 1:
+        raise CloseFrameError(PROTOCOL_ERROR, "close payload of one byte")
+    code = int.from_bytes(payload[:2], "big")
+    if not close_code_is_sendable(code):
+        raise CloseFrameError(PROTOCOL_ERROR, f"close code {code} is not allowed")
+    try:
+        reason = payload[2:].decode("utf-8")
+    except UnicodeDecodeError:
+        raise CloseFrameError(INVALID_DATA, "close reason is not UTF-8") from None
+    return code, reason
+
+
+def unmask(payload: bytes, key: bytes) -> bytes:
+    """XOR *payload* with the 4-byte masking *key* (§5.3). Meant for small payloads."""
+    if not payload:
+        return payload
+    # int XOR over the whole payload beats a per-byte loop by an order of magnitude.
+    repeated = (key * (len(payload) // 4 + 1))[: len(payload)]
+    n = int.from_bytes(payload, "big") ^ int.from_bytes(repeated, "big")
+    return n.to_bytes(len(payload), "big")
+
+
+def build_frame(opcode: int, payload: bytes = b"", *, mask: bool) -> bytes:
+    """One final frame. *mask* is True towards a backend (we are its client, §5.1)."""
+    length = len(payload)
+    if length < 126:
+        head = bytes((FIN | opcode, (MASK_BIT if mask else 0) | length))
+    elif length < 1 << 16:
+        head = bytes((FIN | opcode, (MASK_BIT if mask else 0) | 126)) + length.to_bytes(2, "big")
+    else:
+        head = bytes((FIN | opcode, (MASK_BIT if mask else 0) | 127)) + length.to_bytes(8, "big")
+    if not mask:
+        return head + payload
+    key = os.urandom(4)
+    return head + key + unmask(payload, key)
+
+
+def truncate_utf8(text: str, limit: int) -> bytes:
+    """Encode *text* in at most *limit* bytes without splitting a character."""
+    data = text.encode("utf-8")
+    if len(data) <= limit:
+        return data
+    return data[:limit].decode("utf-8", "ignore").encode("utf-8")
+
+
+def build_close(code: int | None, reason: str = "", *, mask: bool) -> bytes:
+    """A close frame; the reason is cut to fit in a control frame."""
+    if code is None:
+        return build_frame(CLOSE, b"", mask=mask)
+    payload = code.to_bytes(2, "big") + truncate_utf8(reason, MAX_CLOSE_REASON)
+    return build_frame(CLOSE, payload, mask=mask)

@@ -1,0 +1,293 @@
+"""The two opening handshakes, as pure functions (RFC 6455 §4).
+
+The client's upgrade is checked here and answered with an HTTP error or, once the
+backend has said 101, with our own 101. The backend gets a handshake of its own (a
+fresh key; the client's path, query, subprotocol and extension offers; the forwarding
+headers), so that both legs are valid WebSocket connections in their own right.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import ipaddress
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Final
+
+import h11
+
+from wsproxy.errors import HandshakeRejected, UpstreamHandshakeFailed, UpstreamUnavailable
+
+GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+Header = tuple[bytes, bytes]
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+#: Hop-by-hop headers (RFC 9110 §7.6.1) and the ones each leg's handshake owns.
+_NOT_FORWARDED: Final = frozenset(
+    {
+        b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
+        b"transfer-encoding", b"upgrade", b"proxy-authenticate", b"proxy-authorization",
+        b"content-length", b"host", b"sec-websocket-key", b"sec-websocket-version",
+        b"sec-websocket-accept", b"sec-websocket-protocol", b"sec-websocket-extensions",
+    }
+)
+#: Headers the proxy sets itself: a client's copy would be a spoof.
+_PROXY_OWNED: Final = frozenset(
+    {
+        b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-real-ip",
+        b"forwarded", b"x-request-id", b"x-auth-subject",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class UpgradeRequest:
+    """A client's upgrade request that passed the RFC 6455 checks."""
+
+    target: bytes
+    host: bytes
+    key: bytes
+    subprotocols: tuple[str, ...]
+    extensions: tuple[bytes, ...]
+    origin: str | None
+    headers: tuple[Header, ...]
+
+    def header(self, name: bytes) -> bytes | None:
+        """The first value of header *name* (lower case), or None."""
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Forwarding:
+    """What the backend is told about the client (the X-Forwarded-* family)."""
+
+    client_ip: str
+    forwarded_for: str
+    proto: str
+    request_id: str
+    identity: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamAccepted:
+    """A backend's valid 101: what the client's own 101 must repeat."""
+
+    subprotocol: str | None
+    extensions: bytes | None
+    headers: tuple[Header, ...] = field(default=())
+
+
+def _tokens(value: bytes) -> list[bytes]:
+    return [t.strip().lower() for t in value.split(b",") if t.strip()]
+
+
+def accept_key(key: bytes) -> bytes:
+    """Sec-WebSocket-Accept for *key* (§4.2.2)."""
+    return base64.b64encode(hashlib.sha1(key + GUID).digest())
+
+
+def new_key() -> bytes:
+    """A fresh Sec-WebSocket-Key for our own handshake with a backend."""
+    return base64.b64encode(os.urandom(16))
+
+
+def _key_is_valid(key: bytes) -> bool:
+    try:
+        return len(base64.b64decode(key, validate=True)) == 16
+    except ValueError:
+        return False
+
+
+def check_upgrade(request: h11.Request) -> UpgradeRequest:
+    """Check a client's request against §4.2.1.
+
+    Raises:
+        HandshakeRejected: 400 for a request that is no valid upgrade, 426 (with
+            ``Sec-WebSocket-Version: 13``) for another protocol version.
+    """
+    headers = tuple((bytes(k), bytes(v)) for k, v in request.headers)
+    values: dict[bytes, list[bytes]] = {}
+    for name, value in headers:
+        values.setdefault(name, []).append(value)
+
+    def joined(name: bytes) -> bytes:
+        return b", ".join(values.get(name, []))
+
+    if b"websocket" not in _tokens(joined(b"upgrade")):
+        raise HandshakeRejected(400, "not a WebSocket upgrade")
+    if request.method != b"GET" or request.http_version != b"1.1":
+        raise HandshakeRejected(400, "a WebSocket upgrade is an HTTP/1.1 GET")
+    if b"upgrade" not in _tokens(joined(b"connection")):
+        raise HandshakeRejected(400, "Connection header lacks 'upgrade'")
+    if values.get(b"sec-websocket-version") != [b"13"]:
+        raise HandshakeRejected(
+            426, "unsupported WebSocket version", [("Sec-WebSocket-Version", "13")]
+        )
+    keys = values.get(b"sec-websocket-key", [])
+    if len(keys) != 1 or not _key_is_valid(keys[0].strip()):
+        raise HandshakeRejected(400, "missing or invalid Sec-WebSocket-Key")
+    # Subprotocol names are case-sensitive: split without lower-casing.
+    subprotocols = tuple(
+        p.strip().decode("latin-1")
+        for p in joined(b"sec-websocket-protocol").split(b",")
+        if p.strip()
+    )
+    origin = values.get(b"origin")
+    return UpgradeRequest(
+        target=bytes(request.target),
+        host=joined(b"host"),
+        key=keys[0].strip(),
+        subprotocols=subprotocols,
+        extensions=tuple(values.get(b"sec-websocket-extensions", [])),
+        origin=origin[0].decode("latin-1") if origin else None,
+        headers=headers,
+    )
+
+
+def client_address(
+    peer_ip: str, forwarded_for: bytes | None, trusted: Sequence[IPNetwork]
+) -> tuple[str, str]:
+    """(the client's address, the X-Forwarded-For chain to send on).
+
+    A peer inside *trusted* is a proxy of ours: its X-Forwarded-For is believed, and
+    the client is the right-most address in the chain that is not a trusted proxy.
+    Anyone else's X-Forwarded-For is a spoof and is replaced.
+    """
+    if not forwarded_for or not _in_networks(peer_ip, trusted):
+        return peer_ip, peer_ip
+    chain = [a.strip() for a in forwarded_for.decode("latin-1").split(",") if a.strip()]
+    client = peer_ip
+    for address in reversed(chain):
+        client = address
+        if not _in_networks(address, trusted):
+            break
+    return client, ", ".join([*chain, peer_ip])
+
+
+def _in_networks(address: str, networks: Iterable[IPNetwork]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in networks)
+
+
+def upstream_request(
+    upgrade: UpgradeRequest,
+    *,
+    authority: str,
+    path_prefix: str,
+    key: bytes,
+    forwarding: Forwarding,
+    pass_extensions: bool,
+) -> h11.Request:
+    """The backend's own handshake request for a client's *upgrade*."""
+    connection_listed = set(_tokens(upgrade.header(b"connection") or b""))
+    headers: list[Header] = [
+        (b"Host", authority.encode("latin-1")),
+        (b"Upgrade", b"websocket"),
+        (b"Connection", b"Upgrade"),
+        (b"Sec-WebSocket-Key", key),
+        (b"Sec-WebSocket-Version", b"13"),
+    ]
+    if upgrade.subprotocols:
+        headers.append((b"Sec-WebSocket-Protocol", ", ".join(upgrade.subprotocols).encode()))
+    if pass_extensions:
+        headers.extend((b"Sec-WebSocket-Extensions", v) for v in upgrade.extensions)
+    for name, value in upgrade.headers:
+        if name in _NOT_FORWARDED or name in _PROXY_OWNED or name in connection_listed:
+            continue
+        headers.append((name, value))
+    headers += [
+        (b"X-Forwarded-For", forwarding.forwarded_for.encode("latin-1")),
+        (b"X-Forwarded-Proto", forwarding.proto.encode("latin-1")),
+        (b"X-Forwarded-Host", upgrade.host),
+        (b"X-Request-Id", forwarding.request_id.encode("latin-1")),
+    ]
+    headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in forwarding.identity]
+    target = path_prefix.rstrip("/").encode("latin-1") + upgrade.target
+    return h11.Request(method="GET", target=target, headers=headers)
+
+
+def check_upstream_response(
+    response: h11.InformationalResponse | h11.Response,
+    *,
+    target: str,
+    key: bytes,
+    offered: Sequence[str],
+    pass_extensions: bool,
+) -> UpstreamAccepted:
+    """Check a backend's answer to our handshake (§4.1, the client's checks).
+
+    Raises:
+        UpstreamHandshakeFailed: the backend answered with an HTTP status of its own.
+        UpstreamUnavailable: a 101 that is not a valid WebSocket accept.
+    """
+    if response.status_code != 101:
+        raise UpstreamHandshakeFailed(target, response.status_code)
+    headers = [(bytes(k), bytes(v)) for k, v in response.headers]
+    values: dict[bytes, bytes] = {}
+    for name, value in headers:
+        values[name] = values[name] + b", " + value if name in values else value
+    if b"websocket" not in _tokens(values.get(b"upgrade", b"")):
+        raise UpstreamUnavailable(target, "101 without Upgrade: websocket")
+    if b"upgrade" not in _tokens(values.get(b"connection", b"")):
+        raise UpstreamUnavailable(target, "101 without Connection: upgrade")
+    if values.get(b"sec-websocket-accept", b"").strip() != accept_key(key):
+        raise UpstreamUnavailable(target, "wrong Sec-WebSocket-Accept")
+    chosen = values.get(b"sec-websocket-protocol")
+    subprotocol = chosen.strip().decode("latin-1") if chosen else None
+    if subprotocol is not None and subprotocol not in offered:
+        raise UpstreamUnavailable(target, "backend chose a subprotocol nobody offered")
+    extensions = values.get(b"sec-websocket-extensions")
+    if extensions and not pass_extensions:
+        raise UpstreamUnavailable(target, "backend chose an extension nobody offered")
+    extra = tuple(
+        (n, v) for n, v in headers if n not in _NOT_FORWARDED and n != b"date"
+    )
+    return UpstreamAccepted(subprotocol=subprotocol, extensions=extensions, headers=extra)
+
+
+def accept_response(client_key: bytes, accepted: UpstreamAccepted) -> bytes:
+    """Our 101 to the client, repeating the backend's choices."""
+    lines = [
+        b"HTTP/1.1 101 Switching Protocols",
+        b"Upgrade: websocket",
+        b"Connection: Upgrade",
+        b"Sec-WebSocket-Accept: " + accept_key(client_key),
+    ]
+    if accepted.subprotocol is not None:
+        lines.append(b"Sec-WebSocket-Protocol: " + accepted.subprotocol.encode("latin-1"))
+    if accepted.extensions:
+        lines.append(b"Sec-WebSocket-Extensions: " + accepted.extensions)
+    lines += [name + b": " + value for name, value in accepted.headers]
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+def error_response(
+    status: int, reason: str, headers: Sequence[tuple[str, str]] = ()
+) -> bytes:
+    """A complete HTTP/1.1 error answer that ends the connection.
+
+    The body is the short generic *reason*; details belong in the log.
+    """
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Error"
+    body = (reason + "\n").encode("utf-8")
+    lines = [
+        f"HTTP/1.1 {status} {phrase}",
+        "Content-Type: text/plain; charset=utf-8",
+        f"Content-Length: {len(body)}",
+        "Connection: close",
+        *(f"{name}: {value}" for name, value in headers),
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body

@@ -1,0 +1,678 @@
+"""Session: one proxied connection, sans I/O.
+
+Bytes go in with ``receive_data(side, data)`` / ``receive_eof(side)``; bytes to write
+come out of ``data_to_send(side)``, and ``should_close(side)`` says when a transport
+is done. The session never awaits, reads a clock or touches a socket.
+
+Relaying without decoding
+-------------------------
+A client's frames are already masked as a backend expects, and a backend's frames are
+unmasked as a client expects, so frames are forwarded as they came (PERF-NOTES.md). A
+``_Flow`` per direction walks frame headers in place and skips payloads by arithmetic:
+enough to keep frame boundaries (the proxy's own pings and closes go in between
+frames), count messages, enforce the size limit and check what is visible without
+reading payloads (opcodes, reserved bits, masking, control-frame rules, close codes
+and reasons, §5). UTF-8 in text messages is the endpoints' business.
+
+Closing
+-------
+Each leg has its own close handshake (LegState). A close frame from one side is
+relayed to the other unless a close has already been sent there; the peer's answer
+completes that leg. When the proxy itself closes a leg (drain, revocation), the
+peer's answer is relayed on, which starts the other leg's handshake with the same
+code. A leg that is lost or breaks the protocol is failed, and the other leg gets a
+close of the proxy's own: 1001 to a backend whose client went away, 1014 to a client
+whose backend did.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from typing import Final
+
+import h11
+
+from wsproxy.core import frames
+from wsproxy.core.frames import CloseFrameError
+from wsproxy.core.handshake import (
+    Forwarding,
+    UpgradeRequest,
+    UpstreamAccepted,
+    accept_response,
+    check_upgrade,
+    check_upstream_response,
+    error_response,
+    new_key,
+    upstream_request,
+)
+from wsproxy.core.states import TERMINAL, SessionState, Side, Trigger, next_state
+from wsproxy.errors import (
+    HandshakeRejected,
+    InvalidTransition,
+    UpstreamHandshakeFailed,
+    UpstreamUnavailable,
+)
+
+#: Heartbeat pings carry this prefix (plus a per-process token) so that their pongs
+#: are recognised and not relayed, while a peer's own pings pass end to end.
+PING_PREFIX: Final = b"wsproxy:" + os.urandom(6).hex().encode()
+
+
+class LegState(enum.Enum):
+    """The close handshake of one leg (§7.1)."""
+
+    #: Data flows both ways.
+    OPEN = "open"
+    #: We sent a close frame; waiting for the peer's.
+    CLOSE_SENT = "close_sent"
+    #: The peer sent a close frame; ours is still to go.
+    CLOSE_RECEIVED = "close_received"
+    #: Both close frames went; the transport can close.
+    CLOSED = "closed"
+    #: Given up on: lost, timed out or broke the protocol. Close the transport now.
+    FAILED = "failed"
+
+
+_CAN_SEND: Final = frozenset({LegState.OPEN, LegState.CLOSE_RECEIVED})
+_CAN_RECEIVE: Final = frozenset({LegState.OPEN, LegState.CLOSE_SENT})
+_FINISHED: Final = frozenset({LegState.CLOSED, LegState.FAILED})
+
+
+class _Leg:
+    """One side's transport: its close handshake and what is waiting to be written."""
+
+    __slots__ = ("close_received", "close_sent", "eof", "out", "side", "state")
+
+    def __init__(self, side: Side) -> None:
+        self.side = side
+        self.state = LegState.OPEN
+        self.out: list[bytes] = []
+        #: (code, reason) of the close frames that went each way on this leg.
+        self.close_received: tuple[int | None, str] | None = None
+        self.close_sent: tuple[int | None, str] | None = None
+        self.eof = False
+
+
+class _Flow:
+    """Frame-boundary tracking for one direction: frames read from *src*, sent to *dst*."""
+
+    __slots__ = (
+        "bytes",
+        "dst",
+        "in_message",
+        "masked",
+        "message_size",
+        "messages",
+        "partial",
+        "pending",
+        "pending_close",
+        "remaining",
+        "rsv_allowed",
+        "src",
+        "undelivered",
+    )
+
+    def __init__(self, src: Side) -> None:
+        self.src = src
+        self.dst = src.other
+        #: RFC 6455 §5.1: client frames are masked, server frames are not.
+        self.masked = src is Side.CLIENT
+        #: Reserved bits an extension negotiated end to end may set (RSV1: deflate).
+        self.rsv_allowed = 0
+        #: Payload bytes of the current data frame still to pass through.
+        self.remaining = 0
+        #: An incomplete header or control frame, kept until the rest arrives.
+        self.partial = b""
+        self.in_message = False
+        self.message_size = 0
+        self.messages = 0
+        self.bytes = 0
+        #: Data messages that could not be delivered: dst was already sent a close.
+        self.undelivered = 0
+        #: Our own frames for dst, waiting for the frame in flight to end.
+        self.pending: list[bytes] = []
+        self.pending_close: tuple[bytes, int | None, str] | None = None
+
+
+class Session:
+    """One proxied connection, from the client's first byte to both legs closed.
+
+    The driver's loop: feed every read to ``receive_data(side, data)`` and every EOF to
+    ``receive_eof(side)``, then write ``data_to_send(side)`` for both sides and close
+    a transport once ``should_close(side)`` is true. In AWAIT_REQUEST, once
+    ``request`` is set, the driver either ``reject()``s or ``accept()``s and calls
+    ``connect_upstream()`` for a backend it has dialled; ``upstream_failure`` set
+    means: try the next backend with ``connect_upstream()``, or ``reject()``.
+    """
+
+    def __init__(
+        self,
+        conn_id: str,
+        *,
+        max_message_size: int = 1 << 20,
+        max_request_head: int = 16 << 10,
+    ) -> None:
+        self.conn_id = conn_id
+        self.state = SessionState.AWAIT_REQUEST
+        self.max_message_size = max_message_size
+        self.max_request_head = max_request_head
+        self._legs = {side: _Leg(side) for side in Side}
+        self._flows = {side: _Flow(side) for side in Side}
+        #: Which side closed first: "client", "upstream" or "proxy".
+        self.initiator: str | None = None
+        self.close_reason: str | None = None
+        #: The upgrade request once it has arrived and passed the checks.
+        self.request: UpgradeRequest | None = None
+        self.upstream_failure: str | None = None
+        self.accepted: UpstreamAccepted | None = None
+        #: Status answered to the client when the upgrade was refused.
+        self.rejected_status: int | None = None
+        self.last_pong: dict[Side, bytes] = {}
+        self._http_server = h11.Connection(h11.SERVER, max_incomplete_event_size=max_request_head)
+        self._head_bytes = 0
+        self._http_client: h11.Connection | None = None
+        self._upstream_key = b""
+        self._upstream_target = ""
+        self._pass_extensions = False
+        self._early: dict[Side, bytes] = {Side.CLIENT: b"", Side.UPSTREAM: b""}
+
+    def __repr__(self) -> str:
+        return f"<Session {self.conn_id} {self.state.name}>"
+
+    def _fire(self, trigger: Trigger) -> None:
+        self.state = next_state(self.state, trigger)
+
+    # Receiving…
+
+    def receive_data(self, side: Side, data: bytes) -> None:
+        """Feed bytes read from *side*'s transport. Then call data_to_send()."""
+        state = self.state
+        if state is SessionState.OPEN or state is SessionState.CLOSING:
+            self._scan(self._flows[side], data)
+        elif state is SessionState.AWAIT_REQUEST and side is Side.CLIENT:
+            self._receive_request(data)
+        elif state is SessionState.CONNECTING_UPSTREAM and side is Side.UPSTREAM:
+            self._receive_response(data)
+        elif state is SessionState.CONNECTING_UPSTREAM or self.request is not None:
+            # A client that does not wait for our 101: keep its bytes for later. The
+            # driver pauses reading the client meanwhile, so this stays small.
+            self._early[side] += data
+
+    def receive_eof(self, side: Side) -> None:
+        """*side*'s transport ended (EOF or error). Then call data_to_send()."""
+        leg = self._legs[side]
+        leg.eof = True
+        if self.state in TERMINAL:
+            return
+        if self.state is SessionState.AWAIT_REQUEST or (
+            self.state is SessionState.CONNECTING_UPSTREAM and side is Side.CLIENT
+        ):
+            self._terminate(Trigger.TRANSPORT_LOST)
+            return
+        if self.state is SessionState.CONNECTING_UPSTREAM:
+            self.upstream_failed("connection closed during the handshake")
+            return
+        if leg.state is not LegState.CLOSED:
+            if self.initiator is None:
+                self.initiator, self.close_reason = side.value, "connection lost"
+            self._lose(side, frames.GOING_AWAY if side is Side.CLIENT else frames.BAD_GATEWAY,
+                       "connection lost")
+        self._settle()
+
+    # The client's upgrade…
+
+    def _receive_request(self, data: bytes) -> None:
+        self._head_bytes += len(data)
+        conn = self._http_server
+        try:
+            conn.receive_data(data)
+            event = conn.next_event()
+            while isinstance(event, h11.Request | h11.EndOfMessage):
+                if isinstance(event, h11.Request):
+                    self.request = check_upgrade(event)
+                event = conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            self.request = None
+            self._reject(exc.error_status_hint, "malformed request")
+            return
+        except HandshakeRejected as exc:
+            self._reject(exc.status, exc.reason, exc.headers)
+            return
+        if self.request is None:
+            if self._head_bytes > self.max_request_head:
+                self._reject(431, "request head too large")
+            elif event is not h11.NEED_DATA:
+                self._reject(400, "not a WebSocket upgrade")
+            return
+        trailing, _ = conn.trailing_data
+        if self._head_bytes - len(trailing) > self.max_request_head:
+            self.request = None
+            self._reject(431, "request head too large")
+            return
+        self._early[Side.CLIENT] = bytes(trailing)
+
+    def accept(self) -> None:
+        """The driver's checks passed (limits, origin, auth): go on to a backend."""
+        self._fire(Trigger.REQUEST_ACCEPTED)
+
+    def reject(self, status: int, reason: str, headers: tuple[tuple[str, str], ...] = ()) -> None:
+        """Answer the client with an HTTP error instead of 101 and end the connection."""
+        self._reject(status, reason, headers)
+
+    def _reject(self, status: int, reason: str, headers: tuple[tuple[str, str], ...] = ()) -> None:
+        trigger = (
+            Trigger.REQUEST_REJECTED
+            if self.state is SessionState.AWAIT_REQUEST
+            else Trigger.UPSTREAM_REJECTED
+        )
+        self._terminate(trigger)
+        self.rejected_status = status
+        self.close_reason = reason
+        self._legs[Side.CLIENT].out.append(error_response(status, reason, headers))
+        self._legs[Side.UPSTREAM].out = []
+
+    # The backend's handshake…
+
+    def connect_upstream(
+        self, *, target: str, authority: str, path_prefix: str, forwarding: Forwarding,
+        pass_extensions: bool,
+    ) -> None:
+        """A transport to backend *target* is up: write our handshake on it.
+
+        Call again on a new transport to retry with another backend after
+        ``upstream_failure`` was set.
+        """
+        if self.request is None:
+            raise InvalidTransition(self.state, "connect_upstream")
+        if self.upstream_failure is not None:
+            self._fire(Trigger.UPSTREAM_RETRY)
+        self.upstream_failure = None
+        self._upstream_target = target
+        self._pass_extensions = pass_extensions
+        self._upstream_key = new_key()
+        self._http_client = h11.Connection(h11.CLIENT)
+        request = upstream_request(
+            self.request, authority=authority, path_prefix=path_prefix,
+            key=self._upstream_key, forwarding=forwarding, pass_extensions=pass_extensions,
+        )
+        upstream = self._legs[Side.UPSTREAM]
+        upstream.out = [self._http_client.send(request) or b""]
+        upstream.eof = False
+        self._early[Side.UPSTREAM] = b""
+
+    def upstream_failed(self, reason: str) -> None:
+        """Dialling or the handshake failed: set ``upstream_failure``."""
+        self.upstream_failure = reason
+        self._legs[Side.UPSTREAM].out = []
+
+    def _receive_response(self, data: bytes) -> None:
+        conn = self._http_client
+        if conn is None or self.upstream_failure is not None:
+            return
+        try:
+            conn.receive_data(data)
+            event = conn.next_event()
+            while isinstance(event, h11.InformationalResponse) and event.status_code != 101:
+                event = conn.next_event()  # 100 Continue and friends: not an answer yet
+        except h11.RemoteProtocolError:
+            self.upstream_failed("malformed handshake response")
+            return
+        if event is h11.NEED_DATA:
+            return
+        if not isinstance(event, h11.InformationalResponse | h11.Response):
+            self.upstream_failed("unexpected handshake response")
+            return
+        assert self.request is not None
+        try:
+            self.accepted = check_upstream_response(
+                event, target=self._upstream_target, key=self._upstream_key,
+                offered=self.request.subprotocols, pass_extensions=self._pass_extensions,
+            )
+        except UpstreamHandshakeFailed as exc:
+            self._reject(exc.status, "backend refused the upgrade")
+            return
+        except UpstreamUnavailable as exc:
+            self.upstream_failed(exc.reason)
+            return
+        self._open(bytes(conn.trailing_data[0]))
+
+    def _open(self, upstream_early: bytes) -> None:
+        self._fire(Trigger.UPSTREAM_ACCEPTED)
+        assert self.request is not None
+        assert self.accepted is not None
+        if self.accepted.extensions and b"permessage-deflate" in self.accepted.extensions:
+            for flow in self._flows.values():
+                flow.rsv_allowed = frames.RSV1
+        elif self.accepted.extensions:
+            # An extension we do not know: its reserved bits are its own business.
+            for flow in self._flows.values():
+                flow.rsv_allowed = frames.RSV_BITS
+        self._legs[Side.CLIENT].out.append(accept_response(self.request.key, self.accepted))
+        early, self._early = self._early, {Side.CLIENT: b"", Side.UPSTREAM: b""}
+        if early[Side.CLIENT]:
+            self._scan(self._flows[Side.CLIENT], early[Side.CLIENT])
+        if upstream_early:
+            self._scan(self._flows[Side.UPSTREAM], upstream_early)
+
+    # Sending…
+
+    def data_to_send(self, side: Side) -> list[bytes]:
+        """Bytes to write on *side*'s transport, in order; call after every input."""
+        leg = self._legs[side]
+        out = leg.out
+        if out:
+            leg.out = []
+        return out
+
+    def should_close(self, side: Side) -> bool:
+        """Whether *side*'s transport is done: close it after writing data_to_send().
+
+        A finished UPSTREAM leg ends cleanly when the backend closes first (§7.1.1):
+        the driver may wait for its EOF a little before closing itself.
+        """
+        return self._legs[side].state in _FINISHED
+
+    def leg_state(self, side: Side) -> LegState:
+        return self._legs[side].state
+
+    def eof_received(self, side: Side) -> bool:
+        """Whether *side*'s peer has closed its end of the transport."""
+        return self._legs[side].eof
+
+    def send_ping(self, side: Side, payload: bytes) -> None:
+        """Send a heartbeat ping to *side*; its pong appears in ``last_pong[side]``."""
+        if self._legs[side].state is LegState.OPEN:
+            self._inject(side, frames.build_frame(
+                frames.PING, PING_PREFIX + payload, mask=side is Side.UPSTREAM))
+
+    def close(self, side: Side, code: int, reason: str = "") -> None:
+        """Start a close handshake of our own on *side* (drain, revocation).
+
+        The peer's answer is relayed to the other side, as if it had closed first;
+        messages it sends before answering are still delivered.
+        """
+        if self.state in (SessionState.OPEN, SessionState.CLOSING):
+            self._send_close(side, code, reason, initiator="proxy")
+            self._settle()
+
+    def abort(self) -> None:
+        """Give up on both legs at once (a timer ran out): close both transports."""
+        if self.state not in TERMINAL:
+            self._terminate(Trigger.TIMED_OUT)
+
+    def _terminate(self, trigger: Trigger) -> None:
+        self._fire(trigger)
+        for leg in self._legs.values():
+            if leg.state is not LegState.CLOSED:
+                leg.state = LegState.FAILED
+
+    # Accounting…
+
+    def messages(self, side: Side) -> int:
+        """Data messages relayed *to* side."""
+        return self._flows[side.other].messages
+
+    def bytes_relayed(self, side: Side) -> int:
+        """Bytes relayed *to* side, frame headers included."""
+        return self._flows[side.other].bytes
+
+    def undelivered(self, side: Side) -> int:
+        """Messages for side dropped because it had already been sent a close."""
+        return self._flows[side.other].undelivered
+
+    def close_codes(self) -> dict[str, int | None]:
+        """The close code each side sent (None: none, or an empty close frame)."""
+        return {
+            side.value: (leg.close_received[0] if leg.close_received else None)
+            for side, leg in self._legs.items()
+        }
+
+    # The relay: frame boundaries in place…
+
+    def _scan(self, f: _Flow, data: bytes) -> None:
+        if self._legs[f.src].state not in _CAN_RECEIVE:
+            return  # §5.5.1: nothing may follow a close; a failed leg is not read.
+        if f.partial:
+            data = f.partial + data
+            f.partial = b""
+        dst = self._legs[f.dst]
+        deliver = dst.state in _CAN_SEND
+        n = len(data)
+        pos = 0
+        if f.remaining:
+            pos = min(f.remaining, n)
+            f.remaining -= pos
+            if f.remaining == 0 and (f.pending or f.pending_close):
+                self._forward(f, data, 0, pos, 0, deliver)
+                self._flush_pending(f)
+                deliver = dst.state in _CAN_SEND
+                data, n, pos = data[pos:], n - pos, 0
+        start = 0
+        messages = 0
+        masked = f.masked
+        max_size = self.max_message_size
+        while pos < n:
+            if n - pos < 2:
+                break
+            b0 = data[pos]
+            b1 = data[pos + 1]
+            length = b1 & 0x7F
+            head = 2
+            if length == 126:
+                head = 4
+                if n - pos < 4:
+                    break
+                length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+            elif length == 127:
+                head = 10
+                if n - pos < 10:
+                    break
+                length = int.from_bytes(data[pos + 2 : pos + 10], "big")
+            if (b1 & 0x80 != 0) is not masked:
+                self._forward(f, data, start, pos, messages, deliver)
+                return self._fail(f.src, frames.PROTOCOL_ERROR, "bad masking")
+            if masked:
+                head += 4
+            opcode = b0 & 0x0F
+            if opcode >= 8:
+                if n - pos < head + length:
+                    break  # a control frame is kept whole: it is at most 131 bytes
+                self._forward(f, data, start, pos, messages, deliver)
+                messages = 0
+                end = pos + head + length
+                if not self._control(f, b0, data[pos:end], head, length):
+                    return
+                pos = start = end
+                deliver = dst.state in _CAN_SEND
+                if self._legs[f.src].state not in _CAN_RECEIVE:
+                    return
+                continue
+            error = self._check_data_header(f, b0, opcode, length, max_size)
+            if error == frames.PROTOCOL_ERROR:
+                self._forward(f, data, start, pos, messages, deliver)
+                return self._fail(f.src, error, "protocol error")
+            if error:  # too big: this frame is never forwarded, but still skipped
+                self._forward(f, data, start, pos, messages, deliver)
+                messages = 0
+                start = pos
+                self._close_too_big(f)
+                deliver = False
+            if b0 & 0x80:
+                messages += 1
+            end = pos + head + length
+            if end > n:
+                f.remaining = end - n
+                pos = n
+                break
+            pos = end
+            if f.pending or f.pending_close:
+                self._forward(f, data, start, pos, messages, deliver)
+                messages = 0
+                start = pos
+                self._flush_pending(f)
+                deliver = dst.state in _CAN_SEND
+        if pos < n:
+            f.partial = data[pos:]
+        self._forward(f, data, start, pos, messages, deliver)
+
+    def _forward(
+        self, f: _Flow, data: bytes, start: int, end: int, messages: int, deliver: bool
+    ) -> None:
+        if start >= end:
+            return
+        if not deliver:
+            f.undelivered += messages
+            return
+        chunk = data if start == 0 and end == len(data) else data[start:end]
+        self._legs[f.dst].out.append(chunk)
+        f.messages += messages
+        f.bytes += end - start
+
+    def _check_data_header(
+        self, f: _Flow, b0: int, opcode: int, length: int, max_size: int
+    ) -> int:
+        """0 when a data frame's header is fine, else the close code to fail with."""
+        if opcode > 2:
+            return frames.PROTOCOL_ERROR  # reserved opcode (§5.2)
+        rsv = b0 & frames.RSV_BITS
+        if opcode == frames.CONTINUATION:
+            if not f.in_message or (rsv and f.rsv_allowed != frames.RSV_BITS):
+                return frames.PROTOCOL_ERROR
+            size = f.message_size + length
+        else:
+            if f.in_message or rsv & ~f.rsv_allowed:
+                return frames.PROTOCOL_ERROR
+            size = length
+        f.message_size = size
+        f.in_message = not b0 & 0x80
+        return frames.MESSAGE_TOO_BIG if size > max_size else 0
+
+    def _close_too_big(self, f: _Flow) -> None:
+        # SPEC: a message over the limit closes the whole connection with 1009. Both
+        # legs get our close; each peer's answer completes its own leg.
+        for side in (f.dst, f.src):
+            self._send_close(side, frames.MESSAGE_TOO_BIG, "message too big", initiator="proxy")
+        self._settle()
+
+    def _control(self, f: _Flow, b0: int, frame: bytes, head: int, length: int) -> bool:
+        """Handle one whole control frame; False when the source leg was failed."""
+        opcode = b0 & 0x0F
+        if opcode > frames.PONG or not b0 & 0x80 or b0 & frames.RSV_BITS or length > 125:
+            self._fail(f.src, frames.PROTOCOL_ERROR, "bad control frame")
+            return False
+        payload = frame[head:]
+        if f.masked:
+            payload = frames.unmask(payload, frame[head - 4 : head])
+        if opcode == frames.CLOSE:
+            return self._receive_close(f, frame, payload)
+        if opcode == frames.PONG and payload.startswith(PING_PREFIX):
+            self.last_pong[f.src] = payload[len(PING_PREFIX) :]
+            return True
+        if self._legs[f.dst].state in _CAN_SEND:
+            self._legs[f.dst].out.append(frame)  # a peer's ping or pong: end to end
+        return True
+
+    def _receive_close(self, f: _Flow, frame: bytes, payload: bytes) -> bool:
+        try:
+            code, reason = frames.parse_close_payload(payload)
+        except CloseFrameError as exc:
+            self._fail(f.src, exc.code, str(exc))
+            return False
+        src = self._legs[f.src]
+        src.close_received = (code, reason)
+        src.state = LegState.CLOSED if src.state is LegState.CLOSE_SENT else LegState.CLOSE_RECEIVED
+        if self.initiator is None:
+            self.initiator = f.src.value
+        dst = self._legs[f.dst]
+        if dst.state in _CAN_SEND:
+            # Relay the close as it came; its answer comes back the same way.
+            dst.out.append(frame)
+            self._sent_close(dst, code, reason)
+        elif src.state is LegState.CLOSE_RECEIVED:
+            # The other side is gone or closing already: answer this one ourselves.
+            self._send_close(f.src, code, reason, initiator=None)
+        self._settle()
+        return True
+
+    # Closing…
+
+    def _send_close(
+        self, side: Side, code: int | None, reason: str, *, initiator: str | None
+    ) -> None:
+        leg = self._legs[side]
+        if leg.state not in _CAN_SEND:
+            return
+        if initiator is not None and self.initiator is None:
+            self.initiator = initiator
+            self.close_reason = reason
+        frame = frames.build_close(code, reason, mask=side is Side.UPSTREAM)
+        flow = self._flows[side.other]
+        if flow.remaining:
+            flow.pending_close = (frame, code, reason)  # after the frame in flight
+        else:
+            leg.out.append(frame)
+            self._sent_close(leg, code, reason)
+
+    def _sent_close(self, leg: _Leg, code: int | None, reason: str) -> None:
+        leg.close_sent = (code, reason)
+        leg.state = LegState.CLOSED if leg.state is LegState.CLOSE_RECEIVED else LegState.CLOSE_SENT
+
+    def _inject(self, side: Side, frame: bytes) -> None:
+        flow = self._flows[side.other]
+        if flow.remaining:
+            flow.pending.append(frame)
+        else:
+            self._legs[side].out.append(frame)
+
+    def _flush_pending(self, f: _Flow) -> None:
+        leg = self._legs[f.dst]
+        if f.pending:
+            if leg.state in _CAN_SEND:
+                leg.out.extend(f.pending)
+            f.pending = []
+        if f.pending_close is not None:
+            frame, code, reason = f.pending_close
+            f.pending_close = None
+            if leg.state in _CAN_SEND:
+                leg.out.append(frame)
+                self._sent_close(leg, code, reason)
+                self._settle()
+
+    def _fail(self, side: Side, code: int, reason: str) -> None:
+        """*side* broke the protocol: tell it why, stop reading it, close the other leg."""
+        if self.initiator is None:
+            self.initiator = "proxy"
+            self.close_reason = reason
+        self._send_close(side, code, reason, initiator=None)
+        self._lose(side, frames.GOING_AWAY if side is Side.CLIENT else frames.BAD_GATEWAY,
+                   "client error" if side is Side.CLIENT else "backend error")
+        self._settle()
+
+    def _lose(self, side: Side, code: int, reason: str) -> None:
+        """Give up on *side*; the other leg gets *code*, or the answer it waits for."""
+        self._legs[side].state = LegState.FAILED
+        towards = self._flows[side.other]
+        towards.pending, towards.pending_close = [], None  # nothing more goes to side
+        other = self._legs[side.other]
+        if self._flows[side].remaining and other.state in _CAN_SEND:
+            # The frame in flight to the other side can never be completed, so no
+            # close frame can follow it: that transport has to end without one.
+            other.state = LegState.FAILED
+        elif other.state is LegState.OPEN:
+            self._send_close(side.other, code, reason, initiator="proxy")
+        elif other.state is LegState.CLOSE_RECEIVED and other.close_received is not None:
+            self._send_close(side.other, *other.close_received, initiator=None)
+
+    def _settle(self) -> None:
+        """Derive the joint state from the two legs (h11's state-triggered transitions)."""
+        legs = self._legs.values()
+        if self.state is SessionState.OPEN and any(leg.state is not LegState.OPEN for leg in legs):
+            self._fire(Trigger.CLOSE_STARTED)
+        if self.state is SessionState.CLOSING:
+            states = {leg.state for leg in self._legs.values()}
+            if states == {LegState.CLOSED}:
+                self._fire(Trigger.BOTH_CLOSED)
+            elif states <= _FINISHED:
+                self._fire(Trigger.TRANSPORT_LOST)
+

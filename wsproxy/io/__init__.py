@@ -1,0 +1,1 @@
+"""I/O drivers: the asyncio Protocols of the data plane and the dialer."""

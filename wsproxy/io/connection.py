@@ -1,0 +1,399 @@
+"""The per-connection driver: asyncio Protocols around one sans-I/O Session.
+
+The data plane runs on asyncio Protocols rather than anyio streams: measured here,
+streams cost about five times more per small message and several times the memory
+per idle connection (PERF-NOTES.md). Backpressure is the transports' own: when one
+side's write buffer fills (``pause_writing``), the other side stops being read.
+
+A connection holds no task while it relays: only two transports, the session and,
+while a close handshake is in flight, one timer. The only task is the short one that
+dials backends during the upgrade; it belongs to the supervisor's task group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any, Final, cast
+from urllib.parse import parse_qsl, urlsplit
+
+from wsproxy.core.handshake import Forwarding, client_address
+from wsproxy.core.session import LegState, Session
+from wsproxy.core.states import TERMINAL, SessionState, Side
+from wsproxy.io.dialer import dial
+from wsproxy.log import get_logger
+
+if TYPE_CHECKING:
+    from wsproxy.core.balance import BackendState
+    from wsproxy.supervisor import ProxyContext
+
+log = get_logger()
+
+#: How long a backend may take to close its socket after both close frames went
+#: (RFC 6455 §7.1.1: the server closes first, which keeps TIME_WAIT on its side).
+UPSTREAM_EOF_WAIT: Final = 2.0
+
+CLIENT: Final = Side.CLIENT
+UPSTREAM: Final = Side.UPSTREAM
+_RELAYING: Final = (SessionState.OPEN, SessionState.CLOSING)
+
+
+class ClientProtocol(asyncio.Protocol):
+    """The listener's protocol: one per accepted client connection."""
+
+    __slots__ = ("_conn", "_ctx")
+
+    def __init__(self, ctx: ProxyContext) -> None:
+        self._ctx = ctx
+        self._conn: Connection | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self._conn = Connection(self._ctx, cast(asyncio.Transport, transport))
+
+    def data_received(self, data: bytes) -> None:
+        assert self._conn is not None
+        self._conn.receive(CLIENT, data)
+
+    def eof_received(self) -> bool:
+        assert self._conn is not None
+        self._conn.receive_eof(CLIENT)
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        assert self._conn is not None
+        self._conn.transport_lost(CLIENT)
+
+    def pause_writing(self) -> None:
+        assert self._conn is not None
+        self._conn.pause_reading(UPSTREAM)
+
+    def resume_writing(self) -> None:
+        assert self._conn is not None
+        self._conn.resume_reading(UPSTREAM)
+
+
+class UpstreamProtocol(asyncio.Protocol):
+    """The protocol of one connection to a backend.
+
+    A backend given up on during the upgrade is ``detach()``ed, so that its late
+    callbacks cannot touch the connection that has moved on to the next backend.
+    """
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn: Connection | None = conn
+
+    def detach(self) -> None:
+        self._conn = None
+
+    def data_received(self, data: bytes) -> None:
+        if self._conn is not None:
+            self._conn.receive(UPSTREAM, data)
+
+    def eof_received(self) -> bool:
+        if self._conn is not None:
+            self._conn.receive_eof(UPSTREAM)
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._conn is not None:
+            self._conn.transport_lost(UPSTREAM)
+
+    def pause_writing(self) -> None:
+        if self._conn is not None:
+            self._conn.pause_reading(CLIENT)
+
+    def resume_writing(self) -> None:
+        if self._conn is not None:
+            self._conn.resume_reading(CLIENT)
+
+
+class Connection:
+    """Drives one Session between a client transport and a backend transport."""
+
+    def __init__(self, ctx: ProxyContext, client: asyncio.Transport) -> None:
+        self.ctx = ctx
+        self.id = ctx.new_conn_id()
+        self.started = time.monotonic()
+        peer = client.get_extra_info("peername")
+        self.peer_ip: str = peer[0] if peer else "unknown"
+        self.client_ip = self.peer_ip
+        self.backend: BackendState | None = None
+        self.session = Session(
+            self.id,
+            max_message_size=ctx.config.limits.max_message_size,
+            max_request_head=ctx.config.limits.max_request_head,
+        )
+        self._transports: dict[Side, asyncio.Transport | None] = {CLIENT: client, UPSTREAM: None}
+        self._open_transports = 1
+        self._timer: asyncio.TimerHandle | None = ctx.loop.call_later(
+            ctx.config.limits.handshake_timeout, self._handshake_timed_out
+        )
+        self._upstream_settled: asyncio.Event | None = None
+        ctx.connection_started(self)
+
+    # Reading…
+
+    def receive(self, side: Side, data: bytes) -> None:
+        session = self.session
+        session.receive_data(side, data)
+        state = session.state
+        if state is SessionState.OPEN or state is SessionState.CLOSING:
+            self._flush()  # the hot path
+        elif state is SessionState.AWAIT_REQUEST:
+            if session.request is not None:
+                self._route()
+        elif state is not SessionState.CONNECTING_UPSTREAM:
+            self._flush()
+        if self._upstream_settled is not None and (
+            state is not SessionState.CONNECTING_UPSTREAM or session.upstream_failure
+        ):
+            self._upstream_settled.set()
+
+    def receive_eof(self, side: Side) -> None:
+        self.session.receive_eof(side)
+        self._flush()
+
+    def transport_lost(self, side: Side) -> None:
+        if self._transports[side] is None:
+            return
+        self._transports[side] = None
+        self._open_transports -= 1
+        if self.session.state not in TERMINAL and not self.session.should_close(side):
+            self.session.receive_eof(side)
+            self._flush()
+        if self._upstream_settled is not None:
+            self._upstream_settled.set()
+        if self._open_transports == 0:
+            self._finished()
+
+    def pause_reading(self, side: Side) -> None:
+        transport = self._transports[side]
+        if transport is not None and not transport.is_closing():
+            transport.pause_reading()
+
+    def resume_reading(self, side: Side) -> None:
+        transport = self._transports[side]
+        if transport is not None and not transport.is_closing():
+            transport.resume_reading()
+
+    # Writing…
+
+    def _flush(self) -> None:
+        session = self.session
+        for side in (CLIENT, UPSTREAM):
+            transport = self._transports[side]
+            if transport is None:
+                continue
+            out = session.data_to_send(side)
+            if out:
+                transport.writelines(out) if len(out) > 1 else transport.write(out[0])
+            if session.should_close(side):
+                self._close_transport(side, transport)
+        if session.state is SessionState.CLOSING and self._timer is None:
+            # A close handshake is in flight: a peer that never answers is dead.
+            self._timer = self.ctx.loop.call_later(
+                self.ctx.config.heartbeat.timeout, self._close_timed_out
+            )
+
+    def _close_transport(self, side: Side, transport: asyncio.Transport) -> None:
+        if transport.is_closing():
+            return
+        leg = self.session.leg_state(side)
+        if side is UPSTREAM and leg is LegState.CLOSED and not self.session.eof_received(side):
+            # Let the backend close first (§7.1.1), but not for ever.
+            self.ctx.loop.call_later(UPSTREAM_EOF_WAIT, transport.close)
+            return
+        transport.close()
+
+    # Timers…
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _handshake_timed_out(self) -> None:
+        self._timer = None
+        if self.session.state in (SessionState.AWAIT_REQUEST, SessionState.CONNECTING_UPSTREAM):
+            self.session.abort()
+            self._flush()
+
+    def _close_timed_out(self) -> None:
+        self._timer = None
+        self.session.abort()
+        self._flush()
+
+    # The upgrade…
+
+    def _route(self) -> None:
+        """The client's request is in: refuse it, or go and find a backend."""
+        session = self.session
+        request = session.request
+        assert request is not None
+        cfg = self.ctx.config
+        self.client_ip, self._forwarded_for = client_address(
+            self.peer_ip, request.header(b"x-forwarded-for"), cfg.trusted_proxies
+        )
+        self._cancel_timer()  # the client's part is done; backend_timeout bounds the rest
+        refusal = self.ctx.refusal(self)
+        if refusal is not None:
+            status, reason, headers = refusal
+            session.reject(status, reason, headers)
+            self._rejected()
+            return
+        session.accept()
+        transport = self._transports[CLIENT]
+        assert transport is not None
+        transport.pause_reading()  # nothing to relay to until a backend said 101
+        self.ctx.spawn(self._connect_upstream)
+
+    async def _connect_upstream(self) -> None:
+        session = self.session
+        for backend in self.ctx.balancer.candidates(self._hash_key()):
+            if session.state is not SessionState.CONNECTING_UPSTREAM:
+                return
+            outcome = await self._try_backend(backend)
+            if outcome is SessionState.OPEN:
+                self._opened(backend)
+                return
+            if outcome is not SessionState.CONNECTING_UPSTREAM:
+                self._rejected() if outcome is SessionState.REJECTED else self._flush()
+                return
+            log.warning("upstream.failed", conn_id=self.id, backend=backend.name,
+                        error=session.upstream_failure)
+        if session.state is SessionState.CONNECTING_UPSTREAM:
+            if session.upstream_failure is None:
+                session.reject(503, "no healthy backend", (("Retry-After", "5"),))
+            else:
+                session.reject(502, "backend unreachable")
+            self._rejected()
+
+    async def _try_backend(self, backend: BackendState) -> SessionState:
+        """Dial *backend* and do its handshake; returns the session's state after."""
+        cfg = self.ctx.config
+        session = self.session
+        settled = self._upstream_settled = asyncio.Event()
+        protocol = UpstreamProtocol(self)
+        try:
+            async with asyncio.timeout(cfg.limits.backend_timeout):
+                transport = await dial(
+                    self.ctx.loop, lambda: protocol, backend.config, self.ctx.backend_ssl,
+                    cfg.backend_tls.server_name,
+                )
+                if session.state is not SessionState.CONNECTING_UPSTREAM:
+                    transport.close()  # the client went away meanwhile
+                    return session.state
+                self._transports[UPSTREAM] = transport
+                self._open_transports += 1
+                session.connect_upstream(
+                    target=backend.name,
+                    authority=_authority(backend.config.host, backend.config.port),
+                    path_prefix=backend.config.path,
+                    forwarding=self._forwarding(),
+                    pass_extensions=cfg.compression == "passthrough",
+                )
+                self._flush_upstream_handshake()
+                while session.state is SessionState.CONNECTING_UPSTREAM and (
+                    session.upstream_failure is None
+                ):
+                    settled.clear()
+                    await settled.wait()
+        except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
+            session.upstream_failed(str(exc) or type(exc).__name__)
+        finally:
+            self._upstream_settled = None
+        if session.upstream_failure is not None:
+            self._drop_upstream(protocol)
+        return session.state
+
+    def _drop_upstream(self, protocol: UpstreamProtocol) -> None:
+        protocol.detach()
+        transport = self._transports[UPSTREAM]
+        if transport is not None:
+            self._transports[UPSTREAM] = None
+            self._open_transports -= 1
+            transport.abort()
+
+    def _flush_upstream_handshake(self) -> None:
+        transport = self._transports[UPSTREAM]
+        assert transport is not None
+        for chunk in self.session.data_to_send(UPSTREAM):
+            transport.write(chunk)
+
+    def _forwarding(self) -> Forwarding:
+        cfg = self.ctx.config
+        return Forwarding(
+            client_ip=self.client_ip,
+            forwarded_for=self._forwarded_for,
+            proto="https" if cfg.listen.tls is not None else "http",
+            request_id=self.id,
+        )
+
+    def _hash_key(self) -> str | None:
+        name = self.ctx.config.balance.hash_key
+        request = self.session.request
+        if name is None or request is None:
+            return None
+        value = request.header(name.lower().encode("latin-1"))
+        if value is not None:
+            return value.decode("latin-1")
+        query = urlsplit(request.target.decode("latin-1")).query
+        return dict(parse_qsl(query)).get(name)
+
+    def _opened(self, backend: BackendState) -> None:
+        self._cancel_timer()
+        self.backend = backend
+        backend.active += 1
+        self.ctx.connection_opened(self)
+        self._flush()
+        self.resume_reading(CLIENT)
+
+    def _rejected(self) -> None:
+        self._cancel_timer()
+        self.ctx.connection_rejected(self)
+        self._flush()
+
+    def shutdown(self, code: int, reason: str) -> None:
+        """Close this connection for a stop: a close frame if open, else drop it."""
+        if self.session.state in _RELAYING:
+            self.session.close(CLIENT, code, reason)
+        elif self.session.state is SessionState.AWAIT_REQUEST:
+            self.session.abort()
+        self._flush()
+
+    def _finished(self) -> None:
+        self._cancel_timer()
+        if self.backend is not None:
+            self.backend.active -= 1
+        self.ctx.connection_finished(self)
+
+    def summary(self) -> dict[str, Any]:
+        """The fields of the canonical ``connection.closed`` log line."""
+        s = self.session
+        codes = s.close_codes()
+        return {
+            "conn_id": self.id,
+            "client": self.client_ip,
+            "backend": self.backend.name if self.backend else None,
+            "subject": None,
+            "state": s.state.value,
+            "duration_s": round(time.monotonic() - self.started, 3),
+            "close_code_client": codes["client"],
+            "close_code_upstream": codes["upstream"],
+            "initiator": s.initiator,
+            "reason": s.close_reason,
+            "messages_to_backend": s.messages(UPSTREAM),
+            "messages_to_client": s.messages(CLIENT),
+            "bytes_to_backend": s.bytes_relayed(UPSTREAM),
+            "bytes_to_client": s.bytes_relayed(CLIENT),
+            "undelivered_to_client": s.undelivered(CLIENT),
+            "undelivered_to_backend": s.undelivered(UPSTREAM),
+        }
+
+
+def _authority(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
