@@ -256,7 +256,9 @@ class Connection:
             if session.state is not SessionState.CONNECTING_UPSTREAM:
                 return
             outcome = await self._try_backend(backend)
-            if outcome is SessionState.OPEN:
+            if session.accepted is not None:
+                # The 101 may have come with frames that moved the session on already
+                # (a backend that closes at once): accepted, whatever the state now.
                 self._opened(backend)
                 return
             if outcome is not SessionState.CONNECTING_UPSTREAM:

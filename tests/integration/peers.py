@@ -1,0 +1,115 @@
+"""Real peers for integration tests: the proxy in-process, `websockets` backends.
+
+Everything listens on 127.0.0.1 port 0; readiness comes from the servers themselves
+(anyio's task_status, websockets' bound sockets), never from a sleep.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from websockets.asyncio.server import ServerConnection, serve as ws_serve
+from websockets.datastructures import Headers
+
+from wsproxy.config import ProxyConfig, parse_config
+from wsproxy.supervisor import serve
+
+
+@dataclass
+class Backend:
+    """A `websockets` server; ``requests`` keeps the headers of every handshake."""
+
+    name: str
+    url: str
+    port: int
+    requests: list[tuple[str, Headers]] = field(default_factory=list)
+    connections: list[ServerConnection] = field(default_factory=list)
+
+
+async def echo(ws: ServerConnection) -> None:
+    async for message in ws:
+        await ws.send(message)
+
+
+@asynccontextmanager
+async def backend(
+    name: str = "b1",
+    handler: Callable[[ServerConnection], Any] = echo,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    **kwargs: Any,
+) -> AsyncIterator[Backend]:
+    """A backend that runs *handler* per connection (default: echo)."""
+    info: Backend
+
+    async def handle(ws: ServerConnection) -> None:
+        assert ws.request is not None
+        info.requests.append((ws.request.path, ws.request.headers))
+        info.connections.append(ws)
+        await handler(ws)
+
+    kwargs.setdefault("subprotocols", None)
+    async with ws_serve(handle, "127.0.0.1", 0, ssl=ssl_context, **kwargs) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        scheme = "wss" if ssl_context else "ws"
+        info = Backend(name=name, url=f"{scheme}://127.0.0.1:{port}", port=port)
+        yield info
+
+
+def make_config(backends: list[Backend] | list[dict[str, str]], **overrides: Any) -> ProxyConfig:
+    """A config for a proxy on 127.0.0.1:0 in front of *backends*."""
+    raw: dict[str, Any] = {
+        "listen": {"host": "127.0.0.1", "port": 0},
+        "backends": [
+            b if isinstance(b, dict) else {"name": b.name, "url": b.url} for b in backends
+        ],
+        "logging": {"level": "warning"},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(raw.get(key), dict):
+            raw[key] = {**raw[key], **value}
+        else:
+            raw[key] = value
+    return parse_config(raw)
+
+
+@asynccontextmanager
+async def proxy(config: ProxyConfig, *, scheme: str = "ws") -> AsyncIterator[str]:
+    """Run the proxy in this event loop; yields its base URL."""
+    stop = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        addresses = await tg.start(serve, config, stop)
+        host, port = addresses[0]
+        try:
+            yield f"{scheme}://{host}:{port}"
+        finally:
+            stop.set()
+
+
+async def raw_exchange(port: int, request: bytes, *, read_until_eof: bool = True) -> bytes:
+    """Send raw bytes to 127.0.0.1:*port* and return what comes back until EOF."""
+    async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+        await stream.send(request)
+        chunks = []
+        with anyio.fail_after(5):
+            while True:
+                try:
+                    chunks.append(await stream.receive())
+                except (anyio.EndOfStream, anyio.BrokenResourceError):
+                    break
+                if not read_until_eof and b"\r\n\r\n" in b"".join(chunks):
+                    break
+        return b"".join(chunks)
+
+
+def upgrade_request(path: str = "/", *, extra: str = "", version: str = "13") -> bytes:
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: {version}\r\n"
+        f"{extra}\r\n"
+    ).encode()
