@@ -150,10 +150,11 @@ async def _demo(port: int) -> int:
     stop = anyio.Event()
     async with anyio.create_task_group() as tg:
         tg.start_soon(_watch_signals, stop)
-        await tg.start(serve, config, stop)
-        print(_DEMO_TEXT.format(port=port, backends=", ".join(  # noqa: T201
-            f"{b['name']} at {b['url']}" for b in backends)), flush=True)
-        await stop.wait()
+        async with anyio.create_task_group() as proxy:  # ends when serve() has stopped
+            addresses = await proxy.start(serve, config, stop)
+            print(_DEMO_TEXT.format(port=addresses[0][1], backends=", ".join(  # noqa: T201
+                f"{b['name']} at {b['url']}" for b in backends)), flush=True)
+        tg.cancel_scope.cancel()
     for server in echoes:
         server.close()
     return 0

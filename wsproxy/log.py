@@ -25,7 +25,9 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     if fmt == "console":
-        renderer: list[structlog.typing.Processor] = [structlog.dev.ConsoleRenderer()]
+        renderer: list[structlog.typing.Processor] = [
+            structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())
+        ]
     else:
         renderer = [structlog.processors.dict_tracebacks, structlog.processors.JSONRenderer()]
     structlog.configure(

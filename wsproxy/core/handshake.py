@@ -63,6 +63,10 @@ class UpgradeRequest:
                 return value
         return None
 
+    def header_list(self, name: bytes) -> list[bytes]:
+        """Every comma-separated token of every header *name*, lower case."""
+        return [t for key, value in self.headers if key == name for t in _tokens(value)]
+
 
 @dataclass(frozen=True, slots=True)
 class Forwarding:
@@ -189,7 +193,7 @@ def upstream_request(
     pass_extensions: bool,
 ) -> h11.Request:
     """The backend's own handshake request for a client's *upgrade*."""
-    connection_listed = set(_tokens(upgrade.header(b"connection") or b""))
+    connection_listed = set(upgrade.header_list(b"connection"))
     headers: list[Header] = [
         (b"Host", authority.encode("latin-1")),
         (b"Upgrade", b"websocket"),
@@ -222,7 +226,7 @@ def check_upstream_response(
     target: str,
     key: bytes,
     offered: Sequence[str],
-    pass_extensions: bool,
+    offered_extensions: Sequence[bytes],
 ) -> UpstreamAccepted:
     """Check a backend's answer to our handshake (§4.1, the client's checks).
 
@@ -247,12 +251,19 @@ def check_upstream_response(
     if subprotocol is not None and subprotocol not in offered:
         raise UpstreamUnavailable(target, "backend chose a subprotocol nobody offered")
     extensions = values.get(b"sec-websocket-extensions")
-    if extensions and not pass_extensions:
+    if extensions and not _extension_names(extensions) <= _extension_names(
+        b", ".join(offered_extensions)
+    ):
         raise UpstreamUnavailable(target, "backend chose an extension nobody offered")
     extra = tuple(
         (n, v) for n, v in headers if n not in _NOT_FORWARDED and n != b"date"
     )
     return UpstreamAccepted(subprotocol=subprotocol, extensions=extensions, headers=extra)
+
+
+def _extension_names(header: bytes) -> set[bytes]:
+    """The extension names in a Sec-WebSocket-Extensions value (§9.1)."""
+    return {item.split(b";")[0].strip().lower() for item in header.split(b",") if item.strip()}
 
 
 def accept_response(client_key: bytes, accepted: UpstreamAccepted) -> bytes:

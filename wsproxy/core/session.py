@@ -194,7 +194,9 @@ class Session:
             self._receive_request(data)
         elif state is SessionState.CONNECTING_UPSTREAM and side is Side.UPSTREAM:
             self._receive_response(data)
-        elif state is SessionState.CONNECTING_UPSTREAM or self.request is not None:
+        elif state is SessionState.CONNECTING_UPSTREAM or (
+            state is SessionState.AWAIT_REQUEST and self.request is not None
+        ):
             # A client that does not wait for our 101: keep its bytes for later. The
             # driver pauses reading the client meanwhile, so this stays small.
             self._early[side] += data
@@ -327,7 +329,8 @@ class Session:
         try:
             self.accepted = check_upstream_response(
                 event, target=self._upstream_target, key=self._upstream_key,
-                offered=self.request.subprotocols, pass_extensions=self._pass_extensions,
+                offered=self.request.subprotocols,
+                offered_extensions=self.request.extensions if self._pass_extensions else (),
             )
         except UpstreamHandshakeFailed as exc:
             self._reject(exc.status, "backend refused the upgrade")
@@ -476,6 +479,9 @@ class Session:
                 head += 4
             opcode = b0 & 0x0F
             if opcode >= 8:
+                if length > frames.MAX_CONTROL_PAYLOAD:  # fail on the header, buffer nothing
+                    self._forward(f, data, start, pos, messages, deliver)
+                    return self._fail(f.src, frames.PROTOCOL_ERROR, "bad control frame")
                 if n - pos < head + length:
                     break  # a control frame is kept whole: it is at most 131 bytes
                 self._forward(f, data, start, pos, messages, deliver)
