@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
-from websockets.asyncio.server import ServerConnection, serve as ws_serve
+from websockets.asyncio.server import ServerConnection
+from websockets.asyncio.server import serve as ws_serve
 from websockets.datastructures import Headers
 
 from wsproxy.config import ProxyConfig, parse_config

@@ -28,14 +28,13 @@ async def test_text_binary_fragmented_and_large_messages_round_trip() -> None:
 
 
 async def test_backend_sees_path_query_subprotocols_and_forwarding_headers() -> None:
-    async with backend(subprotocols=["chat.v2"]) as b, proxy(make_config([b])) as url:
-        async with connect(
-            url + "/room/7?user=ann",
-            subprotocols=["chat.v1", "chat.v2"],  # type: ignore[list-item]
-            additional_headers={"X-Forwarded-For": "6.6.6.6", "X-Auth-Subject": "root",
-                                "Cookie": "a=b"},
-        ) as ws:
-            assert ws.subprotocol == "chat.v2"
+    async with backend(subprotocols=["chat.v2"]) as b, proxy(make_config([b])) as url, connect(
+        url + "/room/7?user=ann",
+        subprotocols=["chat.v1", "chat.v2"],  # type: ignore[list-item]
+        additional_headers={"X-Forwarded-For": "6.6.6.6", "X-Auth-Subject": "root",
+                            "Cookie": "a=b"},
+    ) as ws:
+        assert ws.subprotocol == "chat.v2"
     path, headers = b.requests[0]
     assert path == "/room/7?user=ann"
     assert headers["X-Forwarded-For"] == "127.0.0.1"  # the spoofed value is gone
@@ -65,10 +64,13 @@ async def test_backend_close_code_and_reason_reach_the_client() -> None:
     async def close_at_once(ws: ServerConnection) -> None:
         await ws.close(4002, "backend says bye")
 
-    async with backend(handler=close_at_once) as b, proxy(make_config([b])) as url:
-        async with connect(url) as ws:
-            with pytest.raises(ConnectionClosed) as exc:
-                await ws.recv()
+    async with (
+        backend(handler=close_at_once) as b,
+        proxy(make_config([b])) as url,
+        connect(url) as ws,
+    ):
+        with pytest.raises(ConnectionClosed) as exc:
+            await ws.recv()
     assert exc.value.rcvd is not None
     assert (exc.value.rcvd.code, exc.value.rcvd.reason) == (4002, "backend says bye")
 
