@@ -6,8 +6,9 @@ import argparse
 import importlib.util
 import signal
 import sys
-from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -15,6 +16,9 @@ from wsproxy import __version__
 from wsproxy.config import ProxyConfig, load_config, parse_config
 from wsproxy.errors import ConfigError
 from wsproxy.log import configure_logging, get_logger
+
+if TYPE_CHECKING:
+    from wsproxy.supervisor import ProxyContext
 
 #: Exit status for a configuration the user has to fix (SPEC.md).
 EXIT_CONFIG = 2
@@ -67,7 +71,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     configure_logging(config.logging.level, config.logging.format)
-    return _run_async(_serve_until_signal, config)
+    return _run_async(_serve_until_signal, config, args.config)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -101,22 +105,32 @@ def _leaves(exc: BaseException) -> list[BaseException]:
     return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
 
 
-async def _serve_until_signal(config: ProxyConfig) -> int:
+async def _serve_until_signal(config: ProxyConfig, config_path: str | None = None,
+                              on_started: Callable[[ProxyContext], None] | None = None) -> int:
+    """Run the proxy: SIGTERM/SIGINT drain it and stop, again skips the spread,
+    SIGHUP reloads the config file."""
     from wsproxy.supervisor import serve
 
-    stop = anyio.Event()
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(_watch_signals, stop)
-        await serve(config, stop)
-        tg.cancel_scope.cancel()
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async with anyio.create_task_group() as outer:
+            async with anyio.create_task_group() as proxy:  # ends when the proxy stopped
+                ctx = await proxy.start(partial(serve, config, config_path=config_path))
+                outer.start_soon(_watch_signals, signals, ctx)
+                if on_started is not None:
+                    on_started(ctx)
+            outer.cancel_scope.cancel()
     return 0
 
 
-async def _watch_signals(stop: anyio.Event) -> None:
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for signum in signals:
-            get_logger().info("proxy.signal", signal=signal.Signals(signum).name)
-            stop.set()
+async def _watch_signals(signals: AsyncIterator[int], ctx: ProxyContext) -> None:
+    stops = 0
+    async for signum in signals:
+        get_logger().info("proxy.signal", signal=signal.Signals(signum).name)
+        if signum == signal.SIGHUP:
+            ctx.reload()
+            continue
+        stops += 1
+        ctx.shutdown() if stops == 1 else ctx.hurry()
 
 
 async def _echo(host: str, port: int) -> int:
@@ -124,18 +138,15 @@ async def _echo(host: str, port: int) -> int:
 
     server = await start_echo_server(host, port)
     get_logger().info("echo.listening", address=f"{host}:{server.sockets[0].getsockname()[1]}")
-    stop = anyio.Event()
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(_watch_signals, stop)
-        await stop.wait()
-        tg.cancel_scope.cancel()
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for _ in signals:
+            break
     server.close()
     return 0
 
 
 async def _demo(port: int) -> int:
     from wsproxy.echo import start_echo_server
-    from wsproxy.supervisor import serve
 
     echoes = [await start_echo_server() for _ in range(2)]
     backends = [
@@ -146,15 +157,14 @@ async def _demo(port: int) -> int:
         "listen": {"host": "127.0.0.1", "port": port},
         "backends": backends,
         "logging": {"level": "info", "format": "console"},
+        # A demo stops at Ctrl-C without making anyone wait for a spread.
+        "drain": {"spread": "1s", "timeout": "3s"},
     })
-    stop = anyio.Event()
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(_watch_signals, stop)
-        async with anyio.create_task_group() as proxy:  # ends when serve() has stopped
-            addresses = await proxy.start(serve, config, stop)
-            print(_DEMO_TEXT.format(port=addresses[0][1], backends=", ".join(  # noqa: T201
-                f"{b['name']} at {b['url']}" for b in backends)), flush=True)
-        tg.cancel_scope.cancel()
+    def announce(ctx: ProxyContext) -> None:
+        print(_DEMO_TEXT.format(port=ctx.addresses[0][1], backends=", ".join(  # noqa: T201
+            f"{b['name']} at {b['url']}" for b in backends)), flush=True)
+
+    await _serve_until_signal(config, None, announce)
     for server in echoes:
         server.close()
     return 0

@@ -230,6 +230,10 @@ class DrainConfig:
     shutdown_close_code: int = 1001  # RFC 6455 7.4.1: "going away"
     backend_close_code: int = 1012  # IANA registry: "service restart"; clients reconnect
     reconnect_hint: bool = True
+    # A backend that closes a connection with 1001/1012 is restarting: no new upgrades
+    # for it until its health check passes or, without one, for this long. 10 s covers
+    # a typical app server's restart; a longer one only shifts load elsewhere.
+    backend_hold_down: float = 10.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -359,9 +363,6 @@ def refuse_unbuilt(cfg: ProxyConfig) -> list[ConfigProblem]:
         ("health_check.path", cfg.health_check.path != "", "health checking"),
         ("plain_http", cfg.plain_http == "proxy", "proxying plain HTTP"),
         ("listen.proxy_protocol", cfg.listen.proxy_protocol, "the PROXY protocol"),
-        ("admission.max_upgrade_rate", cfg.admission.max_upgrade_rate > 0, "an upgrade rate limit"),
-        ("limits.idle_timeout", cfg.limits.idle_timeout > 0, "an idle timeout"),
-        ("limits.max_connection_age", cfg.limits.max_connection_age > 0, "a connection age cap"),
         ("admin.token", cfg.admin.token is not None, "an admin token"),
         *(
             (f"auth.token_from[{i}]", source.startswith("cookie:"), "a cookie token source")
@@ -979,6 +980,7 @@ _DRAIN: Final = _Section(
         "shutdown_close_code": _leaf(_close_code),
         "backend_close_code": _leaf(_close_code),
         "reconnect_hint": _BOOL,
+        "backend_hold_down": _duration(),
     },
     checks=((("spread", "timeout"), _check_drain),),
 )

@@ -1,7 +1,8 @@
-"""The process around the connections: listener, shared state, stop.
+"""The process around the connections: listener, shared state, drains, reload, stop.
 
-anyio gives the structure (the task group every dialling task belongs to, signals,
-the stop sequence); the connections themselves are asyncio Protocols (see
+anyio gives the structure: one task group holds every task of a proxy (the sweeper,
+the drains, the dialling tasks of upgrades in flight), and ``serve()`` returns only
+when the proxy has stopped. The connections themselves are asyncio Protocols (see
 wsproxy.io.connection for why).
 """
 
@@ -16,9 +17,14 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
-from wsproxy.config import ProxyConfig
+from wsproxy.config import ProxyConfig, load_config
+from wsproxy.core.admission import TokenBucket
 from wsproxy.core.balance import BackendState, Balancer
+from wsproxy.core.liveness import LivenessRules
 from wsproxy.core.registry import Registry
+from wsproxy.core.states import Side
+from wsproxy.drain import Drain, close_reason
+from wsproxy.errors import ConfigError
 from wsproxy.io.connection import ClientProtocol, Connection
 from wsproxy.log import get_logger
 from wsproxy.tls import backend_context, server_context
@@ -30,26 +36,50 @@ _RETRY_AFTER = (("Retry-After", "5"),)
 
 
 class ProxyContext:
-    """What every connection of one proxy shares: config, backends, the registry."""
+    """What every connection of one proxy shares, and the proxy's controls.
 
-    def __init__(self, config: ProxyConfig, *, task_group: TaskGroup) -> None:
-        self.config = config
+    The controls (``drain``, ``undrain``, ``drain_backend``, ``shutdown``, ``hurry``,
+    ``reload``) are what signals and the admin API call.
+    """
+
+    def __init__(
+        self, config: ProxyConfig, *, task_group: TaskGroup, config_path: str | None = None
+    ) -> None:
         self.loop = asyncio.get_running_loop()
         self._task_group = task_group
-        self.balancer = Balancer(
-            config.balance.policy, [BackendState(b) for b in config.backends]
+        self.config_path = config_path
+        self.balancer = Balancer(config.balance.policy, [])
+        self.registry: Registry[Connection] = Registry(max_connections=0, max_per_ip=0)
+        self.addresses: list[tuple[str, int]] = []
+        #: Every drain in progress; the key None is the proxy's own.
+        self.drains: dict[BackendState | None, Drain] = {}
+        #: Set after ``drain.delay`` of a proxy drain: new upgrades get 503.
+        self.refusing = False
+        #: Stop the process once the proxy's drain is done (SIGTERM, not POST /drain).
+        self.exit_when_drained = False
+        self.stopped = anyio.Event()
+        self.config = config
+        self.backend_ssl: ssl.SSLContext | None = None
+        self.apply_config(config, initial=True)
+
+    def _apply(self, config: ProxyConfig, backend_ssl: ssl.SSLContext) -> None:
+        self.config = config
+        self.balancer.policy = config.balance.policy
+        self.registry.max_connections = config.limits.max_connections
+        self.registry.max_per_ip = config.limits.max_connections_per_ip
+        self.backend_ssl = backend_ssl
+        self.liveness_rules = LivenessRules(
+            interval=config.heartbeat.interval,
+            timeout=config.heartbeat.timeout,
+            idle_timeout=config.limits.idle_timeout,
+            max_age=config.limits.max_connection_age,
         )
-        self.registry: Registry[Connection] = Registry(
-            max_connections=config.limits.max_connections,
-            max_per_ip=config.limits.max_connections_per_ip,
+        rate = config.admission.max_upgrade_rate
+        self.admission = (
+            TokenBucket(rate, config.admission.burst, self.loop.time()) if rate > 0 else None
         )
-        self.backend_ssl: ssl.SSLContext | None = (
-            backend_context(config.backend_tls)
-            if any(b.scheme == "wss" for b in config.backends)
-            else None
-        )
-        self.stopping = False
-        self.all_closed = anyio.Event()
+
+    # Small services for connections…
 
     def new_conn_id(self) -> str:
         return secrets.token_hex(6)
@@ -58,6 +88,31 @@ class ProxyContext:
         """Run *fn* in the proxy's task group (nothing outlives the process group)."""
         self._task_group.start_soon(fn)
 
+    def close_reason(self, text: str) -> str:
+        return close_reason(text, self.config.drain.reconnect_hint)
+
+    @property
+    def ready(self) -> bool:
+        """Whether new connections are welcome (``/readyz``)."""
+        return None not in self.drains
+
+    def ping_rtt(self, side: Side, rtt: float) -> None:
+        """A heartbeat round trip on *side* took *rtt* seconds (kept for the metrics)."""
+
+    def hold_down(self, backend: BackendState) -> None:
+        """*backend* closed a connection with 1001/1012: it is restarting."""
+        if backend.held:
+            return
+        backend.held = True
+        log.info("backend.held_down", backend=backend.name,
+                 seconds=self.config.drain.backend_hold_down)
+
+        def release() -> None:
+            backend.held = False
+            log.info("backend.released", backend=backend.name)
+
+        self.loop.call_later(self.config.drain.backend_hold_down, release)
+
     # Hooks called by each Connection…
 
     def connection_started(self, conn: Connection) -> None:
@@ -65,22 +120,29 @@ class ProxyContext:
 
     def refusal(self, conn: Connection) -> Refusal | None:
         """Why this upgrade is answered with an error before any backend is asked."""
-        if self.stopping:
-            return 503, "proxy is shutting down", _RETRY_AFTER
+        if self.refusing:
+            return 503, "proxy is draining", _RETRY_AFTER
         request = conn.session.request
         origins = self.config.allowed_origins
         origin = request.origin if request is not None else None
-        if origins and origin is not None and origin not in origins:
+        if origins and origin is not None and origin.lower() not in origins:
             return 403, "origin not allowed", ()
         reason = self.registry.over_limit(conn.client_ip)
         if reason is not None:
             log.warning("connection.limit", conn_id=conn.id, client=conn.client_ip, reason=reason)
             return 503, reason, _RETRY_AFTER
+        if self.admission is not None and not self.admission.take(self.loop.time()):
+            retry = str(self.admission.retry_after())
+            return 503, "upgrade rate limit", (("Retry-After", retry),)
         return None
 
     def connection_opened(self, conn: Connection) -> None:
         log.info("connection.opened", conn_id=conn.id, client=conn.client_ip,
                  backend=conn.backend.name if conn.backend else None, subject=None)
+        for drain in self.drains.values():
+            if drain.closing and drain.covers(conn):
+                drain.adopt(conn)  # dialled before the drain began, opened after
+                break
 
     def connection_rejected(self, conn: Connection) -> None:
         log.info("connection.rejected", conn_id=conn.id, client=conn.client_ip,
@@ -88,49 +150,158 @@ class ProxyContext:
 
     def connection_finished(self, conn: Connection) -> None:
         self.registry.remove(conn.id, conn.peer_ip)
-        if conn.backend is not None:
+        if conn.opened:
             log.info("connection.closed", **conn.summary())
-        if self.stopping and not len(self.registry):
-            self.all_closed.set()
+        for drain in self.drains.values():
+            drain.forget(conn)
+
+    async def sweep(self) -> None:
+        """Visit every connection about once a period for its timers (core.liveness)."""
+        while True:
+            rules = self.liveness_rules
+            await anyio.sleep(min(1.0, rules.interval / 4, rules.timeout / 4))
+            now = self.loop.time()
+            for conn in list(self.registry.connections.values()):
+                conn.tick(now)
+
+    # Controls…
+
+    def drain(self, spread: float | None = None) -> Drain:
+        """Drain the whole proxy: unready now, closes after ``drain.delay``."""
+        existing = self.drains.get(None)
+        if existing is not None:
+            return existing
+        cfg = self.config.drain
+        drain = Drain(self, None, cfg.spread if spread is None else spread, cfg.delay)
+        log.info("drain.started", drain="proxy", spread_s=drain.spread, delay_s=drain.delay,
+                 connections=len(self.registry))
+        self._start(drain)
+        return drain
+
+    def undrain(self) -> bool:
+        """End the proxy's drain (connections already closing go on closing)."""
+        self.refusing = False
+        return self._stop_drain(None)
+
+    def drain_backend(self, backend: BackendState, spread: float | None = None) -> Drain:
+        """Drain one backend: no new upgrades for it, its connections closed with 1012."""
+        existing = self.drains.get(backend)
+        if existing is not None:
+            return existing
+        backend.draining = True
+        drain = Drain(self, backend, self.config.drain.spread if spread is None else spread)
+        log.info("drain.started", drain=backend.name, spread_s=drain.spread,
+                 connections=backend.active)
+        self._start(drain)
+        return drain
+
+    def undrain_backend(self, backend: BackendState) -> bool:
+        backend.draining = False
+        return self._stop_drain(backend)
+
+    def shutdown(self, spread: float | None = None) -> None:
+        """SIGTERM: drain the proxy, then stop the process."""
+        self.exit_when_drained = True
+        drain = self.drain(spread)
+        if drain.done.is_set():
+            self.stopped.set()
+
+    def hurry(self) -> None:
+        """A second SIGTERM: skip the rest of every spread."""
+        for drain in self.drains.values():
+            drain.hurry()
+
+    def _start(self, drain: Drain) -> None:
+        self.drains[drain.backend] = drain
+
+        async def run() -> None:
+            await drain.run()
+            if self.drains.get(drain.backend) is drain and drain.done.is_set():
+                log.info("drain.finished", drain=drain.name, closed=drain.schedule.closed
+                         if drain.schedule else 0)
+                if drain.backend is None and self.exit_when_drained:
+                    self.stopped.set()
+                elif drain.backend is not None and drain.backend.removed:
+                    del self.drains[drain.backend]
+
+        self.spawn(run)
+
+    def _stop_drain(self, key: BackendState | None) -> bool:
+        drain = self.drains.pop(key, None)
+        if drain is None:
+            return False
+        drain.cancel_scope.cancel()
+        log.info("drain.cancelled", drain=drain.name)
+        return True
+
+    # Reloading…
+
+    def reload(self) -> list[str]:
+        """Re-read the config file (SIGHUP, POST /reload); the errors, if refused."""
+        if self.config_path is None:
+            return ["no config file to reload"]
+        try:
+            self.apply_config(load_config(self.config_path))
+        except ConfigError as exc:
+            errors = [str(p) for p in exc.problems]
+        except OSError as exc:  # backend_tls files that cannot be loaded
+            errors = [f"backend_tls: {exc}"]
+        else:
+            return []
+        log.error("config.reload_refused", errors=errors)
+        return errors
+
+    def apply_config(self, config: ProxyConfig, *, initial: bool = False) -> None:
+        """Take a new config: vanished backends drain, new ones join, the rest stay.
+
+        Raises:
+            OSError: a backend_tls file cannot be loaded; nothing was changed.
+        """
+        backend_ssl = backend_context(config.backend_tls)
+        if (config.listen, config.admin) != (self.config.listen, self.config.admin):
+            log.warning("config.restart_needed", keys=["listen", "admin"])
+        wanted = {b.name: b for b in config.backends}
+        for name, state in list(self.balancer.backends.items()):
+            if wanted.get(name) != state.config:
+                del self.balancer.backends[name]
+                state.removed = True
+                self.drain_backend(state)
+        for name, backend in wanted.items():
+            if name not in self.balancer.backends:
+                self.balancer.backends[name] = BackendState(backend)
+        self._apply(config, backend_ssl)
+        if not initial:
+            log.info("config.reloaded", backends=sorted(wanted))
 
 
 async def serve(
     config: ProxyConfig,
-    stop: anyio.Event,
     *,
-    task_status: TaskStatus[list[tuple[str, int]]] = anyio.TASK_STATUS_IGNORED,
+    config_path: str | None = None,
+    task_status: TaskStatus[ProxyContext] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run one proxy until *stop* is set; ``task_status`` gets the bound addresses."""
+    """Run one proxy until it has stopped (``ctx.shutdown()`` and its drain).
+
+    ``task_status`` gets the ProxyContext, whose ``addresses`` are the bound ones.
+    """
     loop = asyncio.get_running_loop()
     tls = server_context(config.listen.tls) if config.listen.tls else None
     async with anyio.create_task_group() as tg:
-        ctx = ProxyContext(config, task_group=tg)
+        ctx = ProxyContext(config, task_group=tg, config_path=config_path)
         server = await loop.create_server(
             lambda: ClientProtocol(ctx), config.listen.host, config.listen.port,
             ssl=tls, backlog=1024, reuse_address=True,
         )
-        addresses = [sock.getsockname()[:2] for sock in server.sockets]
-        log.info("proxy.listening", addresses=[f"{h}:{p}" for h, p in addresses],
+        ctx.addresses = [sock.getsockname()[:2] for sock in server.sockets]
+        log.info("proxy.listening", addresses=[f"{h}:{p}" for h, p in ctx.addresses],
                  backends=[b.name for b in config.backends], tls=tls is not None)
-        task_status.started(addresses)
-        await stop.wait()
-        await _stop(ctx, server)
-        tg.cancel_scope.cancel()
-
-
-async def _stop(ctx: ProxyContext, server: asyncio.Server) -> None:
-    """Close every connection with a close frame, bounded by drain.timeout."""
-    ctx.stopping = True
-    server.close()
-    code = ctx.config.drain.shutdown_close_code
-    log.info("proxy.stopping", connections=len(ctx.registry))
-    if not len(ctx.registry):
-        ctx.all_closed.set()
-    for conn in list(ctx.registry.connections.values()):
-        conn.shutdown(code, "proxy shutting down")
-    with anyio.move_on_after(ctx.config.drain.timeout):
-        await ctx.all_closed.wait()
-    for conn in list(ctx.registry.connections.values()):
-        conn.session.abort()
-        conn.shutdown(code, "")
+        tg.start_soon(ctx.sweep)
+        task_status.started(ctx)
+        try:
+            await ctx.stopped.wait()
+        finally:
+            server.close()
+            for conn in list(ctx.registry.connections.values()):
+                conn.terminate(config.drain.shutdown_close_code, "proxy stopped")
+            tg.cancel_scope.cancel()
     log.info("proxy.stopped")

@@ -18,7 +18,7 @@ from websockets.asyncio.server import serve as ws_serve
 from websockets.datastructures import Headers
 
 from wsproxy.config import ProxyConfig, parse_config
-from wsproxy.supervisor import serve
+from wsproxy.supervisor import ProxyContext, serve
 
 
 @dataclass
@@ -80,16 +80,23 @@ def make_config(backends: list[Backend] | list[dict[str, str]], **overrides: Any
 
 
 @asynccontextmanager
+async def running_proxy(config: ProxyConfig) -> AsyncIterator[ProxyContext]:
+    """Run the proxy in this event loop; yields its context (controls, addresses)."""
+    async with anyio.create_task_group() as tg:
+        ctx: ProxyContext = await tg.start(serve, config)
+        try:
+            yield ctx
+        finally:
+            ctx.shutdown(spread=0)
+            ctx.hurry()
+
+
+@asynccontextmanager
 async def proxy(config: ProxyConfig, *, scheme: str = "ws") -> AsyncIterator[str]:
     """Run the proxy in this event loop; yields its base URL."""
-    stop = anyio.Event()
-    async with anyio.create_task_group() as tg:
-        addresses = await tg.start(serve, config, stop)
-        host, port = addresses[0]
-        try:
-            yield f"{scheme}://{host}:{port}"
-        finally:
-            stop.set()
+    async with running_proxy(config) as ctx:
+        host, port = ctx.addresses[0]
+        yield f"{scheme}://{host}:{port}"
 
 
 async def raw_exchange(port: int, request: bytes, *, read_until_eof: bool = True) -> bytes:

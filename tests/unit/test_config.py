@@ -647,9 +647,6 @@ UNBUILT = [
     ({"health_check": {"path": "/healthz"}}, "health_check.path"),
     ({"plain_http": "proxy"}, "plain_http"),
     ({"listen": {"proxy_protocol": True}}, "listen.proxy_protocol"),
-    ({"admission": {"max_upgrade_rate": 100}}, "admission.max_upgrade_rate"),
-    ({"limits": {"idle_timeout": "5m"}}, "limits.idle_timeout"),
-    ({"limits": {"max_connection_age": "1h"}}, "limits.max_connection_age"),
     ({"admin": {"token": "s3cret"}}, "admin.token"),
     ({"allowed_origins": ["https://a.example"], "auth": {"token_from": ["cookie:s"]}}, None),
     (

@@ -23,6 +23,10 @@ class BackendState:
     active: int = 0
     healthy: bool = True
     draining: bool = False
+    #: Closed a connection with 1001/1012: restarting, out of rotation for a while.
+    held: bool = False
+    #: Gone from the config; kept only while its connections drain.
+    removed: bool = False
 
     @property
     def name(self) -> str:
@@ -30,7 +34,7 @@ class BackendState:
 
     @property
     def usable(self) -> bool:
-        return self.healthy and not self.draining
+        return self.healthy and not (self.draining or self.held or self.removed)
 
 
 class Balancer:

@@ -74,6 +74,8 @@ class LegState(enum.Enum):
     FAILED = "failed"
 
 
+_RESTART_CODES: Final = frozenset({frames.GOING_AWAY, frames.SERVICE_RESTART})
+_PROBES: Final = frozenset({"/healthz", "/readyz"})
 _CAN_SEND: Final = frozenset({LegState.OPEN, LegState.CLOSE_RECEIVED})
 _CAN_RECEIVE: Final = frozenset({LegState.OPEN, LegState.CLOSE_SENT})
 _FINISHED: Final = frozenset({LegState.CLOSED, LegState.FAILED})
@@ -152,8 +154,18 @@ class Session:
         *,
         max_message_size: int = 1 << 20,
         max_request_head: int = 16 << 10,
+        restart_code: int | None = None,
+        restart_reason: str = "",
     ) -> None:
         self.conn_id = conn_id
+        #: A backend closing with 1001/1012 is restarting: its client gets this code
+        #: (SPEC: drain.backend_close_code) and reason instead of the backend's close.
+        self.restart_code = restart_code
+        self.restart_reason = restart_reason
+        self.backend_restarting = False
+        #: The path of a plain GET /healthz or /readyz (a kubelet probe), if that is
+        #: what arrived instead of an upgrade: the driver answers it with reject().
+        self.probe: str | None = None
         self.state = SessionState.AWAIT_REQUEST
         self.max_message_size = max_message_size
         self.max_request_head = max_request_head
@@ -232,6 +244,9 @@ class Session:
             event = conn.next_event()
             while isinstance(event, h11.Request | h11.EndOfMessage):
                 if isinstance(event, h11.Request):
+                    self.probe = _probe_path(event)
+                    if self.probe is not None:
+                        return
                     self.request = check_upgrade(event)
                 event = conn.next_event()
         except h11.RemoteProtocolError as exc:
@@ -591,7 +606,19 @@ class Session:
         if self.initiator is None:
             self.initiator = f.src.value
         dst = self._legs[f.dst]
-        if dst.state in _CAN_SEND:
+        if (
+            f.src is Side.UPSTREAM
+            and src.state is LegState.CLOSE_RECEIVED  # the backend closed first
+            and code in _RESTART_CODES
+            and self.restart_code is not None
+            and dst.state in _CAN_SEND
+        ):
+            # The backend is going away: its client gets a restart close of ours at
+            # once, and we answer the backend ourselves.
+            self.backend_restarting = True
+            self._send_close(f.src, code, reason, initiator=None)
+            self._send_close(f.dst, self.restart_code, self.restart_reason, initiator=None)
+        elif dst.state in _CAN_SEND:
             # Relay the close as it came; its answer comes back the same way.
             dst.out.append(frame)
             self._sent_close(dst, code, reason)
@@ -682,3 +709,10 @@ class Session:
             elif states <= _FINISHED:
                 self._fire(Trigger.TRANSPORT_LOST)
 
+
+def _probe_path(request: h11.Request) -> str | None:
+    """The path of a plain GET /healthz or /readyz, or None."""
+    if request.method != b"GET" or any(name == b"upgrade" for name, _ in request.headers):
+        return None
+    path = bytes(request.target).split(b"?", 1)[0].decode("latin-1")
+    return path if path in _PROBES else None

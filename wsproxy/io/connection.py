@@ -17,7 +17,9 @@ import time
 from typing import TYPE_CHECKING, Any, Final, cast
 from urllib.parse import parse_qsl, urlsplit
 
+from wsproxy.core import frames
 from wsproxy.core.handshake import Forwarding, client_address
+from wsproxy.core.liveness import Due, Liveness, ping_payload, ping_sent_at
 from wsproxy.core.session import LegState, Session
 from wsproxy.core.states import TERMINAL, SessionState, Side
 from wsproxy.io.dialer import dial
@@ -125,7 +127,12 @@ class Connection:
             self.id,
             max_message_size=ctx.config.limits.max_message_size,
             max_request_head=ctx.config.limits.max_request_head,
+            restart_code=ctx.config.drain.backend_close_code,
+            restart_reason=ctx.close_reason("backend restarting"),
         )
+        self.liveness: Liveness | None = None
+        #: The latest heartbeat round-trip time of each leg, in seconds.
+        self.rtt: dict[Side, float] = {}
         self._transports: dict[Side, asyncio.Transport | None] = {CLIENT: client, UPSTREAM: None}
         self._open_transports = 1
         self._timer: asyncio.TimerHandle | None = ctx.loop.call_later(
@@ -140,11 +147,20 @@ class Connection:
         session = self.session
         session.receive_data(side, data)
         state = session.state
-        if state is SessionState.OPEN or state is SessionState.CLOSING:
+        if state is SessionState.OPEN and self._upstream_settled is None:
             self._flush()  # the hot path
+            if session.last_pong:
+                self._pongs()
+            return
+        if state is SessionState.OPEN or state is SessionState.CLOSING:
+            self._flush()
+            if session.backend_restarting and self.backend is not None:
+                self.ctx.hold_down(self.backend)
         elif state is SessionState.AWAIT_REQUEST:
             if session.request is not None:
                 self._route()
+            elif session.probe is not None:
+                self._answer_probe(session.probe)
         elif state is not SessionState.CONNECTING_UPSTREAM:
             self._flush()
         if self._upstream_settled is not None and (
@@ -208,6 +224,69 @@ class Connection:
             return
         transport.close()
 
+    # Closing on the proxy's behalf…
+
+    @property
+    def opened(self) -> bool:
+        """Whether the backend accepted: the connection is relaying, or has been."""
+        return self.backend is not None
+
+    def drain_close(self, code: int, reason: str) -> None:
+        """Start the client's close handshake (drain, age, idle); its answer goes on."""
+        self.session.close(CLIENT, code, reason)
+        self._flush()
+
+    def terminate(self, code: int, reason: str) -> None:
+        """Close both legs now: a close frame each if still possible, then the sockets."""
+        session = self.session
+        session.close(CLIENT, code, reason)
+        session.close(UPSTREAM, frames.GOING_AWAY, reason)
+        session.abort()
+        self._flush()
+
+    def kill(self, side: Side) -> None:
+        """*side* missed its heartbeat: drop its socket; the other leg gets a close."""
+        self.session.receive_eof(side)
+        self._flush()
+        transport = self._transports[side]
+        if transport is not None:
+            transport.abort()
+
+    def tick(self, now: float) -> None:
+        """The sweeper's visit: heartbeats, idle timeout, maximum age."""
+        session = self.session
+        liveness = self.liveness
+        if liveness is None or session.state is not SessionState.OPEN:
+            return
+        due = liveness.check(now, session.messages(CLIENT) + session.messages(UPSTREAM))
+        if due is Due.NOTHING:
+            return
+        if due is Due.PING:
+            for side, sent_at in liveness.pings_out():
+                session.send_ping(side, ping_payload(sent_at))
+            self._flush()
+        elif due is Due.CLIENT_DEAD or due is Due.UPSTREAM_DEAD:
+            log.info("heartbeat.timeout", conn_id=self.id,
+                     leg=CLIENT.value if due is Due.CLIENT_DEAD else UPSTREAM.value)
+            self.kill(CLIENT if due is Due.CLIENT_DEAD else UPSTREAM)
+        elif due is Due.IDLE:
+            self.drain_close(frames.GOING_AWAY, "idle timeout")
+        elif due is Due.AGED:
+            self.drain_close(self.ctx.config.drain.backend_close_code,
+                             self.ctx.close_reason("connection age limit"))
+
+    def _pongs(self) -> None:
+        liveness = self.liveness
+        now = self.ctx.loop.time()
+        for side, payload in self.session.last_pong.items():
+            sent_at = ping_sent_at(payload)
+            if liveness is not None and sent_at is not None:
+                rtt = liveness.pong(side, sent_at, now)
+                if rtt is not None:
+                    self.rtt[side] = rtt
+                    self.ctx.ping_rtt(side, rtt)
+        self.session.last_pong.clear()
+
     # Timers…
 
     def _cancel_timer(self) -> None:
@@ -227,6 +306,12 @@ class Connection:
         self._flush()
 
     # The upgrade…
+
+    def _answer_probe(self, path: str) -> None:
+        self._cancel_timer()
+        ok = path == "/healthz" or self.ctx.ready
+        self.session.reject(200 if ok else 503, "ok" if ok else "not ready")
+        self._flush()
 
     def _route(self) -> None:
         """The client's request is in: refuse it, or go and find a backend."""
@@ -349,6 +434,7 @@ class Connection:
         self._cancel_timer()
         self.backend = backend
         backend.active += 1
+        self.liveness = Liveness(self.ctx.liveness_rules, self.ctx.loop.time())
         self.ctx.connection_opened(self)
         self._flush()
         self.resume_reading(CLIENT)

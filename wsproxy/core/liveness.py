@@ -1,0 +1,102 @@
+"""Per-connection timers as pure decisions: heartbeats, idle timeout, maximum age.
+
+One sweeper task visits every open connection about once a second and asks its
+``Liveness`` what is due; the answer depends only on the ``now`` passed in. This
+keeps the clock out of the core and the per-connection cost to a few attributes (no
+timer handle or task per connection: 10,000 idle connections must stay cheap).
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+import struct
+from dataclasses import dataclass
+
+from wsproxy.core.states import Side
+
+
+class Due(enum.Enum):
+    """What a connection needs now, in order of precedence."""
+
+    NOTHING = "nothing"
+    #: Send a heartbeat ping on both legs.
+    PING = "ping"
+    #: The client leg missed its pong: it is dead.
+    CLIENT_DEAD = "client_dead"
+    #: The backend leg missed its pong: it is dead.
+    UPSTREAM_DEAD = "upstream_dead"
+    #: No data message either way for ``idle_timeout``.
+    IDLE = "idle"
+    #: Older than ``max_connection_age`` (plus its jitter).
+    AGED = "aged"
+
+
+@dataclass(frozen=True, slots=True)
+class LivenessRules:
+    interval: float
+    timeout: float
+    #: 0: off.
+    idle_timeout: float = 0.0
+    #: 0: off.
+    max_age: float = 0.0
+    #: Ages are stretched by up to this fraction, so that a scale-out's connections do
+    #: not all come due in the same second.
+    age_jitter: float = 0.1
+
+
+def ping_payload(sent_at: float) -> bytes:
+    """The heartbeat's own bytes: when it was sent (so any pong tells its RTT)."""
+    return struct.pack("!d", sent_at)
+
+
+def ping_sent_at(payload: bytes) -> float | None:
+    return struct.unpack("!d", payload)[0] if len(payload) == 8 else None
+
+
+class Liveness:
+    """The timers of one open connection."""
+
+    __slots__ = ("_activity", "_messages", "_next_ping", "_ping_out", "age_deadline", "rules")
+
+    def __init__(self, rules: LivenessRules, now: float, rng: random.Random | None = None) -> None:
+        rng = rng or random.Random()
+        self.rules = rules
+        # The first ping at a random point of the first interval: pings of connections
+        # opened together (after a drain elsewhere) do not stay in lockstep.
+        self._next_ping = now + rules.interval * (0.5 + rng.random() / 2)
+        self._ping_out: dict[Side, float] = {}
+        self._activity = now
+        self._messages = 0
+        self.age_deadline = (
+            now + rules.max_age * (1 + rules.age_jitter * rng.random()) if rules.max_age else None
+        )
+
+    def pong(self, side: Side, sent_at: float, now: float) -> float | None:
+        """A heartbeat pong came back on *side*; returns its round-trip time."""
+        if self._ping_out.get(side) != sent_at:
+            return None  # a late answer to an earlier ping: already judged
+        del self._ping_out[side]
+        return now - sent_at
+
+    def pings_out(self) -> list[tuple[Side, float]]:
+        """The heartbeat pings to (re)send after a PING: each leg's oldest unanswered."""
+        return list(self._ping_out.items())
+
+    def check(self, now: float, messages: int) -> Due:
+        """What is due at *now*; *messages* is the data messages relayed so far."""
+        for side, sent in self._ping_out.items():
+            if now - sent >= self.rules.timeout:
+                return Due.CLIENT_DEAD if side is Side.CLIENT else Due.UPSTREAM_DEAD
+        if messages != self._messages:
+            self._messages, self._activity = messages, now
+        if self.age_deadline is not None and now >= self.age_deadline:
+            return Due.AGED
+        if self.rules.idle_timeout and now - self._activity >= self.rules.idle_timeout:
+            return Due.IDLE
+        if now >= self._next_ping:
+            self._next_ping = now + self.rules.interval
+            for side in Side:
+                self._ping_out.setdefault(side, now)
+            return Due.PING
+        return Due.NOTHING

@@ -1,0 +1,138 @@
+"""Draining: closing a set of connections calmly, as SPEC.md "Draining" describes.
+
+A ``Drain`` is one task in the proxy's task group: the proxy's own (SIGTERM, ``POST
+/drain``; close code ``drain.shutdown_close_code``) or one backend's (``POST
+/backends/NAME/drain``, a backend gone from the config; ``drain.backend_close_code``).
+It closes its connections at the moments of a DrainSchedule, each with a close frame
+whose reason carries a reconnect hint, and after ``drain.timeout`` closes what is left
+at once.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import TYPE_CHECKING
+
+import anyio
+
+from wsproxy.core.schedule import DrainPlan, DrainSchedule
+from wsproxy.log import get_logger
+
+if TYPE_CHECKING:
+    from wsproxy.core.balance import BackendState
+    from wsproxy.io.connection import Connection
+    from wsproxy.supervisor import ProxyContext
+
+log = get_logger()
+
+#: The reconnect hint is a random wait in [0, this] milliseconds: the spread already
+#: paces the closes; the hint only keeps clients closed in the same instant apart.
+HINT_MAX_MS = 1000
+
+
+def close_reason(text: str, hint: bool, rng: random.Random | None = None) -> str:
+    """*text*, plus ``"; retry-after-ms=N"`` when reconnect hints are on."""
+    if not hint:
+        return text
+    return f"{text}; retry-after-ms={(rng or random).randint(0, HINT_MAX_MS)}"
+
+
+class Drain:
+    """One drain in progress: its members, its schedule, its outcome."""
+
+    def __init__(
+        self, ctx: ProxyContext, backend: BackendState | None, spread: float, delay: float = 0.0
+    ) -> None:
+        self.ctx = ctx
+        #: None: the whole proxy.
+        self.backend = backend
+        self.spread = spread
+        self.delay = delay
+        cfg = ctx.config.drain
+        self.code = cfg.shutdown_close_code if backend is None else cfg.backend_close_code
+        self.text = "proxy draining" if backend is None else "backend draining"
+        self.members: set[Connection] = set()
+        self.schedule: DrainSchedule[Connection] | None = None
+        #: Set once the closes have started (after ``delay``).
+        self.closing = False
+        self.done = anyio.Event()
+        self._hurry = anyio.Event()
+        self.cancel_scope = anyio.CancelScope()
+
+    @property
+    def name(self) -> str:
+        return "proxy" if self.backend is None else self.backend.name
+
+    def covers(self, conn: Connection) -> bool:
+        return self.backend is None or conn.backend is self.backend
+
+    def hurry(self) -> None:
+        """Skip the rest of the spread: close everything left now (a second SIGTERM)."""
+        self._hurry.set()
+
+    def adopt(self, conn: Connection) -> None:
+        """A connection of ours opened after the closes began: close it at once."""
+        self.members.add(conn)
+        conn.drain_close(self.code, close_reason(self.text, self.ctx.config.drain.reconnect_hint))
+
+    def forget(self, conn: Connection) -> None:
+        """*conn* has ended."""
+        self.members.discard(conn)
+        if self.schedule is not None:
+            self.schedule.discard(conn)
+        if self.closing and not self.members:
+            self.done.set()
+
+    def status(self, now: float) -> dict[str, object]:
+        schedule = self.schedule
+        return {
+            "name": self.name,
+            "left": len(self.members),
+            "closed": schedule.closed if schedule else 0,
+            "seconds_left": round(schedule.seconds_left(now), 3) if schedule else self.spread,
+        }
+
+    async def run(self) -> None:
+        """Wait out ``delay``, close on schedule, and close the rest at the deadline."""
+        with self.cancel_scope:
+            if self.delay:
+                with anyio.move_on_after(self.delay):
+                    await self._hurry.wait()
+            self._begin()
+            assert self.schedule is not None
+            await self._close_on_schedule(self.schedule)
+            with anyio.move_on_after(max(0.0, self.schedule.deadline - anyio.current_time())):
+                await self.done.wait()
+            self._close_the_rest()
+            with anyio.move_on_after(1.0):  # transports report their end promptly
+                await self.done.wait()
+
+    def _begin(self) -> None:
+        ctx = self.ctx
+        if self.backend is None:
+            ctx.refusing = True  # after the delay: new upgrades get 503
+        self.members = {c for c in ctx.registry.connections.values() if c.opened and self.covers(c)}
+        cfg = ctx.config.drain
+        plan = DrainPlan(spread=self.spread, timeout=cfg.timeout, max_close_rate=cfg.max_close_rate)
+        self.schedule = DrainSchedule(list(self.members), anyio.current_time(), plan)
+        self.closing = True
+        log.info("drain.closing", drain=self.name, connections=len(self.members),
+                 window_s=round(plan.window(len(self.members)), 3))
+        if not self.members:
+            self.done.set()
+
+    async def _close_on_schedule(self, schedule: DrainSchedule[Connection]) -> None:
+        hint = self.ctx.config.drain.reconnect_hint
+        while (at := schedule.next_at()) is not None:
+            if not self._hurry.is_set():
+                with anyio.move_on_after(max(0.0, at - anyio.current_time())):
+                    await self._hurry.wait()
+            due = schedule.due(schedule.deadline if self._hurry.is_set() else anyio.current_time())
+            for conn in due:
+                conn.drain_close(self.code, close_reason(self.text, hint))
+
+    def _close_the_rest(self) -> None:
+        if self.members:
+            log.warning("drain.timeout", drain=self.name, left=len(self.members))
+        for conn in list(self.members):
+            conn.terminate(self.code, self.text)
