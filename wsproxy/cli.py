@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from wsproxy import __version__
+from wsproxy import __version__, ops
 from wsproxy.config import ProxyConfig, load_config, parse_config
 from wsproxy.errors import ConfigError
 from wsproxy.log import configure_logging, get_logger
@@ -53,13 +53,37 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="two echo backends and the proxy, on 127.0.0.1")
     demo.add_argument("--port", type=int, default=8080, help="the proxy's port (8080)")
+    demo.add_argument("--admin-port", type=int, default=9090, help="the admin page's (9090)")
     demo.set_defaults(func=_cmd_demo)
+
+    drain = sub.add_parser("drain", help="drain a running proxy, or one backend")
+    drain.add_argument("--backend", metavar="NAME")
+    drain.add_argument("--spread", metavar="DURATION", help='e.g. "10s" (default: drain.spread)')
+    drain.add_argument("--wait", action="store_true", help="return when the drain is done")
+    undrain = sub.add_parser("undrain", help="end a drain")
+    undrain.add_argument("--backend", metavar="NAME")
+    status = sub.add_parser("status", help="backends, their state and connection counts")
+    conns = sub.add_parser("connections", help="a running proxy's connections")
+    conns.add_argument("--top", type=int, default=20, metavar="N")
+    conns.add_argument("--sort", choices=("age", "traffic"), default="age")
+    for name, command in (("drain", drain), ("undrain", undrain), ("status", status),
+                          ("connections", conns)):
+        ops.add_arguments(command)
+        command.set_defaults(func=partial(_cmd_ops, name))
 
     echo = sub.add_parser("echo-backend", help="a built-in echo WebSocket server")
     echo.add_argument("--port", type=int, required=True)
     echo.add_argument("--host", default="127.0.0.1")
     echo.set_defaults(func=_cmd_echo)
     return parser
+
+
+def _cmd_ops(name: str, args: argparse.Namespace) -> int:
+    try:
+        return ops.run(name, args)
+    except ValueError as exc:  # a bad --spread
+        print(f"wsproxy: --spread: {exc}", file=sys.stderr)  # noqa: T201
+        return EXIT_CONFIG
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
@@ -76,7 +100,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     configure_logging("info", "console")
-    return _run_async(_demo, args.port)
+    return _run_async(_demo, args.port, args.admin_port)
 
 
 def _cmd_echo(args: argparse.Namespace) -> int:
@@ -145,7 +169,7 @@ async def _echo(host: str, port: int) -> int:
     return 0
 
 
-async def _demo(port: int) -> int:
+async def _demo(port: int, admin_port: int) -> int:
     from wsproxy.echo import start_echo_server
 
     echoes = [await start_echo_server() for _ in range(2)]
@@ -155,14 +179,17 @@ async def _demo(port: int) -> int:
     ]
     config = parse_config({
         "listen": {"host": "127.0.0.1", "port": port},
+        "admin": {"host": "127.0.0.1", "port": admin_port},
         "backends": backends,
         "logging": {"level": "info", "format": "console"},
         # A demo stops at Ctrl-C without making anyone wait for a spread.
         "drain": {"spread": "1s", "timeout": "3s"},
     })
     def announce(ctx: ProxyContext) -> None:
-        print(_DEMO_TEXT.format(port=ctx.addresses[0][1], backends=", ".join(  # noqa: T201
-            f"{b['name']} at {b['url']}" for b in backends)), flush=True)
+        assert ctx.admin_address is not None
+        print(_DEMO_TEXT.format(  # noqa: T201
+            port=ctx.addresses[0][1], admin=ctx.admin_address[1],
+            backends=", ".join(f"{b['name']} at {b['url']}" for b in backends)), flush=True)
 
     await _serve_until_signal(config, None, announce)
     for server in echoes:
@@ -174,6 +201,7 @@ _DEMO_TEXT = """
 wsproxy demo is running. Ctrl-C stops it (with a close frame to every client).
 
   proxy:     ws://127.0.0.1:{port}/
+  admin:     http://127.0.0.1:{admin}/   (backends, connections, drain buttons)
   backends:  {backends} (built-in echo servers)
 
 Try it:
@@ -181,4 +209,6 @@ Try it:
   or, in a browser console:
     ws = new WebSocket("ws://127.0.0.1:{port}/"); ws.onmessage = e => console.log(e.data);
     ws.onopen = () => ws.send("hello through wsproxy");
+  and drain a backend while connected:
+    wsproxy drain --admin http://127.0.0.1:{admin} --backend echo-1 --spread 5s
 """

@@ -363,7 +363,6 @@ def refuse_unbuilt(cfg: ProxyConfig) -> list[ConfigProblem]:
         ("health_check.path", cfg.health_check.path != "", "health checking"),
         ("plain_http", cfg.plain_http == "proxy", "proxying plain HTTP"),
         ("listen.proxy_protocol", cfg.listen.proxy_protocol, "the PROXY protocol"),
-        ("admin.token", cfg.admin.token is not None, "an admin token"),
         *(
             (f"auth.token_from[{i}]", source.startswith("cookie:"), "a cookie token source")
             for i, source in enumerate(cfg.auth.token_from)

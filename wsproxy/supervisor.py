@@ -17,6 +17,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
+from wsproxy.admin import serve_admin
 from wsproxy.config import ProxyConfig, load_config
 from wsproxy.core.admission import TokenBucket
 from wsproxy.core.balance import BackendState, Balancer
@@ -27,11 +28,13 @@ from wsproxy.drain import Drain, close_reason
 from wsproxy.errors import ConfigError
 from wsproxy.io.connection import ClientProtocol, Connection
 from wsproxy.log import get_logger
+from wsproxy.metrics import Metrics
 from wsproxy.tls import backend_context, server_context
 
 log = get_logger()
 
-Refusal = tuple[int, str, tuple[tuple[str, str], ...]]
+#: (failure label, status, reason, headers) of an upgrade refused before any backend.
+Refusal = tuple[str, int, str, tuple[tuple[str, str], ...]]
 _RETRY_AFTER = (("Retry-After", "5"),)
 
 
@@ -51,6 +54,7 @@ class ProxyContext:
         self.balancer = Balancer(config.balance.policy, [])
         self.registry: Registry[Connection] = Registry(max_connections=0, max_per_ip=0)
         self.addresses: list[tuple[str, int]] = []
+        self.admin_address: tuple[str, int] | None = None
         #: Every drain in progress; the key None is the proxy's own.
         self.drains: dict[BackendState | None, Drain] = {}
         #: Set after ``drain.delay`` of a proxy drain: new upgrades get 503.
@@ -58,6 +62,7 @@ class ProxyContext:
         #: Stop the process once the proxy's drain is done (SIGTERM, not POST /drain).
         self.exit_when_drained = False
         self.stopped = anyio.Event()
+        self.metrics = Metrics(self)
         self.config = config
         self.backend_ssl: ssl.SSLContext | None = None
         self.apply_config(config, initial=True)
@@ -98,6 +103,12 @@ class ProxyContext:
 
     def ping_rtt(self, side: Side, rtt: float) -> None:
         """A heartbeat round trip on *side* took *rtt* seconds (kept for the metrics)."""
+        self.metrics.rtt[side].observe(rtt)
+
+    def backends_shown(self) -> list[BackendState]:
+        """The configured backends, and removed ones while their connections drain."""
+        gone = [key for key in self.drains if key is not None and key.removed]
+        return [*self.balancer.backends.values(), *gone]
 
     def hold_down(self, backend: BackendState) -> None:
         """*backend* closed a connection with 1001/1012: it is restarting."""
@@ -121,19 +132,19 @@ class ProxyContext:
     def refusal(self, conn: Connection) -> Refusal | None:
         """Why this upgrade is answered with an error before any backend is asked."""
         if self.refusing:
-            return 503, "proxy is draining", _RETRY_AFTER
+            return "draining", 503, "proxy is draining", _RETRY_AFTER
         request = conn.session.request
         origins = self.config.allowed_origins
         origin = request.origin if request is not None else None
         if origins and origin is not None and origin.lower() not in origins:
-            return 403, "origin not allowed", ()
+            return "origin", 403, "origin not allowed", ()
         reason = self.registry.over_limit(conn.client_ip)
         if reason is not None:
             log.warning("connection.limit", conn_id=conn.id, client=conn.client_ip, reason=reason)
-            return 503, reason, _RETRY_AFTER
+            return "connection_limit", 503, reason, _RETRY_AFTER
         if self.admission is not None and not self.admission.take(self.loop.time()):
             retry = str(self.admission.retry_after())
-            return 503, "upgrade rate limit", (("Retry-After", retry),)
+            return "rate_limited", 503, "upgrade rate limit", (("Retry-After", retry),)
         return None
 
     def connection_opened(self, conn: Connection) -> None:
@@ -150,6 +161,7 @@ class ProxyContext:
 
     def connection_finished(self, conn: Connection) -> None:
         self.registry.remove(conn.id, conn.peer_ip)
+        self.metrics.connection_ended(conn, *conn.outcome())
         if conn.opened:
             log.info("connection.closed", **conn.summary())
         for drain in self.drains.values():
@@ -210,6 +222,20 @@ class ProxyContext:
         """A second SIGTERM: skip the rest of every spread."""
         for drain in self.drains.values():
             drain.hurry()
+
+    def drain_status(self) -> dict[str, object]:
+        """Every drain in progress, summed up (``GET /drain``)."""
+        now = anyio.current_time()
+        active = [d for d in self.drains.values() if not d.done.is_set()]
+        statuses = [d.status(now) for d in self.drains.values()]
+        return {
+            "draining": bool(active),
+            "left": sum(len(d.members) for d in active),
+            "closed": sum(int(str(st["closed"])) for st in statuses),
+            "seconds_left": max((float(str(st["seconds_left"])) for st in statuses
+                                 if st["name"] in {d.name for d in active}), default=0.0),
+            "drains": statuses,
+        }
 
     def _start(self, drain: Drain) -> None:
         self.drains[drain.backend] = drain
@@ -296,6 +322,7 @@ async def serve(
         log.info("proxy.listening", addresses=[f"{h}:{p}" for h, p in ctx.addresses],
                  backends=[b.name for b in config.backends], tls=tls is not None)
         tg.start_soon(ctx.sweep)
+        ctx.admin_address = await tg.start(serve_admin, ctx)
         task_status.started(ctx)
         try:
             await ctx.stopped.wait()

@@ -66,6 +66,7 @@ def make_config(backends: list[Backend] | list[dict[str, str]], **overrides: Any
     """A config for a proxy on 127.0.0.1:0 in front of *backends*."""
     raw: dict[str, Any] = {
         "listen": {"host": "127.0.0.1", "port": 0},
+        "admin": {"host": "127.0.0.1", "port": 0},
         "backends": [
             b if isinstance(b, dict) else {"name": b.name, "url": b.url} for b in backends
         ],

@@ -647,7 +647,6 @@ UNBUILT = [
     ({"health_check": {"path": "/healthz"}}, "health_check.path"),
     ({"plain_http": "proxy"}, "plain_http"),
     ({"listen": {"proxy_protocol": True}}, "listen.proxy_protocol"),
-    ({"admin": {"token": "s3cret"}}, "admin.token"),
     ({"allowed_origins": ["https://a.example"], "auth": {"token_from": ["cookie:s"]}}, None),
     (
         {"discovery": {"dns": {"name": "app.default.svc.cluster.local", "port": 8000}}},

@@ -446,6 +446,11 @@ class Session:
             for side, leg in self._legs.items()
         }
 
+    def close_code_sent(self, side: Side) -> int | None:
+        """The code of the close frame *side* was sent (relayed or ours), if any."""
+        sent = self._legs[side].close_sent
+        return sent[0] if sent else None
+
     # The relay: frame boundaries in place…
 
     def _scan(self, f: _Flow, data: bytes) -> None:

@@ -38,6 +38,8 @@ UPSTREAM_EOF_WAIT: Final = 2.0
 CLIENT: Final = Side.CLIENT
 UPSTREAM: Final = Side.UPSTREAM
 _RELAYING: Final = (SessionState.OPEN, SessionState.CLOSING)
+#: The failures the session answers by itself, by status.
+_STATUS_FAILURES: Final = {400: "bad_request", 426: "bad_version", 431: "head_too_large"}
 
 
 class ClientProtocol(asyncio.Protocol):
@@ -130,6 +132,8 @@ class Connection:
             restart_code=ctx.config.drain.backend_close_code,
             restart_reason=ctx.close_reason("backend restarting"),
         )
+        #: Why the upgrade did not open (a metrics label), when it did not.
+        self.failure: str | None = None
         self.liveness: Liveness | None = None
         #: The latest heartbeat round-trip time of each leg, in seconds.
         self.rtt: dict[Side, float] = {}
@@ -297,6 +301,7 @@ class Connection:
     def _handshake_timed_out(self) -> None:
         self._timer = None
         if self.session.state in (SessionState.AWAIT_REQUEST, SessionState.CONNECTING_UPSTREAM):
+            self.failure = "timeout"
             self.session.abort()
             self._flush()
 
@@ -325,9 +330,7 @@ class Connection:
         self._cancel_timer()  # the client's part is done; backend_timeout bounds the rest
         refusal = self.ctx.refusal(self)
         if refusal is not None:
-            status, reason, headers = refusal
-            session.reject(status, reason, headers)
-            self._rejected()
+            self._reject(*refusal)
             return
         session.accept()
         transport = self._transports[CLIENT]
@@ -347,16 +350,19 @@ class Connection:
                 self._opened(backend)
                 return
             if outcome is not SessionState.CONNECTING_UPSTREAM:
-                self._rejected() if outcome is SessionState.REJECTED else self._flush()
+                if outcome is SessionState.REJECTED:
+                    self.failure = "backend_refused"
+                    self._rejected()
+                else:
+                    self._flush()
                 return
             log.warning("upstream.failed", conn_id=self.id, backend=backend.name,
                         error=session.upstream_failure)
         if session.state is SessionState.CONNECTING_UPSTREAM:
             if session.upstream_failure is None:
-                session.reject(503, "no healthy backend", (("Retry-After", "5"),))
+                self._reject("no_backend", 503, "no healthy backend", (("Retry-After", "5"),))
             else:
-                session.reject(502, "backend unreachable")
-            self._rejected()
+                self._reject("backend_unreachable", 502, "backend unreachable")
 
     async def _try_backend(self, backend: BackendState) -> SessionState:
         """Dial *backend* and do its handshake; returns the session's state after."""
@@ -439,6 +445,13 @@ class Connection:
         self._flush()
         self.resume_reading(CLIENT)
 
+    def _reject(
+        self, kind: str, status: int, reason: str, headers: tuple[tuple[str, str], ...] = ()
+    ) -> None:
+        self.failure = kind
+        self.session.reject(status, reason, headers)
+        self._rejected()
+
     def _rejected(self) -> None:
         self._cancel_timer()
         self.ctx.connection_rejected(self)
@@ -458,6 +471,40 @@ class Connection:
             self.backend.active -= 1
         self.ctx.connection_finished(self)
 
+    def age(self) -> float:
+        return time.monotonic() - self.started
+
+    def outcome(self) -> tuple[str, str | None]:
+        """How the handshake ended, and why it failed: labels for the metrics."""
+        if self.opened:
+            return "upgraded", None
+        if self.session.probe is not None:
+            return "probe", None
+        if self.session.state is SessionState.REJECTED:
+            status = self.session.rejected_status
+            return "rejected", self.failure or _STATUS_FAILURES.get(status or 0, "bad_request")
+        return "failed", self.failure or "client_gone"
+
+    @property
+    def subject(self) -> str | None:
+        """The authenticated identity (none until authentication is built)."""
+        return None
+
+    def view(self) -> dict[str, Any]:
+        """This connection for ``GET /connections``."""
+        s = self.session
+        return {
+            "id": self.id,
+            "client": self.client_ip,
+            "backend": self.backend.name if self.backend else None,
+            "subject": self.subject,
+            "age_s": round(self.age(), 3),
+            "messages_to_backend": s.messages(UPSTREAM),
+            "messages_to_client": s.messages(CLIENT),
+            "bytes_to_backend": s.bytes_relayed(UPSTREAM),
+            "bytes_to_client": s.bytes_relayed(CLIENT),
+        }
+
     def summary(self) -> dict[str, Any]:
         """The fields of the canonical ``connection.closed`` log line."""
         s = self.session
@@ -468,7 +515,7 @@ class Connection:
             "backend": self.backend.name if self.backend else None,
             "subject": None,
             "state": s.state.value,
-            "duration_s": round(time.monotonic() - self.started, 3),
+            "duration_s": round(self.age(), 3),
             "close_code_client": codes["client"],
             "close_code_upstream": codes["upstream"],
             "initiator": s.initiator,

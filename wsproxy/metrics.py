@@ -1,0 +1,168 @@
+"""Prometheus metrics, computed when scraped.
+
+The per-message counters live where they are counted anyway: in each session
+(wsproxy.core.session). A scrape adds up the live connections and the totals kept
+from the ones that ended, so the hot path pays nothing for metrics. prometheus-client
+provides the registry (one per proxy: no global state) and the text exposition.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Final
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
+from prometheus_client.registry import Collector
+
+from wsproxy.core.states import Side
+
+if TYPE_CHECKING:
+    from wsproxy.io.connection import Connection
+    from wsproxy.supervisor import ProxyContext
+
+#: Close codes with a series of their own; any other is counted as "other".
+REGISTERED_CODES: Final = frozenset({*range(1000, 1004), *range(1007, 1015)})
+DURATION_BUCKETS: Final = (1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 6 * 3600.0, 24 * 3600.0)
+RTT_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+DIRECTIONS: Final = {Side.UPSTREAM: "to_backend", Side.CLIENT: "to_client"}
+
+
+class Histogram:
+    """Bucket counts and a sum: what a Prometheus histogram needs, nothing more."""
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = tuple(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        out: list[tuple[str, float]] = []
+        running = 0
+        for bound, count in zip((*map(str, self.bounds), "+Inf"), self.counts, strict=True):
+            running += count
+            out.append((bound, running))
+        return out
+
+
+class Metrics:
+    """Counters of the connections that ended, and the scrape of the live ones."""
+
+    def __init__(self, ctx: ProxyContext) -> None:
+        self.ctx = ctx
+        self.connections: Counter[str] = Counter()
+        self.handshake_failures: Counter[str] = Counter()
+        self.messages: Counter[str] = Counter()
+        self.bytes: Counter[str] = Counter()
+        self.undelivered: Counter[str] = Counter()
+        self.closes: Counter[tuple[str, str]] = Counter()
+        self.duration = Histogram(DURATION_BUCKETS)
+        self.rtt = {side: Histogram(RTT_BUCKETS) for side in Side}
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_Collector(self))
+
+    def render(self) -> bytes:
+        """The text exposition format."""
+        return generate_latest(self.registry)
+
+    def connection_ended(self, conn: Connection, outcome: str, failure: str | None) -> None:
+        self.connections[outcome] += 1
+        if failure is not None:
+            self.handshake_failures[failure] += 1
+        if not conn.opened:
+            return
+        session = conn.session
+        for side, direction in DIRECTIONS.items():
+            self.messages[direction] += session.messages(side)
+            self.bytes[direction] += session.bytes_relayed(side)
+            self.undelivered[direction] += session.undelivered(side)
+        code = session.close_code_sent(Side.CLIENT)
+        label = "none" if code is None else str(code) if code in REGISTERED_CODES else "other"
+        self.closes[label, session.initiator or "unknown"] += 1
+        self.duration.observe(conn.age())
+
+    def live_traffic(self) -> tuple[Counter[str], Counter[str], Counter[str]]:
+        messages, size, undelivered = Counter(self.messages), Counter(self.bytes), Counter(
+            self.undelivered
+        )
+        for conn in self.ctx.registry.connections.values():
+            if conn.opened:
+                session = conn.session
+                for side, direction in DIRECTIONS.items():
+                    messages[direction] += session.messages(side)
+                    size[direction] += session.bytes_relayed(side)
+                    undelivered[direction] += session.undelivered(side)
+        return messages, size, undelivered
+
+
+class _Collector(Collector):
+    def __init__(self, metrics: Metrics) -> None:
+        self.m = metrics
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
+        m, ctx = self.m, self.m.ctx
+        yield _gauge("wsproxy_connections_active", "Open proxied connections.", "backend",
+                     ((b.name, b.active) for b in ctx.backends_shown()))
+        yield _counter("wsproxy_connections", "Accepted TCP connections by how their "
+                       "handshake ended.", "outcome", m.connections.items())
+        yield _counter("wsproxy_handshake_failures", "Upgrades that did not open.", "reason",
+                       m.handshake_failures.items())
+        messages, size, undelivered = m.live_traffic()
+        yield _counter("wsproxy_messages", "Data messages relayed.", "direction",
+                       messages.items())
+        yield _counter("wsproxy_bytes", "Bytes relayed, frame headers included.", "direction",
+                       size.items())
+        yield _counter("wsproxy_undelivered_messages", "Messages that arrived after a close "
+                       "was sent their way (RFC 6455 5.5.1).", "direction", undelivered.items())
+        closes = CounterMetricFamily("wsproxy_closes", "Ended connections by the close code "
+                                     "the client got and who closed first.",
+                                     labels=["code", "initiator"])
+        for (code, initiator), count in m.closes.items():
+            closes.add_metric([code, initiator], count)
+        yield closes
+        yield _gauge("wsproxy_backend_healthy", "1 if the backend takes new upgrades.",
+                     "backend", ((b.name, int(b.healthy and not b.held))
+                                 for b in ctx.backends_shown()))
+        yield GaugeMetricFamily("wsproxy_draining", "1 while the proxy drains.",
+                                value=int(not ctx.ready))
+        yield GaugeMetricFamily("wsproxy_drain_remaining", "Connections left to close in "
+                                "drains in progress.", value=sum(
+                                    len(d.members) for d in ctx.drains.values()))
+        yield _histogram("wsproxy_connection_duration_seconds", "Lifetime of ended "
+                         "connections.", [], [((), m.duration)])
+        yield _histogram("wsproxy_ping_rtt_seconds", "Heartbeat round-trip time.", ["leg"],
+                         [((side.value,), h) for side, h in m.rtt.items()])
+
+
+def _counter(name: str, doc: str, label: str,
+             values: Iterable[tuple[str, float]]) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, doc, labels=[label])
+    for value, count in values:
+        family.add_metric([value], count)
+    return family
+
+
+def _gauge(name: str, doc: str, label: str,
+           values: Iterable[tuple[str, float]]) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, doc, labels=[label])
+    for value, count in values:
+        family.add_metric([value], count)
+    return family
+
+
+def _histogram(name: str, doc: str, labels: list[str],
+               series: Iterable[tuple[tuple[str, ...], Histogram]]) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, doc, labels=labels)
+    for values, h in series:
+        family.add_metric(list(values), h.cumulative(), h.total)
+    return family
