@@ -576,15 +576,17 @@ def measure(ctx: Ctx, fig: Figure, inst: Instance) -> dict[str, float]:
     a = ctx.args
     args = fig.wsload(a)
     budget = a.seconds + a.warmup + 90
-    if ctx.quiet_misses >= 2:  # never quiet: stop waiting, just record the load
+    if ctx.quiet_misses >= 2:  # not quiet lately: don't wait, just record the load
         waited, load = 0.0, machine_load()
+        if load <= 0.15:
+            ctx.quiet_misses = 0  # quiet again: wait before the next figures
     elif a.quiet_wait > 0:
         waited, load = wait_quiet(a.quiet_wait)
         ctx.quiet_misses = ctx.quiet_misses + 1 if load > 0.15 else 0
         if ctx.quiet_misses == 2:
             print(
                 f"warning: other processes keep {load:.0%} of a core busy; measuring "
-                "anyway without waiting any more (see 'other' in the CPU table)",
+                "without waiting until it is quiet again (see 'other' in the CPU table)",
                 file=sys.stderr,
             )
     else:
@@ -881,10 +883,13 @@ def sigterm_as_interrupt() -> Iterator[None]:
         raise KeyboardInterrupt
 
     old = signal.signal(signal.SIGTERM, handler)
+    # also when started with SIGINT ignored (a background job of a script)
+    old_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, old)
+        signal.signal(signal.SIGINT, old_int)
 
 
 def main(argv: list[str] | None = None) -> int:
