@@ -1,0 +1,132 @@
+"""The admin page in a real browser: headless Chromium driven by playwright-core.
+
+The proxy runs in this event loop in front of two backends with a few connections open;
+``admin_page.mjs`` (a node script) loads ``GET /``, sees both backends, clicks Drain on
+one and waits for its state to read "draining". The drain is then checked through the
+API itself. Skips when Chromium, node or playwright-core is missing: ``.ci/run``
+installs them (Debian ``chromium``; ``npm install --prefix $WSPROXY_PLAYWRIGHT_DIR
+playwright-core``). ``WSPROXY_ADMIN_SCREENSHOT=/tmp/page.png`` keeps a screenshot.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import urllib.error
+import urllib.request
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from websockets.asyncio.client import connect
+
+from tests.integration.peers import backend, make_config, running_proxy
+
+pytestmark = pytest.mark.anyio
+
+SCRIPT = Path(__file__).with_name("admin_page.mjs")
+CHROMIUM = os.environ.get("WSPROXY_CHROMIUM", "/usr/bin/chromium")
+PLAYWRIGHT_DIR = Path(os.environ.get("WSPROXY_PLAYWRIGHT_DIR", "/tmp/wsproxy-pw"))
+#: Bound on every wait inside the browser script; the whole script gets a bit more.
+WAIT_MS = 20_000
+CONNECTIONS = 4
+
+
+def _missing() -> str | None:
+    if not Path(CHROMIUM).is_file():
+        return f"no Chromium at {CHROMIUM} (apt-get install chromium, or set WSPROXY_CHROMIUM)"
+    if shutil.which("node") is None:
+        return "no node on PATH (needed to run playwright-core)"
+    if not (PLAYWRIGHT_DIR / "node_modules" / "playwright-core" / "package.json").is_file():
+        return (f"playwright-core not installed under {PLAYWRIGHT_DIR} "
+                "(npm install --prefix DIR playwright-core, or set WSPROXY_PLAYWRIGHT_DIR)")
+    return None
+
+
+def _get(url: str, token: str | None = None) -> tuple[int, Any]:
+    """A blocking GET (run it in a thread: the proxy shares this test's event loop)."""
+    request = urllib.request.Request(url)
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, json.load(exc)
+
+
+async def _drive_page(admin_url: str, backend_name: str, token: str | None) -> dict[str, Any]:
+    command = ["node", str(SCRIPT), f"--url={admin_url}/", f"--backend={backend_name}",
+               f"--timeout-ms={WAIT_MS}"]
+    if token is not None:
+        command.append(f"--token={token}")
+    if screenshot := os.environ.get("WSPROXY_ADMIN_SCREENSHOT"):
+        command.append(f"--screenshot={screenshot}")
+    env = {**os.environ, "WSPROXY_PLAYWRIGHT_DIR": str(PLAYWRIGHT_DIR),
+           "WSPROXY_CHROMIUM": CHROMIUM}
+    with anyio.fail_after(WAIT_MS / 1000 * 2):
+        done = await anyio.run_process(command, env=env, check=False)
+    output = done.stdout.decode().strip()
+    assert output, f"no output from the browser script; stderr:\n{done.stderr.decode()}"
+    result: dict[str, Any] = json.loads(output.splitlines()[-1])
+    assert result["ok"], f"{result.get('error')}\nstderr:\n{done.stderr.decode()}"
+    assert done.returncode == 0
+    return result
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("token", [None, "t0k"], ids=["open", "token"])
+async def test_page_shows_two_backends_and_drains_one(token: str | None) -> None:
+    if (reason := _missing()) is not None:
+        pytest.skip(reason)
+    admin = {"token": token} if token is not None else {}
+    async with (
+        backend("b1") as b1,
+        backend("b2") as b2,
+        running_proxy(make_config([b1, b2], admin=admin)) as ctx,
+        AsyncExitStack() as stack,
+    ):
+        host, port = ctx.addresses[0]
+        for i in range(CONNECTIONS):
+            ws = await stack.enter_async_context(connect(f"ws://{host}:{port}/c{i}"))
+            await ws.send(f"hello {i}")
+            assert await ws.recv() == f"hello {i}"
+        assert ctx.admin_address is not None
+        admin_host, admin_port = ctx.admin_address
+        admin_url = f"http://{admin_host}:{admin_port}"
+        if token is not None:
+            status, _ = await anyio.to_thread.run_sync(_get, f"{admin_url}/backends")
+            assert status == 401  # so the page can only have worked with the token
+
+        result = await _drive_page(admin_url, "b1", token)
+
+        assert result["title"] == "wsproxy admin"
+        assert result.get("token_form_shown", False) is (token is not None)
+        before = {b["name"]: b for b in result["backends_before"]}
+        assert set(before) == {"b1", "b2"}
+        assert {b["state"] for b in before.values()} == {"healthy"}
+        assert sum(b["active"] for b in before.values()) == CONNECTIONS
+        assert {b["button"] for b in before.values()} == {"Drain"}
+        after = {b["name"]: b for b in result["backends_after"]}
+        assert after["b1"]["state"] == "draining"
+        assert after["b1"]["button"] == "Undrain"
+        assert after["b2"]["state"] == "healthy"
+        assert result["proxy_state_before"] == result["proxy_state_after"] == "ready"
+        assert "b1" in result["drain_text"]
+        assert result["error_text"] == ""
+        assert result["requests_elsewhere"] == []  # self-contained: no CDN, no fonts
+        assert result["page_errors"] == []
+        # Chromium logs every non-2xx answer; the token variant starts with 401s.
+        expected = "the server responded with a status of 401"
+        assert [e for e in result["console_errors"]
+                if token is None or expected not in e] == []
+
+        # ...and the API itself says so.
+        status, body = await anyio.to_thread.run_sync(_get, f"{admin_url}/backends", token)
+        assert status == 200
+        states = {b["name"]: b["draining"] for b in body["backends"]}
+        assert states == {"b1": True, "b2": False}
