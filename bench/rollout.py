@@ -361,7 +361,7 @@ class Client:
         connections = 0
         while connections < MAX_CONNECTIONS_PER_CLIENT and time.monotonic() < p.hard_deadline:
             if p.stopping.is_set() and self.expect == self.seq_next and connections:
-                return  # stopped between two connections with nothing left to confirm
+                break  # stopped between two connections with nothing left to confirm
             initial = connections == 0
             attempt_at = time.monotonic()
             try:
@@ -385,7 +385,7 @@ class Client:
                 st.reconnects.append((attempt_at, opened_at))
             sent_here = [0]
             echoed_here = 0
-            sender = asyncio.create_task(self._send_loop(ws, sent_here))
+            sender = asyncio.create_task(self._sender(ws, sent_here))
             close_code, close_reason = 1006, ""
             try:
                 while True:
@@ -439,6 +439,18 @@ class Client:
             self.expect = seq + 1
         if self.expect == self.seq_next:
             self.acked.set()
+
+    async def _sender(self, ws: Any, sent_here: list[int]) -> None:
+        """The send loop; a failure of ours is recorded and ends the connection (1011)."""
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            await self._send_loop(ws, sent_here)
+        except ConnectionClosed:
+            pass  # the receiving side sees the close and records it
+        except Exception as exc:
+            self.p.stats.abnormal.append((time.monotonic(), -1, f"client sender: {exc!r}"[:200]))
+            await ws.close(1011, "client error")
 
     async def _send_loop(self, ws: Any, sent_here: list[int]) -> None:
         p, st = self.p, self.p.stats
