@@ -246,7 +246,9 @@ class AdminAPI:
         if not isinstance(code, int) or not (code in (1000, 1001, 1008, 1011, 1012, 1013)
                                              or 3000 <= code <= 4999):
             raise HTTPError(400, "code must be 1000, 1001, 1008, 1011-1013 or 3000-4999")
-        reason = str(body.get("reason", "connection revoked"))
+        reason = body.get("reason", "connection revoked")
+        if not isinstance(reason, str) or not _is_utf8(reason):
+            raise HTTPError(400, "reason must be a UTF-8 string")
         if "subject" in body:
             field, wanted = "subject", body["subject"]
         elif "backend" in body:
@@ -264,6 +266,14 @@ class AdminAPI:
         if errors:
             return _json({"reloaded": False, "errors": errors}, 400)
         return _json({"reloaded": True})
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates from JSON "\ud800" escapes
+        return False
+    return True
 
 
 async def serve_admin(
@@ -292,7 +302,11 @@ async def _serve_connection(api: AdminAPI, stream: SocketStream) -> None:
                 if request is None:
                     return
                 started = time.monotonic()
-                response = await api.handle(request)
+                try:
+                    response = await api.handle(request)
+                except Exception:  # a bug of ours: answer 500, keep the listener up
+                    log.exception("admin.failed", method=request.method, path=request.path)
+                    response = 500, _JSON, b'{"error": "internal error"}\n', ()
                 await _send(conn, stream, response)
                 log.debug("admin.request", method=request.method, path=request.path,
                           status=response[0], ms=round((time.monotonic() - started) * 1000, 1))

@@ -79,11 +79,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_ops(name: str, args: argparse.Namespace) -> int:
-    try:
-        return ops.run(name, args)
-    except ValueError as exc:  # a bad --spread
-        print(f"wsproxy: --spread: {exc}", file=sys.stderr)  # noqa: T201
-        return EXIT_CONFIG
+    return ops.run(name, args)
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:

@@ -113,8 +113,10 @@ class _Collector(Collector):
         m, ctx = self.m, self.m.ctx
         yield _gauge("wsproxy_connections_active", "Open proxied connections.", "backend",
                      ((b.name, b.active) for b in ctx.backends_shown()))
+        outcomes = Counter(m.connections)  # the ended ones, plus the open ones:
+        outcomes["upgraded"] += sum(1 for c in ctx.registry.connections.values() if c.opened)
         yield _counter("wsproxy_connections", "Accepted TCP connections by how their "
-                       "handshake ended.", "outcome", m.connections.items())
+                       "handshake ended.", "outcome", outcomes.items())
         yield _counter("wsproxy_handshake_failures", "Upgrades that did not open.", "reason",
                        m.handshake_failures.items())
         messages, size, undelivered = m.live_traffic()
@@ -130,7 +132,8 @@ class _Collector(Collector):
         for (code, initiator), count in m.closes.items():
             closes.add_metric([code, initiator], count)
         yield closes
-        yield _gauge("wsproxy_backend_healthy", "1 if the backend takes new upgrades.",
+        yield _gauge("wsproxy_backend_healthy", "1 if the backend is healthy (passes its "
+                     "checks, not held down after a restart).",
                      "backend", ((b.name, int(b.healthy and not b.held))
                                  for b in ctx.backends_shown()))
         yield GaugeMetricFamily("wsproxy_draining", "1 while the proxy drains.",

@@ -28,6 +28,10 @@ class OpsError(Exception):
     """A clear one-line message for the user; exit status 1."""
 
 
+class UsageError(OpsError):
+    """A bad argument; exit status 2."""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--admin", metavar="URL",
                         help=f"admin API (default: -c FILE's admin section, else {DEFAULT_ADMIN})")
@@ -50,7 +54,7 @@ class AdminClient:
             request.add_header("Authorization", f"Bearer {self.token}")
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
-                return json.loads(response.read() or b"{}")
+                raw = response.read()
         except urllib.error.HTTPError as exc:
             detail = _error_text(exc.read())
             if exc.code == 401:
@@ -59,6 +63,10 @@ class AdminClient:
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise OpsError(f"no proxy answering at {self.base} ({reason})") from None
+        try:
+            return json.loads(raw or b"{}")
+        except ValueError:
+            raise OpsError(f"{self.base} did not answer with wsproxy's JSON") from None
 
 
 def _admin_from_config(path: str | None) -> str | None:
@@ -82,14 +90,17 @@ def run(command: str, args: argparse.Namespace) -> int:
         print(COMMANDS[command](AdminClient(args), args))  # noqa: T201
     except OpsError as exc:
         print(f"wsproxy: {exc}", file=sys.stderr)  # noqa: T201
-        return 1
+        return 2 if isinstance(exc, UsageError) else 1
     return 0
 
 
 def drain(client: AdminClient, args: argparse.Namespace) -> str:
     body = {} if args.spread is None else {"spread": args.spread}
     if args.spread is not None:
-        parse_duration(args.spread)  # a bad value is the user's to fix: ValueError below
+        try:
+            parse_duration(args.spread)
+        except ValueError as exc:
+            raise UsageError(f"--spread: {exc}") from None
     path = f"/backends/{quote(args.backend, safe='')}/drain" if args.backend else "/drain"
     started = client.call("POST", path, body)
     what = f"backend {args.backend}" if args.backend else "the proxy"

@@ -257,6 +257,7 @@ class ProxyContext:
         if drain is None:
             return False
         drain.cancel_scope.cancel()
+        drain.done.set()  # ends the waits of GET /drain?wait= on it
         log.info("drain.cancelled", drain=drain.name)
         return True
 
@@ -287,15 +288,16 @@ class ProxyContext:
         if (config.listen, config.admin) != (self.config.listen, self.config.admin):
             log.warning("config.restart_needed", keys=["listen", "admin"])
         wanted = {b.name: b for b in config.backends}
-        for name, state in list(self.balancer.backends.items()):
-            if wanted.get(name) != state.config:
-                del self.balancer.backends[name]
-                state.removed = True
-                self.drain_backend(state)
+        gone = [s for name, s in self.balancer.backends.items() if wanted.get(name) != s.config]
+        for state in gone:
+            del self.balancer.backends[state.name]
+            state.removed = True
         for name, backend in wanted.items():
             if name not in self.balancer.backends:
                 self.balancer.backends[name] = BackendState(backend)
         self._apply(config, backend_ssl)
+        for state in gone:  # under the new config's drain settings
+            self.drain_backend(state)
         if not initial:
             log.info("config.reloaded", backends=sorted(wanted))
 

@@ -168,9 +168,6 @@ async def test_counters_gauges_and_histogram_after_known_traffic() -> None:
         assert ended.value("wsproxy_connection_duration_seconds_bucket", le="+Inf") == N_CLIENTS
 
 
-@pytest.mark.xfail(reason="bug: wsproxy_connections_total{outcome=\"upgraded\"} is counted "
-                   "when the connection ends, not when its handshake does: open "
-                   "connections are missing from it", strict=True)
 async def test_upgraded_connections_are_counted_while_still_open() -> None:
     async with (
         backend() as b,

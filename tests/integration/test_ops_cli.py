@@ -202,9 +202,6 @@ async def test_a_bad_spread_is_exit_2_and_drains_nothing() -> None:
         assert not ctx.drains
 
 
-@pytest.mark.xfail(reason="bug: a 200 answer that is not JSON (another HTTP server at "
-                   "--admin) raises json's ValueError, which _cmd_ops reports as "
-                   "'wsproxy: --spread: Expecting value...' with exit 2", strict=True)
 async def test_a_server_that_is_not_wsproxy_is_exit_1() -> None:
     page = b"<html>not wsproxy</html>"
     answer = (b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: "

@@ -143,6 +143,7 @@ class Connection:
             ctx.config.limits.handshake_timeout, self._handshake_timed_out
         )
         self._upstream_settled: asyncio.Event | None = None
+        self._close_rounds = 0
         ctx.connection_started(self)
 
     # Reading…
@@ -306,9 +307,26 @@ class Connection:
             self._flush()
 
     def _close_timed_out(self) -> None:
+        """A close handshake took longer than heartbeat.timeout.
+
+        The legs still waiting for their peer's close are given up as lost, so the
+        other leg gets its close (or the answer it waits for) all the same; if that
+        one then hangs too, the next timeout aborts everything.
+        """
         self._timer = None
-        self.session.abort()
+        session = self.session
+        stuck = [side for side in (CLIENT, UPSTREAM)
+                 if session.leg_state(side) is LegState.CLOSE_SENT]
+        if not stuck or self._close_rounds > 0:
+            session.abort()
+        for side in stuck:
+            session.receive_eof(side)
+        self._close_rounds += 1
         self._flush()
+        for side in stuck:
+            transport = self._transports[side]
+            if transport is not None:
+                transport.abort()
 
     # The upgrade…
 
@@ -441,6 +459,8 @@ class Connection:
         self.backend = backend
         backend.active += 1
         self.liveness = Liveness(self.ctx.liveness_rules, self.ctx.loop.time())
+        if self.session.backend_restarting:  # its close came with its 101
+            self.ctx.hold_down(backend)
         self.ctx.connection_opened(self)
         self._flush()
         self.resume_reading(CLIENT)
