@@ -191,8 +191,13 @@ def upstream_request(
     key: bytes,
     forwarding: Forwarding,
     pass_extensions: bool,
+    owned: frozenset[bytes] = frozenset(),
 ) -> h11.Request:
-    """The backend's own handshake request for a client's *upgrade*."""
+    """The backend's own handshake request for a client's *upgrade*.
+
+    *owned* names (lower case) more headers the proxy sets itself, such as the
+    identity headers of the auth in use: the client's copies are dropped.
+    """
     connection_listed = set(upgrade.header_list(b"connection"))
     headers: list[Header] = [
         (b"Host", authority.encode("latin-1")),
@@ -206,7 +211,9 @@ def upstream_request(
     if pass_extensions:
         headers.extend((b"Sec-WebSocket-Extensions", v) for v in upgrade.extensions)
     for name, value in upgrade.headers:
-        if name in _NOT_FORWARDED or name in _PROXY_OWNED or name in connection_listed:
+        if name in _NOT_FORWARDED or name in _PROXY_OWNED or name in connection_listed or (
+            name in owned
+        ):
             continue
         headers.append((name, value))
     headers += [

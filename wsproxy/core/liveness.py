@@ -30,6 +30,8 @@ class Due(enum.Enum):
     IDLE = "idle"
     #: Older than ``max_connection_age`` (plus its jitter).
     AGED = "aged"
+    #: The client's credentials expired (auth.close_on_expiry).
+    EXPIRED = "expired"
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,9 +59,16 @@ def ping_sent_at(payload: bytes) -> float | None:
 class Liveness:
     """The timers of one open connection."""
 
-    __slots__ = ("_activity", "_messages", "_next_ping", "_ping_out", "age_deadline", "rules")
+    __slots__ = (
+        "_activity", "_messages", "_next_ping", "_ping_out", "age_deadline", "expires_at", "rules",
+    )
 
-    def __init__(self, rules: LivenessRules, now: float, rng: random.Random | None = None) -> None:
+    def __init__(
+        self, rules: LivenessRules, now: float, rng: random.Random | None = None,
+        expires_at: float | None = None,
+    ) -> None:
+        #: When the client's credentials expire, on the same clock as *now*.
+        self.expires_at = expires_at
         rng = rng or random.Random()
         self.rules = rules
         # The first ping at a random point of the first interval: pings of connections
@@ -88,6 +97,8 @@ class Liveness:
         for side, sent in self._ping_out.items():
             if now - sent >= self.rules.timeout:
                 return Due.CLIENT_DEAD if side is Side.CLIENT else Due.UPSTREAM_DEAD
+        if self.expires_at is not None and now >= self.expires_at:
+            return Due.EXPIRED
         if messages != self._messages:
             self._messages, self._activity = messages, now
         if self.age_deadline is not None and now >= self.age_deadline:

@@ -27,6 +27,7 @@ whose backend did.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import os
 from typing import Final
@@ -166,6 +167,10 @@ class Session:
         #: The path of a plain GET /healthz or /readyz (a kubelet probe), if that is
         #: what arrived instead of an upgrade: the driver answers it with reject().
         self.probe: str | None = None
+        #: The client's auth subprotocol offer ("bearer.<token>"), taken out of what the
+        #: backend sees; the 101 selects it when the backend chooses no subprotocol,
+        #: since browsers fail a handshake whose offers all go unanswered.
+        self.auth_subprotocol: str | None = None
         self.state = SessionState.AWAIT_REQUEST
         self.max_message_size = max_message_size
         self.max_request_head = max_request_head
@@ -294,6 +299,7 @@ class Session:
     def connect_upstream(
         self, *, target: str, authority: str, path_prefix: str, forwarding: Forwarding,
         pass_extensions: bool,
+        owned_headers: frozenset[bytes] = frozenset(),
     ) -> None:
         """A transport to backend *target* is up: write our handshake on it.
 
@@ -312,6 +318,7 @@ class Session:
         request = upstream_request(
             self.request, authority=authority, path_prefix=path_prefix,
             key=self._upstream_key, forwarding=forwarding, pass_extensions=pass_extensions,
+            owned=owned_headers,
         )
         upstream = self._legs[Side.UPSTREAM]
         upstream.out = [self._http_client.send(request) or b""]
@@ -366,6 +373,8 @@ class Session:
             # An extension we do not know: its reserved bits are its own business.
             for flow in self._flows.values():
                 flow.rsv_allowed = frames.RSV_BITS
+        if self.accepted.subprotocol is None and self.auth_subprotocol is not None:
+            self.accepted = dataclasses.replace(self.accepted, subprotocol=self.auth_subprotocol)
         self._legs[Side.CLIENT].out.append(accept_response(self.request.key, self.accepted))
         early, self._early = self._early, {Side.CLIENT: b"", Side.UPSTREAM: b""}
         if early[Side.CLIENT]:

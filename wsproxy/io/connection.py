@@ -276,6 +276,8 @@ class Connection:
             self.kill(CLIENT if due is Due.CLIENT_DEAD else UPSTREAM)
         elif due is Due.IDLE:
             self.drain_close(frames.GOING_AWAY, "idle timeout")
+        elif due is Due.EXPIRED:
+            self.drain_close(frames.POLICY_VIOLATION, "token expired")
         elif due is Due.AGED:
             self.drain_close(self.ctx.config.drain.backend_close_code,
                              self.ctx.close_reason("connection age limit"))
