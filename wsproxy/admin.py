@@ -168,7 +168,7 @@ class AdminAPI:
 
     def _backend_view(self, b: BackendState) -> dict[str, object]:
         return {"name": b.name, "url": b.config.url, "healthy": b.healthy and not b.held,
-                "draining": b.draining, "active": b.active, "source": "static",
+                "draining": b.draining, "active": b.active, "source": b.source,
                 "removed": b.removed}
 
     async def connections(self, request: Request) -> Response:

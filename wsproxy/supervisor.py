@@ -18,7 +18,7 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
 from wsproxy.admin import serve_admin
-from wsproxy.config import ProxyConfig, load_config
+from wsproxy.config import BackendConfig, ProxyConfig, load_config
 from wsproxy.core.admission import TokenBucket
 from wsproxy.core.balance import BackendState, Balancer
 from wsproxy.core.liveness import LivenessRules
@@ -195,12 +195,18 @@ class ProxyContext:
         self.refusing = False
         return self._stop_drain(None)
 
-    def drain_backend(self, backend: BackendState, spread: float | None = None) -> Drain:
-        """Drain one backend: no new upgrades for it, its connections closed with 1012."""
+    def drain_backend(
+        self, backend: BackendState, spread: float | None = None, *, mark_draining: bool = True
+    ) -> Drain:
+        """Drain one backend: no new upgrades for it, its connections closed with 1012.
+
+        *mark_draining* False is for a backend that failed its health checks: it is
+        out of rotation for that reason, and comes back by itself when it recovers.
+        """
         existing = self.drains.get(backend)
         if existing is not None:
             return existing
-        backend.draining = True
+        backend.draining = backend.draining or mark_draining
         drain = Drain(self, backend, self.config.drain.spread if spread is None else spread)
         log.info("drain.started", drain=backend.name, spread_s=drain.spread,
                  connections=backend.active)
@@ -261,6 +267,42 @@ class ProxyContext:
         log.info("drain.cancelled", drain=drain.name)
         return True
 
+    # Backends that come and go (discovery, health checks)…
+
+    def set_discovered(self, backends: list[BackendConfig], server_name: str | None) -> None:
+        """The whole set of discovered backends now: new ones join, vanished ones drain.
+
+        A new backend joins after its first passing health check when checks are on.
+        """
+        wanted = {b.name: b for b in backends}
+        for name, state in list(self.balancer.backends.items()):
+            if state.source == "dns" and wanted.get(name) != state.config:
+                del self.balancer.backends[name]
+                state.removed = True
+                log.info("backend.vanished", backend=name, source="dns")
+                self.drain_backend(state)
+        checked = bool(self.config.health_check.path)
+        for name, backend in wanted.items():
+            if name not in self.balancer.backends:
+                self.balancer.backends[name] = BackendState(
+                    backend, healthy=not checked, source="dns", server_name=server_name
+                )
+                log.info("backend.discovered", backend=name, url=backend.url,
+                         waiting_for_health_check=checked)
+
+    def set_health(self, backend: BackendState, healthy: bool) -> None:
+        """A health check changed its verdict on *backend*."""
+        if backend.healthy == healthy:
+            return
+        backend.healthy = healthy
+        log.info("backend.health", backend=backend.name, healthy=healthy)
+        if healthy:
+            backend.held = False  # a restart it announced is over
+            if backend in self.drains and not backend.draining:
+                self._stop_drain(backend)
+        elif not backend.removed:
+            self.drain_backend(backend, mark_draining=False)
+
     # Reloading…
 
     def reload(self) -> list[str]:
@@ -288,7 +330,8 @@ class ProxyContext:
         if (config.listen, config.admin) != (self.config.listen, self.config.admin):
             log.warning("config.restart_needed", keys=["listen", "admin"])
         wanted = {b.name: b for b in config.backends}
-        gone = [s for name, s in self.balancer.backends.items() if wanted.get(name) != s.config]
+        gone = [s for name, s in self.balancer.backends.items()
+                if s.source == "static" and wanted.get(name) != s.config]
         for state in gone:
             del self.balancer.backends[state.name]
             state.removed = True

@@ -27,6 +27,10 @@ class BackendState:
     held: bool = False
     #: Gone from the config; kept only while its connections drain.
     removed: bool = False
+    #: "static" (the config's backends) or "dns" (discovery.dns).
+    source: str = "static"
+    #: For a discovered wss:// backend: the DNS name its certificate must carry.
+    server_name: str | None = None
 
     @property
     def name(self) -> str:

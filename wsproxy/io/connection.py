@@ -394,7 +394,7 @@ class Connection:
             async with asyncio.timeout(cfg.limits.backend_timeout):
                 transport = await dial(
                     self.ctx.loop, lambda: protocol, backend.config, self.ctx.backend_ssl,
-                    cfg.backend_tls.server_name,
+                    cfg.backend_tls.server_name or backend.server_name,
                 )
                 if session.state is not SessionState.CONNECTING_UPSTREAM:
                     transport.close()  # the client went away meanwhile
