@@ -103,6 +103,7 @@ class _Flow:
     __slots__ = (
         "bytes",
         "dst",
+        "dst_leg",
         "in_message",
         "masked",
         "message_size",
@@ -113,12 +114,16 @@ class _Flow:
         "remaining",
         "rsv_allowed",
         "src",
+        "src_leg",
         "undelivered",
     )
 
-    def __init__(self, src: Side) -> None:
+    def __init__(self, src: Side, src_leg: _Leg, dst_leg: _Leg) -> None:
         self.src = src
         self.dst = src.other
+        #: The legs themselves, to spare the hot loop a lookup per chunk.
+        self.src_leg = src_leg
+        self.dst_leg = dst_leg
         #: RFC 6455 §5.1: client frames are masked, server frames are not.
         self.masked = src is Side.CLIENT
         #: Reserved bits an extension negotiated end to end may set (RSV1: deflate).
@@ -175,7 +180,9 @@ class Session:
         self.max_message_size = max_message_size
         self.max_request_head = max_request_head
         self._legs = {side: _Leg(side) for side in Side}
-        self._flows = {side: _Flow(side) for side in Side}
+        self._flows = {
+            side: _Flow(side, self._legs[side], self._legs[side.other]) for side in Side
+        }
         #: Which side closed first: "client", "upstream" or "proxy".
         self.initiator: str | None = None
         self.close_reason: str | None = None
@@ -463,12 +470,12 @@ class Session:
     # The relay: frame boundaries in place…
 
     def _scan(self, f: _Flow, data: bytes) -> None:
-        if self._legs[f.src].state not in _CAN_RECEIVE:
+        if f.src_leg.state not in _CAN_RECEIVE:
             return  # §5.5.1: nothing may follow a close; a failed leg is not read.
         if f.partial:
             data = f.partial + data
             f.partial = b""
-        dst = self._legs[f.dst]
+        dst = f.dst_leg
         deliver = dst.state in _CAN_SEND
         n = len(data)
         pos = 0
@@ -482,32 +489,39 @@ class Session:
                 data, n, pos = data[pos:], n - pos, 0
         start = 0
         messages = 0
-        masked = f.masked
+        mask_bit = 0x80 if f.masked else 0
+        mask_len = 4 if f.masked else 0
+        # Whole unfragmented text/binary frames take the fast path below: their first
+        # byte, reserved bits an extension may use masked off, is 0x81 or 0x82.
+        rsv_off = 0xFF & ~f.rsv_allowed
         max_size = self.max_message_size
+        in_message = f.in_message
+        inject = bool(f.pending) or f.pending_close is not None
         while pos < n:
             if n - pos < 2:
                 break
             b0 = data[pos]
             b1 = data[pos + 1]
             length = b1 & 0x7F
-            head = 2
-            if length == 126:
-                head = 4
+            if length < 126:
+                head = 2 + mask_len
+            elif length == 126:
+                head = 4 + mask_len
                 if n - pos < 4:
                     break
                 length = int.from_bytes(data[pos + 2 : pos + 4], "big")
-            elif length == 127:
-                head = 10
+            else:
+                head = 10 + mask_len
                 if n - pos < 10:
                     break
                 length = int.from_bytes(data[pos + 2 : pos + 10], "big")
-            if (b1 & 0x80 != 0) is not masked:
+            if b1 & 0x80 != mask_bit:
                 self._forward(f, data, start, pos, messages, deliver)
                 return self._fail(f.src, frames.PROTOCOL_ERROR, "bad masking")
-            if masked:
-                head += 4
-            opcode = b0 & 0x0F
-            if opcode >= 8:
+            first = b0 & rsv_off
+            if (first == 0x82 or first == 0x81) and not in_message and length <= max_size:
+                messages += 1  # the fast path: a whole message in one frame
+            elif b0 & 0x08:  # a control frame
                 if length > frames.MAX_CONTROL_PAYLOAD:  # fail on the header, buffer nothing
                     self._forward(f, data, start, pos, messages, deliver)
                     return self._fail(f.src, frames.PROTOCOL_ERROR, "bad control frame")
@@ -516,37 +530,44 @@ class Session:
                 self._forward(f, data, start, pos, messages, deliver)
                 messages = 0
                 end = pos + head + length
+                f.in_message = in_message
                 if not self._control(f, b0, data[pos:end], head, length):
                     return
                 pos = start = end
                 deliver = dst.state in _CAN_SEND
-                if self._legs[f.src].state not in _CAN_RECEIVE:
+                inject = bool(f.pending) or f.pending_close is not None
+                if f.src_leg.state not in _CAN_RECEIVE:
                     return
                 continue
-            error = self._check_data_header(f, b0, opcode, length, max_size)
-            if error == frames.PROTOCOL_ERROR:
-                self._forward(f, data, start, pos, messages, deliver)
-                return self._fail(f.src, error, "protocol error")
-            if error:  # too big: this frame is never forwarded, but still skipped
-                self._forward(f, data, start, pos, messages, deliver)
-                messages = 0
-                start = pos
-                self._close_too_big(f)
-                deliver = False
-            if b0 & 0x80:
-                messages += 1
+            else:
+                f.in_message = in_message
+                error = self._check_data_header(f, b0, b0 & 0x0F, length, max_size)
+                in_message = f.in_message
+                if error == frames.PROTOCOL_ERROR:
+                    self._forward(f, data, start, pos, messages, deliver)
+                    return self._fail(f.src, error, "protocol error")
+                if error:  # too big: this frame is never forwarded, but still skipped
+                    self._forward(f, data, start, pos, messages, deliver)
+                    messages = 0
+                    start = pos
+                    self._close_too_big(f)
+                    deliver = False
+                if b0 & 0x80:
+                    messages += 1
             end = pos + head + length
             if end > n:
                 f.remaining = end - n
                 pos = n
                 break
             pos = end
-            if f.pending or f.pending_close:
+            if inject:
                 self._forward(f, data, start, pos, messages, deliver)
                 messages = 0
                 start = pos
                 self._flush_pending(f)
                 deliver = dst.state in _CAN_SEND
+                inject = False
+        f.in_message = in_message
         if pos < n:
             f.partial = data[pos:]
         self._forward(f, data, start, pos, messages, deliver)
@@ -560,7 +581,7 @@ class Session:
             f.undelivered += messages
             return
         chunk = data if start == 0 and end == len(data) else data[start:end]
-        self._legs[f.dst].out.append(chunk)
+        f.dst_leg.out.append(chunk)
         f.messages += messages
         f.bytes += end - start
 

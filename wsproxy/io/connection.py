@@ -38,6 +38,8 @@ UPSTREAM_EOF_WAIT: Final = 2.0
 CLIENT: Final = Side.CLIENT
 UPSTREAM: Final = Side.UPSTREAM
 _RELAYING: Final = (SessionState.OPEN, SessionState.CLOSING)
+_OPEN: Final = SessionState.OPEN
+_OTHER: Final = {CLIENT: UPSTREAM, UPSTREAM: CLIENT}
 #: The failures the session answers by itself, by status.
 _STATUS_FAILURES: Final = {400: "bad_request", 426: "bad_version", 431: "head_too_large"}
 
@@ -152,8 +154,16 @@ class Connection:
         session = self.session
         session.receive_data(side, data)
         state = session.state
-        if state is SessionState.OPEN and self._upstream_settled is None:
-            self._flush()  # the hot path
+        if state is _OPEN and self._upstream_settled is None:
+            # The hot path. While the session stays OPEN, bytes read from one side can
+            # only produce bytes for the other: whatever else the proxy might write
+            # (a close of its own, say) moves the session to CLOSING first.
+            other = _OTHER[side]
+            out = session.data_to_send(other)
+            if out:
+                transport = self._transports[other]
+                if transport is not None:
+                    transport.write(out[0]) if len(out) == 1 else transport.writelines(out)
             if session.last_pong:
                 self._pongs()
             return
