@@ -183,9 +183,12 @@ def test_frame_soup_ends_in_a_state_never_an_exception(
     assert h.session.state in (SessionState.FAILED, SessionState.CLOSED)
     assert h.session.should_close(source)
     # The other peer never had to refuse a frame: every close it saw is one that was
-    # written to it (a refused frame would show up as a close wsproto made up).
+    # written to it (a refused frame would show up as a close wsproto made up). The
+    # one exception is UTF-8 in text payloads, which the proxy leaves to the endpoints
+    # (SPEC.md): garbage can spell a text frame that the peer refuses with 1007.
     other = source.other
     seen = [e.code for e in h.received(other) if isinstance(e, CloseConnection)]
+    seen = [code for code in seen if code != 1007]
     assert seen == [1005 if code is None else code for code, _ in h.closes_to(other)]
 
 

@@ -75,6 +75,7 @@ class LegState(enum.Enum):
     FAILED = "failed"
 
 
+_NO_EARLY: Final = {Side.CLIENT: b"", Side.UPSTREAM: b""}
 _RESTART_CODES: Final = frozenset({frames.GOING_AWAY, frames.SERVICE_RESTART})
 _PROBES: Final = frozenset({"/healthz", "/readyz"})
 _CAN_SEND: Final = frozenset({LegState.OPEN, LegState.CLOSE_RECEIVED})
@@ -154,6 +155,15 @@ class Session:
     means: try the next backend with ``connect_upstream()``, or ``reject()``.
     """
 
+    # Slots: an idle connection's memory is mostly its objects (10,000 held is a goal).
+    __slots__ = (
+        "_early", "_flows", "_head_bytes", "_http_client", "_http_server", "_legs",
+        "_pass_extensions", "_upstream_key", "_upstream_target", "accepted",
+        "auth_subprotocol", "backend_restarting", "close_reason", "conn_id", "initiator",
+        "last_pong", "max_message_size", "max_request_head", "probe", "rejected_status",
+        "request", "restart_code", "restart_reason", "state", "upstream_failure",
+    )
+
     def __init__(
         self,
         conn_id: str,
@@ -193,7 +203,9 @@ class Session:
         #: Status answered to the client when the upgrade was refused.
         self.rejected_status: int | None = None
         self.last_pong: dict[Side, bytes] = {}
-        self._http_server = h11.Connection(h11.SERVER, max_incomplete_event_size=max_request_head)
+        self._http_server: h11.Connection | None = h11.Connection(
+            h11.SERVER, max_incomplete_event_size=max_request_head
+        )
         self._head_bytes = 0
         self._http_client: h11.Connection | None = None
         self._upstream_key = b""
@@ -251,6 +263,7 @@ class Session:
     def _receive_request(self, data: bytes) -> None:
         self._head_bytes += len(data)
         conn = self._http_server
+        assert conn is not None
         try:
             conn.receive_data(data)
             event = conn.next_event()
@@ -383,7 +396,12 @@ class Session:
         if self.accepted.subprotocol is None and self.auth_subprotocol is not None:
             self.accepted = dataclasses.replace(self.accepted, subprotocol=self.auth_subprotocol)
         self._legs[Side.CLIENT].out.append(accept_response(self.request.key, self.accepted))
-        early, self._early = self._early, {Side.CLIENT: b"", Side.UPSTREAM: b""}
+        early = self._early
+        # The HTTP state machines and headers are done with: an open connection keeps
+        # only its legs (10,000 idle connections should cost little).
+        self._early = _NO_EARLY
+        self._http_server = self._http_client = None
+        self.request = dataclasses.replace(self.request, headers=())
         if early[Side.CLIENT]:
             self._scan(self._flows[Side.CLIENT], early[Side.CLIENT])
         if upstream_early:

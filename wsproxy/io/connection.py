@@ -26,6 +26,7 @@ from wsproxy.io.dialer import dial
 from wsproxy.log import get_logger
 
 if TYPE_CHECKING:
+    from wsproxy.auth import Identity
     from wsproxy.core.balance import BackendState
     from wsproxy.supervisor import ProxyContext
 
@@ -119,6 +120,12 @@ class UpstreamProtocol(asyncio.Protocol):
 class Connection:
     """Drives one Session between a client transport and a backend transport."""
 
+    __slots__ = (
+        "_close_rounds", "_forwarded_for", "_open_transports", "_timer", "_transports",
+        "_upstream_settled", "backend", "client_ip", "ctx", "failure", "id", "identity",
+        "liveness", "peer_ip", "rtt", "session", "started",
+    )
+
     def __init__(self, ctx: ProxyContext, client: asyncio.Transport) -> None:
         self.ctx = ctx
         self.id = ctx.new_conn_id()
@@ -126,6 +133,8 @@ class Connection:
         peer = client.get_extra_info("peername")
         self.peer_ip: str = peer[0] if peer else "unknown"
         self.client_ip = self.peer_ip
+        self._forwarded_for = self.peer_ip
+        self.identity: Identity | None = None
         self.backend: BackendState | None = None
         self.session = Session(
             self.id,
@@ -519,8 +528,8 @@ class Connection:
 
     @property
     def subject(self) -> str | None:
-        """The authenticated identity (none until authentication is built)."""
-        return None
+        """Who the client authenticated as, if auth is on."""
+        return self.identity.subject if self.identity is not None else None
 
     def view(self) -> dict[str, Any]:
         """This connection for ``GET /connections``."""
