@@ -122,7 +122,7 @@ class ForwardAuthenticator:
 
     def _unavailable(self, error: str) -> AuthFailed:
         get_logger().warning("auth.forward_failed", url=self.config.url, error=error)
-        return unavailable("the auth service did not answer")
+        return unavailable("the auth service is unavailable")
 
 
 def _refused(answer: HttpResponse) -> AuthFailed:
