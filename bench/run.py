@@ -262,6 +262,7 @@ class Ctx:
     nginx: str | None
     serial: int = 0
     quiet_misses: int = 0
+    last_raw: dict[str, Any] = field(default_factory=dict)
 
     def scratch(self, name: str) -> Path:
         self.serial += 1
@@ -288,6 +289,7 @@ def start_nginx(ctx: Ctx, target: str) -> Instance:
         "PORT": str(port),
         "BACKEND_PORT": str(ctx.echo_port),
         "PROXY_BUFFER": buf,
+        "NOFILE": str(resource.getrlimit(resource.RLIMIT_NOFILE)[0]),
     }.items():
         conf = conf.replace("{{" + key + "}}", value)
     (tmp / "nginx.conf").write_text(conf)
@@ -593,15 +595,19 @@ def measure(ctx: Ctx, fig: Figure, inst: Instance) -> dict[str, float]:
         waited, load = 0.0, machine_load()
     extra = {"quiet_wait_s": waited, "load_before": load}
     if fig.key != "idle_rss":
-        return {**fig.metrics(run_wsload(ctx, inst, args, budget=budget)), **extra}
+        run = run_wsload(ctx, inst, args, budget=budget)
+    else:
+        before = rss_bytes(inst.pids())
 
-    before = rss_bytes(inst.pids())
+        def on_ready() -> dict[str, int]:
+            time.sleep(a.idle_hold / 2)  # let the proxy settle with everything open
+            return {"before": before, "during": rss_bytes(inst.pids())}
 
-    def on_ready() -> dict[str, int]:
-        time.sleep(a.idle_hold / 2)  # let the proxy settle with everything open
-        return {"before": before, "during": rss_bytes(inst.pids())}
-
-    return {**fig.metrics(run_wsload(ctx, inst, args, on_ready=on_ready, budget=budget)), **extra}
+        run = run_wsload(ctx, inst, args, on_ready=on_ready, budget=budget)
+    ctx.last_raw = run.result  # the load generator's own report, kept in results.json
+    for k in ("connect_errors", "unexpected_closes", "size_errors"):
+        extra[k] = float(run.result.get(k, 0))
+    return {**fig.metrics(run), **extra}
 
 
 # --------------------------------------------------------------------------- report
@@ -776,15 +782,17 @@ def render(results: dict[str, Any], targets: list[str]) -> str:
 # --------------------------------------------------------------------------- main
 
 
-def raise_nofile() -> None:
-    """10,000 idle clients through a proxy need ~20,000 descriptors in it."""
+def raise_nofile() -> int:
+    """10,000 idle clients through a proxy need ~20,000 descriptors in it; the children
+    inherit this limit.  Returns the soft limit now in force."""
     want = 65536
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    with contextlib.suppress(ValueError, OSError):
+    try:
         resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, want), max(hard, want)))
-        return
-    with contextlib.suppress(ValueError, OSError):
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError):  # raising the hard limit needs CAP_SYS_RESOURCE
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -900,7 +908,17 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
     build(a.cc)
-    raise_nofile()
+    nofile = raise_nofile()
+    # A proxy holding N idle clients has 2 N sockets; where the hard limit cannot be raised
+    # (no CAP_SYS_RESOURCE), hold fewer rather than have the last ones fail.
+    fit = (nofile - 200) // 2
+    if a.idle_conns > fit:
+        print(
+            f"note: the file-descriptor limit is {nofile} and cannot be raised here; the "
+            f"idle test holds {fit} connections instead of {a.idle_conns}",
+            file=sys.stderr,
+        )
+        a.idle_conns = fit
     OUT.mkdir(parents=True, exist_ok=True)
     nginx = shutil.which("nginx") or (
         "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
@@ -913,6 +931,7 @@ def main(argv: list[str] | None = None) -> int:
             "seconds": a.seconds,
             "warmup": a.warmup,
             "idle_conns": a.idle_conns,
+            "fd_limit": nofile,
             "argv": sys.argv[1:],
         },
         "targets": {t: {"status": "pending", "figures": {}} for t in a.targets},
@@ -920,6 +939,7 @@ def main(argv: list[str] | None = None) -> int:
     procs = Procs()
     workdir = Path(tempfile.mkdtemp(prefix="wsproxy-bench-"))
     raw: dict[str, dict[str, list[dict[str, float]]]] = {t: {} for t in a.targets}
+    loadgen: dict[str, dict[str, list[dict[str, Any]]]] = {t: {} for t in a.targets}
     interrupted = False
     with sigterm_as_interrupt():
         try:
@@ -973,6 +993,7 @@ def main(argv: list[str] | None = None) -> int:
                             if fresh is not None:
                                 stop_instance(ctx, fresh)
                         raw[t].setdefault(fig.key, []).append(m)
+                        loadgen[t].setdefault(fig.key, []).append(ctx.last_raw)
                         shown = {
                             k: round(v, 3) if isinstance(v, float) else v
                             for k, v in m.items()
@@ -996,6 +1017,7 @@ def main(argv: list[str] | None = None) -> int:
             results["targets"][t]["figures"][key] = {
                 "median": {k: statistics.median(r[k] for r in runs if k in r) for k in metrics},
                 "reps": runs,
+                "loadgen": loadgen[t].get(key, []),
             }
     results["meta"]["interrupted"] = interrupted
     a.out.parent.mkdir(parents=True, exist_ok=True)
