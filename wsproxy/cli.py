@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from wsproxy import __version__, ops
+from wsproxy.auth.factory import build_authenticator
 from wsproxy.config import ProxyConfig, load_config, parse_config
 from wsproxy.errors import ConfigError
 from wsproxy.log import configure_logging, get_logger
@@ -82,14 +83,21 @@ def _cmd_ops(name: str, args: argparse.Namespace) -> int:
     return ops.run(name, args)
 
 
+def _load(path: str) -> ProxyConfig:
+    """The config, with what it points at checked too (key files, JWKS files)."""
+    config = load_config(path)
+    build_authenticator(config.auth)
+    return config
+
+
 def _cmd_check_config(args: argparse.Namespace) -> int:
-    load_config(args.config)
+    _load(args.config)
     print(f"{args.config}: ok")  # noqa: T201
     return 0
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = _load(args.config)
     configure_logging(config.logging.level, config.logging.format)
     return _run_async(_serve_until_signal, config, args.config)
 

@@ -358,15 +358,8 @@ def refuse_unbuilt(cfg: ProxyConfig) -> list[ConfigProblem]:
     Each is one entry, so that the work that builds a feature deletes its line.
     """
     unbuilt = [
-        ("auth.type", cfg.auth.type != "none", cfg.auth.type),
-        ("discovery.dns", cfg.discovery.dns is not None, "DNS discovery"),
-        ("health_check.path", cfg.health_check.path != "", "health checking"),
         ("plain_http", cfg.plain_http == "proxy", "proxying plain HTTP"),
         ("listen.proxy_protocol", cfg.listen.proxy_protocol, "the PROXY protocol"),
-        *(
-            (f"auth.token_from[{i}]", source.startswith("cookie:"), "a cookie token source")
-            for i, source in enumerate(cfg.auth.token_from)
-        ),
     ]
     return [ConfigProblem(path, f"{what} is not supported yet") for path, on, what in unbuilt if on]
 

@@ -219,7 +219,7 @@ async def _check_forever(
             cfg = ctx.config.health_check
             streak.unhealthy_after = cfg.unhealthy_after
             if not cfg.path:
-                ctx.set_health(backend, True)  # nothing judges it any more
+                ctx.set_health(backend, True, checked=False)  # nothing judges it any more
             else:
                 await check_once(ctx, backend, streak)
             await anyio.sleep_until(started + cfg.interval)

@@ -141,6 +141,9 @@ class _Collector(Collector):
         yield GaugeMetricFamily("wsproxy_drain_remaining", "Connections left to close in "
                                 "drains in progress.", value=sum(
                                     len(d.members) for d in ctx.drains.values()))
+        yield CounterMetricFamily("wsproxy_discovery_failures", "DNS discovery rounds that "
+                                  "failed or came back empty (the last set was kept).",
+                                  value=ctx.discovery.failures)
         yield _histogram("wsproxy_connection_duration_seconds", "Lifetime of ended "
                          "connections.", [], [((), m.duration)])
         yield _histogram("wsproxy_ping_rtt_seconds", "Heartbeat round-trip time.", ["leg"],

@@ -18,14 +18,18 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
 from wsproxy.admin import serve_admin
+from wsproxy.auth import Authenticator
+from wsproxy.auth.factory import build_authenticator
 from wsproxy.config import BackendConfig, ProxyConfig, load_config
 from wsproxy.core.admission import TokenBucket
 from wsproxy.core.balance import BackendState, Balancer
 from wsproxy.core.liveness import LivenessRules
 from wsproxy.core.registry import Registry
 from wsproxy.core.states import Side
+from wsproxy.discovery import DiscoveryStatus, run_discovery
 from wsproxy.drain import Drain, close_reason
 from wsproxy.errors import ConfigError
+from wsproxy.health import run_health_checks
 from wsproxy.io.connection import ClientProtocol, Connection
 from wsproxy.log import get_logger
 from wsproxy.metrics import Metrics
@@ -63,8 +67,11 @@ class ProxyContext:
         self.exit_when_drained = False
         self.stopped = anyio.Event()
         self.metrics = Metrics(self)
+        self.discovery = DiscoveryStatus()
         self.config = config
         self.backend_ssl: ssl.SSLContext | None = None
+        self.authenticator: Authenticator | None = None
+        self.owned_headers: frozenset[bytes] = frozenset()
         self.apply_config(config, initial=True)
 
     def _apply(self, config: ProxyConfig, backend_ssl: ssl.SSLContext) -> None:
@@ -290,14 +297,20 @@ class ProxyContext:
                 log.info("backend.discovered", backend=name, url=backend.url,
                          waiting_for_health_check=checked)
 
-    def set_health(self, backend: BackendState, healthy: bool) -> None:
-        """A health check changed its verdict on *backend*."""
+    def set_health(self, backend: BackendState, healthy: bool, *, checked: bool = True) -> None:
+        """A health check's verdict on *backend* (*checked* False: checks are off).
+
+        A passing check also ends the hold of a backend that announced a restart
+        (SPEC: "until its health check passes again").
+        """
+        if healthy and checked and backend.held:
+            backend.held = False
+            log.info("backend.released", backend=backend.name, by="health_check")
         if backend.healthy == healthy:
             return
         backend.healthy = healthy
         log.info("backend.health", backend=backend.name, healthy=healthy)
         if healthy:
-            backend.held = False  # a restart it announced is over
             if backend in self.drains and not backend.draining:
                 self._stop_drain(backend)
         elif not backend.removed:
@@ -327,8 +340,10 @@ class ProxyContext:
             OSError: a backend_tls file cannot be loaded; nothing was changed.
         """
         backend_ssl = backend_context(config.backend_tls)
-        if (config.listen, config.admin) != (self.config.listen, self.config.admin):
-            log.warning("config.restart_needed", keys=["listen", "admin"])
+        authenticator = build_authenticator(config.auth)  # re-reads key files: SIGHUP
+        for key in ("listen", "admin", "discovery"):
+            if getattr(config, key) != getattr(self.config, key):
+                log.warning("config.restart_needed", key=key)
         wanted = {b.name: b for b in config.backends}
         gone = [s for name, s in self.balancer.backends.items()
                 if s.source == "static" and wanted.get(name) != s.config]
@@ -339,6 +354,11 @@ class ProxyContext:
             if name not in self.balancer.backends:
                 self.balancer.backends[name] = BackendState(backend)
         self._apply(config, backend_ssl)
+        self.authenticator = authenticator
+        self.owned_headers = frozenset(
+            name.lower().encode("latin-1") for name in
+            (authenticator.owned_headers if authenticator is not None else ())
+        )
         for state in gone:  # under the new config's drain settings
             self.drain_backend(state)
         if not initial:
@@ -367,6 +387,9 @@ async def serve(
         log.info("proxy.listening", addresses=[f"{h}:{p}" for h, p in ctx.addresses],
                  backends=[b.name for b in config.backends], tls=tls is not None)
         tg.start_soon(ctx.sweep)
+        tg.start_soon(run_health_checks, ctx)  # idle while health_check.path is empty
+        if config.discovery.dns is not None:
+            tg.start_soon(run_discovery, ctx, config.discovery.dns, ctx.discovery)
         ctx.admin_address = await tg.start(serve_admin, ctx)
         task_status.started(ctx)
         try:

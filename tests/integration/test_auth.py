@@ -40,7 +40,6 @@ from wsproxy.auth.http import HttpError, http_get
 from wsproxy.auth.jwks import JwksUrl
 from wsproxy.auth.jwt import JwtAuthenticator
 from wsproxy.config import AuthConfig, ForwardAuthConfig, JwtAuthConfig
-from wsproxy.errors import ConfigError
 
 pytestmark = pytest.mark.anyio
 
@@ -447,12 +446,6 @@ async def test_no_token_in_the_logs_of_the_services_tests(
 
 # Through the proxy (auth.type api_key)…
 
-#: Until the owner's wiring lands, config.refuse_unbuilt() refuses auth.type. These
-#: then xfail on that ConfigError only (anything else fails); once auth is wired they
-#: XPASS, which xfail_strict turns into a failure: delete this marker then.
-UNWIRED = pytest.mark.xfail(
-    raises=ConfigError, reason="auth.type is not wired into the proxy yet"
-)
 
 KEY = "proxy-api-key-0123456789abcdef"
 
@@ -471,7 +464,6 @@ def auth_config(b: Any, keys_file: Path, token_from: list[str] | None = None) ->
     return make_config([b], auth=auth)
 
 
-@UNWIRED
 async def test_proxy_a_good_key_reaches_the_backend_with_its_subject(keys_file: Path):
     async with (
         backend() as b,
@@ -487,7 +479,6 @@ async def test_proxy_a_good_key_reaches_the_backend_with_its_subject(keys_file: 
     assert KEY not in f"{path} {headers}"
 
 
-@UNWIRED
 async def test_proxy_a_query_token_is_removed_before_the_backend(keys_file: Path):
     async with backend() as b:
         config = auth_config(b, keys_file, ["query:token"])
@@ -499,7 +490,6 @@ async def test_proxy_a_query_token_is_removed_before_the_backend(keys_file: Path
     assert headers["X-Auth-Subject"] == "ci"
 
 
-@UNWIRED
 async def test_proxy_a_subprotocol_token_is_answered_and_removed(keys_file: Path):
     async with (
         backend() as b,
@@ -515,7 +505,6 @@ async def test_proxy_a_subprotocol_token_is_answered_and_removed(keys_file: Path
     assert headers["X-Auth-Subject"] == "ci"
 
 
-@UNWIRED
 @pytest.mark.parametrize(
     ("headers", "reason"),
     [({}, "missing"), ({"Authorization": "Bearer wrong-key-zzzz"}, "invalid")],

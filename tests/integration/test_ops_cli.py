@@ -216,7 +216,7 @@ async def test_a_server_that_is_not_wsproxy_is_exit_1() -> None:
 
     listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
     port = listener.extra(anyio.abc.SocketAttribute.local_port)
-    async with anyio.create_task_group() as tg:
+    async with listener, anyio.create_task_group() as tg:  # serve() does not close it
         tg.start_soon(listener.serve, handle)
         result = await wsproxy("status", "--admin", f"http://127.0.0.1:{port}")
         tg.cancel_scope.cancel()

@@ -17,6 +17,8 @@ import time
 from typing import TYPE_CHECKING, Any, Final, cast
 from urllib.parse import parse_qsl, urlsplit
 
+from wsproxy.auth import AuthFailed
+from wsproxy.auth.sources import find_credentials, strip_credentials
 from wsproxy.core import frames
 from wsproxy.core.handshake import Forwarding, client_address
 from wsproxy.core.liveness import Due, Liveness, ping_payload, ping_sent_at
@@ -267,6 +269,9 @@ class Connection:
         session.close(UPSTREAM, frames.GOING_AWAY, reason)
         session.abort()
         self._flush()
+        for transport in self._transports.values():
+            if transport is not None and transport.get_write_buffer_size():
+                transport.abort()  # a peer that does not read would hold the close for ever
 
     def kill(self, side: Side) -> None:
         """*side* missed its heartbeat: drop its socket; the other leg gets a close."""
@@ -377,8 +382,34 @@ class Connection:
         transport.pause_reading()  # nothing to relay to until a backend said 101
         self.ctx.spawn(self._connect_upstream)
 
+    async def _authenticate(self) -> bool:
+        """Run the configured auth; False when the upgrade was refused (or abandoned)."""
+        authenticator = self.ctx.authenticator
+        session = self.session
+        request = session.request
+        if authenticator is None or request is None:
+            return True
+        auth = self.ctx.config.auth
+        credentials = find_credentials(request, auth.token_from, auth.subprotocol_prefix)
+        try:
+            self.identity = await authenticator.authenticate(request, credentials, self.client_ip)
+        except AuthFailed as exc:
+            log.info("auth.failed", conn_id=self.id, client=self.client_ip, reason=exc.reason,
+                     source=credentials.source, status=exc.status)
+            if session.state is SessionState.CONNECTING_UPSTREAM:
+                self._reject(f"auth_{exc.reason}", exc.status, exc.message, exc.headers)
+            return False
+        if session.state is not SessionState.CONNECTING_UPSTREAM:
+            return False  # the client went away meanwhile
+        # The token goes no further: out of the query and the subprotocol offers.
+        session.request = strip_credentials(request, credentials)
+        session.auth_subprotocol = credentials.strip_subprotocol
+        return True
+
     async def _connect_upstream(self) -> None:
         session = self.session
+        if not await self._authenticate():
+            return
         for backend in self.ctx.balancer.candidates(self._hash_key()):
             if session.state is not SessionState.CONNECTING_UPSTREAM:
                 return
@@ -426,6 +457,7 @@ class Connection:
                     path_prefix=backend.config.path,
                     forwarding=self._forwarding(),
                     pass_extensions=cfg.compression == "passthrough",
+                    owned_headers=self.ctx.owned_headers,
                 )
                 self._flush_upstream_handshake()
                 while session.state is SessionState.CONNECTING_UPSTREAM and (
@@ -457,11 +489,17 @@ class Connection:
 
     def _forwarding(self) -> Forwarding:
         cfg = self.ctx.config
+        identity: tuple[tuple[str, str], ...] = ()
+        if self.identity is not None:
+            # Header values go out as bytes: the subject's UTF-8, spelled as Latin-1.
+            subject = self.identity.subject.encode("utf-8").decode("latin-1")
+            identity = (("X-Auth-Subject", subject), *self.identity.headers)
         return Forwarding(
             client_ip=self.client_ip,
             forwarded_for=self._forwarded_for,
             proto="https" if cfg.listen.tls is not None else "http",
             request_id=self.id,
+            identity=identity,
         )
 
     def _hash_key(self) -> str | None:
@@ -479,7 +517,8 @@ class Connection:
         self._cancel_timer()
         self.backend = backend
         backend.active += 1
-        self.liveness = Liveness(self.ctx.liveness_rules, self.ctx.loop.time())
+        self.liveness = Liveness(self.ctx.liveness_rules, self.ctx.loop.time(),
+                                 expires_at=self._expiry())
         if self.session.backend_restarting:  # its close came with its 101
             self.ctx.hold_down(backend)
         self.ctx.connection_opened(self)
@@ -492,6 +531,13 @@ class Connection:
         self.failure = kind
         self.session.reject(status, reason, headers)
         self._rejected()
+
+    def _expiry(self) -> float | None:
+        """When the credentials expire, on the loop's clock (auth.close_on_expiry)."""
+        expires = self.identity.expires_at if self.identity is not None else None
+        if expires is None or not self.ctx.config.auth.close_on_expiry:
+            return None
+        return self.ctx.loop.time() + (expires - time.time())
 
     def _rejected(self) -> None:
         self._cancel_timer()
