@@ -63,6 +63,8 @@ PING_PREFIX: Final = b"wsproxy:" + os.urandom(6).hex().encode()
 class LegState(enum.Enum):
     """The close handshake of one leg (§7.1)."""
 
+    __hash__ = object.__hash__  # C-speed set membership on the hot path (see Side)
+
     #: Data flows both ways.
     OPEN = "open"
     #: We sent a close frame; waiting for the peer's.
