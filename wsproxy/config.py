@@ -359,7 +359,6 @@ def refuse_unbuilt(cfg: ProxyConfig) -> list[ConfigProblem]:
     """
     unbuilt = [
         ("plain_http", cfg.plain_http == "proxy", "proxying plain HTTP"),
-        ("listen.proxy_protocol", cfg.listen.proxy_protocol, "the PROXY protocol"),
     ]
     return [ConfigProblem(path, f"{what} is not supported yet") for path, on, what in unbuilt if on]
 

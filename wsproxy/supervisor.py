@@ -30,7 +30,7 @@ from wsproxy.discovery import DiscoveryStatus, run_discovery
 from wsproxy.drain import Drain, close_reason
 from wsproxy.errors import ConfigError
 from wsproxy.health import run_health_checks
-from wsproxy.io.connection import ClientProtocol, Connection
+from wsproxy.io.connection import ClientProtocol, Connection, ProxiedClientProtocol
 from wsproxy.log import get_logger
 from wsproxy.metrics import Metrics
 from wsproxy.tls import backend_context, server_context
@@ -379,8 +379,9 @@ async def serve(
     tls = server_context(config.listen.tls) if config.listen.tls else None
     async with anyio.create_task_group() as tg:
         ctx = ProxyContext(config, task_group=tg, config_path=config_path)
+        protocol = ProxiedClientProtocol if config.listen.proxy_protocol else ClientProtocol
         server = await loop.create_server(
-            lambda: ClientProtocol(ctx), config.listen.host, config.listen.port,
+            lambda: protocol(ctx), config.listen.host, config.listen.port,
             ssl=tls, backlog=1024, reuse_address=True,
         )
         ctx.addresses = [sock.getsockname()[:2] for sock in server.sockets]

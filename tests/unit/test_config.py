@@ -644,7 +644,6 @@ def test_cookie_source_needs_allowed_origins():
 
 UNBUILT = [
     ({"plain_http": "proxy"}, "plain_http"),
-    ({"listen": {"proxy_protocol": True}}, "listen.proxy_protocol"),
 ]
 
 

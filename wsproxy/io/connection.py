@@ -13,6 +13,7 @@ dials backends during the upgrade; it belongs to the supervisor's task group.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import time
 from typing import TYPE_CHECKING, Any, Final, cast
 from urllib.parse import parse_qsl, urlsplit
@@ -22,6 +23,7 @@ from wsproxy.auth.sources import find_credentials, strip_credentials
 from wsproxy.core import frames
 from wsproxy.core.handshake import Forwarding, client_address
 from wsproxy.core.liveness import Due, Liveness, ping_payload, ping_sent_at
+from wsproxy.core.proxy_protocol import ProxyHeaderParser, ProxyProtocolError
 from wsproxy.core.session import LegState, Session
 from wsproxy.core.states import TERMINAL, SessionState, Side
 from wsproxy.io.dialer import dial
@@ -80,6 +82,40 @@ class ClientProtocol(asyncio.Protocol):
     def resume_writing(self) -> None:
         assert self._conn is not None
         self._conn.resume_reading(UPSTREAM)
+
+
+class ProxiedClientProtocol(ClientProtocol):
+    """For ``listen.proxy_protocol``: a PROXY v1/v2 header comes before the request.
+
+    Its client address replaces the socket's peer (a load balancer's) for the limits,
+    the logs and X-Forwarded-For. A connection without a valid header is dropped.
+    """
+
+    __slots__ = ("_parser",)
+
+    def __init__(self, ctx: ProxyContext) -> None:
+        super().__init__(ctx)
+        self._parser: ProxyHeaderParser | None = ProxyHeaderParser()
+
+    def data_received(self, data: bytes) -> None:
+        assert self._conn is not None
+        if self._parser is None:
+            self._conn.receive(CLIENT, data)
+            return
+        try:
+            parsed = self._parser.feed(data)
+        except ProxyProtocolError as exc:
+            self._parser = None
+            self._conn.refuse("proxy_protocol", str(exc))
+            return
+        if parsed is None:
+            return
+        header, rest = parsed
+        self._parser = None
+        if header.client_ip is not None:
+            self._conn.set_peer(header.client_ip)
+        if rest:
+            self._conn.receive(CLIENT, rest)
 
 
 class UpstreamProtocol(asyncio.Protocol):
@@ -249,6 +285,23 @@ class Connection:
             self.ctx.loop.call_later(UPSTREAM_EOF_WAIT, transport.close)
             return
         transport.close()
+
+    def set_peer(self, ip: str) -> None:
+        """The client's real address, from a PROXY protocol header."""
+        address = ipaddress.ip_address(ip)
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped  # one client, one address for the per-IP limits
+        self.ctx.registry.remove(self.id, self.peer_ip)
+        self.peer_ip = self.client_ip = self._forwarded_for = str(address)
+        self.ctx.registry.add(self.id, self.peer_ip, self)
+
+    def refuse(self, failure: str, reason: str) -> None:
+        """Drop a connection before its request: nothing sensible can be answered."""
+        log.warning("connection.refused", conn_id=self.id, peer=self.peer_ip,
+                    failure=failure, reason=reason)
+        self.failure = failure
+        self.session.abort()
+        self._flush()
 
     # Closing on the proxy's behalf…
 
