@@ -78,6 +78,11 @@ class LegState(enum.Enum):
 
 
 _NO_EARLY: Final = {Side.CLIENT: b"", Side.UPSTREAM: b""}
+#: What the other leg is told when one side breaks the protocol.
+_FAILED_PEER: Final = {
+    Side.CLIENT: (frames.GOING_AWAY, "client error"),
+    Side.UPSTREAM: (frames.BAD_GATEWAY, "backend error"),
+}
 _RESTART_CODES: Final = frozenset({frames.GOING_AWAY, frames.SERVICE_RESTART})
 _PROBES: Final = frozenset({"/healthz", "/readyz"})
 _CAN_SEND: Final = frozenset({LegState.OPEN, LegState.CLOSE_RECEIVED})
@@ -88,7 +93,7 @@ _FINISHED: Final = frozenset({LegState.CLOSED, LegState.FAILED})
 class _Leg:
     """One side's transport: its close handshake and what is waiting to be written."""
 
-    __slots__ = ("close_received", "close_sent", "eof", "out", "side", "state")
+    __slots__ = ("close_received", "close_sent", "eof", "fail_close", "out", "side", "state")
 
     def __init__(self, side: Side) -> None:
         self.side = side
@@ -98,6 +103,8 @@ class _Leg:
         self.close_received: tuple[int | None, str] | None = None
         self.close_sent: tuple[int | None, str] | None = None
         self.eof = False
+        #: The close this leg gets once the other leg has closed: it broke the protocol.
+        self.fail_close: tuple[int, str] | None = None
 
 
 class _Flow:
@@ -535,6 +542,9 @@ class Session:
                 if n - pos < 10:
                     break
                 length = int.from_bytes(data[pos + 2 : pos + 10], "big")
+                if length >> 63:  # §5.2: the most significant bit MUST be 0
+                    self._forward(f, data, start, pos, messages, deliver)
+                    return self._fail(f.src, frames.PROTOCOL_ERROR, "bad frame length")
             if b1 & 0x80 != mask_bit:
                 self._forward(f, data, start, pos, messages, deliver)
                 return self._fail(f.src, frames.PROTOCOL_ERROR, "bad masking")
@@ -661,7 +671,12 @@ class Session:
         if self.initiator is None:
             self.initiator = f.src.value
         dst = self._legs[f.dst]
-        if (
+        if dst.fail_close is not None and dst.state in _CAN_SEND:
+            # The answer we waited for before telling a broken peer why (see _fail);
+            # its own close is not awaited: it broke the protocol.
+            self._send_close(f.dst, *dst.fail_close, initiator=None)
+            dst.state = LegState.FAILED
+        elif (
             f.src is Side.UPSTREAM
             and src.state is LegState.CLOSE_RECEIVED  # the backend closed first
             and code in _RESTART_CODES
@@ -728,10 +743,24 @@ class Session:
                 self._settle()
 
     def _fail(self, side: Side, code: int, reason: str) -> None:
-        """*side* broke the protocol: tell it why, stop reading it, close the other leg."""
+        """*side* broke the protocol: stop reading it, close the other leg, tell it why.
+
+        Messages of *side* that were relayed before the bad frame were accepted: the
+        other side's answers to them still reach *side*. So the other leg is closed
+        first, what it sends until its close is relayed, and *side* gets *code* when
+        that close comes back (or when the close handshake times out).
+        """
         if self.initiator is None:
             self.initiator = "proxy"
             self.close_reason = reason
+        leg, other = self._legs[side], self._legs[side.other]
+        in_flight = self._flows[side].remaining or self._flows[side.other].remaining
+        if leg.state is LegState.OPEN and other.state is LegState.OPEN and not in_flight:
+            leg.state = LegState.CLOSE_RECEIVED  # nothing more is read from it
+            leg.fail_close = (code, reason)
+            self._send_close(side.other, *_FAILED_PEER[side], initiator=None)
+            self._settle()
+            return
         self._send_close(side, code, reason, initiator=None)
         self._lose(side, frames.GOING_AWAY if side is Side.CLIENT else frames.BAD_GATEWAY,
                    "client error" if side is Side.CLIENT else "backend error")
@@ -749,8 +778,12 @@ class Session:
             other.state = LegState.FAILED
         elif other.state is LegState.OPEN:
             self._send_close(side.other, code, reason, initiator="proxy")
-        elif other.state is LegState.CLOSE_RECEIVED and other.close_received is not None:
-            self._send_close(side.other, *other.close_received, initiator=None)
+        elif other.state is LegState.CLOSE_RECEIVED:
+            answer = other.fail_close or other.close_received
+            if answer is not None:
+                self._send_close(side.other, *answer, initiator=None)
+            if other.fail_close is not None:
+                other.state = LegState.FAILED
 
     def _settle(self) -> None:
         """Derive the joint state from the two legs (h11's state-triggered transitions)."""
