@@ -1,0 +1,103 @@
+"""Auth over a connection's life: JWT expiry closes with 1008; revocation by subject."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+
+import anyio
+import anyio.to_thread
+import jwt
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from tests.integration.peers import backend, make_config, running_proxy
+
+pytestmark = pytest.mark.anyio
+
+SECRET = "a-test-secret-of-at-least-32-bytes!!"
+
+
+def token(subject: str, lifetime: float) -> str:
+    now = int(time.time())
+    return jwt.encode({"sub": subject, "iat": now, "exp": now + lifetime}, SECRET, "HS256")
+
+
+def jwt_config(backends, *, close_on_expiry: bool = True):  # type: ignore[no-untyped-def]
+    return make_config(
+        backends,
+        auth={"type": "jwt", "close_on_expiry": close_on_expiry,
+              "jwt": {"algorithms": ["HS256"], "secret": SECRET, "leeway": 0}},
+        # The sweeper visits connections a few times a second with a short heartbeat.
+        heartbeat={"interval": "200ms", "timeout": "1s"},
+    )
+
+
+async def closed_code(ws) -> tuple[int, str]:  # type: ignore[no-untyped-def]
+    with anyio.fail_after(10), pytest.raises(ConnectionClosed) as exc:
+        await ws.recv()  # the proxy's close ends it; nothing else is sent to ws
+    assert exc.value.rcvd is not None
+    return exc.value.rcvd.code, exc.value.rcvd.reason
+
+
+async def test_a_connection_is_closed_with_1008_when_its_jwt_expires() -> None:
+    async with backend() as b, running_proxy(jwt_config([b])) as ctx:
+        url = f"ws://127.0.0.1:{ctx.addresses[0][1]}/"
+        short = {"Authorization": f"Bearer {token('ann', 2)}"}
+        long = {"Authorization": f"Bearer {token('bob', 600)}"}
+        async with connect(url, additional_headers=short) as expiring, connect(
+            url, additional_headers=long
+        ) as lasting:
+            await expiring.send("before")
+            assert await expiring.recv() == "before"
+            assert await closed_code(expiring) == (1008, "token expired")
+            await lasting.send("still here")
+            assert await lasting.recv() == "still here"
+    assert [h["X-Auth-Subject"] for _, h in b.requests] == ["ann", "bob"]
+
+
+async def test_close_on_expiry_off_keeps_the_connection() -> None:
+    async with backend() as b, running_proxy(jwt_config([b], close_on_expiry=False)) as ctx:
+        url = f"ws://127.0.0.1:{ctx.addresses[0][1]}/"
+        async with connect(url, additional_headers={
+                "Authorization": f"Bearer {token('ann', 1)}"}) as ws:
+            [conn] = ctx.registry.connections.values()
+            assert conn.liveness is not None
+            assert conn.liveness.expires_at is None  # nothing to close it for
+            await ws.send("x")
+            assert await ws.recv() == "x"
+
+
+def revoke(admin: str, subject: str) -> dict[str, list[str]]:
+    request = urllib.request.Request(
+        admin + "/connections/close", method="POST", data=json.dumps({"subject": subject}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        result: dict[str, list[str]] = json.loads(response.read())
+        return result
+
+
+async def test_revoking_a_subject_closes_its_connections_with_1008() -> None:
+    async with backend() as b, running_proxy(jwt_config([b])) as ctx:
+        url = f"ws://127.0.0.1:{ctx.addresses[0][1]}/"
+
+        def auth(subject: str) -> dict[str, str]:
+            return {"Authorization": f"Bearer {token(subject, 600)}"}
+
+        async with connect(url, additional_headers=auth("mallory")) as m1, connect(
+            url, additional_headers=auth("mallory")
+        ) as m2, connect(url, additional_headers=auth("alice")) as a:
+            views = [c.view() for c in ctx.registry.connections.values()]
+            assert sorted(v["subject"] for v in views) == ["alice", "mallory", "mallory"]
+            assert ctx.admin_address is not None
+            answer = await anyio.to_thread.run_sync(
+                revoke, f"http://127.0.0.1:{ctx.admin_address[1]}", "mallory"
+            )
+            assert len(answer["closed"]) == 2
+            assert await closed_code(m1) == (1008, "connection revoked")
+            assert await closed_code(m2) == (1008, "connection revoked")
+            await a.send("untouched")
+            assert await a.recv() == "untouched"
