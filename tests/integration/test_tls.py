@@ -113,7 +113,7 @@ async def test_server_name_verifies_a_backend_dialled_by_ip(
     ca: trustme.CA, ca_file: str, server_name: str | None
 ) -> None:
     context = _server_context(ca.issue_cert("backend.internal"))  # not valid for 127.0.0.1
-    tls = {"ca_file": ca_file, "server_name": server_name}
+    tls: dict[str, object] = {"ca_file": ca_file, "server_name": server_name}
     async with _through_wss_backend(context, tls) as (_, url):
         if server_name is None:
             assert await _status(url) == 502  # the IP is not in the certificate
