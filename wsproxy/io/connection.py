@@ -282,9 +282,17 @@ class Connection:
         leg = self.session.leg_state(side)
         if side is UPSTREAM and leg is LegState.CLOSED and not self.session.eof_received(side):
             # Let the backend close first (§7.1.1), but not for ever.
-            self.ctx.loop.call_later(UPSTREAM_EOF_WAIT, transport.close)
+            self.ctx.loop.call_later(UPSTREAM_EOF_WAIT, self._close_soon, transport)
             return
+        self._close_soon(transport)
+
+    def _close_soon(self, transport: asyncio.Transport) -> None:
+        """close() flushes what is buffered first; a peer that does not read would
+        hold that for ever (and the process past drain.timeout), so it gets
+        heartbeat.timeout to take it, then the socket is aborted."""
         transport.close()
+        if transport.get_write_buffer_size():
+            self.ctx.loop.call_later(self.ctx.config.heartbeat.timeout, transport.abort)
 
     def set_peer(self, ip: str) -> None:
         """The client's real address, from a PROXY protocol header."""
