@@ -13,7 +13,9 @@ import random
 import struct
 from dataclasses import dataclass
 
-from wsproxy.core.states import Side
+from wsproxy.core.states import SIDES, Side
+
+_RNG = random.Random()
 
 
 class Due(enum.Enum):
@@ -69,7 +71,7 @@ class Liveness:
     ) -> None:
         #: When the client's credentials expire, on the same clock as *now*.
         self.expires_at = expires_at
-        rng = rng or random.Random()
+        rng = rng or _RNG  # one seeded generator: seeding per connection costs a syscall
         self.rules = rules
         # The first ping at a random point of the first interval: pings of connections
         # opened together (after a drain elsewhere) do not stay in lockstep.
@@ -107,7 +109,7 @@ class Liveness:
             return Due.IDLE
         if now >= self._next_ping:
             self._next_ping = now + self.rules.interval
-            for side in Side:
+            for side in SIDES:
                 self._ping_out.setdefault(side, now)
             return Due.PING
         return Due.NOTHING

@@ -47,7 +47,7 @@ from wsproxy.core.handshake import (
     new_key,
     upstream_request,
 )
-from wsproxy.core.states import TERMINAL, SessionState, Side, Trigger, next_state
+from wsproxy.core.states import SIDES, TERMINAL, SessionState, Side, Trigger, next_state
 from wsproxy.errors import (
     HandshakeRejected,
     InvalidTransition,
@@ -198,9 +198,9 @@ class Session:
         self.state = SessionState.AWAIT_REQUEST
         self.max_message_size = max_message_size
         self.max_request_head = max_request_head
-        self._legs = {side: _Leg(side) for side in Side}
+        self._legs = {side: _Leg(side) for side in SIDES}
         self._flows = {
-            side: _Flow(side, self._legs[side], self._legs[side.other]) for side in Side
+            side: _Flow(side, self._legs[side], self._legs[side.other]) for side in SIDES
         }
         #: Which side closed first: "client", "upstream" or "proxy".
         self.initiator: str | None = None

@@ -44,6 +44,10 @@ class Side(enum.Enum):
         return Side.UPSTREAM if self is Side.CLIENT else Side.CLIENT
 
 
+#: Both sides, as a tuple: iterating an Enum class is slow, and connections do it.
+SIDES: Final = (Side.CLIENT, Side.UPSTREAM)
+
+
 class SessionState(enum.Enum):
     __hash__ = object.__hash__
 
