@@ -13,9 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.server import ServerConnection
 from websockets.asyncio.server import serve as ws_serve
 from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
 
 from wsproxy.config import ProxyConfig, parse_config
 from wsproxy.supervisor import ProxyContext, serve
@@ -114,6 +116,21 @@ async def raw_exchange(port: int, request: bytes, *, read_until_eof: bool = True
                 if not read_until_eof and b"\r\n\r\n" in b"".join(chunks):
                     break
         return b"".join(chunks)
+
+
+async def closed_by_proxy(ws: ClientConnection, within: float = 10.0) -> tuple[int, str]:
+    """Wait (bounded) until the proxy closes *ws*, reading what still arrives; the code
+    and reason of the close frame it sent."""
+    closed: ConnectionClosed | None = None
+    with anyio.fail_after(within):
+        try:
+            while True:
+                await ws.recv()
+        except ConnectionClosed as exc:
+            closed = exc
+    assert closed is not None
+    assert closed.rcvd is not None, closed
+    return closed.rcvd.code, closed.rcvd.reason
 
 
 def upgrade_request(path: str = "/", *, extra: str = "", version: str = "13") -> bytes:

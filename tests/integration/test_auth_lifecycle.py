@@ -11,9 +11,8 @@ import anyio.to_thread
 import jwt
 import pytest
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
 
-from tests.integration.peers import backend, make_config, running_proxy
+from tests.integration.peers import backend, closed_by_proxy, make_config, running_proxy
 
 pytestmark = pytest.mark.anyio
 
@@ -35,13 +34,6 @@ def jwt_config(backends, *, close_on_expiry: bool = True):  # type: ignore[no-un
     )
 
 
-async def closed_code(ws) -> tuple[int, str]:  # type: ignore[no-untyped-def]
-    with anyio.fail_after(10), pytest.raises(ConnectionClosed) as exc:
-        await ws.recv()  # the proxy's close ends it; nothing else is sent to ws
-    assert exc.value.rcvd is not None
-    return exc.value.rcvd.code, exc.value.rcvd.reason
-
-
 async def test_a_connection_is_closed_with_1008_when_its_jwt_expires() -> None:
     async with backend() as b, running_proxy(jwt_config([b])) as ctx:
         url = f"ws://127.0.0.1:{ctx.addresses[0][1]}/"
@@ -52,7 +44,7 @@ async def test_a_connection_is_closed_with_1008_when_its_jwt_expires() -> None:
         ) as lasting:
             await expiring.send("before")
             assert await expiring.recv() == "before"
-            assert await closed_code(expiring) == (1008, "token expired")
+            assert await closed_by_proxy(expiring) == (1008, "token expired")
             await lasting.send("still here")
             assert await lasting.recv() == "still here"
     assert [h["X-Auth-Subject"] for _, h in b.requests] == ["ann", "bob"]
@@ -97,7 +89,7 @@ async def test_revoking_a_subject_closes_its_connections_with_1008() -> None:
                 revoke, f"http://127.0.0.1:{ctx.admin_address[1]}", "mallory"
             )
             assert len(answer["closed"]) == 2
-            assert await closed_code(m1) == (1008, "connection revoked")
-            assert await closed_code(m2) == (1008, "connection revoked")
+            assert await closed_by_proxy(m1) == (1008, "connection revoked")
+            assert await closed_by_proxy(m2) == (1008, "connection revoked")
             await a.send("untouched")
             assert await a.recv() == "untouched"

@@ -20,9 +20,8 @@ from pathlib import Path
 import anyio
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
 
-from tests.integration.peers import Backend, backend, raw_exchange
+from tests.integration.peers import Backend, backend, closed_by_proxy, raw_exchange
 from tests.integration.test_process import Running, started
 
 pytestmark = pytest.mark.anyio
@@ -62,18 +61,6 @@ async def echoes(ws: ClientConnection, text: str = "ping?") -> bool:
     with anyio.fail_after(WAIT):
         await ws.send(text)
         return await ws.recv() == text
-
-
-async def closed_by_proxy(ws: ClientConnection, within: float = WAIT) -> tuple[int, str]:
-    """Wait (bounded) until the proxy closes *ws*; the code and reason it sent."""
-    with anyio.fail_after(within):
-        try:
-            while True:
-                await ws.recv()
-        except ConnectionClosed as exc:
-            closed = exc
-    assert closed.rcvd is not None, closed
-    return closed.rcvd.code, closed.rcvd.reason
 
 
 async def open_clients(stack: AsyncExitStack, url: str, paths: Sequence[str]

@@ -31,6 +31,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from tests.helpers import FrameReader, RawFrame, build_raw
 from tests.integration.peers import (
     backend,
+    closed_by_proxy,
     make_config,
     raw_exchange,
     running_proxy,
@@ -58,18 +59,6 @@ def url_of(ctx: ProxyContext) -> str:
 
 def backend_dict(name: str, port: int) -> dict[str, str]:
     return {"name": name, "url": f"ws://127.0.0.1:{port}"}
-
-
-async def closed_by_proxy(ws: ClientConnection) -> tuple[int, str]:
-    """Wait (bounded) until the proxy closes *ws*; the code and reason it sent."""
-    with anyio.fail_after(WAIT):
-        try:
-            while True:
-                await ws.recv()
-        except ConnectionClosed as exc:
-            closed = exc
-    assert closed.rcvd is not None, closed
-    return closed.rcvd.code, closed.rcvd.reason
 
 
 async def echoes(ws: ClientConnection, text: str = "still here") -> bool:
