@@ -1,0 +1,423 @@
+"""Slow and stuck peers against a real proxy (issue 9, "Slow and stuck peers").
+
+- Slowloris: clients that drip their upgrade a byte at a time are closed at
+  ``limits.handshake_timeout``; a crowd of them does not keep a normal client out.
+- A client that reads nothing while its backend keeps sending: the proxy (a
+  subprocess, so that its resident memory can be read from /proc) stays bounded, the
+  backend's sends stall, and once the client reads again every message arrives, in
+  order, and the backend goes on.
+- A backend that accepts TCP and never answers the upgrade: the next backend is tried
+  after ``limits.backend_timeout``; with no other backend the client gets 502.
+
+Everything listens on 127.0.0.1; every wait is bounded; readiness comes from the
+peers themselves (sockets bound, the proxy's ``proxy.listening`` log line).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+import pytest
+from anyio.abc import ByteReceiveStream, Process, SocketStream
+from anyio.streams.buffered import BufferedByteReceiveStream
+from websockets.asyncio.client import connect
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from tests.helpers import parse_frame
+from tests.integration.peers import (
+    Backend,
+    backend,
+    make_config,
+    raw_exchange,
+    running_proxy,
+    upgrade_request,
+)
+
+pytestmark = pytest.mark.anyio
+
+MIB = 1 << 20
+
+
+def status_of(answer: bytes) -> int:
+    return int(answer.split(b" ", 2)[1])
+
+
+async def echo_round_trip(url: str, count: int = 5) -> None:
+    async with connect(url, open_timeout=5, close_timeout=2) as ws:
+        for i in range(count):
+            await ws.send(f"hello {i}")
+            with anyio.fail_after(5):
+                assert await ws.recv() == f"hello {i}"
+
+
+# Slowloris…
+
+HANDSHAKE_TIMEOUT = 0.5
+#: One byte every DRIP seconds: the whole request would take ~8 s at this pace.
+DRIP = 0.05
+
+
+@dataclass
+class Drip:
+    """What one slowloris client saw."""
+
+    sent: int = 0
+    closed_after: float | None = None
+    answer: bytes = b""
+
+
+async def slowloris(port: int, drip: Drip, *, connected: anyio.Event | None = None) -> None:
+    """Send a valid upgrade one byte every DRIP seconds until the proxy hangs up."""
+    request = upgrade_request()
+    started = anyio.current_time()
+    async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+        if connected is not None:
+            connected.set()
+        with anyio.fail_after(10):  # the request alone would take len(request) * DRIP
+            for byte in request:
+                try:
+                    await stream.send(bytes([byte]))
+                    drip.sent += 1
+                    with anyio.move_on_after(DRIP):  # the pace, and a watch for the end
+                        data = await stream.receive()
+                        drip.answer += data
+                        continue  # an answer: read on until the end
+                except (anyio.EndOfStream, anyio.BrokenResourceError, ConnectionError):
+                    drip.closed_after = anyio.current_time() - started
+                    return
+    raise AssertionError(f"the whole request went through: {drip}")
+
+
+async def test_slowloris_is_closed_at_the_handshake_timeout() -> None:
+    async with backend() as b:
+        config = make_config([b], limits={"handshake_timeout": f"{HANDSHAKE_TIMEOUT}s"})
+        async with running_proxy(config) as ctx:
+            drip = Drip()
+            await slowloris(ctx.addresses[0][1], drip)
+    assert drip.closed_after is not None
+    assert HANDSHAKE_TIMEOUT * 0.9 <= drip.closed_after < HANDSHAKE_TIMEOUT + 1.5, drip
+    assert drip.sent < len(upgrade_request())
+    assert drip.answer == b""  # closed, nothing else: no 101, no backend
+    assert not b.requests
+
+
+SLOWLORIS_CROWD = 100
+CROWD_TIMEOUT = 1.5
+
+
+async def test_a_crowd_of_slowloris_does_not_keep_a_normal_client_out() -> None:
+    drips = [Drip() for _ in range(SLOWLORIS_CROWD)]
+    async with backend() as b:
+        config = make_config([b], limits={"handshake_timeout": f"{CROWD_TIMEOUT}s"})
+        async with running_proxy(config) as ctx, anyio.create_task_group() as tg:
+            port = ctx.addresses[0][1]
+            for drip in drips:
+                connected = anyio.Event()
+                tg.start_soon(functools.partial(slowloris, port, drip, connected=connected))
+                await connected.wait()
+            # All connected (and queued for the proxy's accept before the normal client).
+            started = anyio.current_time()
+            await echo_round_trip(f"ws://127.0.0.1:{port}/", count=10)
+            served_in = anyio.current_time() - started
+            still_dripping = sum(d.closed_after is None for d in drips)
+            held_by_the_proxy = len(ctx.registry)  # the drippers, accepted and still held
+        # The task group waited for every slowloris to be cut off.
+    assert still_dripping == SLOWLORIS_CROWD, "the normal client was served after them"
+    assert held_by_the_proxy >= SLOWLORIS_CROWD
+    assert served_in < CROWD_TIMEOUT, served_in
+    assert all(d.closed_after is not None for d in drips)
+    latest = max(d.closed_after for d in drips if d.closed_after is not None)
+    assert latest < CROWD_TIMEOUT + 2.0, latest
+    assert all(d.answer == b"" for d in drips)
+    assert len(b.requests) == 1  # the normal client only
+
+
+# A client that reads nothing…
+
+#: A message of the flooding backend: 8 bytes of sequence number, then filler.
+MESSAGE_SIZE = 256 << 10
+#: No progress for this long: the backend's sends are stalled.
+STALL = 1.0
+#: The most the backend may push before it must have been stalled.
+FLOOD_CAP = 128 * MIB
+#: How much the proxy's resident memory may grow while the pipe is full.
+MAX_RSS_GROWTH = 32 * MIB
+EXIT_TIMEOUT = 10.0
+
+
+def rss(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text(encoding="ascii")
+    match = re.search(r"^VmRSS:\s+(\d+) kB$", status, re.MULTILINE)
+    assert match is not None, status
+    return int(match.group(1)) * 1024
+
+
+@dataclass
+class ProxyProcess:
+    pid: int
+    port: int
+    process: Process
+
+
+async def _drain(stream: ByteReceiveStream) -> None:
+    """Read the proxy's log to the end, so that a full pipe never blocks it."""
+    try:
+        async for _ in stream:
+            pass
+    except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+        pass
+
+
+@asynccontextmanager
+async def proxy_process(tmp_path: Path, backend_url: str) -> AsyncIterator[ProxyProcess]:
+    """``python -m wsproxy run`` in front of *backend_url*; SIGTERM, then SIGKILL by PID."""
+    config = tmp_path / "wsproxy.yaml"
+    config.write_text(
+        "listen: {host: 127.0.0.1, port: 0}\n"
+        "admin: {host: 127.0.0.1, port: 0}\n"
+        f'backends: [{{name: flood, url: "{backend_url}"}}]\n'
+        "heartbeat: {interval: 30s, timeout: 30s}\n"
+        "drain: {spread: 0s, timeout: 1s}\n"
+        "logging: {level: info, format: json}\n",
+        encoding="utf-8",
+    )
+    process = await anyio.open_process(
+        [sys.executable, "-m", "wsproxy", "run", "-c", str(config)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert process.stdout is not None
+        lines = BufferedByteReceiveStream(process.stdout)
+        with anyio.fail_after(10):
+            while True:
+                record = json.loads(await lines.receive_until(b"\n", 1 << 20))
+                if record.get("event") == "proxy.listening":
+                    break
+        port = int(record["addresses"][0].rsplit(":", 1)[1])
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_drain, lines)
+            yield ProxyProcess(process.pid, port, process)
+            tg.cancel_scope.cancel()
+    finally:
+        if process.returncode is None:
+            os.kill(process.pid, signal.SIGTERM)
+            with anyio.move_on_after(EXIT_TIMEOUT, shield=True):
+                await process.wait()
+        if process.returncode is None:
+            os.kill(process.pid, signal.SIGKILL)
+        with anyio.fail_after(EXIT_TIMEOUT, shield=True):
+            await process.aclose()
+
+
+@dataclass
+class Flood:
+    """The flooding backend's progress: messages whose send() has returned."""
+
+    sent: int = 0
+    changed: anyio.Event = field(default_factory=anyio.Event)
+
+
+def flooding_handler(flood: Flood):  # type: ignore[no-untyped-def]
+    filler = os.urandom(MESSAGE_SIZE - 8)
+
+    async def send_for_ever(ws: ServerConnection) -> None:
+        seq = 0
+        with anyio.move_on_after(60):  # bounds, far past the test's own
+            while flood.sent * MESSAGE_SIZE < FLOOD_CAP * 2:
+                try:
+                    await ws.send(seq.to_bytes(8, "big") + filler)
+                except ConnectionClosed:
+                    return  # the test is over: the client went away
+                seq += 1
+                flood.sent = seq
+                flood.changed.set()
+                flood.changed = anyio.Event()
+
+    return send_for_ever
+
+
+async def wait_until_stalled(flood: Flood) -> None:
+    """Until the backend made no progress for STALL seconds (or passed the cap)."""
+    with anyio.fail_after(30):
+        while flood.sent * MESSAGE_SIZE < FLOOD_CAP:
+            with anyio.move_on_after(STALL):
+                await flood.changed.wait()
+                continue
+            return
+    raise AssertionError(f"never stalled: {flood.sent * MESSAGE_SIZE / MIB:.0f} MiB sent")
+
+
+async def read_messages(stream: SocketStream, count: int, buffer: bytearray) -> list[int]:
+    """The sequence numbers of the next *count* binary messages on a raw client socket."""
+    seqs: list[int] = []
+    with anyio.fail_after(20):
+        while len(seqs) < count:
+            frame, used = parse_frame(buffer)
+            if frame is None:
+                buffer += await stream.receive(1 << 20)
+                continue
+            del buffer[:used]
+            assert frame.opcode == 0x2, frame.opcode
+            assert len(frame.payload) == MESSAGE_SIZE
+            seqs.append(int.from_bytes(frame.payload[:8], "big"))
+    return seqs
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/PID/status")
+async def test_a_client_that_reads_nothing_stalls_the_backend_and_memory_stays_bounded(
+    tmp_path: Path,
+) -> None:
+    flood = Flood()
+    peaks: list[int] = []
+    async with (
+        backend(handler=flooding_handler(flood), compression=None, max_size=None) as b,
+        proxy_process(tmp_path, b.url) as proxy,
+        await anyio.connect_tcp("127.0.0.1", proxy.port) as client,
+    ):
+        before = rss(proxy.pid)
+        await client.send(upgrade_request())
+        buffer = bytearray()
+        with anyio.fail_after(5):
+            while b"\r\n\r\n" not in buffer:
+                buffer += await client.receive()
+        head, _, rest = bytes(buffer).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101 "), head
+        buffer = bytearray(rest)
+
+        async def sample() -> None:
+            while True:
+                peaks.append(rss(proxy.pid))
+                await anyio.sleep(0.05)  # a sampling pace, not a synchronisation
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(sample)
+            await wait_until_stalled(flood)  # the client has read nothing all along
+            tg.cancel_scope.cancel()
+        stalled_at = flood.sent
+        peak = max(peaks)
+
+        # The client reads again: everything the backend sent arrives, in order, and
+        # the backend goes on.
+        seqs = await read_messages(client, stalled_at + 8, buffer)
+        assert seqs == list(range(stalled_at + 8))
+        with anyio.fail_after(10):
+            while flood.sent <= stalled_at:
+                await flood.changed.wait()
+        await client.aclose()
+    growth = peak - before
+    detail = (f"backend stalled after {stalled_at * MESSAGE_SIZE / MIB:.0f} MiB; proxy RSS "
+              f"{before / MIB:.1f} -> peak {peak / MIB:.1f} MiB")
+    assert stalled_at * MESSAGE_SIZE < FLOOD_CAP, detail
+    assert growth < MAX_RSS_GROWTH, detail
+
+
+# A backend that never answers the upgrade…
+
+BACKEND_TIMEOUT = 0.3
+
+
+@dataclass
+class Silent:
+    """A TCP server that accepts and never answers (or answers half a 101)."""
+
+    url: str
+    accepted: int = 0
+    #: Connections the proxy dropped (EOF or reset seen by the server).
+    dropped: int = 0
+    gone: anyio.Event = field(default_factory=anyio.Event)
+    requests: list[bytes] = field(default_factory=list)
+
+
+@asynccontextmanager
+async def silent_backend(half_answer: bytes = b"") -> AsyncIterator[Silent]:
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        silent.accepted += 1
+        try:
+            silent.requests.append(await reader.readuntil(b"\r\n\r\n"))
+            if half_answer:
+                writer.write(half_answer)
+            while await reader.read(1 << 16):  # until the proxy hangs up
+                pass
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            silent.dropped += 1
+            silent.gone.set()
+            writer.transport.abort()
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    silent = Silent(f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+    try:
+        yield silent
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+HALF_ANSWERS = {
+    "says-nothing": b"",
+    "half-a-101": b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n",
+}
+
+
+def backends(*peers: Silent | Backend) -> list[dict[str, str]]:
+    return [{"name": f"b{i}", "url": peer.url} for i, peer in enumerate(peers)]
+
+
+@pytest.mark.parametrize("half_answer", HALF_ANSWERS.values(), ids=HALF_ANSWERS.keys())
+async def test_a_backend_that_never_answers_is_left_for_the_next_after_backend_timeout(
+    half_answer: bytes,
+) -> None:
+    async with silent_backend(half_answer) as silent, backend() as good:
+        config = make_config(
+            backends(silent, good), limits={"backend_timeout": f"{BACKEND_TIMEOUT}s"},
+            balance="round_robin",
+        )
+        async with running_proxy(config) as ctx:
+            url = f"ws://127.0.0.1:{ctx.addresses[0][1]}/"
+            times = []
+            for _ in range(2):  # round robin: one of the two tries the silent one first
+                started = anyio.current_time()
+                await echo_round_trip(url)
+                times.append(anyio.current_time() - started)
+            with anyio.fail_after(5):  # the proxy dropped its connection to the silent one
+                while silent.dropped < silent.accepted:
+                    await silent.gone.wait()
+                    silent.gone = anyio.Event()
+    assert silent.accepted == 1, silent
+    assert silent.requests[0].startswith(b"GET / HTTP/1.1\r\n")  # it was asked
+    assert len(good.requests) == 2
+    slow, fast = max(times), min(times)
+    assert BACKEND_TIMEOUT <= slow < BACKEND_TIMEOUT + 2.0, times
+    assert fast < BACKEND_TIMEOUT, times
+
+
+@pytest.mark.parametrize("half_answer", HALF_ANSWERS.values(), ids=HALF_ANSWERS.keys())
+async def test_with_only_a_backend_that_never_answers_the_client_gets_502(
+    half_answer: bytes,
+) -> None:
+    async with silent_backend(half_answer) as silent:
+        config = make_config(
+            backends(silent),
+            limits={"backend_timeout": f"{BACKEND_TIMEOUT}s", "handshake_timeout": "10s"},
+        )
+        async with running_proxy(config) as ctx:
+            started = anyio.current_time()
+            answer = await raw_exchange(ctx.addresses[0][1], upgrade_request())
+            elapsed = anyio.current_time() - started
+    assert status_of(answer) == 502, answer
+    assert BACKEND_TIMEOUT <= elapsed < BACKEND_TIMEOUT + 2.0, elapsed
+    assert silent.accepted == 1
