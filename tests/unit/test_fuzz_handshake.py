@@ -826,3 +826,29 @@ def test_target_not_in_origin_form_is_refused_or_normalised(target: bytes) -> No
     upstream = server.next_event()
     assert isinstance(upstream, h11.Request)
     assert upstream.target == b"/app/chat"
+
+
+@pytest.mark.xfail(
+    reason="bug: a subprotocol offer with a non-ASCII byte is decoded as Latin-1 and sent "
+    "on as UTF-8 (handshake.upstream_request: ', '.join(...).encode()), so 'caf\\xe9' "
+    "reaches the backend as 'caf\\xc3\\xa9', and a backend that selects it gets the client "
+    "a 502 ('a subprotocol nobody offered'); refuse non-token offers with 400, or encode "
+    "them back as Latin-1",
+    strict=True,
+)
+def test_a_subprotocol_offer_reaches_the_backend_byte_for_byte_or_is_refused() -> None:
+    data = BASE + b"Sec-WebSocket-Protocol: caf\xe9\r\n\r\n"
+    session, outcome = feed(data, [], 16 << 10)
+    if outcome.kind == "rejected":
+        assert outcome.status == 400
+        return
+    session.accept()
+    session.connect_upstream(
+        target="t", authority="backend:80", path_prefix="", forwarding=FORWARDING,
+        pass_extensions=False,
+    )
+    server = h11.Connection(h11.SERVER)
+    server.receive_data(b"".join(session.data_to_send(UPSTREAM)))
+    upstream = server.next_event()
+    assert isinstance(upstream, h11.Request)
+    assert (b"sec-websocket-protocol", b"caf\xe9") in upstream.headers
