@@ -21,8 +21,8 @@ is wrong with it). An accepted upgrade is taken all the way
 through a fake backend: the backend's request and the client's 101 must both parse,
 and bytes the client sent after its head must reach the backend untouched.
 
-Known bugs are not in the catalog; each has a strict xfail below (an upgrade request
-with a body, and request targets that are not in origin form).
+Bugs this found are fixed and kept as regression tests below: an upgrade request
+with a body, request targets that are not in origin form, non-token subprotocols.
 
 About 3,000 inputs per run (printed at the end of the module); set
 ``WSPROXY_FUZZ_SCALE=25`` (and ``--timeout=0``) for a longer hunt of 75,000.
@@ -754,13 +754,6 @@ def test_smuggling_and_syntax_shapes(
 
 # Known bugs…
 
-BODY_BUG = (
-    "bug: an upgrade request with a body (Content-Length > 0 or Transfer-Encoding: "
-    "chunked, alone or together) is accepted; the body bytes that arrived with the head "
-    "are dropped as HTTP body and later ones are read as WebSocket frames, so the outcome "
-    "depends on how the bytes were cut; RFC 9112 §6.1 wants CL+TE refused or the "
-    "connection closed"
-)
 BODIES = {
     "content-length": BASE + b"Content-Length: 5\r\n\r\nhello",
     "chunked": BASE + b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
@@ -773,7 +766,6 @@ BODIES = {
 }
 
 
-@pytest.mark.xfail(reason=BODY_BUG, strict=True)
 @pytest.mark.parametrize("data", BODIES.values(), ids=BODIES.keys())
 def test_upgrade_with_a_request_body_is_refused(data: bytes) -> None:
     session, outcome = feed(data, [], 16 << 10)
@@ -781,7 +773,6 @@ def test_upgrade_with_a_request_body_is_refused(data: bytes) -> None:
     check_rejected(session, outcome)
 
 
-@pytest.mark.xfail(reason=BODY_BUG, strict=True)
 def test_bytes_after_a_head_with_content_length_do_not_depend_on_the_cut() -> None:
     data = BASE + b"Content-Length: 6\r\n\r\n" + build_raw(0x1, b"", mask=True)
     whole_session, _ = feed(data, [], 16 << 10)
@@ -796,15 +787,8 @@ def test_bytes_after_a_head_with_content_length_do_not_depend_on_the_cut() -> No
     assert outcomes[0] == outcomes[1]
 
 
-TARGET_BUG = (
-    "bug: a request-target that is not in origin form ('chat', '*', an absolute URI) is "
-    "accepted and glued to the backend's path prefix as it is ('/appchat', "
-    "'/apphttp://evil.example/chat'); it should be refused with 400, or an absolute URI "
-    "turned into its path and query (RFC 6455 §4.1, RFC 9112 §3.2)"
-)
 
 
-@pytest.mark.xfail(reason=TARGET_BUG, strict=True)
 @pytest.mark.parametrize(
     "target", [b"chat", b"*", b"http://evil.example/chat", b"ws://evil.example/chat"],
     ids=["relative", "asterisk", "absolute-http", "absolute-ws"],
@@ -828,14 +812,6 @@ def test_target_not_in_origin_form_is_refused_or_normalised(target: bytes) -> No
     assert upstream.target == b"/app/chat"
 
 
-@pytest.mark.xfail(
-    reason="bug: a subprotocol offer with a non-ASCII byte is decoded as Latin-1 and sent "
-    "on as UTF-8 (handshake.upstream_request: ', '.join(...).encode()), so 'caf\\xe9' "
-    "reaches the backend as 'caf\\xc3\\xa9', and a backend that selects it gets the client "
-    "a 502 ('a subprotocol nobody offered'); refuse non-token offers with 400, or encode "
-    "them back as Latin-1",
-    strict=True,
-)
 def test_a_subprotocol_offer_reaches_the_backend_byte_for_byte_or_is_refused() -> None:
     data = BASE + b"Sec-WebSocket-Protocol: caf\xe9\r\n\r\n"
     session, outcome = feed(data, [], 16 << 10)

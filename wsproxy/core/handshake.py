@@ -12,6 +12,7 @@ import base64
 import hashlib
 import ipaddress
 import os
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -22,6 +23,8 @@ import h11
 from wsproxy.errors import HandshakeRejected, UpstreamHandshakeFailed, UpstreamUnavailable
 
 GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+#: RFC 9110 §5.6.2 token.
+_TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 Header = tuple[bytes, bytes]
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -130,6 +133,14 @@ def check_upgrade(request: h11.Request) -> UpgradeRequest:
         raise HandshakeRejected(400, "a WebSocket upgrade is an HTTP/1.1 GET")
     if b"upgrade" not in _tokens(joined(b"connection")):
         raise HandshakeRejected(400, "Connection header lacks 'upgrade'")
+    if not bytes(request.target).startswith(b"/"):
+        # An absolute URI or "*" would be glued onto the backend's path prefix.
+        raise HandshakeRejected(400, "the request target must be a path")
+    # h11 has checked that a Content-Length is digits.
+    if b"transfer-encoding" in values or any(int(v) for v in values.get(b"content-length", [])):
+        # RFC 6455 §4.1: the upgrade is a GET without a body. Body bytes would be read
+        # as frames, depending on how TCP cut them (RFC 9112 §6.1: refuse).
+        raise HandshakeRejected(400, "an upgrade request has no body")
     if values.get(b"sec-websocket-version") != [b"13"]:
         raise HandshakeRejected(
             426, "unsupported WebSocket version", [("Sec-WebSocket-Version", "13")]
@@ -143,6 +154,10 @@ def check_upgrade(request: h11.Request) -> UpgradeRequest:
         for p in joined(b"sec-websocket-protocol").split(b",")
         if p.strip()
     )
+    if not all(_TOKEN.fullmatch(p) for p in subprotocols):
+        # RFC 6455 §4.1: each offer is an HTTP token (ASCII), so it reaches the
+        # backend byte for byte.
+        raise HandshakeRejected(400, "a subprotocol offer is not a token")
     origin = values.get(b"origin")
     return UpgradeRequest(
         target=bytes(request.target),
