@@ -9,6 +9,7 @@ wsproxy.io.connection for why).
 from __future__ import annotations
 
 import asyncio
+import errno
 import secrets
 import ssl
 from collections.abc import Callable, Coroutine
@@ -40,6 +41,8 @@ log = get_logger()
 #: (failure label, status, reason, headers) of an upgrade refused before any backend.
 Refusal = tuple[str, int, str, tuple[tuple[str, str], ...]]
 _RETRY_AFTER = (("Retry-After", "5"),)
+#: accept() errors that mean "no resources right now" (trio's ACCEPT_CAPACITY_ERRNOS).
+_ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 class ProxyContext:
@@ -66,6 +69,7 @@ class ProxyContext:
         #: Stop the process once the proxy's drain is done (SIGTERM, not POST /drain).
         self.exit_when_drained = False
         self.stopped = anyio.Event()
+        self._last_accept_warning = float("-inf")
         self.metrics = Metrics(self)
         self.discovery = DiscoveryStatus()
         self.config = config
@@ -131,10 +135,27 @@ class ProxyContext:
 
         self.loop.call_later(self.config.drain.backend_hold_down, release)
 
+    def loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """The event loop's exception handler: quiet, rate-limited accept back-off.
+
+        Out of file descriptors, the standard loop's accept() fails up to `backlog`
+        times per wake-up, each reported here with a traceback (CPython 3.11); one
+        warning a second is what an operator needs. Anything else is reported as the
+        loop would.
+        """
+        exc = context.get("exception")
+        if isinstance(exc, OSError) and exc.errno in _ACCEPT_CAPACITY_ERRNOS:
+            now = loop.time()
+            if now - self._last_accept_warning >= 1.0:
+                self._last_accept_warning = now
+                log.warning("accept.backoff", error=str(exc), connections=len(self.registry))
+            return
+        loop.default_exception_handler(context)
+
     # Hooks called by each Connection…
 
     def connection_started(self, conn: Connection) -> None:
-        self.registry.add(conn.id, conn.peer_ip, conn)
+        self.registry.add(conn.id, conn)
 
     def refusal(self, conn: Connection) -> Refusal | None:
         """Why this upgrade is answered with an error before any backend is asked."""
@@ -145,13 +166,13 @@ class ProxyContext:
         origin = request.origin if request is not None else None
         if origins and origin is not None and origin.lower() not in origins:
             return "origin", 403, "origin not allowed", ()
-        reason = self.registry.over_limit(conn.client_ip)
-        if reason is not None:
-            log.warning("connection.limit", conn_id=conn.id, client=conn.client_ip, reason=reason)
-            return "connection_limit", 503, reason, _RETRY_AFTER
         if self.admission is not None and not self.admission.take(self.loop.time()):
             retry = str(self.admission.retry_after())
             return "rate_limited", 503, "upgrade rate limit", (("Retry-After", retry),)
+        reason = self.registry.admit(conn.id, conn.client_ip)  # last: it counts conn in
+        if reason is not None:
+            log.warning("connection.limit", conn_id=conn.id, client=conn.client_ip, reason=reason)
+            return "connection_limit", 503, reason, _RETRY_AFTER
         return None
 
     def connection_opened(self, conn: Connection) -> None:
@@ -167,7 +188,7 @@ class ProxyContext:
                  status=conn.session.rejected_status, reason=conn.session.close_reason)
 
     def connection_finished(self, conn: Connection) -> None:
-        self.registry.remove(conn.id, conn.peer_ip)
+        self.registry.remove(conn.id)
         self.metrics.connection_ended(conn, *conn.outcome())
         if conn.opened:
             log.info("connection.closed", **conn.summary())
@@ -379,6 +400,7 @@ async def serve(
     tls = server_context(config.listen.tls) if config.listen.tls else None
     async with anyio.create_task_group() as tg:
         ctx = ProxyContext(config, task_group=tg, config_path=config_path)
+        loop.set_exception_handler(ctx.loop_exception)
         protocol = ProxiedClientProtocol if config.listen.proxy_protocol else ClientProtocol
         server = await loop.create_server(
             lambda: protocol(ctx), config.listen.host, config.listen.port,

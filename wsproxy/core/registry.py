@@ -9,10 +9,14 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    """Every accepted connection, by id, with counts per client address.
+    """Every accepted connection by id, and the admitted ones counted per client.
 
-    Connections are counted from the TCP accept, so that a flood of half-open
-    handshakes counts against the limits too.
+    The limits count *admitted* upgrades (``admit()``, when the request has been
+    read), under the client's address as the proxy believes it (X-Forwarded-For from
+    a trusted proxy, a PROXY header). Counting from the TCP accept instead refused a
+    whole burst of simultaneous upgrades, none of the ones that fit included, and
+    counted clients behind a load balancer under the balancer's address. Half-open
+    handshakes are bounded by ``limits.handshake_timeout`` instead.
     """
 
     def __init__(self, *, max_connections: int, max_per_ip: int) -> None:
@@ -20,26 +24,29 @@ class Registry(Generic[T]):
         #: 0: no limit.
         self.max_per_ip = max_per_ip
         self.connections: dict[str, T] = {}
+        self._admitted: dict[str, str] = {}  # conn id -> client address
         self._per_ip: Counter[str] = Counter()
 
     def __len__(self) -> int:
         return len(self.connections)
 
-    def add(self, conn_id: str, ip: str, conn: T) -> None:
+    def add(self, conn_id: str, conn: T) -> None:
         self.connections[conn_id] = conn
-        self._per_ip[ip] += 1
 
-    def remove(self, conn_id: str, ip: str) -> None:
-        if self.connections.pop(conn_id, None) is None:
-            return
-        self._per_ip[ip] -= 1
-        if self._per_ip[ip] <= 0:
-            del self._per_ip[ip]
-
-    def over_limit(self, ip: str) -> str | None:
-        """Why a connection from *ip* (already added) is one too many, or None."""
-        if len(self.connections) > self.max_connections:
+    def admit(self, conn_id: str, ip: str) -> str | None:
+        """Count *conn_id* in, or say why it would be one too many (then it is not)."""
+        if len(self._admitted) >= self.max_connections:
             return "too many connections"
-        if self.max_per_ip and self._per_ip[ip] > self.max_per_ip:
+        if self.max_per_ip and self._per_ip[ip] >= self.max_per_ip:
             return "too many connections from this address"
+        self._admitted[conn_id] = ip
+        self._per_ip[ip] += 1
         return None
+
+    def remove(self, conn_id: str) -> None:
+        self.connections.pop(conn_id, None)
+        ip = self._admitted.pop(conn_id, None)
+        if ip is not None:
+            self._per_ip[ip] -= 1
+            if self._per_ip[ip] <= 0:
+                del self._per_ip[ip]

@@ -299,9 +299,7 @@ class Connection:
         address = ipaddress.ip_address(ip)
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
             address = address.ipv4_mapped  # one client, one address for the per-IP limits
-        self.ctx.registry.remove(self.id, self.peer_ip)
         self.peer_ip = self.client_ip = self._forwarded_for = str(address)
-        self.ctx.registry.add(self.id, self.peer_ip, self)
 
     def refuse(self, failure: str, reason: str) -> None:
         """Drop a connection before its request: nothing sensible can be answered."""
