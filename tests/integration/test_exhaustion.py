@@ -218,18 +218,8 @@ async def eof_or_reset(stream: SocketStream) -> bool:
 
 # Out of descriptors -----------------------------------------------------------------------------
 
-SPINS_ON_ASYNCIO = pytest.mark.xfail(
-    reason="bug: without uvloop, out of descriptors the accept loop still runs warm: "
-    "CPython 3.11's _accept_connection (python/cpython#151615) goes on calling accept() "
-    "`backlog` times per wake-up after EMFILE (wsproxy passes backlog=1024), calling the "
-    "exception handler and scheduling a retry timer each time: 0.2-0.35 s of CPU per 2 s "
-    "while saturated and idle (uvloop: ~0.01 s)",
-    strict=True,
-)
-
-
 @pytest.mark.parametrize(
-    "loop", ["uvloop", pytest.param("asyncio", marks=SPINS_ON_ASYNCIO)]
+    "loop", ["uvloop", "asyncio"]
 )
 async def test_out_of_descriptors_keeps_serving_refuses_cleanly_and_recovers(
     tmp_path: Path, loop: str
