@@ -405,6 +405,7 @@ class Session:
         if self.accepted.subprotocol is None and self.auth_subprotocol is not None:
             self.accepted = dataclasses.replace(self.accepted, subprotocol=self.auth_subprotocol)
         self._legs[Side.CLIENT].out.append(accept_response(self.request.key, self.accepted))
+        self.accepted = dataclasses.replace(self.accepted, headers=())  # sent: not kept
         early = self._early
         # The HTTP state machines and headers are done with: an open connection keeps
         # only its legs (10,000 idle connections should cost little).
