@@ -49,6 +49,7 @@ import struct
 import sys
 import tempfile
 import time
+import typing
 import urllib.request
 from pathlib import Path
 from types import ModuleType
@@ -132,9 +133,9 @@ class Conn(asyncio.Protocol):
     # asyncio callbacks…
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.write(REQUEST)
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = typing.cast(asyncio.Transport, transport)
+        self.transport.write(REQUEST)
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
