@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import json
 import os
 import re
 import signal
@@ -31,7 +30,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection
 
-from tests.integration.peers import backend, upgrade_request
+from tests.integration.peers import backend, listening_port, rss, upgrade_request
 
 pytestmark = [
     pytest.mark.anyio,
@@ -52,14 +51,6 @@ DRAIN_TIMEOUT = 0.5
 #: Bound of a process's exit after SIGTERM.
 EXIT_TIMEOUT = 10.0
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-
-
-def rss(pid: int) -> int:
-    """The resident set size of process *pid*, in bytes."""
-    status = Path(f"/proc/{pid}/status").read_text(encoding="ascii")
-    match = re.search(r"^VmRSS:\s+(\d+) kB$", status, re.MULTILINE)
-    assert match is not None, status
-    return int(match.group(1)) * 1024
 
 
 @dataclass
@@ -106,12 +97,7 @@ async def proxy_process(tmp_path: Path, backend_url: str) -> AsyncIterator[Proxy
     try:
         assert process.stdout is not None
         lines = BufferedByteReceiveStream(process.stdout)
-        with anyio.fail_after(10):
-            while True:
-                record = json.loads(await lines.receive_until(b"\n", 1 << 20))
-                if record.get("event") == "proxy.listening":
-                    break
-        port = int(record["addresses"][0].rsplit(":", 1)[1])
+        port = await listening_port(lines)
         yield ProxyProcess(process.pid, port, process)
     finally:
         if process.returncode is None:

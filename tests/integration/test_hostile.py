@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -40,8 +38,10 @@ from tests.helpers import parse_frame
 from tests.integration.peers import (
     Backend,
     backend,
+    listening_port,
     make_config,
     raw_exchange,
+    rss,
     running_proxy,
     upgrade_request,
 )
@@ -158,13 +158,6 @@ MAX_RSS_GROWTH = 32 * MIB
 EXIT_TIMEOUT = 10.0
 
 
-def rss(pid: int) -> int:
-    status = Path(f"/proc/{pid}/status").read_text(encoding="ascii")
-    match = re.search(r"^VmRSS:\s+(\d+) kB$", status, re.MULTILINE)
-    assert match is not None, status
-    return int(match.group(1)) * 1024
-
-
 @dataclass
 class ProxyProcess:
     pid: int
@@ -201,12 +194,7 @@ async def proxy_process(tmp_path: Path, backend_url: str) -> AsyncIterator[Proxy
     try:
         assert process.stdout is not None
         lines = BufferedByteReceiveStream(process.stdout)
-        with anyio.fail_after(10):
-            while True:
-                record = json.loads(await lines.receive_until(b"\n", 1 << 20))
-                if record.get("event") == "proxy.listening":
-                    break
-        port = int(record["addresses"][0].rsplit(":", 1)[1])
+        port = await listening_port(lines)
         async with anyio.create_task_group() as tg:
             tg.start_soon(_drain, lines)
             yield ProxyProcess(process.pid, port, process)
