@@ -19,11 +19,13 @@ import anyio
 import h11
 from anyio.abc import SocketAttribute, SocketStream, TaskStatus
 
+from wsproxy.core.states import Side
 from wsproxy.log import get_logger
 from wsproxy.units import parse_duration
 
 if TYPE_CHECKING:
     from wsproxy.core.balance import BackendState
+    from wsproxy.io.connection import Connection
     from wsproxy.supervisor import ProxyContext
 
 log = get_logger()
@@ -72,6 +74,14 @@ class Request:
 
 #: (status, content type, body, extra headers)
 Response = tuple[int, str, bytes, tuple[tuple[str, str], ...]]
+
+
+def _by_age(conn: Connection) -> float:
+    return conn.age()
+
+
+def _by_traffic(conn: Connection) -> int:
+    return conn.session.bytes_relayed(Side.CLIENT) + conn.session.bytes_relayed(Side.UPSTREAM)
 
 
 def _json(value: object, status: int = 200) -> Response:
@@ -179,13 +189,9 @@ class AdminAPI:
             top = int(request.query.get("top", "0"))
         except ValueError:
             raise HTTPError(400, "top must be a whole number") from None
-        rows = [c.view() for c in self.ctx.registry.connections.values() if c.opened]
-        if sort == "age":
-            rows.sort(key=lambda r: -float(str(r["age_s"])))
-        else:
-            rows.sort(key=lambda r: -(int(str(r["bytes_to_backend"]))
-                                      + int(str(r["bytes_to_client"]))))
-        return _json({"connections": rows[:top] if top > 0 else rows})
+        conns = [c for c in self.ctx.registry.connections.values() if c.opened]
+        conns.sort(key=_by_age if sort == "age" else _by_traffic, reverse=True)
+        return _json({"connections": [c.view() for c in (conns[:top] if top > 0 else conns)]})
 
     # Drains…
 

@@ -83,14 +83,17 @@ class Drain:
         if self.closing and not self.members:
             self.done.set()
 
+    @property
+    def closed(self) -> int:
+        """Connections this drain has sent their close frame."""
+        return self.schedule.closed if self.schedule else 0
+
+    def seconds_left(self, now: float) -> float:
+        return self.schedule.seconds_left(now) if self.schedule else self.spread
+
     def status(self, now: float) -> dict[str, object]:
-        schedule = self.schedule
-        return {
-            "name": self.name,
-            "left": len(self.members),
-            "closed": schedule.closed if schedule else 0,
-            "seconds_left": round(schedule.seconds_left(now), 3) if schedule else self.spread,
-        }
+        return {"name": self.name, "left": len(self.members), "closed": self.closed,
+                "seconds_left": round(self.seconds_left(now), 3)}
 
     async def run(self) -> None:
         """Wait out ``delay``, close on schedule, and close the rest at the deadline."""

@@ -24,6 +24,7 @@ from prometheus_client.registry import Collector
 from wsproxy.core.states import Side
 
 if TYPE_CHECKING:
+    from wsproxy.core.session import Session
     from wsproxy.io.connection import Connection
     from wsproxy.supervisor import ProxyContext
 
@@ -82,10 +83,7 @@ class Metrics:
         if not conn.opened:
             return
         session = conn.session
-        for side, direction in DIRECTIONS.items():
-            self.messages[direction] += session.messages(side)
-            self.bytes[direction] += session.bytes_relayed(side)
-            self.undelivered[direction] += session.undelivered(side)
+        _add_traffic(session, self.messages, self.bytes, self.undelivered)
         code = session.close_code_sent(Side.CLIENT)
         label = "none" if code is None else str(code) if code in REGISTERED_CODES else "other"
         self.closes[label, session.initiator or "unknown"] += 1
@@ -97,12 +95,18 @@ class Metrics:
         )
         for conn in self.ctx.registry.connections.values():
             if conn.opened:
-                session = conn.session
-                for side, direction in DIRECTIONS.items():
-                    messages[direction] += session.messages(side)
-                    size[direction] += session.bytes_relayed(side)
-                    undelivered[direction] += session.undelivered(side)
+                _add_traffic(conn.session, messages, size, undelivered)
         return messages, size, undelivered
+
+
+def _add_traffic(
+    session: Session, messages: Counter[str], size: Counter[str], undelivered: Counter[str]
+) -> None:
+    """Add one session's own counters, by direction."""
+    for side, direction in DIRECTIONS.items():
+        messages[direction] += session.messages(side)
+        size[direction] += session.bytes_relayed(side)
+        undelivered[direction] += session.undelivered(side)
 
 
 class _Collector(Collector):

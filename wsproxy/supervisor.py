@@ -272,15 +272,14 @@ class ProxyContext:
     def drain_status(self) -> dict[str, object]:
         """Every drain in progress, summed up (``GET /drain``)."""
         now = anyio.current_time()
-        active = [d for d in self.drains.values() if not d.done.is_set()]
-        statuses = [d.status(now) for d in self.drains.values()]
+        drains = list(self.drains.values())
+        active = [d for d in drains if not d.done.is_set()]
         return {
             "draining": bool(active),
             "left": sum(len(d.members) for d in active),
-            "closed": sum(int(str(st["closed"])) for st in statuses),
-            "seconds_left": max((float(str(st["seconds_left"])) for st in statuses
-                                 if st["name"] in {d.name for d in active}), default=0.0),
-            "drains": statuses,
+            "closed": sum(d.closed for d in drains),
+            "seconds_left": round(max((d.seconds_left(now) for d in active), default=0.0), 3),
+            "drains": [d.status(now) for d in drains],
         }
 
     def _start(self, drain: Drain) -> None:
