@@ -42,7 +42,6 @@ UPSTREAM_EOF_WAIT: Final = 2.0
 
 CLIENT: Final = Side.CLIENT
 UPSTREAM: Final = Side.UPSTREAM
-_RELAYING: Final = (SessionState.OPEN, SessionState.CLOSING)
 _OPEN: Final = SessionState.OPEN
 _OTHER: Final = {CLIENT: UPSTREAM, UPSTREAM: CLIENT}
 #: The failures the session answers by itself, by status.
@@ -601,14 +600,6 @@ class Connection:
     def _rejected(self) -> None:
         self._cancel_timer()
         self.ctx.connection_rejected(self)
-        self._flush()
-
-    def shutdown(self, code: int, reason: str) -> None:
-        """Close this connection for a stop: a close frame if open, else drop it."""
-        if self.session.state in _RELAYING:
-            self.session.close(CLIENT, code, reason)
-        elif self.session.state is SessionState.AWAIT_REQUEST:
-            self.session.abort()
         self._flush()
 
     def _finished(self) -> None:
