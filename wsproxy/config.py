@@ -11,8 +11,7 @@ ValueError with a message that the walker records at that path before carrying o
 one pass reports every problem. A key whose value was refused falls back to its default,
 so that the other rules still run. Rules that relate several keys are a section's
 checks; a check is skipped while one of the keys it reads has a problem of its own, so
-that one mistake is reported once. `refuse_unbuilt()` lists the values whose behaviour
-is not built yet.
+that one mistake is reported once.
 """
 
 from __future__ import annotations
@@ -89,6 +88,11 @@ class BackendConfig:
         """
         scheme, host, port, path = _split_ws_url(url)
         return cls(name=name, url=url, scheme=scheme, host=host, port=port, path=path)
+
+    @property
+    def authority(self) -> str:
+        """``host:port`` for a Host header (an IPv6 literal in brackets)."""
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -245,6 +249,17 @@ class AdmissionConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class HttpConfig:
+    """Plain HTTP requests (``plain_http: proxy``): their limits and the backend pool."""
+
+    max_body_size: int = 10 << 20  # 10 MiB; 0: no limit
+    body_timeout: float = 30.0  # the client silent mid-body this long: 408
+    response_timeout: float = 30.0  # the backend silent this long while a response is due: 504
+    keepalive_timeout: float = 60.0  # an idle client connection between requests
+    pool_size: int = 8  # idle keep-alive connections kept per backend
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class LoggingConfig:
     """Log level and renderer."""
 
@@ -271,6 +286,7 @@ class ProxyConfig:
     drain: DrainConfig = field(default_factory=DrainConfig)
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
     plain_http: str = "reject"  # reject | proxy; a sidecar for WebSockets only, by default
+    http: HttpConfig = field(default_factory=HttpConfig)
     # passthrough: the endpoints negotiate compression and frames are forwarded untouched,
     # which keeps the relay from inflating anything (PERF-NOTES.md).
     compression: str = "passthrough"
@@ -345,22 +361,9 @@ def parse_config(
         raise ConfigError([ConfigProblem("", message)])
     walker = _Walker(lines or {}, os.environ if env is None else env)
     config: ProxyConfig = _PROXY(walker, "", raw)
-    for problem in refuse_unbuilt(config):
-        walker.report(problem.path, problem.message)
     if walker.problems:
         raise ConfigError(_in_file_order(walker.problems))
     return config
-
-
-def refuse_unbuilt(cfg: ProxyConfig) -> list[ConfigProblem]:
-    """The values that SPEC.md defines but wsproxy does not implement yet.
-
-    Each is one entry, so that the work that builds a feature deletes its line.
-    """
-    unbuilt = [
-        ("plain_http", cfg.plain_http == "proxy", "proxying plain HTTP"),
-    ]
-    return [ConfigProblem(path, f"{what} is not supported yet") for path, on, what in unbuilt if on]
 
 
 def _in_file_order(problems: Iterable[ConfigProblem]) -> list[ConfigProblem]:
@@ -998,6 +1001,16 @@ _PROXY: Final = _Section(
             AdmissionConfig, {"max_upgrade_rate": _leaf(_rate), "burst": _count(0)}
         ),
         "plain_http": _choice("reject", "proxy"),
+        "http": _Section(
+            HttpConfig,
+            {
+                "max_body_size": _leaf(parse_size),
+                "body_timeout": _duration(positive=True),
+                "response_timeout": _duration(positive=True),
+                "keepalive_timeout": _duration(positive=True),
+                "pool_size": _count(0),
+            },
+        ),
         "compression": _choice("passthrough", "off"),
         "logging": _Section(
             LoggingConfig,

@@ -106,6 +106,8 @@ class Drain:
             await self._close_on_schedule(self.schedule)
             with anyio.move_on_after(max(0.0, self.schedule.deadline - anyio.current_time())):
                 await self.done.wait()
+                if self.backend is None:  # and the plain HTTP requests in flight
+                    await self.ctx.http.wait_closed()
             self._close_the_rest()
             with anyio.move_on_after(1.0):  # transports report their end promptly
                 await self.done.wait()
@@ -114,6 +116,7 @@ class Drain:
         ctx = self.ctx
         if self.backend is None:
             ctx.refusing = True  # after the delay: new upgrades get 503
+            ctx.http.begin_drain(self.spread)  # new plain requests: after the spread
         self.members = {c for c in ctx.registry.connections.values() if c.opened and self.covers(c)}
         cfg = ctx.config.drain
         plan = DrainPlan(spread=self.spread, timeout=cfg.timeout, max_close_rate=cfg.max_close_rate)
@@ -139,3 +142,6 @@ class Drain:
             log.warning("drain.timeout", drain=self.name, left=len(self.members))
         for conn in list(self.members):
             conn.terminate(self.code, self.text)
+        if self.backend is None and self.ctx.http.relays:
+            log.warning("drain.timeout", drain="plain_http", left=len(self.ctx.http.relays))
+            self.ctx.http.terminate()

@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 REGISTERED_CODES: Final = frozenset({*range(1000, 1004), *range(1007, 1015)})
 DURATION_BUCKETS: Final = (1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 6 * 3600.0, 24 * 3600.0)
 RTT_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+HTTP_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                       30.0)
 DIRECTIONS: Final = {Side.UPSTREAM: "to_backend", Side.CLIENT: "to_client"}
 
 
@@ -69,6 +71,8 @@ class Metrics:
         self.closes: Counter[tuple[str, str]] = Counter()
         self.duration = Histogram(DURATION_BUCKETS)
         self.rtt = {side: Histogram(RTT_BUCKETS) for side in Side}
+        self.http_requests: Counter[str] = Counter()
+        self.http_duration = Histogram(HTTP_BUCKETS)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(self))
 
@@ -88,6 +92,11 @@ class Metrics:
         label = "none" if code is None else str(code) if code in REGISTERED_CODES else "other"
         self.closes[label, session.initiator or "unknown"] += 1
         self.duration.observe(conn.age())
+
+    def http_request(self, status: int | None, seconds: float) -> None:
+        """A plain HTTP request ended; *status* None: the client left before an answer."""
+        self.http_requests["none" if status is None else f"{status // 100}xx"] += 1
+        self.http_duration.observe(seconds)
 
     def live_traffic(self) -> tuple[Counter[str], Counter[str], Counter[str]]:
         messages, size, undelivered = Counter(self.messages), Counter(self.bytes), Counter(
@@ -152,6 +161,13 @@ class _Collector(Collector):
                          "connections.", [], [((), m.duration)])
         yield _histogram("wsproxy_ping_rtt_seconds", "Heartbeat round-trip time.", ["leg"],
                          [((side.value,), h) for side, h in m.rtt.items()])
+        yield _counter("wsproxy_http_requests", "Plain HTTP requests by the status class the "
+                       "client got (none: it left first).", "status_class",
+                       m.http_requests.items())
+        yield _histogram("wsproxy_http_request_duration_seconds", "Plain HTTP requests, from "
+                         "the request head to the response's end.", [], [((), m.http_duration)])
+        yield GaugeMetricFamily("wsproxy_http_requests_active", "Plain HTTP requests in "
+                                "flight.", value=ctx.http.active)
 
 
 def _counter(name: str, doc: str, label: str,

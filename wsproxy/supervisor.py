@@ -19,11 +19,12 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
 from wsproxy.admin import serve_admin
-from wsproxy.auth import Authenticator
+from wsproxy.auth import Authenticator, Identity
 from wsproxy.auth.factory import build_authenticator
 from wsproxy.config import BackendConfig, ProxyConfig, load_config
 from wsproxy.core.admission import TokenBucket
 from wsproxy.core.balance import BackendState, Balancer
+from wsproxy.core.handshake import Forwarding
 from wsproxy.core.liveness import LivenessRules
 from wsproxy.core.registry import Registry
 from wsproxy.core.states import Side
@@ -31,7 +32,8 @@ from wsproxy.discovery import DiscoveryStatus, run_discovery
 from wsproxy.drain import Drain, close_reason
 from wsproxy.errors import ConfigError
 from wsproxy.health import run_health_checks
-from wsproxy.io.connection import ClientProtocol, Connection, ProxiedClientProtocol
+from wsproxy.io.connection import CLIENT, ClientProtocol, Connection, ProxiedClientProtocol
+from wsproxy.io.http_relay import PlainHttp
 from wsproxy.log import get_logger
 from wsproxy.metrics import Metrics
 from wsproxy.tls import backend_context, server_context
@@ -80,6 +82,7 @@ class ProxyContext:
         self.backend_ssl: ssl.SSLContext | None = None
         self.authenticator: Authenticator | None = None
         self.owned_headers: frozenset[bytes] = frozenset()
+        self.http = PlainHttp(self)
         self.apply_config(config, initial=True)
 
     def _apply(self, config: ProxyConfig, backend_ssl: ssl.SSLContext) -> None:
@@ -87,6 +90,7 @@ class ProxyContext:
         self.balancer.policy = config.balance.policy
         self.registry.max_connections = config.limits.max_connections
         self.registry.max_per_ip = config.limits.max_connections_per_ip
+        self.http.pool.size = config.http.pool_size
         self.backend_ssl = backend_ssl
         self.liveness_rules = LivenessRules(
             interval=config.heartbeat.interval,
@@ -107,6 +111,30 @@ class ProxyContext:
     def spawn(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Run *fn* in the proxy's task group (nothing outlives the process group)."""
         self._task_group.start_soon(fn)
+
+    def forwarding(
+        self, client_ip: str, forwarded_for: str, request_id: str, identity: Identity | None
+    ) -> Forwarding:
+        """What a backend is told about the client (X-Forwarded-*, identity headers)."""
+        headers: tuple[tuple[str, str], ...] = ()
+        if identity is not None:
+            # Header values go out as bytes: the subject's UTF-8, spelled as Latin-1.
+            subject = identity.subject.encode("utf-8").decode("latin-1")
+            headers = (("X-Auth-Subject", subject), *identity.headers)
+        return Forwarding(
+            client_ip=client_ip,
+            forwarded_for=forwarded_for,
+            proto="https" if self.config.listen.tls is not None else "http",
+            request_id=request_id,
+            identity=headers,
+        )
+
+    def accept_websocket(self, transport: asyncio.Transport, peer_ip: str, received: bytes) -> None:
+        """A connection that served plain HTTP asks for an upgrade: a Connection takes it."""
+        conn = Connection(self, transport)
+        conn.set_peer(peer_ip)
+        transport.set_protocol(ClientProtocol(self, conn))
+        conn.receive(CLIENT, received)
 
     def close_reason(self, text: str) -> str:
         return close_reason(text, self.config.drain.reconnect_hint)
@@ -233,6 +261,7 @@ class ProxyContext:
     def undrain(self) -> bool:
         """End the proxy's drain (connections already closing go on closing)."""
         self.refusing = False
+        self.http.undrain()
         return self._stop_drain(None)
 
     def drain_backend(
@@ -268,6 +297,8 @@ class ProxyContext:
         """A second SIGTERM: skip the rest of every spread."""
         for drain in self.drains.values():
             drain.hurry()
+        if None in self.drains:
+            self.http.hurry()
 
     def drain_status(self) -> dict[str, object]:
         """Every drain in progress, summed up (``GET /drain``)."""
@@ -439,5 +470,6 @@ async def serve(
             server.close()
             for conn in list(ctx.registry.connections.values()):
                 conn.terminate(config.drain.shutdown_close_code, "proxy stopped")
+            ctx.http.terminate()
             tg.cancel_scope.cancel()
     log.info("proxy.stopped")

@@ -27,12 +27,11 @@ import trustme
 from websockets.asyncio.client import connect
 
 from tests.integration.dns_server import DNSServer, dns_server
-from tests.integration.peers import make_config, raw_exchange
+from tests.integration.peers import make_config, raw_exchange, running_proxy
 from tests.integration.test_health import (
     HEALTH,
     Flippable,
     backend_of,
-    checked_proxy,
     close_code,
     echoes,
     flippable,
@@ -93,7 +92,7 @@ async def discovering(
     config: ProxyConfig, dns_cfg: DNSDiscoveryConfig
 ) -> AsyncIterator[tuple[ProxyContext, DiscoveryStatus]]:
     """The proxy (health checks on when configured) with discovery running beside it."""
-    async with checked_proxy(config) as ctx, anyio.create_task_group() as tg:
+    async with running_proxy(config) as ctx, anyio.create_task_group() as tg:
         status = DiscoveryStatus()
         tg.start_soon(run_discovery, ctx, dns_cfg, status)
         try:

@@ -2,8 +2,7 @@
 
 The backends are `websockets` servers whose ``process_request`` answers a plain
 ``GET /healthz`` with the status the test sets (or holds it unanswered). The proxy
-runs in this event loop; ``run_health_checks`` runs beside it until the proxy wires
-it in itself (``checked_proxy`` below tells which from ``refuse_unbuilt``).
+runs in this event loop and runs its health checks itself.
 
 Waits are on conditions (a close, a count of checks served, a state flag), polled and
 bounded by ``fail_after``; the one ordering argument (a removed backend's checker is
@@ -28,8 +27,8 @@ from websockets.asyncio.server import serve as ws_serve
 from websockets.http11 import Request, Response
 
 from tests.integration.peers import make_config, running_proxy
-from wsproxy.config import BackendConfig, HealthCheckConfig, ProxyConfig, refuse_unbuilt
-from wsproxy.health import CheckFailed, Streak, check_backend, run_health_checks
+from wsproxy.config import BackendConfig, HealthCheckConfig, ProxyConfig
+from wsproxy.health import CheckFailed, Streak, check_backend
 from wsproxy.supervisor import ProxyContext
 
 pytestmark = pytest.mark.anyio
@@ -118,18 +117,6 @@ async def until(predicate: Callable[[], bool], what: str, bound: float = WAIT) -
         while not predicate():  # noqa: ASYNC110 (see above)
             await anyio.sleep(0.01)
     assert predicate(), what
-
-
-@asynccontextmanager
-async def checked_proxy(config: ProxyConfig) -> AsyncIterator[ProxyContext]:
-    """The proxy with health checks on: its own, once wired in, else run here."""
-    async with AsyncExitStack() as stack:
-        ctx = await stack.enter_async_context(running_proxy(config))
-        tg = await stack.enter_async_context(anyio.create_task_group())
-        stack.callback(tg.cancel_scope.cancel)
-        if any(p.path == "health_check.path" for p in refuse_unbuilt(config)):
-            tg.start_soon(run_health_checks, ctx)
-        yield ctx
 
 
 def with_health(config: ProxyConfig, **changes: Any) -> ProxyConfig:
@@ -255,7 +242,7 @@ async def test_a_failing_backend_is_drained_and_comes_back(
         backends = {"b1": b1, "b2": b2}
         config = with_health(make_config([{"name": "b1", "url": b1.url},
                                           {"name": "b2", "url": b2.url}], drain=DRAIN))
-        async with checked_proxy(config) as ctx, AsyncExitStack() as clients:
+        async with running_proxy(config) as ctx, AsyncExitStack() as clients:
             verdicts: list[tuple[str, bool, int]] = []
             set_health = ctx.set_health
 
@@ -305,7 +292,7 @@ async def test_a_backend_that_stays_down_is_not_drained_twice() -> None:
     async with flippable("b1") as b1, flippable("b2") as b2:
         config = with_health(make_config([{"name": "b1", "url": b1.url},
                                           {"name": "b2", "url": b2.url}], drain=DRAIN))
-        async with checked_proxy(config) as ctx:
+        async with running_proxy(config) as ctx:
             b1.status = 503
             state = ctx.balancer.backends["b1"]
             await until(lambda: not state.healthy, "b1 out")
@@ -322,7 +309,7 @@ async def test_a_check_without_answer_in_time_counts_as_failed() -> None:
     async with flippable("b1") as b1, flippable("b2") as b2:
         config = with_health(make_config([{"name": "b1", "url": b1.url},
                                           {"name": "b2", "url": b2.url}], drain=DRAIN))
-        async with checked_proxy(config) as ctx:
+        async with running_proxy(config) as ctx:
             b1.status = None  # held: each check runs into its timeout
             await until(lambda: not ctx.balancer.backends["b1"].healthy, "b1 out")
             assert ctx.balancer.backends["b2"].healthy
@@ -332,7 +319,7 @@ async def test_a_removed_backend_is_no_longer_checked() -> None:
     async with flippable("b1") as b1, flippable("b2") as b2:
         config = with_health(make_config([{"name": "b1", "url": b1.url},
                                           {"name": "b2", "url": b2.url}], drain=DRAIN))
-        async with checked_proxy(config) as ctx:
+        async with running_proxy(config) as ctx:
             await until(lambda: len(b1.checks) >= 1 and len(b2.checks) >= 1, "checked")
             ctx.apply_config(dataclasses.replace(config, backends=(config.backends[1],)))
             # The checkers' set is looked at once an interval: after three more checks
@@ -348,7 +335,7 @@ async def test_switching_checks_off_puts_backends_back() -> None:
     async with flippable("b1") as b1, flippable("b2") as b2:
         config = with_health(make_config([{"name": "b1", "url": b1.url},
                                           {"name": "b2", "url": b2.url}], drain=DRAIN))
-        async with checked_proxy(config) as ctx:
+        async with running_proxy(config) as ctx:
             b1.status = 503
             state = ctx.balancer.backends["b1"]
             await until(lambda: not state.healthy, "b1 out")

@@ -16,7 +16,6 @@ from wsproxy.config import (
     load_config,
     parse_config,
     parse_config_text,
-    refuse_unbuilt,
 )
 from wsproxy.errors import ConfigError, ConfigProblem
 from wsproxy.units import parse_duration, parse_size
@@ -57,10 +56,6 @@ def test_example_has_two_static_backends():
         ("app-1", "ws://127.0.0.1:8001", "127.0.0.1", 8001),
         ("app-2", "ws://127.0.0.1:8002", "127.0.0.1", 8002),
     ]
-
-
-def test_defaults_are_all_supported():
-    assert refuse_unbuilt(ProxyConfig()) == []
 
 
 def test_defaults_in_code_units():
@@ -640,22 +635,3 @@ def test_cookie_source_needs_allowed_origins():
     ]
 
 
-# Not built yet ---------------------------------------------------------------------------
-
-UNBUILT = [
-    ({"plain_http": "proxy"}, "plain_http"),
-]
-
-
-@pytest.mark.parametrize(("sections", "path"), UNBUILT)
-def test_unbuilt_values_are_refused(sections, path):
-    found = problems(**sections)
-    assert list(found) == [path]
-    assert next(iter(found.values())).endswith("is not supported yet")
-
-
-def test_unbuilt_list_is_its_own_function():
-    config = dataclasses.replace(ProxyConfig(), plain_http="proxy")
-    assert refuse_unbuilt(config) == [
-        ConfigProblem("plain_http", "proxying plain HTTP is not supported yet")
-    ]

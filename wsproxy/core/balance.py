@@ -10,8 +10,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from urllib.parse import parse_qsl, urlsplit
 
 from wsproxy.config import BackendConfig
+from wsproxy.core.handshake import UpgradeRequest
 
 
 @dataclass(slots=True, eq=False)
@@ -71,3 +73,14 @@ class Balancer:
 def _score(key: str, name: str) -> int:
     digest = hashlib.blake2b(f"{name}\0{key}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big")
+
+
+def request_key(request: UpgradeRequest, name: str | None) -> str | None:
+    """The hash policy's value for *request*: header *name*, else query parameter *name*."""
+    if name is None:
+        return None
+    value = request.header(name.lower().encode("latin-1"))
+    if value is not None:
+        return value.decode("latin-1")
+    query = urlsplit(request.target.decode("latin-1")).query
+    return dict(parse_qsl(query)).get(name)

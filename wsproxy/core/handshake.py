@@ -39,7 +39,7 @@ _NOT_FORWARDED: Final = frozenset(
     }
 )
 #: Headers the proxy sets itself: a client's copy would be a spoof.
-_PROXY_OWNED: Final = frozenset(
+PROXY_OWNED: Final = frozenset(
     {
         b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-real-ip",
         b"forwarded", b"x-request-id", b"x-auth-subject",
@@ -226,7 +226,7 @@ def upstream_request(
     if pass_extensions:
         headers.extend((b"Sec-WebSocket-Extensions", v) for v in upgrade.extensions)
     for name, value in upgrade.headers:
-        if name in _NOT_FORWARDED or name in _PROXY_OWNED or name in connection_listed or (
+        if name in _NOT_FORWARDED or name in PROXY_OWNED or name in connection_listed or (
             name in owned
         ):
             continue

@@ -47,6 +47,7 @@ from wsproxy.core.handshake import (
     new_key,
     upstream_request,
 )
+from wsproxy.core.http import is_upgrade
 from wsproxy.core.states import SIDES, TERMINAL, SessionState, Side, Trigger, next_state
 from wsproxy.errors import (
     HandshakeRejected,
@@ -167,10 +168,11 @@ class Session:
     # Slots: an idle connection's memory is mostly its objects (10,000 held is a goal).
     __slots__ = (
         "_early", "_flows", "_head_bytes", "_http_client", "_http_server", "_legs",
-        "_pass_extensions", "_upstream_key", "_upstream_target", "accepted",
+        "_pass_extensions", "_received", "_upstream_key", "_upstream_target", "accepted",
         "auth_subprotocol", "backend_restarting", "close_reason", "conn_id", "initiator",
-        "last_pong", "max_message_size", "max_request_head", "probe", "rejected_status",
-        "request", "restart_code", "restart_reason", "state", "upstream_failure",
+        "last_pong", "max_message_size", "max_request_head", "plain", "probe",
+        "rejected_status", "request", "restart_code", "restart_reason", "state",
+        "upstream_failure",
     )
 
     def __init__(
@@ -181,6 +183,7 @@ class Session:
         max_request_head: int = 16 << 10,
         restart_code: int | None = None,
         restart_reason: str = "",
+        plain_http: bool = False,
     ) -> None:
         self.conn_id = conn_id
         #: A backend closing with 1001/1012 is restarting: its client gets this code
@@ -191,6 +194,10 @@ class Session:
         #: The path of a plain GET /healthz or /readyz (a kubelet probe), if that is
         #: what arrived instead of an upgrade: the driver answers it with reject().
         self.probe: str | None = None
+        #: With *plain_http*: every byte the client sent, once that turned out to be a
+        #: request without Upgrade (the driver hands the connection to an HTTP relay).
+        self.plain: bytes | None = None
+        self._received: list[bytes] | None = [] if plain_http else None
         #: The client's auth subprotocol offer ("bearer.<token>"), taken out of what the
         #: backend sees; the 101 selects it when the backend chooses no subprotocol,
         #: since browsers fail a handshake whose offers all go unanswered.
@@ -273,6 +280,8 @@ class Session:
         self._head_bytes += len(data)
         conn = self._http_server
         assert conn is not None
+        if self._received is not None:
+            self._received.append(data)
         try:
             conn.receive_data(data)
             event = conn.next_event()
@@ -280,6 +289,9 @@ class Session:
                 if isinstance(event, h11.Request):
                     self.probe = _probe_path(event)
                     if self.probe is not None:
+                        return
+                    if self._received is not None and not is_upgrade(event):
+                        self.plain = b"".join(self._received)
                         return
                     self.request = check_upgrade(event)
                 event = conn.next_event()
@@ -296,6 +308,7 @@ class Session:
             elif event is not h11.NEED_DATA:
                 self._reject(400, "not a WebSocket upgrade")
             return
+        self._received = None
         trailing, _ = conn.trailing_data
         if self._head_bytes - len(trailing) > self.max_request_head:
             self.request = None

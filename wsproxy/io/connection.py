@@ -16,17 +16,18 @@ import asyncio
 import ipaddress
 import time
 from typing import TYPE_CHECKING, Any, Final, cast
-from urllib.parse import parse_qsl, urlsplit
 
 from wsproxy.auth import AuthFailed
 from wsproxy.auth.sources import find_credentials, strip_credentials
 from wsproxy.core import frames
+from wsproxy.core.balance import request_key
 from wsproxy.core.handshake import Forwarding, client_address
 from wsproxy.core.liveness import Due, Liveness, ping_payload, ping_sent_at
 from wsproxy.core.proxy_protocol import ProxyHeaderParser, ProxyProtocolError
 from wsproxy.core.session import LegState, Session
 from wsproxy.core.states import TERMINAL, SessionState, Side
 from wsproxy.io.dialer import dial
+from wsproxy.io.http_relay import HttpRelay
 from wsproxy.log import get_logger
 
 if TYPE_CHECKING:
@@ -53,9 +54,10 @@ class ClientProtocol(asyncio.Protocol):
 
     __slots__ = ("_conn", "_ctx")
 
-    def __init__(self, ctx: ProxyContext) -> None:
+    def __init__(self, ctx: ProxyContext, conn: Connection | None = None) -> None:
         self._ctx = ctx
-        self._conn: Connection | None = None
+        #: Given when a connection that served plain HTTP comes back for an upgrade.
+        self._conn: Connection | None = conn
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
@@ -179,6 +181,7 @@ class Connection:
             max_request_head=ctx.config.limits.max_request_head,
             restart_code=ctx.config.drain.backend_close_code,
             restart_reason=ctx.close_reason("backend restarting"),
+            plain_http=ctx.config.plain_http == "proxy",
         )
         #: Why the upgrade did not open (a metrics label), when it did not.
         self.failure: str | None = None
@@ -222,6 +225,8 @@ class Connection:
                 self._route()
             elif session.probe is not None:
                 self._answer_probe(session.probe)
+            elif session.plain is not None:
+                self._to_http(session.plain)
         elif state is not SessionState.CONNECTING_UPSTREAM:
             self._flush()
         if self._upstream_settled is not None and (
@@ -420,6 +425,15 @@ class Connection:
         self.session.reject(200 if ok else 503, "ok" if ok else "not ready")
         self._flush()
 
+    def _to_http(self, received: bytes) -> None:
+        """A request without Upgrade (``plain_http: proxy``): an HttpRelay takes over."""
+        self._cancel_timer()
+        self.ctx.registry.remove(self.id)
+        transport = self._transports[CLIENT]
+        assert transport is not None
+        self._transports[CLIENT] = None
+        HttpRelay(self.ctx, transport, conn_id=self.id, peer_ip=self.peer_ip, received=received)
+
     def _route(self) -> None:
         """The client's request is in: refuse it, or go and find a backend."""
         session = self.session
@@ -511,7 +525,7 @@ class Connection:
                 self._open_transports += 1
                 session.connect_upstream(
                     target=backend.name,
-                    authority=_authority(backend.config.host, backend.config.port),
+                    authority=backend.config.authority,
                     path_prefix=backend.config.path,
                     forwarding=self._forwarding(),
                     pass_extensions=cfg.compression == "passthrough",
@@ -546,30 +560,11 @@ class Connection:
             transport.write(chunk)
 
     def _forwarding(self) -> Forwarding:
-        cfg = self.ctx.config
-        identity: tuple[tuple[str, str], ...] = ()
-        if self.identity is not None:
-            # Header values go out as bytes: the subject's UTF-8, spelled as Latin-1.
-            subject = self.identity.subject.encode("utf-8").decode("latin-1")
-            identity = (("X-Auth-Subject", subject), *self.identity.headers)
-        return Forwarding(
-            client_ip=self.client_ip,
-            forwarded_for=self._forwarded_for,
-            proto="https" if cfg.listen.tls is not None else "http",
-            request_id=self.id,
-            identity=identity,
-        )
+        return self.ctx.forwarding(self.client_ip, self._forwarded_for, self.id, self.identity)
 
     def _hash_key(self) -> str | None:
-        name = self.ctx.config.balance.hash_key
         request = self.session.request
-        if name is None or request is None:
-            return None
-        value = request.header(name.lower().encode("latin-1"))
-        if value is not None:
-            return value.decode("latin-1")
-        query = urlsplit(request.target.decode("latin-1")).query
-        return dict(parse_qsl(query)).get(name)
+        return None if request is None else request_key(request, self.ctx.config.balance.hash_key)
 
     def _opened(self, backend: BackendState) -> None:
         self._cancel_timer()
@@ -664,8 +659,4 @@ class Connection:
             "undelivered_to_client": s.undelivered(CLIENT),
             "undelivered_to_backend": s.undelivered(UPSTREAM),
         }
-
-
-def _authority(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 

@@ -1,0 +1,178 @@
+"""Plain HTTP requests relayed as they are (``plain_http: proxy``), without I/O.
+
+h11 frames the messages on both legs; this module holds what h11 leaves to a proxy:
+the request-smuggling checks it is too lenient for, and the header rewriting of a
+hop (RFC 9110 §7.6: hop-by-hop fields out, ``Via`` and the forwarded headers in).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Final
+
+import h11
+
+from wsproxy.core.handshake import PROXY_OWNED, Forwarding
+
+Header = tuple[bytes, bytes]
+
+#: RFC 9110 §7.6.1 and the fields that only ever meant something to one hop.
+HOP_BY_HOP: Final = frozenset(
+    {
+        b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
+        b"transfer-encoding", b"upgrade", b"proxy-authenticate", b"proxy-authorization",
+    }
+)
+VIA: Final = b"wsproxy"
+
+
+class HttpRefused(Exception):
+    """A request answered with an error status and the connection closed."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def head_length(buffer: bytes | bytearray, max_head: int) -> int | None:
+    """Where the request head at the start of *buffer* ends, once it is whole.
+
+    Checks what h11 would let through and a backend might read differently (RFC 9112
+    §2.2, §5.2, §6.3; the classic smuggling shapes): a bare LF, obs-fold, more than
+    one Content-Length or Transfer-Encoding, a Content-Length that is not digits, or
+    both together; and a Transfer-Encoding other than ``chunked`` (501, RFC 9112 §6.1).
+
+    Returns:
+        The head's length in bytes, or None while its empty line has not arrived.
+
+    Raises:
+        HttpRefused: 400 for a smuggling shape, 501 for a transfer coding other than
+            chunked, 431 for a head over *max_head*.
+    """
+    start = 0
+    while buffer.startswith(b"\r\n", start):  # §2.2: empty lines before a request
+        start += 2
+    end = _blank_line(buffer, start)
+    if end is None:
+        if len(buffer) - start > max_head:
+            raise HttpRefused(431, "request head too large")
+        return None
+    if end - start > max_head:
+        raise HttpRefused(431, "request head too large")
+    lines = bytes(buffer[start:end]).split(b"\n")[:-2]  # the empty line, and after it
+    lengths = encodings = 0
+    for number, line in enumerate(lines):
+        if not line.endswith(b"\r"):
+            raise HttpRefused(400, "a line ends in a bare LF")
+        if number == 0:
+            continue
+        if line[:1] in (b" ", b"\t"):
+            raise HttpRefused(400, "obsolete line folding")
+        name, _, value = line[:-1].partition(b":")
+        name = name.lower()
+        if name == b"content-length":
+            lengths += 1
+            if not value.strip(b" \t").isdigit():
+                raise HttpRefused(400, "invalid Content-Length")
+        elif name == b"transfer-encoding":
+            encodings += 1
+            if value.strip(b" \t").lower() != b"chunked":
+                raise HttpRefused(501, "unsupported Transfer-Encoding")  # §6.1, as h11 does
+    if lengths > 1 or encodings > 1:
+        raise HttpRefused(400, "more than one message length")
+    if lengths and encodings:
+        raise HttpRefused(400, "both Content-Length and Transfer-Encoding")
+    return end
+
+
+def _blank_line(buffer: bytes | bytearray, start: int) -> int | None:
+    """The end of the first empty line at or after *start* (CRLF or a bare LF)."""
+    found = [i for i in (buffer.find(b"\n\r\n", start), buffer.find(b"\n\n", start)) if i >= 0]
+    if not found:
+        return None
+    at = min(found)
+    return at + (3 if buffer[at + 1 : at + 2] == b"\r" else 2)
+
+
+def is_upgrade(request: h11.Request) -> bool:
+    return any(name == b"upgrade" for name, _ in request.headers)
+
+
+def _hop_by_hop(headers: Sequence[Header]) -> set[bytes]:
+    """The hop-by-hop names, with those the Connection header lists (§7.6.1)."""
+    names = set(HOP_BY_HOP)
+    for name, value in headers:
+        if name == b"connection":
+            names.update(t.strip().lower() for t in value.split(b",") if t.strip())
+    return names
+
+
+def _via(headers: Iterable[Header], http_version: bytes) -> list[Header]:
+    """The received Via values, then ours (§7.6.3: appended, with the received protocol)."""
+    return [*((n, v) for n, v in headers if n == b"via"), (b"Via", http_version + b" " + VIA)]
+
+
+def forward_request(
+    request: h11.Request,
+    *,
+    target: bytes,
+    headers: Sequence[Header],
+    authority: str,
+    path_prefix: str,
+    forwarding: Forwarding,
+    owned: frozenset[bytes] = frozenset(),
+) -> h11.Request:
+    """The request to send to a backend for the client's *request*.
+
+    *target* and *headers* are the client's, with any credentials taken out. The body's
+    framing is h11's to write: a Content-Length goes on, a chunked body is sent chunked.
+    """
+    dropped = _hop_by_hop(headers) | PROXY_OWNED | owned | {b"host", b"content-length", b"via"}
+    out: list[Header] = [(b"Host", authority.encode("latin-1"))]
+    out += [(n, v) for n, v in headers if n not in dropped]
+    length = next((v for n, v in headers if n == b"content-length"), None)
+    if length is not None:
+        out.append((b"Content-Length", length.strip()))
+    elif any(n == b"transfer-encoding" for n, _ in headers):
+        out.append((b"Transfer-Encoding", b"chunked"))
+    out += [
+        (b"X-Forwarded-For", forwarding.forwarded_for.encode("latin-1")),
+        (b"X-Forwarded-Proto", forwarding.proto.encode("latin-1")),
+    ]
+    host = next((v for n, v in headers if n == b"host"), None)
+    if host is not None:  # an HTTP/1.0 request may come without
+        out.append((b"X-Forwarded-Host", host))
+    out.append((b"X-Request-Id", forwarding.request_id.encode("latin-1")))
+    out += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in forwarding.identity]
+    out += _via(headers, request.http_version)
+    full_target = path_prefix.rstrip("/").encode("latin-1") + target
+    return h11.Request(method=request.method, target=full_target, headers=out)
+
+
+def forward_response(
+    response: h11.Response | h11.InformationalResponse, *, close: bool
+) -> h11.Response | h11.InformationalResponse:
+    """A backend's *response* as the client gets it; *close* ends the client's keep-alive."""
+    headers = [(bytes(n), bytes(v)) for n, v in response.headers]
+    dropped = _hop_by_hop(headers) | {b"via"}
+    out = [(n, v) for n, v in headers if n not in dropped]
+    out += _via(headers, response.http_version)
+    if close:
+        out.append((b"Connection", b"close"))
+    if isinstance(response, h11.InformationalResponse):
+        return h11.InformationalResponse(status_code=response.status_code, headers=out,
+                                         reason=response.reason)
+    return h11.Response(status_code=response.status_code, headers=out, reason=response.reason)
+
+
+def error_answer(status: int, reason: str, headers: Sequence[tuple[str, str]] = (),
+                 *, close: bool) -> tuple[h11.Response, bytes]:
+    """The proxy's own answer to a plain request: a status and a one-line reason."""
+    body = (reason + "\n").encode("utf-8")
+    out = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body))),
+           *headers]
+    if close:
+        out.append(("Connection", "close"))
+    return h11.Response(status_code=status, headers=out), body
+

@@ -1,0 +1,151 @@
+"""Keep-alive connections to backends for plain HTTP requests, a few idle per backend.
+
+A ``BackendLink`` is one connection to a backend with its h11 client state. While a
+request uses it, its transport's callbacks go to that request's relay; between
+requests it waits in the ``BackendPool``, where a close or stray bytes from the
+backend retire it and an idle timer closes it before the backend's own keep-alive
+timeout would (uvicorn's is 5 s, gunicorn's 2 s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Final, Protocol, cast
+
+import h11
+
+if TYPE_CHECKING:
+    from wsproxy.core.balance import BackendState
+
+#: How long an idle backend connection is kept: below common backend keep-alive
+#: timeouts, so that a request rarely meets a connection the backend is closing.
+POOL_IDLE_TIMEOUT: Final = 1.5
+
+
+class LinkUser(Protocol):
+    """What a relay using a link hears from it."""
+
+    def upstream_data(self, data: bytes) -> None: ...
+    def upstream_eof(self) -> None: ...
+    def upstream_paused(self, paused: bool) -> None: ...
+
+
+class BackendLink(asyncio.Protocol):
+    """One connection to a backend, used by one request at a time."""
+
+    __slots__ = ("_idle_timer", "backend", "h11", "pool", "reused", "transport", "user")
+
+    def __init__(self, backend: BackendState) -> None:
+        self.backend = backend
+        self.h11 = h11.Connection(h11.CLIENT)
+        self.transport: asyncio.Transport | None = None
+        self.user: LinkUser | None = None
+        self.pool: BackendPool | None = None
+        #: Served a request before: a failure without an answer may be a stale connection.
+        self.reused = False
+        self._idle_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self.user is not None:
+            self.user.upstream_data(data)
+        else:
+            self.close()  # an idle connection has nothing to say: not ours to guess
+
+    def eof_received(self) -> bool:
+        if self.user is not None:
+            self.user.upstream_eof()
+        else:
+            self.close()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        if self.user is not None:
+            user, self.user = self.user, None
+            user.upstream_eof()
+        self.leave_pool()
+
+    def pause_writing(self) -> None:
+        if self.user is not None:
+            self.user.upstream_paused(True)
+
+    def resume_writing(self) -> None:
+        if self.user is not None:
+            self.user.upstream_paused(False)
+
+    def write(self, data: bytes | None) -> None:
+        if data and self.transport is not None:
+            self.transport.write(data)
+
+    def close(self, *, abort: bool = False) -> None:
+        """End this connection (abort: at once, dropping what is buffered)."""
+        self.user = None
+        self.leave_pool()
+        if self.transport is not None:
+            self.transport.abort() if abort else self.transport.close()
+
+    def leave_pool(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        if self.pool is not None:
+            self.pool.discard(self)
+
+
+class BackendPool:
+    """Idle keep-alive links, at most *size* per backend, newest reused first."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, size: int) -> None:
+        self._loop = loop
+        self.size = size
+        self._idle: dict[BackendState, list[BackendLink]] = {}
+
+    def take(self, backend: BackendState) -> BackendLink | None:
+        links = self._idle.get(backend)
+        while links:
+            link = links.pop()
+            link.leave_pool()
+            if link.transport is not None and not link.transport.is_closing():
+                return link
+        return None
+
+    def give(self, link: BackendLink) -> None:
+        """*link* finished a request; keep it if it can serve another."""
+        link.user = None
+        h = link.h11
+        backend = link.backend
+        if (
+            h.our_state is not h11.DONE or h.their_state is not h11.DONE
+            or link.transport is None or link.transport.is_closing()
+            or not backend.usable or self.size == 0
+        ):
+            link.close()
+            return
+        h.start_next_cycle()
+        links = self._idle.setdefault(backend, [])
+        if len(links) >= self.size:
+            links.pop(0).close()
+        link.reused = True
+        link.pool = self
+        link._idle_timer = self._loop.call_later(POOL_IDLE_TIMEOUT, link.close)
+        links.append(link)
+
+    def discard(self, link: BackendLink) -> None:
+        link.pool = None
+        links = self._idle.get(link.backend)
+        if links is not None and link in links:
+            links.remove(link)
+            if not links:
+                del self._idle[link.backend]
+
+    def close(self) -> None:
+        """Close every idle link (the proxy is stopping)."""
+        for links in list(self._idle.values()):
+            for link in list(links):
+                link.close()
+
+    def __len__(self) -> int:
+        return sum(len(links) for links in self._idle.values())

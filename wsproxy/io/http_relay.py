@@ -1,0 +1,750 @@
+"""Plain HTTP on the main listener (``plain_http: proxy``): one relay per client connection.
+
+A client connection whose first request has no Upgrade is handed over by its
+Connection to an ``HttpRelay``. The relay reads requests with h11, one at a time
+(pipelined ones wait their turn in h11's buffer with reading paused), sends each to a
+backend over a pooled keep-alive ``BackendLink`` and streams both bodies through as
+they come: h11 re-frames them, nothing is buffered whole, and a full write buffer on
+one side stops reading on the other. A later request that asks for a WebSocket
+upgrade goes back to a fresh Connection with the bytes it came with.
+
+Like the WebSocket side, a relay holds no task: transports' callbacks drive it, and
+one timer at a time bounds what it waits for (the idle keep-alive, a request head, a
+request body, a backend's answer). Only dialling and authentication run as tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Final
+
+import anyio
+import h11
+
+from wsproxy.auth import AuthFailed
+from wsproxy.auth.sources import find_credentials, strip_credentials
+from wsproxy.core.balance import request_key
+from wsproxy.core.handshake import UpgradeRequest, client_address, error_response
+from wsproxy.core.http import (
+    HttpRefused,
+    error_answer,
+    forward_request,
+    forward_response,
+    head_length,
+    is_upgrade,
+)
+from wsproxy.io.dialer import dial
+from wsproxy.io.http_pool import BackendLink, BackendPool
+from wsproxy.log import get_logger
+
+if TYPE_CHECKING:
+    from wsproxy.auth import Identity
+    from wsproxy.core.balance import BackendState
+    from wsproxy.supervisor import ProxyContext
+
+log = get_logger()
+
+_PROBES: Final = frozenset({b"/healthz", b"/readyz"})
+_RETRY_AFTER: Final = (("Retry-After", "5"),)
+#: What the relay's one timer is waiting for.
+_IDLE, _HEAD, _EXCHANGE = "idle", "head", "exchange"
+
+
+class HttpClientProtocol(asyncio.Protocol):
+    """The client transport's protocol once its connection carries plain HTTP."""
+
+    __slots__ = ("_relay",)
+
+    def __init__(self, relay: HttpRelay) -> None:
+        self._relay = relay
+
+    def data_received(self, data: bytes) -> None:
+        self._relay.client_data(data)
+
+    def eof_received(self) -> bool:
+        self._relay.client_eof()
+        return True  # a half-closed client still gets its answer
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._relay.client_lost()
+
+    def pause_writing(self) -> None:
+        self._relay.client_paused(True)
+
+    def resume_writing(self) -> None:
+        self._relay.client_paused(False)
+
+
+class _Exchange:
+    """One request and its response, from the request head to the response's end."""
+
+    __slots__ = (
+        "backend", "body_in", "bytes_out", "candidates", "client_at", "client_full",
+        "error", "forwarded", "link", "link_paused", "request", "request_id", "response_started",
+        "retried", "sent_body", "started", "status", "upstream_at", "upstream_full", "view",
+    )
+
+    def __init__(self, request: h11.Request, request_id: str, now: float) -> None:
+        self.request = request
+        self.request_id = request_id
+        self.started = self.client_at = self.upstream_at = now
+        #: The request as the upgrade-shaped view that auth and hashing read.
+        self.view: UpgradeRequest | None = None
+        self.forwarded: h11.Request | None = None
+        self.candidates: list[BackendState] = []
+        self.backend: BackendState | None = None
+        self.link: BackendLink | None = None
+        self.status: int | None = None
+        self.error: str | None = None
+        self.response_started = False
+        self.sent_body = False
+        self.retried = False
+        self.body_in = 0
+        self.bytes_out = 0
+        #: Write buffers full: the backend's (stop reading the client), the client's.
+        self.upstream_full = False
+        self.client_full = False
+        self.link_paused = False
+
+
+class HttpRelay:
+    """Relays the plain HTTP requests of one client connection to backends."""
+
+    __slots__ = (
+        "_close_after",
+        "_closed",
+        "_count",
+        "_ex",
+        "_h11",
+        "_pumping",
+        "_reading",
+        "_timer",
+        "_timer_kind",
+        "_transport",
+        "client_ip",
+        "ctx",
+        "forwarded_for",
+        "id",
+        "identity",
+        "peer_ip",
+    )
+
+    def __init__(
+        self, ctx: ProxyContext, transport: asyncio.Transport, *, conn_id: str, peer_ip: str,
+        received: bytes,
+    ) -> None:
+        self.ctx = ctx
+        self.id = conn_id
+        self.peer_ip = self.client_ip = self.forwarded_for = peer_ip
+        self.identity: Identity | None = None
+        self._transport = transport
+        self._h11 = h11.Connection(
+            h11.SERVER, max_incomplete_event_size=ctx.config.limits.max_request_head
+        )
+        self._ex: _Exchange | None = None
+        self._count = 0
+        self._closed = False
+        #: Close once the exchange in flight is over (a drain's turn came).
+        self._close_after = False
+        self._pumping = False
+        self._reading = True
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_kind: str | None = None
+        ctx.http.add(self)
+        transport.set_protocol(HttpClientProtocol(self))
+        self._arm(_HEAD, ctx.config.limits.handshake_timeout)
+        self.client_data(received)
+
+    @property
+    def busy(self) -> bool:
+        """Whether a request is in flight."""
+        return self._ex is not None
+
+    # The client's side…
+
+    def client_data(self, data: bytes) -> None:
+        if self._closed:
+            return
+        if self._ex is not None:
+            self._ex.client_at = self.ctx.loop.time()
+        self._h11.receive_data(data)
+        self._pump_client()
+
+    def client_eof(self) -> None:
+        if not self._closed:
+            self._h11.receive_data(b"")
+            self._pump_client()
+
+    def client_lost(self) -> None:
+        if self._closed and self._ex is None:
+            return
+        self._closed = True
+        self._cancel_timer()
+        ex = self._ex
+        if ex is not None:
+            if ex.link is not None:
+                ex.link.close(abort=True)
+                ex.link = None
+            ex.error = ex.error or "client_gone"
+            self._finish()
+        self.ctx.http.remove(self)
+
+    def client_paused(self, paused: bool) -> None:
+        """The client's write buffer filled (or drained): pause (resume) the backend."""
+        ex = self._ex
+        if ex is None:
+            return
+        ex.client_full = paused
+        if not paused:
+            ex.upstream_at = self.ctx.loop.time()
+        self._pause_link(ex, paused)
+
+    def _pump_client(self) -> None:
+        """Take what h11 has from the client: a new request head, or body for the backend."""
+        if self._pumping:
+            return  # the loop below is already running further up the stack
+        self._pumping = True
+        try:
+            while not self._closed:
+                ex = self._ex
+                if ex is None:
+                    if not self._read_head():
+                        break
+                elif ex.link is None or not self._forward_body(ex):
+                    break
+        finally:
+            self._pumping = False
+        self._update_reading()
+
+    def _read_head(self) -> bool:
+        """Start the next request if its head is whole; False to wait for bytes."""
+        h = self._h11
+        if h.their_state is not h11.IDLE:
+            self._close_client()
+            return False
+        buffered, closed = h.trailing_data
+        if not buffered:
+            if closed:
+                self._close_client()
+            return False
+        if self._timer_kind == _IDLE:
+            self._arm(_HEAD, self.ctx.config.limits.handshake_timeout)
+        try:
+            if head_length(buffered, self.ctx.config.limits.max_request_head) is None:
+                if closed:
+                    self._close_client()
+                return False
+            event = h.next_event()
+        except HttpRefused as exc:
+            self._refuse(exc.status, exc.reason)
+            return False
+        except h11.RemoteProtocolError as exc:
+            self._refuse(exc.error_status_hint, "malformed request")
+            return False
+        if not isinstance(event, h11.Request):
+            return False
+        if is_upgrade(event):
+            self._hand_back(buffered)
+            return False
+        self._begin(event)
+        return True
+
+    def _forward_body(self, ex: _Exchange) -> bool:
+        """Pass one event of the request body on; False when there is nothing to pass."""
+        assert ex.link is not None
+        h = self._h11
+        if h.their_state is not h11.SEND_BODY:
+            return False
+        try:
+            event = h.next_event()
+        except h11.RemoteProtocolError:
+            # A broken chunk or a client gone mid-body: that request cannot complete.
+            ex.error = "bad_request_body"
+            self._answer(400, "malformed request body", close=True)
+            return False
+        if event is h11.NEED_DATA:
+            return False
+        link = ex.link
+        if isinstance(event, h11.Data):
+            ex.body_in += len(event.data)
+            limit = self.ctx.config.http.max_body_size
+            if limit and ex.body_in > limit:
+                ex.error = "body_too_large"
+                self._answer(413, "request body too large", close=True)
+                return False
+            ex.sent_body = True
+            link.write(link.h11.send(event))
+        elif isinstance(event, h11.EndOfMessage):
+            link.write(link.h11.send(h11.EndOfMessage()))  # trailers are hop-by-hop here
+            ex.upstream_at = self.ctx.loop.time()
+        return True
+
+    # A request…
+
+    def _begin(self, request: h11.Request) -> None:
+        ctx = self.ctx
+        self._count += 1
+        ex = self._ex = _Exchange(request, f"{self.id}-{self._count}", ctx.loop.time())
+        self._cancel_timer()
+        headers = tuple((bytes(k), bytes(v)) for k, v in request.headers)
+        target = bytes(request.target)
+        path = target.split(b"?", 1)[0]
+        if request.method == b"GET" and path in _PROBES:
+            ok = path == b"/healthz" or ctx.ready
+            self._answer(200 if ok else 503, "ok" if ok else "not ready")
+            return
+        if ctx.http.refusing():
+            ex.error = "draining"
+            self._answer(503, "proxy is draining", _RETRY_AFTER, close=True)
+            return
+        length = next((v for k, v in headers if k == b"content-length"), b"0")
+        limit = ctx.config.http.max_body_size
+        if limit and int(length) > limit:
+            ex.error = "body_too_large"
+            self._answer(413, "request body too large", close=True)
+            return
+        if not target.startswith(b"/"):
+            ex.error = "bad_request"  # an absolute URI or "*" would be glued onto a path prefix
+            self._answer(400, "the request target must be a path", close=True)
+            return
+        host = next((v for k, v in headers if k == b"host"), b"")
+        origin = next((v for k, v in headers if k == b"origin"), None)
+        ex.view = UpgradeRequest(
+            target=target, host=host, key=b"", subprotocols=(), extensions=(),
+            origin=origin.decode("latin-1") if origin is not None else None, headers=headers,
+        )
+        self.client_ip, self.forwarded_for = client_address(
+            self.peer_ip, ex.view.header(b"x-forwarded-for"), ctx.config.trusted_proxies
+        )
+        self._update_reading()  # nothing more from the client until a backend is ready
+        if ctx.authenticator is not None:
+            ctx.spawn(lambda: self._authenticate(ex))
+        else:
+            self._route(ex)
+
+    async def _authenticate(self, ex: _Exchange) -> None:
+        authenticator = self.ctx.authenticator
+        assert authenticator is not None
+        assert ex.view is not None
+        auth = self.ctx.config.auth
+        credentials = find_credentials(ex.view, auth.token_from, auth.subprotocol_prefix)
+        try:
+            identity = await authenticator.authenticate(ex.view, credentials, self.client_ip)
+        except AuthFailed as exc:
+            log.info("auth.failed", conn_id=self.id, client=self.client_ip, reason=exc.reason,
+                     source=credentials.source, status=exc.status)
+            if self._ex is ex and not self._closed:
+                ex.error = f"auth_{exc.reason}"
+                self._answer(exc.status, exc.message, exc.headers)
+            return
+        if self._ex is not ex or self._closed:
+            return
+        self.identity = identity
+        ex.view = strip_credentials(ex.view, credentials)
+        self._route(ex)
+
+    def _route(self, ex: _Exchange) -> None:
+        assert ex.view is not None
+        key = request_key(ex.view, self.ctx.config.balance.hash_key)
+        ex.candidates = self.ctx.balancer.candidates(key)
+        if not ex.candidates:
+            ex.error = "no_backend"
+            self._answer(503, "no healthy backend", _RETRY_AFTER)
+            return
+        self._try_next(ex)
+
+    def _try_next(self, ex: _Exchange) -> None:
+        """Use an idle link to the next candidate, or dial it; 502 when none is left."""
+        if not ex.candidates:
+            ex.error = "backend_unreachable"
+            self._answer(502, "backend unreachable")
+            return
+        backend = ex.candidates.pop(0)
+        link = self.ctx.http.pool.take(backend)
+        if link is not None:
+            self._attach(ex, link)
+        else:
+            self.ctx.spawn(lambda: self._dial(ex, backend))
+
+    async def _dial(self, ex: _Exchange, backend: BackendState) -> None:
+        cfg = self.ctx.config
+        link = BackendLink(backend)
+        try:
+            async with asyncio.timeout(cfg.limits.backend_timeout):
+                await dial(self.ctx.loop, lambda: link, backend.config, self.ctx.backend_ssl,
+                           cfg.backend_tls.server_name or backend.server_name)
+        except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
+            log.warning("upstream.failed", conn_id=self.id, request_id=ex.request_id,
+                        backend=backend.name, error=str(exc) or type(exc).__name__)
+            if self._ex is ex and not self._closed:
+                self._try_next(ex)
+            return
+        if self._ex is not ex or self._closed:
+            link.close()  # the client went away meanwhile
+            return
+        self._attach(ex, link)
+
+    def _attach(self, ex: _Exchange, link: BackendLink) -> None:
+        """Send the request head on *link*; the body follows as the client sends it."""
+        assert ex.view is not None
+        ex.link = link
+        ex.backend = link.backend
+        link.user = self
+        if ex.forwarded is None:
+            ex.forwarded = forward_request(
+                ex.request, target=ex.view.target, headers=ex.view.headers,
+                authority=link.backend.config.authority,
+                path_prefix=link.backend.config.path,
+                forwarding=self.ctx.forwarding(self.client_ip, self.forwarded_for,
+                                               ex.request_id, self.identity),
+                owned=self.ctx.owned_headers,
+            )
+        try:
+            link.write(link.h11.send(ex.forwarded))
+        except h11.LocalProtocolError as exc:  # a header value h11 will not write
+            ex.link = None
+            link.close()
+            ex.error = "bad_request"
+            self._answer(400, f"request not forwardable: {exc}", close=True)
+            return
+        ex.upstream_at = ex.client_at = self.ctx.loop.time()
+        self._arm(_EXCHANGE, self._check_interval())
+        self._pump_client()
+
+    # The backend's side…
+
+    def upstream_data(self, data: bytes) -> None:
+        ex = self._ex
+        if ex is None or ex.link is None:
+            return
+        ex.upstream_at = self.ctx.loop.time()
+        ex.link.h11.receive_data(data)
+        self._pump_upstream(ex)
+
+    def upstream_eof(self) -> None:
+        ex = self._ex
+        if ex is None or ex.link is None:
+            return
+        link = ex.link
+        link.h11.receive_data(b"")
+        self._pump_upstream(ex)
+        if ex.link is not link:
+            return  # the response ended with the connection (no length given)
+        ex.link = None
+        link.close()
+        if ex.response_started:
+            ex.error = "backend_closed"
+            self._abort_client()  # the client must see a cut, not a short answer
+        elif link.reused and not ex.sent_body and not ex.retried:
+            # A pooled connection the backend closed while it sat idle: once more, fresh.
+            ex.retried = True
+            backend = link.backend
+            self.ctx.spawn(lambda: self._dial(ex, backend))
+        else:
+            ex.error = "backend_closed"
+            self._answer(502, "backend closed the connection")
+
+    def upstream_paused(self, paused: bool) -> None:
+        """The backend's write buffer filled (or drained): pause (resume) the client."""
+        ex = self._ex
+        if ex is None:
+            return
+        ex.upstream_full = paused
+        if not paused:
+            ex.client_at = self.ctx.loop.time()
+        self._update_reading()
+
+    def _pump_upstream(self, ex: _Exchange) -> None:
+        link = ex.link
+        assert link is not None
+        h = self._h11
+        while ex.link is link:
+            try:
+                event = link.h11.next_event()
+                if event is h11.NEED_DATA or event is h11.PAUSED:
+                    return
+                if isinstance(event, h11.Response | h11.InformationalResponse):
+                    if event.status_code == 101:
+                        raise h11.RemoteProtocolError("101 to a request without Upgrade")
+                    final = isinstance(event, h11.Response)
+                    if final:
+                        ex.status = event.status_code
+                        ex.response_started = True
+                    self._write(h.send(forward_response(event, close=final and self._closing())))
+                elif isinstance(event, h11.Data):
+                    ex.bytes_out += len(event.data)
+                    self._write_pieces(h.send_with_data_passthrough(event))
+                elif isinstance(event, h11.EndOfMessage):
+                    self._write(h.send(h11.EndOfMessage()))
+                    self._release_link(ex)
+                    self._finish()
+                    return
+                else:  # ConnectionClosed before the end: upstream_eof takes it from here
+                    return
+            except (h11.RemoteProtocolError, h11.LocalProtocolError) as exc:
+                log.warning("upstream.bad_response", conn_id=self.id, request_id=ex.request_id,
+                            backend=link.backend.name, error=str(exc))
+                ex.link = None
+                link.close(abort=True)
+                ex.error = "bad_response"
+                if ex.response_started:
+                    self._abort_client()
+                else:
+                    self._answer(502, "invalid response from backend")
+                return
+
+    def _release_link(self, ex: _Exchange) -> None:
+        link = ex.link
+        assert link is not None
+        ex.link = None
+        self._pause_link(ex, False)
+        self.ctx.http.pool.give(link)
+
+    def _pause_link(self, ex: _Exchange, paused: bool) -> None:
+        link = ex.link
+        if link is None or link.transport is None or ex.link_paused is paused:
+            return
+        ex.link_paused = paused
+        link.transport.pause_reading() if paused else link.transport.resume_reading()
+
+    # Ending a request…
+
+    def _answer(self, status: int, reason: str, headers: Iterable[tuple[str, str]] = (),
+                *, close: bool = False) -> None:
+        """The proxy's own answer to the request in flight, instead of a backend's."""
+        ex = self._ex
+        assert ex is not None
+        if ex.link is not None:
+            ex.link.close(abort=True)  # the request will not complete there
+            ex.link = None
+        ex.status = status
+        if ex.response_started:
+            self._abort_client()
+            return
+        h = self._h11
+        close = close or self._closing() or h.their_state is not h11.DONE
+        response, body = error_answer(status, reason, tuple(headers), close=close)
+        try:
+            out = h.send(response) or b""
+            if ex.request.method != b"HEAD":
+                out += h.send(h11.Data(data=body)) or b""
+            out += h.send(h11.EndOfMessage()) or b""
+        except h11.LocalProtocolError:
+            self._abort_client()
+            return
+        self._write(out)
+        self._finish()
+
+    def _finish(self) -> None:
+        """The exchange in flight is over: account for it, then the next request."""
+        ex = self._ex
+        assert ex is not None
+        self._ex = None
+        now = self.ctx.loop.time()
+        status = ex.status
+        self.ctx.http.request_done(status, now - ex.started)
+        log.info(
+            "http.request", request_id=ex.request_id, client=self.client_ip,
+            method=ex.request.method.decode("latin-1"),
+            path=bytes(ex.request.target).split(b"?", 1)[0].decode("latin-1"),
+            status=status, backend=ex.backend.name if ex.backend else None,
+            duration_s=round(now - ex.started, 6), bytes_in=ex.body_in,
+            bytes_out=ex.bytes_out, error=ex.error,
+        )
+        if self._closed:
+            return
+        h = self._h11
+        if h.our_state is h11.DONE and h.their_state is h11.DONE and not self._close_after:
+            h.start_next_cycle()
+            self._arm(_IDLE, self.ctx.config.http.keepalive_timeout)
+            self._pump_client()  # a pipelined request may be waiting already
+        else:
+            self._close_client()
+
+    def _closing(self) -> bool:
+        """Whether the response in flight ends the connection (a drain is on)."""
+        return self._close_after or not self.ctx.ready
+
+    def _refuse(self, status: int, reason: str) -> None:
+        """A head h11 cannot or must not parse: an answer, then the end of the connection."""
+        log.info("http.refused", conn_id=self.id, client=self.client_ip, status=status,
+                 reason=reason)
+        self.ctx.http.request_done(status, 0.0)
+        self._write(error_response(status, reason))
+        self._close_client()
+
+    # Closing on the proxy's behalf…
+
+    def close_when_idle(self) -> None:
+        """A drain's turn: close now if idle, else after the request in flight."""
+        self._close_after = True
+        if self._ex is None:
+            self._close_client()
+
+    def terminate(self) -> None:
+        """The drain's deadline: drop the connection whatever it is doing."""
+        self._abort_client()
+
+    def _hand_back(self, received: bytes) -> None:
+        """An upgrade after plain requests: a fresh Connection takes the socket over."""
+        self._closed = True
+        self._cancel_timer()
+        self.ctx.http.remove(self)
+        self.ctx.accept_websocket(self._transport, self.peer_ip, received)
+
+    def _close_client(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._cancel_timer()
+        transport = self._transport
+        transport.close()
+        if transport.get_write_buffer_size():
+            # close() waits for the buffer to drain: not for ever.
+            self.ctx.loop.call_later(self.ctx.config.heartbeat.timeout, transport.abort)
+
+    def _abort_client(self) -> None:
+        self._closed = True
+        self._cancel_timer()
+        self._transport.abort()
+
+    # I/O helpers…
+
+    def _write(self, data: bytes | None) -> None:
+        if data:
+            self._transport.write(data)
+
+    def _write_pieces(self, pieces: list[bytes] | None) -> None:
+        if pieces:
+            self._transport.writelines(pieces)
+
+    def _update_reading(self) -> None:
+        """Read the client only while its bytes have somewhere to go."""
+        if self._closed:
+            return
+        ex = self._ex
+        want = ex is None or (
+            ex.link is not None and not ex.upstream_full
+            and self._h11.their_state is h11.SEND_BODY
+        )
+        if want is not self._reading:
+            self._reading = want
+            self._transport.resume_reading() if want else self._transport.pause_reading()
+
+    # Timers…
+
+    def _arm(self, kind: str, delay: float) -> None:
+        self._cancel_timer()
+        self._timer_kind = kind
+        self._timer = self.ctx.loop.call_later(delay, self._timed_out)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_kind = None
+
+    def _check_interval(self) -> float:
+        http = self.ctx.config.http
+        return min(http.body_timeout, http.response_timeout)
+
+    def _timed_out(self) -> None:
+        kind, self._timer, self._timer_kind = self._timer_kind, None, None
+        if kind == _IDLE:
+            self._close_client()
+        elif kind == _HEAD:
+            self._refuse(408, "request head timeout")
+        elif self._ex is not None and self._ex.link is not None:
+            self._check_exchange(self._ex)
+
+    def _check_exchange(self, ex: _Exchange) -> None:
+        """The exchange timer: a client silent mid-body, or a backend silent too long.
+
+        Activity only moves timestamps; this compares them with the limits and arms
+        itself again for the nearest deadline. Silence the proxy caused itself (a
+        full write buffer on the other side) does not count.
+        """
+        http = self.ctx.config.http
+        now = self.ctx.loop.time()
+        deadlines: list[tuple[float, str]] = []
+        sending = self._h11.their_state is h11.SEND_BODY
+        if sending and not ex.upstream_full:
+            deadlines.append((ex.client_at + http.body_timeout, "body"))
+        if (not sending or ex.response_started) and not ex.client_full:
+            deadlines.append((ex.upstream_at + http.response_timeout, "response"))
+        at, kind = min(deadlines, default=(now + self._check_interval(), ""))
+        if at > now or not kind:
+            self._arm(_EXCHANGE, max(at - now, 0.001))
+        elif kind == "body":
+            ex.error = "body_timeout"
+            self._answer(408, "request body timeout", close=True)
+        else:
+            ex.error = "response_timeout"
+            self._answer(504, "backend timed out")
+
+
+class PlainHttp:
+    """The proxy's plain HTTP side: its relays, the backend pool, the drain's part."""
+
+    def __init__(self, ctx: ProxyContext) -> None:
+        self.ctx = ctx
+        self.relays: set[HttpRelay] = set()
+        self.pool = BackendPool(ctx.loop, ctx.config.http.pool_size)
+        #: When new requests start getting 503 (a proxy drain's delay + spread).
+        self.refuse_at: float | None = None
+        self._drain_timers: list[asyncio.TimerHandle] = []
+        self._none_left: anyio.Event | None = None
+
+    def add(self, relay: HttpRelay) -> None:
+        self.relays.add(relay)
+
+    def remove(self, relay: HttpRelay) -> None:
+        if relay in self.relays:
+            self.relays.remove(relay)
+            self.ctx.metrics.connections["http"] += 1
+        if not self.relays and self._none_left is not None:
+            self._none_left.set()
+
+    def request_done(self, status: int | None, seconds: float) -> None:
+        self.ctx.metrics.http_request(status, seconds)
+
+    def refusing(self) -> bool:
+        return self.refuse_at is not None and self.ctx.loop.time() >= self.refuse_at
+
+    def begin_drain(self, spread: float) -> None:
+        """The proxy's closes begin: close the keep-alive connections over *spread*."""
+        loop = self.ctx.loop
+        self.refuse_at = loop.time() + spread
+        self._drain_timers = [
+            loop.call_later(random.uniform(0, spread), relay.close_when_idle)
+            for relay in self.relays
+        ]
+
+    def hurry(self) -> None:
+        self.refuse_at = self.ctx.loop.time()
+        for relay in list(self.relays):
+            relay.close_when_idle()
+
+    def undrain(self) -> None:
+        self.refuse_at = None
+        for timer in self._drain_timers:
+            timer.cancel()
+        self._drain_timers = []
+
+    async def wait_closed(self) -> None:
+        """Return once no plain HTTP connection is left."""
+        if self.relays:
+            self._none_left = anyio.Event()
+            await self._none_left.wait()
+
+    def terminate(self) -> None:
+        for relay in list(self.relays):
+            relay.terminate()
+        self.pool.close()
+
+    @property
+    def active(self) -> int:
+        """Requests in flight."""
+        return sum(1 for relay in self.relays if relay.busy)
