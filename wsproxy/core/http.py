@@ -158,11 +158,11 @@ def forward_response(
     dropped = _hop_by_hop(headers) | {b"via"}
     out = [(n, v) for n, v in headers if n not in dropped]
     out += _via(headers, response.http_version)
-    if close:
-        out.append((b"Connection", b"close"))
-    if isinstance(response, h11.InformationalResponse):
+    if isinstance(response, h11.InformationalResponse):  # a 1xx never ends a connection
         return h11.InformationalResponse(status_code=response.status_code, headers=out,
                                          reason=response.reason)
+    if close:
+        out.append((b"Connection", b"close"))
     return h11.Response(status_code=response.status_code, headers=out, reason=response.reason)
 
 

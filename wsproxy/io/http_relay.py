@@ -468,11 +468,10 @@ class HttpRelay:
                 if isinstance(event, h11.Response | h11.InformationalResponse):
                     if event.status_code == 101:
                         raise h11.RemoteProtocolError("101 to a request without Upgrade")
-                    final = isinstance(event, h11.Response)
-                    if final:
+                    if isinstance(event, h11.Response):
                         ex.status = event.status_code
                         ex.response_started = True
-                    self._write(h.send(forward_response(event, close=final and self._closing())))
+                    self._write(h.send(forward_response(event, close=self._closing())))
                 elif isinstance(event, h11.Data):
                     ex.bytes_out += len(event.data)
                     self._write_pieces(h.send_with_data_passthrough(event))
