@@ -457,42 +457,46 @@ class HttpRelay:
         self._update_reading()
 
     def _pump_upstream(self, ex: _Exchange) -> None:
+        """Relay what the backend sent; one write per read (a small answer is one segment)."""
         link = ex.link
         assert link is not None
         h = self._h11
-        while ex.link is link:
-            try:
+        out: list[bytes] = []
+        try:
+            while True:
                 event = link.h11.next_event()
-                if event is h11.NEED_DATA or event is h11.PAUSED:
-                    return
-                if isinstance(event, h11.Response | h11.InformationalResponse):
+                if isinstance(event, h11.Data):
+                    ex.bytes_out += len(event.data)
+                    out += h.send_with_data_passthrough(event) or ()
+                elif isinstance(event, h11.Response | h11.InformationalResponse):
                     if event.status_code == 101:
                         raise h11.RemoteProtocolError("101 to a request without Upgrade")
                     if isinstance(event, h11.Response):
                         ex.status = event.status_code
                         ex.response_started = True
-                    self._write(h.send(forward_response(event, close=self._closing())))
-                elif isinstance(event, h11.Data):
-                    ex.bytes_out += len(event.data)
-                    self._write_pieces(h.send_with_data_passthrough(event))
+                    out.append(h.send(forward_response(event, close=self._closing())) or b"")
                 elif isinstance(event, h11.EndOfMessage):
-                    self._write(h.send(h11.EndOfMessage()))
+                    out.append(h.send(h11.EndOfMessage()) or b"")
+                    self._transport.writelines(out)
                     self._release_link(ex)
                     self._finish()
                     return
-                else:  # ConnectionClosed before the end: upstream_eof takes it from here
-                    return
-            except (h11.RemoteProtocolError, h11.LocalProtocolError) as exc:
-                log.warning("upstream.bad_response", conn_id=self.id, request_id=ex.request_id,
-                            backend=link.backend.name, error=str(exc))
-                ex.link = None
-                link.close(abort=True)
-                ex.error = "bad_response"
-                if ex.response_started:
-                    self._abort_client()
-                else:
-                    self._answer(502, "invalid response from backend")
-                return
+                else:  # NEED_DATA; or ConnectionClosed early, which upstream_eof takes on
+                    break
+        except (h11.RemoteProtocolError, h11.LocalProtocolError) as exc:
+            log.warning("upstream.bad_response", conn_id=self.id, request_id=ex.request_id,
+                        backend=link.backend.name, error=str(exc))
+            self._transport.writelines(out)
+            ex.link = None
+            link.close(abort=True)
+            ex.error = "bad_response"
+            if ex.response_started:
+                self._abort_client()
+            else:
+                self._answer(502, "invalid response from backend")
+            return
+        if out:
+            self._transport.writelines(out)
 
     def _release_link(self, ex: _Exchange) -> None:
         link = ex.link
@@ -614,10 +618,6 @@ class HttpRelay:
     def _write(self, data: bytes | None) -> None:
         if data:
             self._transport.write(data)
-
-    def _write_pieces(self, pieces: list[bytes] | None) -> None:
-        if pieces:
-            self._transport.writelines(pieces)
 
     def _update_reading(self) -> None:
         """Read the client only while its bytes have somewhere to go."""
