@@ -176,7 +176,7 @@ async def _echo(host: str, port: int) -> int:
 async def _demo(port: int, admin_port: int) -> int:
     from wsproxy.echo import start_echo_server
 
-    echoes = [await start_echo_server() for _ in range(2)]
+    echoes = [await start_echo_server(name=f"echo-{i + 1}") for i in range(2)]
     backends = [
         {"name": f"echo-{i + 1}", "url": f"ws://127.0.0.1:{s.sockets[0].getsockname()[1]}"}
         for i, s in enumerate(echoes)
@@ -186,6 +186,7 @@ async def _demo(port: int, admin_port: int) -> int:
         "admin": {"host": "127.0.0.1", "port": admin_port},
         "backends": backends,
         "logging": {"level": "info", "format": "console"},
+        "plain_http": "proxy",  # the demo page comes through the proxy too
         # A demo stops at Ctrl-C without making anyone wait for a spread.
         "drain": {"spread": "1s", "timeout": "3s"},
     })
@@ -205,6 +206,7 @@ _DEMO_TEXT = """
 wsproxy demo is running. Ctrl-C stops it (with a close frame to every client).
 
   proxy:     ws://127.0.0.1:{port}/
+  page:      http://127.0.0.1:{port}/   (served by a backend through the proxy; opens a WebSocket)
   admin:     http://127.0.0.1:{admin}/   (backends, connections, drain buttons)
   backends:  {backends} (built-in echo servers)
 

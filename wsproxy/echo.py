@@ -3,13 +3,19 @@
 It echoes every message frame by frame (fragmentation kept), answers pings, and
 completes the close handshake. It is wsproto on an asyncio Protocol: simple rather
 than fast (bench/ has a compiled echo server for measurements).
+
+A plain ``GET /`` (no Upgrade) gets a small page that opens a WebSocket to the
+origin it was loaded from: behind ``wsproxy demo`` (``plain_http: proxy``) a browser
+tries the whole path, page and socket, through the proxy.
 """
 
 from __future__ import annotations
 
 import asyncio
+from importlib.resources import files
 from typing import cast
 
+import h11
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import (
     AcceptConnection,
@@ -25,15 +31,22 @@ from wsproto.utilities import RemoteProtocolError
 class EchoProtocol(asyncio.Protocol):
     """One echo connection."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "echo") -> None:
+        self._name = name
         self._ws = WSConnection(ConnectionType.SERVER)
         self._transport: asyncio.Transport | None = None
+        #: Reads requests until one asks for an upgrade; None once wsproto has taken over.
+        self._http: h11.Connection | None = h11.Connection(h11.SERVER)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         assert self._transport is not None
+        if self._http is not None:
+            data = self._plain_requests(self._http, data)
+            if self._http is not None:
+                return
         try:
             self._ws.receive_data(data)
             for event in self._ws.events():
@@ -43,6 +56,42 @@ class EchoProtocol(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         return False
+
+    def _plain_requests(self, http: h11.Connection, data: bytes) -> bytes:
+        """Answer plain GETs with the demo page; return the bytes of an upgrade, if one came."""
+        assert self._transport is not None
+        buffered = bytes(http.trailing_data[0]) + data
+        http.receive_data(data)
+        try:
+            while True:
+                event = http.next_event()
+                if isinstance(event, h11.Request):
+                    if any(name == b"upgrade" for name, _ in event.headers):
+                        self._http = None
+                        return buffered  # wsproto reads the whole upgrade again
+                    self._transport.write(self._page(http, event))
+                elif isinstance(event, h11.EndOfMessage):
+                    http.start_next_cycle()
+                    buffered = bytes(http.trailing_data[0])
+                elif event is h11.NEED_DATA or event is h11.PAUSED:
+                    return b""
+                else:
+                    self._transport.close()
+                    return b""
+        except (h11.RemoteProtocolError, h11.LocalProtocolError):
+            self._transport.close()
+            return b""
+
+    def _page(self, http: h11.Connection, request: h11.Request) -> bytes:
+        found = request.method in (b"GET", b"HEAD") and bytes(request.target) in (b"/", b"/?")
+        body = _PAGE.replace("{backend}", self._name).encode() if found else b"not found\n"
+        kind = "text/html; charset=utf-8" if found else "text/plain; charset=utf-8"
+        headers = [("Content-Type", kind), ("Content-Length", str(len(body))),
+                   ("Cache-Control", "no-store")]
+        out = http.send(h11.Response(status_code=200 if found else 404, headers=headers)) or b""
+        if request.method != b"HEAD":
+            out += http.send(h11.Data(data=body)) or b""
+        return out + (http.send(h11.EndOfMessage()) or b"")
 
     def _handle(self, event: object) -> None:
         assert self._transport is not None
@@ -63,7 +112,15 @@ class EchoProtocol(asyncio.Protocol):
             self._transport.write(out)
 
 
-async def start_echo_server(host: str = "127.0.0.1", port: int = 0) -> asyncio.Server:
-    """Start an echo server; its bound port is in ``server.sockets[0].getsockname()``."""
+async def start_echo_server(
+    host: str = "127.0.0.1", port: int = 0, name: str = "echo"
+) -> asyncio.Server:
+    """Start an echo server; its bound port is in ``server.sockets[0].getsockname()``.
+
+    *name* is shown on its page, so that a browser behind a proxy sees which one served.
+    """
     loop = asyncio.get_running_loop()
-    return await loop.create_server(EchoProtocol, host, port, reuse_address=True)
+    return await loop.create_server(lambda: EchoProtocol(name), host, port, reuse_address=True)
+
+
+_PAGE = files("wsproxy").joinpath("demo_page.html").read_text(encoding="utf-8")
