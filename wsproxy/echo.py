@@ -88,7 +88,9 @@ class EchoProtocol(asyncio.Protocol):
         kind = "text/html; charset=utf-8" if found else "text/plain; charset=utf-8"
         headers = [("Content-Type", kind), ("Content-Length", str(len(body))),
                    ("Cache-Control", "no-store")]
-        out = http.send(h11.Response(status_code=200 if found else 404, headers=headers)) or b""
+        response = h11.Response(status_code=200 if found else 404, headers=headers,
+                                reason=b"OK" if found else b"Not Found")
+        out = http.send(response) or b""
         if request.method != b"HEAD":
             out += http.send(h11.Data(data=body)) or b""
         return out + (http.send(h11.EndOfMessage()) or b"")

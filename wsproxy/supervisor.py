@@ -132,7 +132,8 @@ class ProxyContext:
     def accept_websocket(self, transport: asyncio.Transport, peer_ip: str, received: bytes) -> None:
         """A connection that served plain HTTP asks for an upgrade: a Connection takes it."""
         conn = Connection(self, transport)
-        conn.set_peer(peer_ip)
+        if peer_ip != conn.peer_ip:  # from a PROXY header
+            conn.set_peer(peer_ip)
         transport.set_protocol(ClientProtocol(self, conn))
         conn.receive(CLIENT, received)
 

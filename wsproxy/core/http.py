@@ -8,6 +8,7 @@ hop (RFC 9110 §7.6: hop-by-hop fields out, ``Via`` and the forwarded headers in
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from http import HTTPStatus
 from typing import Final
 
 import h11
@@ -174,5 +175,9 @@ def error_answer(status: int, reason: str, headers: Sequence[tuple[str, str]] = 
            *headers]
     if close:
         out.append(("Connection", "close"))
-    return h11.Response(status_code=status, headers=out), body
+    try:
+        phrase = HTTPStatus(status).phrase.encode("latin-1")
+    except ValueError:
+        phrase = b""
+    return h11.Response(status_code=status, headers=out, reason=phrase), body
 

@@ -178,8 +178,6 @@ class HttpRelay:
             self._pump_client()
 
     def client_lost(self) -> None:
-        if self._closed and self._ex is None:
-            return
         self._closed = True
         self._cancel_timer()
         ex = self._ex
