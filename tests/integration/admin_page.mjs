@@ -6,37 +6,19 @@
 // Loads the page, fills the token form when --token is given, waits for two backend rows,
 // clicks Drain on --backend, waits until its state cell says "draining", and prints one
 // JSON object on stdout (exit 0), or {"ok": false, "error": ...} (exit 1).
-// playwright-core is loaded from $WSPROXY_PLAYWRIGHT_DIR (npm install --prefix DIR).
+// The launch and the report are browser.mjs's.
 
-import { createRequire } from "node:module";
-import path from "node:path";
+import { parseArgs, runBrowser, timeoutOf, watchErrors } from "./browser.mjs";
 
-const args = Object.fromEntries(process.argv.slice(2).map((a) => {
-  const m = /^--([^=]+)=(.*)$/s.exec(a);
-  if (!m) throw new Error("bad argument: " + a);
-  return [m[1], m[2]];
-}));
-const timeout = Number(args["timeout-ms"] || 20000);
-const pwDir = process.env.WSPROXY_PLAYWRIGHT_DIR || "/tmp/wsproxy-pw";
-const require = createRequire(path.join(pwDir, "node_modules", "noop.js"));
-const { chromium } = require("playwright-core");
-
-const started = Date.now();
+const args = parseArgs();
+const timeout = timeoutOf(args);
 const result = { ok: false, requests_elsewhere: [], page_errors: [], console_errors: [] };
-const browser = await chromium.launch({
-  executablePath: process.env.WSPROXY_CHROMIUM || "/usr/bin/chromium",
-  headless: true,
-  timeout,
-  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run"],
-});
-try {
+await runBrowser(result, timeout, async (browser) => {
   const page = await browser.newPage({ viewport: { width: 1200, height: 900 } });
   page.setDefaultTimeout(timeout);
   const origin = new URL(args.url).origin;
   page.on("request", (r) => { if (!r.url().startsWith(origin)) result.requests_elsewhere.push(r.url()); });
-  page.on("pageerror", (e) => result.page_errors.push(String(e)));
-  page.on("console", (m) => { if (m.type() === "error") result.console_errors.push(m.text()); });
+  watchErrors(page, result);
 
   await page.goto(args.url);
   result.title = await page.title();
@@ -70,12 +52,4 @@ try {
   result.drain_text = (await page.locator("#drain").innerText()).trim();
   result.error_text = (await page.locator("#error-text").innerText()).trim();
   if (args.screenshot) await page.screenshot({ path: args.screenshot, fullPage: true });
-  result.ok = true;
-} catch (err) {
-  result.error = String(err && err.stack || err);
-} finally {
-  result.elapsed_ms = Date.now() - started;
-  await browser.close();
-}
-process.stdout.write(JSON.stringify(result) + "\n");
-process.exit(result.ok ? 0 : 1);
+});

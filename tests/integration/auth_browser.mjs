@@ -8,43 +8,25 @@
 // scenario runs in a fresh browser context (its own cookie jar), first loads the "before"
 // pages (a login page that sets a cookie), then its page, waits (bounded) for data-done,
 // and reads what the page showed. Prints one JSON object on stdout (exit 0), or {"ok": false,
-// "error": ...} (exit 1). playwright-core is loaded from $WSPROXY_PLAYWRIGHT_DIR.
+// "error": ...} (exit 1). The launch and the report are browser.mjs's.
 
-import { createRequire } from "node:module";
-import path from "node:path";
+import { parseArgs, runBrowser, timeoutOf, watchErrors } from "./browser.mjs";
 
-const args = Object.fromEntries(process.argv.slice(2).map((a) => {
-  const m = /^--([^=]+)=(.*)$/s.exec(a);
-  if (!m) throw new Error("bad argument: " + a);
-  return [m[1], m[2]];
-}));
-const timeout = Number(args["timeout-ms"] || 20000);
-const pwDir = process.env.WSPROXY_PLAYWRIGHT_DIR || "/tmp/wsproxy-pw";
-const require = createRequire(path.join(pwDir, "node_modules", "noop.js"));
-const { chromium } = require("playwright-core");
-
+const args = parseArgs();
+const timeout = timeoutOf(args);
 let input = "";
 for await (const chunk of process.stdin) input += chunk;
 const scenarios = JSON.parse(input);
 
-const started = Date.now();
 const result = { ok: false, scenarios: {} };
-const browser = await chromium.launch({
-  executablePath: process.env.WSPROXY_CHROMIUM || "/usr/bin/chromium",
-  headless: true,
-  timeout,
-  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run"],
-});
-try {
+await runBrowser(result, timeout, async (browser) => {
   for (const { name, url, before = [] } of scenarios) {
     const context = await browser.newContext();
     try {
       const page = await context.newPage();
       page.setDefaultTimeout(timeout);
       const seen = { console_errors: [], page_errors: [], socket_errors: [], sockets: [] };
-      page.on("pageerror", (e) => seen.page_errors.push(String(e)));
-      page.on("console", (m) => { if (m.type() === "error") seen.console_errors.push(m.text()); });
+      watchErrors(page, seen);
       page.on("websocket", (ws) => {
         seen.sockets.push(ws.url());
         ws.on("socketerror", (e) => seen.socket_errors.push(String(e)));
@@ -71,12 +53,4 @@ try {
       await context.close();
     }
   }
-  result.ok = true;
-} catch (err) {
-  result.error = String(err && err.stack || err);
-} finally {
-  result.elapsed_ms = Date.now() - started;
-  await browser.close();
-}
-process.stdout.write(JSON.stringify(result) + "\n");
-process.exit(result.ok ? 0 : 1);
+});

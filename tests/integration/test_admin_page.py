@@ -3,16 +3,14 @@
 The proxy runs in this event loop in front of two backends with a few connections open;
 ``admin_page.mjs`` (a node script) loads ``GET /``, sees both backends, clicks Drain on
 one and waits for its state to read "draining". The drain is then checked through the
-API itself. Skips when Chromium, node or playwright-core is missing: ``.ci/run``
-installs them (Debian ``chromium``; ``npm install --prefix $WSPROXY_PLAYWRIGHT_DIR
-playwright-core``). ``WSPROXY_ADMIN_SCREENSHOT=/tmp/page.png`` keeps a screenshot.
+API itself. Skips when Chromium, node or playwright-core is missing (``browser.missing()``).
+``WSPROXY_ADMIN_SCREENSHOT=/tmp/page.png`` keeps a screenshot.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import urllib.error
 import urllib.request
 from contextlib import AsyncExitStack
@@ -23,27 +21,13 @@ import anyio
 import pytest
 from websockets.asyncio.client import connect
 
+from tests.integration import browser
 from tests.integration.peers import backend, make_config, running_proxy
 
 pytestmark = pytest.mark.anyio
 
 SCRIPT = Path(__file__).with_name("admin_page.mjs")
-CHROMIUM = os.environ.get("WSPROXY_CHROMIUM", "/usr/bin/chromium")
-PLAYWRIGHT_DIR = Path(os.environ.get("WSPROXY_PLAYWRIGHT_DIR", "/tmp/wsproxy-pw"))
-#: Bound on every wait inside the browser script; the whole script gets a bit more.
-WAIT_MS = 20_000
 CONNECTIONS = 4
-
-
-def _missing() -> str | None:
-    if not Path(CHROMIUM).is_file():
-        return f"no Chromium at {CHROMIUM} (apt-get install chromium, or set WSPROXY_CHROMIUM)"
-    if shutil.which("node") is None:
-        return "no node on PATH (needed to run playwright-core)"
-    if not (PLAYWRIGHT_DIR / "node_modules" / "playwright-core" / "package.json").is_file():
-        return (f"playwright-core not installed under {PLAYWRIGHT_DIR} "
-                "(npm install --prefix DIR playwright-core, or set WSPROXY_PLAYWRIGHT_DIR)")
-    return None
 
 
 def _get(url: str, token: str | None = None) -> tuple[int, Any]:
@@ -60,28 +44,18 @@ def _get(url: str, token: str | None = None) -> tuple[int, Any]:
 
 
 async def _drive_page(admin_url: str, backend_name: str, token: str | None) -> dict[str, Any]:
-    command = ["node", str(SCRIPT), f"--url={admin_url}/", f"--backend={backend_name}",
-               f"--timeout-ms={WAIT_MS}"]
+    args = [f"--url={admin_url}/", f"--backend={backend_name}"]
     if token is not None:
-        command.append(f"--token={token}")
+        args.append(f"--token={token}")
     if screenshot := os.environ.get("WSPROXY_ADMIN_SCREENSHOT"):
-        command.append(f"--screenshot={screenshot}")
-    env = {**os.environ, "WSPROXY_PLAYWRIGHT_DIR": str(PLAYWRIGHT_DIR),
-           "WSPROXY_CHROMIUM": CHROMIUM}
-    with anyio.fail_after(WAIT_MS / 1000 * 2):
-        done = await anyio.run_process(command, env=env, check=False)
-    output = done.stdout.decode().strip()
-    assert output, f"no output from the browser script; stderr:\n{done.stderr.decode()}"
-    result: dict[str, Any] = json.loads(output.splitlines()[-1])
-    assert result["ok"], f"{result.get('error')}\nstderr:\n{done.stderr.decode()}"
-    assert done.returncode == 0
-    return result
+        args.append(f"--screenshot={screenshot}")
+    return await browser.run_script(SCRIPT, args)
 
 
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("token", [None, "t0k"], ids=["open", "token"])
 async def test_page_shows_two_backends_and_drains_one(token: str | None) -> None:
-    if (reason := _missing()) is not None:
+    if (reason := browser.missing()) is not None:
         pytest.skip(reason)
     admin = {"token": token} if token is not None else {}
     async with (

@@ -9,17 +9,14 @@ accepts only the Origin of page server A. Test pages are served by plain HTTP se
 cookie A sets is sent to the proxy on 127.0.0.1 as well. ``auth_browser.mjs`` loads each
 page in its own browser context and reports what the page showed.
 
-Skips when Chromium, node or playwright-core is missing: ``.ci/run`` installs them
-(Debian ``chromium``; ``npm install --prefix $WSPROXY_PLAYWRIGHT_DIR playwright-core``).
+Skips when Chromium, node or playwright-core is missing (``browser.missing()``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import secrets
-import shutil
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,19 +25,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import anyio
 import pytest
 from structlog.testing import capture_logs
 
+from tests.integration import browser
 from tests.integration.peers import backend, make_config, running_proxy
 
 pytestmark = pytest.mark.anyio
 
 SCRIPT = Path(__file__).with_name("auth_browser.mjs")
-CHROMIUM = os.environ.get("WSPROXY_CHROMIUM", "/usr/bin/chromium")
-PLAYWRIGHT_DIR = Path(os.environ.get("WSPROXY_PLAYWRIGHT_DIR", "/tmp/wsproxy-pw"))
-#: Bound on every wait inside the browser script; the whole script gets a bit more.
-WAIT_MS = 20_000
 
 SUB_SUBJECT = "browser-subprotocol"
 COOKIE_SUBJECT = "browser-cookie"
@@ -138,35 +131,8 @@ def page_server() -> Iterator[PageServer]:
         thread.join(5)
 
 
-def _missing() -> str | None:
-    if not Path(CHROMIUM).is_file():
-        return f"no Chromium at {CHROMIUM} (apt-get install chromium, or set WSPROXY_CHROMIUM)"
-    if shutil.which("node") is None:
-        return "no node on PATH (needed to run playwright-core)"
-    if not (PLAYWRIGHT_DIR / "node_modules" / "playwright-core" / "package.json").is_file():
-        return (
-            f"playwright-core not installed under {PLAYWRIGHT_DIR} "
-            "(npm install --prefix DIR playwright-core, or set WSPROXY_PLAYWRIGHT_DIR)"
-        )
-    return None
-
-
 async def _run_browser(scenarios: list[dict[str, Any]]) -> dict[str, Any]:
-    command = ["node", str(SCRIPT), f"--timeout-ms={WAIT_MS}"]
-    env = {
-        **os.environ,
-        "WSPROXY_PLAYWRIGHT_DIR": str(PLAYWRIGHT_DIR),
-        "WSPROXY_CHROMIUM": CHROMIUM,
-    }
-    with anyio.fail_after(WAIT_MS / 1000 * 2):
-        done = await anyio.run_process(
-            command, input=json.dumps(scenarios).encode(), env=env, check=False
-        )
-    output = done.stdout.decode().strip()
-    assert output, f"no output from the browser script; stderr:\n{done.stderr.decode()}"
-    result: dict[str, Any] = json.loads(output.splitlines()[-1])
-    assert result["ok"], f"{result.get('error')}\nstderr:\n{done.stderr.decode()}"
-    assert done.returncode == 0
+    result = await browser.run_script(SCRIPT, stdin=json.dumps(scenarios).encode())
     scenarios_seen: dict[str, Any] = result["scenarios"]
     return scenarios_seen
 
@@ -186,7 +152,7 @@ def _handshake_refused(seen: dict[str, Any], status: int) -> bool:
 async def test_a_browser_authenticates_with_a_subprotocol_token_and_with_a_cookie(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    if (reason := _missing()) is not None:
+    if (reason := browser.missing()) is not None:
         pytest.skip(reason)
     # Keys made here, never committed; hex keeps them valid as subprotocol tokens.
     sub_key, cookie_key, wrong_key = (secrets.token_hex(16) for _ in range(3))
