@@ -256,7 +256,7 @@ class HttpConfig:
     body_timeout: float = 30.0  # the client silent mid-body this long: 408
     response_timeout: float = 30.0  # the backend silent this long while a response is due: 504
     keepalive_timeout: float = 60.0  # an idle client connection between requests
-    pool_size: int = 8  # idle keep-alive connections kept per backend
+    pool_size: int = 32  # idle keep-alive connections kept per backend: above the usual concurrency
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
