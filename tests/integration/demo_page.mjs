@@ -13,8 +13,7 @@ import { parseArgs, runBrowser, timeoutOf, watchErrors } from "./browser.mjs";
 const args = parseArgs();
 const timeout = timeoutOf(args);
 const result = {
-  ok: false, requests_elsewhere: [], page_errors: [], console_errors: [], console_error_urls: [],
-  sockets: [],
+  ok: false, requests_elsewhere: [], page_errors: [], console_errors: [], sockets: [],
 };
 await runBrowser(result, timeout, async (browser) => {
   const page = await browser.newPage();
@@ -22,10 +21,6 @@ await runBrowser(result, timeout, async (browser) => {
   const origin = new URL(args.url).origin;
   page.on("request", (r) => {
     if (!r.url().startsWith(origin)) result.requests_elsewhere.push(r.url());
-  });
-  // Where each console error comes from: for "Failed to load resource", the resource's URL.
-  page.on("console", (m) => {
-    if (m.type() === "error") result.console_error_urls.push(m.location().url);
   });
   page.on("websocket", (ws) => result.sockets.push(ws.url()));
   watchErrors(page, result);
