@@ -130,8 +130,9 @@ async def curl(*args: str) -> tuple[int, dict[str, str], bytes]:
     result = await anyio.run_process(
         [CURL, "--noproxy", "*", "-sS", "-i", "--max-time", str(WAIT), *args], check=True
     )
-    head, _, body = result.stdout.rpartition(b"\r\n\r\n")  # after any 100 Continue
-    head = head.split(b"\r\n\r\n")[-1]
+    head, _, body = result.stdout.partition(b"\r\n\r\n")
+    while head.split(b" ", 2)[1:2] == [b"100"]:  # a 100 Continue before the answer
+        head, _, body = body.partition(b"\r\n\r\n")
     status_line, *lines = head.decode("latin-1").split("\r\n")
     headers = {}
     for line in lines:
