@@ -68,8 +68,6 @@ SMUGGLING = {
     "a signed Content-Length": b"POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\n",
     "CL and TE": b"POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
     "TE and CL": b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\ncontent-length: 0\r\n\r\n",
-    "two TE": b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n"
-              b"Transfer-Encoding: chunked\r\n\r\n",
 }
 
 
@@ -78,7 +76,8 @@ def test_smuggling_shapes_are_400(head):
     assert refused(head)[0] == 400
 
 
-@pytest.mark.parametrize("coding", [b"gzip, chunked", b"identity", b"chunked, gzip", b"xchunked"])
+@pytest.mark.parametrize("coding", [b"gzip, chunked", b"identity", b"chunked, gzip", b"xchunked",
+                                    b"chunked\r\nTransfer-Encoding: chunked"])
 def test_other_transfer_codings_are_501(coding):
     assert refused(b"POST / HTTP/1.1\r\nTransfer-Encoding: " + coding + b"\r\n\r\n") == (
         501, "unsupported Transfer-Encoding")

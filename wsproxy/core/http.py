@@ -41,8 +41,8 @@ def head_length(buffer: bytes | bytearray, max_head: int) -> int | None:
 
     Checks what h11 would let through and a backend might read differently (RFC 9112
     §2.2, §5.2, §6.3; the classic smuggling shapes): a bare LF, obs-fold, more than
-    one Content-Length or Transfer-Encoding, a Content-Length that is not digits, or
-    both together; and a Transfer-Encoding other than ``chunked`` (501, RFC 9112 §6.1).
+    one Content-Length, a Content-Length that is not digits, or both together; and a
+    Transfer-Encoding other than one ``chunked`` (501, RFC 9112 §6.1).
 
     Returns:
         The head's length in bytes, or None while its empty line has not arrived.
@@ -61,6 +61,8 @@ def head_length(buffer: bytes | bytearray, max_head: int) -> int | None:
         return None
     if end - start > max_head:
         raise HttpRefused(431, "request head too large")
+    if buffer[end - 2 : end] == b"\n\n":
+        raise HttpRefused(400, "a line ends in a bare LF")  # the empty line itself
     lines = bytes(buffer[start:end]).split(b"\n")[:-2]  # the empty line, and after it
     lengths = encodings = 0
     for number, line in enumerate(lines):
@@ -78,10 +80,10 @@ def head_length(buffer: bytes | bytearray, max_head: int) -> int | None:
                 raise HttpRefused(400, "invalid Content-Length")
         elif name == b"transfer-encoding":
             encodings += 1
-            if value.strip(b" \t").lower() != b"chunked":
+            if encodings > 1 or value.strip(b" \t").lower() != b"chunked":
                 raise HttpRefused(501, "unsupported Transfer-Encoding")  # §6.1, as h11 does
-    if lengths > 1 or encodings > 1:
-        raise HttpRefused(400, "more than one message length")
+    if lengths > 1:
+        raise HttpRefused(400, "more than one Content-Length")
     if lengths and encodings:
         raise HttpRefused(400, "both Content-Length and Transfer-Encoding")
     return end
