@@ -123,3 +123,49 @@ async def test_the_proxy_s_own_probes_stay_its_own_on_a_keep_alive_connection():
             GET + b"GET /healthz HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n")
         assert status_lines(answer) == [b"HTTP/1.1 200 OK"] * 2
         assert answer.endswith(b"ok\n")
+
+
+@asynccontextmanager
+async def answers_once_per_connection() -> AsyncIterator[tuple[int, list[int]]]:
+    """A backend that answers the first request of each connection and closes at the
+    second one unanswered: what a keep-alive timeout racing a reused connection looks
+    like from the proxy. Yields its port and the number of requests each connection saw.
+    """
+    seen: list[int] = []
+
+    async def serve(stream: anyio.abc.SocketStream) -> None:
+        index = len(seen)
+        seen.append(0)
+        data = b""
+        async with stream:
+            while True:
+                try:
+                    data += await stream.receive()
+                except (anyio.EndOfStream, anyio.BrokenResourceError):
+                    return
+                while b"\r\n\r\n" in data:
+                    _, data = data.split(b"\r\n\r\n", 1)
+                    seen[index] += 1
+                    if seen[index] > 1:
+                        return  # closed without an answer
+                    await stream.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    async with listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, serve)
+        yield listener.extra(anyio.abc.SocketAttribute.local_port), seen
+        tg.cancel_scope.cancel()
+
+
+async def test_a_reused_connection_closed_unanswered_is_retried_on_a_fresh_one():
+    async with answers_once_per_connection() as (port, seen):
+        config = make_config([{"name": "b1", "url": f"ws://127.0.0.1:{port}"}],
+                             plain_http="proxy")
+        async with running_proxy(config) as ctx:
+            proxy_port = ctx.addresses[0][1]
+            first = await raw_exchange(proxy_port, GET.replace(
+                b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
+            second = await raw_exchange(proxy_port, GET.replace(
+                b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
+    assert status_lines(first) == status_lines(second) == [b"HTTP/1.1 200 OK"]
+    assert seen == [2, 1]  # the pooled connection got the second request, then a fresh one

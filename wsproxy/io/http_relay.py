@@ -426,10 +426,11 @@ class HttpRelay:
         if ex is None or ex.link is None:
             return
         link = ex.link
-        link.h11.receive_data(b"")
-        self._pump_upstream(ex)
-        if ex.link is not link:
-            return  # the response ended with the connection (no length given)
+        if ex.response_started:  # the end of a body without a length, or a cut
+            link.h11.receive_data(b"")
+            self._pump_upstream(ex)
+            if ex.link is not link:
+                return
         ex.link = None
         link.close()
         if ex.response_started:
