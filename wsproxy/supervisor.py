@@ -33,7 +33,7 @@ from wsproxy.drain import Drain, close_reason
 from wsproxy.errors import ConfigError
 from wsproxy.health import run_health_checks
 from wsproxy.io.connection import CLIENT, ClientProtocol, Connection, ProxiedClientProtocol
-from wsproxy.io.http_relay import PlainHttp
+from wsproxy.io.plain_http import PlainHttp
 from wsproxy.log import get_logger
 from wsproxy.metrics import Metrics
 from wsproxy.tls import backend_context, server_context
