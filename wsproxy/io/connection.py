@@ -367,14 +367,13 @@ class Connection:
     def _pongs(self) -> None:
         liveness = self.liveness
         now = self.ctx.loop.time()
-        for side, payload in self.session.last_pong.items():
+        for side, payload in self.session.take_pongs().items():
             sent_at = ping_sent_at(payload)
             if liveness is not None and sent_at is not None:
                 rtt = liveness.pong(side, sent_at, now)
                 if rtt is not None:
                     self.rtt[side] = rtt
                     self.ctx.ping_rtt(side, rtt)
-        self.session.last_pong.clear()
 
     # Timers…
 
