@@ -28,6 +28,7 @@ from wsproxy.core.handshake import (
     client_address,
     error_response,
     upstream_request,
+    upstream_request_bytes,
 )
 from wsproxy.errors import HandshakeRejected, InvalidTransition
 
@@ -458,6 +459,54 @@ class TestUpstreamRequest:
         headers = [*GOOD, ("Connection", "X-Hop"), ("X-Hop", "secret")]
         request = upstream_head(headers)
         assert header_values(request, b"x-hop") == []
+
+    @pytest.mark.parametrize(
+        ("headers", "identity", "prefix"),
+        [
+            (GOOD, (), ""),
+            ([*with_headers(sec_websocket_protocol="chat, v2.chat",
+                            sec_websocket_extensions="permessage-deflate"),
+              ("Cookie", "a=1"), ("User-Agent", "t\tx")], (), "/app/"),
+            (GOOD, (("X-Auth-Subject", "\xc3\xa0lice"), ("X-Auth-Tenant", "")), "/p"),
+        ],
+    )
+    def test_bytes_are_what_h11_writes(
+        self, headers: list[tuple[str, str]], identity: tuple[tuple[str, str], ...], prefix: str
+    ) -> None:
+        # upstream_request_bytes() formats the request itself rather than through h11.
+        upgrade = check_upgrade(h11_request(headers))
+        forwarding = Forwarding(
+            client_ip="1.2.3.4", forwarded_for="10.0.0.1, 1.2.3.4", proto="https",
+            request_id="r1", identity=identity,
+        )
+        kwargs = dict(authority="backend:80", path_prefix=prefix, key=b"k", forwarding=forwarding,
+                      pass_extensions=True, owned=frozenset({b"x-auth-tenant"}))
+        expected = h11.Connection(h11.CLIENT).send(upstream_request(upgrade, **kwargs))
+        assert upstream_request_bytes(upgrade, **kwargs) == expected
+
+    @pytest.mark.parametrize(
+        ("identity", "prefix"),
+        [
+            ((("X-Auth-Subject", "a\r\nX-Evil: 1"),), ""),
+            ((("X-Auth-Subject", " padded"),), ""),
+            ((("X Bad Name", "v"),), ""),
+            ((), "/a b"),
+        ],
+    )
+    def test_bytes_refuse_what_h11_refuses(
+        self, identity: tuple[tuple[str, str], ...], prefix: str
+    ) -> None:
+        upgrade = check_upgrade(h11_request(GOOD))
+        forwarding = Forwarding(
+            client_ip="1.2.3.4", forwarded_for="1.2.3.4", proto="http", request_id="r1",
+            identity=identity,
+        )
+        kwargs = dict(authority="b", path_prefix=prefix, key=b"k", forwarding=forwarding,
+                      pass_extensions=True)
+        with pytest.raises(h11.LocalProtocolError):
+            upstream_request(upgrade, **kwargs)
+        with pytest.raises(h11.LocalProtocolError):
+            upstream_request_bytes(upgrade, **kwargs)
 
 
 # The backend's answer, through the harness…

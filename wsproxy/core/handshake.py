@@ -25,6 +25,9 @@ from wsproxy.errors import HandshakeRejected, UpstreamHandshakeFailed, UpstreamU
 GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 #: RFC 9110 §5.6.2 token.
 _TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+#: h11's rules (h11/_abnf.py) for a header value and a request target.
+_FIELD_VALUE: Final = re.compile(rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?")
+_TARGET: Final = re.compile(rb"[\x21-\x7e]+")
 
 Header = tuple[bytes, bytes]
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -208,11 +211,67 @@ def upstream_request(
     pass_extensions: bool,
     owned: frozenset[bytes] = frozenset(),
 ) -> h11.Request:
-    """The backend's own handshake request for a client's *upgrade*.
+    """The backend's own handshake request for a client's *upgrade*, as an h11 event.
 
     *owned* names (lower case) more headers the proxy sets itself, such as the
     identity headers of the auth in use: the client's copies are dropped.
     """
+    target, headers = _upstream_head(
+        upgrade, authority=authority, path_prefix=path_prefix, key=key,
+        forwarding=forwarding, pass_extensions=pass_extensions, owned=owned,
+    )
+    return h11.Request(method="GET", target=target, headers=headers)
+
+
+def upstream_request_bytes(
+    upgrade: UpgradeRequest,
+    *,
+    authority: str,
+    path_prefix: str,
+    key: bytes,
+    forwarding: Forwarding,
+    pass_extensions: bool,
+    owned: frozenset[bytes] = frozenset(),
+) -> bytes:
+    """upstream_request() as the bytes h11 would write for it, formatted directly.
+
+    Building an h11 event validates every header again, with a regular expression
+    each: a third of the CPU an upgrade spent in h11. The client's headers were
+    validated when h11 parsed them; only what the proxy adds (its own values, the
+    configured path prefix) is checked here, for what h11 would refuse.
+
+    Raises:
+        h11.LocalProtocolError: a value of the proxy's own is no valid header value
+            (as building the h11 event would have).
+    """
+    target, headers = _upstream_head(
+        upgrade, authority=authority, path_prefix=path_prefix, key=key,
+        forwarding=forwarding, pass_extensions=pass_extensions, owned=owned,
+    )
+    if not _TARGET.fullmatch(target):
+        raise h11.LocalProtocolError("illegal request target")
+    own = (authority, forwarding.forwarded_for, forwarding.proto, forwarding.request_id,
+           *(v for _, v in forwarding.identity))
+    if not all(_FIELD_VALUE.fullmatch(v.encode("latin-1")) for v in own) or not all(
+        _TOKEN.fullmatch(k) for k, _ in forwarding.identity
+    ):
+        raise h11.LocalProtocolError("illegal header value of the proxy's own")
+    lines = [b"GET " + target + b" HTTP/1.1"]
+    lines += [name + b": " + value for name, value in headers]
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+def _upstream_head(
+    upgrade: UpgradeRequest,
+    *,
+    authority: str,
+    path_prefix: str,
+    key: bytes,
+    forwarding: Forwarding,
+    pass_extensions: bool,
+    owned: frozenset[bytes],
+) -> tuple[bytes, list[Header]]:
+    """The target and the headers of the backend's handshake request (Host first)."""
     connection_listed = set(upgrade.header_list(b"connection"))
     headers: list[Header] = [
         (b"Host", authority.encode("latin-1")),
@@ -238,8 +297,7 @@ def upstream_request(
         (b"X-Request-Id", forwarding.request_id.encode("latin-1")),
     ]
     headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in forwarding.identity]
-    target = path_prefix.rstrip("/").encode("latin-1") + upgrade.target
-    return h11.Request(method="GET", target=target, headers=headers)
+    return path_prefix.rstrip("/").encode("latin-1") + upgrade.target, headers
 
 
 def check_upstream_response(

@@ -46,7 +46,7 @@ from wsproxy.core.handshake import (
     check_upstream_response,
     error_response,
     new_key,
-    upstream_request,
+    upstream_request_bytes,
 )
 from wsproxy.core.states import TERMINAL, SessionState, Side, Trigger, next_state
 from wsproxy.errors import (
@@ -83,6 +83,14 @@ _NO_EARLY: Final = {Side.CLIENT: b"", Side.UPSTREAM: b""}
 #: replaces it with a dict of its own), so an idle session holds no dict for it.
 _NO_PONGS: Final[Mapping[Side, bytes]] = {}
 _CLIENT: Final = Side.CLIENT
+#: What the h11 client connection that reads a backend's answer is told went out: a
+#: GET that proposes the upgrade, which is all its state machine takes from a request
+#: (the bytes on the wire come from upstream_request_bytes()). One immutable event
+#: for every session: building one per upgrade re-validated every header.
+_UPGRADE_SENT: Final = h11.Request(
+    method="GET", target="/",
+    headers=[("Host", "backend"), ("Upgrade", "websocket"), ("Connection", "Upgrade")],
+)
 #: What the other leg is told when one side breaks the protocol.
 _FAILED_PEER: Final = {
     Side.CLIENT: (frames.GOING_AWAY, "client error"),
@@ -360,14 +368,15 @@ class Session:
         self._upstream_target = target
         self._pass_extensions = pass_extensions
         self._upstream_key = new_key()
-        self._http_client = h11.Connection(h11.CLIENT)
-        request = upstream_request(
+        request = upstream_request_bytes(
             self.request, authority=authority, path_prefix=path_prefix,
             key=self._upstream_key, forwarding=forwarding, pass_extensions=pass_extensions,
             owned=owned_headers,
         )
+        self._http_client = h11.Connection(h11.CLIENT)
+        self._http_client.send(_UPGRADE_SENT)
         upstream = self._upstream_leg
-        upstream.out = [self._http_client.send(request) or b""]
+        upstream.out = [request]
         upstream.eof = False
         self._early[Side.UPSTREAM] = b""
 
