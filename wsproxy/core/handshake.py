@@ -28,6 +28,15 @@ _TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 #: h11's rules (h11/_abnf.py) for a header value and a request target.
 _FIELD_VALUE: Final = re.compile(rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?")
 _TARGET: Final = re.compile(rb"[\x21-\x7e]+")
+#: A backend's 101 in its plainest form, which read_switching_response() reads itself.
+_SWITCHING_LINE: Final = re.compile(rb"HTTP/1\.1 101(?: [\x20-\x7e]*)?")
+_HEADER_LINE: Final = re.compile(
+    rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*((?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?)[ \t]*"
+)
+#: Headers whose values h11 checks beyond the syntax: such a 101 goes to h11.
+_CHECKED_BY_H11: Final = frozenset({b"content-length", b"transfer-encoding"})
+#: h11's limit on a head (max_incomplete_event_size): a longer one goes to h11.
+_MAX_PLAIN_HEAD: Final = 16 * 1024
 
 Header = tuple[bytes, bytes]
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -300,8 +309,36 @@ def _upstream_head(
     return path_prefix.rstrip("/").encode("latin-1") + upgrade.target, headers
 
 
+def read_switching_response(data: bytes) -> tuple[list[Header], bytes] | None:
+    """The headers of the 101 that *data* starts with, and the bytes after its head.
+
+    Only for the plainest form: a complete head, ``HTTP/1.1 101``, CRLF line ends and
+    ``token: value`` lines, which h11 reads the same way (names lower-cased, values
+    without the whitespace around them). None for anything else (an incomplete head,
+    another status, obs-folds, bare LFs, framing headers): h11 reads those. Running
+    h11 on every backend's 101 cost about a tenth of an upgrade's CPU.
+    """
+    end = data.find(b"\r\n\r\n", 0, _MAX_PLAIN_HEAD)
+    if end < 0:
+        return None
+    lines = data[:end].split(b"\r\n")
+    if not _SWITCHING_LINE.fullmatch(lines[0]):
+        return None
+    headers: list[Header] = []
+    for line in lines[1:]:
+        match = _HEADER_LINE.fullmatch(line)
+        if match is None:
+            return None
+        name = match[1].lower()
+        if name in _CHECKED_BY_H11:
+            return None
+        headers.append((name, match[2]))
+    return headers, data[end + 4 :]
+
+
 def check_upstream_response(
-    response: h11.InformationalResponse | h11.Response,
+    status: int,
+    headers: Sequence[Header],
     *,
     target: str,
     key: bytes,
@@ -314,9 +351,8 @@ def check_upstream_response(
         UpstreamHandshakeFailed: the backend answered with an HTTP status of its own.
         UpstreamUnavailable: a 101 that is not a valid WebSocket accept.
     """
-    if response.status_code != 101:
-        raise UpstreamHandshakeFailed(target, response.status_code)
-    headers = [(bytes(k), bytes(v)) for k, v in response.headers]
+    if status != 101:
+        raise UpstreamHandshakeFailed(target, status)
     values: dict[bytes, bytes] = {}
     for name, value in headers:
         values[name] = values[name] + b", " + value if name in values else value

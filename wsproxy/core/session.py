@@ -46,6 +46,7 @@ from wsproxy.core.handshake import (
     check_upstream_response,
     error_response,
     new_key,
+    read_switching_response,
     upstream_request_bytes,
 )
 from wsproxy.core.states import TERMINAL, SessionState, Side, Trigger, next_state
@@ -83,7 +84,7 @@ _NO_EARLY: Final = {Side.CLIENT: b"", Side.UPSTREAM: b""}
 #: replaces it with a dict of its own), so an idle session holds no dict for it.
 _NO_PONGS: Final[Mapping[Side, bytes]] = {}
 _CLIENT: Final = Side.CLIENT
-#: What the h11 client connection that reads a backend's answer is told went out: a
+#: What an h11 client connection that reads a backend's answer is told went out: a
 #: GET that proposes the upgrade, which is all its state machine takes from a request
 #: (the bytes on the wire come from upstream_request_bytes()). One immutable event
 #: for every session: building one per upgrade re-validated every header.
@@ -373,8 +374,7 @@ class Session:
             key=self._upstream_key, forwarding=forwarding, pass_extensions=pass_extensions,
             owned=owned_headers,
         )
-        self._http_client = h11.Connection(h11.CLIENT)
-        self._http_client.send(_UPGRADE_SENT)
+        self._http_client = None  # created if the answer is not a plain 101
         upstream = self._upstream_leg
         upstream.out = [request]
         upstream.eof = False
@@ -386,9 +386,16 @@ class Session:
         self._upstream_leg.out = []
 
     def _receive_response(self, data: bytes) -> None:
+        if not self._upstream_key or self.upstream_failure is not None:
+            return  # no handshake of ours is out, or it has failed already
         conn = self._http_client
-        if conn is None or self.upstream_failure is not None:
-            return
+        if conn is None:  # the first bytes of the answer: most often a whole plain 101
+            plain = read_switching_response(data)
+            if plain is not None:
+                self._answered(101, *plain)
+                return
+            conn = self._http_client = h11.Connection(h11.CLIENT)
+            conn.send(_UPGRADE_SENT)
         try:
             conn.receive_data(data)
             event = conn.next_event()
@@ -402,10 +409,15 @@ class Session:
         if not isinstance(event, h11.InformationalResponse | h11.Response):
             self.upstream_failed("unexpected handshake response")
             return
+        headers = [(bytes(k), bytes(v)) for k, v in event.headers]
+        self._answered(event.status_code, headers, bytes(conn.trailing_data[0]))
+
+    def _answered(self, status: int, headers: list[tuple[bytes, bytes]], rest: bytes) -> None:
+        """The backend's answer is in: *status*, *headers*, and *rest* read after it."""
         assert self.request is not None
         try:
             self.accepted = check_upstream_response(
-                event, target=self._upstream_target, key=self._upstream_key,
+                status, headers, target=self._upstream_target, key=self._upstream_key,
                 offered=self.request.subprotocols,
                 offered_extensions=self.request.extensions if self._pass_extensions else (),
             )
@@ -415,7 +427,7 @@ class Session:
         except UpstreamUnavailable as exc:
             self.upstream_failed(exc.reason)
             return
-        self._open(bytes(conn.trailing_data[0]))
+        self._open(rest)
 
     def _open(self, upstream_early: bytes) -> None:
         self._fire(Trigger.UPSTREAM_ACCEPTED)
