@@ -99,6 +99,12 @@ _FAILED_PEER: Final = {
 }
 _RESTART_CODES: Final = frozenset({frames.GOING_AWAY, frames.SERVICE_RESTART})
 _PROBES: Final = frozenset({"/healthz", "/readyz"})
+#: By the reserved bits a flow allows: whether a frame's first byte makes it a whole
+#: text or binary message (FIN, opcode 1 or 2, reserved bits only the allowed ones).
+_WHOLE_MESSAGE: Final = {
+    allowed: bytes((b & ~allowed & 0xFF) in (0x81, 0x82) for b in range(256))
+    for allowed in (0, frames.RSV1, frames.RSV_BITS)
+}
 _CAN_SEND: Final = frozenset({LegState.OPEN, LegState.CLOSE_RECEIVED})
 _CAN_RECEIVE: Final = frozenset({LegState.OPEN, LegState.CLOSE_SENT})
 _FINISHED: Final = frozenset({LegState.CLOSED, LegState.FAILED})
@@ -569,67 +575,73 @@ class Session:
         max_size = self.max_message_size
         in_message = f.in_message
         inject = bool(f.pending) or f.pending_close is not None
-        while pos < n:
-            if n - pos < 2:
-                break
+        small_head = 2 + mask_len
+        whole = _WHOLE_MESSAGE[f.rsv_allowed]
+        while pos + 1 < n:
             b0 = data[pos]
             b1 = data[pos + 1]
-            length = b1 & 0x7F
-            if length < 126:
-                head = 2 + mask_len
-            elif length == 126:
-                head = 4 + mask_len
-                if n - pos < 4:
-                    break
-                length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+            # The length field, when the mask bit is what it must be (else 128 or more).
+            length = b1 ^ mask_bit
+            if length < 126 and whole[b0] and not in_message and length <= max_size:
+                messages += 1  # the fast path: a whole short message in one frame
+                end = pos + small_head + length
             else:
-                head = 10 + mask_len
-                if n - pos < 10:
-                    break
-                length = int.from_bytes(data[pos + 2 : pos + 10], "big")
-                if length >> 63:  # §5.2: the most significant bit MUST be 0
+                length = b1 & 0x7F
+                if length < 126:
+                    head = 2 + mask_len
+                elif length == 126:
+                    head = 4 + mask_len
+                    if n - pos < 4:
+                        break
+                    length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+                else:
+                    head = 10 + mask_len
+                    if n - pos < 10:
+                        break
+                    length = int.from_bytes(data[pos + 2 : pos + 10], "big")
+                    if length >> 63:  # §5.2: the most significant bit MUST be 0
+                        self._forward(f, data, start, pos, messages, deliver)
+                        return self._fail(f.src, frames.PROTOCOL_ERROR, "bad frame length")
+                if b1 & 0x80 != mask_bit:
                     self._forward(f, data, start, pos, messages, deliver)
-                    return self._fail(f.src, frames.PROTOCOL_ERROR, "bad frame length")
-            if b1 & 0x80 != mask_bit:
-                self._forward(f, data, start, pos, messages, deliver)
-                return self._fail(f.src, frames.PROTOCOL_ERROR, "bad masking")
-            first = b0 & rsv_off
-            if (first == 0x82 or first == 0x81) and not in_message and length <= max_size:
-                messages += 1  # the fast path: a whole message in one frame
-            elif b0 & 0x08:  # a control frame
-                if length > frames.MAX_CONTROL_PAYLOAD:  # fail on the header, buffer nothing
-                    self._forward(f, data, start, pos, messages, deliver)
-                    return self._fail(f.src, frames.PROTOCOL_ERROR, "bad control frame")
-                if n - pos < head + length:
-                    break  # a control frame is kept whole: it is at most 131 bytes
-                self._forward(f, data, start, pos, messages, deliver)
-                messages = 0
-                end = pos + head + length
-                f.in_message = in_message
-                if not self._control(f, b0, data[pos:end], head, length):
-                    return
-                pos = start = end
-                deliver = dst.state in _CAN_SEND
-                inject = bool(f.pending) or f.pending_close is not None
-                if f.src_leg.state not in _CAN_RECEIVE:
-                    return
-                continue
-            else:
-                f.in_message = in_message
-                error = self._check_data_header(f, b0, b0 & 0x0F, length, max_size)
-                in_message = f.in_message
-                if error == frames.PROTOCOL_ERROR:
-                    self._forward(f, data, start, pos, messages, deliver)
-                    return self._fail(f.src, error, "protocol error")
-                if error:  # too big: this frame is never forwarded, but still skipped
+                    return self._fail(f.src, frames.PROTOCOL_ERROR, "bad masking")
+                first = b0 & rsv_off
+                if (first == 0x82 or first == 0x81) and not in_message and length <= max_size:
+                    messages += 1  # a whole message in one frame, a longer one
+                elif b0 & 0x08:  # a control frame
+                    if length > frames.MAX_CONTROL_PAYLOAD:  # fail on the header, buffer nothing
+                        self._forward(f, data, start, pos, messages, deliver)
+                        return self._fail(f.src, frames.PROTOCOL_ERROR, "bad control frame")
+                    if n - pos < head + length:
+                        break  # a control frame is kept whole: it is at most 131 bytes
                     self._forward(f, data, start, pos, messages, deliver)
                     messages = 0
-                    start = pos
-                    self._close_too_big(f)
-                    deliver = False
-                if b0 & 0x80:
-                    messages += 1
-            end = pos + head + length
+                    end = pos + head + length
+                    f.in_message = in_message
+                    if not self._control(f, b0, data[pos:end], head, length):
+                        return
+                    pos = start = end
+                    deliver = dst.state in _CAN_SEND
+                    inject = bool(f.pending) or f.pending_close is not None
+                    if f.src_leg.state not in _CAN_RECEIVE:
+                        return
+                    continue
+                else:
+                    f.in_message = in_message
+                    error = self._check_data_header(f, b0, b0 & 0x0F, length, max_size)
+                    in_message = f.in_message
+                    if error == frames.PROTOCOL_ERROR:
+                        self._forward(f, data, start, pos, messages, deliver)
+                        return self._fail(f.src, error, "protocol error")
+                    if error:  # too big: this frame is never forwarded, but still skipped
+                        self._forward(f, data, start, pos, messages, deliver)
+                        messages = 0
+                        start = pos
+                        self._close_too_big(f)
+                        deliver = False
+                    if b0 & 0x80:
+                        messages += 1
+                end = pos + head + length
             if end > n:
                 f.remaining = end - n
                 pos = n
