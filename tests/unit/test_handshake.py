@@ -27,7 +27,9 @@ from wsproxy.core.handshake import (
     check_upgrade,
     client_address,
     error_response,
+    read_switching_response,
     upstream_request,
+    upstream_request_bytes,
 )
 from wsproxy.errors import HandshakeRejected, InvalidTransition
 
@@ -459,8 +461,107 @@ class TestUpstreamRequest:
         request = upstream_head(headers)
         assert header_values(request, b"x-hop") == []
 
+    @pytest.mark.parametrize(
+        ("headers", "identity", "prefix"),
+        [
+            (GOOD, (), ""),
+            ([*with_headers(sec_websocket_protocol="chat, v2.chat",
+                            sec_websocket_extensions="permessage-deflate"),
+              ("Cookie", "a=1"), ("User-Agent", "t\tx")], (), "/app/"),
+            (GOOD, (("X-Auth-Subject", "\xc3\xa0lice"), ("X-Auth-Tenant", "")), "/p"),
+        ],
+    )
+    def test_bytes_are_what_h11_writes(
+        self, headers: list[tuple[str, str]], identity: tuple[tuple[str, str], ...], prefix: str
+    ) -> None:
+        # upstream_request_bytes() formats the request itself rather than through h11.
+        upgrade = check_upgrade(h11_request(headers))
+        forwarding = Forwarding(
+            client_ip="1.2.3.4", forwarded_for="10.0.0.1, 1.2.3.4", proto="https",
+            request_id="r1", identity=identity,
+        )
+        kwargs = dict(authority="backend:80", path_prefix=prefix, key=b"k", forwarding=forwarding,
+                      pass_extensions=True, owned=frozenset({b"x-auth-tenant"}))
+        expected = h11.Connection(h11.CLIENT).send(upstream_request(upgrade, **kwargs))
+        assert upstream_request_bytes(upgrade, **kwargs) == expected
+
+    @pytest.mark.parametrize(
+        ("identity", "prefix"),
+        [
+            ((("X-Auth-Subject", "a\r\nX-Evil: 1"),), ""),
+            ((("X-Auth-Subject", " padded"),), ""),
+            ((("X Bad Name", "v"),), ""),
+            ((), "/a b"),
+        ],
+    )
+    def test_bytes_refuse_what_h11_refuses(
+        self, identity: tuple[tuple[str, str], ...], prefix: str
+    ) -> None:
+        upgrade = check_upgrade(h11_request(GOOD))
+        forwarding = Forwarding(
+            client_ip="1.2.3.4", forwarded_for="1.2.3.4", proto="http", request_id="r1",
+            identity=identity,
+        )
+        kwargs = dict(authority="b", path_prefix=prefix, key=b"k", forwarding=forwarding,
+                      pass_extensions=True)
+        with pytest.raises(h11.LocalProtocolError):
+            upstream_request(upgrade, **kwargs)
+        with pytest.raises(h11.LocalProtocolError):
+            upstream_request_bytes(upgrade, **kwargs)
+
 
 # The backend's answer, through the harness…
+
+
+_ACCEPT = b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+
+
+def h11_switching(data: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """How h11, told of an upgrade GET, reads *data* as the answer to it."""
+    conn = h11.Connection(h11.CLIENT)
+    conn.send(h11.Request(method="GET", target="/", headers=[
+        ("Host", "b"), ("Upgrade", "websocket"), ("Connection", "Upgrade")]))
+    conn.receive_data(data)
+    event = conn.next_event()
+    assert isinstance(event, h11.InformationalResponse)
+    assert event.status_code == 101
+    return [(bytes(k), bytes(v)) for k, v in event.headers], bytes(conn.trailing_data[0])
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        + _ACCEPT + b"\r\n\r\n",
+        b"HTTP/1.1 101\r\nUPGRADE:websocket\r\nconnection:  upgrade \t\r\n" + _ACCEPT
+        + b"\r\nX-Empty:\r\nX-Spaced: a  b\tc\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n"
+        b"\r\n\x81\x02hi\x88",
+        b"HTTP/1.1 101 \r\nX-Obs: caf\xe9\r\n\r\n",
+        b"HTTP/1.1 101 Switching Protocols\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+    ],
+)
+def test_a_plain_101_reads_as_h11_reads_it(data: bytes) -> None:
+    assert read_switching_response(data) == h11_switching(data)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n",  # incomplete
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 101 OK\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.0 101 OK\r\n\r\n",
+        b"HTTP/1.1 101 OK\r\nX-Folded: a\r\n b\r\n\r\n",
+        b"HTTP/1.1 101 OK\nUpgrade: websocket\n\n",
+        b"HTTP/1.1 101 OK\r\nUpgrade : websocket\r\n\r\n",
+        b"HTTP/1.1 101 OK\r\nContent-Length: x\r\n\r\n",
+        b"HTTP/1.1 101 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+        b"HTTP/1.1 101 OK\r\nX-Nul: a\x00b\r\n\r\n",
+        b"HTTP/1.1 101 OK\r\nX-Long: " + b"a" * 17000 + b"\r\n\r\n",
+    ],
+)
+def test_anything_but_a_plain_101_is_left_to_h11(data: bytes) -> None:
+    assert read_switching_response(data) is None
 
 
 def connecting(**kwargs: object) -> SessionHarness:
@@ -588,6 +689,18 @@ class TestUpstreamResponse:
         h.session.receive_data(Side.UPSTREAM, answer)
         assert h.session.upstream_failure == "backend chose an extension nobody offered"
         assert h.client_received() == []
+
+    @pytest.mark.parametrize(
+        "cut", [lambda a: [b"HTTP/1.1 100 Continue\r\n\r\n" + a],  # read by h11
+                lambda a: [a[:20], a[20:]], lambda a: [a]],  # by h11, then by hand
+        ids=["continue-first", "split", "whole"],
+    )
+    def test_a_101_opens_however_it_comes(self, cut) -> None:  # type: ignore[no-untyped-def]
+        h = connecting()
+        for part in cut(raw_101(our_key(h)) + build_raw(fr.TEXT, b"early", mask=False)):
+            h.upstream_sends_raw(part)
+        assert h.session.state is SessionState.OPEN
+        assert [type(e) for e in h.client_received()] == [AcceptConnection, TextMessage]
 
     def test_extension_other_than_the_offered_one_sets_upstream_failure(self) -> None:
         h = SessionHarness(opened=False)

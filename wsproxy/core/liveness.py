@@ -13,7 +13,7 @@ import random
 import struct
 from dataclasses import dataclass
 
-from wsproxy.core.states import SIDES, Side
+from wsproxy.core.states import Side
 
 _RNG = random.Random()
 
@@ -62,7 +62,8 @@ class Liveness:
     """The timers of one open connection."""
 
     __slots__ = (
-        "_activity", "_messages", "_next_ping", "_ping_out", "age_deadline", "expires_at", "rules",
+        "_activity", "_messages", "_next_ping", "_ping_client", "_ping_upstream", "age_deadline",
+        "expires_at", "rules",
     )
 
     def __init__(
@@ -76,7 +77,10 @@ class Liveness:
         # The first ping at a random point of the first interval: pings of connections
         # opened together (after a drain elsewhere) do not stay in lockstep.
         self._next_ping = now + rules.interval * (0.5 + rng.random() / 2)
-        self._ping_out: dict[Side, float] = {}
+        #: When each leg's unanswered heartbeat ping went (None: none is out). Two
+        #: slots rather than a dict: there is one Liveness per open connection.
+        self._ping_client: float | None = None
+        self._ping_upstream: float | None = None
         self._activity = now
         self._messages = 0
         self.age_deadline = (
@@ -85,20 +89,34 @@ class Liveness:
 
     def pong(self, side: Side, sent_at: float, now: float) -> float | None:
         """A heartbeat pong came back on *side*; returns its round-trip time."""
-        if self._ping_out.get(side) != sent_at:
-            return None  # a late answer to an earlier ping: already judged
-        del self._ping_out[side]
+        if side is Side.CLIENT:
+            if self._ping_client != sent_at:
+                return None  # a late answer to an earlier ping: already judged
+            self._ping_client = None
+        else:
+            if self._ping_upstream != sent_at:
+                return None
+            self._ping_upstream = None
         return now - sent_at
 
     def pings_out(self) -> list[tuple[Side, float]]:
-        """The heartbeat pings to (re)send after a PING: each leg's oldest unanswered."""
-        return list(self._ping_out.items())
+        """The heartbeat pings to (re)send after a PING: each leg's oldest unanswered,
+        the oldest first."""
+        client, upstream = self._ping_client, self._ping_upstream
+        if client is None:
+            return [] if upstream is None else [(Side.UPSTREAM, upstream)]
+        if upstream is None:
+            return [(Side.CLIENT, client)]
+        if upstream < client:
+            return [(Side.UPSTREAM, upstream), (Side.CLIENT, client)]
+        return [(Side.CLIENT, client), (Side.UPSTREAM, upstream)]
 
     def check(self, now: float, messages: int) -> Due:
         """What is due at *now*; *messages* is the data messages relayed so far."""
-        for side, sent in self._ping_out.items():
-            if now - sent >= self.rules.timeout:
-                return Due.CLIENT_DEAD if side is Side.CLIENT else Due.UPSTREAM_DEAD
+        if self._ping_client is not None or self._ping_upstream is not None:
+            for side, sent in self.pings_out():
+                if now - sent >= self.rules.timeout:
+                    return Due.CLIENT_DEAD if side is Side.CLIENT else Due.UPSTREAM_DEAD
         if self.expires_at is not None and now >= self.expires_at:
             return Due.EXPIRED
         if messages != self._messages:
@@ -109,7 +127,9 @@ class Liveness:
             return Due.IDLE
         if now >= self._next_ping:
             self._next_ping = now + self.rules.interval
-            for side in SIDES:
-                self._ping_out.setdefault(side, now)
+            if self._ping_client is None:
+                self._ping_client = now
+            if self._ping_upstream is None:
+                self._ping_upstream = now
             return Due.PING
         return Due.NOTHING

@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import os
+from collections.abc import Mapping
 from typing import Final
 
 import h11
@@ -45,10 +46,11 @@ from wsproxy.core.handshake import (
     check_upstream_response,
     error_response,
     new_key,
-    upstream_request,
+    read_switching_response,
+    upstream_request_bytes,
 )
 from wsproxy.core.http import is_upgrade
-from wsproxy.core.states import SIDES, TERMINAL, SessionState, Side, Trigger, next_state
+from wsproxy.core.states import TERMINAL, SessionState, Side, Trigger, next_state
 from wsproxy.errors import (
     HandshakeRejected,
     InvalidTransition,
@@ -79,6 +81,18 @@ class LegState(enum.Enum):
 
 
 _NO_EARLY: Final = {Side.CLIENT: b"", Side.UPSTREAM: b""}
+#: ``last_pong`` while no heartbeat pong is waiting: shared, never written to (a pong
+#: replaces it with a dict of its own), so an idle session holds no dict for it.
+_NO_PONGS: Final[Mapping[Side, bytes]] = {}
+_CLIENT: Final = Side.CLIENT
+#: What an h11 client connection that reads a backend's answer is told went out: a
+#: GET that proposes the upgrade, which is all its state machine takes from a request
+#: (the bytes on the wire come from upstream_request_bytes()). One immutable event
+#: for every session: building one per upgrade re-validated every header.
+_UPGRADE_SENT: Final = h11.Request(
+    method="GET", target="/",
+    headers=[("Host", "backend"), ("Upgrade", "websocket"), ("Connection", "Upgrade")],
+)
 #: What the other leg is told when one side breaks the protocol.
 _FAILED_PEER: Final = {
     Side.CLIENT: (frames.GOING_AWAY, "client error"),
@@ -86,6 +100,12 @@ _FAILED_PEER: Final = {
 }
 _RESTART_CODES: Final = frozenset({frames.GOING_AWAY, frames.SERVICE_RESTART})
 _PROBES: Final = frozenset({"/healthz", "/readyz"})
+#: By the reserved bits a flow allows: whether a frame's first byte makes it a whole
+#: text or binary message (FIN, opcode 1 or 2, reserved bits only the allowed ones).
+_WHOLE_MESSAGE: Final = {
+    allowed: bytes((b & ~allowed & 0xFF) in (0x81, 0x82) for b in range(256))
+    for allowed in (0, frames.RSV1, frames.RSV_BITS)
+}
 _CAN_SEND: Final = frozenset({LegState.OPEN, LegState.CLOSE_RECEIVED})
 _CAN_RECEIVE: Final = frozenset({LegState.OPEN, LegState.CLOSE_SENT})
 _FINISHED: Final = frozenset({LegState.CLOSED, LegState.FAILED})
@@ -149,8 +169,9 @@ class _Flow:
         self.bytes = 0
         #: Data messages that could not be delivered: dst was already sent a close.
         self.undelivered = 0
-        #: Our own frames for dst, waiting for the frame in flight to end.
-        self.pending: list[bytes] = []
+        #: Our own frames for dst, waiting for the frame in flight to end (rare: a
+        #: tuple, so that the usual empty one is shared rather than a list per flow).
+        self.pending: tuple[bytes, ...] = ()
         self.pending_close: tuple[bytes, int | None, str] | None = None
 
 
@@ -166,9 +187,11 @@ class Session:
     """
 
     # Slots: an idle connection's memory is mostly its objects (10,000 held is a goal).
+    # Hence also a slot per leg and per flow rather than a dict keyed by side.
     __slots__ = (
-        "_early", "_flows", "_head_bytes", "_http_client", "_http_server", "_legs",
-        "_pass_extensions", "_received", "_upstream_key", "_upstream_target", "accepted",
+        "_client_flow", "_client_leg", "_early", "_head_bytes", "_http_client",
+        "_http_server", "_pass_extensions", "_received", "_upstream_flow", "_upstream_key",
+        "_upstream_leg", "_upstream_target", "accepted",
         "auth_subprotocol", "backend_restarting", "close_reason", "conn_id", "initiator",
         "last_pong", "max_message_size", "max_request_head", "plain", "probe",
         "rejected_status", "request", "restart_code", "restart_reason", "state",
@@ -205,10 +228,11 @@ class Session:
         self.state = SessionState.AWAIT_REQUEST
         self.max_message_size = max_message_size
         self.max_request_head = max_request_head
-        self._legs = {side: _Leg(side) for side in SIDES}
-        self._flows = {
-            side: _Flow(side, self._legs[side], self._legs[side.other]) for side in SIDES
-        }
+        self._client_leg = _Leg(Side.CLIENT)
+        self._upstream_leg = _Leg(Side.UPSTREAM)
+        #: The frames read from each side (see _flow()).
+        self._client_flow = _Flow(Side.CLIENT, self._client_leg, self._upstream_leg)
+        self._upstream_flow = _Flow(Side.UPSTREAM, self._upstream_leg, self._client_leg)
         #: Which side closed first: "client", "upstream" or "proxy".
         self.initiator: str | None = None
         self.close_reason: str | None = None
@@ -218,7 +242,8 @@ class Session:
         self.accepted: UpstreamAccepted | None = None
         #: Status answered to the client when the upgrade was refused.
         self.rejected_status: int | None = None
-        self.last_pong: dict[Side, bytes] = {}
+        #: The payload of the latest heartbeat pong of each side, until take_pongs().
+        self.last_pong: Mapping[Side, bytes] = _NO_PONGS
         self._http_server: h11.Connection | None = h11.Connection(
             h11.SERVER, max_incomplete_event_size=max_request_head
         )
@@ -235,13 +260,20 @@ class Session:
     def _fire(self, trigger: Trigger) -> None:
         self.state = next_state(self.state, trigger)
 
+    def _leg(self, side: Side) -> _Leg:
+        return self._client_leg if side is _CLIENT else self._upstream_leg
+
+    def _flow(self, src: Side) -> _Flow:
+        """The frames read from *src* (and written to the other side)."""
+        return self._client_flow if src is _CLIENT else self._upstream_flow
+
     # Receiving…
 
     def receive_data(self, side: Side, data: bytes) -> None:
         """Feed bytes read from *side*'s transport. Then call data_to_send()."""
         state = self.state
         if state is SessionState.OPEN or state is SessionState.CLOSING:
-            self._scan(self._flows[side], data)
+            self._scan(self._client_flow if side is _CLIENT else self._upstream_flow, data)
         elif state is SessionState.AWAIT_REQUEST and side is Side.CLIENT:
             self._receive_request(data)
         elif state is SessionState.CONNECTING_UPSTREAM and side is Side.UPSTREAM:
@@ -255,7 +287,7 @@ class Session:
 
     def receive_eof(self, side: Side) -> None:
         """*side*'s transport ended (EOF or error). Then call data_to_send()."""
-        leg = self._legs[side]
+        leg = self._leg(side)
         leg.eof = True
         if self.state in TERMINAL:
             return
@@ -333,8 +365,8 @@ class Session:
         self._terminate(trigger)
         self.rejected_status = status
         self.close_reason = reason
-        self._legs[Side.CLIENT].out.append(error_response(status, reason, headers))
-        self._legs[Side.UPSTREAM].out = []
+        self._client_leg.out.append(error_response(status, reason, headers))
+        self._upstream_leg.out = []
 
     # The backend's handshake…
 
@@ -356,26 +388,33 @@ class Session:
         self._upstream_target = target
         self._pass_extensions = pass_extensions
         self._upstream_key = new_key()
-        self._http_client = h11.Connection(h11.CLIENT)
-        request = upstream_request(
+        request = upstream_request_bytes(
             self.request, authority=authority, path_prefix=path_prefix,
             key=self._upstream_key, forwarding=forwarding, pass_extensions=pass_extensions,
             owned=owned_headers,
         )
-        upstream = self._legs[Side.UPSTREAM]
-        upstream.out = [self._http_client.send(request) or b""]
+        self._http_client = None  # created if the answer is not a plain 101
+        upstream = self._upstream_leg
+        upstream.out = [request]
         upstream.eof = False
         self._early[Side.UPSTREAM] = b""
 
     def upstream_failed(self, reason: str) -> None:
         """Dialling or the handshake failed: set ``upstream_failure``."""
         self.upstream_failure = reason
-        self._legs[Side.UPSTREAM].out = []
+        self._upstream_leg.out = []
 
     def _receive_response(self, data: bytes) -> None:
+        if not self._upstream_key or self.upstream_failure is not None:
+            return  # no handshake of ours is out, or it has failed already
         conn = self._http_client
-        if conn is None or self.upstream_failure is not None:
-            return
+        if conn is None:  # the first bytes of the answer: most often a whole plain 101
+            plain = read_switching_response(data)
+            if plain is not None:
+                self._answered(101, *plain)
+                return
+            conn = self._http_client = h11.Connection(h11.CLIENT)
+            conn.send(_UPGRADE_SENT)
         try:
             conn.receive_data(data)
             event = conn.next_event()
@@ -389,10 +428,15 @@ class Session:
         if not isinstance(event, h11.InformationalResponse | h11.Response):
             self.upstream_failed("unexpected handshake response")
             return
+        headers = [(bytes(k), bytes(v)) for k, v in event.headers]
+        self._answered(event.status_code, headers, bytes(conn.trailing_data[0]))
+
+    def _answered(self, status: int, headers: list[tuple[bytes, bytes]], rest: bytes) -> None:
+        """The backend's answer is in: *status*, *headers*, and *rest* read after it."""
         assert self.request is not None
         try:
             self.accepted = check_upstream_response(
-                event, target=self._upstream_target, key=self._upstream_key,
+                status, headers, target=self._upstream_target, key=self._upstream_key,
                 offered=self.request.subprotocols,
                 offered_extensions=self.request.extensions if self._pass_extensions else (),
             )
@@ -402,39 +446,40 @@ class Session:
         except UpstreamUnavailable as exc:
             self.upstream_failed(exc.reason)
             return
-        self._open(bytes(conn.trailing_data[0]))
+        self._open(rest)
 
     def _open(self, upstream_early: bytes) -> None:
         self._fire(Trigger.UPSTREAM_ACCEPTED)
         assert self.request is not None
         assert self.accepted is not None
         if self.accepted.extensions and b"permessage-deflate" in self.accepted.extensions:
-            for flow in self._flows.values():
+            for flow in (self._client_flow, self._upstream_flow):
                 flow.rsv_allowed = frames.RSV1
         elif self.accepted.extensions:
             # An extension we do not know: its reserved bits are its own business.
-            for flow in self._flows.values():
+            for flow in (self._client_flow, self._upstream_flow):
                 flow.rsv_allowed = frames.RSV_BITS
         if self.accepted.subprotocol is None and self.auth_subprotocol is not None:
             self.accepted = dataclasses.replace(self.accepted, subprotocol=self.auth_subprotocol)
-        self._legs[Side.CLIENT].out.append(accept_response(self.request.key, self.accepted))
+        self._client_leg.out.append(accept_response(self.request.key, self.accepted))
         self.accepted = dataclasses.replace(self.accepted, headers=())  # sent: not kept
         early = self._early
         # The HTTP state machines and headers are done with: an open connection keeps
         # only its legs (10,000 idle connections should cost little).
         self._early = _NO_EARLY
         self._http_server = self._http_client = None
+        self._upstream_key = b""
         self.request = dataclasses.replace(self.request, headers=())
         if early[Side.CLIENT]:
-            self._scan(self._flows[Side.CLIENT], early[Side.CLIENT])
+            self._scan(self._client_flow, early[Side.CLIENT])
         if upstream_early:
-            self._scan(self._flows[Side.UPSTREAM], upstream_early)
+            self._scan(self._upstream_flow, upstream_early)
 
     # Sending…
 
     def data_to_send(self, side: Side) -> list[bytes]:
         """Bytes to write on *side*'s transport, in order; call after every input."""
-        leg = self._legs[side]
+        leg = self._client_leg if side is _CLIENT else self._upstream_leg
         out = leg.out
         if out:
             leg.out = []
@@ -446,18 +491,23 @@ class Session:
         A finished UPSTREAM leg ends cleanly when the backend closes first (§7.1.1):
         the driver may wait for its EOF a little before closing itself.
         """
-        return self._legs[side].state in _FINISHED
+        return self._leg(side).state in _FINISHED
 
     def leg_state(self, side: Side) -> LegState:
-        return self._legs[side].state
+        return self._leg(side).state
 
     def eof_received(self, side: Side) -> bool:
         """Whether *side*'s peer has closed its end of the transport."""
-        return self._legs[side].eof
+        return self._leg(side).eof
+
+    def take_pongs(self) -> Mapping[Side, bytes]:
+        """The heartbeat pongs that came in (``last_pong``), which is then emptied."""
+        pongs, self.last_pong = self.last_pong, _NO_PONGS
+        return pongs
 
     def send_ping(self, side: Side, payload: bytes) -> None:
         """Send a heartbeat ping to *side*; its pong appears in ``last_pong[side]``."""
-        if self._legs[side].state is LegState.OPEN:
+        if self._leg(side).state is LegState.OPEN:
             self._inject(side, frames.build_frame(
                 frames.PING, PING_PREFIX + payload, mask=side is Side.UPSTREAM))
 
@@ -478,7 +528,7 @@ class Session:
 
     def _terminate(self, trigger: Trigger) -> None:
         self._fire(trigger)
-        for leg in self._legs.values():
+        for leg in (self._client_leg, self._upstream_leg):
             if leg.state is not LegState.CLOSED:
                 leg.state = LegState.FAILED
 
@@ -486,26 +536,26 @@ class Session:
 
     def messages(self, side: Side) -> int:
         """Data messages relayed *to* side."""
-        return self._flows[side.other].messages
+        return self._flow(side.other).messages
 
     def bytes_relayed(self, side: Side) -> int:
         """Bytes relayed *to* side, frame headers included."""
-        return self._flows[side.other].bytes
+        return self._flow(side.other).bytes
 
     def undelivered(self, side: Side) -> int:
         """Messages for side dropped because it had already been sent a close."""
-        return self._flows[side.other].undelivered
+        return self._flow(side.other).undelivered
 
     def close_codes(self) -> dict[str, int | None]:
         """The close code each side sent (None: none, or an empty close frame)."""
         return {
-            side.value: (leg.close_received[0] if leg.close_received else None)
-            for side, leg in self._legs.items()
+            leg.side.value: (leg.close_received[0] if leg.close_received else None)
+            for leg in (self._client_leg, self._upstream_leg)
         }
 
     def close_code_sent(self, side: Side) -> int | None:
         """The code of the close frame *side* was sent (relayed or ours), if any."""
-        sent = self._legs[side].close_sent
+        sent = self._leg(side).close_sent
         return sent[0] if sent else None
 
     # The relay: frame boundaries in place…
@@ -538,67 +588,73 @@ class Session:
         max_size = self.max_message_size
         in_message = f.in_message
         inject = bool(f.pending) or f.pending_close is not None
-        while pos < n:
-            if n - pos < 2:
-                break
+        small_head = 2 + mask_len
+        whole = _WHOLE_MESSAGE[f.rsv_allowed]
+        while pos + 1 < n:
             b0 = data[pos]
             b1 = data[pos + 1]
-            length = b1 & 0x7F
-            if length < 126:
-                head = 2 + mask_len
-            elif length == 126:
-                head = 4 + mask_len
-                if n - pos < 4:
-                    break
-                length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+            # The length field, when the mask bit is what it must be (else 128 or more).
+            length = b1 ^ mask_bit
+            if length < 126 and whole[b0] and not in_message and length <= max_size:
+                messages += 1  # the fast path: a whole short message in one frame
+                end = pos + small_head + length
             else:
-                head = 10 + mask_len
-                if n - pos < 10:
-                    break
-                length = int.from_bytes(data[pos + 2 : pos + 10], "big")
-                if length >> 63:  # §5.2: the most significant bit MUST be 0
+                length = b1 & 0x7F
+                if length < 126:
+                    head = 2 + mask_len
+                elif length == 126:
+                    head = 4 + mask_len
+                    if n - pos < 4:
+                        break
+                    length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+                else:
+                    head = 10 + mask_len
+                    if n - pos < 10:
+                        break
+                    length = int.from_bytes(data[pos + 2 : pos + 10], "big")
+                    if length >> 63:  # §5.2: the most significant bit MUST be 0
+                        self._forward(f, data, start, pos, messages, deliver)
+                        return self._fail(f.src, frames.PROTOCOL_ERROR, "bad frame length")
+                if b1 & 0x80 != mask_bit:
                     self._forward(f, data, start, pos, messages, deliver)
-                    return self._fail(f.src, frames.PROTOCOL_ERROR, "bad frame length")
-            if b1 & 0x80 != mask_bit:
-                self._forward(f, data, start, pos, messages, deliver)
-                return self._fail(f.src, frames.PROTOCOL_ERROR, "bad masking")
-            first = b0 & rsv_off
-            if (first == 0x82 or first == 0x81) and not in_message and length <= max_size:
-                messages += 1  # the fast path: a whole message in one frame
-            elif b0 & 0x08:  # a control frame
-                if length > frames.MAX_CONTROL_PAYLOAD:  # fail on the header, buffer nothing
-                    self._forward(f, data, start, pos, messages, deliver)
-                    return self._fail(f.src, frames.PROTOCOL_ERROR, "bad control frame")
-                if n - pos < head + length:
-                    break  # a control frame is kept whole: it is at most 131 bytes
-                self._forward(f, data, start, pos, messages, deliver)
-                messages = 0
-                end = pos + head + length
-                f.in_message = in_message
-                if not self._control(f, b0, data[pos:end], head, length):
-                    return
-                pos = start = end
-                deliver = dst.state in _CAN_SEND
-                inject = bool(f.pending) or f.pending_close is not None
-                if f.src_leg.state not in _CAN_RECEIVE:
-                    return
-                continue
-            else:
-                f.in_message = in_message
-                error = self._check_data_header(f, b0, b0 & 0x0F, length, max_size)
-                in_message = f.in_message
-                if error == frames.PROTOCOL_ERROR:
-                    self._forward(f, data, start, pos, messages, deliver)
-                    return self._fail(f.src, error, "protocol error")
-                if error:  # too big: this frame is never forwarded, but still skipped
+                    return self._fail(f.src, frames.PROTOCOL_ERROR, "bad masking")
+                first = b0 & rsv_off
+                if (first == 0x82 or first == 0x81) and not in_message and length <= max_size:
+                    messages += 1  # a whole message in one frame, a longer one
+                elif b0 & 0x08:  # a control frame
+                    if length > frames.MAX_CONTROL_PAYLOAD:  # fail on the header, buffer nothing
+                        self._forward(f, data, start, pos, messages, deliver)
+                        return self._fail(f.src, frames.PROTOCOL_ERROR, "bad control frame")
+                    if n - pos < head + length:
+                        break  # a control frame is kept whole: it is at most 131 bytes
                     self._forward(f, data, start, pos, messages, deliver)
                     messages = 0
-                    start = pos
-                    self._close_too_big(f)
-                    deliver = False
-                if b0 & 0x80:
-                    messages += 1
-            end = pos + head + length
+                    end = pos + head + length
+                    f.in_message = in_message
+                    if not self._control(f, b0, data[pos:end], head, length):
+                        return
+                    pos = start = end
+                    deliver = dst.state in _CAN_SEND
+                    inject = bool(f.pending) or f.pending_close is not None
+                    if f.src_leg.state not in _CAN_RECEIVE:
+                        return
+                    continue
+                else:
+                    f.in_message = in_message
+                    error = self._check_data_header(f, b0, b0 & 0x0F, length, max_size)
+                    in_message = f.in_message
+                    if error == frames.PROTOCOL_ERROR:
+                        self._forward(f, data, start, pos, messages, deliver)
+                        return self._fail(f.src, error, "protocol error")
+                    if error:  # too big: this frame is never forwarded, but still skipped
+                        self._forward(f, data, start, pos, messages, deliver)
+                        messages = 0
+                        start = pos
+                        self._close_too_big(f)
+                        deliver = False
+                    if b0 & 0x80:
+                        messages += 1
+                end = pos + head + length
             if end > n:
                 f.remaining = end - n
                 pos = n
@@ -667,10 +723,10 @@ class Session:
         if opcode == frames.CLOSE:
             return self._receive_close(f, frame, payload)
         if opcode == frames.PONG and payload.startswith(PING_PREFIX):
-            self.last_pong[f.src] = payload[len(PING_PREFIX) :]
+            self.last_pong = {**self.last_pong, f.src: payload[len(PING_PREFIX) :]}
             return True
-        if self._legs[f.dst].state in _CAN_SEND:
-            self._legs[f.dst].out.append(frame)  # a peer's ping or pong: end to end
+        if f.dst_leg.state in _CAN_SEND:
+            f.dst_leg.out.append(frame)  # a peer's ping or pong: end to end
         return True
 
     def _receive_close(self, f: _Flow, frame: bytes, payload: bytes) -> bool:
@@ -679,12 +735,12 @@ class Session:
         except CloseFrameError as exc:
             self._fail(f.src, exc.code, str(exc))
             return False
-        src = self._legs[f.src]
+        src = f.src_leg
         src.close_received = (code, reason)
         src.state = LegState.CLOSED if src.state is LegState.CLOSE_SENT else LegState.CLOSE_RECEIVED
         if self.initiator is None:
             self.initiator = f.src.value
-        dst = self._legs[f.dst]
+        dst = f.dst_leg
         if dst.fail_close is not None and dst.state in _CAN_SEND:
             # The answer we waited for before telling a broken peer why (see _fail);
             # its own close is not awaited: it broke the protocol.
@@ -717,14 +773,14 @@ class Session:
     def _send_close(
         self, side: Side, code: int | None, reason: str, *, initiator: str | None
     ) -> None:
-        leg = self._legs[side]
+        leg = self._leg(side)
         if leg.state not in _CAN_SEND:
             return
         if initiator is not None and self.initiator is None:
             self.initiator = initiator
             self.close_reason = reason
         frame = frames.build_close(code, reason, mask=side is Side.UPSTREAM)
-        flow = self._flows[side.other]
+        flow = self._flow(side.other)
         if flow.remaining:
             flow.pending_close = (frame, code, reason)  # after the frame in flight
         else:
@@ -736,18 +792,18 @@ class Session:
         leg.state = LegState.CLOSED if leg.state is LegState.CLOSE_RECEIVED else LegState.CLOSE_SENT
 
     def _inject(self, side: Side, frame: bytes) -> None:
-        flow = self._flows[side.other]
+        flow = self._flow(side.other)
         if flow.remaining:
-            flow.pending.append(frame)
+            flow.pending += (frame,)
         else:
-            self._legs[side].out.append(frame)
+            self._leg(side).out.append(frame)
 
     def _flush_pending(self, f: _Flow) -> None:
-        leg = self._legs[f.dst]
+        leg = f.dst_leg
         if f.pending:
             if leg.state in _CAN_SEND:
                 leg.out.extend(f.pending)
-            f.pending = []
+            f.pending = ()
         if f.pending_close is not None:
             frame, code, reason = f.pending_close
             f.pending_close = None
@@ -767,8 +823,8 @@ class Session:
         if self.initiator is None:
             self.initiator = "proxy"
             self.close_reason = reason
-        leg, other = self._legs[side], self._legs[side.other]
-        in_flight = self._flows[side].remaining or self._flows[side.other].remaining
+        leg, other = self._leg(side), self._leg(side.other)
+        in_flight = self._flow(side).remaining or self._flow(side.other).remaining
         if leg.state is LegState.OPEN and other.state is LegState.OPEN and not in_flight:
             leg.state = LegState.CLOSE_RECEIVED  # nothing more is read from it
             leg.fail_close = (code, reason)
@@ -782,11 +838,11 @@ class Session:
 
     def _lose(self, side: Side, code: int, reason: str) -> None:
         """Give up on *side*; the other leg gets *code*, or the answer it waits for."""
-        self._legs[side].state = LegState.FAILED
-        towards = self._flows[side.other]
-        towards.pending, towards.pending_close = [], None  # nothing more goes to side
-        other = self._legs[side.other]
-        if self._flows[side].remaining and other.state in _CAN_SEND:
+        self._leg(side).state = LegState.FAILED
+        towards = self._flow(side.other)
+        towards.pending, towards.pending_close = (), None  # nothing more goes to side
+        other = self._leg(side.other)
+        if self._flow(side).remaining and other.state in _CAN_SEND:
             # The frame in flight to the other side can never be completed, so no
             # close frame can follow it: that transport has to end without one.
             other.state = LegState.FAILED
@@ -801,11 +857,11 @@ class Session:
 
     def _settle(self) -> None:
         """Derive the joint state from the two legs (h11's state-triggered transitions)."""
-        legs = self._legs.values()
+        legs = (self._client_leg, self._upstream_leg)
         if self.state is SessionState.OPEN and any(leg.state is not LegState.OPEN for leg in legs):
             self._fire(Trigger.CLOSE_STARTED)
         if self.state is SessionState.CLOSING:
-            states = {leg.state for leg in self._legs.values()}
+            states = {leg.state for leg in legs}
             if states == {LegState.CLOSED}:
                 self._fire(Trigger.BOTH_CLOSED)
             elif states <= _FINISHED:

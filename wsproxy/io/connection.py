@@ -159,10 +159,12 @@ class UpstreamProtocol(asyncio.Protocol):
 class Connection:
     """Drives one Session between a client transport and a backend transport."""
 
+    # Slots, and a slot per side rather than a dict keyed by side: 10,000 idle
+    # connections must stay cheap.
     __slots__ = (
-        "_close_rounds", "_forwarded_for", "_open_transports", "_timer", "_transports",
-        "_upstream_settled", "backend", "client_ip", "ctx", "failure", "id", "identity",
-        "liveness", "peer_ip", "rtt", "session", "started",
+        "_client", "_close_rounds", "_forwarded_for", "_open_transports", "_rtt_client",
+        "_rtt_upstream", "_timer", "_upstream", "_upstream_settled", "backend", "client_ip",
+        "ctx", "failure", "id", "identity", "liveness", "peer_ip", "session", "started",
     )
 
     def __init__(self, ctx: ProxyContext, client: asyncio.Transport) -> None:
@@ -186,9 +188,12 @@ class Connection:
         #: Why the upgrade did not open (a metrics label), when it did not.
         self.failure: str | None = None
         self.liveness: Liveness | None = None
-        #: The latest heartbeat round-trip time of each leg, in seconds.
-        self.rtt: dict[Side, float] = {}
-        self._transports: dict[Side, asyncio.Transport | None] = {CLIENT: client, UPSTREAM: None}
+        #: The latest heartbeat round-trip time of each leg, in seconds (see rtt).
+        self._rtt_client: float | None = None
+        self._rtt_upstream: float | None = None
+        #: Each side's transport while it is open (see _transport()).
+        self._client: asyncio.Transport | None = client
+        self._upstream: asyncio.Transport | None = None
         self._open_transports = 1
         self._timer: asyncio.TimerHandle | None = ctx.loop.call_later(
             ctx.config.limits.handshake_timeout, self._handshake_timed_out
@@ -196,6 +201,21 @@ class Connection:
         self._upstream_settled: asyncio.Event | None = None
         self._close_rounds = 0
         ctx.connection_started(self)
+
+    def _transport(self, side: Side) -> asyncio.Transport | None:
+        return self._client if side is CLIENT else self._upstream
+
+    def _set_transport(self, side: Side, transport: asyncio.Transport | None) -> None:
+        if side is CLIENT:
+            self._client = transport
+        else:
+            self._upstream = transport
+
+    @property
+    def rtt(self) -> dict[Side, float]:
+        """The latest heartbeat round-trip time of each leg that has answered, in seconds."""
+        pairs = ((CLIENT, self._rtt_client), (UPSTREAM, self._rtt_upstream))
+        return {side: rtt for side, rtt in pairs if rtt is not None}
 
     # Reading…
 
@@ -210,7 +230,7 @@ class Connection:
             other = _OTHER[side]
             out = session.data_to_send(other)
             if out:
-                transport = self._transports[other]
+                transport = self._upstream if other is UPSTREAM else self._client
                 if transport is not None:
                     transport.write(out[0]) if len(out) == 1 else transport.writelines(out)
             if session.last_pong:
@@ -239,9 +259,9 @@ class Connection:
         self._flush()
 
     def transport_lost(self, side: Side) -> None:
-        if self._transports[side] is None:
+        if self._transport(side) is None:
             return
-        self._transports[side] = None
+        self._set_transport(side, None)
         self._open_transports -= 1
         if self.session.state not in TERMINAL and not self.session.should_close(side):
             self.session.receive_eof(side)
@@ -252,12 +272,12 @@ class Connection:
             self._finished()
 
     def pause_reading(self, side: Side) -> None:
-        transport = self._transports[side]
+        transport = self._transport(side)
         if transport is not None and not transport.is_closing():
             transport.pause_reading()
 
     def resume_reading(self, side: Side) -> None:
-        transport = self._transports[side]
+        transport = self._transport(side)
         if transport is not None and not transport.is_closing():
             transport.resume_reading()
 
@@ -266,7 +286,7 @@ class Connection:
     def _flush(self) -> None:
         session = self.session
         for side in (CLIENT, UPSTREAM):
-            transport = self._transports[side]
+            transport = self._transport(side)
             if transport is None:
                 continue
             out = session.data_to_send(side)
@@ -332,7 +352,7 @@ class Connection:
         session.close(UPSTREAM, frames.GOING_AWAY, reason)
         session.abort()
         self._flush()
-        for transport in self._transports.values():
+        for transport in (self._client, self._upstream):
             if transport is not None and transport.get_write_buffer_size():
                 transport.abort()  # a peer that does not read would hold the close for ever
 
@@ -340,7 +360,7 @@ class Connection:
         """*side* missed its heartbeat: drop its socket; the other leg gets a close."""
         self.session.receive_eof(side)
         self._flush()
-        transport = self._transports[side]
+        transport = self._transport(side)
         if transport is not None:
             transport.abort()
 
@@ -372,14 +392,16 @@ class Connection:
     def _pongs(self) -> None:
         liveness = self.liveness
         now = self.ctx.loop.time()
-        for side, payload in self.session.last_pong.items():
+        for side, payload in self.session.take_pongs().items():
             sent_at = ping_sent_at(payload)
             if liveness is not None and sent_at is not None:
                 rtt = liveness.pong(side, sent_at, now)
                 if rtt is not None:
-                    self.rtt[side] = rtt
+                    if side is CLIENT:
+                        self._rtt_client = rtt
+                    else:
+                        self._rtt_upstream = rtt
                     self.ctx.ping_rtt(side, rtt)
-        self.session.last_pong.clear()
 
     # Timers…
 
@@ -413,7 +435,7 @@ class Connection:
         self._close_rounds += 1
         self._flush()
         for side in stuck:
-            transport = self._transports[side]
+            transport = self._transport(side)
             if transport is not None:
                 transport.abort()
 
@@ -429,9 +451,9 @@ class Connection:
         """A request without Upgrade (``plain_http: proxy``): an HttpRelay takes over."""
         self._cancel_timer()
         self.ctx.registry.remove(self.id)
-        transport = self._transports[CLIENT]
+        transport = self._client
         assert transport is not None
-        self._transports[CLIENT] = None
+        self._client = None
         HttpRelay(self.ctx, transport, conn_id=self.id, peer_ip=self.peer_ip, received=received)
 
     def _route(self) -> None:
@@ -449,7 +471,7 @@ class Connection:
             self._reject(*refusal)
             return
         session.accept()
-        transport = self._transports[CLIENT]
+        transport = self._client
         assert transport is not None
         transport.pause_reading()  # nothing to relay to until a backend said 101
         self.ctx.spawn(self._connect_upstream)
@@ -521,7 +543,7 @@ class Connection:
                 if session.state is not SessionState.CONNECTING_UPSTREAM:
                     transport.close()  # the client went away meanwhile
                     return session.state
-                self._transports[UPSTREAM] = transport
+                self._upstream = transport
                 self._open_transports += 1
                 session.connect_upstream(
                     target=backend.name,
@@ -547,14 +569,14 @@ class Connection:
 
     def _drop_upstream(self, protocol: UpstreamProtocol) -> None:
         protocol.detach()
-        transport = self._transports[UPSTREAM]
+        transport = self._upstream
         if transport is not None:
-            self._transports[UPSTREAM] = None
+            self._upstream = None
             self._open_transports -= 1
             transport.abort()
 
     def _flush_upstream_handshake(self) -> None:
-        transport = self._transports[UPSTREAM]
+        transport = self._upstream
         assert transport is not None
         for chunk in self.session.data_to_send(UPSTREAM):
             transport.write(chunk)
