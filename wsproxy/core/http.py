@@ -63,7 +63,12 @@ def head_length(buffer: bytes | bytearray, max_head: int) -> int | None:
         raise HttpRefused(431, "request head too large")
     if buffer[end - 2 : end] == b"\n\n":
         raise HttpRefused(400, "a line ends in a bare LF")  # the empty line itself
-    lines = bytes(buffer[start:end]).split(b"\n")[:-2]  # the empty line, and after it
+    _check_lines(bytes(buffer[start:end]).split(b"\n")[:-2])  # the empty line, and after it
+    return end
+
+
+def _check_lines(lines: list[bytes]) -> None:
+    """The request line and header lines of a head, each still ending in its CR."""
     lengths = encodings = 0
     for number, line in enumerate(lines):
         if not line.endswith(b"\r"):
@@ -86,7 +91,6 @@ def head_length(buffer: bytes | bytearray, max_head: int) -> int | None:
         raise HttpRefused(400, "more than one Content-Length")
     if lengths and encodings:
         raise HttpRefused(400, "both Content-Length and Transfer-Encoding")
-    return end
 
 
 def _blank_line(buffer: bytes | bytearray, start: int) -> int | None:
@@ -99,6 +103,7 @@ def _blank_line(buffer: bytes | bytearray, start: int) -> int | None:
 
 
 def is_upgrade(request: h11.Request) -> bool:
+    """Whether *request* asks to switch protocols (then it is the WebSocket side's)."""
     return any(name == b"upgrade" for name, _ in request.headers)
 
 
