@@ -3,7 +3,8 @@
 Event names are stable, dotted and lower-case; values go in keys:
     proxy.listening, proxy.stopping, proxy.stopped,
     connection.opened, connection.rejected, connection.closed,
-    upstream.failed, accept.backoff
+    upstream.failed, accept.backoff,
+    http.request, http.refused, upstream.bad_response (plain HTTP)
 """
 
 from __future__ import annotations
