@@ -163,6 +163,11 @@ class ProxyContext:
         transport.set_protocol(ClientProtocol(self, conn))
         conn.receive(CLIENT, received)
 
+    def probe_answer(self, path: str) -> tuple[int, str]:
+        """The answer to a probe on the main listener: /readyz fails while draining."""
+        ok = path == "/healthz" or self.ready
+        return (200, "ok") if ok else (503, "not ready")
+
     def close_reason(self, text: str) -> str:
         return close_reason(text, self.config.drain.reconnect_hint)
 

@@ -398,6 +398,14 @@ def accept_response(client_key: bytes, accepted: UpstreamAccepted) -> bytes:
     return b"\r\n".join(lines) + b"\r\n\r\n"
 
 
+def status_phrase(status: int) -> str:
+    """The reason phrase of *status* ("Error" for one without a name)."""
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
 def error_response(
     status: int, reason: str, headers: Sequence[tuple[str, str]] = ()
 ) -> bytes:
@@ -405,13 +413,9 @@ def error_response(
 
     The body is the short generic *reason*; details belong in the log.
     """
-    try:
-        phrase = HTTPStatus(status).phrase
-    except ValueError:
-        phrase = "Error"
     body = (reason + "\n").encode("utf-8")
     lines = [
-        f"HTTP/1.1 {status} {phrase}",
+        f"HTTP/1.1 {status} {status_phrase(status)}",
         "Content-Type: text/plain; charset=utf-8",
         f"Content-Length: {len(body)}",
         "Connection: close",

@@ -8,12 +8,11 @@ hop (RFC 9110 §7.6: hop-by-hop fields out, ``Via`` and the forwarded headers in
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from http import HTTPStatus
 from typing import Final
 
 import h11
 
-from wsproxy.core.handshake import PROXY_OWNED, Forwarding
+from wsproxy.core.handshake import PROXY_OWNED, Forwarding, status_phrase
 
 Header = tuple[bytes, bytes]
 
@@ -25,6 +24,7 @@ HOP_BY_HOP: Final = frozenset(
     }
 )
 VIA: Final = b"wsproxy"
+_PROBES: Final = frozenset({"/healthz", "/readyz"})
 
 
 class HttpRefused(Exception):
@@ -107,6 +107,14 @@ def is_upgrade(request: h11.Request) -> bool:
     return any(name == b"upgrade" for name, _ in request.headers)
 
 
+def probe_path(request: h11.Request) -> str | None:
+    """The path of a plain GET /healthz or /readyz (the proxy's own probes), or None."""
+    if request.method != b"GET" or is_upgrade(request):
+        return None
+    path = bytes(request.target).split(b"?", 1)[0].decode("latin-1")
+    return path if path in _PROBES else None
+
+
 def _hop_by_hop(headers: Sequence[Header]) -> set[bytes]:
     """The hop-by-hop names, with those the Connection header lists (§7.6.1)."""
     names = set(HOP_BY_HOP)
@@ -182,9 +190,6 @@ def error_answer(status: int, reason: str, headers: Sequence[tuple[str, str]] = 
            *headers]
     if close:
         out.append(("Connection", "close"))
-    try:
-        phrase = HTTPStatus(status).phrase.encode("latin-1")
-    except ValueError:
-        phrase = b""
+    phrase = status_phrase(status).encode("latin-1")
     return h11.Response(status_code=status, headers=out, reason=phrase), body
 

@@ -49,7 +49,7 @@ from wsproxy.core.handshake import (
     read_switching_response,
     upstream_request_bytes,
 )
-from wsproxy.core.http import is_upgrade
+from wsproxy.core.http import is_upgrade, probe_path
 from wsproxy.core.states import TERMINAL, SessionState, Side, Trigger, next_state
 from wsproxy.errors import (
     HandshakeRejected,
@@ -99,7 +99,6 @@ _FAILED_PEER: Final = {
     Side.UPSTREAM: (frames.BAD_GATEWAY, "backend error"),
 }
 _RESTART_CODES: Final = frozenset({frames.GOING_AWAY, frames.SERVICE_RESTART})
-_PROBES: Final = frozenset({"/healthz", "/readyz"})
 #: By the reserved bits a flow allows: whether a frame's first byte makes it a whole
 #: text or binary message (FIN, opcode 1 or 2, reserved bits only the allowed ones).
 _WHOLE_MESSAGE: Final = {
@@ -319,7 +318,7 @@ class Session:
             event = conn.next_event()
             while isinstance(event, h11.Request | h11.EndOfMessage):
                 if isinstance(event, h11.Request):
-                    self.probe = _probe_path(event)
+                    self.probe = probe_path(event)
                     if self.probe is not None:
                         return
                     if self._received is not None and not is_upgrade(event):
@@ -582,9 +581,6 @@ class Session:
         messages = 0
         mask_bit = 0x80 if f.masked else 0
         mask_len = 4 if f.masked else 0
-        # Whole unfragmented text/binary frames take the fast path below: their first
-        # byte, reserved bits an extension may use masked off, is 0x81 or 0x82.
-        rsv_off = 0xFF & ~f.rsv_allowed
         max_size = self.max_message_size
         in_message = f.in_message
         inject = bool(f.pending) or f.pending_close is not None
@@ -618,8 +614,7 @@ class Session:
                 if b1 & 0x80 != mask_bit:
                     self._forward(f, data, start, pos, messages, deliver)
                     return self._fail(f.src, frames.PROTOCOL_ERROR, "bad masking")
-                first = b0 & rsv_off
-                if (first == 0x82 or first == 0x81) and not in_message and length <= max_size:
+                if whole[b0] and not in_message and length <= max_size:
                     messages += 1  # a whole message in one frame, a longer one
                 elif b0 & 0x08:  # a control frame
                     if length > frames.MAX_CONTROL_PAYLOAD:  # fail on the header, buffer nothing
@@ -867,10 +862,3 @@ class Session:
             elif states <= _FINISHED:
                 self._fire(Trigger.TRANSPORT_LOST)
 
-
-def _probe_path(request: h11.Request) -> str | None:
-    """The path of a plain GET /healthz or /readyz, or None."""
-    if request.method != b"GET" or any(name == b"upgrade" for name, _ in request.headers):
-        return None
-    path = bytes(request.target).split(b"?", 1)[0].decode("latin-1")
-    return path if path in _PROBES else None

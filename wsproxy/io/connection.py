@@ -443,8 +443,7 @@ class Connection:
 
     def _answer_probe(self, path: str) -> None:
         self._cancel_timer()
-        ok = path == "/healthz" or self.ctx.ready
-        self.session.reject(200 if ok else 503, "ok" if ok else "not ready")
+        self.session.reject(*self.ctx.probe_answer(path))
         self._flush()
 
     def _to_http(self, received: bytes) -> None:

@@ -146,6 +146,3 @@ class BackendPool:
         for links in list(self._idle.values()):
             for link in list(links):
                 link.close()
-
-    def __len__(self) -> int:
-        return sum(len(links) for links in self._idle.values())

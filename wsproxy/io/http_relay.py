@@ -33,6 +33,7 @@ from wsproxy.core.http import (
     forward_response,
     head_length,
     is_upgrade,
+    probe_path,
 )
 from wsproxy.io.dialer import dial
 from wsproxy.io.http_pool import BackendLink
@@ -45,7 +46,6 @@ if TYPE_CHECKING:
 
 log = get_logger()
 
-_PROBES: Final = frozenset({b"/healthz", b"/readyz"})
 _RETRY_AFTER: Final = (("Retry-After", "5"),)
 #: What the relay's one timer is waiting for.
 _IDLE, _HEAD, _EXCHANGE = "idle", "head", "exchange"
@@ -287,10 +287,9 @@ class HttpRelay:
         self._cancel_timer()
         headers = tuple((bytes(k), bytes(v)) for k, v in request.headers)
         target = bytes(request.target)
-        path = target.split(b"?", 1)[0]
-        if request.method == b"GET" and path in _PROBES:
-            ok = path == b"/healthz" or ctx.ready
-            self._answer(200 if ok else 503, "ok" if ok else "not ready")
+        probe = probe_path(request)
+        if probe is not None:
+            self._answer(*ctx.probe_answer(probe))
             return
         if ctx.http.refusing():
             ex.error = "draining"
@@ -544,7 +543,7 @@ class HttpRelay:
         assert ex is not None
         self._ex = None
         now = self.ctx.loop.time()
-        self.ctx.http.request_done(ex.status, now - ex.started)
+        self.ctx.metrics.http_request(ex.status, now - ex.started)
         if log.is_enabled_for(logging.INFO):  # the access log line costs ~10 µs to build
             self._log_request(ex, now)
         if self._closed:
@@ -575,7 +574,7 @@ class HttpRelay:
         """A head h11 cannot or must not parse: an answer, then the end of the connection."""
         log.info("http.refused", conn_id=self.id, client=self.client_ip, status=status,
                  reason=reason)
-        self.ctx.http.request_done(status, 0.0)
+        self.ctx.metrics.http_request(status, 0.0)
         self._write(error_response(status, reason))
         self._close_client()
 

@@ -38,9 +38,6 @@ class PlainHttp:
         if not self.relays and self._none_left is not None:
             self._none_left.set()
 
-    def request_done(self, status: int | None, seconds: float) -> None:
-        self.ctx.metrics.http_request(status, seconds)
-
     def refusing(self) -> bool:
         return self.refuse_at is not None and self.ctx.loop.time() >= self.refuse_at
 
