@@ -241,7 +241,7 @@ class ProxyContext:
 
     def connection_opened(self, conn: Connection) -> None:
         log.info("connection.opened", conn_id=conn.id, client=conn.client_ip,
-                 backend=conn.backend.name if conn.backend else None, subject=None)
+                 backend=conn.backend.name if conn.backend else None, subject=conn.subject)
         for drain in self.drains.values():
             if drain.closing and drain.covers(conn):
                 drain.adopt(conn)  # dialled before the drain began, opened after

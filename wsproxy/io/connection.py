@@ -666,7 +666,7 @@ class Connection:
             "conn_id": self.id,
             "client": self.client_ip,
             "backend": self.backend.name if self.backend else None,
-            "subject": None,
+            "subject": self.subject,
             "state": s.state.value,
             "duration_s": round(self.age(), 3),
             "close_code_client": codes["client"],
