@@ -150,7 +150,7 @@ class ProxyContext:
         return Forwarding(
             client_ip=client_ip,
             forwarded_for=forwarded_for,
-            proto="https" if self.config.listen.tls is not None else "http",
+            proto=forwarded_proto(self.config),
             request_id=request_id,
             identity=headers,
         )
@@ -435,7 +435,8 @@ class ProxyContext:
             OSError: a backend_tls file cannot be loaded; nothing was changed.
         """
         backend_ssl = backend_context(config.backend_tls)
-        authenticator = build_authenticator(config.auth)  # re-reads key files: SIGHUP
+        # Re-reads key files (SIGHUP).
+        authenticator = build_authenticator(config.auth, proto=forwarded_proto(config))
         for key in ("listen", "admin", "discovery"):
             if getattr(config, key) != getattr(self.config, key):
                 log.warning("config.restart_needed", key=key)
@@ -458,6 +459,11 @@ class ProxyContext:
             self.drain_backend(state)
         if not initial:
             log.info("config.reloaded", backends=sorted(wanted))
+
+
+def forwarded_proto(config: ProxyConfig) -> str:
+    """X-Forwarded-Proto, as a backend and a forward auth service are told it."""
+    return "https" if config.listen.tls is not None else "http"
 
 
 async def serve(
