@@ -494,7 +494,7 @@ class Connection:
             return False
         if session.state is not SessionState.CONNECTING_UPSTREAM:
             return False  # the client went away meanwhile
-        # The token goes no further: out of the query and the subprotocol offers.
+        # No credential goes further: every configured source present is removed.
         session.request = strip_credentials(request, credentials)
         session.auth_subprotocol = credentials.strip_subprotocol
         return True
