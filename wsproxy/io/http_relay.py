@@ -35,6 +35,7 @@ from wsproxy.core.http import (
     is_upgrade,
     probe_path,
 )
+from wsproxy.core.paths import UnsafeTarget, backend_target
 from wsproxy.io.dialer import dial
 from wsproxy.io.http_pool import BackendLink
 from wsproxy.log import get_logger
@@ -301,9 +302,11 @@ class HttpRelay:
             ex.error = "body_too_large"
             self._answer(413, "request body too large", close=True)
             return
-        if not target.startswith(b"/"):
-            ex.error = "bad_request"  # an absolute URI or "*" would be glued onto a path prefix
-            self._answer(400, "the request target must be a path", close=True)
+        try:
+            target = backend_target(target)
+        except UnsafeTarget as exc:
+            ex.error = "bad_request"
+            self._answer(400, str(exc), close=True)
             return
         host = next((v for k, v in headers if k == b"host"), b"")
         origin = next((v for k, v in headers if k == b"origin"), None)
