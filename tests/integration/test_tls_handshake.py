@@ -20,6 +20,7 @@ import anyio
 import pytest
 import trustme
 from anyio.abc import SocketAttribute, SocketStream
+from anyio.streams.tls import TLSStream
 from websockets.asyncio.client import connect
 
 from tests.integration.peers import backend, make_config, running_proxy
@@ -140,13 +141,13 @@ async def test_tls_and_the_request_share_one_handshake_timeout(
     tls_files: dict[str, str], client_ssl: ssl.SSLContext
 ) -> None:
     """A client slow to start TLS has only what is left for its request."""
-    timeout, delay = 5.0, 0.5
+    timeout, delay = 5.0, 1.0
     async with tls_proxy(tls_files, handshake_timeout=timeout) as ctx:
         before_tcp = anyio.current_time()
         async with await anyio.connect_tcp("127.0.0.1", ctx.addresses[0][1]) as tcp:
             await anyio.sleep(delay)  # the slow client: its ClientHello comes late
             after_tls = anyio.current_time()
-            async with await anyio.streams.tls.TLSStream.wrap(
+            async with await TLSStream.wrap(
                 tcp, hostname="127.0.0.1", ssl_context=client_ssl, standard_compatible=False
             ):
                 await wait_until(lambda: len(ctx.registry) == 1, "handed over")
