@@ -17,9 +17,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import anyio
 import h11
-from anyio.abc import SocketAttribute, SocketStream, TaskStatus
+from anyio.abc import Listener, SocketAttribute, SocketListener, SocketStream, TaskStatus
 
 from wsproxy.core.states import Side
+from wsproxy.io.listen_socket import dual_stack_socket
 from wsproxy.log import get_logger
 from wsproxy.units import parse_duration
 
@@ -288,7 +289,12 @@ async def serve_admin(
     """Serve the admin API until cancelled; ``task_status`` gets the bound address."""
     cfg = ctx.config.admin
     api = AdminAPI(ctx)
-    listener = await anyio.create_tcp_listener(local_host=cfg.host, local_port=cfg.port)
+    sock = dual_stack_socket(cfg.host, cfg.port)  # "::": IPv4 too, as on the main listener
+    if sock is not None:
+        sock.listen()
+        listener: Listener[SocketStream] = await SocketListener.from_socket(sock)
+    else:
+        listener = await anyio.create_tcp_listener(local_host=cfg.host, local_port=cfg.port)
     address = listener.extra(SocketAttribute.local_address)
     assert isinstance(address, tuple)  # an IP listener, never a UNIX socket
     host, port = address[0], address[1]

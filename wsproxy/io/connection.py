@@ -49,6 +49,16 @@ _OTHER: Final = {CLIENT: UPSTREAM, UPSTREAM: CLIENT}
 _STATUS_FAILURES: Final = {400: "bad_request", 426: "bad_version", 431: "head_too_large"}
 
 
+def plain_ip(ip: str) -> str:
+    """*ip* as the limits, the logs and X-Forwarded-For name it: an IPv4-mapped IPv6
+    address (a dual-stack listener's IPv4 client, a PROXY header) is the IPv4
+    address it maps, so that one client has one address for the per-IP limits."""
+    address = ipaddress.ip_address(ip)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
+
+
 class ClientProtocol(asyncio.Protocol):
     """The listener's protocol: one per accepted client connection."""
 
@@ -94,8 +104,8 @@ class ProxiedClientProtocol(ClientProtocol):
 
     __slots__ = ("_parser",)
 
-    def __init__(self, ctx: ProxyContext) -> None:
-        super().__init__(ctx)
+    def __init__(self, ctx: ProxyContext, conn: Connection | None = None) -> None:
+        super().__init__(ctx, conn)
         self._parser: ProxyHeaderParser | None = ProxyHeaderParser()
 
     def data_received(self, data: bytes) -> None:
@@ -167,12 +177,18 @@ class Connection:
         "ctx", "failure", "id", "identity", "liveness", "peer_ip", "session", "started",
     )
 
-    def __init__(self, ctx: ProxyContext, client: asyncio.Transport) -> None:
+    def __init__(
+        self, ctx: ProxyContext, client: asyncio.Transport, *, deadline: float | None = None
+    ) -> None:
+        """*deadline*: when the request must be in, on the loop's clock (default: in
+        ``limits.handshake_timeout``; a TLS listener's began before the handshake)."""
         self.ctx = ctx
         self.id = ctx.new_conn_id()
         self.started = time.monotonic()
         peer = client.get_extra_info("peername")
         self.peer_ip: str = peer[0] if peer else "unknown"
+        if ":" in self.peer_ip:  # IPv6, or an IPv4 client of a dual-stack listener
+            self.peer_ip = plain_ip(self.peer_ip)
         self.client_ip = self.peer_ip
         self._forwarded_for = self.peer_ip
         self.identity: Identity | None = None
@@ -195,8 +211,10 @@ class Connection:
         self._client: asyncio.Transport | None = client
         self._upstream: asyncio.Transport | None = None
         self._open_transports = 1
-        self._timer: asyncio.TimerHandle | None = ctx.loop.call_later(
-            ctx.config.limits.handshake_timeout, self._handshake_timed_out
+        if deadline is None:
+            deadline = ctx.loop.time() + ctx.config.limits.handshake_timeout
+        self._timer: asyncio.TimerHandle | None = ctx.loop.call_at(
+            deadline, self._handshake_timed_out
         )
         self._upstream_settled: asyncio.Event | None = None
         self._close_rounds = 0
@@ -320,10 +338,7 @@ class Connection:
 
     def set_peer(self, ip: str) -> None:
         """The client's real address, from a PROXY protocol header."""
-        address = ipaddress.ip_address(ip)
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped  # one client, one address for the per-IP limits
-        self.peer_ip = self.client_ip = self._forwarded_for = str(address)
+        self.peer_ip = self.client_ip = self._forwarded_for = plain_ip(ip)
 
     def refuse(self, failure: str, reason: str) -> None:
         """Drop a connection before its request: nothing sensible can be answered."""
