@@ -35,7 +35,7 @@ from wsproxy.core.http import (
     is_upgrade,
     probe_path,
 )
-from wsproxy.io.dialer import dial
+from wsproxy.io.dialer import OutOfDescriptors, dial
 from wsproxy.io.http_pool import BackendLink
 from wsproxy.log import get_logger
 
@@ -371,6 +371,12 @@ class HttpRelay:
             async with asyncio.timeout(cfg.limits.backend_timeout):
                 await dial(self.ctx.loop, lambda: link, backend.config, self.ctx.backend_ssl,
                            cfg.backend_tls.server_name or backend.server_name)
+        except OutOfDescriptors:
+            # The proxy's own trouble: no backend is blamed, none other tried.
+            if self._ex is ex and not self._closed:
+                ex.error = "out_of_descriptors"
+                self._answer(503, "proxy out of file descriptors", _RETRY_AFTER)
+            return
         except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
             log.warning("upstream.failed", conn_id=self.id, request_id=ex.request_id,
                         backend=backend.name, error=str(exc) or type(exc).__name__)
