@@ -653,7 +653,7 @@ class HttpRelay:
 
     def _check_interval(self) -> float:
         http = self.ctx.config.http
-        return min(http.body_timeout, http.response_timeout)
+        return min(http.body_timeout, http.response_timeout, http.stream_idle_timeout)
 
     def _timed_out(self) -> None:
         kind, self._timer, self._timer_kind = self._timer_kind, None, None
@@ -665,7 +665,11 @@ class HttpRelay:
             self._check_exchange(self._ex)
 
     def _check_exchange(self, ex: _Exchange) -> None:
-        """The exchange timer: a client silent mid-body, or a backend silent too long.
+        """The exchange timer: a client silent mid-body, a backend silent too long.
+
+        ``http.response_timeout`` bounds the backend's silence until the response head;
+        once the head is relayed, ``http.stream_idle_timeout`` bounds each pause of the
+        body instead (an event stream may be quiet for long, and is not late).
 
         Activity only moves timestamps; this compares them with the limits and arms
         itself again for the nearest deadline. Silence the proxy caused itself (a
@@ -677,7 +681,10 @@ class HttpRelay:
         sending = self._h11.their_state is h11.SEND_BODY
         if sending and not ex.upstream_full:
             deadlines.append((ex.client_at + http.body_timeout, "body"))
-        if (not sending or ex.response_started) and not ex.client_full:
+        if ex.response_started and not ex.client_full:
+            # A body may pause between chunks (server-sent events, long-poll): its own bound.
+            deadlines.append((ex.upstream_at + http.stream_idle_timeout, "stream"))
+        elif not sending and not ex.client_full:
             deadlines.append((ex.upstream_at + http.response_timeout, "response"))
         at, kind = min(deadlines, default=(now + self._check_interval(), ""))
         if at > now or not kind:
@@ -685,6 +692,9 @@ class HttpRelay:
         elif kind == "body":
             ex.error = "body_timeout"
             self._answer(408, "request body timeout", close=True)
+        elif kind == "stream":
+            ex.error = "stream_idle_timeout"
+            self._abort_client()  # the head is out: the client must see a cut, not an end
         else:
             ex.error = "response_timeout"
             self._answer(504, "backend timed out")
