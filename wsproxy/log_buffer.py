@@ -26,6 +26,7 @@ object, so a thread left blocked in a write does not stop the interpreter from e
 
 from __future__ import annotations
 
+import errno
 import os
 import select
 import sys
@@ -133,15 +134,21 @@ def fd_writer(fd: int) -> Callable[[bytes], None]:
 
 def stdout_writer() -> Callable[[bytes], object]:
     """Write to the process's stdout descriptor; to ``sys.stdout`` where it has none."""
+    stream = sys.stdout
+    if stream is None:  # started with descriptor 1 closed: every line is dropped
+
+        def nowhere(data: bytes) -> None:
+            raise OSError(errno.EBADF, "no stdout")
+
+        return nowhere
     try:
-        fd = sys.stdout.fileno()
-    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
-        stream = sys.stdout
+        fd = stream.fileno()
+    except (OSError, ValueError):  # io.UnsupportedOperation is both: a stand-in stream
 
         def write(data: bytes) -> None:
             stream.write(data.decode("utf-8"))
             stream.flush()
 
         return write
-    sys.stdout.flush()  # what was printed before goes first
+    stream.flush()  # what was printed before goes first
     return fd_writer(fd)
