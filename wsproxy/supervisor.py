@@ -36,7 +36,7 @@ from wsproxy.drain import Drain, close_reason
 from wsproxy.errors import ConfigError
 from wsproxy.health import run_health_checks
 from wsproxy.io.connection import CLIENT, ClientProtocol, Connection, ProxiedClientProtocol
-from wsproxy.io.listen_socket import ACCEPT_CAPACITY_ERRNOS, dual_stack_socket, listening_sockets
+from wsproxy.io.listen_socket import CAPACITY_ERRNOS, dual_stack_socket, listening_sockets
 from wsproxy.io.plain_http import PlainHttp
 from wsproxy.io.tls_accept import EndHandshake, accept_tls
 from wsproxy.log import get_logger
@@ -210,7 +210,7 @@ class ProxyContext:
         loop would.
         """
         exc = context.get("exception")
-        if isinstance(exc, OSError) and exc.errno in ACCEPT_CAPACITY_ERRNOS:
+        if isinstance(exc, OSError) and exc.errno in CAPACITY_ERRNOS:
             now = loop.time()
             if now - self._last_accept_warning >= 1.0:
                 self._last_accept_warning = now

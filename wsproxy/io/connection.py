@@ -26,7 +26,7 @@ from wsproxy.core.liveness import Due, Liveness, ping_payload, ping_sent_at
 from wsproxy.core.proxy_protocol import ProxyHeaderParser, ProxyProtocolError
 from wsproxy.core.session import LegState, Session
 from wsproxy.core.states import TERMINAL, SessionState, Side
-from wsproxy.io.dialer import dial
+from wsproxy.io.dialer import OutOfDescriptors, dial
 from wsproxy.io.http_relay import HttpRelay
 from wsproxy.log import get_logger
 
@@ -521,7 +521,14 @@ class Connection:
         for backend in self.ctx.balancer.candidates(self._hash_key()):
             if session.state is not SessionState.CONNECTING_UPSTREAM:
                 return
-            outcome = await self._try_backend(backend)
+            try:
+                outcome = await self._try_backend(backend)
+            except OutOfDescriptors:
+                # The proxy's own trouble: no backend is blamed, none other tried.
+                if session.state is SessionState.CONNECTING_UPSTREAM:
+                    self._reject("out_of_descriptors", 503, "proxy out of file descriptors",
+                                 (("Retry-After", "5"),))
+                return
             if session.accepted is not None:
                 # The 101 may have come with frames that moved the session on already
                 # (a backend that closes at once): accepted, whatever the state now.
@@ -543,7 +550,11 @@ class Connection:
                 self._reject("backend_unreachable", 502, "backend unreachable")
 
     async def _try_backend(self, backend: BackendState) -> SessionState:
-        """Dial *backend* and do its handshake; returns the session's state after."""
+        """Dial *backend* and do its handshake; returns the session's state after.
+
+        Raises:
+            OutOfDescriptors: the proxy could not open a socket (not the backend's fault).
+        """
         cfg = self.ctx.config
         session = self.session
         settled = self._upstream_settled = asyncio.Event()

@@ -15,9 +15,9 @@ import ipaddress
 import socket
 from typing import Any, Final
 
-#: accept() errors that mean "no resources right now" (trio's ACCEPT_CAPACITY_ERRNOS).
-ACCEPT_CAPACITY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS,
-                                           errno.ENOMEM})
+#: Errors of socket(), accept() and connect() that mean "the proxy has no resources
+#: right now", not "the peer failed" (trio's ACCEPT_CAPACITY_ERRNOS).
+CAPACITY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 def is_ipv6_wildcard(host: str) -> bool:

@@ -35,7 +35,7 @@ from functools import partial
 from typing import Any, Final, Protocol, cast
 
 from wsproxy.io.connection import plain_ip
-from wsproxy.io.listen_socket import ACCEPT_CAPACITY_ERRNOS
+from wsproxy.io.listen_socket import CAPACITY_ERRNOS
 
 #: How long accepting rests after running out of descriptors or memory.
 ACCEPT_RETRY_DELAY: Final = 0.1
@@ -83,7 +83,7 @@ async def accept_tls(
         except ConnectionAbortedError:  # reset while it waited in the backlog
             continue
         except OSError as exc:
-            if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
+            if exc.errno not in CAPACITY_ERRNOS:
                 raise
             # Reported as the loop reports its own listeners' (rate-limited there).
             loop.call_exception_handler({"message": "accept failed", "exception": exc})
