@@ -170,3 +170,55 @@ async def test_out_of_descriptors_while_dialling_is_503_and_blames_no_backend(
     text = proxy.stderr.decode("utf-8", "replace")
     assert "Traceback" not in text, text[-2000:]
     assert not [r for r in proxy.records if "exception" in r], json.dumps(proxy.records)[-2000:]
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+async def test_the_admin_listener_out_of_descriptors_backs_off_and_serves_again(
+    tmp_path: Path, loop: str
+) -> None:
+    """An admin client arriving when no descriptor is left used to end the proxy:
+    anyio's serve() gave up on the failed accept, and the task group with it."""
+    async with AsyncExitStack() as stack:
+        b = await stack.enter_async_context(http_backend("only"))
+        config = tmp_path / "wsproxy.yaml"
+        config.write_text(
+            "listen: {host: 127.0.0.1, port: 0}\n"
+            "admin: {host: 127.0.0.1, port: 0}\n"
+            f'backends: [{{name: only, url: "{b.url}"}}]\n'
+            "logging: {level: info, format: json}\n"
+            "drain: {spread: 0s, timeout: 5s}\n",
+            encoding="utf-8",
+        )
+        proxy = await stack.enter_async_context(limited_proxy(config, loop))
+        clients: list[ClientConnection] = []
+        stack.callback(abort_all, clients)
+        await proxy.wait_for(
+            lambda: proxy.count("proxy.listening") == 1 and proxy.count("admin.listening") == 1,
+            "proxy.listening and admin.listening",
+        )
+        [listening] = [r for r in proxy.records if r.get("event") == "proxy.listening"]
+        [admin] = [r["address"] for r in proxy.records if r.get("event") == "admin.listening"]
+        url = f"ws://{listening['addresses'][0]}/"
+        admin_host, admin_port = admin.rsplit(":", 1)
+        for _ in range(NOFILE):
+            if free(proxy) <= 2:
+                break
+            clients.append(await connect(url, open_timeout=WAIT))
+        # Admin clients until one finds no descriptor left for it.
+        silent = [await stack.enter_async_context(
+            await anyio.connect_tcp(admin_host, int(admin_port))) for _ in range(4)]
+        await proxy.wait_for(lambda: proxy.count("accept.backoff") >= 1, "accept.backoff")
+        for stream in silent:
+            await stream.aclose()
+        for ws in clients[:2]:
+            await ws.close()
+        await until(lambda: free(proxy) >= 5, "descriptors back")
+        assert await failures(admin) is not None  # the admin answers again
+        assert proxy.process.returncode is None
+
+        os.kill(proxy.pid, signal.SIGTERM)
+        with anyio.fail_after(WAIT):
+            status = await proxy.process.wait()
+    assert status == 0
+    text = proxy.stderr.decode("utf-8", "replace")
+    assert "Traceback" not in text, text[-2000:]
