@@ -222,3 +222,48 @@ async def test_the_admin_listener_out_of_descriptors_backs_off_and_serves_again(
     assert status == 0
     text = proxy.stderr.decode("utf-8", "replace")
     assert "Traceback" not in text, text[-2000:]
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+async def test_a_health_check_without_a_descriptor_is_not_held_against_the_backend(
+    tmp_path: Path, loop: str
+) -> None:
+    async with AsyncExitStack() as stack:
+        b = await stack.enter_async_context(http_backend("only"))
+        config = tmp_path / "wsproxy.yaml"
+        config.write_text(
+            "listen: {host: 127.0.0.1, port: 0}\n"
+            "admin: {host: 127.0.0.1, port: 0}\n"
+            f'backends: [{{name: only, url: "{b.url}"}}]\n'
+            "health_check: {path: /, interval: 2s, timeout: 2s, unhealthy_after: 1}\n"
+            "limits: {handshake_timeout: 60s}\n"  # the silent sockets stay until the end
+            "logging: {level: info, format: json}\n"
+            "drain: {spread: 0s, timeout: 5s}\n",
+            encoding="utf-8",
+        )
+        proxy = await stack.enter_async_context(limited_proxy(config, loop))
+        clients: list[ClientConnection] = []
+        stack.callback(abort_all, clients)
+        await proxy.wait_for(lambda: proxy.count("proxy.listening") == 1, "proxy.listening")
+        [listening] = [r for r in proxy.records if r.get("event") == "proxy.listening"]
+        address = listening["addresses"][0]
+        host, port = address.rsplit(":", 1)
+        for _ in range(NOFILE):
+            if free(proxy) <= 2:
+                break
+            clients.append(await connect(f"ws://{address}/", open_timeout=WAIT))
+        # Silent clients take the last descriptors (the spare ones wait in the backlog).
+        for _ in range(4):
+            await stack.enter_async_context(await anyio.connect_tcp(host, int(port)))
+        await proxy.wait_for(
+            lambda: proxy.count("health_check.not_run") + proxy.count("health_check.failed") >= 1,
+            "a health check with no descriptor",
+        )
+        assert proxy.count("health_check.failed") == 0
+        assert proxy.count("backend.health") == 0  # still healthy: never marked down
+        for ws in clients[:2]:
+            await ws.close()
+        os.kill(proxy.pid, signal.SIGTERM)
+        with anyio.fail_after(WAIT):
+            status = await proxy.process.wait()
+    assert status == 0
