@@ -287,7 +287,7 @@ class Case:
         return direct != proxy and self.race and direct[1:] == proxy[1:]
 
     @property
-    def failed(self) -> bool:
+    def mismatch(self) -> bool:
         """Differs beyond what is tolerated, or is a race case outside OK / NON-STRICT."""
         if self.id in RACE_CASES and not self.race:
             return True
@@ -300,8 +300,8 @@ class Comparison:
     cases: list[Case] = field(default_factory=list)
 
     @property
-    def failed(self) -> list[Case]:
-        return [case for case in self.cases if case.failed]
+    def mismatches(self) -> list[Case]:
+        return [case for case in self.cases if case.mismatch]
 
     @property
     def tolerated(self) -> list[Case]:
@@ -324,8 +324,9 @@ class Comparison:
             "counts": {side: {"behavior": dict(self.counts(side, 0)),
                               "behaviorClose": dict(self.counts(side, 1))}
                        for side in ("direct", "proxy")},
-            "failed": {case.id: {side: self.details(case, side) for side in ("direct", "proxy")}
-                       for case in self.failed},
+            "mismatches": {case.id: {side: self.details(case, side)
+                                     for side in ("direct", "proxy")}
+                           for case in self.mismatches},
             "tolerated": {case.id: {"direct": case.verdicts("direct"),
                                     "proxy": case.verdicts("proxy")}
                           for case in self.tolerated},
@@ -405,12 +406,12 @@ def report(comparison: Comparison) -> int:
         for case in tolerated:
             say(f"  {case.id}: direct {'/'.join(case.verdicts('direct'))}"
                 f" -> proxy {'/'.join(case.verdicts('proxy'))}")
-    failed = comparison.failed
-    if not failed:
+    mismatches = comparison.mismatches
+    if not mismatches:
         say("\nno case differs through the proxy beyond the tolerated races")
         return 0
-    say(f"\n{len(failed)} cases DIFFER through the proxy:")
-    for case in failed:
+    say(f"\n{len(mismatches)} cases DIFFER through the proxy:")
+    for case in mismatches:
         print_case(comparison, case)
     return 1
 
