@@ -12,8 +12,8 @@
 # No HEALTHCHECK: the orchestrator probes GET /healthz and GET /readyz on the main port.
 #
 # PYTHON_IMAGE: any Debian-based image with python3 (3.11 or newer) and its venv module.
-# deploy/build-image.sh passes a debootstrap'd Debian bookworm with python3-venv when no
-# registry is reachable.
+# deploy/build-image.sh passes a debootstrap'd Debian bookworm with python3-venv (from the
+# machine's own Debian mirror) unless told --base IMAGE.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 # ---- build: wheels of wsproxy and of every dependency --------------------------------
