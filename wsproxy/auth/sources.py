@@ -119,7 +119,7 @@ def _is_present(request: UpgradeRequest, kind: str, arg: str, offers: Sequence[s
         return any(cookie == arg.encode("latin-1") for cookie in _cookie_names(request.headers))
     if kind == "subprotocol":
         return bool(offers)
-    raise ValueError(f"unknown token source {kind!r}")  # config.py admits no other
+    raise ValueError(f"unknown token source {kind!r}")  # the config schema admits no other
 
 
 def _token(request: UpgradeRequest, kind: str, arg: str, prefix: str) -> str | None:
