@@ -33,7 +33,7 @@ from wsproxy.log import get_logger
 if TYPE_CHECKING:
     from wsproxy.auth import Identity
     from wsproxy.core.balance import BackendState
-    from wsproxy.supervisor import ProxyContext
+    from wsproxy.io.ports import ConnectionOwner
 
 log = get_logger()
 
@@ -64,7 +64,7 @@ class ClientProtocol(asyncio.Protocol):
 
     __slots__ = ("_conn", "_ctx")
 
-    def __init__(self, ctx: ProxyContext, conn: Connection | None = None) -> None:
+    def __init__(self, ctx: ConnectionOwner[Connection], conn: Connection | None = None) -> None:
         self._ctx = ctx
         #: Given when a connection that served plain HTTP comes back for an upgrade.
         self._conn: Connection | None = conn
@@ -104,7 +104,7 @@ class ProxiedClientProtocol(ClientProtocol):
 
     __slots__ = ("_parser",)
 
-    def __init__(self, ctx: ProxyContext, conn: Connection | None = None) -> None:
+    def __init__(self, ctx: ConnectionOwner[Connection], conn: Connection | None = None) -> None:
         super().__init__(ctx, conn)
         self._parser: ProxyHeaderParser | None = ProxyHeaderParser()
 
@@ -178,7 +178,8 @@ class Connection:
     )
 
     def __init__(
-        self, ctx: ProxyContext, client: asyncio.Transport, *, deadline: float | None = None
+        self, ctx: ConnectionOwner[Connection], client: asyncio.Transport, *,
+        deadline: float | None = None,
     ) -> None:
         """*deadline*: when the request must be in, on the loop's clock (default: in
         ``limits.handshake_timeout``; a TLS listener's began before the handshake)."""

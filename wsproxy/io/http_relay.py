@@ -43,7 +43,7 @@ from wsproxy.log import get_logger
 if TYPE_CHECKING:
     from wsproxy.auth import Identity
     from wsproxy.core.balance import BackendState
-    from wsproxy.supervisor import ProxyContext
+    from wsproxy.io.ports import HttpRelayOwner
 
 log = get_logger()
 
@@ -132,7 +132,7 @@ class HttpRelay:
     )
 
     def __init__(
-        self, ctx: ProxyContext, transport: asyncio.Transport, *, conn_id: str, peer_ip: str,
+        self, ctx: HttpRelayOwner, transport: asyncio.Transport, *, conn_id: str, peer_ip: str,
         received: bytes,
     ) -> None:
         self.ctx = ctx
