@@ -212,6 +212,16 @@ def client_address(
     return client, ", ".join([*chain, peer_ip])
 
 
+def plain_ip(ip: str) -> str:
+    """*ip* as the limits, the logs and X-Forwarded-For name it: an IPv4-mapped IPv6
+    address (a dual-stack listener's IPv4 client, a PROXY header) is the IPv4
+    address it maps, so that one client has one address for the per-IP limits."""
+    address = ipaddress.ip_address(ip)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
+
+
 def _in_networks(address: str, networks: Iterable[IPNetwork]) -> bool:
     try:
         ip = ipaddress.ip_address(address)

@@ -161,7 +161,9 @@ class Session:
     a transport once ``should_close(side)`` is true. In AWAIT_REQUEST, once
     ``request`` is set, the driver either ``reject()``s or ``accept()``s and calls
     ``connect_upstream()`` for a backend it has dialled; ``upstream_failure`` set
-    means: try the next backend with ``connect_upstream()``, or ``reject()``.
+    means: try the next backend with ``connect_upstream()``, or ``reject()``. A
+    ``probe`` instead of a request is answered with ``reject()``; a ``plain`` one
+    goes to an HTTP relay with its parser.
     """
 
     # Slots: an idle connection's memory is mostly its objects (10,000 held is a goal).

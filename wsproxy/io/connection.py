@@ -16,13 +16,12 @@ and back, are wsproxy.io.front's.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import time
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from wsproxy.auth import AuthFailed
 from wsproxy.core import frames
-from wsproxy.core.handshake import Forwarding, client_address
+from wsproxy.core.handshake import Forwarding, client_address, plain_ip
 from wsproxy.core.http import ParsedRequest
 from wsproxy.core.liveness import Due, Liveness, ping_payload, ping_sent_at
 from wsproxy.core.session import LegState, Session
@@ -54,16 +53,6 @@ _OPEN: Final = SessionState.OPEN
 _OTHER: Final = {CLIENT: UPSTREAM, UPSTREAM: CLIENT}
 #: The failures the session answers by itself, by status.
 _STATUS_FAILURES: Final = {400: "bad_request", 426: "bad_version", 431: "head_too_large"}
-
-
-def plain_ip(ip: str) -> str:
-    """*ip* as the limits, the logs and X-Forwarded-For name it: an IPv4-mapped IPv6
-    address (a dual-stack listener's IPv4 client, a PROXY header) is the IPv4
-    address it maps, so that one client has one address for the per-IP limits."""
-    address = ipaddress.ip_address(ip)
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return str(address.ipv4_mapped)
-    return str(address)
 
 
 class HttpDoor(Protocol):
