@@ -43,7 +43,8 @@ from wsproxy.core.handshake import Forwarding
 from wsproxy.core.liveness import LivenessRules
 from wsproxy.core.registry import Registry
 from wsproxy.errors import ConfigError
-from wsproxy.io.connection import CLIENT, ClientProtocol, Connection, ProxiedClientProtocol
+from wsproxy.io.connection import Connection
+from wsproxy.io.front import ClientProtocol, FrontDoor, ProxiedClientProtocol
 from wsproxy.io.listen_socket import CAPACITY_ERRNOS, dual_stack_socket, listening_sockets
 from wsproxy.io.plain_http import PlainHttp
 from wsproxy.io.ports import Refusal
@@ -166,14 +167,6 @@ class ProxyContext:
             request_id=request_id,
             identity=headers,
         )
-
-    def accept_websocket(self, transport: asyncio.Transport, peer_ip: str, received: bytes) -> None:
-        """A connection that served plain HTTP asks for an upgrade: a Connection takes it."""
-        conn = Connection(self, transport)
-        if peer_ip != conn.peer_ip:  # from a PROXY header
-            conn.set_peer(peer_ip)
-        transport.set_protocol(ClientProtocol(self, conn))
-        conn.receive(CLIENT, received)
 
     def probe_answer(self, path: str) -> tuple[int, str]:
         """The answer to a probe on the main listener: /readyz fails while draining."""
@@ -393,6 +386,7 @@ class TlsHandshakes:
     def __init__(self, ctx: ProxyContext) -> None:
         self.ctx = ctx
         self.spawn = ctx.spawn
+        self.front = FrontDoor(ctx)
 
     def admit_handshake(self, peer_ip: str) -> EndHandshake | None:
         ctx = self.ctx
@@ -412,12 +406,7 @@ class TlsHandshakes:
         return end
 
     def tls_established(self, transport: asyncio.Transport, deadline: float) -> None:
-        ctx = self.ctx
-        conn = Connection(ctx, transport, deadline=deadline)
-        proxied = ctx.config.listen.proxy_protocol
-        transport.set_protocol(
-            ProxiedClientProtocol(ctx, conn) if proxied else ClientProtocol(ctx, conn)
-        )
+        self.front.tls_established(transport, deadline)
 
     def _stands_for_others(self, peer_ip: str) -> bool:
         cfg = self.ctx.config
@@ -440,7 +429,7 @@ class TlsHandshakes:
 async def _listen(ctx: ProxyContext, config: ProxyConfig, backlog: int) -> asyncio.Server:
     """The plain client listener; ``host: "::"`` serves IPv4 too (io.listen_socket)."""
     factory = partial(ProxiedClientProtocol if config.listen.proxy_protocol else ClientProtocol,
-                      ctx)
+                      FrontDoor(ctx))
     sock = dual_stack_socket(config.listen.host, config.listen.port)
     if sock is not None:
         return await ctx.loop.create_server(factory, sock=sock, backlog=backlog)

@@ -34,7 +34,7 @@ from wsproxy.auth.common import (
 )
 from wsproxy.auth.jwks import KeySource, KeysUnavailable
 from wsproxy.config import JwtAuthConfig
-from wsproxy.core.handshake import UpgradeRequest
+from wsproxy.core.handshake import RequestHead
 
 #: PyJWT's refusals, most specific first (subclasses before their bases).
 _REASONS: Final[tuple[tuple[type[Exception], str, str], ...]] = (
@@ -83,7 +83,7 @@ class JwtAuthenticator:
         }
 
     async def authenticate(
-        self, request: UpgradeRequest, credentials: Credentials, client_ip: str
+        self, request: RequestHead, credentials: Credentials, client_ip: str
     ) -> Identity:
         """The token's ``sub``, its claims as headers and its expiry.
 

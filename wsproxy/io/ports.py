@@ -128,8 +128,6 @@ class HttpRelayOwner(Protocol):
     def probe_answer(self, path: str) -> tuple[int, str]:
         """The (status, text) of a probe (``/healthz``, ``/readyz``) on the main listener."""
 
-    def accept_websocket(self, transport: asyncio.Transport, peer_ip: str, received: bytes) -> None:
-        """A keep-alive connection asks for an upgrade: a WebSocket driver takes it over."""
 
 
 class ConnectionOwner(HttpRelayOwner, Protocol[ConnT]):
