@@ -1,7 +1,7 @@
 """Draining and reloading a real ``wsproxy run`` process with real signals.
 
-The proxy is a subprocess (tests/integration/test_process.py's ``started``, which
-kills it by PID if it outlives the test); its backends are `websockets` servers in
+The proxy is a subprocess (tests/integration/proxy_process.py, which kills it by PID
+if it outlives the test); its backends are `websockets` servers in
 this process, and its clients `websockets` clients. Readiness and progress come from
 the proxy's JSON log lines and from the clients' close frames, never from a sleep.
 Timing checks are loose on purpose: a spread of 3 s must cover at least half of its
@@ -22,7 +22,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 from tests.integration.peers import Backend, backend, closed_by_proxy, raw_exchange
-from tests.integration.test_process import Running, started
+from tests.integration.proxy_process import Running, proxy_process
 
 pytestmark = pytest.mark.anyio
 
@@ -51,9 +51,8 @@ def write_config(path: Path, backends: Sequence[Backend], *, spread: str,
 @asynccontextmanager
 async def running(config: Path) -> AsyncIterator[tuple[Running, str]]:
     """``wsproxy run -c config``, once it listens; its process and its ws:// URL."""
-    async with started("run", "-c", str(config)) as proxy:
-        ready = await proxy.wait_for_event("proxy.listening")
-        [address] = ready["addresses"]
+    async with proxy_process(config, config.parent) as proxy:
+        [address] = proxy.addresses
         yield proxy, f"ws://{address}"
 
 

@@ -18,8 +18,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
-import signal
-import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -28,8 +26,7 @@ from pathlib import Path
 
 import anyio
 import pytest
-from anyio.abc import ByteReceiveStream, Process, SocketStream
-from anyio.streams.buffered import BufferedByteReceiveStream
+from anyio.abc import SocketStream
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
@@ -38,13 +35,13 @@ from tests.helpers import parse_frame
 from tests.integration.peers import (
     Backend,
     backend,
-    listening_port,
     make_config,
     raw_exchange,
     rss,
     running_proxy,
     upgrade_request,
 )
+from tests.integration.proxy_process import EXIT_TIMEOUT, Running, proxy_process
 
 pytestmark = pytest.mark.anyio
 
@@ -155,59 +152,21 @@ STALL = 1.0
 FLOOD_CAP = 128 * MIB
 #: How much the proxy's resident memory may grow while the pipe is full.
 MAX_RSS_GROWTH = 32 * MIB
-EXIT_TIMEOUT = 10.0
-
-
-@dataclass
-class ProxyProcess:
-    pid: int
-    port: int
-    process: Process
-
-
-async def _drain(stream: ByteReceiveStream) -> None:
-    """Read the proxy's log to the end, so that a full pipe never blocks it."""
-    try:
-        async for _ in stream:
-            pass
-    except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
-        pass
 
 
 @asynccontextmanager
-async def proxy_process(tmp_path: Path, backend_url: str) -> AsyncIterator[ProxyProcess]:
+async def flood_proxy(tmp_path: Path, backend_url: str) -> AsyncIterator[Running]:
     """``python -m wsproxy run`` in front of *backend_url*; SIGTERM, then SIGKILL by PID."""
-    config = tmp_path / "wsproxy.yaml"
-    config.write_text(
+    config = (
         "listen: {host: 127.0.0.1, port: 0}\n"
         "admin: {host: 127.0.0.1, port: 0}\n"
         f'backends: [{{name: flood, url: "{backend_url}"}}]\n'
         "heartbeat: {interval: 30s, timeout: 30s}\n"
         "drain: {spread: 0s, timeout: 1s}\n"
-        "logging: {level: info, format: json}\n",
-        encoding="utf-8",
+        "logging: {level: info, format: json}\n"
     )
-    process = await anyio.open_process(
-        [sys.executable, "-m", "wsproxy", "run", "-c", str(config)],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-    )
-    try:
-        assert process.stdout is not None
-        lines = BufferedByteReceiveStream(process.stdout)
-        port = await listening_port(lines)
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(_drain, lines)
-            yield ProxyProcess(process.pid, port, process)
-            tg.cancel_scope.cancel()
-    finally:
-        if process.returncode is None:
-            os.kill(process.pid, signal.SIGTERM)
-            with anyio.move_on_after(EXIT_TIMEOUT, shield=True):
-                await process.wait()
-        if process.returncode is None:
-            os.kill(process.pid, signal.SIGKILL)
-        with anyio.fail_after(EXIT_TIMEOUT, shield=True):
-            await process.aclose()
+    async with proxy_process(config, tmp_path, stop_grace=EXIT_TIMEOUT) as proxy:
+        yield proxy
 
 
 @dataclass
@@ -272,7 +231,7 @@ async def test_a_client_that_reads_nothing_stalls_the_backend_and_memory_stays_b
     peaks: list[int] = []
     async with (
         backend(handler=flooding_handler(flood), compression=None, max_size=None) as b,
-        proxy_process(tmp_path, b.url) as proxy,
+        flood_proxy(tmp_path, b.url) as proxy,
         await anyio.connect_tcp("127.0.0.1", proxy.port) as client,
     ):
         before = rss(proxy.pid)
