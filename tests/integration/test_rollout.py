@@ -63,8 +63,9 @@ SEND_PERIOD = 0.05
 HINT_CAP = 1.0
 #: Echoes a client must see on its current connection to count as "going on".
 GOING_ON = 5
-#: Bound on waits for what normally takes a fraction of a second.
-WAIT = 10.0
+#: Bound on each step (what normally takes a fraction of a second to a few seconds),
+#: generous for a loaded machine: a bound that fails the test, not a pace.
+WAIT = 20.0
 HINT = re.compile(r"^proxy draining; retry-after-ms=(\d+)$")
 
 
@@ -95,8 +96,8 @@ class Pod:
 
 async def listening(proxy: Running) -> tuple[str, str]:
     """The main and admin addresses, from ``proxy.listening`` and ``admin.listening``."""
-    [main] = (await proxy.wait_for_event("proxy.listening", WAIT))["addresses"]
-    admin = (await proxy.wait_for_event("admin.listening", WAIT))["address"]
+    [main] = (await proxy.wait_for_event("proxy.listening"))["addresses"]
+    admin = (await proxy.wait_for_event("admin.listening"))["address"]
     return main, admin
 
 
@@ -248,7 +249,7 @@ class Client:
             pod = await self.lb.pick()
             try:
                 ws = await connect(f"{pod.url}/{self.name}", ping_interval=None,
-                                   open_timeout=5, close_timeout=2)
+                                   open_timeout=10, close_timeout=5)
             except (InvalidHandshake, OSError) as exc:
                 self.failures.append((anyio.current_time(), pod.name, repr(exc)))
                 assert len(self.failures) < 20, self.failures
@@ -312,6 +313,7 @@ class Client:
 # The rehearsal ----------------------------------------------------------------------------
 
 
+@pytest.mark.timeout(120)  # about 7 s; far more on a loaded machine
 async def test_deleting_a_pod_moves_its_clients_to_the_other_without_losing_a_message(
     tmp_path: Path,
 ) -> None:
@@ -347,7 +349,7 @@ async def test_deleting_a_pod_moves_its_clients_to_the_other_without_losing_a_me
                 proxy_a["rc"] = "still running at the end of the grace period"
             proxy_a["at"] = anyio.current_time()
 
-        with anyio.fail_after(25):  # the whole rehearsal; each step has its own bound
+        with anyio.fail_after(3 * WAIT):  # the whole rehearsal; each step has its own bound
             async with anyio.create_task_group() as clients_tg:
                 for client in clients:
                     clients_tg.start_soon(client.run)
@@ -397,9 +399,11 @@ async def test_deleting_a_pod_moves_its_clients_to_the_other_without_losing_a_me
                f"{sum(s.resent for c in clients for s in c.sessions)} resent; test {took:.1f}s")
     log.warning("rollout timings: %s", timings)
 
-    # Pod A turned unready at once and the load balancer dropped it.
+    # Pod A turned unready at once and the load balancer dropped it: before drain.delay
+    # was over and the first client was closed (an order, which no slow machine turns).
     assert unready is not None, lb.changes
-    assert unready - t0 < 0.5 + PROBE_PERIOD, timings
+    assert first_close is not None
+    assert unready <= first_close, timings
     assert not [t for t, pod in lb.picks if pod == "A" and t > unready], lb.picks
     # B stayed ready until it was deleted in turn.
     assert [st for t, pod, st in lb.changes if pod == "B" and t < b_deleted] == [200]
