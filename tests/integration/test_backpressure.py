@@ -33,6 +33,7 @@ from tests.integration.proxy_process import EXIT_TIMEOUT, Running, proxy_process
 
 pytestmark = [
     pytest.mark.anyio,
+    pytest.mark.timeout(90),  # a few seconds each; 48-256 MiB moved, slower when loaded
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/PID/status"),
 ]
 

@@ -644,6 +644,7 @@ def check(session: Session, outcome: Outcome, r: Req, path_prefix: str) -> None:
 # The tests…
 
 
+@pytest.mark.timeout(120)  # ~4 s; its examples are a count, not a time: slower when loaded
 @settings(SETTINGS, max_examples=2000 * SCALE)
 @given(
     r=requests(),
