@@ -12,8 +12,8 @@
 # No HEALTHCHECK: the orchestrator probes GET /healthz and GET /readyz on the main port.
 #
 # PYTHON_IMAGE: any Debian-based image with python3 (3.11 or newer) and its venv module.
-# deploy/build-image.sh passes a debootstrap'd Debian bookworm with python3-venv when no
-# registry is reachable.
+# deploy/build-image.sh passes a debootstrap'd Debian bookworm with python3-venv (from the
+# machine's own Debian mirror) unless told --base IMAGE.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 # ---- build: wheels of wsproxy and of every dependency --------------------------------
@@ -22,11 +22,13 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY wsproxy ./wsproxy
 # A venv of its own: Debian's python3 refuses pip installs outside one (PEP 668).
+# constraints.txt (deploy/lock.sh) pins every dependency to the version CI tested; it
+# lists the test tools too, which only constrain and are not installed.
 RUN python3 -m venv /tmp/venv \
- && /tmp/venv/bin/pip wheel --wheel-dir /wheels .
+ && /tmp/venv/bin/pip wheel --wheel-dir /wheels --constraint constraints.txt .
 
 # ---- final: the runtime, one venv in /opt/wsproxy, no pip, no compilers ---------------
 FROM ${PYTHON_IMAGE}

@@ -4,16 +4,18 @@
 #
 #   deploy/build-image.sh                 # build + smoke test
 #   deploy/build-image.sh --no-smoke      # build only
-#   deploy/build-image.sh --base IMAGE    # build FROM this base instead (pulled if need be)
+#   deploy/build-image.sh --base IMAGE    # build FROM this base instead (pulled if need be,
+#                                         # e.g. python:3.11-slim-bookworm)
 #   deploy/build-image.sh --rebuild-base  # make the debootstrap'd base again
 #
-# The base: python:3.11-slim-bookworm when a registry can be reached; otherwise (as on
-# the machines this project is built on) a Debian bookworm root made with debootstrap
-# (minbase + python3, python3-venv, ca-certificates), imported into buildah as
-# localhost/wsproxy-base:bookworm and reused by later runs.
+# The base: a Debian bookworm root made with debootstrap (minbase + python3, python3-venv,
+# ca-certificates), imported into buildah as localhost/wsproxy-base:bookworm and reused by
+# later runs. Its packages come from the Debian mirror this machine's apt already uses
+# (deploy/debian_mirror.py reads /etc/apt/sources.list{,.d}), or from DEBIAN_MIRROR.
 #
 # Environment: IMAGE (default localhost/wsproxy:VERSION), PYTHON (the smoke test's
-# interpreter, with the websockets package; default .venv/bin/python), DEBIAN_MIRROR.
+# interpreter, with the websockets package; default .venv/bin/python), DEBIAN_MIRROR
+# (a Debian mirror's URL; default: the machine's own).
 # Needs root (buildah's vfs storage and chroot, debootstrap, the smoke test's mounts).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,7 +26,7 @@ while [ $# -gt 0 ]; do
         --no-smoke) smoke=0 ;;
         --base) base="$2"; shift ;;
         --rebuild-base) rebuild_base=1 ;;
-        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
         *) echo "build-image: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -33,7 +35,6 @@ done
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 image="${IMAGE:-localhost/wsproxy:$version}"
 local_base=localhost/wsproxy-base:bookworm
-mirror="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 python="${PYTHON:-.venv/bin/python}"
 buildah=(buildah --storage-driver vfs)
 t_start=$(date +%s.%N)
@@ -54,15 +55,17 @@ fi
 
 # ---- the base image -----------------------------------------------------------------
 t0=$(date +%s.%N)
-if [ -z "$base" ]; then
+if [ -n "$base" ] && ! "${buildah[@]}" inspect --type image "$base" >/dev/null 2>&1; then
+    say "pulling $base"
+    "${buildah[@]}" pull -q "$base" >/dev/null
+elif [ -z "$base" ]; then
     if [ "$rebuild_base" = 0 ] && "${buildah[@]}" inspect --type image "$local_base" >/dev/null 2>&1; then
         base=$local_base
         say "base: $base (made earlier with debootstrap)"
-    elif timeout 120 "${buildah[@]}" pull -q docker.io/library/python:3.11-slim-bookworm >/dev/null 2>&1; then
-        base=docker.io/library/python:3.11-slim-bookworm
-        say "base: $base (pulled)"
     else
-        say "no registry reachable: making $local_base with debootstrap ($mirror)"
+        mirror="${DEBIAN_MIRROR:-}"
+        [ -n "$mirror" ] || mirror=$(python3 deploy/debian_mirror.py) || exit 1
+        say "making $local_base with debootstrap ($mirror)"
         rootfs=$(mktemp -d /tmp/wsproxy-rootfs.XXXXXX)
         trap 'rm -rf "$rootfs"' EXIT
         debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
@@ -90,7 +93,7 @@ fi
 # ---- the image ----------------------------------------------------------------------
 t1=$(date +%s.%N)
 # The host's CA bundle is mounted read-only into the RUN steps (never committed), so
-# that pip reaches PyPI through whatever TLS set-up this machine has.
+# that pip reaches the package index through whatever TLS set-up this machine has.
 previous=$("${buildah[@]}" inspect --type image --format '{{.FromImageID}}' "$image" 2>/dev/null || true)
 ca=()
 [ -f /etc/ssl/certs/ca-certificates.crt ] \

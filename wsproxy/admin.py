@@ -17,9 +17,17 @@ from urllib.parse import parse_qs, urlsplit
 
 import anyio
 import h11
-from anyio.abc import SocketAttribute, SocketStream, TaskStatus
+from anyio.abc import (
+    Listener,
+    SocketAttribute,
+    SocketListener,
+    SocketStream,
+    TaskGroup,
+    TaskStatus,
+)
 
 from wsproxy.core.states import Side
+from wsproxy.io.listen_socket import CAPACITY_ERRNOS, dual_stack_socket
 from wsproxy.log import get_logger
 from wsproxy.units import parse_duration
 
@@ -33,6 +41,8 @@ log = get_logger()
 MAX_BODY: Final = 64 << 10
 #: A keep-alive connection idle this long is closed (admin clients are few and brief).
 IDLE_TIMEOUT: Final = 30.0
+#: How long the admin listener rests after running out of descriptors.
+ACCEPT_RETRY_DELAY: Final = 0.1
 #: GET /drain?wait= never blocks longer than this.
 MAX_WAIT: Final = 600.0
 _PUBLIC: Final = frozenset({"/", "/healthz", "/readyz"})
@@ -288,14 +298,43 @@ async def serve_admin(
     """Serve the admin API until cancelled; ``task_status`` gets the bound address."""
     cfg = ctx.config.admin
     api = AdminAPI(ctx)
-    listener = await anyio.create_tcp_listener(local_host=cfg.host, local_port=cfg.port)
+    sock = dual_stack_socket(cfg.host, cfg.port)  # "::": IPv4 too, as on the main listener
+    if sock is not None:
+        sock.listen()
+        listener: Listener[SocketStream] = await SocketListener.from_socket(sock)
+    else:
+        listener = await anyio.create_tcp_listener(local_host=cfg.host, local_port=cfg.port)
     address = listener.extra(SocketAttribute.local_address)
     assert isinstance(address, tuple)  # an IP listener, never a UNIX socket
     host, port = address[0], address[1]
     log.info("admin.listening", address=f"{host}:{port}")
     task_status.started((str(host), int(port)))
-    async with listener:
-        await listener.serve(lambda stream: _serve_connection(api, stream))
+    # A MultiListener when the host named several addresses ("localhost").
+    listeners = getattr(listener, "listeners", [listener])
+    async with listener, anyio.create_task_group() as tg:
+        for one in listeners:
+            tg.start_soon(_accept, ctx, api, one, tg)
+
+
+async def _accept(
+    ctx: ProxyContext, api: AdminAPI, listener: SocketListener, tg: TaskGroup
+) -> None:
+    """Accept admin clients until cancelled; each is served by a task of *tg*.
+
+    Not anyio's ``serve()``: an accept that fails ends it, and the proxy with it. Out
+    of descriptors is the proxy's trouble of the moment, reported (rate-limited) as
+    the main listener's, and accepting resumes shortly.
+    """
+    while True:
+        try:
+            stream = await listener.accept()
+        except OSError as exc:
+            if exc.errno not in CAPACITY_ERRNOS:
+                raise
+            ctx.loop_exception(ctx.loop, {"message": "accept failed", "exception": exc})
+            await anyio.sleep(ACCEPT_RETRY_DELAY)
+            continue
+        tg.start_soon(_serve_connection, api, stream)
 
 
 async def _serve_connection(api: AdminAPI, stream: SocketStream) -> None:

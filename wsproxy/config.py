@@ -254,7 +254,10 @@ class HttpConfig:
 
     max_body_size: int = 10 << 20  # 10 MiB; 0: no limit
     body_timeout: float = 30.0  # the client silent mid-body this long: 408
-    response_timeout: float = 30.0  # the backend silent this long while a response is due: 504
+    response_timeout: float = 30.0  # the backend silent this long before the response head: 504
+    #: Once the head is relayed, the body (server-sent events, long-poll) may pause this long
+    #: between two chunks; then the client connection is cut. nginx's proxy_read_timeout.
+    stream_idle_timeout: float = 60.0
     keepalive_timeout: float = 60.0  # an idle client connection between requests
     pool_size: int = 32  # idle keep-alive connections kept per backend: above the usual concurrency
 
@@ -1007,6 +1010,7 @@ _PROXY: Final = _Section(
                 "max_body_size": _leaf(parse_size),
                 "body_timeout": _duration(positive=True),
                 "response_timeout": _duration(positive=True),
+                "stream_idle_timeout": _duration(positive=True),
                 "keepalive_timeout": _duration(positive=True),
                 "pool_size": _count(0),
             },

@@ -45,6 +45,7 @@ import anyio.abc
 import h11
 
 from wsproxy.config import BackendConfig
+from wsproxy.io.listen_socket import CAPACITY_ERRNOS
 from wsproxy.log import get_logger
 
 if TYPE_CHECKING:
@@ -64,6 +65,11 @@ USER_AGENT: Final = b"wsproxy-health-check"
 
 class CheckFailed(Exception):
     """A health check did not pass; the message says why."""
+
+
+class CheckNotRun(Exception):
+    """The proxy could not open a socket for the check (out of descriptors): its own
+    trouble, no verdict on the backend."""
 
 
 @dataclass(slots=True)
@@ -127,6 +133,8 @@ async def check_backend(
                 with contextlib.suppress(Exception):  # a clean close, nothing more
                     await _drop_body(stream, conn)
     except Exception as exc:
+        if _out_of_room(exc):
+            raise CheckNotRun(f"{type(exc).__name__}: {exc}") from exc
         # Refused, reset, unreachable, TLS (OSError, anyio's stream errors), not HTTP
         # (h11.ProtocolError); anything else too: a check must never stop the proxy.
         raise CheckFailed(f"{type(exc).__name__}: {exc}") from exc
@@ -135,6 +143,18 @@ async def check_backend(
     if not 200 <= status < 300:
         raise CheckFailed(f"status {status}")
     return status
+
+
+def _out_of_room(exc: BaseException | None) -> bool:
+    """Whether *exc*, or what it wraps (anyio's "All connection attempts failed"),
+    says the proxy has no room for another socket."""
+    while exc is not None:
+        if isinstance(exc, BaseExceptionGroup):
+            return any(_out_of_room(e) for e in exc.exceptions)
+        if isinstance(exc, OSError) and exc.errno in CAPACITY_ERRNOS:
+            return True
+        exc = exc.__cause__
+    return False
 
 
 async def _connect(
@@ -234,6 +254,9 @@ async def check_once(ctx: ProxyContext, backend: BackendState, streak: Streak) -
             backend.config, cfg.path, deadline=anyio.current_time() + cfg.timeout,
             ssl_context=ctx.backend_ssl, server_name=server_name,
         )
+    except CheckNotRun as exc:
+        log.warning("health_check.not_run", backend=backend.name, error=str(exc))
+        return False
     except CheckFailed as exc:
         verdict = streak.failed()
         level = log.warning if streak.failures <= streak.unhealthy_after else log.debug

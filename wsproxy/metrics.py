@@ -22,6 +22,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from wsproxy.core.states import Side
+from wsproxy.log import dropped_lines
 
 if TYPE_CHECKING:
     from wsproxy.core.session import Session
@@ -168,6 +169,9 @@ class _Collector(Collector):
                          "the request head to the response's end.", [], [((), m.http_duration)])
         yield GaugeMetricFamily("wsproxy_http_requests_active", "Plain HTTP requests in "
                                 "flight.", value=ctx.http.active)
+        yield CounterMetricFamily("wsproxy_log_lines_dropped", "Log lines dropped because "
+                                  "stdout was not read fast enough (a full buffer of "
+                                  "10,000 lines) or was closed.", value=dropped_lines())
 
 
 def _counter(name: str, doc: str, label: str,

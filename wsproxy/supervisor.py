@@ -9,11 +9,13 @@ wsproxy.io.connection for why).
 from __future__ import annotations
 
 import asyncio
-import errno
+import ipaddress
 import logging
 import secrets
+import socket
 import ssl
 from collections.abc import Callable, Coroutine
+from functools import partial
 from typing import Any
 
 import anyio
@@ -34,7 +36,9 @@ from wsproxy.drain import Drain, close_reason
 from wsproxy.errors import ConfigError
 from wsproxy.health import run_health_checks
 from wsproxy.io.connection import CLIENT, ClientProtocol, Connection, ProxiedClientProtocol
+from wsproxy.io.listen_socket import CAPACITY_ERRNOS, dual_stack_socket, listening_sockets
 from wsproxy.io.plain_http import PlainHttp
+from wsproxy.io.tls_accept import EndHandshake, accept_tls
 from wsproxy.log import get_logger
 from wsproxy.metrics import Metrics
 from wsproxy.tls import backend_context, server_context
@@ -48,8 +52,6 @@ _RETRY_AFTER = (("Retry-After", "5"),)
 SWEEP_SLICES = 10
 #: The kernel's queue of connections not accepted yet.
 LISTEN_BACKLOG = 1024
-#: accept() errors that mean "no resources right now" (trio's ACCEPT_CAPACITY_ERRNOS).
-_ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 class ProxyContext:
@@ -150,7 +152,7 @@ class ProxyContext:
         return Forwarding(
             client_ip=client_ip,
             forwarded_for=forwarded_for,
-            proto="https" if self.config.listen.tls is not None else "http",
+            proto=forwarded_proto(self.config),
             request_id=request_id,
             identity=headers,
         )
@@ -208,7 +210,7 @@ class ProxyContext:
         loop would.
         """
         exc = context.get("exception")
-        if isinstance(exc, OSError) and exc.errno in _ACCEPT_CAPACITY_ERRNOS:
+        if isinstance(exc, OSError) and exc.errno in CAPACITY_ERRNOS:
             now = loop.time()
             if now - self._last_accept_warning >= 1.0:
                 self._last_accept_warning = now
@@ -241,7 +243,7 @@ class ProxyContext:
 
     def connection_opened(self, conn: Connection) -> None:
         log.info("connection.opened", conn_id=conn.id, client=conn.client_ip,
-                 backend=conn.backend.name if conn.backend else None, subject=None)
+                 backend=conn.backend.name if conn.backend else None, subject=conn.subject)
         for drain in self.drains.values():
             if drain.closing and drain.covers(conn):
                 drain.adopt(conn)  # dialled before the drain began, opened after
@@ -435,7 +437,8 @@ class ProxyContext:
             OSError: a backend_tls file cannot be loaded; nothing was changed.
         """
         backend_ssl = backend_context(config.backend_tls)
-        authenticator = build_authenticator(config.auth)  # re-reads key files: SIGHUP
+        # Re-reads key files (SIGHUP).
+        authenticator = build_authenticator(config.auth, proto=forwarded_proto(config))
         for key in ("listen", "admin", "discovery"):
             if getattr(config, key) != getattr(self.config, key):
                 log.warning("config.restart_needed", key=key)
@@ -460,6 +463,99 @@ class ProxyContext:
             log.info("config.reloaded", backends=sorted(wanted))
 
 
+def forwarded_proto(config: ProxyConfig) -> str:
+    """X-Forwarded-Proto, as a backend and a forward auth service are told it."""
+    return "https" if config.listen.tls is not None else "http"
+
+
+class TlsHandshakes:
+    """The owner of a TLS listener's handshakes (io.tls_accept.HandshakeOwner).
+
+    A handshake counts in ``limits.max_connections`` and, under the peer's address,
+    in ``max_connections_per_ip``; one over a limit is closed at once, logged and
+    counted as a ``connection_limit`` failure like a refused upgrade. A peer that
+    stands for other clients (``listen.proxy_protocol``, a ``trusted_proxies``
+    member) is counted in the total only: its clients are told apart later, from the
+    PROXY header or X-Forwarded-For. A handshake that fails is counted under its
+    failure (``timeout``, ``tls_handshake``, ``client_gone``).
+    """
+
+    def __init__(self, ctx: ProxyContext) -> None:
+        self.ctx = ctx
+        self.spawn = ctx.spawn
+
+    def admit_handshake(self, peer_ip: str) -> EndHandshake | None:
+        ctx = self.ctx
+        counted = None if self._stands_for_others(peer_ip) else peer_ip
+        reason = ctx.registry.handshake_started(counted)
+        if reason is not None:
+            log.warning("connection.limit", conn_id=None, client=peer_ip, reason=reason,
+                        during="tls_handshake")
+            self._failed("connection_limit")
+            return None
+
+        def end(failure: str | None) -> None:
+            ctx.registry.handshake_ended(counted)
+            if failure is not None:
+                self._failed(failure)
+
+        return end
+
+    def tls_established(self, transport: asyncio.Transport, deadline: float) -> None:
+        ctx = self.ctx
+        conn = Connection(ctx, transport, deadline=deadline)
+        proxied = ctx.config.listen.proxy_protocol
+        transport.set_protocol(
+            ProxiedClientProtocol(ctx, conn) if proxied else ClientProtocol(ctx, conn)
+        )
+
+    def _stands_for_others(self, peer_ip: str) -> bool:
+        cfg = self.ctx.config
+        if cfg.listen.proxy_protocol:
+            return True
+        if not cfg.trusted_proxies or not cfg.limits.max_connections_per_ip:
+            return False
+        try:
+            address = ipaddress.ip_address(peer_ip)
+        except ValueError:
+            return False
+        return any(address in network for network in cfg.trusted_proxies)
+
+    def _failed(self, failure: str) -> None:
+        metrics = self.ctx.metrics
+        metrics.connections["failed"] += 1
+        metrics.handshake_failures[failure] += 1
+
+
+async def _listen(ctx: ProxyContext, config: ProxyConfig, backlog: int) -> asyncio.Server:
+    """The plain client listener; ``host: "::"`` serves IPv4 too (io.listen_socket)."""
+    factory = partial(ProxiedClientProtocol if config.listen.proxy_protocol else ClientProtocol,
+                      ctx)
+    sock = dual_stack_socket(config.listen.host, config.listen.port)
+    if sock is not None:
+        return await ctx.loop.create_server(factory, sock=sock, backlog=backlog)
+    return await ctx.loop.create_server(
+        factory, config.listen.host, config.listen.port, backlog=backlog, reuse_address=True
+    )
+
+
+async def _listen_tls(ctx: ProxyContext, config: ProxyConfig, tg: TaskGroup) -> list[socket.socket]:
+    """The TLS client listener (io.tls_accept: bounded, counted handshakes): its
+    sockets, accepted on by tasks of *tg*; the caller closes them after *tg*."""
+    assert config.listen.tls is not None
+    context = server_context(config.listen.tls)
+    sockets = await listening_sockets(config.listen.host, config.listen.port, LISTEN_BACKLOG)
+    owner = TlsHandshakes(ctx)
+    for sock in sockets:
+        tg.start_soon(accept_tls, sock, owner, context,
+                      lambda: ctx.config.limits.handshake_timeout)
+    return sockets
+
+
+def _show(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 async def serve(
     config: ProxyConfig,
     *,
@@ -471,38 +567,45 @@ async def serve(
     ``task_status`` gets the ProxyContext, whose ``addresses`` are the bound ones.
     """
     loop = asyncio.get_running_loop()
-    tls = server_context(config.listen.tls) if config.listen.tls else None
-    async with anyio.create_task_group() as tg:
-        ctx = ProxyContext(config, task_group=tg, config_path=config_path)
-        loop.set_exception_handler(ctx.loop_exception)
-        protocol = ProxiedClientProtocol if config.listen.proxy_protocol else ClientProtocol
-        # The standard loop calls accept() `backlog` times per wake-up, even after EMFILE
-        # (python/cpython#151615): give it a short loop, then the long queue back.
-        uvloop = type(loop).__module__.startswith("uvloop")
-        server = await loop.create_server(
-            lambda: protocol(ctx), config.listen.host, config.listen.port,
-            ssl=tls, backlog=LISTEN_BACKLOG if uvloop else 16, reuse_address=True,
-        )
-        if not uvloop:
-            for sock in server.sockets:
-                with sock.dup() as listening:
-                    listening.listen(LISTEN_BACKLOG)
-        ctx.addresses = [sock.getsockname()[:2] for sock in server.sockets]
-        log.info("proxy.listening", addresses=[f"{h}:{p}" for h, p in ctx.addresses],
-                 backends=[b.name for b in config.backends], tls=tls is not None)
-        tg.start_soon(ctx.sweep)
-        tg.start_soon(run_health_checks, ctx)  # idle while health_check.path is empty
-        if config.discovery.dns is not None:
-            tg.start_soon(run_discovery, ctx, config.discovery.dns, ctx.discovery)
-        ctx.admin_address = await tg.start(serve_admin, ctx)
-        task_status.started(ctx)
-        try:
-            await ctx.stopped.wait()
-        finally:
-            server.close()
-            for conn in list(ctx.registry.connections.values()):
-                conn.terminate(config.drain.shutdown_close_code, "proxy stopped")
-            ctx.http.terminate()
-            ctx.cancel_tasks()
-            tg.cancel_scope.cancel()
+    tls_sockets: list[socket.socket] = []
+    try:
+        async with anyio.create_task_group() as tg:
+            ctx = ProxyContext(config, task_group=tg, config_path=config_path)
+            loop.set_exception_handler(ctx.loop_exception)
+            server: asyncio.Server | None = None
+            if config.listen.tls is not None:
+                tls_sockets += await _listen_tls(ctx, config, tg)
+                ctx.addresses = [sock.getsockname()[:2] for sock in tls_sockets]
+            else:
+                # The standard loop calls accept() `backlog` times per wake-up, even after
+                # EMFILE (python/cpython#151615): a short queue, then the long one back.
+                uvloop = type(loop).__module__.startswith("uvloop")
+                server = await _listen(ctx, config, LISTEN_BACKLOG if uvloop else 16)
+                if not uvloop:
+                    for sock in server.sockets:
+                        with sock.dup() as listening:
+                            listening.listen(LISTEN_BACKLOG)
+                ctx.addresses = [sock.getsockname()[:2] for sock in server.sockets]
+            log.info("proxy.listening", addresses=[_show(h, p) for h, p in ctx.addresses],
+                     backends=[b.name for b in config.backends],
+                     tls=config.listen.tls is not None)
+            tg.start_soon(ctx.sweep)
+            tg.start_soon(run_health_checks, ctx)  # idle while health_check.path is empty
+            if config.discovery.dns is not None:
+                tg.start_soon(run_discovery, ctx, config.discovery.dns, ctx.discovery)
+            ctx.admin_address = await tg.start(serve_admin, ctx)
+            task_status.started(ctx)
+            try:
+                await ctx.stopped.wait()
+            finally:
+                if server is not None:
+                    server.close()
+                for conn in list(ctx.registry.connections.values()):
+                    conn.terminate(config.drain.shutdown_close_code, "proxy stopped")
+                ctx.http.terminate()
+                ctx.cancel_tasks()  # TLS handshakes in progress too: their sockets close
+                tg.cancel_scope.cancel()  # and the TLS listener's accepting
+    finally:
+        for sock in tls_sockets:  # their accepting tasks have ended with the task group
+            sock.close()
     log.info("proxy.stopped")

@@ -10,17 +10,19 @@
    OS picks, read back from the ``proxy.listening`` log line, and runs kosoku against
    the proxy (report in ``OUT/proxy``, the proxy's log in ``OUT/wsproxy.log``);
 4. compares both ``index.json`` files for groups 1-10 (12.* and 13.* are excluded) and
-   prints the counts per verdict and every case that is *worse* through the proxy.
+   prints the counts per verdict and every case that differs between the two paths.
 
-A case is worse when its ``behavior`` or its ``behaviorClose`` ranks lower through the
-proxy, with OK > NON-STRICT > INFORMATIONAL > UNIMPLEMENTED > FAILED (the close
-verdicts WRONG CODE, UNCLEAN, FAILED BY CLIENT and NO_CLOSE rank as FAILED) > ERROR >
-missing from the report. Cases whose verdict or close code differs without ranking
-lower are listed too, as "changed", but do not fail the run. Exit status: 0 when no
-case is worse, 1 when some are, 2 when the run itself could not be done.
+Through a correct proxy every case scores as it does directly: the same ``behavior``,
+the same ``behaviorClose``, the same close code from the peer. One exception, the race
+cases (:data:`RACE_CASES`): a valid message followed at once by a bad frame is OK when
+the backend echoes the message before it handles the close and NON-STRICT when it does
+not, on either path from run to run. Their ``behavior`` may differ between OK and
+NON-STRICT (and must be one of the two on both paths: never FAILED); everything else
+about them must match too. Exit status: 0 when no case differs beyond that, 1 when some
+do, 2 when the run itself could not be done.
 
-kosoku (https://pypi.org/project/kosoku/) is not a dependency of the project:
-``pip install kosoku`` into the same environment first (see CONFORMANCE.md).
+kosoku (the ``kosoku`` package: a runner of the Autobahn case files) is in the project's
+``test`` extra: ``pip install -e '.[test]'``.
 """
 
 from __future__ import annotations
@@ -50,32 +52,22 @@ ROOT = Path(__file__).resolve().parents[2]
 EXCLUDED = ("12.*", "13.*")
 GROUPS = range(1, 11)
 INSTALL_HINT = (
-    "kosoku is not installed: it runs the Autobahn cases. Install it into this "
-    f"environment with `{sys.executable} -m pip install kosoku` (it is not a project "
-    "dependency; see CONFORMANCE.md)."
+    "kosoku is not installed: it runs the Autobahn cases. It is in the test extra: "
+    f"`{sys.executable} -m pip install -e '.[test]'`."
 )
 KOSOKU_TIMEOUT = 900.0  # seconds per run; cases 1-10 take about 30 s
 START_TIMEOUT = 20.0
 
-RANK = {
-    "OK": 5,
-    "NON-STRICT": 4,
-    "INFORMATIONAL": 3,
-    "UNIMPLEMENTED": 2,
-    "FAILED": 1,
-    "WRONG CODE": 1,
-    "UNCLEAN": 1,
-    "FAILED BY CLIENT": 1,
-    "NO_CLOSE": 1,
-    "ERROR": 0,
-}
+#: A valid message and, at once, a bad frame (reserved bits, reserved opcodes). Whether the
+#: echo of the message reaches the client before the close is a race in the backend
+#: (``websockets`` answers the close before its handler echoes), on either path; the
+#: proxy's extra hop loses it a little more often. README "Conformance" has the numbers.
+RACE_CASES = frozenset({"3.2", "3.3", "3.4", "4.1.3", "4.1.4", "4.1.5", "4.2.3", "4.2.4", "4.2.5"})
+#: The ``behavior`` verdicts a race case may take, on each path independently.
+RACE_VERDICTS = frozenset({"OK", "NON-STRICT"})
 MISSING = "MISSING"
 ORDER = ["OK", "NON-STRICT", "INFORMATIONAL", "UNIMPLEMENTED", "FAILED", "WRONG CODE",
          "UNCLEAN", "FAILED BY CLIENT", "NO_CLOSE", "ERROR", MISSING]
-
-
-def rank(verdict: str) -> int:
-    return -1 if verdict == MISSING else RANK.get(verdict, 1)
 
 
 def case_key(case_id: str) -> tuple[int, ...]:
@@ -278,15 +270,28 @@ class Case:
         entry = getattr(self, side)
         return entry.get("behavior", MISSING), entry.get("behaviorClose", MISSING)
 
-    @property
-    def worse(self) -> bool:
-        return any(rank(p) < rank(d) for d, p in
-                   zip(self.verdicts("direct"), self.verdicts("proxy"), strict=True))
+    def outcome(self, side: str) -> tuple[str, str, Any]:
+        """What must match between the paths: both verdicts and the peer's close code."""
+        return (*self.verdicts(side), getattr(self, side).get("remoteCloseCode"))
 
     @property
-    def changed(self) -> bool:
-        return (self.verdicts("direct") != self.verdicts("proxy")
-                or self.direct.get("remoteCloseCode") != self.proxy.get("remoteCloseCode"))
+    def race(self) -> bool:
+        """A race case whose ``behavior`` is OK or NON-STRICT on both paths."""
+        return self.id in RACE_CASES and all(
+            self.verdicts(side)[0] in RACE_VERDICTS for side in ("direct", "proxy"))
+
+    @property
+    def tolerated(self) -> bool:
+        """Differs only in a race case's OK / NON-STRICT ``behavior``."""
+        direct, proxy = self.outcome("direct"), self.outcome("proxy")
+        return direct != proxy and self.race and direct[1:] == proxy[1:]
+
+    @property
+    def mismatch(self) -> bool:
+        """Differs beyond what is tolerated, or is a race case outside OK / NON-STRICT."""
+        if self.id in RACE_CASES and not self.race:
+            return True
+        return self.outcome("direct") != self.outcome("proxy") and not self.tolerated
 
 
 @dataclass
@@ -295,12 +300,12 @@ class Comparison:
     cases: list[Case] = field(default_factory=list)
 
     @property
-    def worse(self) -> list[Case]:
-        return [case for case in self.cases if case.worse]
+    def mismatches(self) -> list[Case]:
+        return [case for case in self.cases if case.mismatch]
 
     @property
-    def changed(self) -> list[Case]:
-        return [case for case in self.cases if case.changed and not case.worse]
+    def tolerated(self) -> list[Case]:
+        return [case for case in self.cases if case.tolerated]
 
     def counts(self, side: str, which: int) -> Counter[str]:
         return Counter(case.verdicts(side)[which] for case in self.cases)
@@ -319,13 +324,12 @@ class Comparison:
             "counts": {side: {"behavior": dict(self.counts(side, 0)),
                               "behaviorClose": dict(self.counts(side, 1))}
                        for side in ("direct", "proxy")},
-            "worse": {case.id: {side: self.details(case, side) for side in ("direct", "proxy")}
-                      for case in self.worse},
-            "changed": {case.id: {"direct": case.verdicts("direct"),
-                                  "proxy": case.verdicts("proxy"),
-                                  "close_codes": [case.direct.get("remoteCloseCode"),
-                                                  case.proxy.get("remoteCloseCode")]}
-                        for case in self.changed},
+            "mismatches": {case.id: {side: self.details(case, side)
+                                     for side in ("direct", "proxy")}
+                           for case in self.mismatches},
+            "tolerated": {case.id: {"direct": case.verdicts("direct"),
+                                    "proxy": case.verdicts("proxy")}
+                          for case in self.tolerated},
         }
 
 
@@ -396,20 +400,18 @@ def print_case(comparison: Comparison, case: Case) -> None:
 def report(comparison: Comparison) -> int:
     say(f"\n{len(comparison.cases)} cases compared (groups 1-10); reports in {comparison.out}")
     print_counts(comparison)
-    changed = comparison.changed
-    if changed:
-        say(f"\n{len(changed)} cases differ without being worse through the proxy:")
-        for case in changed:
+    tolerated = comparison.tolerated
+    if tolerated:
+        say(f"\n{len(tolerated)} race cases differ between OK and NON-STRICT (tolerated):")
+        for case in tolerated:
             say(f"  {case.id}: direct {'/'.join(case.verdicts('direct'))}"
-                f" close {case.direct.get('remoteCloseCode')}"
-                f" -> proxy {'/'.join(case.verdicts('proxy'))}"
-                f" close {case.proxy.get('remoteCloseCode')}")
-    worse = comparison.worse
-    if not worse:
-        say("\nno case is worse through the proxy")
+                f" -> proxy {'/'.join(case.verdicts('proxy'))}")
+    mismatches = comparison.mismatches
+    if not mismatches:
+        say("\nno case differs through the proxy beyond the tolerated races")
         return 0
-    say(f"\n{len(worse)} cases are WORSE through the proxy:")
-    for case in worse:
+    say(f"\n{len(mismatches)} cases DIFFER through the proxy:")
+    for case in mismatches:
         print_case(comparison, case)
     return 1
 

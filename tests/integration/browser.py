@@ -1,9 +1,12 @@
 """Running the browser scripts (``*.mjs`` next to this file, on top of ``browser.mjs``).
 
 Each script drives headless Chromium with playwright-core and prints one JSON object as
-its last line of stdout. The tests that use them skip with :func:`missing`'s reason when
-Chromium, node or playwright-core is absent: ``.ci/run`` installs them (Debian
-``chromium``; ``npm install --prefix $WSPROXY_PLAYWRIGHT_DIR playwright-core``).
+its last line of stdout. The tests that use them call :func:`skip_unless_available`: on a
+developer's machine without Chromium, node or playwright-core they skip and say which is
+missing. ``.ci/run`` installs them (Debian ``chromium``; ``npm install --prefix
+$WSPROXY_PLAYWRIGHT_DIR playwright-core``) and sets ``WSPROXY_REQUIRE_BROWSER=1``, which
+turns that skip into a failure: where the browser tests are meant to run, a broken install
+must not pass as a green run that tested nothing in a browser.
 """
 
 from __future__ import annotations
@@ -16,11 +19,14 @@ from pathlib import Path
 from typing import Any, Final
 
 import anyio
+import pytest
 
 CHROMIUM: Final = os.environ.get("WSPROXY_CHROMIUM", "/usr/bin/chromium")
 PLAYWRIGHT_DIR: Final = Path(os.environ.get("WSPROXY_PLAYWRIGHT_DIR", "/tmp/wsproxy-pw"))
 #: Bound on every wait inside a browser script; the whole script gets twice that.
 WAIT_MS: Final = 20_000
+#: Set (to anything but "" or "0") where the browser tests must run: CI.
+REQUIRE_ENV: Final = "WSPROXY_REQUIRE_BROWSER"
 
 
 def missing() -> str | None:
@@ -35,6 +41,22 @@ def missing() -> str | None:
             "(npm install --prefix DIR playwright-core, or set WSPROXY_PLAYWRIGHT_DIR)"
         )
     return None
+
+
+def required() -> bool:
+    """Whether a missing browser piece fails the test (``WSPROXY_REQUIRE_BROWSER=1``)."""
+    return os.environ.get(REQUIRE_ENV, "") not in ("", "0")
+
+
+def skip_unless_available() -> None:
+    """Skip the calling test when a browser piece is missing; fail it where one is required."""
+    reason = missing()
+    if reason is None:
+        return
+    if required():
+        pytest.fail(f"{reason}; {REQUIRE_ENV} is set, so the browser tests must run here",
+                    pytrace=False)
+    pytest.skip(reason)
 
 
 async def run_script(

@@ -18,11 +18,13 @@ Routes (the query string configures each):
 - ``GET /gate/NAME``: waits until the test releases ``backend.gate(NAME)``.
 - ``POST /upload-gate/NAME``: reads a first piece of the body, then waits for the gate.
 - ``GET /trickle/NAME``: sends its head and a first line, then waits for the gate.
+- ``GET /events?n=N&gap_ms=M``: server-sent events: its head at once, then N events M ms
+  apart (the stream's own pace), then the end.
 - ``GET /hop``: answers with hop-by-hop headers (and one end-to-end header, X-Kept).
 - ``GET /status/NNN``: answers status NNN.
 
 Readiness comes from the bound listener itself (port 0); nothing here sleeps except the
-``pause_ms`` of a deliberately slow reader.
+``pause_ms`` of a deliberately slow reader and the ``gap_ms`` of an event stream.
 """
 
 from __future__ import annotations
@@ -296,6 +298,16 @@ async def _route(backend: HttpBackend, peer: Peer, seen: SeenRequest) -> None:
         gate.arrived.set()
         await gate.release.wait()
         await peer.send(h11.Data(data=b"second\n"), h11.EndOfMessage())
+    elif path == "/events":
+        await read_body(peer, seen)
+        await peer.send(h11.Response(status_code=200, headers=[
+            by, ("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache")]))
+        gap = int(query.get("gap_ms", "0")) / 1000
+        for i in range(int(query.get("n", "3"))):
+            if i:
+                await anyio.sleep(gap)  # the stream's pace, not a synchronisation
+            await peer.send(h11.Data(data=f"data: event {i}\n\n".encode()))
+        await peer.send(h11.EndOfMessage())
     elif path == "/hop":
         await read_body(peer, seen)
         await peer.send(*_text(

@@ -55,8 +55,7 @@ async def _drive_page(admin_url: str, backend_name: str, token: str | None) -> d
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("token", [None, "t0k"], ids=["open", "token"])
 async def test_page_shows_two_backends_and_drains_one(token: str | None) -> None:
-    if (reason := browser.missing()) is not None:
-        pytest.skip(reason)
+    browser.skip_unless_available()
     admin = {"token": token} if token is not None else {}
     async with (
         backend("b1") as b1,

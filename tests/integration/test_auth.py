@@ -531,3 +531,18 @@ async def test_proxy_a_missing_or_bad_key_is_401_and_no_backend_is_contacted(
     assert attempts == []
     text = repr(logs) + "".join(capsys.readouterr())
     assert "wrong-key-zzzz" not in text
+
+
+async def test_proxy_the_canonical_log_lines_name_the_authenticated_subject(keys_file: Path):
+    headers = {"Authorization": f"Bearer {KEY}"}
+    with capture_logs() as logs:
+        async with (
+            backend() as b,
+            proxy(auth_config(b, keys_file)) as url,
+            connect(url, additional_headers=headers) as ws,
+        ):
+            await ws.send("hi")
+            assert await ws.recv() == "hi"
+    lines = {e["event"]: e for e in logs if e["event"].startswith("connection.")}
+    assert lines["connection.opened"]["subject"] == "ci"
+    assert lines["connection.closed"]["subject"] == "ci"

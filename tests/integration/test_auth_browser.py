@@ -152,8 +152,7 @@ def _handshake_refused(seen: dict[str, Any], status: int) -> bool:
 async def test_a_browser_authenticates_with_a_subprotocol_token_and_with_a_cookie(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    if (reason := browser.missing()) is not None:
-        pytest.skip(reason)
+    browser.skip_unless_available()
     # Keys made here, never committed; hex keeps them valid as subprotocol tokens.
     sub_key, cookie_key, wrong_key = (secrets.token_hex(16) for _ in range(3))
     keys_file = tmp_path / "keys.yaml"

@@ -30,8 +30,7 @@ MESSAGE = "hello from the demo page"
 
 @pytest.mark.timeout(90)
 async def test_the_demo_page_comes_through_the_proxy_and_echoes_over_its_websocket() -> None:
-    if (reason := browser.missing()) is not None:
-        pytest.skip(reason)
+    browser.skip_unless_available()
     async with started("demo", "--port", "0", "--admin-port", "0") as demo:
         port = int((await demo.wait_for_line(DEMO_URL)).group(2))
         origin = f"http://127.0.0.1:{port}"

@@ -507,7 +507,7 @@ async def test_a_silent_backend_gives_504() -> None:
 
 async def test_a_backend_silent_mid_body_gets_the_client_connection_closed() -> None:
     async with http_backend() as b, plain_proxy(
-        [b], http={"response_timeout": "2s"}  # the head must come in time, loaded or not
+        [b], http={"stream_idle_timeout": "300ms"}
     ) as ctx, http_client(port_of(ctx)) as client:
         await send_request_head(client, "GET", "/trickle/stuck")
         reply = await client.response_head()

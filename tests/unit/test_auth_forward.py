@@ -11,9 +11,9 @@ from wsproxy.auth.sources import find_credentials
 from wsproxy.config import AuthConfig, ForwardAuthConfig
 
 
-def forward(copy_headers: tuple[str, ...] = ()) -> ForwardAuthenticator:
+def forward(copy_headers: tuple[str, ...] = (), proto: str = "http") -> ForwardAuthenticator:
     config = ForwardAuthConfig(url="http://127.0.0.1:9/auth", copy_headers=copy_headers)
-    built = build_authenticator(AuthConfig(type="forward", forward=config))
+    built = build_authenticator(AuthConfig(type="forward", forward=config), proto=proto)
     assert isinstance(built, ForwardAuthenticator)
     return built
 
@@ -41,7 +41,14 @@ def test_the_client_headers_go_minus_hop_by_hop_and_handshake() -> None:
         (b"x-forwarded-uri", b"/chat?room=1&token=t"),
         (b"x-forwarded-host", b"proxy.example"),
         (b"x-forwarded-for", b"10.1.2.3"),
+        (b"x-forwarded-proto", b"http"),
     ]
+
+
+def test_x_forwarded_proto_is_the_listeners_scheme_not_the_clients() -> None:
+    request = upgrade("/", ("X-Forwarded-Proto", "http"))
+    headers = forward(proto="https").request_headers(request, Credentials(None), "1.1.1.1")
+    assert [v for n, v in headers if n == b"x-forwarded-proto"] == [b"https"]
 
 
 def test_headers_named_in_connection_are_not_sent() -> None:

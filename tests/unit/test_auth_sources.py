@@ -25,6 +25,21 @@ def upgrade(target: str = "/chat", *headers: tuple[str, str]) -> UpgradeRequest:
     return check_upgrade(h11.Request(method="GET", target=target, headers=[*HANDSHAKE, *headers]))
 
 
+def plain(target: str = "/", *headers: tuple[str, str]) -> UpgradeRequest:
+    """A plain HTTP request as the HTTP relay sees it: no subprotocol offers parsed."""
+    return UpgradeRequest(
+        target=target.encode(), host=b"proxy.example", key=b"", subprotocols=(),
+        extensions=(), origin=None,
+        headers=tuple((k.lower().encode(), v.encode()) for k, v in headers),
+    )
+
+
+def own_headers(request: UpgradeRequest) -> list[tuple[bytes, bytes]]:
+    """The headers of *request* besides the handshake's own."""
+    handshake = {name.lower().encode() for name, _ in HANDSHAKE}
+    return [h for h in request.headers if h[0] not in handshake]
+
+
 def find(request: UpgradeRequest, token_from: list[str] | None = None) -> Credentials:
     return find_credentials(request, ALL if token_from is None else token_from, PREFIX)
 
@@ -97,27 +112,50 @@ def test_a_cookie_in_a_second_cookie_header() -> None:
     assert creds.token == "two"
 
 
-def test_the_subprotocol_offer_and_query_parameter_are_marked_for_stripping() -> None:
+def test_every_source_present_is_named_in_token_from_order() -> None:
     creds = find(upgrade("/?token=q", ("Sec-WebSocket-Protocol", "bearer.s, chat")))
     assert creds == Credentials(
-        token="q", source="query:token", strip_query="token", strip_subprotocol="bearer.s"
+        token="q", source="query:token", present=("query:token", "subprotocol"),
+        auth_offers=("bearer.s",),
     )
+    assert creds.strip_subprotocol == "bearer.s"
 
 
-def test_credentials_that_lost_are_stripped_too() -> None:
-    # The header wins, but the query token and the subprotocol token are credentials
-    # the backend must not see either.
+def test_credentials_that_lost_are_present_too() -> None:
     request = upgrade(
-        "/?token=q", ("Authorization", "Bearer h"), ("Sec-WebSocket-Protocol", "bearer.s")
+        "/?token=q", ("Authorization", "Bearer h"), ("X-Api-Key", "k"),
+        ("Cookie", "session=c"), ("Sec-WebSocket-Protocol", "bearer.s"),
     )
     creds = find(request)
     assert (creds.token, creds.source) == ("h", "header")
-    assert (creds.strip_query, creds.strip_subprotocol) == ("token", "bearer.s")
+    assert creds.present == tuple(ALL)
 
 
-def test_the_winning_query_parameter_is_the_one_stripped() -> None:
-    creds = find(upgrade("/?a=&b=tok"), ["query:a", "query:b"])
-    assert (creds.token, creds.strip_query) == ("tok", "b")
+@pytest.mark.parametrize(
+    ("target", "header"),
+    [
+        ("/?token=", ("X-Other", "1")),
+        ("/?token", ("X-Other", "1")),
+        ("/", ("Authorization", "Basic dXNlcjpwYXNz")),
+        ("/", ("X-Api-Key", "")),
+        ("/", ("Cookie", "session=")),
+        ("/", ("Sec-WebSocket-Protocol", "bearer.")),
+    ],
+)
+def test_an_empty_or_foreign_value_is_present_though_no_token(
+    target: str, header: tuple[str, str]
+) -> None:
+    creds = find(upgrade(target, header))
+    assert creds.token is None
+    assert len(creds.present) == 1
+
+
+def test_a_plain_request_has_no_subprotocol_to_win_with_but_its_offer_is_present() -> None:
+    request = plain("/", ("Sec-WebSocket-Protocol", "bearer.s"))
+    creds = find(request, ["subprotocol"])
+    assert (creds.token, creds.present, creds.auth_offers) == (
+        None, ("subprotocol",), ("bearer.s",)
+    )
 
 
 def test_a_non_ascii_token_keeps_its_bytes() -> None:
@@ -203,3 +241,90 @@ def test_the_token_is_nowhere_in_the_stripped_request(
 ) -> None:
     stripped = strip(target, *headers, token_from=token_from)
     assert b"SeCrEt" not in repr(stripped).encode()
+
+
+# Every source present is stripped, not only the one that won (issue 14)…
+
+
+def carrying(source: str, token: str) -> tuple[str, list[tuple[str, str]]]:
+    """The query (without "?") and the headers that put *token* in *source*."""
+    return {
+        "header": ("", [("Authorization", f"Bearer {token}")]),
+        "header:X-Api-Key": ("", [("X-Api-Key", token)]),
+        "query:token": (f"token={token}", []),
+        "cookie:session": ("", [("Cookie", f"session={token}")]),
+        "subprotocol": ("", [("Sec-WebSocket-Protocol", f"bearer.{token}")]),
+    }[source]
+
+
+@pytest.mark.parametrize(
+    ("winner", "loser"), [(w, lo) for w in ALL for lo in ALL if w != lo]
+)
+def test_a_losing_source_is_stripped_whichever_won(winner: str, loser: str) -> None:
+    # The winner is tried first; the loser holds a second, stale token.
+    win_query, win_headers = carrying(winner, "WiNnEr")
+    lose_query, lose_headers = carrying(loser, "StAlE")
+    query = "&".join(q for q in ("a=1", win_query, lose_query, "b=2") if q)
+    request = upgrade(f"/x?{query}", ("Cookie", "theme=dark"), *win_headers, *lose_headers)
+    creds = find(request, [winner, loser])
+    assert (creds.token, creds.source) == ("WiNnEr", winner)
+    stripped = strip_credentials(request, creds)
+    assert b"StAlE" not in repr(stripped).encode()
+    assert b"WiNnEr" not in repr(stripped).encode()
+    assert stripped.target == b"/x?a=1&b=2"
+    assert (b"cookie", b"theme=dark") in stripped.headers
+
+
+def test_every_occurrence_of_every_source_is_stripped() -> None:
+    stripped = strip(
+        "/x?token=1&keep=a&to%6Ben=2&token&keep=b",
+        ("Authorization", "Bearer h1"), ("Authorization", "Basic aDI="),
+        ("X-Api-Key", "k1"), ("X-Api-Key", "k2"),
+        ("Cookie", "session=c1; theme=dark; session=c2"), ("Cookie", "session=c3"),
+        ("Sec-WebSocket-Protocol", "bearer.s1, chat, bearer.s2"),
+        ("Sec-WebSocket-Protocol", "bearer.s3"),
+    )
+    assert stripped.target == b"/x?keep=a&keep=b"
+    assert stripped.subprotocols == ("chat",)
+    assert own_headers(stripped) == [
+        (b"cookie", b"theme=dark"), (b"sec-websocket-protocol", b"chat"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("cookies", "kept"),
+    [
+        (["a=1;b=2; session=x;  c=\"q r\""], [b'a=1;b=2;  c="q r"']),
+        (["session=x; a=1"], [b"a=1"]),
+        (["a=1; session=x"], [b"a=1"]),
+        (["session=x", "a=1;;b", "session"], [b"a=1;;b"]),
+        (["a=1;; session=x"], [b"a=1"]),
+        (["sessionx=1; xsession=2; session =3"], [b"sessionx=1; xsession=2"]),
+    ],
+)
+def test_the_other_cookies_keep_their_bytes_and_order(
+    cookies: list[str], kept: list[bytes]
+) -> None:
+    stripped = strip("/", *(("Cookie", c) for c in cookies), token_from=["cookie:session"])
+    assert [v for k, v in stripped.headers if k == b"cookie"] == kept
+
+
+def test_a_foreign_authorization_scheme_is_stripped_when_header_is_a_source() -> None:
+    # Not a bearer token, so not checked; but a credential the backend must not see.
+    stripped = strip("/?token=q", ("Authorization", "Basic dXNlcjpwYXNz"))
+    assert stripped.header(b"authorization") is None
+
+
+def test_an_unconfigured_source_is_not_stripped() -> None:
+    request = upgrade("/?token=q&other=o", ("Authorization", "Bearer h"), ("Cookie", "session=c"))
+    stripped = strip_credentials(request, find(request, ["query:token"]))
+    assert stripped.target == b"/?other=o"
+    assert stripped.header(b"authorization") == b"Bearer h"
+    assert stripped.header(b"cookie") == b"session=c"
+
+
+def test_a_plain_requests_subprotocol_header_is_stripped() -> None:
+    request = plain("/p?q=1", ("Sec-WebSocket-Protocol", "bearer.s, chat"), ("X-Api-Key", "k"))
+    stripped = strip_credentials(request, find(request))
+    assert stripped.headers == ((b"sec-websocket-protocol", b"chat"),)
+    assert stripped.target == b"/p?q=1"

@@ -2,9 +2,10 @@
 
 The driver calls ``find_credentials()`` on the checked upgrade request, then the
 configured ``Authenticator`` (None for ``auth.type: none``). Success is an Identity;
-failure an AuthFailed with the HTTP status to answer. The token never reaches a
-backend: ``Credentials.strip_query`` / ``strip_subprotocol`` say what to remove from
-the request that is forwarded, and nothing here logs a token.
+failure an AuthFailed with the HTTP status to answer. No token reaches a backend:
+``Credentials.present`` / ``auth_offers`` name every credential the request holds, the
+one checked or not, and ``strip_credentials()`` removes them all from the request that
+is forwarded. Nothing here logs a token.
 """
 
 from __future__ import annotations
@@ -28,15 +29,23 @@ class Identity:
 
 @dataclass(frozen=True, slots=True)
 class Credentials:
-    """The token a request carries, and where it came from."""
+    """The token a request carries, where it came from, and every credential it holds."""
 
     token: str | None
     #: "header", "header:NAME", "query:NAME", "cookie:NAME", "subprotocol" or None.
     source: str | None = None
-    #: A query parameter to remove before the request is forwarded.
-    strip_query: str | None = None
-    #: A Sec-WebSocket-Protocol offer to remove (the whole "bearer.<token>" entry).
-    strip_subprotocol: str | None = None
+    #: Every configured source the request holds, in ``token_from`` order: the one that
+    #: won or not, valid or not. All of them are removed before the request is forwarded.
+    present: tuple[str, ...] = ()
+    #: Every Sec-WebSocket-Protocol offer "<prefix><token>" (whole entries), in the
+    #: client's order: removed from what the backend is offered.
+    auth_offers: tuple[str, ...] = ()
+
+    @property
+    def strip_subprotocol(self) -> str | None:
+        """The auth offer a 101 selects when the backend selects none (the first one):
+        browsers fail a handshake whose offer gets no answer."""
+        return self.auth_offers[0] if self.auth_offers else None
 
 
 class AuthFailed(Exception):

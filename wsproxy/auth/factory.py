@@ -11,8 +11,11 @@ from wsproxy.config import AuthConfig, JwtAuthConfig
 from wsproxy.errors import ConfigError, ConfigProblem
 
 
-def build_authenticator(config: AuthConfig) -> Authenticator | None:
+def build_authenticator(config: AuthConfig, *, proto: str = "http") -> Authenticator | None:
     """The authenticator for *config*, or None for ``auth.type: none``.
+
+    *proto* is the X-Forwarded-Proto a forward auth service is told ("https" behind a
+    TLS listener).
 
     Key files are read here, so that a bad one stops the start (or a reload) instead
     of failing every connection. A JWKS URL is not fetched here: the first connection
@@ -33,7 +36,7 @@ def build_authenticator(config: AuthConfig) -> Authenticator | None:
     if config.type == "jwt" and config.jwt is not None:
         return JwtAuthenticator(config.jwt, _key_source(config.jwt))
     if config.type == "forward" and config.forward is not None:
-        return ForwardAuthenticator(config.forward)
+        return ForwardAuthenticator(config.forward, proto=proto)
     raise _error(f"auth.{config.type}", f"required when auth.type is {config.type}")
 
 

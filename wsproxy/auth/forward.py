@@ -3,10 +3,11 @@ ForwardAuth do.
 
 Per upgrade, a GET goes to ``auth.forward.url`` with the client's headers (less the
 hop-by-hop ones, the Sec-WebSocket-* handshake and any client-sent X-Forwarded-*),
-plus X-Forwarded-Method, -Uri (the request target), -Host and -For (the client's
-address). A token the client offered as a subprotocol, which the service could not
-see otherwise, is sent as ``Authorization: Bearer`` when the client sent no
-Authorization header of its own.
+plus X-Forwarded-Method, -Uri (the request target), -Host, -For (the client's
+address) and -Proto ("https" behind a TLS listener, else "http": what the backend is
+told too; Authelia and oauth2-proxy build their redirect URLs from it). A token the
+client offered as a subprotocol, which the service could not see otherwise, is sent
+as ``Authorization: Bearer`` when the client sent no Authorization header of its own.
 
 The answer decides:
     2xx         allowed. The subject is the answer's X-Auth-Subject, else Remote-User,
@@ -51,8 +52,10 @@ ANONYMOUS: Final = "anonymous"
 class ForwardAuthenticator:
     """``auth.type: forward``: the auth service at ``config.url`` decides."""
 
-    def __init__(self, config: ForwardAuthConfig) -> None:
+    def __init__(self, config: ForwardAuthConfig, *, proto: str) -> None:
         self.config = config
+        #: X-Forwarded-Proto: the listener's scheme, fixed for the process.
+        self.proto = proto
         self.owned_headers: frozenset[str] = frozenset({SUBJECT_HEADER, *config.copy_headers})
 
     async def authenticate(
@@ -102,6 +105,7 @@ class ForwardAuthenticator:
             (b"x-forwarded-uri", request.target),
             (b"x-forwarded-host", request.host),
             (b"x-forwarded-for", client_ip.encode("latin-1")),
+            (b"x-forwarded-proto", self.proto.encode("latin-1")),
         ]
         return headers
 

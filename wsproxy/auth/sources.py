@@ -1,4 +1,5 @@
-"""Where a client's token is, and how to take it out before the backend sees it.
+"""Where a client's token is, and how to take every credential out before the backend
+sees it.
 
 Browsers cannot set headers on a WebSocket, so a token may come in five places,
 tried in the order of ``auth.token_from``:
@@ -12,10 +13,21 @@ tried in the order of ``auth.token_from``:
 Tokens are kept as the text of their bytes (Latin-1), so that ``token.encode("latin-1")``
 gives back exactly what the client sent.
 
-A query parameter or an auth subprotocol offer is marked for removal even when an
-earlier source won: whatever the client sent there is a credential too, and the
-backend must not see it. ``strip_credentials`` then removes those, and the header or
-cookie the winning token came from.
+Only the first token found is checked, but a client may send several: a stale cookie
+next to a fresh header, an old link's query token. Each is a credential all the same,
+so ``strip_credentials`` removes every configured source that is present, the one
+that won or not, valid or not, empty or not, every occurrence of it:
+
+    header          every Authorization header, whatever its scheme
+    header:NAME     every header NAME
+    query:NAME      every parameter NAME (however its name is percent-encoded)
+    cookie:NAME     every cookie NAME, in every Cookie header
+    subprotocol     every offer that starts with the prefix, from the offers and
+                    from the raw Sec-WebSocket-Protocol headers
+
+The client's other query parameters and cookies go on byte for byte, in their order.
+A plain HTTP request has no subprotocol offers, so that source never wins there, but
+a Sec-WebSocket-Protocol header it carries is stripped all the same.
 """
 
 from __future__ import annotations
@@ -31,78 +43,98 @@ from wsproxy.core.handshake import Header, UpgradeRequest
 def find_credentials(
     request: UpgradeRequest, token_from: Sequence[str], subprotocol_prefix: str
 ) -> Credentials:
-    """The first token found in the sources *token_from*, in their order.
+    """The first token found in the sources *token_from*, in their order, and every
+    source present.
 
-    Call this on the checked upgrade request, before the authenticator. A source
-    whose value is empty does not count as found.
+    Call this on the checked request, before the authenticator. A source whose value
+    is empty does not count as found, but as present.
 
     Returns:
-        Credentials with ``token=None`` when no source holds a token; ``strip_query``
-        and ``strip_subprotocol`` are set whenever such a credential is present.
+        Credentials with ``token=None`` when no source holds a token; ``present`` and
+        ``auth_offers`` name what ``strip_credentials`` must remove.
     """
+    offers: tuple[str, ...] = ()
+    if "subprotocol" in token_from:
+        offers = tuple(_auth_offers(request.headers, subprotocol_prefix))
     token: str | None = None
     source: str | None = None
-    strip_query: str | None = None
-    strip_subprotocol: str | None = None
+    present: list[str] = []
     for name in token_from:
         kind, _, arg = name.partition(":")
-        found: str | None
-        if kind == "query":
-            found = _query_value(request.target, arg)
-            # The winner's parameter, else the first one present.
-            if found is not None and (strip_query is None or (token is None and found)):
-                strip_query = arg
-        elif kind == "subprotocol":
-            offer = _auth_offer(request.subprotocols, subprotocol_prefix)
-            found = None if offer is None else offer[len(subprotocol_prefix):]
-            strip_subprotocol = offer
-        else:
-            found = _header_token(request, kind, arg)
-        if token is None and found:
-            token, source = found, name
-    return Credentials(
-        token=token, source=source, strip_query=strip_query, strip_subprotocol=strip_subprotocol
-    )
+        if name in present or not _is_present(request, kind, arg, offers):
+            continue
+        present.append(name)
+        if token is None:
+            found = _token(request, kind, arg, subprotocol_prefix)
+            if found:
+                token, source = found, name
+    return Credentials(token=token, source=source, present=tuple(present), auth_offers=offers)
 
 
 def strip_credentials(request: UpgradeRequest, credentials: Credentials) -> UpgradeRequest:
-    """A copy of *request* without the credentials the backend must not see.
+    """A copy of *request* without any of the credentials the backend must not see.
 
-    Removes every ``strip_query`` parameter from the target (the rest of the query
-    byte for byte, in order), the ``strip_subprotocol`` offer (from ``subprotocols``
-    and from the raw Sec-WebSocket-Protocol headers), and the header or cookie that
-    the winning token came from (``source`` "header", "header:NAME", "cookie:NAME").
+    Removes every occurrence of every source in ``credentials.present`` (see the
+    module's table) and the ``auth_offers``; the rest of the target and of the
+    headers stays as it was, byte for byte and in order.
     """
-    target = request.target
+    params: set[str] = set()
+    header_names: set[bytes] = set()
+    cookies: set[bytes] = set()
+    for name in credentials.present:
+        kind, _, arg = name.partition(":")
+        if kind == "query":
+            params.add(arg)
+        elif kind == "header":
+            header_names.add(arg.lower().encode("latin-1") if arg else b"authorization")
+        elif kind == "cookie":
+            cookies.add(arg.encode("latin-1"))
+    offers = frozenset(credentials.auth_offers)
+    target = _without_query_params(request.target, params) if params else request.target
+    headers: Sequence[Header] = request.headers
+    if header_names:
+        headers = [h for h in headers if h[0] not in header_names]
+    if cookies:
+        headers = list(_without_cookies(headers, cookies))
     subprotocols = request.subprotocols
-    headers = request.headers
-    if credentials.strip_query is not None:
-        target = _without_query_param(target, credentials.strip_query)
-    if credentials.strip_subprotocol is not None:
-        offer = credentials.strip_subprotocol
-        subprotocols = tuple(p for p in subprotocols if p != offer)
-        headers = tuple(_without_offer(headers, offer.encode("latin-1")))
-    kind, _, arg = (credentials.source or "").partition(":")
-    if kind == "header":
-        drop = arg.lower().encode("latin-1") if arg else b"authorization"
-        headers = tuple(h for h in headers if h[0] != drop)
-    elif kind == "cookie":
-        headers = tuple(_without_cookie(headers, arg.encode("latin-1")))
-    return dataclasses.replace(request, target=target, subprotocols=subprotocols, headers=headers)
+    if offers:
+        headers = list(_without_offers(headers, {o.encode("latin-1") for o in offers}))
+        subprotocols = tuple(p for p in subprotocols if p not in offers)
+    return dataclasses.replace(
+        request, target=target, subprotocols=subprotocols, headers=tuple(headers)
+    )
 
 
 # Finding…
 
 
-def _header_token(request: UpgradeRequest, kind: str, arg: str) -> str | None:
+def _is_present(request: UpgradeRequest, kind: str, arg: str, offers: Sequence[str]) -> bool:
+    """Whether the request holds source *kind*:*arg* at all, whatever its value."""
+    if kind == "header":
+        name = arg.lower().encode("latin-1") if arg else b"authorization"
+        return request.header(name) is not None
+    if kind == "query":
+        return any(key == arg for key, _ in _query_params(request.target))
+    if kind == "cookie":
+        return any(cookie == arg.encode("latin-1") for cookie in _cookie_names(request.headers))
+    if kind == "subprotocol":
+        return bool(offers)
+    raise ValueError(f"unknown token source {kind!r}")  # config.py admits no other
+
+
+def _token(request: UpgradeRequest, kind: str, arg: str, prefix: str) -> str | None:
     if kind == "header" and not arg:
         return _bearer(request.header(b"authorization"))
     if kind == "header":
         value = request.header(arg.lower().encode("latin-1"))
         return None if value is None else value.strip().decode("latin-1")
+    if kind == "query":
+        return _query_value(request.target, arg)
     if kind == "cookie":
         return _cookie_value(request.headers, arg.encode("latin-1"))
-    raise ValueError(f"unknown token source {kind!r}")  # config.py admits no other
+    # The offers an upgrade negotiates: a plain request has none to win with.
+    offer = next((p for p in request.subprotocols if p.startswith(prefix)), None)
+    return None if offer is None else offer[len(prefix):]
 
 
 def _bearer(value: bytes | None) -> str | None:
@@ -130,11 +162,21 @@ def _query_params(target: bytes) -> Iterator[tuple[str, bytes]]:
             yield _param_name(part), part.partition(b"=")[2]
 
 
-def _auth_offer(subprotocols: Sequence[str], prefix: str) -> str | None:
-    for offer in subprotocols:
-        if offer.startswith(prefix) and len(offer) > len(prefix):
-            return offer
-    return None
+def _auth_offers(headers: Sequence[Header], prefix: str) -> Iterator[str]:
+    """Every Sec-WebSocket-Protocol offer that starts with *prefix*, in order."""
+    raw = prefix.encode("latin-1")
+    for key, value in headers:
+        if key == b"sec-websocket-protocol":
+            for offer in value.split(b","):
+                if offer.strip().startswith(raw):
+                    yield offer.strip().decode("latin-1")
+
+
+def _cookie_names(headers: Sequence[Header]) -> Iterator[bytes]:
+    for key, value in headers:
+        if key == b"cookie":
+            for pair in value.split(b";"):
+                yield pair.partition(b"=")[0].strip()
 
 
 def _cookie_value(headers: Sequence[Header], name: bytes) -> str | None:
@@ -155,11 +197,11 @@ def _cookie_value(headers: Sequence[Header], name: bytes) -> str | None:
 # Stripping…
 
 
-def _without_query_param(target: bytes, name: str) -> bytes:
+def _without_query_params(target: bytes, names: set[str]) -> bytes:
     path, question, query = target.partition(b"?")
     if not question:
         return target
-    kept = [p for p in query.split(b"&") if not p or _param_name(p) != name]
+    kept = [p for p in query.split(b"&") if not p or _param_name(p) not in names]
     rest = b"&".join(kept)
     return path + b"?" + rest if rest else path
 
@@ -168,24 +210,25 @@ def _param_name(part: bytes) -> str:
     return unquote_to_bytes(part.partition(b"=")[0]).decode("latin-1")
 
 
-def _without_offer(headers: Sequence[Header], offer: bytes) -> Iterator[Header]:
+def _without_offers(headers: Sequence[Header], offers: set[bytes]) -> Iterator[Header]:
     for key, value in headers:
         if key != b"sec-websocket-protocol":
             yield key, value
             continue
-        kept = b",".join(p for p in value.split(b",") if p.strip() != offer).strip()
+        kept = b",".join(p for p in value.split(b",") if p.strip() not in offers).strip()
         if kept:
             yield key, kept
 
 
-def _without_cookie(headers: Sequence[Header], name: bytes) -> Iterator[Header]:
+def _without_cookies(headers: Sequence[Header], names: set[bytes]) -> Iterator[Header]:
+    """*headers* less the cookies *names*; each other cookie keeps its bytes."""
     for key, value in headers:
-        if key != b"cookie":
+        pairs = value.split(b";") if key == b"cookie" else ()
+        if not any(p.partition(b"=")[0].strip() in names for p in pairs):
             yield key, value
             continue
-        kept = b"; ".join(
-            p.strip() for p in value.split(b";")
-            if p.strip() and p.strip().partition(b"=")[0].strip() != name
-        )
+        kept = b";".join(
+            p for p in pairs if p.strip() and p.partition(b"=")[0].strip() not in names
+        ).strip()
         if kept:
             yield key, kept

@@ -20,6 +20,7 @@ from typing import Final
 
 import h11
 
+from wsproxy.core.paths import UnsafeTarget, backend_target, join
 from wsproxy.errors import HandshakeRejected, UpstreamHandshakeFailed, UpstreamUnavailable
 
 GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -145,9 +146,10 @@ def check_upgrade(request: h11.Request) -> UpgradeRequest:
         raise HandshakeRejected(400, "a WebSocket upgrade is an HTTP/1.1 GET")
     if b"upgrade" not in _tokens(joined(b"connection")):
         raise HandshakeRejected(400, "Connection header lacks 'upgrade'")
-    if not bytes(request.target).startswith(b"/"):
-        # An absolute URI or "*" would be glued onto the backend's path prefix.
-        raise HandshakeRejected(400, "the request target must be a path")
+    try:
+        target = backend_target(bytes(request.target))
+    except UnsafeTarget as exc:
+        raise HandshakeRejected(400, str(exc)) from None
     # h11 has checked that a Content-Length is digits.
     if b"transfer-encoding" in values or any(int(v) for v in values.get(b"content-length", [])):
         # RFC 6455 §4.1: the upgrade is a GET without a body. Body bytes would be read
@@ -172,7 +174,7 @@ def check_upgrade(request: h11.Request) -> UpgradeRequest:
         raise HandshakeRejected(400, "a subprotocol offer is not a token")
     origin = values.get(b"origin")
     return UpgradeRequest(
-        target=bytes(request.target),
+        target=target,
         host=joined(b"host"),
         key=keys[0].strip(),
         subprotocols=subprotocols,
@@ -306,7 +308,7 @@ def _upstream_head(
         (b"X-Request-Id", forwarding.request_id.encode("latin-1")),
     ]
     headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in forwarding.identity]
-    return path_prefix.rstrip("/").encode("latin-1") + upgrade.target, headers
+    return join(path_prefix, upgrade.target), headers
 
 
 def read_switching_response(data: bytes) -> tuple[list[Header], bytes] | None:

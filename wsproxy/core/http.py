@@ -13,6 +13,7 @@ from typing import Final
 import h11
 
 from wsproxy.core.handshake import PROXY_OWNED, Forwarding, status_phrase
+from wsproxy.core.paths import join
 
 Header = tuple[bytes, bytes]
 
@@ -141,8 +142,9 @@ def forward_request(
 ) -> h11.Request:
     """The request to send to a backend for the client's *request*.
 
-    *target* and *headers* are the client's, with any credentials taken out. The body's
-    framing is h11's to write: a Content-Length goes on, a chunked body is sent chunked.
+    *target* (from paths.backend_target()) and *headers* are the client's, with any
+    credentials taken out. The body's framing is h11's to write: a Content-Length goes
+    on, a chunked body is sent chunked.
     """
     dropped = _hop_by_hop(headers) | PROXY_OWNED | owned | {b"host", b"content-length", b"via"}
     out: list[Header] = [(b"Host", authority.encode("latin-1"))]
@@ -162,8 +164,7 @@ def forward_request(
     out.append((b"X-Request-Id", forwarding.request_id.encode("latin-1")))
     out += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in forwarding.identity]
     out += _via(headers, request.http_version)
-    full_target = path_prefix.rstrip("/").encode("latin-1") + target
-    return h11.Request(method=request.method, target=full_target, headers=out)
+    return h11.Request(method=request.method, target=join(path_prefix, target), headers=out)
 
 
 def forward_response(

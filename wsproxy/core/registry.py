@@ -9,14 +9,22 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    """Every accepted connection by id, and the admitted ones counted per client.
+    """Every accepted connection by id, and what counts against the limits.
 
-    The limits count *admitted* upgrades (``admit()``, when the request has been
-    read), under the client's address as the proxy believes it (X-Forwarded-For from
-    a trusted proxy, a PROXY header). Counting from the TCP accept instead refused a
-    whole burst of simultaneous upgrades, none of the ones that fit included, and
-    counted clients behind a load balancer under the balancer's address. Half-open
-    handshakes are bounded by ``limits.handshake_timeout`` instead.
+    Two kinds of connection count against ``max_connections`` and ``max_per_ip``:
+
+    - *admitted* upgrades (``admit()``, when the request has been read), under the
+      client's address as the proxy believes it (X-Forwarded-For from a trusted
+      proxy, a PROXY header). Counting plain connections from the TCP accept instead
+      refused a whole burst of simultaneous upgrades, none of the ones that fit
+      included, and counted clients behind a load balancer under the balancer's
+      address. A plain connection that has not sent its request yet is bounded by
+      ``limits.handshake_timeout`` instead.
+    - *TLS handshakes* in progress (``handshake_started()``), under the socket's peer
+      address: nothing else is known before TLS, and a handshake costs the proxy
+      CPU and a socket, so a flood of them must not go uncounted. A handshake's slot
+      is given back (``handshake_ended()``) before its connection can be admitted,
+      so that one connection never holds two.
     """
 
     def __init__(self, *, max_connections: int, max_per_ip: int) -> None:
@@ -25,6 +33,8 @@ class Registry(Generic[T]):
         self.max_per_ip = max_per_ip
         self.connections: dict[str, T] = {}
         self._admitted: dict[str, str] = {}  # conn id -> client address
+        #: TLS handshakes in progress; their addresses are counted in _per_ip.
+        self.handshakes = 0
         self._per_ip: Counter[str] = Counter()
 
     def __len__(self) -> int:
@@ -33,20 +43,50 @@ class Registry(Generic[T]):
     def add(self, conn_id: str, conn: T) -> None:
         self.connections[conn_id] = conn
 
+    def _refusal(self, ip: str | None) -> str | None:
+        """Why one more connection from *ip* would be one too many (None: per-IP not
+        applied), if it would."""
+        if len(self._admitted) + self.handshakes >= self.max_connections:
+            return "too many connections"
+        if ip is not None and self.max_per_ip and self._per_ip[ip] >= self.max_per_ip:
+            return "too many connections from this address"
+        return None
+
     def admit(self, conn_id: str, ip: str) -> str | None:
         """Count *conn_id* in, or say why it would be one too many (then it is not)."""
-        if len(self._admitted) >= self.max_connections:
-            return "too many connections"
-        if self.max_per_ip and self._per_ip[ip] >= self.max_per_ip:
-            return "too many connections from this address"
-        self._admitted[conn_id] = ip
-        self._per_ip[ip] += 1
-        return None
+        reason = self._refusal(ip)
+        if reason is None:
+            self._admitted[conn_id] = ip
+            self._per_ip[ip] += 1
+        return reason
+
+    def handshake_started(self, ip: str | None) -> str | None:
+        """Count a TLS handshake from *ip* in, or say why it would be one too many.
+
+        *ip* None: the peer stands for other clients (a trusted proxy), whose
+        addresses are not known yet; the handshake counts in the total only.
+        Each one counted in must be ended exactly once with the same *ip*.
+        """
+        reason = self._refusal(ip)
+        if reason is None:
+            self.handshakes += 1
+            if ip is not None:
+                self._per_ip[ip] += 1
+        return reason
+
+    def handshake_ended(self, ip: str | None) -> None:
+        """A handshake counted in by handshake_started(*ip*) is over, however it ended."""
+        self.handshakes -= 1
+        if ip is not None:
+            self._forget_ip(ip)
 
     def remove(self, conn_id: str) -> None:
         self.connections.pop(conn_id, None)
         ip = self._admitted.pop(conn_id, None)
         if ip is not None:
-            self._per_ip[ip] -= 1
-            if self._per_ip[ip] <= 0:
-                del self._per_ip[ip]
+            self._forget_ip(ip)
+
+    def _forget_ip(self, ip: str) -> None:
+        self._per_ip[ip] -= 1
+        if self._per_ip[ip] <= 0:
+            del self._per_ip[ip]

@@ -136,7 +136,7 @@ class _Flow:
         "dst_leg",
         "in_message",
         "masked",
-        "message_size",
+        "message_room",
         "messages",
         "partial",
         "pending",
@@ -163,7 +163,9 @@ class _Flow:
         #: An incomplete header or control frame, kept until the rest arrives.
         self.partial = b""
         self.in_message = False
-        self.message_size = 0
+        #: Wire bytes the current message may still take (the size limit, less its
+        #: frames so far).
+        self.message_room = 0
         self.messages = 0
         self.bytes = 0
         #: Data messages that could not be delivered: dst was already sent a close.
@@ -690,14 +692,19 @@ class Session:
         if opcode == frames.CONTINUATION:
             if not f.in_message or (rsv and f.rsv_allowed != frames.RSV_BITS):
                 return frames.PROTOCOL_ERROR
-            size = f.message_size + length
+            room = f.message_room - length
         else:
             if f.in_message or rsv & ~f.rsv_allowed:
                 return frames.PROTOCOL_ERROR
-            size = length
-        f.message_size = size
+            if rsv and f.rsv_allowed == frames.RSV1:
+                # Compressed (permessage-deflate): a message of max_size bytes may take
+                # deflate's worst case on the wire, which is all the proxy sees.
+                room = frames.deflate_bound(max_size) - length
+            else:
+                room = max_size - length
+        f.message_room = room
         f.in_message = not b0 & 0x80
-        return frames.MESSAGE_TOO_BIG if size > max_size else 0
+        return frames.MESSAGE_TOO_BIG if room < 0 else 0
 
     def _close_too_big(self, f: _Flow) -> None:
         # SPEC: a message over the limit closes the whole connection with 1009. Both

@@ -26,7 +26,7 @@ from wsproxy.core.liveness import Due, Liveness, ping_payload, ping_sent_at
 from wsproxy.core.proxy_protocol import ProxyHeaderParser, ProxyProtocolError
 from wsproxy.core.session import LegState, Session
 from wsproxy.core.states import TERMINAL, SessionState, Side
-from wsproxy.io.dialer import dial
+from wsproxy.io.dialer import OutOfDescriptors, dial
 from wsproxy.io.http_relay import HttpRelay
 from wsproxy.log import get_logger
 
@@ -47,6 +47,16 @@ _OPEN: Final = SessionState.OPEN
 _OTHER: Final = {CLIENT: UPSTREAM, UPSTREAM: CLIENT}
 #: The failures the session answers by itself, by status.
 _STATUS_FAILURES: Final = {400: "bad_request", 426: "bad_version", 431: "head_too_large"}
+
+
+def plain_ip(ip: str) -> str:
+    """*ip* as the limits, the logs and X-Forwarded-For name it: an IPv4-mapped IPv6
+    address (a dual-stack listener's IPv4 client, a PROXY header) is the IPv4
+    address it maps, so that one client has one address for the per-IP limits."""
+    address = ipaddress.ip_address(ip)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
 
 
 class ClientProtocol(asyncio.Protocol):
@@ -94,8 +104,8 @@ class ProxiedClientProtocol(ClientProtocol):
 
     __slots__ = ("_parser",)
 
-    def __init__(self, ctx: ProxyContext) -> None:
-        super().__init__(ctx)
+    def __init__(self, ctx: ProxyContext, conn: Connection | None = None) -> None:
+        super().__init__(ctx, conn)
         self._parser: ProxyHeaderParser | None = ProxyHeaderParser()
 
     def data_received(self, data: bytes) -> None:
@@ -167,12 +177,18 @@ class Connection:
         "ctx", "failure", "id", "identity", "liveness", "peer_ip", "session", "started",
     )
 
-    def __init__(self, ctx: ProxyContext, client: asyncio.Transport) -> None:
+    def __init__(
+        self, ctx: ProxyContext, client: asyncio.Transport, *, deadline: float | None = None
+    ) -> None:
+        """*deadline*: when the request must be in, on the loop's clock (default: in
+        ``limits.handshake_timeout``; a TLS listener's began before the handshake)."""
         self.ctx = ctx
         self.id = ctx.new_conn_id()
         self.started = time.monotonic()
         peer = client.get_extra_info("peername")
         self.peer_ip: str = peer[0] if peer else "unknown"
+        if ":" in self.peer_ip:  # IPv6, or an IPv4 client of a dual-stack listener
+            self.peer_ip = plain_ip(self.peer_ip)
         self.client_ip = self.peer_ip
         self._forwarded_for = self.peer_ip
         self.identity: Identity | None = None
@@ -195,8 +211,10 @@ class Connection:
         self._client: asyncio.Transport | None = client
         self._upstream: asyncio.Transport | None = None
         self._open_transports = 1
-        self._timer: asyncio.TimerHandle | None = ctx.loop.call_later(
-            ctx.config.limits.handshake_timeout, self._handshake_timed_out
+        if deadline is None:
+            deadline = ctx.loop.time() + ctx.config.limits.handshake_timeout
+        self._timer: asyncio.TimerHandle | None = ctx.loop.call_at(
+            deadline, self._handshake_timed_out
         )
         self._upstream_settled: asyncio.Event | None = None
         self._close_rounds = 0
@@ -320,10 +338,7 @@ class Connection:
 
     def set_peer(self, ip: str) -> None:
         """The client's real address, from a PROXY protocol header."""
-        address = ipaddress.ip_address(ip)
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped  # one client, one address for the per-IP limits
-        self.peer_ip = self.client_ip = self._forwarded_for = str(address)
+        self.peer_ip = self.client_ip = self._forwarded_for = plain_ip(ip)
 
     def refuse(self, failure: str, reason: str) -> None:
         """Drop a connection before its request: nothing sensible can be answered."""
@@ -494,7 +509,7 @@ class Connection:
             return False
         if session.state is not SessionState.CONNECTING_UPSTREAM:
             return False  # the client went away meanwhile
-        # The token goes no further: out of the query and the subprotocol offers.
+        # No credential goes further: every configured source present is removed.
         session.request = strip_credentials(request, credentials)
         session.auth_subprotocol = credentials.strip_subprotocol
         return True
@@ -506,7 +521,14 @@ class Connection:
         for backend in self.ctx.balancer.candidates(self._hash_key()):
             if session.state is not SessionState.CONNECTING_UPSTREAM:
                 return
-            outcome = await self._try_backend(backend)
+            try:
+                outcome = await self._try_backend(backend)
+            except OutOfDescriptors:
+                # The proxy's own trouble: no backend is blamed, none other tried.
+                if session.state is SessionState.CONNECTING_UPSTREAM:
+                    self._reject("out_of_descriptors", 503, "proxy out of file descriptors",
+                                 (("Retry-After", "5"),))
+                return
             if session.accepted is not None:
                 # The 101 may have come with frames that moved the session on already
                 # (a backend that closes at once): accepted, whatever the state now.
@@ -528,7 +550,11 @@ class Connection:
                 self._reject("backend_unreachable", 502, "backend unreachable")
 
     async def _try_backend(self, backend: BackendState) -> SessionState:
-        """Dial *backend* and do its handshake; returns the session's state after."""
+        """Dial *backend* and do its handshake; returns the session's state after.
+
+        Raises:
+            OutOfDescriptors: the proxy could not open a socket (not the backend's fault).
+        """
         cfg = self.ctx.config
         session = self.session
         settled = self._upstream_settled = asyncio.Event()
@@ -666,7 +692,7 @@ class Connection:
             "conn_id": self.id,
             "client": self.client_ip,
             "backend": self.backend.name if self.backend else None,
-            "subject": None,
+            "subject": self.subject,
             "state": s.state.value,
             "duration_s": round(self.age(), 3),
             "close_code_client": codes["client"],

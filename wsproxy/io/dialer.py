@@ -7,6 +7,14 @@ import ssl
 from collections.abc import Callable
 
 from wsproxy.config import BackendConfig
+from wsproxy.io.listen_socket import CAPACITY_ERRNOS
+
+
+class OutOfDescriptors(Exception):
+    """The proxy could not open a socket: out of file descriptors (or socket memory).
+
+    Deliberately not an OSError, so that no handler of backend failures takes it for one.
+    """
 
 
 async def dial(
@@ -19,14 +27,22 @@ async def dial(
     """Connect to *backend*; the caller bounds the time (limits.backend_timeout).
 
     Raises:
+        OutOfDescriptors: the proxy's own trouble (EMFILE, ENFILE, ENOBUFS, ENOMEM).
         OSError: refused, unreachable, or a TLS failure (ssl.SSLError is an OSError).
     """
     use_tls = backend.scheme == "wss"
-    transport, _ = await loop.create_connection(
-        protocol_factory,
-        backend.host,
-        backend.port,
-        ssl=(tls or ssl.create_default_context()) if use_tls else None,
-        server_hostname=(server_name or backend.host) if use_tls else None,
-    )
+    try:
+        transport, _ = await loop.create_connection(
+            protocol_factory,
+            backend.host,
+            backend.port,
+            ssl=(tls or ssl.create_default_context()) if use_tls else None,
+            server_hostname=(server_name or backend.host) if use_tls else None,
+        )
+    except OSError as exc:
+        # The proxy has no room for another socket: no backend is to blame, so none
+        # is marked failed and no other is tried.
+        if exc.errno in CAPACITY_ERRNOS:
+            raise OutOfDescriptors(str(exc)) from exc
+        raise
     return transport

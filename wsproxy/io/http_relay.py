@@ -35,7 +35,8 @@ from wsproxy.core.http import (
     is_upgrade,
     probe_path,
 )
-from wsproxy.io.dialer import dial
+from wsproxy.core.paths import UnsafeTarget, backend_target
+from wsproxy.io.dialer import OutOfDescriptors, dial
 from wsproxy.io.http_pool import BackendLink
 from wsproxy.log import get_logger
 
@@ -301,9 +302,11 @@ class HttpRelay:
             ex.error = "body_too_large"
             self._answer(413, "request body too large", close=True)
             return
-        if not target.startswith(b"/"):
-            ex.error = "bad_request"  # an absolute URI or "*" would be glued onto a path prefix
-            self._answer(400, "the request target must be a path", close=True)
+        try:
+            target = backend_target(target)
+        except UnsafeTarget as exc:
+            ex.error = "bad_request"
+            self._answer(400, str(exc), close=True)
             return
         host = next((v for k, v in headers if k == b"host"), b"")
         origin = next((v for k, v in headers if k == b"origin"), None)
@@ -371,6 +374,12 @@ class HttpRelay:
             async with asyncio.timeout(cfg.limits.backend_timeout):
                 await dial(self.ctx.loop, lambda: link, backend.config, self.ctx.backend_ssl,
                            cfg.backend_tls.server_name or backend.server_name)
+        except OutOfDescriptors:
+            # The proxy's own trouble: no backend is blamed, none other tried.
+            if self._ex is ex and not self._closed:
+                ex.error = "out_of_descriptors"
+                self._answer(503, "proxy out of file descriptors", _RETRY_AFTER)
+            return
         except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
             log.warning("upstream.failed", conn_id=self.id, request_id=ex.request_id,
                         backend=backend.name, error=str(exc) or type(exc).__name__)
@@ -647,7 +656,7 @@ class HttpRelay:
 
     def _check_interval(self) -> float:
         http = self.ctx.config.http
-        return min(http.body_timeout, http.response_timeout)
+        return min(http.body_timeout, http.response_timeout, http.stream_idle_timeout)
 
     def _timed_out(self) -> None:
         kind, self._timer, self._timer_kind = self._timer_kind, None, None
@@ -659,7 +668,11 @@ class HttpRelay:
             self._check_exchange(self._ex)
 
     def _check_exchange(self, ex: _Exchange) -> None:
-        """The exchange timer: a client silent mid-body, or a backend silent too long.
+        """The exchange timer: a client silent mid-body, a backend silent too long.
+
+        ``http.response_timeout`` bounds the backend's silence until the response head;
+        once the head is relayed, ``http.stream_idle_timeout`` bounds each pause of the
+        body instead (an event stream may be quiet for long, and is not late).
 
         Activity only moves timestamps; this compares them with the limits and arms
         itself again for the nearest deadline. Silence the proxy caused itself (a
@@ -671,7 +684,10 @@ class HttpRelay:
         sending = self._h11.their_state is h11.SEND_BODY
         if sending and not ex.upstream_full:
             deadlines.append((ex.client_at + http.body_timeout, "body"))
-        if (not sending or ex.response_started) and not ex.client_full:
+        if ex.response_started and not ex.client_full:
+            # A body may pause between chunks (server-sent events, long-poll): its own bound.
+            deadlines.append((ex.upstream_at + http.stream_idle_timeout, "stream"))
+        elif not sending and not ex.client_full:
             deadlines.append((ex.upstream_at + http.response_timeout, "response"))
         at, kind = min(deadlines, default=(now + self._check_interval(), ""))
         if at > now or not kind:
@@ -679,6 +695,9 @@ class HttpRelay:
         elif kind == "body":
             ex.error = "body_timeout"
             self._answer(408, "request body timeout", close=True)
+        elif kind == "stream":
+            ex.error = "stream_idle_timeout"
+            self._abort_client()  # the head is out: the client must see a cut, not an end
         else:
             ex.error = "response_timeout"
             self._answer(504, "backend timed out")

@@ -1,0 +1,112 @@
+"""wsproxy.log_buffer: lines queued without blocking, written in order, the excess counted.
+
+The writer is a function the test controls: it can block (a stuck stdout reader) until
+the test releases it, and tells the test when a write has begun, so that what is in
+the queue at each step is known without sleeping.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+
+from wsproxy.log_buffer import LineBuffer, fd_writer
+
+#: Bound on waits for the writer thread (normally microseconds).
+WAIT = 10.0
+
+
+class StuckReader:
+    """A writer that blocks until released; it records what it wrote."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.data = bytearray()
+
+    def __call__(self, data: bytes) -> None:
+        self.entered.set()
+        assert self.release.wait(WAIT)
+        self.data += data
+
+    def lines(self) -> list[str]:
+        return self.data.decode().splitlines()
+
+
+def test_a_stuck_writer_never_blocks_put_and_the_oldest_are_dropped_and_counted() -> None:
+    reader = StuckReader()
+    buffer = LineBuffer(reader, max_lines=100)
+    buffer.put("first")
+    assert reader.entered.wait(WAIT)  # the writer took "first" and is stuck writing it
+    for i in range(105):
+        buffer.put(f"line {i}")  # returns at once: the last 5 push the first 5 out
+    assert buffer.dropped == 5
+    reader.release.set()
+    assert buffer.close()
+    assert reader.lines() == ["first", *(f"line {i}" for i in range(5, 105))]
+    assert buffer.written == 101
+    assert buffer.dropped == 5
+
+
+def test_close_writes_what_is_queued_and_later_lines_are_dropped() -> None:
+    reader = StuckReader()
+    reader.release.set()
+    buffer = LineBuffer(reader)
+    for i in range(1000):
+        buffer.put(f"{i}")
+    assert buffer.close()
+    buffer.put("after close")
+    assert reader.lines() == [str(i) for i in range(1000)]
+    assert buffer.dropped == 1
+
+
+def test_close_waits_no_longer_than_its_timeout_for_a_stuck_reader() -> None:
+    reader = StuckReader()
+    buffer = LineBuffer(reader)
+    buffer.put("stuck")
+    assert reader.entered.wait(WAIT)
+    started = time.monotonic()
+    assert buffer.close(timeout=0.2) is False
+    assert time.monotonic() - started >= 0.2
+    reader.release.set()  # let the thread finish
+
+
+def test_a_broken_output_drops_and_counts_every_line_without_raising() -> None:
+    calls = []
+
+    def broken(data: bytes) -> None:
+        calls.append(data)
+        raise BrokenPipeError(32, "Broken pipe")
+
+    buffer = LineBuffer(broken)
+    buffer.put("lost")
+    buffer.close()
+    for _ in range(3):
+        buffer.put("also lost")
+    assert calls == [b"lost\n"]
+    assert buffer.dropped == 4
+
+
+@pytest.mark.skipif(not hasattr(os, "pipe"), reason="needs os.pipe")
+def test_fd_writer_writes_everything_even_to_a_non_blocking_pipe() -> None:
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    data = b"x" * 300_000 + b"\n"  # several times a pipe's capacity
+    received = bytearray()
+
+    def drain() -> None:
+        while chunk := os.read(r, 65536):
+            received.extend(chunk)
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    try:
+        fd_writer(w)(data)
+    finally:
+        os.close(w)
+        reader.join(WAIT)
+        os.close(r)
+    assert bytes(received) == data

@@ -1,0 +1,154 @@
+"""A bounded buffer between the event loop and stdout: a slow log reader never stalls relaying.
+
+structlog renders each line in the caller's thread (the event loop's); ``put`` queues
+it and one daemon thread writes the queue to stdout. A reader of stdout that is slow
+or stuck (a log shipper that fell behind, a pipe nobody reads) then blocks only that
+thread: the queue fills up to ``MAX_LINES``, and from then on each new line pushes
+the oldest queued one out, counted (``dropped``, exported as
+``wsproxy_log_lines_dropped_total``), instead of blocking the loop on a full pipe, as a
+``print`` to stdout would. The oldest go so that the newest survive: when the reader
+comes back, or the process stops, what is written ends with what happened last (the
+``proxy.stopped`` line of a shutdown among it).
+
+The bound: 10,000 lines, about 4 MiB of typical 300-400 byte JSON lines; a burst of
+that many is written out as soon as the reader takes it again, a stuck reader costs
+no more memory than that.
+
+Cost per line in the loop thread: a length check, a deque append and, when the writer
+thread is asleep, waking it. The writer takes up to ``BATCH`` lines per write.
+
+At exit (``close``, registered with ``atexit`` by wsproxy.log) the writer gets up to
+``FLUSH_TIMEOUT`` seconds to write what is queued, the final ``proxy.stopped`` among
+it; a reader that is stuck cannot hold the process longer than that. The writer
+writes with ``os.write`` on the descriptor and holds no lock of Python's stdout
+object, so a thread left blocked in a write does not stop the interpreter from exiting.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import sys
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Final
+
+#: Lines queued at most; past it the oldest are dropped and counted.
+MAX_LINES: Final = 10_000
+#: Lines per write.
+BATCH: Final = 512
+#: How long exit waits for the queue to be written.
+FLUSH_TIMEOUT: Final = 5.0
+
+
+class LineBuffer:
+    """Lines queued in the caller's thread, written in order by one writer thread.
+
+    *write* takes the bytes of whole lines and blocks until they are written; it may
+    raise OSError (a closed pipe), after which every line is dropped and counted.
+    """
+
+    def __init__(self, write: Callable[[bytes], object], max_lines: int = MAX_LINES) -> None:
+        self._write = write
+        self.max_lines = max_lines
+        #: Lines written.
+        self.written = 0
+        # One counter per thread that drops: no increment is lost to a race.
+        self._dropped_here = 0  # by put(): pushed out, or the output broken or closed
+        self._dropped_there = 0  # by the writer: queued when the output broke
+        self._lines: deque[str] = deque(maxlen=max_lines)  # full: append drops the oldest
+        self._wake = threading.Event()
+        self._closing = False
+        self._broken = False
+        # A thread does not survive a fork: a forked worker would make its own buffer.
+        self._thread = threading.Thread(target=self._run, name="wsproxy-log", daemon=True)
+        self._thread.start()
+
+    @property
+    def dropped(self) -> int:
+        """Lines dropped: the queue was full, the output broken, or the buffer closed."""
+        return self._dropped_here + self._dropped_there
+
+    def put(self, line: str) -> None:
+        """Queue one line (without its newline); never blocks."""
+        lines = self._lines
+        if self._closing or self._broken:
+            self._dropped_here += 1
+            return
+        if len(lines) >= self.max_lines:
+            # (If the writer takes a batch just now, this counts one line too many:
+            # rarely, and only while the reader is behind.)
+            self._dropped_here += 1
+        lines.append(line)
+        if not self._wake.is_set():  # the writer clears it before it looks at the queue
+            self._wake.set()
+
+    def close(self, timeout: float = FLUSH_TIMEOUT) -> bool:
+        """Stop taking lines; wait up to *timeout* for the queued ones to be written.
+
+        Returns whether all of them were.
+        """
+        self._closing = True
+        self._wake.set()
+        self._thread.join(timeout)
+        return not self._thread.is_alive() and not self._lines and not self._broken
+
+    def _run(self) -> None:
+        lines = self._lines
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            while lines:
+                batch = [lines.popleft() for _ in range(min(len(lines), BATCH))]
+                data = ("\n".join(batch) + "\n").encode("utf-8", "replace")
+                try:
+                    self._write(data)
+                except OSError:
+                    # Nobody reads stdout any more: count what can no longer be written.
+                    self._broken = True
+                    self._dropped_there += len(batch)
+                    while lines:
+                        lines.popleft()
+                        self._dropped_there += 1
+                    return
+                self.written += len(batch)
+            if self._closing:
+                return
+
+
+def fd_writer(fd: int) -> Callable[[bytes], None]:
+    """A blocking writer of all of *data* to descriptor *fd* (waits if it is non-blocking)."""
+
+    def write(data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[os.write(fd, view):]
+            except BlockingIOError:  # someone made the shared pipe non-blocking
+                select.select([], [fd], [], 1.0)
+
+    return write
+
+
+def stdout_writer() -> Callable[[bytes], object]:
+    """Write to the process's stdout descriptor; to ``sys.stdout`` where it has none."""
+    stream = sys.stdout
+    if stream is None:  # started with descriptor 1 closed: every line is dropped
+
+        def nowhere(data: bytes) -> None:
+            raise OSError(errno.EBADF, "no stdout")
+
+        return nowhere
+    try:
+        fd = stream.fileno()
+    except (OSError, ValueError):  # io.UnsupportedOperation is both: a stand-in stream
+
+        def write(data: bytes) -> None:
+            stream.write(data.decode("utf-8"))
+            stream.flush()
+
+        return write
+    stream.flush()  # what was printed before goes first
+    return fd_writer(fd)
