@@ -237,7 +237,7 @@ async def test_a_health_check_without_a_descriptor_is_not_held_against_the_backe
             "admin: {host: 127.0.0.1, port: 0}\n"
             f'backends: [{{name: only, url: "{b.url}"}}]\n'
             # A path the backend answers 200: a check that does get a descriptor passes.
-            "health_check: {path: /hello, interval: 2s, timeout: 5s, unhealthy_after: 1}\n"
+            "health_check: {path: /hello, interval: 2s, timeout: 2s, unhealthy_after: 1}\n"
             "limits: {handshake_timeout: 60s}\n"  # the silent sockets stay until the end
             "logging: {level: info, format: json}\n"
             "drain: {spread: 0s, timeout: 5s}\n",
