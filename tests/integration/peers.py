@@ -6,7 +6,6 @@ Everything listens on 127.0.0.1 port 0; readiness comes from the servers themsel
 
 from __future__ import annotations
 
-import json
 import re
 import ssl
 from collections.abc import AsyncIterator, Callable
@@ -16,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from anyio.streams.buffered import BufferedByteReceiveStream
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.server import ServerConnection
 from websockets.asyncio.server import serve as ws_serve
@@ -143,15 +141,6 @@ def rss(pid: int) -> int:
     match = re.search(r"^VmRSS:\s+(\d+) kB$", status, re.MULTILINE)
     assert match is not None, status
     return int(match.group(1)) * 1024
-
-
-async def listening_port(lines: BufferedByteReceiveStream, within: float = 10.0) -> int:
-    """Read a `wsproxy run` process's JSON log lines until ``proxy.listening``: its port."""
-    with anyio.fail_after(within):
-        while True:
-            record = json.loads(await lines.receive_until(b"\n", 1 << 20))
-            if record.get("event") == "proxy.listening":
-                return int(record["addresses"][0].rsplit(":", 1)[1])
 
 
 def upgrade_request(path: str = "/", *, extra: str = "", version: str = "13") -> bytes:

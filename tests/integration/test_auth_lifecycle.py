@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 import urllib.request
 
@@ -19,9 +20,18 @@ pytestmark = pytest.mark.anyio
 SECRET = "a-test-secret-of-at-least-32-bytes!!"
 
 
-def token(subject: str, lifetime: float) -> str:
-    now = int(time.time())
-    return jwt.encode({"sub": subject, "iat": now, "exp": now + lifetime}, SECRET, "HS256")
+#: Bound on waits for what normally takes milliseconds.
+WAIT = 10.0
+#: The short-lived token's life: long enough for its upgrade and first echo on a
+#: loaded machine (``exp`` is whole seconds: it lives between this and one more).
+SHORT_LIFE = 3
+
+
+def token(subject: str, lifetime: int) -> str:
+    """A token valid for at least *lifetime* seconds from now (``exp`` rounded up)."""
+    now = time.time()
+    return jwt.encode({"sub": subject, "iat": int(now), "exp": math.ceil(now) + lifetime},
+                      SECRET, "HS256")
 
 
 def jwt_config(backends, *, close_on_expiry: bool = True):  # type: ignore[no-untyped-def]
@@ -29,22 +39,24 @@ def jwt_config(backends, *, close_on_expiry: bool = True):  # type: ignore[no-un
         backends,
         auth={"type": "jwt", "close_on_expiry": close_on_expiry,
               "jwt": {"algorithms": ["HS256"], "secret": SECRET, "leeway": 0}},
-        # The sweeper visits connections a few times a second with a short heartbeat.
-        heartbeat={"interval": "200ms", "timeout": "1s"},
+        # The sweeper visits connections a few times a second with a short heartbeat
+        # interval; the timeout is long enough that healthy peers never trip it.
+        heartbeat={"interval": "200ms", "timeout": "10s"},
     )
 
 
 async def test_a_connection_is_closed_with_1008_when_its_jwt_expires() -> None:
     async with backend() as b, running_proxy(jwt_config([b])) as ctx:
         url = f"ws://127.0.0.1:{ctx.addresses[0][1]}/"
-        short = {"Authorization": f"Bearer {token('ann', 2)}"}
+        short = {"Authorization": f"Bearer {token('ann', SHORT_LIFE)}"}
         long = {"Authorization": f"Bearer {token('bob', 600)}"}
         async with connect(url, additional_headers=short) as expiring, connect(
             url, additional_headers=long
         ) as lasting:
             await expiring.send("before")
             assert await expiring.recv() == "before"
-            assert await closed_by_proxy(expiring) == (1008, "token expired")
+            closed = await closed_by_proxy(expiring, within=SHORT_LIFE + 1 + WAIT)
+            assert closed == (1008, "token expired")
             await lasting.send("still here")
             assert await lasting.recv() == "still here"
     assert [h["X-Auth-Subject"] for _, h in b.requests] == ["ann", "bob"]
@@ -54,7 +66,7 @@ async def test_close_on_expiry_off_keeps_the_connection() -> None:
     async with backend() as b, running_proxy(jwt_config([b], close_on_expiry=False)) as ctx:
         url = f"ws://127.0.0.1:{ctx.addresses[0][1]}/"
         async with connect(url, additional_headers={
-                "Authorization": f"Bearer {token('ann', 1)}"}) as ws:
+                "Authorization": f"Bearer {token('ann', 60)}"}) as ws:
             [conn] = ctx.registry.connections.values()
             assert conn.liveness is not None
             assert conn.liveness.expires_at is None  # nothing to close it for

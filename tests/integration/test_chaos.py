@@ -18,6 +18,11 @@ Never a gap in the sequence, never an echo out of order, never a connection that
 without a close frame (what a client reports as 1006), never an upgrade dropped
 without an answer. Clients reconnect (503/502 while no backend is there) and go on.
 
+The run is a number of fault steps, not a number of seconds: a loaded machine makes it
+longer, not different. Before each step the injector waits (bounded) for echoes to
+flow, so every fault hits connections carrying messages. The schedule comes from a
+fixed seed (WSPROXY_CHAOS_SEED picks another one), named in every failure message.
+
 Every wait is bounded; the sleeps pace the senders, the clients' retries and the
 fault injector, none waits for something to happen.
 """
@@ -47,14 +52,20 @@ pytestmark = pytest.mark.anyio
 
 #: The fault schedule's seed; WSPROXY_CHAOS_SEED picks another one for exploring.
 SEED = int(os.environ.get("WSPROXY_CHAOS_SEED", "9"))
+#: How to replay a failure: in every assertion message.
+REPLAY = f"(WSPROXY_CHAOS_SEED={SEED})"
 CLIENTS = 30
-#: How long the clients stream and the faults go on.
-CHAOS_SECONDS = 12.0
+#: Fault injector steps (each a fault or a restart, 0.2-0.7 s apart): about 12 s.
+STEPS = 26
+#: Echoes that must have come back since the last step before the next one (while a
+#: backend is in rotation): the faults hit connections under load.
+PROGRESS = 100
 #: Messages in flight per connection, and the pause between two sends.
 WINDOW = 8
 PACE = 0.02
-#: Bound on every wait for something that normally takes milliseconds.
-WAIT = 10.0
+#: Bound on every wait for something that normally takes milliseconds; an echo (or a
+#: close) that has not come within it is a stall.
+WAIT = 20.0
 #: A refused client tries again after this long (paces retries, waits for nothing).
 RETRY_PAUSE = 0.05
 KINDS = ("graceful", "fin", "rst", "drain")
@@ -153,19 +164,34 @@ async def chaos_backends(n: int) -> AsyncIterator[list[ChaosBackend]]:
 class Faults:
     injected: Counter[str] = field(default_factory=Counter)
     restarts: int = 0
+    #: Steps taken while echoes were flowing (a backend in rotation).
+    under_load: int = 0
 
 
-async def inject_faults(
-    ctx: ProxyContext, backends: list[ChaosBackend], until: float, faults: Faults
-) -> None:
+async def echoes_flowing(tally: Tally, since: int) -> None:
+    """Until PROGRESS more echoes than *since* came back (bounded, polled per pace)."""
+    try:
+        with anyio.fail_after(WAIT):
+            while tally.checked < since + PROGRESS:  # noqa: ASYNC110 - a counter, no event
+                await anyio.sleep(PACE)
+    except TimeoutError:
+        raise AssertionError(f"no echoes for {WAIT:.0f} s with a backend up {REPLAY}: "
+                             f"{tally.failures[:5]}") from None
+
+
+async def inject_faults(ctx: ProxyContext, backends: list[ChaosBackend], faults: Faults,
+                        tally: Tally, over: anyio.Event) -> None:
     rng = random.Random(SEED)
     drained: set[str] = set()
     kinds = list(KINDS)
     rng.shuffle(kinds)  # each kind at least once, then at random
-    while anyio.current_time() < until:
-        await anyio.sleep(rng.uniform(0.2, 0.7))
-        if anyio.current_time() >= until:
-            break
+    checked = tally.checked
+    for _ in range(STEPS):
+        await anyio.sleep(rng.uniform(0.2, 0.7))  # the pace of the faults
+        if any(b.up and b.name not in drained for b in backends):
+            await echoes_flowing(tally, checked)
+            faults.under_load += 1
+        checked = tally.checked
         down = [b for b in backends if not b.up or b.name in drained]
         up = [b for b in backends if b not in down]
         if down and (not up or rng.random() < 0.5):
@@ -185,6 +211,7 @@ async def inject_faults(
             ctx.drain_backend(ctx.balancer.backends[b.name], spread=0.5)
         else:
             await b.stop(kind)
+    over.set()
 
 
 # The clients ----------------------------------------------------------------------------------
@@ -200,8 +227,8 @@ class Tally:
     failures: list[str] = field(default_factory=list)
 
 
-async def stream(ws: ClientConnection, tag: str, until: float, tally: Tally) -> None:
-    """Send sequenced messages until *until*, then a last one marked ``!``; check echoes.
+async def stream(ws: ClientConnection, tag: str, over: anyio.Event, tally: Tally) -> None:
+    """Send sequenced messages until *over*, then a last one marked ``!``; check echoes.
 
     Returns when the last echo is back (the client then closes with 1000) or when the
     proxy closed the connection; the close must explain every message not echoed.
@@ -212,7 +239,7 @@ async def stream(ws: ClientConnection, tag: str, until: float, tally: Tally) -> 
     async def send() -> None:
         nonlocal sent, room
         with suppress(ConnectionClosed):
-            while anyio.current_time() < until:
+            while not over.is_set():
                 while sent - received >= WINDOW:
                     await room.wait()
                     room = anyio.Event()
@@ -227,7 +254,7 @@ async def stream(ws: ClientConnection, tag: str, until: float, tally: Tally) -> 
         tg.start_soon(send)
         try:
             while True:
-                with anyio.fail_after(until - anyio.current_time() + WAIT):
+                with anyio.fail_after(WAIT):  # the sender sends every PACE until over
                     message = await ws.recv(decode=True)
                 assert isinstance(message, str)
                 if message.rstrip("!") != f"{tag}:{received}":
@@ -257,9 +284,9 @@ async def stream(ws: ClientConnection, tag: str, until: float, tally: Tally) -> 
                 tally.failures.append(f"{tag}: {sent - received} not echoed, close {code}")
 
 
-async def client(n: int, url: str, until: float, tally: Tally) -> None:
+async def client(n: int, url: str, over: anyio.Event, tally: Tally) -> None:
     session = 0
-    while anyio.current_time() < until:
+    while not over.is_set():
         try:
             ws = await connect(url, open_timeout=WAIT, close_timeout=WAIT, ping_interval=None)
         except InvalidStatus as exc:
@@ -273,12 +300,13 @@ async def client(n: int, url: str, until: float, tally: Tally) -> None:
         session += 1
         tally.sessions += 1
         async with ws:
-            await stream(ws, f"c{n}.{session}", until, tally)
+            await stream(ws, f"c{n}.{session}", over, tally)
 
 
 # The test ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.timeout(180)  # about 15 s; far more on a loaded machine
 async def test_backends_killed_and_restarted_under_load_lose_nothing_silently() -> None:
     async with chaos_backends(3) as backends:
         config = make_config(
@@ -290,26 +318,31 @@ async def test_backends_killed_and_restarted_under_load_lose_nothing_silently() 
         async with running_proxy(config) as ctx:
             host, port = ctx.addresses[0]
             url = f"ws://{host}:{port}/"
-            until = anyio.current_time() + CHAOS_SECONDS
+            over = anyio.Event()
             faults, tally = Faults(), Tally()
-            with anyio.fail_after(CHAOS_SECONDS + WAIT + 5):
+            started = anyio.current_time()
+            with anyio.fail_after(STEPS * (0.7 + WAIT) + WAIT):  # a bound, not a pace
                 async with anyio.create_task_group() as tg:
-                    tg.start_soon(inject_faults, ctx, backends, until, faults)
+                    tg.start_soon(inject_faults, ctx, backends, faults, tally, over)
                     for n in range(CLIENTS):
-                        tg.start_soon(client, n, url, until, tally)
+                        tg.start_soon(client, n, url, over, tally)
+            took = anyio.current_time() - started
 
     print(  # noqa: T201 - the figures for the report
-        f"\nchaos (seed {SEED}, {CHAOS_SECONDS:.0f} s, {CLIENTS} clients): "
+        f"\nchaos (seed {SEED}, {STEPS} steps in {took:.1f} s, {CLIENTS} clients): "
         f"faults injected {sum(faults.injected.values())} {dict(faults.injected)}, "
         f"restarts {faults.restarts}; messages checked {tally.checked}; "
         f"connections {tally.sessions}; closes by code {dict(sorted(tally.closes.items()))}; "
         f"not echoed, explained by code {dict(tally.undelivered)}; "
         f"upgrades refused {dict(tally.refused)}; failures {len(tally.failures)}"
     )
-    assert not tally.failures, "\n".join(tally.failures[:20])
-    assert set(faults.injected) == set(KINDS), faults.injected
-    assert sum(faults.injected.values()) >= 8, faults.injected
-    assert tally.closes[1012], tally.closes
-    assert tally.closes[1014], tally.closes
-    assert set(tally.closes) <= {1000, *EXPLAINED}, tally.closes
-    assert tally.checked >= 2000, tally.checked
+    assert not tally.failures, REPLAY + "\n" + "\n".join(tally.failures[:20])
+    # The schedule (a function of the seed only): every kind of fault, and plenty.
+    assert set(faults.injected) == set(KINDS), (REPLAY, faults.injected)
+    assert sum(faults.injected.values()) >= 8, (REPLAY, faults.injected)
+    # Under load: echoes flowed before most steps (see echoes_flowing).
+    assert faults.under_load >= STEPS // 2, (REPLAY, faults.under_load)
+    assert tally.checked >= faults.under_load * PROGRESS, (REPLAY, tally.checked)
+    assert tally.closes[1012], (REPLAY, tally.closes)
+    assert tally.closes[1014], (REPLAY, tally.closes)
+    assert set(tally.closes) <= {1000, *EXPLAINED}, (REPLAY, tally.closes)

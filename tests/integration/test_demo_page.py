@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from tests.integration import browser
-from tests.integration.test_process import DEMO_URL, started
+from tests.integration.proxy_process import started
+from tests.integration.test_process import DEMO_URL
 
 pytestmark = pytest.mark.anyio
 

@@ -31,11 +31,12 @@ from websockets.exceptions import InvalidStatus
 
 from tests.integration.http_backend import http_backend, http_client
 from tests.integration.peers import raw_exchange
+from tests.integration.proxy_process import Running
 from tests.integration.test_exhaustion import (
     NOFILE,
     WAIT,
-    ProxyProcess,
     abort_all,
+    descriptors,
     echoes,
     limited_proxy,
 )
@@ -54,8 +55,8 @@ async def until(predicate: Callable[[], bool], what: str) -> None:
     assert predicate(), what
 
 
-def free(proxy: ProxyProcess) -> int:
-    return NOFILE - proxy.descriptors()
+def free(proxy: Running) -> int:
+    return NOFILE - descriptors(proxy.pid)
 
 
 async def failures(admin: str) -> dict[str, float]:
@@ -95,7 +96,7 @@ async def test_out_of_descriptors_while_dialling_is_503_and_blames_no_backend(
             "drain: {spread: 0s, timeout: 5s}\n",
             encoding="utf-8",
         )
-        proxy = await stack.enter_async_context(limited_proxy(config, loop))
+        proxy = await stack.enter_async_context(limited_proxy(config, tmp_path, loop))
         clients: list[ClientConnection] = []
         stack.callback(abort_all, clients)
         await proxy.wait_for(
@@ -117,7 +118,7 @@ async def test_out_of_descriptors_while_dialling_is_503_and_blames_no_backend(
             if free(proxy) <= 1:
                 break
             clients.append(await connect(url, open_timeout=WAIT))
-        assert free(proxy) == 1, proxy.descriptors()
+        assert free(proxy) == 1, descriptors(proxy.pid)
         held = len(clients)
         assert held >= 10, held
 
@@ -167,7 +168,7 @@ async def test_out_of_descriptors_while_dialling_is_503_and_blames_no_backend(
         with anyio.fail_after(WAIT):
             status = await proxy.process.wait()
     assert status == 0
-    text = proxy.stderr.decode("utf-8", "replace")
+    text = proxy.stderr_so_far
     assert "Traceback" not in text, text[-2000:]
     assert not [r for r in proxy.records if "exception" in r], json.dumps(proxy.records)[-2000:]
 
@@ -189,7 +190,7 @@ async def test_the_admin_listener_out_of_descriptors_backs_off_and_serves_again(
             "drain: {spread: 0s, timeout: 5s}\n",
             encoding="utf-8",
         )
-        proxy = await stack.enter_async_context(limited_proxy(config, loop))
+        proxy = await stack.enter_async_context(limited_proxy(config, tmp_path, loop))
         clients: list[ClientConnection] = []
         stack.callback(abort_all, clients)
         await proxy.wait_for(
@@ -220,7 +221,7 @@ async def test_the_admin_listener_out_of_descriptors_backs_off_and_serves_again(
         with anyio.fail_after(WAIT):
             status = await proxy.process.wait()
     assert status == 0
-    text = proxy.stderr.decode("utf-8", "replace")
+    text = proxy.stderr_so_far
     assert "Traceback" not in text, text[-2000:]
 
 
@@ -235,13 +236,14 @@ async def test_a_health_check_without_a_descriptor_is_not_held_against_the_backe
             "listen: {host: 127.0.0.1, port: 0}\n"
             "admin: {host: 127.0.0.1, port: 0}\n"
             f'backends: [{{name: only, url: "{b.url}"}}]\n'
-            "health_check: {path: /, interval: 2s, timeout: 2s, unhealthy_after: 1}\n"
+            # A path the backend answers 200: a check that does get a descriptor passes.
+            "health_check: {path: /hello, interval: 2s, timeout: 2s, unhealthy_after: 1}\n"
             "limits: {handshake_timeout: 60s}\n"  # the silent sockets stay until the end
             "logging: {level: info, format: json}\n"
             "drain: {spread: 0s, timeout: 5s}\n",
             encoding="utf-8",
         )
-        proxy = await stack.enter_async_context(limited_proxy(config, loop))
+        proxy = await stack.enter_async_context(limited_proxy(config, tmp_path, loop))
         clients: list[ClientConnection] = []
         stack.callback(abort_all, clients)
         await proxy.wait_for(lambda: proxy.count("proxy.listening") == 1, "proxy.listening")
@@ -251,7 +253,14 @@ async def test_a_health_check_without_a_descriptor_is_not_held_against_the_backe
         for _ in range(NOFILE):
             if free(proxy) <= 2:
                 break
-            clients.append(await connect(f"ws://{address}/", open_timeout=WAIT))
+            try:
+                clients.append(await connect(f"ws://{address}/", open_timeout=WAIT))
+            except InvalidStatus as exc:
+                # A health check took a descriptor between the count and this dial: the
+                # table is as full as it gets (the proxy's own trouble, not the backend's).
+                if exc.response.status_code != 503:
+                    raise
+                break
         # Silent clients take the last descriptors (the spare ones wait in the backlog).
         for _ in range(4):
             await stack.enter_async_context(await anyio.connect_tcp(host, int(port)))
@@ -259,7 +268,7 @@ async def test_a_health_check_without_a_descriptor_is_not_held_against_the_backe
             lambda: proxy.count("health_check.not_run") + proxy.count("health_check.failed") >= 1,
             "a health check with no descriptor",
         )
-        assert proxy.count("health_check.failed") == 0
+        assert proxy.count("health_check.failed") == 0, proxy.events("health_check.failed")
         assert proxy.count("backend.health") == 0  # still healthy: never marked down
         for ws in clients[:2]:
             await ws.close()

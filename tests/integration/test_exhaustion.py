@@ -23,25 +23,21 @@ is the CPU measuring window. Every process is stopped by its PID.
 
 from __future__ import annotations
 
-import json
 import os
-import signal
-import subprocess
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from pathlib import Path
-from typing import Any
 
 import anyio
 import pytest
-from anyio.abc import Process, SocketStream
-from anyio.streams.buffered import BufferedByteReceiveStream
+from anyio.abc import SocketStream
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidMessage, InvalidStatus
 
 from tests.integration.peers import backend, make_config, running_proxy, upgrade_request
+from tests.integration.proxy_process import Running, proxy_process
 
 pytestmark = [
     pytest.mark.anyio,
@@ -74,81 +70,25 @@ LAUNCHER = (
 # The proxy process ------------------------------------------------------------------------
 
 
-class ProxyProcess:
-    """``wsproxy run`` with stdout (JSON log lines) and stderr drained in the background.
+def descriptors(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
 
-    Draining matters: a proxy whose stdout pipe fills up blocks on its next log line.
+
+def cpu_seconds(pid: int) -> float:
+    raw = Path(f"/proc/{pid}/stat").read_text()
+    fields = raw[raw.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+
+
+def limited_proxy(config: str, tmp_path: Path, loop: str
+                  ) -> AbstractAsyncContextManager[Running]:
+    """``wsproxy run`` with RLIMIT_NOFILE at NOFILE, on *loop*, once it listens.
+
+    Its stdout (JSON log lines) and stderr are read in the background: a proxy whose
+    stdout pipe fills up would block on its next log line.
     """
-
-    def __init__(self, process: Process) -> None:
-        self.process = process
-        self.records: list[dict[str, Any]] = []
-        self.stderr = bytearray()
-        self._changed = anyio.Event()
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    async def read_stdout(self) -> None:
-        assert self.process.stdout is not None
-        lines = BufferedByteReceiveStream(self.process.stdout)
-        while True:
-            try:
-                line = await lines.receive_until(b"\n", 1 << 20)
-            except (anyio.IncompleteRead, anyio.EndOfStream, anyio.ClosedResourceError):
-                break
-            try:
-                record = json.loads(line)
-            except ValueError:
-                record = {"event": None, "text": line.decode("utf-8", "replace")}
-            self.records.append(record if isinstance(record, dict) else {"event": None})
-            self._changed.set()
-            self._changed = anyio.Event()
-        self._changed.set()
-
-    async def read_stderr(self) -> None:
-        assert self.process.stderr is not None
-        async for chunk in self.process.stderr:
-            self.stderr += chunk
-
-    def count(self, event: str) -> int:
-        return sum(1 for r in self.records if r.get("event") == event)
-
-    async def wait_for(self, predicate: Callable[[], bool], what: str) -> None:
-        """Wait (bounded) until *predicate* holds; it is checked on each new log line."""
-        with anyio.fail_after(WAIT):
-            while not predicate():
-                if self.process.returncode is not None:
-                    raise AssertionError(f"proxy exited while waiting for {what}")
-                await self._changed.wait()
-
-    def descriptors(self) -> int:
-        return len(os.listdir(f"/proc/{self.pid}/fd"))
-
-    def cpu_seconds(self) -> float:
-        raw = Path(f"/proc/{self.pid}/stat").read_text()
-        fields = raw[raw.rindex(")") + 2 :].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
-
-
-@asynccontextmanager
-async def limited_proxy(config: Path, loop: str) -> AsyncIterator[ProxyProcess]:
-    command = [sys.executable, "-c", LAUNCHER, str(NOFILE), loop, "run", "-c", str(config)]
-    process = await anyio.open_process(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    proxy = ProxyProcess(process)
-    try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(proxy.read_stdout)
-            tg.start_soon(proxy.read_stderr)
-            yield proxy
-            if process.returncode is None:
-                os.kill(process.pid, signal.SIGKILL)
-    finally:
-        if process.returncode is None:
-            os.kill(process.pid, signal.SIGKILL)
-        with anyio.fail_after(WAIT, shield=True):
-            await process.aclose()
+    launcher = [sys.executable, "-c", LAUNCHER, str(NOFILE), loop]
+    return proxy_process(config, tmp_path, command=launcher)
 
 
 # Clients --------------------------------------------------------------------------------------
@@ -209,15 +149,29 @@ async def concurrent_attempts(url: str, n: int) -> tuple[list[ClientConnection],
 async def eof_or_reset(stream: SocketStream) -> bool:
     """Whether the proxy has closed this silent socket (never answered: False)."""
     try:
-        with anyio.move_on_after(0.1):
+        with anyio.move_on_after(1.0):  # the close is there already, or never comes
             await stream.receive()
     except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
         return True
     return False
 
 
+async def closed_by_the_proxy(streams: list[SocketStream]) -> list[bool]:
+    """``eof_or_reset`` of every stream, all at once (the unanswered ones wait 1 s)."""
+    closed = [False] * len(streams)
+
+    async def check(i: int) -> None:
+        closed[i] = await eof_or_reset(streams[i])
+
+    async with anyio.create_task_group() as tg:
+        for i in range(len(streams)):
+            tg.start_soon(check, i)
+    return closed
+
+
 # Out of descriptors -----------------------------------------------------------------------------
 
+@pytest.mark.timeout(120)  # 5-15 s (asyncio accepts once a second); more when loaded
 @pytest.mark.parametrize(
     "loop", ["uvloop", "asyncio"]
 )
@@ -226,23 +180,19 @@ async def test_out_of_descriptors_keeps_serving_refuses_cleanly_and_recovers(
 ) -> None:
     async with AsyncExitStack() as stack:
         b = await stack.enter_async_context(backend())
-        config = tmp_path / "wsproxy.yaml"
-        config.write_text(
+        config = (
             "listen: {host: 127.0.0.1, port: 0}\n"
             "admin: {host: 127.0.0.1, port: 0}\n"
             f'backends: [{{name: echo, url: "{b.url}"}}]\n'
             "logging: {level: info, format: json}\n"
-            "drain: {spread: 0s, timeout: 5s}\n",
-            encoding="utf-8",
+            "drain: {spread: 0s, timeout: 5s}\n"
         )
-        proxy = await stack.enter_async_context(limited_proxy(config, loop))
+        proxy = await stack.enter_async_context(limited_proxy(config, tmp_path, loop))
         clients: list[ClientConnection] = []
         stack.callback(abort_all, clients)  # whatever is still open when the test ends
-        await proxy.wait_for(lambda: proxy.count("proxy.listening") == 1, "proxy.listening")
-        [listening] = [r for r in proxy.records if r.get("event") == "proxy.listening"]
-        url = f"ws://{listening['addresses'][0]}/"
-        host, port = listening["addresses"][0].rsplit(":", 1)
-        baseline = proxy.descriptors()
+        url = f"{proxy.url}/"
+        host, port = proxy.addresses[0].rsplit(":", 1)
+        baseline = descriptors(proxy.pid)
 
         # Fill the descriptor table: two descriptors per relayed connection.
         held, first_refusal = await hold_until_refused(url, NOFILE)
@@ -262,11 +212,11 @@ async def test_out_of_descriptors_keeps_serving_refuses_cleanly_and_recovers(
             await stack.enter_async_context(await anyio.connect_tcp(host, int(port)))
             for _ in range(20)
         ]
-        cpu_before = proxy.cpu_seconds()
+        cpu_before = cpu_seconds(proxy.pid)
         await anyio.sleep(CPU_WINDOW)  # the measuring window, not a synchronisation
-        cpu_used = proxy.cpu_seconds() - cpu_before
+        cpu_used = cpu_seconds(proxy.pid) - cpu_before
         assert cpu_used < CPU_ALLOWED, f"{cpu_used:.2f} s of CPU in {CPU_WINDOW} s: a busy loop"
-        refused_silent = [await eof_or_reset(s) for s in silent]
+        refused_silent = await closed_by_the_proxy(silent)
         if loop == "uvloop":
             # libuv's EMFILE trick accepts and closes them at once, but for the one that
             # may still fit: that one waits for its request (limits.handshake_timeout).
@@ -283,7 +233,7 @@ async def test_out_of_descriptors_keeps_serving_refuses_cleanly_and_recovers(
         for ws in held[:5]:
             await ws.close()
         await proxy.wait_for(
-            lambda: proxy.count("connection.closed") >= closed_before + 5, "5 closes"
+            lambda: proxy.count("connection.closed") >= closed_before + 5, "5 closes", WAIT
         )
         # (Plain asyncio has left the refused ones in the listen queue: it accepts them
         # first, as many a second as descriptors are free. uvloop has closed them.)
@@ -299,14 +249,14 @@ async def test_out_of_descriptors_keeps_serving_refuses_cleanly_and_recovers(
         opened = proxy.count("connection.opened")
         for ws in [*held[5:], *fresh]:
             await ws.close()
-        await proxy.wait_for(lambda: proxy.count("connection.closed") >= opened, "all closes")
-        assert proxy.descriptors() <= baseline + 1, (proxy.descriptors(), baseline)
+        await proxy.wait_for(
+            lambda: proxy.count("connection.closed") >= opened, "all closes", WAIT)
+        assert descriptors(proxy.pid) <= baseline + 1, (descriptors(proxy.pid), baseline)
 
-        os.kill(proxy.pid, signal.SIGTERM)
-        with anyio.fail_after(WAIT):
-            status = await proxy.process.wait()
+        await proxy.terminate(WAIT)
+        status = proxy.returncode
     assert status == 0
-    text = proxy.stderr.decode("utf-8", "replace")
+    text = proxy.stderr_so_far
     assert "Traceback" not in text, text[-2000:]
     levels = Counter(str(r.get("level")) for r in proxy.records)
     assert not levels["error"], levels

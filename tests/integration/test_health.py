@@ -34,7 +34,9 @@ from wsproxy.supervisor import ProxyContext
 pytestmark = pytest.mark.anyio
 
 WAIT = 10.0
-HEALTH = HealthCheckConfig(path="/healthz", interval=0.1, timeout=0.1, unhealthy_after=2)
+#: Checks every 100 ms; a healthy backend never fails one by being slow to answer on a
+#: loaded machine (a 5 s timeout), a held one is tested with a timeout of its own.
+HEALTH = HealthCheckConfig(path="/healthz", interval=0.1, timeout=5.0, unhealthy_after=2)
 DRAIN = {"spread": "200ms", "timeout": "2s"}
 
 
@@ -156,7 +158,7 @@ def healthy_metric(ctx: ProxyContext, name: str) -> float:
     raise AssertionError(f"no wsproxy_backend_healthy series for {name}")
 
 
-def deadline(seconds: float = 1.0) -> float:
+def deadline(seconds: float = WAIT) -> float:
     return anyio.current_time() + seconds
 
 
@@ -309,6 +311,8 @@ async def test_a_check_without_answer_in_time_counts_as_failed() -> None:
     async with flippable("b1") as b1, flippable("b2") as b2:
         config = with_health(make_config([{"name": "b1", "url": b1.url},
                                           {"name": "b2", "url": b2.url}], drain=DRAIN))
+        # Only b1 is held: the timeout (applied to b2 too) stays well above a slow answer.
+        config = with_health(config, timeout=1.0)
         async with running_proxy(config) as ctx:
             b1.status = None  # held: each check runs into its timeout
             await until(lambda: not ctx.balancer.backends["b1"].healthy, "b1 out")
@@ -322,8 +326,12 @@ async def test_a_removed_backend_is_no_longer_checked() -> None:
         async with running_proxy(config) as ctx:
             await until(lambda: len(b1.checks) >= 1 and len(b2.checks) >= 1, "checked")
             ctx.apply_config(dataclasses.replace(config, backends=(config.backends[1],)))
-            # The checkers' set is looked at once an interval: after three more checks
-            # of b2 (each an interval apart), that look has happened.
+            # The checkers' set is looked at once an interval, by a timer of this event
+            # loop due within one interval: it has fired (and b1's checker is cancelled)
+            # before a later timer of ours. Not a synchronisation: a lower bound.
+            await anyio.sleep(2 * HEALTH.interval)
+            # Then three more checks of b2, so that a check of b1 already on the wire
+            # has landed too.
             seen = len(b2.checks)
             await until(lambda: len(b2.checks) >= seen + 3, "b2 checked on")
             gone_at = len(b1.checks)

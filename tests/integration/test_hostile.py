@@ -10,7 +10,9 @@
   after ``limits.backend_timeout``; with no other backend the client gets 502.
 
 Everything listens on 127.0.0.1; every wait is bounded; readiness comes from the
-peers themselves (sockets bound, the proxy's ``proxy.listening`` log line).
+peers themselves (sockets bound, the proxy's ``proxy.listening`` log line). Timeouts
+are checked from below (a timer never fires early) and, from above, only against the
+default they must be told apart from: a loaded machine makes things later, not sooner.
 """
 
 from __future__ import annotations
@@ -18,8 +20,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
-import signal
-import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -28,8 +28,7 @@ from pathlib import Path
 
 import anyio
 import pytest
-from anyio.abc import ByteReceiveStream, Process, SocketStream
-from anyio.streams.buffered import BufferedByteReceiveStream
+from anyio.abc import SocketStream
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
@@ -38,13 +37,14 @@ from tests.helpers import parse_frame
 from tests.integration.peers import (
     Backend,
     backend,
-    listening_port,
     make_config,
     raw_exchange,
     rss,
     running_proxy,
     upgrade_request,
 )
+from tests.integration.proxy_process import EXIT_TIMEOUT, Running, proxy_process
+from wsproxy.config import LimitsConfig
 
 pytestmark = pytest.mark.anyio
 
@@ -66,7 +66,11 @@ async def echo_round_trip(url: str, count: int = 5) -> None:
 # Slowloris…
 
 HANDSHAKE_TIMEOUT = 0.5
-#: One byte every DRIP seconds: the whole request would take ~8 s at this pace.
+#: What the configured timeouts must be told apart from (limits.handshake_timeout's
+#: and limits.backend_timeout's defaults).
+DEFAULT_HANDSHAKE_TIMEOUT = LimitsConfig().handshake_timeout
+DEFAULT_BACKEND_TIMEOUT = LimitsConfig().backend_timeout
+#: One byte every DRIP seconds (or slower): the whole request takes 8 s or more.
 DRIP = 0.05
 
 
@@ -108,14 +112,17 @@ async def test_slowloris_is_closed_at_the_handshake_timeout() -> None:
             drip = Drip()
             await slowloris(ctx.addresses[0][1], drip)
     assert drip.closed_after is not None
-    assert HANDSHAKE_TIMEOUT * 0.9 <= drip.closed_after < HANDSHAKE_TIMEOUT + 1.5, drip
+    # Cut at this config's timeout (from below), not at the default one (from above).
+    assert HANDSHAKE_TIMEOUT * 0.9 <= drip.closed_after < DEFAULT_HANDSHAKE_TIMEOUT, drip
     assert drip.sent < len(upgrade_request())
     assert drip.answer == b""  # closed, nothing else: no 101, no backend
     assert not b.requests
 
 
 SLOWLORIS_CROWD = 100
-CROWD_TIMEOUT = 1.5
+#: Long enough to serve a normal client while the crowd drips on a loaded machine;
+#: short of the 8 s a dripped request takes.
+CROWD_TIMEOUT = 4.0
 
 
 async def test_a_crowd_of_slowloris_does_not_keep_a_normal_client_out() -> None:
@@ -135,12 +142,14 @@ async def test_a_crowd_of_slowloris_does_not_keep_a_normal_client_out() -> None:
             still_dripping = sum(d.closed_after is None for d in drips)
             held_by_the_proxy = len(ctx.registry)  # the drippers, accepted and still held
         # The task group waited for every slowloris to be cut off.
-    assert still_dripping == SLOWLORIS_CROWD, "the normal client was served after them"
+    # Served while every dripper was still held: it did not wait for them to be cut.
+    assert still_dripping == SLOWLORIS_CROWD, f"served after them, in {served_in:.2f} s"
     assert held_by_the_proxy >= SLOWLORIS_CROWD
-    assert served_in < CROWD_TIMEOUT, served_in
+    # Every dripper cut before its request was through (slowloris() checks that),
+    # and not before its timeout.
     assert all(d.closed_after is not None for d in drips)
-    latest = max(d.closed_after for d in drips if d.closed_after is not None)
-    assert latest < CROWD_TIMEOUT + 2.0, latest
+    earliest = min(d.closed_after for d in drips if d.closed_after is not None)
+    assert earliest >= CROWD_TIMEOUT * 0.9, earliest
     assert all(d.answer == b"" for d in drips)
     assert len(b.requests) == 1  # the normal client only
 
@@ -155,59 +164,21 @@ STALL = 1.0
 FLOOD_CAP = 128 * MIB
 #: How much the proxy's resident memory may grow while the pipe is full.
 MAX_RSS_GROWTH = 32 * MIB
-EXIT_TIMEOUT = 10.0
-
-
-@dataclass
-class ProxyProcess:
-    pid: int
-    port: int
-    process: Process
-
-
-async def _drain(stream: ByteReceiveStream) -> None:
-    """Read the proxy's log to the end, so that a full pipe never blocks it."""
-    try:
-        async for _ in stream:
-            pass
-    except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
-        pass
 
 
 @asynccontextmanager
-async def proxy_process(tmp_path: Path, backend_url: str) -> AsyncIterator[ProxyProcess]:
+async def flood_proxy(tmp_path: Path, backend_url: str) -> AsyncIterator[Running]:
     """``python -m wsproxy run`` in front of *backend_url*; SIGTERM, then SIGKILL by PID."""
-    config = tmp_path / "wsproxy.yaml"
-    config.write_text(
+    config = (
         "listen: {host: 127.0.0.1, port: 0}\n"
         "admin: {host: 127.0.0.1, port: 0}\n"
         f'backends: [{{name: flood, url: "{backend_url}"}}]\n'
         "heartbeat: {interval: 30s, timeout: 30s}\n"
         "drain: {spread: 0s, timeout: 1s}\n"
-        "logging: {level: info, format: json}\n",
-        encoding="utf-8",
+        "logging: {level: info, format: json}\n"
     )
-    process = await anyio.open_process(
-        [sys.executable, "-m", "wsproxy", "run", "-c", str(config)],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-    )
-    try:
-        assert process.stdout is not None
-        lines = BufferedByteReceiveStream(process.stdout)
-        port = await listening_port(lines)
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(_drain, lines)
-            yield ProxyProcess(process.pid, port, process)
-            tg.cancel_scope.cancel()
-    finally:
-        if process.returncode is None:
-            os.kill(process.pid, signal.SIGTERM)
-            with anyio.move_on_after(EXIT_TIMEOUT, shield=True):
-                await process.wait()
-        if process.returncode is None:
-            os.kill(process.pid, signal.SIGKILL)
-        with anyio.fail_after(EXIT_TIMEOUT, shield=True):
-            await process.aclose()
+    async with proxy_process(config, tmp_path, stop_grace=EXIT_TIMEOUT) as proxy:
+        yield proxy
 
 
 @dataclass
@@ -272,7 +243,7 @@ async def test_a_client_that_reads_nothing_stalls_the_backend_and_memory_stays_b
     peaks: list[int] = []
     async with (
         backend(handler=flooding_handler(flood), compression=None, max_size=None) as b,
-        proxy_process(tmp_path, b.url) as proxy,
+        flood_proxy(tmp_path, b.url) as proxy,
         await anyio.connect_tcp("127.0.0.1", proxy.port) as client,
     ):
         before = rss(proxy.pid)
@@ -314,7 +285,8 @@ async def test_a_client_that_reads_nothing_stalls_the_backend_and_memory_stays_b
 
 # A backend that never answers the upgrade…
 
-BACKEND_TIMEOUT = 0.3
+#: The good backend's upgrade faces it too: long enough for it on a loaded machine.
+BACKEND_TIMEOUT = 1.0
 
 
 @dataclass
@@ -388,9 +360,9 @@ async def test_a_backend_that_never_answers_is_left_for_the_next_after_backend_t
     assert silent.accepted == 1, silent
     assert silent.requests[0].startswith(b"GET / HTTP/1.1\r\n")  # it was asked
     assert len(good.requests) == 2
-    slow, fast = max(times), min(times)
-    assert BACKEND_TIMEOUT <= slow < BACKEND_TIMEOUT + 2.0, times
-    assert fast < BACKEND_TIMEOUT, times
+    # One upgrade waited for the silent backend's timeout (not the default one's); the
+    # other went straight to the good one (silent.accepted == 1 says so).
+    assert BACKEND_TIMEOUT <= max(times) < DEFAULT_BACKEND_TIMEOUT, times
 
 
 @pytest.mark.parametrize("half_answer", HALF_ANSWERS.values(), ids=HALF_ANSWERS.keys())
@@ -407,5 +379,5 @@ async def test_with_only_a_backend_that_never_answers_the_client_gets_502(
             answer = await raw_exchange(ctx.addresses[0][1], upgrade_request())
             elapsed = anyio.current_time() - started
     assert status_of(answer) == 502, answer
-    assert BACKEND_TIMEOUT <= elapsed < BACKEND_TIMEOUT + 2.0, elapsed
+    assert BACKEND_TIMEOUT <= elapsed < DEFAULT_BACKEND_TIMEOUT, elapsed
     assert silent.accepted == 1

@@ -1,7 +1,8 @@
 """The ops commands (``wsproxy drain | undrain | status | connections``) as subprocesses
 against a proxy running in this event loop on 127.0.0.1 port 0.
 
-anyio.run_process kills the child if a test is cancelled or times out.
+tests/integration/proxy_process.py's ``run_cli_async`` kills the child if a test is
+cancelled or times out.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import sys
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -21,6 +21,7 @@ from anyio.abc import SocketStream
 from websockets.asyncio.client import ClientConnection
 
 from tests.integration.peers import Backend, make_config, running_proxy
+from tests.integration.proxy_process import run_cli_async
 from tests.integration.test_admin import (
     TOKEN,
     WAIT,
@@ -34,16 +35,12 @@ from wsproxy.supervisor import ProxyContext
 
 pytestmark = pytest.mark.anyio
 
-WSPROXY = [sys.executable, "-m", "wsproxy"]
-
-
 async def wsproxy(*args: str, env_token: str | None = None) -> CompletedProcess[bytes]:
     """Run ``wsproxy ARGS``; the token comes from *env_token* or the arguments only."""
     env = {k: v for k, v in os.environ.items() if k != "WSPROXY_ADMIN_TOKEN"}
     if env_token is not None:
         env["WSPROXY_ADMIN_TOKEN"] = env_token
-    with anyio.fail_after(3 * WAIT):
-        return await anyio.run_process([*WSPROXY, *args], env=env, check=False)
+    return await run_cli_async(*args, env=env, bound=3 * WAIT)
 
 
 def admin_url(ctx: ProxyContext) -> str:

@@ -1,7 +1,7 @@
 """``plain_http: proxy`` in a real ``wsproxy run`` process: large bodies, memory, SIGTERM.
 
-The proxy is a subprocess (tests/integration/test_process.py's ``started``, killed by
-PID if it outlives the test) so that its memory can be read from /proc and real signals
+The proxy is a subprocess (tests/integration/proxy_process.py, killed by PID if it
+outlives the test) so that its memory can be read from /proc and real signals
 sent; the backend (tests/integration/http_backend.py) and the clients run here.
 
 Memory is the proxy's *peak* resident set (VmHWM) before and after a transfer, so no
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -34,10 +33,11 @@ from tests.integration.http_backend import (
     pattern_sha256,
     peak_rss,
 )
-from tests.integration.test_process import Running, started
+from tests.integration.proxy_process import Running, proxy_process
 
 pytestmark = [
     pytest.mark.anyio,
+    pytest.mark.timeout(90),  # a few seconds each; 48-256 MiB moved, slower when loaded
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/PID/status"),
 ]
 
@@ -54,23 +54,20 @@ TRANSFER_TIMEOUT = 20.0
 
 
 @asynccontextmanager
-async def proxy_process(tmp_path: Path, b: HttpBackend, *, drain: str = "{spread: 0s}"
-                        ) -> AsyncIterator[tuple[Running, int]]:
+async def plain_proxy_process(tmp_path: Path, b: HttpBackend, *, drain: str = "{spread: 0s}"
+                              ) -> AsyncIterator[tuple[Running, int]]:
     """``wsproxy run`` with ``plain_http: proxy`` in front of *b*; its port once listening."""
-    config = tmp_path / "wsproxy.yaml"
-    config.write_text(
+    config = (
         "listen: {host: 127.0.0.1, port: 0}\n"
         "admin: {host: 127.0.0.1, port: 0}\n"
         f'backends: [{{name: {b.name}, url: "{b.url}"}}]\n'
         "plain_http: proxy\n"
         "http: {max_body_size: 0}\n"
         f"drain: {drain}\n"
-        "logging: {level: info, format: json}\n",
-        encoding="utf-8",
+        "logging: {level: info, format: json}\n"
     )
-    async with started("run", "-c", str(config)) as proxy:
-        ready = await proxy.wait_for_event("proxy.listening")
-        yield proxy, int(ready["addresses"][0].rsplit(":", 1)[1])
+    async with proxy_process(config, tmp_path) as proxy:
+        yield proxy, proxy.port
 
 
 async def warmed_up_peak(pid: int, port: int) -> int:
@@ -94,7 +91,7 @@ def assert_bounded(before: int, after: int) -> None:
 async def test_large_upload_to_a_slow_backend_streams_in_bounded_memory(
     tmp_path: Path, framing: str
 ) -> None:
-    async with http_backend() as b, proxy_process(tmp_path, b) as (proxy, port):
+    async with http_backend() as b, plain_proxy_process(tmp_path, b) as (proxy, port):
         before = await warmed_up_peak(proxy.pid, port)
         async with http_client(port) as client:
             length = [("Content-Length", str(BIG))] if framing == "length" else [
@@ -118,7 +115,7 @@ async def test_large_upload_to_a_slow_backend_streams_in_bounded_memory(
 async def test_large_download_to_a_slow_client_streams_in_bounded_memory(
     tmp_path: Path, framing: str
 ) -> None:
-    async with http_backend() as b, proxy_process(tmp_path, b) as (proxy, port):
+    async with http_backend() as b, plain_proxy_process(tmp_path, b) as (proxy, port):
         before = await warmed_up_peak(proxy.pid, port)
         received = 0
         digest = hashlib.sha256()
@@ -140,7 +137,7 @@ async def test_large_download_to_a_slow_client_streams_in_bounded_memory(
 
 
 async def test_sigterm_lets_a_request_in_flight_finish_then_exits_0(tmp_path: Path) -> None:
-    async with http_backend() as b, proxy_process(
+    async with http_backend() as b, plain_proxy_process(
         tmp_path, b, drain="{spread: 0s, timeout: 10s}"
     ) as (proxy, port):
         async with http_client(port) as client:
@@ -150,7 +147,7 @@ async def test_sigterm_lets_a_request_in_flight_finish_then_exits_0(tmp_path: Pa
             await client.send(h11.EndOfMessage())
             with anyio.fail_after(10):
                 await gate.arrived.wait()
-            os.kill(proxy.pid, signal.SIGTERM)
+            proxy.signal(signal.SIGTERM)
             await proxy.wait_for_event("drain.started")
             gate.release.set()
             reply = await client.response_head()

@@ -2,7 +2,8 @@
 
 Readiness comes from the processes' own log lines (``proxy.listening``,
 ``echo.listening``, the demo's banner), never from a sleep; every wait is bounded and
-every process started here is killed by its PID if it is still running at the end.
+every process started here is killed by its PID if it is still running at the end
+(tests/integration/proxy_process.py).
 """
 
 from __future__ import annotations
@@ -12,105 +13,21 @@ import os
 import re
 import signal
 import socket
-import subprocess
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import anyio
 import pytest
-from anyio.abc import Process
-from anyio.streams.buffered import BufferedByteReceiveStream
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-WSPROXY = [sys.executable, "-m", "wsproxy"]
+from tests.integration.proxy_process import EXIT_TIMEOUT, WSPROXY, run_cli, started
+
 #: The console script next to this interpreter, as installed by the package.
 SCRIPT = Path(sys.executable).with_name("wsproxy")
-#: Generous bounds: each of these normally takes a fraction of a second.
-START_TIMEOUT = 10.0
-EXIT_TIMEOUT = 10.0
 
 
 # Helpers -------------------------------------------------------------------------------
-
-
-class Running:
-    """A started process and a line reader on its stdout."""
-
-    def __init__(self, process: Process) -> None:
-        self.process = process
-        assert process.stdout is not None
-        self._stdout = BufferedByteReceiveStream(process.stdout)
-        self.lines: list[str] = []
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    async def readline(self) -> str | None:
-        """The next line of stdout, or None at EOF."""
-        try:
-            line = await self._stdout.receive_until(b"\n", 1 << 20)
-        except (anyio.IncompleteRead, anyio.EndOfStream):
-            return None
-        text = line.decode("utf-8", "replace")
-        self.lines.append(text)
-        return text
-
-    async def wait_for_line(self, pattern: str, bound: float = START_TIMEOUT) -> re.Match[str]:
-        with anyio.fail_after(bound):
-            while (line := await self.readline()) is not None:
-                if match := re.search(pattern, line):
-                    return match
-        raise AssertionError(f"EOF before a line matching {pattern!r}: {self.lines}")
-
-    async def wait_for_event(self, event: str, bound: float = START_TIMEOUT) -> dict[str, Any]:
-        """The first JSON log line whose ``event`` is *event*."""
-        with anyio.fail_after(bound):
-            while (line := await self.readline()) is not None:
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(record, dict) and record.get("event") == event:
-                    return record
-        raise AssertionError(f"EOF before {event!r}: {self.lines}")
-
-    async def rest_of_stdout(self, bound: float = EXIT_TIMEOUT) -> list[str]:
-        with anyio.fail_after(bound):
-            while await self.readline() is not None:
-                pass
-        return self.lines
-
-    async def stderr(self, bound: float = EXIT_TIMEOUT) -> str:
-        assert self.process.stderr is not None
-        chunks = []
-        with anyio.fail_after(bound):
-            async for chunk in self.process.stderr:
-                chunks.append(chunk)
-        return b"".join(chunks).decode("utf-8", "replace")
-
-    async def wait(self, bound: float = EXIT_TIMEOUT) -> int:
-        with anyio.fail_after(bound):
-            return await self.process.wait()
-
-
-@asynccontextmanager
-async def started(*args: str) -> AsyncIterator[Running]:
-    """Run ``python -m wsproxy *args``; kill it by PID if it outlives the block."""
-    process = await anyio.open_process(
-        [*WSPROXY, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    try:
-        yield Running(process)
-    finally:
-        if process.returncode is None:
-            os.kill(process.pid, signal.SIGKILL)
-        with anyio.fail_after(EXIT_TIMEOUT, shield=True):
-            await process.aclose()
 
 
 def write_config(path: Path, backend_url: str, *, port: int = 0) -> Path:
@@ -124,12 +41,6 @@ def write_config(path: Path, backend_url: str, *, port: int = 0) -> Path:
         encoding="utf-8",
     )
     return path
-
-
-def run_cli(*args: str, command: list[str] = WSPROXY) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*command, *args], capture_output=True, text=True, timeout=EXIT_TIMEOUT, check=False
-    )
 
 
 # check-config and --version --------------------------------------------------------------

@@ -18,7 +18,7 @@ every client of A gets 1001 with a ``retry-after-ms=`` hint (after ``drain.delay
 reconnects to B and goes on; no message is lost, doubled or reordered; A's wsproxy
 exits 0 within its grace period; the app outlived the drain (no 1006/1014 anywhere).
 
-Processes are tests/integration/test_process.py's ``started`` (killed by PID if they
+Processes are tests/integration/proxy_process.py's ``started`` (killed by PID if they
 outlive the test); progress comes from log lines, probes, close frames and events,
 never from a sleep. The sleeps here are the probe period, the clients' send pace and
 the reconnect hint: the behaviour being rehearsed, not synchronisation.
@@ -26,7 +26,6 @@ the reconnect hint: the behaviour being rehearsed, not synchronisation.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -34,7 +33,7 @@ import signal
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +43,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from tests.integration.peers import raw_exchange
-from tests.integration.test_process import Running, started
+from tests.integration.proxy_process import Running, started
 
 pytestmark = pytest.mark.anyio
 log = logging.getLogger(__name__)
@@ -64,8 +63,9 @@ SEND_PERIOD = 0.05
 HINT_CAP = 1.0
 #: Echoes a client must see on its current connection to count as "going on".
 GOING_ON = 5
-#: Bound on waits for what normally takes a fraction of a second.
-WAIT = 10.0
+#: Bound on each step (what normally takes a fraction of a second to a few seconds),
+#: generous for a loaded machine: a bound that fails the test, not a pace.
+WAIT = 20.0
 HINT = re.compile(r"^proxy draining; retry-after-ms=(\d+)$")
 
 
@@ -79,33 +79,26 @@ class Pod:
     proxy: Running
     port: int
     admin: str
-    #: (time read, record) of each JSON line of the proxy's stdout.
-    events: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
-    stderr: bytearray = field(default_factory=bytearray)
 
     @property
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.port}"
 
-    def event_names(self) -> list[str]:
-        return [str(record.get("event")) for _, record in self.events]
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        """The JSON lines of the proxy's stdout so far."""
+        return self.proxy.records
+
+    @property
+    def stderr(self) -> str:
+        return self.proxy.stderr_so_far
 
 
 async def listening(proxy: Running) -> tuple[str, str]:
     """The main and admin addresses, from ``proxy.listening`` and ``admin.listening``."""
-    found: dict[str, dict[str, Any]] = {}
-    with anyio.fail_after(WAIT):
-        while len(found) < 2:
-            line = await proxy.readline()
-            assert line is not None, f"EOF before listening: {proxy.lines}"
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if record.get("event") in ("proxy.listening", "admin.listening"):
-                found[record["event"]] = record
-    [main] = found["proxy.listening"]["addresses"]
-    return main, found["admin.listening"]["address"]
+    [main] = (await proxy.wait_for_event("proxy.listening"))["addresses"]
+    admin = (await proxy.wait_for_event("admin.listening"))["address"]
+    return main, admin
 
 
 @asynccontextmanager
@@ -135,28 +128,6 @@ async def pods(tmp_path: Path, *names: str) -> AsyncIterator[list[Pod]]:
                 result.append(Pod(name, apps[name], proxy, int(main.rsplit(":", 1)[1]),
                                   f"http://{admin}"))
             yield result
-
-
-async def pump(pod: Pod) -> None:
-    """Keep reading the proxy's stdout (JSON lines, timed) and stderr until EOF."""
-
-    async def stdout() -> None:
-        while (line := await pod.proxy.readline()) is not None:
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict):
-                pod.events.append((anyio.current_time(), record))
-
-    async def stderr() -> None:
-        assert pod.proxy.process.stderr is not None
-        async for chunk in pod.proxy.process.stderr:
-            pod.stderr += chunk
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(stdout)
-        tg.start_soon(stderr)
 
 
 # The load balancer --------------------------------------------------------------------------
@@ -278,7 +249,7 @@ class Client:
             pod = await self.lb.pick()
             try:
                 ws = await connect(f"{pod.url}/{self.name}", ping_interval=None,
-                                   open_timeout=5, close_timeout=2)
+                                   open_timeout=10, close_timeout=5)
             except (InvalidHandshake, OSError) as exc:
                 self.failures.append((anyio.current_time(), pod.name, repr(exc)))
                 assert len(self.failures) < 20, self.failures
@@ -342,6 +313,7 @@ class Client:
 # The rehearsal ----------------------------------------------------------------------------
 
 
+@pytest.mark.timeout(120)  # about 7 s; far more on a loaded machine
 async def test_deleting_a_pod_moves_its_clients_to_the_other_without_losing_a_message(
     tmp_path: Path,
 ) -> None:
@@ -350,7 +322,6 @@ async def test_deleting_a_pod_moves_its_clients_to_the_other_without_losing_a_me
         watch = Watch()
         lb = LoadBalancer([a, b], watch)
         for pod in (a, b):
-            tg.start_soon(pump, pod)
             tg.start_soon(lb.probe, pod)
         await watch.until(lambda: lb.ready == {"A", "B"}, WAIT, "both pods ready")
 
@@ -378,7 +349,7 @@ async def test_deleting_a_pod_moves_its_clients_to_the_other_without_losing_a_me
                 proxy_a["rc"] = "still running at the end of the grace period"
             proxy_a["at"] = anyio.current_time()
 
-        with anyio.fail_after(25):  # the whole rehearsal; each step has its own bound
+        with anyio.fail_after(3 * WAIT):  # the whole rehearsal; each step has its own bound
             async with anyio.create_task_group() as clients_tg:
                 for client in clients:
                     clients_tg.start_soon(client.run)
@@ -428,9 +399,11 @@ async def test_deleting_a_pod_moves_its_clients_to_the_other_without_losing_a_me
                f"{sum(s.resent for c in clients for s in c.sessions)} resent; test {took:.1f}s")
     log.warning("rollout timings: %s", timings)
 
-    # Pod A turned unready at once and the load balancer dropped it.
+    # Pod A turned unready at once and the load balancer dropped it: before drain.delay
+    # was over and the first client was closed (an order, which no slow machine turns).
     assert unready is not None, lb.changes
-    assert unready - t0 < 0.5 + PROBE_PERIOD, timings
+    assert first_close is not None
+    assert unready <= first_close, timings
     assert not [t for t, pod in lb.picks if pod == "A" and t > unready], lb.picks
     # B stayed ready until it was deleted in turn.
     assert [st for t, pod, st in lb.changes if pod == "B" and t < b_deleted] == [200]
@@ -466,17 +439,17 @@ async def test_deleting_a_pod_moves_its_clients_to_the_other_without_losing_a_me
         assert client.next_seq >= 2 * GOING_ON
 
     # A's wsproxy exited 0 within the grace period, after its last close, cleanly.
-    assert proxy_a["rc"] == 0, (proxy_a, a.stderr.decode(errors="replace"))
+    assert proxy_a["rc"] == 0, (proxy_a, a.stderr)
     assert proxy_a["at"] - t0 <= GRACE, timings
     assert last_close is not None
     assert proxy_a["at"] >= last_close - 0.05
-    events = a.event_names()
+    events = a.proxy.event_names()
     assert "drain.started" in events, events
     assert "proxy.stopped" in events, events
-    closing = [r for _, r in a.events if r.get("event") == "drain.closing"]
+    closing = [r for r in a.events if r.get("event") == "drain.closing"]
     assert [r["connections"] for r in closing] == [len(of_a)], closing
     assert "drain.timeout" not in events, events
-    assert "Traceback" not in a.stderr.decode(errors="replace")
+    assert "Traceback" not in a.stderr
 
     # The app outlived the drain: its preStop hook waited for the last close, the app
     # was still serving then, and it stopped cleanly on its own SIGTERM afterwards.
