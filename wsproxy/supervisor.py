@@ -27,6 +27,7 @@ from wsproxy.auth.factory import build_authenticator
 from wsproxy.config import BackendConfig, ProxyConfig, load_config
 from wsproxy.core.admission import TokenBucket
 from wsproxy.core.balance import BackendState, Balancer
+from wsproxy.core.closes import PROXY_STOPPED
 from wsproxy.core.handshake import Forwarding
 from wsproxy.core.liveness import LivenessRules
 from wsproxy.core.registry import Registry
@@ -601,7 +602,7 @@ async def serve(
                 if server is not None:
                     server.close()
                 for conn in list(ctx.registry.connections.values()):
-                    conn.terminate(config.drain.shutdown_close_code, "proxy stopped")
+                    conn.terminate(config.drain.shutdown_close_code, PROXY_STOPPED)
                 ctx.http.terminate()
                 ctx.cancel_tasks()  # TLS handshakes in progress too: their sockets close
                 tg.cancel_scope.cancel()  # and the TLS listener's accepting

@@ -21,8 +21,8 @@ relayed to the other unless a close has already been sent there; the peer's answ
 completes that leg. When the proxy itself closes a leg (drain, revocation), the
 peer's answer is relayed on, which starts the other leg's handshake with the same
 code. A leg that is lost or breaks the protocol is failed, and the other leg gets a
-close of the proxy's own: 1001 to a backend whose client went away, 1014 to a client
-whose backend did.
+close of the proxy's own (wsproxy.core.closes): 1001 to a backend whose client went
+away, 1014 to a client whose backend did.
 """
 
 from __future__ import annotations
@@ -36,6 +36,19 @@ from typing import Final
 import h11
 
 from wsproxy.core import frames
+from wsproxy.core.closes import (
+    BACKEND_ERROR,
+    BACKEND_LOST,
+    BAD_CONTROL_FRAME,
+    BAD_DATA_FRAME,
+    BAD_FRAME_LENGTH,
+    BAD_MASKING,
+    CLIENT_ERROR,
+    CLIENT_LOST,
+    TOO_BIG,
+    CloseCode,
+    ProxyClose,
+)
 from wsproxy.core.frames import CloseFrameError
 from wsproxy.core.handshake import (
     Forwarding,
@@ -93,12 +106,14 @@ _UPGRADE_SENT: Final = h11.Request(
     method="GET", target="/",
     headers=[("Host", "backend"), ("Upgrade", "websocket"), ("Connection", "Upgrade")],
 )
-#: What the other leg is told when one side breaks the protocol.
-_FAILED_PEER: Final = {
-    Side.CLIENT: (frames.GOING_AWAY, "client error"),
-    Side.UPSTREAM: (frames.BAD_GATEWAY, "backend error"),
-}
-_RESTART_CODES: Final = frozenset({frames.GOING_AWAY, frames.SERVICE_RESTART})
+#: What the other leg is told when one side breaks the protocol…
+_FAILED_PEER: Final = {Side.CLIENT: CLIENT_ERROR, Side.UPSTREAM: BACKEND_ERROR}
+#: …and when one side's transport ends without a close handshake.
+_LOST_PEER: Final = {Side.CLIENT: CLIENT_LOST, Side.UPSTREAM: BACKEND_LOST}
+_RESTART_CODES: Final = frozenset({CloseCode.GOING_AWAY, CloseCode.SERVICE_RESTART})
+#: The codes _check_data_header answers with, as globals: _scan compares with one.
+_PROTOCOL_ERROR: Final = CloseCode.PROTOCOL_ERROR
+_MESSAGE_TOO_BIG: Final = CloseCode.MESSAGE_TOO_BIG
 #: By the reserved bits a flow allows: whether a frame's first byte makes it a whole
 #: text or binary message (FIN, opcode 1 or 2, reserved bits only the allowed ones).
 _WHOLE_MESSAGE: Final = {
@@ -124,7 +139,7 @@ class _Leg:
         self.close_sent: tuple[int | None, str] | None = None
         self.eof = False
         #: The close this leg gets once the other leg has closed: it broke the protocol.
-        self.fail_close: tuple[int, str] | None = None
+        self.fail_close: ProxyClose | None = None
 
 
 class _Flow:
@@ -301,10 +316,10 @@ class Session:
             self.upstream_failed("connection closed during the handshake")
             return
         if leg.state is not LegState.CLOSED:
+            lost = _LOST_PEER[side]
             if self.initiator is None:
-                self.initiator, self.close_reason = side.value, "connection lost"
-            self._lose(side, frames.GOING_AWAY if side is Side.CLIENT else frames.BAD_GATEWAY,
-                       "connection lost")
+                self.initiator, self.close_reason = side.value, lost.reason
+            self._lose(side, lost)
         self._settle()
 
     # The client's upgrade…
@@ -612,16 +627,16 @@ class Session:
                     length = int.from_bytes(data[pos + 2 : pos + 10], "big")
                     if length >> 63:  # §5.2: the most significant bit MUST be 0
                         self._forward(f, data, start, pos, messages, deliver)
-                        return self._fail(f.src, frames.PROTOCOL_ERROR, "bad frame length")
+                        return self._fail(f.src, BAD_FRAME_LENGTH)
                 if b1 & 0x80 != mask_bit:
                     self._forward(f, data, start, pos, messages, deliver)
-                    return self._fail(f.src, frames.PROTOCOL_ERROR, "bad masking")
+                    return self._fail(f.src, BAD_MASKING)
                 if whole[b0] and not in_message and length <= max_size:
                     messages += 1  # a whole message in one frame, a longer one
                 elif b0 & 0x08:  # a control frame
                     if length > frames.MAX_CONTROL_PAYLOAD:  # fail on the header, buffer nothing
                         self._forward(f, data, start, pos, messages, deliver)
-                        return self._fail(f.src, frames.PROTOCOL_ERROR, "bad control frame")
+                        return self._fail(f.src, BAD_CONTROL_FRAME)
                     if n - pos < head + length:
                         break  # a control frame is kept whole: it is at most 131 bytes
                     self._forward(f, data, start, pos, messages, deliver)
@@ -640,9 +655,9 @@ class Session:
                     f.in_message = in_message
                     error = self._check_data_header(f, b0, b0 & 0x0F, length, max_size)
                     in_message = f.in_message
-                    if error == frames.PROTOCOL_ERROR:
+                    if error == _PROTOCOL_ERROR:
                         self._forward(f, data, start, pos, messages, deliver)
-                        return self._fail(f.src, error, "protocol error")
+                        return self._fail(f.src, BAD_DATA_FRAME)
                     if error:  # too big: this frame is never forwarded, but still skipped
                         self._forward(f, data, start, pos, messages, deliver)
                         messages = 0
@@ -687,15 +702,15 @@ class Session:
     ) -> int:
         """0 when a data frame's header is fine, else the close code to fail with."""
         if opcode > 2:
-            return frames.PROTOCOL_ERROR  # reserved opcode (§5.2)
+            return _PROTOCOL_ERROR  # reserved opcode (§5.2)
         rsv = b0 & frames.RSV_BITS
         if opcode == frames.CONTINUATION:
             if not f.in_message or (rsv and f.rsv_allowed != frames.RSV_BITS):
-                return frames.PROTOCOL_ERROR
+                return _PROTOCOL_ERROR
             room = f.message_room - length
         else:
             if f.in_message or rsv & ~f.rsv_allowed:
-                return frames.PROTOCOL_ERROR
+                return _PROTOCOL_ERROR
             if rsv and f.rsv_allowed == frames.RSV1:
                 # Compressed (permessage-deflate): a message of max_size bytes may take
                 # deflate's worst case on the wire, which is all the proxy sees.
@@ -704,20 +719,20 @@ class Session:
                 room = max_size - length
         f.message_room = room
         f.in_message = not b0 & 0x80
-        return frames.MESSAGE_TOO_BIG if room < 0 else 0
+        return _MESSAGE_TOO_BIG if room < 0 else 0
 
     def _close_too_big(self, f: _Flow) -> None:
         # SPEC: a message over the limit closes the whole connection with 1009. Both
         # legs get our close; each peer's answer completes its own leg.
         for side in (f.dst, f.src):
-            self._send_close(side, frames.MESSAGE_TOO_BIG, "message too big", initiator="proxy")
+            self._send_close(side, *TOO_BIG, initiator="proxy")
         self._settle()
 
     def _control(self, f: _Flow, b0: int, frame: bytes, head: int, length: int) -> bool:
         """Handle one whole control frame; False when the source leg was failed."""
         opcode = b0 & 0x0F
         if opcode > frames.PONG or not b0 & 0x80 or b0 & frames.RSV_BITS or length > 125:
-            self._fail(f.src, frames.PROTOCOL_ERROR, "bad control frame")
+            self._fail(f.src, BAD_CONTROL_FRAME)
             return False
         payload = frame[head:]
         if f.masked:
@@ -735,7 +750,7 @@ class Session:
         try:
             code, reason = frames.parse_close_payload(payload)
         except CloseFrameError as exc:
-            self._fail(f.src, exc.code, str(exc))
+            self._fail(f.src, ProxyClose(exc.code, str(exc)))
             return False
         src = f.src_leg
         src.close_received = (code, reason)
@@ -814,7 +829,7 @@ class Session:
                 self._sent_close(leg, code, reason)
                 self._settle()
 
-    def _fail(self, side: Side, code: int, reason: str) -> None:
+    def _fail(self, side: Side, close: ProxyClose) -> None:
         """*side* broke the protocol: stop reading it, close the other leg, tell it why.
 
         Messages of *side* that were relayed before the bad frame were accepted: the
@@ -824,22 +839,21 @@ class Session:
         """
         if self.initiator is None:
             self.initiator = "proxy"
-            self.close_reason = reason
+            self.close_reason = close.reason
         leg, other = self._leg(side), self._leg(side.other)
         in_flight = self._flow(side).remaining or self._flow(side.other).remaining
         if leg.state is LegState.OPEN and other.state is LegState.OPEN and not in_flight:
             leg.state = LegState.CLOSE_RECEIVED  # nothing more is read from it
-            leg.fail_close = (code, reason)
+            leg.fail_close = close
             self._send_close(side.other, *_FAILED_PEER[side], initiator=None)
             self._settle()
             return
-        self._send_close(side, code, reason, initiator=None)
-        self._lose(side, frames.GOING_AWAY if side is Side.CLIENT else frames.BAD_GATEWAY,
-                   "client error" if side is Side.CLIENT else "backend error")
+        self._send_close(side, *close, initiator=None)
+        self._lose(side, _FAILED_PEER[side])
         self._settle()
 
-    def _lose(self, side: Side, code: int, reason: str) -> None:
-        """Give up on *side*; the other leg gets *code*, or the answer it waits for."""
+    def _lose(self, side: Side, close: ProxyClose) -> None:
+        """Give up on *side*; the other leg gets *close*, or the answer it waits for."""
         self._leg(side).state = LegState.FAILED
         towards = self._flow(side.other)
         towards.pending, towards.pending_close = (), None  # nothing more goes to side
@@ -849,7 +863,7 @@ class Session:
             # close frame can follow it: that transport has to end without one.
             other.state = LegState.FAILED
         elif other.state is LegState.OPEN:
-            self._send_close(side.other, code, reason, initiator="proxy")
+            self._send_close(side.other, *close, initiator="proxy")
         elif other.state is LegState.CLOSE_RECEIVED:
             answer = other.fail_close or other.close_received
             if answer is not None:
