@@ -16,19 +16,19 @@ and reasons, §5). UTF-8 in text messages is the endpoints' business.
 
 Closing
 -------
-Each leg has its own close handshake (LegState). A close frame from one side is
-relayed to the other unless a close has already been sent there; the peer's answer
-completes that leg. When the proxy itself closes a leg (drain, revocation), the
-peer's answer is relayed on, which starts the other leg's handshake with the same
-code. A leg that is lost or breaks the protocol is failed, and the other leg gets a
-close of the proxy's own (wsproxy.core.closes): 1001 to a backend whose client went
-away, 1014 to a client whose backend did.
+Each leg has its own close handshake (LegState, whose table is in wsproxy.core.states
+beside the session's: the session fires LegTriggers, it never assigns a leg state). A
+close frame from one side is relayed to the other unless a close has already been
+sent there; the peer's answer completes that leg. When the proxy itself closes a leg
+(drain, revocation), the peer's answer is relayed on, which starts the other leg's
+handshake with the same code. A leg that is lost or breaks the protocol is failed,
+and the other leg gets a close of the proxy's own (wsproxy.core.closes): 1001 to a
+backend whose client went away, 1014 to a client whose backend did.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import enum
 import os
 from collections.abc import Mapping
 from typing import Final
@@ -63,7 +63,19 @@ from wsproxy.core.handshake import (
     upstream_request_bytes,
 )
 from wsproxy.core.http import is_upgrade, probe_path
-from wsproxy.core.states import TERMINAL, SessionState, Side, Trigger, next_state
+from wsproxy.core.states import (
+    LEG_CAN_RECEIVE,
+    LEG_CAN_SEND,
+    LEG_FINISHED,
+    TERMINAL,
+    LegState,
+    LegTrigger,
+    SessionState,
+    Side,
+    Trigger,
+    next_leg_state,
+    next_state,
+)
 from wsproxy.errors import (
     HandshakeRejected,
     InvalidTransition,
@@ -74,23 +86,6 @@ from wsproxy.errors import (
 #: Heartbeat pings carry this prefix (plus a per-process token) so that their pongs
 #: are recognised and not relayed, while a peer's own pings pass end to end.
 PING_PREFIX: Final = b"wsproxy:" + os.urandom(6).hex().encode()
-
-
-class LegState(enum.Enum):
-    """The close handshake of one leg (§7.1)."""
-
-    __hash__ = object.__hash__  # C-speed set membership on the hot path (see Side)
-
-    #: Data flows both ways.
-    OPEN = "open"
-    #: We sent a close frame; waiting for the peer's.
-    CLOSE_SENT = "close_sent"
-    #: The peer sent a close frame; ours is still to go.
-    CLOSE_RECEIVED = "close_received"
-    #: Both close frames went; the transport can close.
-    CLOSED = "closed"
-    #: Given up on: lost, timed out or broke the protocol. Close the transport now.
-    FAILED = "failed"
 
 
 _NO_EARLY: Final = {Side.CLIENT: b"", Side.UPSTREAM: b""}
@@ -120,9 +115,6 @@ _WHOLE_MESSAGE: Final = {
     allowed: bytes((b & ~allowed & 0xFF) in (0x81, 0x82) for b in range(256))
     for allowed in (0, frames.RSV1, frames.RSV_BITS)
 }
-_CAN_SEND: Final = frozenset({LegState.OPEN, LegState.CLOSE_RECEIVED})
-_CAN_RECEIVE: Final = frozenset({LegState.OPEN, LegState.CLOSE_SENT})
-_FINISHED: Final = frozenset({LegState.CLOSED, LegState.FAILED})
 
 
 class _Leg:
@@ -140,6 +132,10 @@ class _Leg:
         self.eof = False
         #: The close this leg gets once the other leg has closed: it broke the protocol.
         self.fail_close: ProxyClose | None = None
+
+    def fire(self, trigger: LegTrigger) -> None:
+        """Move this leg by its table (wsproxy.core.states): the only way it moves."""
+        self.state = next_leg_state(self.state, trigger)
 
 
 class _Flow:
@@ -507,7 +503,7 @@ class Session:
         A finished UPSTREAM leg ends cleanly when the backend closes first (§7.1.1):
         the driver may wait for its EOF a little before closing itself.
         """
-        return self._leg(side).state in _FINISHED
+        return self._leg(side).state in LEG_FINISHED
 
     def leg_state(self, side: Side) -> LegState:
         return self._leg(side).state
@@ -546,7 +542,7 @@ class Session:
         self._fire(trigger)
         for leg in (self._client_leg, self._upstream_leg):
             if leg.state is not LegState.CLOSED:
-                leg.state = LegState.FAILED
+                leg.fire(LegTrigger.GIVE_UP)
 
     # Accounting…
 
@@ -577,13 +573,13 @@ class Session:
     # The relay: frame boundaries in place…
 
     def _scan(self, f: _Flow, data: bytes) -> None:
-        if f.src_leg.state not in _CAN_RECEIVE:
+        if f.src_leg.state not in LEG_CAN_RECEIVE:
             return  # §5.5.1: nothing may follow a close; a failed leg is not read.
         if f.partial:
             data = f.partial + data
             f.partial = b""
         dst = f.dst_leg
-        deliver = dst.state in _CAN_SEND
+        deliver = dst.state in LEG_CAN_SEND
         n = len(data)
         pos = 0
         if f.remaining:
@@ -592,7 +588,7 @@ class Session:
             if f.remaining == 0 and (f.pending or f.pending_close):
                 self._forward(f, data, 0, pos, 0, deliver)
                 self._flush_pending(f)
-                deliver = dst.state in _CAN_SEND
+                deliver = dst.state in LEG_CAN_SEND
                 data, n, pos = data[pos:], n - pos, 0
         start = 0
         messages = 0
@@ -646,9 +642,9 @@ class Session:
                     if not self._control(f, b0, data[pos:end], head, length):
                         return
                     pos = start = end
-                    deliver = dst.state in _CAN_SEND
+                    deliver = dst.state in LEG_CAN_SEND
                     inject = bool(f.pending) or f.pending_close is not None
-                    if f.src_leg.state not in _CAN_RECEIVE:
+                    if f.src_leg.state not in LEG_CAN_RECEIVE:
                         return
                     continue
                 else:
@@ -677,7 +673,7 @@ class Session:
                 messages = 0
                 start = pos
                 self._flush_pending(f)
-                deliver = dst.state in _CAN_SEND
+                deliver = dst.state in LEG_CAN_SEND
                 inject = False
         f.in_message = in_message
         if pos < n:
@@ -742,7 +738,7 @@ class Session:
         if opcode == frames.PONG and payload.startswith(PING_PREFIX):
             self.last_pong = {**self.last_pong, f.src: payload[len(PING_PREFIX) :]}
             return True
-        if f.dst_leg.state in _CAN_SEND:
+        if f.dst_leg.state in LEG_CAN_SEND:
             f.dst_leg.out.append(frame)  # a peer's ping or pong: end to end
         return True
 
@@ -754,28 +750,28 @@ class Session:
             return False
         src = f.src_leg
         src.close_received = (code, reason)
-        src.state = LegState.CLOSED if src.state is LegState.CLOSE_SENT else LegState.CLOSE_RECEIVED
+        src.fire(LegTrigger.RECEIVE_CLOSE)
         if self.initiator is None:
             self.initiator = f.src.value
         dst = f.dst_leg
-        if dst.fail_close is not None and dst.state in _CAN_SEND:
+        if dst.fail_close is not None and dst.state in LEG_CAN_SEND:
             # The answer we waited for before telling a broken peer why (see _fail);
             # its own close is not awaited: it broke the protocol.
             self._send_close(f.dst, *dst.fail_close, initiator=None)
-            dst.state = LegState.FAILED
+            dst.fire(LegTrigger.ABANDON)
         elif (
             f.src is Side.UPSTREAM
             and src.state is LegState.CLOSE_RECEIVED  # the backend closed first
             and code in _RESTART_CODES
             and self.restart_code is not None
-            and dst.state in _CAN_SEND
+            and dst.state in LEG_CAN_SEND
         ):
             # The backend is going away: its client gets a restart close of ours at
             # once, and we answer the backend ourselves.
             self.backend_restarting = True
             self._send_close(f.src, code, reason, initiator=None)
             self._send_close(f.dst, self.restart_code, self.restart_reason, initiator=None)
-        elif dst.state in _CAN_SEND:
+        elif dst.state in LEG_CAN_SEND:
             # Relay the close as it came; its answer comes back the same way.
             dst.out.append(frame)
             self._sent_close(dst, code, reason)
@@ -791,7 +787,7 @@ class Session:
         self, side: Side, code: int | None, reason: str, *, initiator: str | None
     ) -> None:
         leg = self._leg(side)
-        if leg.state not in _CAN_SEND:
+        if leg.state not in LEG_CAN_SEND:
             return
         if initiator is not None and self.initiator is None:
             self.initiator = initiator
@@ -806,7 +802,7 @@ class Session:
 
     def _sent_close(self, leg: _Leg, code: int | None, reason: str) -> None:
         leg.close_sent = (code, reason)
-        leg.state = LegState.CLOSED if leg.state is LegState.CLOSE_RECEIVED else LegState.CLOSE_SENT
+        leg.fire(LegTrigger.SEND_CLOSE)
 
     def _inject(self, side: Side, frame: bytes) -> None:
         flow = self._flow(side.other)
@@ -818,13 +814,13 @@ class Session:
     def _flush_pending(self, f: _Flow) -> None:
         leg = f.dst_leg
         if f.pending:
-            if leg.state in _CAN_SEND:
+            if leg.state in LEG_CAN_SEND:
                 leg.out.extend(f.pending)
             f.pending = ()
         if f.pending_close is not None:
             frame, code, reason = f.pending_close
             f.pending_close = None
-            if leg.state in _CAN_SEND:
+            if leg.state in LEG_CAN_SEND:
                 leg.out.append(frame)
                 self._sent_close(leg, code, reason)
                 self._settle()
@@ -843,7 +839,7 @@ class Session:
         leg, other = self._leg(side), self._leg(side.other)
         in_flight = self._flow(side).remaining or self._flow(side.other).remaining
         if leg.state is LegState.OPEN and other.state is LegState.OPEN and not in_flight:
-            leg.state = LegState.CLOSE_RECEIVED  # nothing more is read from it
+            leg.fire(LegTrigger.PROTOCOL_BROKEN)  # nothing more is read from it
             leg.fail_close = close
             self._send_close(side.other, *_FAILED_PEER[side], initiator=None)
             self._settle()
@@ -854,14 +850,14 @@ class Session:
 
     def _lose(self, side: Side, close: ProxyClose) -> None:
         """Give up on *side*; the other leg gets *close*, or the answer it waits for."""
-        self._leg(side).state = LegState.FAILED
+        self._leg(side).fire(LegTrigger.GIVE_UP)
         towards = self._flow(side.other)
         towards.pending, towards.pending_close = (), None  # nothing more goes to side
         other = self._leg(side.other)
-        if self._flow(side).remaining and other.state in _CAN_SEND:
+        if self._flow(side).remaining and other.state in LEG_CAN_SEND:
             # The frame in flight to the other side can never be completed, so no
             # close frame can follow it: that transport has to end without one.
-            other.state = LegState.FAILED
+            other.fire(LegTrigger.GIVE_UP)
         elif other.state is LegState.OPEN:
             self._send_close(side.other, *close, initiator="proxy")
         elif other.state is LegState.CLOSE_RECEIVED:
@@ -869,7 +865,7 @@ class Session:
             if answer is not None:
                 self._send_close(side.other, *answer, initiator=None)
             if other.fail_close is not None:
-                other.state = LegState.FAILED
+                other.fire(LegTrigger.ABANDON)
 
     def _settle(self) -> None:
         """Derive the joint state from the two legs (h11's state-triggered transitions)."""
@@ -880,6 +876,6 @@ class Session:
             states = {leg.state for leg in legs}
             if states == {LegState.CLOSED}:
                 self._fire(Trigger.BOTH_CLOSED)
-            elif states <= _FINISHED:
+            elif states <= LEG_FINISHED:
                 self._fire(Trigger.TRANSPORT_LOST)
 

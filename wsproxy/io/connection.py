@@ -24,8 +24,8 @@ from wsproxy.core.balance import request_key
 from wsproxy.core.handshake import Forwarding, client_address
 from wsproxy.core.liveness import Due, Liveness, ping_payload, ping_sent_at
 from wsproxy.core.proxy_protocol import ProxyHeaderParser, ProxyProtocolError
-from wsproxy.core.session import LegState, Session
-from wsproxy.core.states import TERMINAL, SessionState, Side
+from wsproxy.core.session import Session
+from wsproxy.core.states import TERMINAL, LegState, SessionState, Side
 from wsproxy.io.dialer import OutOfDescriptors, dial
 from wsproxy.io.http_relay import HttpRelay
 from wsproxy.log import get_logger
