@@ -1,9 +1,17 @@
-"""The process around the connections: listener, shared state, drains, reload, stop.
+"""The process: ``serve()`` and the wiring of one proxy's parts.
 
 anyio gives the structure: one task group holds every task of a proxy (the sweeper,
 the drains, the dialling tasks of upgrades in flight), and ``serve()`` returns only
 when the proxy has stopped. The connections themselves are asyncio Protocols (see
 wsproxy.io.connection for why).
+
+``ProxyContext`` is the wiring: it builds the control plane (control.drains.Drains,
+control.backends.Backends), the plain HTTP side and the metrics, and implements the
+small protocols through which the drivers (io.ports), the control plane (each
+module's ``...Host``) and the admin API (admin.api.AdminHost,
+admin.metrics.MetricsSource) reach the process. It decides little itself: the
+controls the signals and the admin API call are the control plane's. Nothing below
+this module imports it.
 """
 
 from __future__ import annotations
@@ -13,41 +21,48 @@ import ipaddress
 import logging
 import secrets
 import socket
-import ssl
 from collections.abc import Callable, Coroutine
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
-from wsproxy.admin import serve_admin
-from wsproxy.auth import Authenticator, Identity
+from wsproxy.admin.api import AdminAPI
+from wsproxy.admin.metrics import Metrics
+from wsproxy.admin.server import serve_admin
 from wsproxy.auth.factory import build_authenticator
 from wsproxy.config import BackendConfig, ProxyConfig, load_config
+from wsproxy.control.backends import Backends
+from wsproxy.control.discovery import DiscoveryStatus, run_discovery
+from wsproxy.control.drain import close_reason
+from wsproxy.control.drains import Drains
+from wsproxy.control.health import run_health_checks
 from wsproxy.core.admission import TokenBucket
-from wsproxy.core.balance import BackendState, Balancer
 from wsproxy.core.closes import PROXY_STOPPED
 from wsproxy.core.handshake import Forwarding
 from wsproxy.core.liveness import LivenessRules
 from wsproxy.core.registry import Registry
-from wsproxy.core.states import Side
-from wsproxy.discovery import DiscoveryStatus, run_discovery
-from wsproxy.drain import Drain, close_reason
 from wsproxy.errors import ConfigError
-from wsproxy.health import run_health_checks
-from wsproxy.io.connection import CLIENT, ClientProtocol, Connection, ProxiedClientProtocol
+from wsproxy.io.connection import Connection
+from wsproxy.io.front import ClientProtocol, FrontDoor, ProxiedClientProtocol
 from wsproxy.io.listen_socket import CAPACITY_ERRNOS, dual_stack_socket, listening_sockets
 from wsproxy.io.plain_http import PlainHttp
+from wsproxy.io.ports import Refusal
 from wsproxy.io.tls_accept import EndHandshake, accept_tls
 from wsproxy.log import get_logger
-from wsproxy.metrics import Metrics
 from wsproxy.tls import backend_context, server_context
+
+if TYPE_CHECKING:
+    import ssl
+
+    from wsproxy.auth import Authenticator, Identity
+    from wsproxy.control.drain import Drain
+    from wsproxy.core.balance import BackendState
+    from wsproxy.core.states import Side
 
 log = get_logger()
 
-#: (failure label, status, reason, headers) of an upgrade refused before any backend.
-Refusal = tuple[str, int, str, tuple[tuple[str, str], ...]]
 _RETRY_AFTER = (("Retry-After", "5"),)
 #: The sweeper visits 1/SWEEP_SLICES of the connections per tick.
 SWEEP_SLICES = 10
@@ -59,7 +74,8 @@ class ProxyContext:
     """What every connection of one proxy shares, and the proxy's controls.
 
     The controls (``drain``, ``undrain``, ``drain_backend``, ``shutdown``, ``hurry``,
-    ``reload``) are what signals and the admin API call.
+    ``reload``) are what signals and the admin API call; all but ``reload`` are
+    control.drains.Drains's.
     """
 
     def __init__(
@@ -70,25 +86,20 @@ class ProxyContext:
         #: The running tasks of spawn().
         self._tasks: set[asyncio.Task[None]] = set()
         self.config_path = config_path
-        self.balancer = Balancer(config.balance.policy, [])
+        self.config = config
         self.registry: Registry[Connection] = Registry(max_connections=0, max_per_ip=0)
         self.addresses: list[tuple[str, int]] = []
         self.admin_address: tuple[str, int] | None = None
-        #: Every drain in progress; the key None is the proxy's own.
-        self.drains: dict[BackendState | None, Drain] = {}
-        #: Set after ``drain.delay`` of a proxy drain: new upgrades get 503.
-        self.refusing = False
-        #: Stop the process once the proxy's drain is done (SIGTERM, not POST /drain).
-        self.exit_when_drained = False
-        self.stopped = anyio.Event()
         self._last_accept_warning = float("-inf")
         self.metrics = Metrics(self)
         self.discovery = DiscoveryStatus()
-        self.config = config
         self.backend_ssl: ssl.SSLContext | None = None
         self.authenticator: Authenticator | None = None
         self.owned_headers: frozenset[bytes] = frozenset()
-        self.http = PlainHttp(self)
+        self.http = PlainHttp(self, self.loop, config.http.pool_size)
+        self.drainer = Drains(self, self.http, task_group=task_group, loop=self.loop)
+        self.backends = Backends(self, self.drainer, loop=self.loop)
+        self.balancer = self.backends.balancer
         self.apply_config(config, initial=True)
 
     def _apply(self, config: ProxyConfig, backend_ssl: ssl.SSLContext) -> None:
@@ -158,14 +169,6 @@ class ProxyContext:
             identity=headers,
         )
 
-    def accept_websocket(self, transport: asyncio.Transport, peer_ip: str, received: bytes) -> None:
-        """A connection that served plain HTTP asks for an upgrade: a Connection takes it."""
-        conn = Connection(self, transport)
-        if peer_ip != conn.peer_ip:  # from a PROXY header
-            conn.set_peer(peer_ip)
-        transport.set_protocol(ClientProtocol(self, conn))
-        conn.receive(CLIENT, received)
-
     def probe_answer(self, path: str) -> tuple[int, str]:
         """The answer to a probe on the main listener: /readyz fails while draining."""
         ok = path == "/healthz" or self.ready
@@ -177,30 +180,23 @@ class ProxyContext:
     @property
     def ready(self) -> bool:
         """Whether new connections are welcome (``/readyz``)."""
-        return None not in self.drains
+        return self.drainer.ready
+
+    @property
+    def drains(self) -> dict[BackendState | None, Drain]:
+        """Every drain in progress; the key None is the proxy's own."""
+        return self.drainer.in_progress
 
     def ping_rtt(self, side: Side, rtt: float) -> None:
         """A heartbeat round trip on *side* took *rtt* seconds (kept for the metrics)."""
         self.metrics.rtt[side].observe(rtt)
 
-    def backends_shown(self) -> list[BackendState]:
-        """The configured backends, and removed ones while their connections drain."""
-        gone = [key for key in self.drains if key is not None and key.removed]
-        return [*self.balancer.backends.values(), *gone]
+    def refusing_requests(self) -> bool:
+        """Whether a new plain HTTP request gets 503 (the drains decide)."""
+        return self.drainer.refusing_requests()
 
-    def hold_down(self, backend: BackendState) -> None:
-        """*backend* closed a connection with 1001/1012: it is restarting."""
-        if backend.held:
-            return
-        backend.held = True
-        log.info("backend.held_down", backend=backend.name,
-                 seconds=self.config.drain.backend_hold_down)
-
-        def release() -> None:
-            backend.held = False
-            log.info("backend.released", backend=backend.name)
-
-        self.loop.call_later(self.config.drain.backend_hold_down, release)
+    def relay_ended(self) -> None:
+        self.metrics.connections["http"] += 1
 
     def loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         """The event loop's exception handler: quiet, rate-limited accept back-off.
@@ -212,12 +208,17 @@ class ProxyContext:
         """
         exc = context.get("exception")
         if isinstance(exc, OSError) and exc.errno in CAPACITY_ERRNOS:
-            now = loop.time()
-            if now - self._last_accept_warning >= 1.0:
-                self._last_accept_warning = now
-                log.warning("accept.backoff", error=str(exc), connections=len(self.registry))
+            self.accept_failed(exc)
             return
         loop.default_exception_handler(context)
+
+    def accept_failed(self, exc: OSError) -> None:
+        """A listener (the main one, the admin one) ran out of descriptors: one warning
+        a second at most."""
+        now = self.loop.time()
+        if now - self._last_accept_warning >= 1.0:
+            self._last_accept_warning = now
+            log.warning("accept.backoff", error=str(exc), connections=len(self.registry))
 
     # Hooks called by each Connection…
 
@@ -226,7 +227,7 @@ class ProxyContext:
 
     def refusal(self, conn: Connection) -> Refusal | None:
         """Why this upgrade is answered with an error before any backend is asked."""
-        if self.refusing:
+        if self.drainer.refusing_upgrades():
             return "draining", 503, "proxy is draining", _RETRY_AFTER
         request = conn.session.request
         origins = self.config.allowed_origins
@@ -245,10 +246,7 @@ class ProxyContext:
     def connection_opened(self, conn: Connection) -> None:
         log.info("connection.opened", conn_id=conn.id, client=conn.client_ip,
                  backend=conn.backend.name if conn.backend else None, subject=conn.subject)
-        for drain in self.drains.values():
-            if drain.closing and drain.covers(conn):
-                drain.adopt(conn)  # dialled before the drain began, opened after
-                break
+        self.drainer.opened(conn)
 
     def connection_rejected(self, conn: Connection) -> None:
         log.info("connection.rejected", conn_id=conn.id, client=conn.client_ip,
@@ -259,8 +257,7 @@ class ProxyContext:
         self.metrics.connection_ended(conn, *conn.outcome())
         if conn.opened and log.is_enabled_for(logging.INFO):  # a summary costs ~10 µs
             log.info("connection.closed", **conn.summary())
-        for drain in self.drains.values():
-            drain.forget(conn)
+        self.drainer.finished(conn)
 
     async def sweep(self) -> None:
         """Visit every connection about once a period for its timers (core.liveness).
@@ -279,140 +276,54 @@ class ProxyContext:
                 conn.tick(now)
             turn = (turn + 1) % SWEEP_SLICES
 
-    # Controls…
+    # Controls (control.drains)…
 
     def drain(self, spread: float | None = None) -> Drain:
         """Drain the whole proxy: unready now, closes after ``drain.delay``."""
-        existing = self.drains.get(None)
-        if existing is not None:
-            return existing
-        cfg = self.config.drain
-        drain = Drain(self, None, cfg.spread if spread is None else spread, cfg.delay)
-        log.info("drain.started", drain="proxy", spread_s=drain.spread, delay_s=drain.delay,
-                 connections=len(self.registry))
-        self._start(drain)
-        return drain
+        return self.drainer.drain(spread)
 
     def undrain(self) -> bool:
         """End the proxy's drain (connections already closing go on closing)."""
-        self.refusing = False
-        self.http.undrain()
-        return self._stop_drain(None)
+        return self.drainer.undrain()
 
     def drain_backend(
         self, backend: BackendState, spread: float | None = None, *, mark_draining: bool = True
     ) -> Drain:
-        """Drain one backend: no new upgrades for it, its connections closed with 1012.
-
-        *mark_draining* False is for a backend that failed its health checks: it is
-        out of rotation for that reason, and comes back by itself when it recovers.
-        """
-        existing = self.drains.get(backend)
-        if existing is not None:
-            return existing
-        backend.draining = backend.draining or mark_draining
-        drain = Drain(self, backend, self.config.drain.spread if spread is None else spread)
-        log.info("drain.started", drain=backend.name, spread_s=drain.spread,
-                 connections=backend.active)
-        self._start(drain)
-        return drain
+        """Drain one backend: no new upgrades for it, its connections closed with 1012."""
+        return self.drainer.drain_backend(backend, spread, mark_draining=mark_draining)
 
     def undrain_backend(self, backend: BackendState) -> bool:
-        backend.draining = False
-        return self._stop_drain(backend)
+        return self.drainer.undrain_backend(backend)
 
     def shutdown(self, spread: float | None = None) -> None:
         """SIGTERM: drain the proxy, then stop the process."""
-        self.exit_when_drained = True
-        drain = self.drain(spread)
-        if drain.done.is_set():
-            self.stopped.set()
+        self.drainer.shutdown(spread)
 
     def hurry(self) -> None:
         """A second SIGTERM: skip the rest of every spread."""
-        for drain in self.drains.values():
-            drain.hurry()
-        if None in self.drains:
-            self.http.hurry()
+        self.drainer.hurry()
 
     def drain_status(self) -> dict[str, object]:
         """Every drain in progress, summed up (``GET /drain``)."""
-        now = anyio.current_time()
-        drains = list(self.drains.values())
-        active = [d for d in drains if not d.done.is_set()]
-        return {
-            "draining": bool(active),
-            "left": sum(len(d.members) for d in active),
-            "closed": sum(d.closed for d in drains),
-            "seconds_left": round(max((d.seconds_left(now) for d in active), default=0.0), 3),
-            "drains": [d.status(now) for d in drains],
-        }
+        return self.drainer.status()
 
-    def _start(self, drain: Drain) -> None:
-        self.drains[drain.backend] = drain
+    # Backends that come and go (control.backends)…
 
-        async def run() -> None:
-            await drain.run()
-            if self.drains.get(drain.backend) is drain and drain.done.is_set():
-                log.info("drain.finished", drain=drain.name, closed=drain.schedule.closed
-                         if drain.schedule else 0)
-                if drain.backend is None and self.exit_when_drained:
-                    self.stopped.set()
-                elif drain.backend is not None and drain.backend.removed:
-                    del self.drains[drain.backend]
+    def backends_shown(self) -> list[BackendState]:
+        """The configured backends, and removed ones while their connections drain."""
+        return self.backends.shown()
 
-        self._task_group.start_soon(run)
-
-    def _stop_drain(self, key: BackendState | None) -> bool:
-        drain = self.drains.pop(key, None)
-        if drain is None:
-            return False
-        drain.cancel_scope.cancel()
-        drain.done.set()  # ends the waits of GET /drain?wait= on it
-        log.info("drain.cancelled", drain=drain.name)
-        return True
-
-    # Backends that come and go (discovery, health checks)…
+    def hold_down(self, backend: BackendState) -> None:
+        """*backend* closed a connection with 1001/1012: it is restarting."""
+        self.backends.hold_down(backend)
 
     def set_discovered(self, backends: list[BackendConfig], server_name: str | None) -> None:
-        """The whole set of discovered backends now: new ones join, vanished ones drain.
-
-        A new backend joins after its first passing health check when checks are on.
-        """
-        wanted = {b.name: b for b in backends}
-        for name, state in list(self.balancer.backends.items()):
-            if state.source == "dns" and wanted.get(name) != state.config:
-                del self.balancer.backends[name]
-                state.removed = True
-                log.info("backend.vanished", backend=name, source="dns")
-                self.drain_backend(state)
-        checked = bool(self.config.health_check.path)
-        for name, backend in wanted.items():
-            if name not in self.balancer.backends:
-                self.balancer.backends[name] = BackendState(
-                    backend, healthy=not checked, source="dns", server_name=server_name
-                )
-                log.info("backend.discovered", backend=name, url=backend.url,
-                         waiting_for_health_check=checked)
+        """The whole set of discovered backends now: new ones join, vanished ones drain."""
+        self.backends.set_discovered(backends, server_name)
 
     def set_health(self, backend: BackendState, healthy: bool, *, checked: bool = True) -> None:
-        """A health check's verdict on *backend* (*checked* False: checks are off).
-
-        A passing check also ends the hold of a backend that announced a restart
-        (SPEC: "until its health check passes again").
-        """
-        if healthy and checked and backend.held:
-            backend.held = False
-            log.info("backend.released", backend=backend.name, by="health_check")
-        if backend.healthy == healthy:
-            return
-        backend.healthy = healthy
-        log.info("backend.health", backend=backend.name, healthy=healthy)
-        if healthy:
-            if backend in self.drains and not backend.draining:
-                self._stop_drain(backend)
-        elif not backend.removed:
-            self.drain_backend(backend, mark_draining=False)
+        """A health check's verdict on *backend* (*checked* False: checks are off)."""
+        self.backends.set_health(backend, healthy, checked=checked)
 
     # Reloading…
 
@@ -443,15 +354,7 @@ class ProxyContext:
         for key in ("listen", "admin", "discovery"):
             if getattr(config, key) != getattr(self.config, key):
                 log.warning("config.restart_needed", key=key)
-        wanted = {b.name: b for b in config.backends}
-        gone = [s for name, s in self.balancer.backends.items()
-                if s.source == "static" and wanted.get(name) != s.config]
-        for state in gone:
-            del self.balancer.backends[state.name]
-            state.removed = True
-        for name, backend in wanted.items():
-            if name not in self.balancer.backends:
-                self.balancer.backends[name] = BackendState(backend)
+        gone = self.backends.set_static(config.backends)
         self._apply(config, backend_ssl)
         self.authenticator = authenticator
         self.owned_headers = frozenset(
@@ -459,9 +362,9 @@ class ProxyContext:
             (authenticator.owned_headers if authenticator is not None else ())
         )
         for state in gone:  # under the new config's drain settings
-            self.drain_backend(state)
+            self.drainer.drain_backend(state)
         if not initial:
-            log.info("config.reloaded", backends=sorted(wanted))
+            log.info("config.reloaded", backends=sorted({b.name for b in config.backends}))
 
 
 def forwarded_proto(config: ProxyConfig) -> str:
@@ -484,6 +387,7 @@ class TlsHandshakes:
     def __init__(self, ctx: ProxyContext) -> None:
         self.ctx = ctx
         self.spawn = ctx.spawn
+        self.front = FrontDoor(ctx)
 
     def admit_handshake(self, peer_ip: str) -> EndHandshake | None:
         ctx = self.ctx
@@ -503,12 +407,7 @@ class TlsHandshakes:
         return end
 
     def tls_established(self, transport: asyncio.Transport, deadline: float) -> None:
-        ctx = self.ctx
-        conn = Connection(ctx, transport, deadline=deadline)
-        proxied = ctx.config.listen.proxy_protocol
-        transport.set_protocol(
-            ProxiedClientProtocol(ctx, conn) if proxied else ClientProtocol(ctx, conn)
-        )
+        self.front.tls_established(transport, deadline)
 
     def _stands_for_others(self, peer_ip: str) -> bool:
         cfg = self.ctx.config
@@ -531,7 +430,7 @@ class TlsHandshakes:
 async def _listen(ctx: ProxyContext, config: ProxyConfig, backlog: int) -> asyncio.Server:
     """The plain client listener; ``host: "::"`` serves IPv4 too (io.listen_socket)."""
     factory = partial(ProxiedClientProtocol if config.listen.proxy_protocol else ClientProtocol,
-                      ctx)
+                      FrontDoor(ctx))
     sock = dual_stack_socket(config.listen.host, config.listen.port)
     if sock is not None:
         return await ctx.loop.create_server(factory, sock=sock, backlog=backlog)
@@ -594,13 +493,17 @@ async def serve(
             tg.start_soon(run_health_checks, ctx)  # idle while health_check.path is empty
             if config.discovery.dns is not None:
                 tg.start_soon(run_discovery, ctx, config.discovery.dns, ctx.discovery)
-            ctx.admin_address = await tg.start(serve_admin, ctx)
+            ctx.admin_address = await tg.start(
+                serve_admin, AdminAPI(ctx), config.admin, ctx.accept_failed
+            )
             task_status.started(ctx)
             try:
-                await ctx.stopped.wait()
+                await ctx.drainer.stopped.wait()
             finally:
                 if server is not None:
                     server.close()
+                # Not Trigger.SHUTDOWN: the table sends it to REJECTED (an HTTP answer)
+                # before OPEN and has no OPEN pair; a stop aborts (TIMED_OUT -> FAILED).
                 for conn in list(ctx.registry.connections.values()):
                     conn.terminate(config.drain.shutdown_close_code, PROXY_STOPPED)
                 ctx.http.terminate()

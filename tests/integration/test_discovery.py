@@ -39,7 +39,12 @@ from tests.integration.test_health import (
     url_of,
 )
 from wsproxy.config import DNSDiscoveryConfig, ProxyConfig
-from wsproxy.discovery import DiscoveryStatus, make_resolver, resolve_backends, run_discovery
+from wsproxy.control.discovery import (
+    DiscoveryStatus,
+    make_resolver,
+    resolve_backends,
+    run_discovery,
+)
 from wsproxy.supervisor import ProxyContext
 
 pytestmark = pytest.mark.anyio

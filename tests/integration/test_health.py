@@ -28,7 +28,7 @@ from websockets.http11 import Request, Response
 
 from tests.integration.peers import make_config, running_proxy
 from wsproxy.config import BackendConfig, HealthCheckConfig, ProxyConfig
-from wsproxy.health import CheckFailed, Streak, check_backend
+from wsproxy.control.health import CheckFailed, Streak, check_backend
 from wsproxy.supervisor import ProxyContext
 
 pytestmark = pytest.mark.anyio

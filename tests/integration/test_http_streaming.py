@@ -49,10 +49,12 @@ async def test_a_stream_that_stalls_is_cut_after_stream_idle_timeout() -> None:
         [b], http={"response_timeout": "20s", "stream_idle_timeout": "500ms"}
     ) as ctx, http_client(port_of(ctx)) as client:
         with capture_logs() as logs:
+            # Before the request, so before the backend's first line: the proxy's idle
+            # clock starts when that line reaches it, which the client sees later.
+            first_at = anyio.current_time()
             await send_request_head(client, "GET", "/trickle/stalled")
             reply = await client.response_head()
             assert await client.body_chunk() == b"first\n"
-            first_at = anyio.current_time()
             with pytest.raises(h11.RemoteProtocolError), anyio.fail_after(CEILING):
                 await client.body_chunk()  # the body never ends: the connection does
             cut_after = anyio.current_time() - first_at

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from wsproxy.discovery import (
+from wsproxy.control.discovery import (
     backend_name,
     changes,
     discovered_backend,

@@ -580,7 +580,7 @@ def raw_101(key: bytes, *extra: str) -> bytes:
 
 
 def our_key(h: SessionHarness) -> bytes:
-    return h.session._upstream_key
+    return h.session.upgrade.upstream_key  # type: ignore[union-attr]
 
 
 class TestUpstreamResponse:

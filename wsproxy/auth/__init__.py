@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from wsproxy.core.handshake import UpgradeRequest
+from wsproxy.core.handshake import RequestHead
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +69,7 @@ class Authenticator(Protocol):
     owned_headers: frozenset[str]
 
     async def authenticate(
-        self, request: UpgradeRequest, credentials: Credentials, client_ip: str
+        self, request: RequestHead, credentials: Credentials, client_ip: str
     ) -> Identity:
         """Who this is; raises AuthFailed (401 with WWW-Authenticate, 403, 503)."""
         ...

@@ -23,7 +23,7 @@ import yaml
 
 from wsproxy.auth import Credentials, Identity
 from wsproxy.auth.common import SUBJECT_HEADER, is_safe_text, missing, rejected
-from wsproxy.core.handshake import UpgradeRequest
+from wsproxy.core.handshake import RequestHead
 from wsproxy.log import get_logger
 
 _HEX_DIGEST: Final = re.compile(r"[0-9a-fA-F]{64}")
@@ -114,7 +114,7 @@ class ApiKeyAuthenticator:
         return cls(keys_file, load_keys(keys_file))
 
     async def authenticate(
-        self, request: UpgradeRequest, credentials: Credentials, client_ip: str
+        self, request: RequestHead, credentials: Credentials, client_ip: str
     ) -> Identity:
         """The key's subject; raises AuthFailed 401 (``missing``, ``invalid``)."""
         if credentials.token is None:

@@ -31,7 +31,7 @@ from wsproxy.auth import AuthFailed, Credentials, Identity
 from wsproxy.auth.common import CHALLENGE, SUBJECT_HEADER, is_safe_text, unavailable
 from wsproxy.auth.http import HttpError, HttpResponse, http_get
 from wsproxy.config import ForwardAuthConfig
-from wsproxy.core.handshake import Header, UpgradeRequest
+from wsproxy.core.handshake import Header, RequestHead
 from wsproxy.log import get_logger
 
 #: Not passed to the auth service: hop-by-hop (RFC 9110 §7.6.1), its own Host, and
@@ -59,7 +59,7 @@ class ForwardAuthenticator:
         self.owned_headers: frozenset[str] = frozenset({SUBJECT_HEADER, *config.copy_headers})
 
     async def authenticate(
-        self, request: UpgradeRequest, credentials: Credentials, client_ip: str
+        self, request: RequestHead, credentials: Credentials, client_ip: str
     ) -> Identity:
         """Ask the auth service.
 
@@ -86,7 +86,7 @@ class ForwardAuthenticator:
         """Nothing to re-read: the service is asked on every upgrade."""
 
     def request_headers(
-        self, request: UpgradeRequest, credentials: Credentials, client_ip: str
+        self, request: RequestHead, credentials: Credentials, client_ip: str
     ) -> list[Header]:
         """The headers of the GET to the auth service (Host and Connection aside)."""
         listed = set(request.header_list(b"connection"))

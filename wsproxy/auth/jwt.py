@@ -3,7 +3,7 @@
 The order of the checks is the one RFC 8725 §3.1 asks for: the ``alg`` in the
 token's header must be one of ``auth.jwt.algorithms`` before any key is chosen, so
 ``alg: none`` and a public key passed off as an HMAC secret (HS/RS confusion, §2.1)
-are refused up front; config.py already refuses a list that mixes HS* with public-key
+are refused up front; wsproxy.config already refuses a list that mixes HS* with public-key
 algorithms. Then the key (the secret, or the JWKS entry named by ``kid``), then the
 signature, then the claims: ``exp`` and ``nbf`` with ``leeway``, ``iss`` and ``aud``
 when configured, and ``sub``, which names the subject and is required.
@@ -34,7 +34,7 @@ from wsproxy.auth.common import (
 )
 from wsproxy.auth.jwks import KeySource, KeysUnavailable
 from wsproxy.config import JwtAuthConfig
-from wsproxy.core.handshake import UpgradeRequest
+from wsproxy.core.handshake import RequestHead
 
 #: PyJWT's refusals, most specific first (subclasses before their bases).
 _REASONS: Final[tuple[tuple[type[Exception], str, str], ...]] = (
@@ -83,7 +83,7 @@ class JwtAuthenticator:
         }
 
     async def authenticate(
-        self, request: UpgradeRequest, credentials: Credentials, client_ip: str
+        self, request: RequestHead, credentials: Credentials, client_ip: str
     ) -> Identity:
         """The token's ``sub``, its claims as headers and its expiry.
 
@@ -112,7 +112,7 @@ class JwtAuthenticator:
     async def _key(self, alg: str, kid: str | None) -> jwt.PyJWK | bytes:
         # PyJWT's get_unverified_header has refused a kid that is not a string.
         if alg.startswith("HS"):
-            assert self._secret is not None  # config.py requires a secret for HS*
+            assert self._secret is not None  # the config schema requires a secret for HS*
             return self._secret
         if self.keys is None:
             raise rejected("unknown_key", "token names no known key")

@@ -34,14 +34,18 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator, Sequence
+from typing import TypeVar
 from urllib.parse import unquote_to_bytes
 
 from wsproxy.auth import Credentials
-from wsproxy.core.handshake import Header, UpgradeRequest
+from wsproxy.core.handshake import Header, RequestHead
+
+#: An upgrade request or a plain one: stripping keeps its type.
+Request = TypeVar("Request", bound=RequestHead)
 
 
 def find_credentials(
-    request: UpgradeRequest, token_from: Sequence[str], subprotocol_prefix: str
+    request: RequestHead, token_from: Sequence[str], subprotocol_prefix: str
 ) -> Credentials:
     """The first token found in the sources *token_from*, in their order, and every
     source present.
@@ -71,7 +75,7 @@ def find_credentials(
     return Credentials(token=token, source=source, present=tuple(present), auth_offers=offers)
 
 
-def strip_credentials(request: UpgradeRequest, credentials: Credentials) -> UpgradeRequest:
+def strip_credentials(request: Request, credentials: Credentials) -> Request:
     """A copy of *request* without any of the credentials the backend must not see.
 
     Removes every occurrence of every source in ``credentials.present`` (see the
@@ -108,7 +112,7 @@ def strip_credentials(request: UpgradeRequest, credentials: Credentials) -> Upgr
 # Finding…
 
 
-def _is_present(request: UpgradeRequest, kind: str, arg: str, offers: Sequence[str]) -> bool:
+def _is_present(request: RequestHead, kind: str, arg: str, offers: Sequence[str]) -> bool:
     """Whether the request holds source *kind*:*arg* at all, whatever its value."""
     if kind == "header":
         name = arg.lower().encode("latin-1") if arg else b"authorization"
@@ -119,10 +123,10 @@ def _is_present(request: UpgradeRequest, kind: str, arg: str, offers: Sequence[s
         return any(cookie == arg.encode("latin-1") for cookie in _cookie_names(request.headers))
     if kind == "subprotocol":
         return bool(offers)
-    raise ValueError(f"unknown token source {kind!r}")  # config.py admits no other
+    raise ValueError(f"unknown token source {kind!r}")  # the config schema admits no other
 
 
-def _token(request: UpgradeRequest, kind: str, arg: str, prefix: str) -> str | None:
+def _token(request: RequestHead, kind: str, arg: str, prefix: str) -> str | None:
     if kind == "header" and not arg:
         return _bearer(request.header(b"authorization"))
     if kind == "header":

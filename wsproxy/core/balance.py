@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlsplit
 
 from wsproxy.config import BackendConfig
-from wsproxy.core.handshake import UpgradeRequest
+from wsproxy.core.handshake import RequestHead
 
 
 @dataclass(slots=True, eq=False)
@@ -75,7 +75,7 @@ def _score(key: str, name: str) -> int:
     return int.from_bytes(digest, "big")
 
 
-def request_key(request: UpgradeRequest, name: str | None) -> str | None:
+def request_key(request: RequestHead, name: str | None) -> str | None:
     """The hash policy's value for *request*: header *name*, else query parameter *name*."""
     if name is None:
         return None

@@ -60,17 +60,17 @@ PROXY_OWNED: Final = frozenset(
 )
 
 
-@dataclass(frozen=True, slots=True)
-class UpgradeRequest:
-    """A client's upgrade request that passed the RFC 6455 checks."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestHead:
+    """What auth and balancing read of a client's request, an upgrade or a plain one."""
 
+    method: bytes = b"GET"
     target: bytes
     host: bytes
-    key: bytes
-    subprotocols: tuple[str, ...]
-    extensions: tuple[bytes, ...]
     origin: str | None
     headers: tuple[Header, ...]
+    #: The subprotocol offers an upgrade negotiates; a plain request has none.
+    subprotocols: tuple[str, ...] = ()
 
     def header(self, name: bytes) -> bytes | None:
         """The first value of header *name* (lower case), or None."""
@@ -82,6 +82,14 @@ class UpgradeRequest:
     def header_list(self, name: bytes) -> list[bytes]:
         """Every comma-separated token of every header *name*, lower case."""
         return [t for key, value in self.headers if key == name for t in _tokens(value)]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UpgradeRequest(RequestHead):
+    """A client's upgrade request that passed the RFC 6455 checks."""
+
+    key: bytes
+    extensions: tuple[bytes, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +210,16 @@ def client_address(
         if not _in_networks(address, trusted):
             break
     return client, ", ".join([*chain, peer_ip])
+
+
+def plain_ip(ip: str) -> str:
+    """*ip* as the limits, the logs and X-Forwarded-For name it: an IPv4-mapped IPv6
+    address (a dual-stack listener's IPv4 client, a PROXY header) is the IPv4
+    address it maps, so that one client has one address for the per-IP limits."""
+    address = ipaddress.ip_address(ip)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
 
 
 def _in_networks(address: str, networks: Iterable[IPNetwork]) -> bool:

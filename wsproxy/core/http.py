@@ -8,11 +8,12 @@ hop (RFC 9110 §7.6: hop-by-hop fields out, ``Via`` and the forwarded headers in
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Final
 
 import h11
 
-from wsproxy.core.handshake import PROXY_OWNED, Forwarding, status_phrase
+from wsproxy.core.handshake import PROXY_OWNED, Forwarding, RequestHead, status_phrase
 from wsproxy.core.paths import join
 
 Header = tuple[bytes, bytes]
@@ -26,6 +27,22 @@ HOP_BY_HOP: Final = frozenset(
 )
 VIA: Final = b"wsproxy"
 _PROBES: Final = frozenset({"/healthz", "/readyz"})
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedRequest:
+    """A request head read off a client connection, handed on with the parser that read it.
+
+    The front door's two drivers pass the first request of a connection (and, on a
+    keep-alive connection, a later upgrade) to each other this way, so that it is
+    parsed once: *parser* has just returned *request*, and holds what came after it.
+    """
+
+    parser: h11.Connection
+    request: h11.Request
+    #: The bytes the head was read from (and any that came after): the relay checks
+    #: them for the smuggling shapes h11 lets through (head_length()).
+    received: bytes
 
 
 class HttpRefused(Exception):
@@ -114,6 +131,19 @@ def probe_path(request: h11.Request) -> str | None:
         return None
     path = bytes(request.target).split(b"?", 1)[0].decode("latin-1")
     return path if path in _PROBES else None
+
+
+def plain_request(
+    request: h11.Request, *, target: bytes, headers: tuple[Header, ...]
+) -> RequestHead:
+    """What auth and balancing read of a plain *request*: its *target* made safe
+    (paths.backend_target()) and its *headers* as bytes."""
+    host = next((v for k, v in headers if k == b"host"), b"")
+    origin = next((v for k, v in headers if k == b"origin"), None)
+    return RequestHead(
+        method=bytes(request.method), target=target, host=host,
+        origin=origin.decode("latin-1") if origin is not None else None, headers=headers,
+    )
 
 
 def _hop_by_hop(headers: Sequence[Header]) -> set[bytes]:

@@ -4,6 +4,10 @@ Bytes go in with ``receive_data(side, data)`` / ``receive_eof(side)``; bytes to 
 come out of ``data_to_send(side)``, and ``should_close(side)`` says when a transport
 is done. The session never awaits, reads a clock or touches a socket.
 
+The opening handshakes are wsproxy.core.upgrade's: until OPEN the session hands
+the client's request and each backend's answer to its ``Upgrade`` and turns the
+outcome into states and bytes (that module says why the driver holds one object).
+
 Relaying without decoding
 -------------------------
 A client's frames are already masked as a backend expects, and a backend's frames are
@@ -28,12 +32,9 @@ backend whose client went away, 1014 to a client whose backend did.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Mapping
 from typing import Final
-
-import h11
 
 from wsproxy.core import frames
 from wsproxy.core.closes import (
@@ -50,19 +51,8 @@ from wsproxy.core.closes import (
     ProxyClose,
 )
 from wsproxy.core.frames import CloseFrameError
-from wsproxy.core.handshake import (
-    Forwarding,
-    UpgradeRequest,
-    UpstreamAccepted,
-    accept_response,
-    check_upgrade,
-    check_upstream_response,
-    error_response,
-    new_key,
-    read_switching_response,
-    upstream_request_bytes,
-)
-from wsproxy.core.http import is_upgrade, probe_path
+from wsproxy.core.handshake import Forwarding, UpgradeRequest, UpstreamAccepted, error_response
+from wsproxy.core.http import ParsedRequest
 from wsproxy.core.states import (
     LEG_CAN_RECEIVE,
     LEG_CAN_SEND,
@@ -76,12 +66,8 @@ from wsproxy.core.states import (
     next_leg_state,
     next_state,
 )
-from wsproxy.errors import (
-    HandshakeRejected,
-    InvalidTransition,
-    UpstreamHandshakeFailed,
-    UpstreamUnavailable,
-)
+from wsproxy.core.upgrade import Opened, Upgrade
+from wsproxy.errors import HandshakeRejected, InvalidTransition, UpstreamHandshakeFailed
 
 #: Heartbeat pings carry this prefix (plus a per-process token) so that their pongs
 #: are recognised and not relayed, while a peer's own pings pass end to end.
@@ -93,14 +79,6 @@ _NO_EARLY: Final = {Side.CLIENT: b"", Side.UPSTREAM: b""}
 #: replaces it with a dict of its own), so an idle session holds no dict for it.
 _NO_PONGS: Final[Mapping[Side, bytes]] = {}
 _CLIENT: Final = Side.CLIENT
-#: What an h11 client connection that reads a backend's answer is told went out: a
-#: GET that proposes the upgrade, which is all its state machine takes from a request
-#: (the bytes on the wire come from upstream_request_bytes()). One immutable event
-#: for every session: building one per upgrade re-validated every header.
-_UPGRADE_SENT: Final = h11.Request(
-    method="GET", target="/",
-    headers=[("Host", "backend"), ("Upgrade", "websocket"), ("Connection", "Upgrade")],
-)
 #: What the other leg is told when one side breaks the protocol…
 _FAILED_PEER: Final = {Side.CLIENT: CLIENT_ERROR, Side.UPSTREAM: BACKEND_ERROR}
 #: …and when one side's transport ends without a close handshake.
@@ -196,19 +174,18 @@ class Session:
     a transport once ``should_close(side)`` is true. In AWAIT_REQUEST, once
     ``request`` is set, the driver either ``reject()``s or ``accept()``s and calls
     ``connect_upstream()`` for a backend it has dialled; ``upstream_failure`` set
-    means: try the next backend with ``connect_upstream()``, or ``reject()``.
+    means: try the next backend with ``connect_upstream()``, or ``reject()``. A
+    ``probe`` instead of a request is answered with ``reject()``; a ``plain`` one
+    goes to an HTTP relay with its parser.
     """
 
     # Slots: an idle connection's memory is mostly its objects (10,000 held is a goal).
     # Hence also a slot per leg and per flow rather than a dict keyed by side.
     __slots__ = (
-        "_client_flow", "_client_leg", "_early", "_head_bytes", "_http_client",
-        "_http_server", "_pass_extensions", "_received", "_upstream_flow", "_upstream_key",
-        "_upstream_leg", "_upstream_target", "accepted",
-        "auth_subprotocol", "backend_restarting", "close_reason", "conn_id", "initiator",
-        "last_pong", "max_message_size", "max_request_head", "plain", "probe",
-        "rejected_status", "request", "restart_code", "restart_reason", "state",
-        "upstream_failure",
+        "_client_flow", "_client_leg", "_upstream_flow", "_upstream_leg", "accepted",
+        "backend_restarting", "close_reason", "conn_id", "initiator", "last_pong",
+        "max_message_size", "rejected_status", "restart_code", "restart_reason", "state",
+        "upgrade",
     )
 
     def __init__(
@@ -227,20 +204,12 @@ class Session:
         self.restart_code = restart_code
         self.restart_reason = restart_reason
         self.backend_restarting = False
-        #: The path of a plain GET /healthz or /readyz (a kubelet probe), if that is
-        #: what arrived instead of an upgrade: the driver answers it with reject().
-        self.probe: str | None = None
-        #: With *plain_http*: every byte the client sent, once that turned out to be a
-        #: request without Upgrade (the driver hands the connection to an HTTP relay).
-        self.plain: bytes | None = None
-        self._received: list[bytes] | None = [] if plain_http else None
-        #: The client's auth subprotocol offer ("bearer.<token>"), taken out of what the
-        #: backend sees; the 101 selects it when the backend chooses no subprotocol,
-        #: since browsers fail a handshake whose offers all go unanswered.
-        self.auth_subprotocol: str | None = None
+        #: The opening handshakes while they last (None once OPEN).
+        self.upgrade: Upgrade | None = Upgrade(
+            max_request_head=max_request_head, plain_http=plain_http
+        )
         self.state = SessionState.AWAIT_REQUEST
         self.max_message_size = max_message_size
-        self.max_request_head = max_request_head
         self._client_leg = _Leg(Side.CLIENT)
         self._upstream_leg = _Leg(Side.UPSTREAM)
         #: The frames read from each side (see _flow()).
@@ -249,23 +218,12 @@ class Session:
         #: Which side closed first: "client", "upstream" or "proxy".
         self.initiator: str | None = None
         self.close_reason: str | None = None
-        #: The upgrade request once it has arrived and passed the checks.
-        self.request: UpgradeRequest | None = None
-        self.upstream_failure: str | None = None
+        #: The backend's 101, as the client's repeated it (headers not kept).
         self.accepted: UpstreamAccepted | None = None
         #: Status answered to the client when the upgrade was refused.
         self.rejected_status: int | None = None
         #: The payload of the latest heartbeat pong of each side, until take_pongs().
         self.last_pong: Mapping[Side, bytes] = _NO_PONGS
-        self._http_server: h11.Connection | None = h11.Connection(
-            h11.SERVER, max_incomplete_event_size=max_request_head
-        )
-        self._head_bytes = 0
-        self._http_client: h11.Connection | None = None
-        self._upstream_key = b""
-        self._upstream_target = ""
-        self._pass_extensions = False
-        self._early: dict[Side, bytes] = {Side.CLIENT: b"", Side.UPSTREAM: b""}
 
     def __repr__(self) -> str:
         return f"<Session {self.conn_id} {self.state.name}>"
@@ -296,7 +254,8 @@ class Session:
         ):
             # A client that does not wait for our 101: keep its bytes for later. The
             # driver pauses reading the client meanwhile, so this stays small.
-            self._early[side] += data
+            assert self.upgrade is not None
+            self.upgrade.keep_early(side, data)
 
     def receive_eof(self, side: Side) -> None:
         """*side*'s transport ended (EOF or error). Then call data_to_send()."""
@@ -319,47 +278,60 @@ class Session:
             self._lose(side, lost)
         self._settle()
 
-    # The client's upgrade…
+    # The opening, decided by the Upgrade…
+
+    @property
+    def request(self) -> UpgradeRequest | None:
+        """The upgrade request once it has arrived and passed the checks."""
+        return None if self.upgrade is None else self.upgrade.request
+
+    @request.setter
+    def request(self, request: UpgradeRequest) -> None:
+        """The request as the backend is to see it (auth took its credentials out)."""
+        assert self.upgrade is not None
+        self.upgrade.request = request
+
+    @property
+    def probe(self) -> str | None:
+        """The path of a probe that came instead of an upgrade (see Upgrade.probe)."""
+        return None if self.upgrade is None else self.upgrade.probe
+
+    @property
+    def plain(self) -> ParsedRequest | None:
+        """A request without Upgrade, for an HTTP relay (see Upgrade.plain)."""
+        return None if self.upgrade is None else self.upgrade.plain
+
+    @property
+    def upstream_failure(self) -> str | None:
+        """Why the backend being tried failed: try the next with connect_upstream()."""
+        return None if self.upgrade is None else self.upgrade.upstream_failure
+
+    @property
+    def auth_subprotocol(self) -> str | None:
+        """The auth subprotocol offer the 101 selects if the backend selects none."""
+        return None if self.upgrade is None else self.upgrade.auth_subprotocol
+
+    @auth_subprotocol.setter
+    def auth_subprotocol(self, offer: str | None) -> None:
+        assert self.upgrade is not None
+        self.upgrade.auth_subprotocol = offer
 
     def _receive_request(self, data: bytes) -> None:
-        self._head_bytes += len(data)
-        conn = self._http_server
-        assert conn is not None
-        if self._received is not None:
-            self._received.append(data)
+        assert self.upgrade is not None
         try:
-            conn.receive_data(data)
-            event = conn.next_event()
-            while isinstance(event, h11.Request | h11.EndOfMessage):
-                if isinstance(event, h11.Request):
-                    self.probe = probe_path(event)
-                    if self.probe is not None:
-                        return
-                    if self._received is not None and not is_upgrade(event):
-                        self.plain = b"".join(self._received)
-                        return
-                    self.request = check_upgrade(event)
-                event = conn.next_event()
-        except h11.RemoteProtocolError as exc:
-            self.request = None
-            self._reject(exc.error_status_hint, "malformed request")
-            return
+            self.upgrade.receive_request(data)
         except HandshakeRejected as exc:
             self._reject(exc.status, exc.reason, exc.headers)
-            return
-        if self.request is None:
-            if self._head_bytes > self.max_request_head:
-                self._reject(431, "request head too large")
-            elif event is not h11.NEED_DATA:
-                self._reject(400, "not a WebSocket upgrade")
-            return
-        self._received = None
-        trailing, _ = conn.trailing_data
-        if self._head_bytes - len(trailing) > self.max_request_head:
-            self.request = None
-            self._reject(431, "request head too large")
-            return
-        self._early[Side.CLIENT] = bytes(trailing)
+
+    def receive_parsed(self, parsed: ParsedRequest) -> None:
+        """Take a request an HTTP relay parsed on a keep-alive connection, as if it had
+        just arrived (instead of receive_data()). Then call data_to_send()."""
+        if self.upgrade is None or self.state is not SessionState.AWAIT_REQUEST:
+            raise InvalidTransition(self.state, "receive_parsed")
+        try:
+            self.upgrade.receive_parsed(parsed)
+        except HandshakeRejected as exc:
+            self._reject(exc.status, exc.reason, exc.headers)
 
     def accept(self) -> None:
         """The driver's checks passed (limits, origin, auth): go on to a backend."""
@@ -381,8 +353,6 @@ class Session:
         self._client_leg.out.append(error_response(status, reason, headers))
         self._upstream_leg.out = []
 
-    # The backend's handshake…
-
     def connect_upstream(
         self, *, target: str, authority: str, path_prefix: str, forwarding: Forwarding,
         pass_extensions: bool,
@@ -393,100 +363,57 @@ class Session:
         Call again on a new transport to retry with another backend after
         ``upstream_failure`` was set.
         """
-        if self.request is None:
+        upgrade = self.upgrade
+        if upgrade is None or upgrade.request is None:
             raise InvalidTransition(self.state, "connect_upstream")
-        if self.upstream_failure is not None:
+        if upgrade.upstream_failure is not None:
             self._fire(Trigger.UPSTREAM_RETRY)
-        self.upstream_failure = None
-        self._upstream_target = target
-        self._pass_extensions = pass_extensions
-        self._upstream_key = new_key()
-        request = upstream_request_bytes(
-            self.request, authority=authority, path_prefix=path_prefix,
-            key=self._upstream_key, forwarding=forwarding, pass_extensions=pass_extensions,
-            owned=owned_headers,
+        request = upgrade.connect(
+            target=target, authority=authority, path_prefix=path_prefix,
+            forwarding=forwarding, pass_extensions=pass_extensions, owned_headers=owned_headers,
         )
-        self._http_client = None  # created if the answer is not a plain 101
         upstream = self._upstream_leg
         upstream.out = [request]
         upstream.eof = False
-        self._early[Side.UPSTREAM] = b""
 
     def upstream_failed(self, reason: str) -> None:
         """Dialling or the handshake failed: set ``upstream_failure``."""
-        self.upstream_failure = reason
+        if self.upgrade is not None:
+            self.upgrade.upstream_failure = reason
         self._upstream_leg.out = []
 
     def _receive_response(self, data: bytes) -> None:
-        if not self._upstream_key or self.upstream_failure is not None:
-            return  # no handshake of ours is out, or it has failed already
-        conn = self._http_client
-        if conn is None:  # the first bytes of the answer: most often a whole plain 101
-            plain = read_switching_response(data)
-            if plain is not None:
-                self._answered(101, *plain)
-                return
-            conn = self._http_client = h11.Connection(h11.CLIENT)
-            conn.send(_UPGRADE_SENT)
+        upgrade = self.upgrade
+        assert upgrade is not None
         try:
-            conn.receive_data(data)
-            event = conn.next_event()
-            while isinstance(event, h11.InformationalResponse) and event.status_code != 101:
-                event = conn.next_event()  # 100 Continue and friends: not an answer yet
-        except h11.RemoteProtocolError:
-            self.upstream_failed("malformed handshake response")
-            return
-        if event is h11.NEED_DATA:
-            return
-        if not isinstance(event, h11.InformationalResponse | h11.Response):
-            self.upstream_failed("unexpected handshake response")
-            return
-        headers = [(bytes(k), bytes(v)) for k, v in event.headers]
-        self._answered(event.status_code, headers, bytes(conn.trailing_data[0]))
-
-    def _answered(self, status: int, headers: list[tuple[bytes, bytes]], rest: bytes) -> None:
-        """The backend's answer is in: *status*, *headers*, and *rest* read after it."""
-        assert self.request is not None
-        try:
-            self.accepted = check_upstream_response(
-                status, headers, target=self._upstream_target, key=self._upstream_key,
-                offered=self.request.subprotocols,
-                offered_extensions=self.request.extensions if self._pass_extensions else (),
-            )
+            opened = upgrade.receive_response(data)
         except UpstreamHandshakeFailed as exc:
             self._reject(exc.status, "backend refused the upgrade")
             return
-        except UpstreamUnavailable as exc:
-            self.upstream_failed(exc.reason)
-            return
-        self._open(rest)
+        if opened is not None:
+            self._open(opened)
+        elif upgrade.upstream_failure is not None:
+            self._upstream_leg.out = []
 
-    def _open(self, upstream_early: bytes) -> None:
+    def _open(self, opened: Opened) -> None:
+        """The relay takes over from the Upgrade, with what came early on each side."""
         self._fire(Trigger.UPSTREAM_ACCEPTED)
-        assert self.request is not None
-        assert self.accepted is not None
-        if self.accepted.extensions and b"permessage-deflate" in self.accepted.extensions:
+        self.accepted = accepted = opened.accepted
+        if accepted.extensions and b"permessage-deflate" in accepted.extensions:
             for flow in (self._client_flow, self._upstream_flow):
                 flow.rsv_allowed = frames.RSV1
-        elif self.accepted.extensions:
+        elif accepted.extensions:
             # An extension we do not know: its reserved bits are its own business.
             for flow in (self._client_flow, self._upstream_flow):
                 flow.rsv_allowed = frames.RSV_BITS
-        if self.accepted.subprotocol is None and self.auth_subprotocol is not None:
-            self.accepted = dataclasses.replace(self.accepted, subprotocol=self.auth_subprotocol)
-        self._client_leg.out.append(accept_response(self.request.key, self.accepted))
-        self.accepted = dataclasses.replace(self.accepted, headers=())  # sent: not kept
-        early = self._early
+        self._client_leg.out.append(opened.response)
         # The HTTP state machines and headers are done with: an open connection keeps
         # only its legs (10,000 idle connections should cost little).
-        self._early = _NO_EARLY
-        self._http_server = self._http_client = None
-        self._upstream_key = b""
-        self.request = dataclasses.replace(self.request, headers=())
-        if early[Side.CLIENT]:
-            self._scan(self._client_flow, early[Side.CLIENT])
-        if upstream_early:
-            self._scan(self._upstream_flow, upstream_early)
+        self.upgrade = None
+        if opened.client_early:
+            self._scan(self._client_flow, opened.client_early)
+        if opened.upstream_early:
+            self._scan(self._upstream_flow, opened.upstream_early)
 
     # Sending…
 

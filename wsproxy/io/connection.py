@@ -8,32 +8,38 @@ side's write buffer fills (``pause_writing``), the other side stops being read.
 A connection holds no task while it relays: only two transports, the session and,
 while a close handshake is in flight, one timer. The only task is the short one that
 dials backends during the upgrade; it belongs to the supervisor's task group.
+
+The listener's protocols that feed a Connection, and the hand-over to plain HTTP
+and back, are wsproxy.io.front's.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import time
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from wsproxy.auth import AuthFailed
-from wsproxy.auth.sources import find_credentials, strip_credentials
 from wsproxy.core import closes
-from wsproxy.core.balance import request_key
-from wsproxy.core.handshake import Forwarding, client_address
+from wsproxy.core.handshake import Forwarding, client_address, plain_ip
+from wsproxy.core.http import ParsedRequest
 from wsproxy.core.liveness import Due, Liveness, ping_payload, ping_sent_at
-from wsproxy.core.proxy_protocol import ProxyHeaderParser, ProxyProtocolError
 from wsproxy.core.session import Session
 from wsproxy.core.states import TERMINAL, LegState, SessionState, Side
-from wsproxy.io.dialer import OutOfDescriptors, dial
-from wsproxy.io.http_relay import HttpRelay
+from wsproxy.io.upstream import (
+    NO_BACKEND,
+    OUT_OF_DESCRIPTORS,
+    OutOfDescriptors,
+    authenticate,
+    candidates,
+    dial_backend,
+)
 from wsproxy.log import get_logger
 
 if TYPE_CHECKING:
     from wsproxy.auth import Identity
     from wsproxy.core.balance import BackendState
-    from wsproxy.supervisor import ProxyContext
+    from wsproxy.io.ports import ConnectionOwner
 
 log = get_logger()
 
@@ -49,84 +55,14 @@ _OTHER: Final = {CLIENT: UPSTREAM, UPSTREAM: CLIENT}
 _STATUS_FAILURES: Final = {400: "bad_request", 426: "bad_version", 431: "head_too_large"}
 
 
-def plain_ip(ip: str) -> str:
-    """*ip* as the limits, the logs and X-Forwarded-For name it: an IPv4-mapped IPv6
-    address (a dual-stack listener's IPv4 client, a PROXY header) is the IPv4
-    address it maps, so that one client has one address for the per-IP limits."""
-    address = ipaddress.ip_address(ip)
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return str(address.ipv4_mapped)
-    return str(address)
+class HttpDoor(Protocol):
+    """Where a Connection hands its client over when the first request is plain HTTP
+    (``plain_http: proxy``): the front door (wsproxy.io.front)."""
 
-
-class ClientProtocol(asyncio.Protocol):
-    """The listener's protocol: one per accepted client connection."""
-
-    __slots__ = ("_conn", "_ctx")
-
-    def __init__(self, ctx: ProxyContext, conn: Connection | None = None) -> None:
-        self._ctx = ctx
-        #: Given when a connection that served plain HTTP comes back for an upgrade.
-        self._conn: Connection | None = conn
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports implement asyncio.Transport without subclassing it.
-        self._conn = Connection(self._ctx, cast(asyncio.Transport, transport))
-
-    def data_received(self, data: bytes) -> None:
-        assert self._conn is not None
-        self._conn.receive(CLIENT, data)
-
-    def eof_received(self) -> bool:
-        assert self._conn is not None
-        self._conn.receive_eof(CLIENT)
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        assert self._conn is not None
-        self._conn.transport_lost(CLIENT)
-
-    def pause_writing(self) -> None:
-        assert self._conn is not None
-        self._conn.pause_reading(UPSTREAM)
-
-    def resume_writing(self) -> None:
-        assert self._conn is not None
-        self._conn.resume_reading(UPSTREAM)
-
-
-class ProxiedClientProtocol(ClientProtocol):
-    """For ``listen.proxy_protocol``: a PROXY v1/v2 header comes before the request.
-
-    Its client address replaces the socket's peer (a load balancer's) for the limits,
-    the logs and X-Forwarded-For. A connection without a valid header is dropped.
-    """
-
-    __slots__ = ("_parser",)
-
-    def __init__(self, ctx: ProxyContext, conn: Connection | None = None) -> None:
-        super().__init__(ctx, conn)
-        self._parser: ProxyHeaderParser | None = ProxyHeaderParser()
-
-    def data_received(self, data: bytes) -> None:
-        assert self._conn is not None
-        if self._parser is None:
-            self._conn.receive(CLIENT, data)
-            return
-        try:
-            parsed = self._parser.feed(data)
-        except ProxyProtocolError as exc:
-            self._parser = None
-            self._conn.refuse("proxy_protocol", str(exc))
-            return
-        if parsed is None:
-            return
-        header, rest = parsed
-        self._parser = None
-        if header.client_ip is not None:
-            self._conn.set_peer(header.client_ip)
-        if rest:
-            self._conn.receive(CLIENT, rest)
+    def to_http(
+        self, transport: asyncio.Transport, parsed: ParsedRequest, *, conn_id: str, peer_ip: str
+    ) -> None:
+        """Let an HTTP relay serve *transport*, starting with the request in *parsed*."""
 
 
 class UpstreamProtocol(asyncio.Protocol):
@@ -172,17 +108,20 @@ class Connection:
     # Slots, and a slot per side rather than a dict keyed by side: 10,000 idle
     # connections must stay cheap.
     __slots__ = (
-        "_client", "_close_rounds", "_forwarded_for", "_open_transports", "_rtt_client",
+        "_client", "_close_rounds", "_door", "_forwarded_for", "_open_transports", "_rtt_client",
         "_rtt_upstream", "_timer", "_upstream", "_upstream_settled", "backend", "client_ip",
         "ctx", "failure", "id", "identity", "liveness", "peer_ip", "session", "started",
     )
 
     def __init__(
-        self, ctx: ProxyContext, client: asyncio.Transport, *, deadline: float | None = None
+        self, ctx: ConnectionOwner[Connection], client: asyncio.Transport, *, door: HttpDoor,
+        deadline: float | None = None,
     ) -> None:
-        """*deadline*: when the request must be in, on the loop's clock (default: in
-        ``limits.handshake_timeout``; a TLS listener's began before the handshake)."""
+        """*door*: where a plain HTTP request goes. *deadline*: when the request must be
+        in, on the loop's clock (default: in ``limits.handshake_timeout``; a TLS
+        listener's began before the handshake)."""
         self.ctx = ctx
+        self._door = door
         self.id = ctx.new_conn_id()
         self.started = time.monotonic()
         peer = client.get_extra_info("peername")
@@ -259,18 +198,31 @@ class Connection:
             if session.backend_restarting and self.backend is not None:
                 self.ctx.hold_down(self.backend)
         elif state is SessionState.AWAIT_REQUEST:
-            if session.request is not None:
-                self._route()
-            elif session.probe is not None:
-                self._answer_probe(session.probe)
-            elif session.plain is not None:
-                self._to_http(session.plain)
+            self._request_read()
         elif state is not SessionState.CONNECTING_UPSTREAM:
             self._flush()
         if self._upstream_settled is not None and (
             state is not SessionState.CONNECTING_UPSTREAM or session.upstream_failure
         ):
             self._upstream_settled.set()
+
+    def receive_parsed(self, parsed: ParsedRequest) -> None:
+        """The client's request, parsed by the HTTP relay it came back from."""
+        self.session.receive_parsed(parsed)
+        if self.session.state is SessionState.AWAIT_REQUEST:
+            self._request_read()
+        else:
+            self._flush()
+
+    def _request_read(self) -> None:
+        """What the client sent while AWAIT_REQUEST: act once its request is in."""
+        session = self.session
+        if session.request is not None:
+            self._route()
+        elif session.probe is not None:
+            self._answer_probe(session.probe)
+        elif session.plain is not None:
+            self._to_http(session.plain)
 
     def receive_eof(self, side: Side) -> None:
         self.session.receive_eof(side)
@@ -461,14 +413,14 @@ class Connection:
         self.session.reject(*self.ctx.probe_answer(path))
         self._flush()
 
-    def _to_http(self, received: bytes) -> None:
+    def _to_http(self, parsed: ParsedRequest) -> None:
         """A request without Upgrade (``plain_http: proxy``): an HttpRelay takes over."""
         self._cancel_timer()
         self.ctx.registry.remove(self.id)
         transport = self._client
         assert transport is not None
         self._client = None
-        HttpRelay(self.ctx, transport, conn_id=self.id, peer_ip=self.peer_ip, received=received)
+        self._door.to_http(transport, parsed, conn_id=self.id, peer_ip=self.peer_ip)
 
     def _route(self) -> None:
         """The client's request is in: refuse it, or go and find a backend."""
@@ -497,28 +449,26 @@ class Connection:
         request = session.request
         if authenticator is None or request is None:
             return True
-        auth = self.ctx.config.auth
-        credentials = find_credentials(request, auth.token_from, auth.subprotocol_prefix)
         try:
-            self.identity = await authenticator.authenticate(request, credentials, self.client_ip)
+            admitted = await authenticate(authenticator, self.ctx.config.auth, request,
+                                          client_ip=self.client_ip, conn_id=self.id)
         except AuthFailed as exc:
-            log.info("auth.failed", conn_id=self.id, client=self.client_ip, reason=exc.reason,
-                     source=credentials.source, status=exc.status)
             if session.state is SessionState.CONNECTING_UPSTREAM:
                 self._reject(f"auth_{exc.reason}", exc.status, exc.message, exc.headers)
             return False
+        self.identity = admitted.identity
         if session.state is not SessionState.CONNECTING_UPSTREAM:
             return False  # the client went away meanwhile
-        # No credential goes further: every configured source present is removed.
-        session.request = strip_credentials(request, credentials)
-        session.auth_subprotocol = credentials.strip_subprotocol
+        session.request = admitted.request
+        session.auth_subprotocol = admitted.auth_subprotocol
         return True
 
     async def _connect_upstream(self) -> None:
         session = self.session
         if not await self._authenticate():
             return
-        for backend in self.ctx.balancer.candidates(self._hash_key()):
+        hash_key = self.ctx.config.balance.hash_key
+        for backend in candidates(self.ctx.balancer, session.request, hash_key):
             if session.state is not SessionState.CONNECTING_UPSTREAM:
                 return
             try:
@@ -526,8 +476,7 @@ class Connection:
             except OutOfDescriptors:
                 # The proxy's own trouble: no backend is blamed, none other tried.
                 if session.state is SessionState.CONNECTING_UPSTREAM:
-                    self._reject("out_of_descriptors", 503, "proxy out of file descriptors",
-                                 (("Retry-After", "5"),))
+                    self._reject("out_of_descriptors", *OUT_OF_DESCRIPTORS)
                 return
             if session.accepted is not None:
                 # The 101 may have come with frames that moved the session on already
@@ -545,7 +494,7 @@ class Connection:
                         error=session.upstream_failure)
         if session.state is SessionState.CONNECTING_UPSTREAM:
             if session.upstream_failure is None:
-                self._reject("no_backend", 503, "no healthy backend", (("Retry-After", "5"),))
+                self._reject("no_backend", *NO_BACKEND)
             else:
                 self._reject("backend_unreachable", 502, "backend unreachable")
 
@@ -561,9 +510,9 @@ class Connection:
         protocol = UpstreamProtocol(self)
         try:
             async with asyncio.timeout(cfg.limits.backend_timeout):
-                transport = await dial(
-                    self.ctx.loop, lambda: protocol, backend.config, self.ctx.backend_ssl,
-                    cfg.backend_tls.server_name or backend.server_name,
+                transport = await dial_backend(
+                    self.ctx.loop, lambda: protocol, backend, self.ctx.backend_ssl,
+                    cfg.backend_tls,
                 )
                 if session.state is not SessionState.CONNECTING_UPSTREAM:
                     transport.close()  # the client went away meanwhile
@@ -608,10 +557,6 @@ class Connection:
 
     def _forwarding(self) -> Forwarding:
         return self.ctx.forwarding(self.client_ip, self._forwarded_for, self.id, self.identity)
-
-    def _hash_key(self) -> str | None:
-        request = self.session.request
-        return None if request is None else request_key(request, self.ctx.config.balance.hash_key)
 
     def _opened(self, backend: BackendState) -> None:
         self._cancel_timer()

@@ -1,12 +1,13 @@
 """Plain HTTP on the main listener (``plain_http: proxy``): one relay per client connection.
 
-A client connection whose first request has no Upgrade is handed over by its
-Connection to an ``HttpRelay``. The relay reads requests with h11, one at a time
+A client connection whose first request has no Upgrade is handed over by the front
+door (wsproxy.io.front) to an ``HttpRelay``, with the h11 parser that read that
+request, so that it is not parsed again. The relay reads requests with h11, one at a time
 (pipelined ones wait their turn in h11's buffer with reading paused), sends each to a
 backend over a pooled keep-alive ``BackendLink`` and streams both bodies through as
 they come: h11 re-frames them, nothing is buffered whole, and a full write buffer on
 one side stops reading on the other. A later request that asks for a WebSocket
-upgrade goes back to a fresh Connection with the bytes it came with.
+upgrade goes back through the front door to a fresh Connection, parsed.
 
 Like the WebSocket side, a relay holds no task: transports' callbacks drive it, and
 one timer at a time bounds what it waits for (the idle keep-alive, a request head, a
@@ -18,38 +19,55 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 import h11
 
 from wsproxy.auth import AuthFailed
-from wsproxy.auth.sources import find_credentials, strip_credentials
-from wsproxy.core.balance import request_key
-from wsproxy.core.handshake import UpgradeRequest, client_address, error_response
+from wsproxy.core.handshake import RequestHead, client_address, error_response
 from wsproxy.core.http import (
     HttpRefused,
+    ParsedRequest,
     error_answer,
     forward_request,
     forward_response,
     head_length,
     is_upgrade,
+    plain_request,
     probe_path,
 )
 from wsproxy.core.paths import UnsafeTarget, backend_target
-from wsproxy.io.dialer import OutOfDescriptors, dial
 from wsproxy.io.http_pool import BackendLink
+from wsproxy.io.upstream import (
+    NO_BACKEND,
+    OUT_OF_DESCRIPTORS,
+    OutOfDescriptors,
+    authenticate,
+    candidates,
+    dial_backend,
+)
 from wsproxy.log import get_logger
 
 if TYPE_CHECKING:
     from wsproxy.auth import Identity
     from wsproxy.core.balance import BackendState
-    from wsproxy.supervisor import ProxyContext
+    from wsproxy.io.ports import HttpRelayOwner
 
 log = get_logger()
 
 _RETRY_AFTER: Final = (("Retry-After", "5"),)
 #: What the relay's one timer is waiting for.
 _IDLE, _HEAD, _EXCHANGE = "idle", "head", "exchange"
+
+
+class WebSocketDoor(Protocol):
+    """Where a relay hands its client back when a request asks for an upgrade: the
+    front door (wsproxy.io.front)."""
+
+    def to_websocket(
+        self, transport: asyncio.Transport, parsed: ParsedRequest, *, peer_ip: str
+    ) -> None:
+        """Let a fresh Connection serve *transport*, starting with the upgrade in *parsed*."""
 
 
 class HttpClientProtocol(asyncio.Protocol):
@@ -90,8 +108,8 @@ class _Exchange:
         self.request = request
         self.request_id = request_id
         self.started = self.client_at = self.upstream_at = now
-        #: The request as the upgrade-shaped view that auth and hashing read.
-        self.view: UpgradeRequest | None = None
+        #: What auth and hashing read of the request (credentials taken out after auth).
+        self.view: RequestHead | None = None
         self.forwarded: h11.Request | None = None
         self.candidates: list[BackendState] = []
         self.backend: BackendState | None = None
@@ -116,7 +134,9 @@ class HttpRelay:
         "_close_after",
         "_closed",
         "_count",
+        "_door",
         "_ex",
+        "_first",
         "_h11",
         "_pumping",
         "_reading",
@@ -132,17 +152,19 @@ class HttpRelay:
     )
 
     def __init__(
-        self, ctx: ProxyContext, transport: asyncio.Transport, *, conn_id: str, peer_ip: str,
-        received: bytes,
+        self, ctx: HttpRelayOwner, transport: asyncio.Transport, *, conn_id: str, peer_ip: str,
+        first: ParsedRequest, door: WebSocketDoor,
     ) -> None:
+        """*first*: the connection's first request, with the parser that read it (which
+        reads the rest); *door*: where a later upgrade goes."""
         self.ctx = ctx
         self.id = conn_id
         self.peer_ip = self.client_ip = self.forwarded_for = peer_ip
         self.identity: Identity | None = None
         self._transport = transport
-        self._h11 = h11.Connection(
-            h11.SERVER, max_incomplete_event_size=ctx.config.limits.max_request_head
-        )
+        self._door = door
+        self._h11 = first.parser
+        self._first: ParsedRequest | None = first
         self._ex: _Exchange | None = None
         self._count = 0
         self._closed = False
@@ -155,7 +177,7 @@ class HttpRelay:
         ctx.http.add(self)
         transport.set_protocol(HttpClientProtocol(self))
         self._arm(_HEAD, ctx.config.limits.handshake_timeout)
-        self.client_data(received)
+        self._pump_client()
 
     @property
     def busy(self) -> bool:
@@ -218,6 +240,9 @@ class HttpRelay:
 
     def _read_head(self) -> bool:
         """Start the next request if its head is whole; False to wait for bytes."""
+        first, self._first = self._first, None
+        if first is not None:
+            return self._read_first(first)
         h = self._h11
         if h.their_state is not h11.IDLE:
             self._close_client()
@@ -244,9 +269,20 @@ class HttpRelay:
         if not isinstance(event, h11.Request):
             return False
         if is_upgrade(event):
-            self._hand_back(buffered)
+            self._hand_back(ParsedRequest(h, event, buffered))
             return False
         self._begin(event)
+        return True
+
+    def _read_first(self, first: ParsedRequest) -> bool:
+        """The first request, which the front door's read parsed: the relay's own checks
+        of its head still apply (h11 read it whole, so head_length() finds its end)."""
+        try:
+            head_length(first.received, self.ctx.config.limits.max_request_head)
+        except HttpRefused as exc:
+            self._refuse(exc.status, exc.reason)
+            return False
+        self._begin(first.request)
         return True
 
     def _forward_body(self, ex: _Exchange) -> bool:
@@ -308,12 +344,7 @@ class HttpRelay:
             ex.error = "bad_request"
             self._answer(400, str(exc), close=True)
             return
-        host = next((v for k, v in headers if k == b"host"), b"")
-        origin = next((v for k, v in headers if k == b"origin"), None)
-        ex.view = UpgradeRequest(
-            target=target, host=host, key=b"", subprotocols=(), extensions=(),
-            origin=origin.decode("latin-1") if origin is not None else None, headers=headers,
-        )
+        ex.view = plain_request(request, target=target, headers=headers)
         self.client_ip, self.forwarded_for = client_address(
             self.peer_ip, ex.view.header(b"x-forwarded-for"), ctx.config.trusted_proxies
         )
@@ -327,30 +358,25 @@ class HttpRelay:
         authenticator = self.ctx.authenticator
         assert authenticator is not None
         assert ex.view is not None
-        auth = self.ctx.config.auth
-        credentials = find_credentials(ex.view, auth.token_from, auth.subprotocol_prefix)
         try:
-            identity = await authenticator.authenticate(ex.view, credentials, self.client_ip)
+            admitted = await authenticate(authenticator, self.ctx.config.auth, ex.view,
+                                          client_ip=self.client_ip, conn_id=self.id)
         except AuthFailed as exc:
-            log.info("auth.failed", conn_id=self.id, client=self.client_ip, reason=exc.reason,
-                     source=credentials.source, status=exc.status)
             if self._ex is ex and not self._closed:
                 ex.error = f"auth_{exc.reason}"
                 self._answer(exc.status, exc.message, exc.headers)
             return
         if self._ex is not ex or self._closed:
             return
-        self.identity = identity
-        ex.view = strip_credentials(ex.view, credentials)
+        self.identity = admitted.identity
+        ex.view = admitted.request
         self._route(ex)
 
     def _route(self, ex: _Exchange) -> None:
-        assert ex.view is not None
-        key = request_key(ex.view, self.ctx.config.balance.hash_key)
-        ex.candidates = self.ctx.balancer.candidates(key)
+        ex.candidates = candidates(self.ctx.balancer, ex.view, self.ctx.config.balance.hash_key)
         if not ex.candidates:
             ex.error = "no_backend"
-            self._answer(503, "no healthy backend", _RETRY_AFTER)
+            self._answer(*NO_BACKEND)
             return
         self._try_next(ex)
 
@@ -372,13 +398,13 @@ class HttpRelay:
         link = BackendLink(backend)
         try:
             async with asyncio.timeout(cfg.limits.backend_timeout):
-                await dial(self.ctx.loop, lambda: link, backend.config, self.ctx.backend_ssl,
-                           cfg.backend_tls.server_name or backend.server_name)
+                await dial_backend(self.ctx.loop, lambda: link, backend, self.ctx.backend_ssl,
+                                   cfg.backend_tls)
         except OutOfDescriptors:
             # The proxy's own trouble: no backend is blamed, none other tried.
             if self._ex is ex and not self._closed:
                 ex.error = "out_of_descriptors"
-                self._answer(503, "proxy out of file descriptors", _RETRY_AFTER)
+                self._answer(*OUT_OF_DESCRIPTORS)
             return
         except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
             log.warning("upstream.failed", conn_id=self.id, request_id=ex.request_id,
@@ -599,12 +625,12 @@ class HttpRelay:
         """The drain's deadline: drop the connection whatever it is doing."""
         self._abort_client()
 
-    def _hand_back(self, received: bytes) -> None:
+    def _hand_back(self, parsed: ParsedRequest) -> None:
         """An upgrade after plain requests: a fresh Connection takes the socket over."""
         self._closed = True
         self._cancel_timer()
         self.ctx.http.remove(self)
-        self.ctx.accept_websocket(self._transport, self.peer_ip, received)
+        self._door.to_websocket(self._transport, parsed, peer_ip=self.peer_ip)
 
     def _close_client(self) -> None:
         if self._closed:

@@ -1,65 +1,42 @@
-"""The proxy's plain HTTP side (``plain_http: proxy``): its relays, the backend pool,
-and what a proxy drain does to them (wsproxy.drain calls in here)."""
+"""The proxy's plain HTTP side (``plain_http: proxy``): its relays and the backend pool.
+
+What a proxy drain does to them (when new requests are refused, which keep-alive
+connections close when) is decided by control.drains; this side only asks
+(``refusing()``) and lends its relays.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import random
-from typing import TYPE_CHECKING
 
 import anyio
 
 from wsproxy.io.http_pool import BackendPool
-
-if TYPE_CHECKING:
-    from wsproxy.io.http_relay import HttpRelay
-    from wsproxy.supervisor import ProxyContext
+from wsproxy.io.ports import PlainHttpOwner, Relay
 
 
 class PlainHttp:
-    """The proxy's plain HTTP side: its relays, the backend pool, the drain's part."""
+    """The proxy's plain HTTP relays and their backend pool (io.ports.PlainRequests)."""
 
-    def __init__(self, ctx: ProxyContext) -> None:
-        self.ctx = ctx
-        self.relays: set[HttpRelay] = set()
-        self.pool = BackendPool(ctx.loop, ctx.config.http.pool_size)
-        #: When new requests start getting 503 (a proxy drain's delay + spread).
-        self.refuse_at: float | None = None
-        self._drain_timers: list[asyncio.TimerHandle] = []
+    def __init__(self, owner: PlainHttpOwner, loop: asyncio.AbstractEventLoop,
+                 pool_size: int) -> None:
+        self._owner = owner
+        self.relays: set[Relay] = set()
+        self.pool = BackendPool(loop, pool_size)
         self._none_left: anyio.Event | None = None
 
-    def add(self, relay: HttpRelay) -> None:
+    def add(self, relay: Relay) -> None:
         self.relays.add(relay)
 
-    def remove(self, relay: HttpRelay) -> None:
+    def remove(self, relay: Relay) -> None:
         if relay in self.relays:
             self.relays.remove(relay)
-            self.ctx.metrics.connections["http"] += 1
+            self._owner.relay_ended()
         if not self.relays and self._none_left is not None:
             self._none_left.set()
 
     def refusing(self) -> bool:
-        return self.refuse_at is not None and self.ctx.loop.time() >= self.refuse_at
-
-    def begin_drain(self, spread: float) -> None:
-        """The proxy's closes begin: close the keep-alive connections over *spread*."""
-        loop = self.ctx.loop
-        self.refuse_at = loop.time() + spread
-        self._drain_timers = [
-            loop.call_later(random.uniform(0, spread), relay.close_when_idle)
-            for relay in self.relays
-        ]
-
-    def hurry(self) -> None:
-        self.refuse_at = self.ctx.loop.time()
-        for relay in list(self.relays):
-            relay.close_when_idle()
-
-    def undrain(self) -> None:
-        self.refuse_at = None
-        for timer in self._drain_timers:
-            timer.cancel()
-        self._drain_timers = []
+        return self._owner.refusing_requests()
 
     async def wait_closed(self) -> None:
         """Return once no plain HTTP connection is left."""

@@ -34,7 +34,7 @@ from collections.abc import Callable, Coroutine
 from functools import partial
 from typing import Any, Final, Protocol, cast
 
-from wsproxy.io.connection import plain_ip
+from wsproxy.core.handshake import plain_ip
 from wsproxy.io.listen_socket import CAPACITY_ERRNOS
 
 #: How long accepting rests after running out of descriptors or memory.

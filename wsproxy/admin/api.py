@@ -1,8 +1,7 @@
-"""The admin API: JSON over HTTP/1.1 (h11) on ``admin.host:admin.port``.
+"""The admin API's routes: JSON over HTTP/1.1, served by admin.server.
 
-One h11 loop per connection, keep-alive included (after h11's
-``examples/trio-server.py``). The routes are SPEC.md's; the work is done by the
-ProxyContext's controls. Errors are JSON with a status, never a traceback.
+The routes are SPEC.md's; the work is done by the proxy's controls, reached through
+``AdminHost``. Errors are JSON with a status, never a traceback.
 """
 
 from __future__ import annotations
@@ -10,43 +9,27 @@ from __future__ import annotations
 import hmac
 import importlib.resources
 import json
-import time
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Final, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 import anyio
-import h11
-from anyio.abc import (
-    Listener,
-    SocketAttribute,
-    SocketListener,
-    SocketStream,
-    TaskGroup,
-    TaskStatus,
-)
 
 from wsproxy.core.states import Side
-from wsproxy.io.listen_socket import CAPACITY_ERRNOS, dual_stack_socket
-from wsproxy.log import get_logger
 from wsproxy.units import parse_duration
 
 if TYPE_CHECKING:
-    from wsproxy.core.balance import BackendState
+    from wsproxy.admin.metrics import Metrics
+    from wsproxy.config import ProxyConfig
+    from wsproxy.control.drain import Drain
+    from wsproxy.core.balance import BackendState, Balancer
+    from wsproxy.core.registry import Registry
     from wsproxy.io.connection import Connection
-    from wsproxy.supervisor import ProxyContext
 
-log = get_logger()
-
-MAX_BODY: Final = 64 << 10
-#: A keep-alive connection idle this long is closed (admin clients are few and brief).
-IDLE_TIMEOUT: Final = 30.0
-#: How long the admin listener rests after running out of descriptors.
-ACCEPT_RETRY_DELAY: Final = 0.1
 #: GET /drain?wait= never blocks longer than this.
 MAX_WAIT: Final = 600.0
 _PUBLIC: Final = frozenset({"/", "/healthz", "/readyz"})
-_JSON: Final = "application/json"
+JSON: Final = "application/json"
 
 
 class HTTPError(Exception):
@@ -95,13 +78,51 @@ def _by_traffic(conn: Connection) -> int:
 
 
 def _json(value: object, status: int = 200) -> Response:
-    return status, _JSON, json.dumps(value).encode() + b"\n", ()
+    return status, JSON, json.dumps(value).encode() + b"\n", ()
+
+
+class AdminHost(Protocol):
+    """What the admin API asks of the proxy it serves (the wiring, ProxyContext)."""
+
+    @property
+    def config(self) -> ProxyConfig: ...
+
+    @property
+    def registry(self) -> Registry[Connection]: ...
+
+    @property
+    def balancer(self) -> Balancer: ...
+
+    @property
+    def metrics(self) -> Metrics: ...
+
+    @property
+    def ready(self) -> bool: ...
+
+    @property
+    def drains(self) -> Mapping[BackendState | None, Drain]:
+        """Every drain in progress; the key None is the proxy's own."""
+
+    def backends_shown(self) -> list[BackendState]: ...
+
+    def drain(self, spread: float | None = None) -> Drain: ...
+
+    def undrain(self) -> bool: ...
+
+    def drain_backend(self, backend: BackendState, spread: float | None = None) -> Drain: ...
+
+    def undrain_backend(self, backend: BackendState) -> bool: ...
+
+    def drain_status(self) -> dict[str, object]: ...
+
+    def reload(self) -> list[str]:
+        """Re-read the config file; the errors, if it was refused."""
 
 
 class AdminAPI:
     """The routes, bound to one proxy."""
 
-    def __init__(self, ctx: ProxyContext) -> None:
+    def __init__(self, ctx: AdminHost) -> None:
         self.ctx = ctx
 
     # Dispatch…
@@ -113,7 +134,7 @@ class AdminAPI:
             return await handler(request, *args)
         except HTTPError as exc:
             body = json.dumps({"error": exc.message}).encode() + b"\n"
-            return exc.status, _JSON, body, exc.headers
+            return exc.status, JSON, body, exc.headers
 
     def _route(self, request: Request) -> tuple[Callable[..., Awaitable[Response]], list[str]]:
         parts = [p for p in request.path.split("/") if p]
@@ -164,13 +185,13 @@ class AdminAPI:
                 raise HTTPError(403, "cross-site request refused")
             if request.method == "POST":
                 content_type = request.headers.get("content-type", "").split(";")[0].strip()
-                if content_type.lower() != _JSON:
+                if content_type.lower() != JSON:
                     raise HTTPError(415, "POST needs Content-Type: application/json")
 
     # Probes and views…
 
     async def page(self, request: Request) -> Response:
-        html = importlib.resources.files("wsproxy").joinpath("admin_page.html").read_bytes()
+        html = importlib.resources.files("wsproxy.admin").joinpath("page.html").read_bytes()
         return 200, "text/html; charset=utf-8", html, ()
 
     async def healthz(self, request: Request) -> Response:
@@ -290,113 +311,3 @@ def _is_utf8(text: str) -> bool:
     except UnicodeEncodeError:  # lone surrogates from JSON "\ud800" escapes
         return False
     return True
-
-
-async def serve_admin(
-    ctx: ProxyContext, *, task_status: TaskStatus[tuple[str, int]] = anyio.TASK_STATUS_IGNORED
-) -> None:
-    """Serve the admin API until cancelled; ``task_status`` gets the bound address."""
-    cfg = ctx.config.admin
-    api = AdminAPI(ctx)
-    sock = dual_stack_socket(cfg.host, cfg.port)  # "::": IPv4 too, as on the main listener
-    if sock is not None:
-        sock.listen()
-        listener: Listener[SocketStream] = await SocketListener.from_socket(sock)
-    else:
-        listener = await anyio.create_tcp_listener(local_host=cfg.host, local_port=cfg.port)
-    address = listener.extra(SocketAttribute.local_address)
-    assert isinstance(address, tuple)  # an IP listener, never a UNIX socket
-    host, port = address[0], address[1]
-    log.info("admin.listening", address=f"{host}:{port}")
-    task_status.started((str(host), int(port)))
-    # A MultiListener when the host named several addresses ("localhost").
-    listeners = getattr(listener, "listeners", [listener])
-    async with listener, anyio.create_task_group() as tg:
-        for one in listeners:
-            tg.start_soon(_accept, ctx, api, one, tg)
-
-
-async def _accept(
-    ctx: ProxyContext, api: AdminAPI, listener: SocketListener, tg: TaskGroup
-) -> None:
-    """Accept admin clients until cancelled; each is served by a task of *tg*.
-
-    Not anyio's ``serve()``: an accept that fails ends it, and the proxy with it. Out
-    of descriptors is the proxy's trouble of the moment, reported (rate-limited) as
-    the main listener's, and accepting resumes shortly.
-    """
-    while True:
-        try:
-            stream = await listener.accept()
-        except OSError as exc:
-            if exc.errno not in CAPACITY_ERRNOS:
-                raise
-            ctx.loop_exception(ctx.loop, {"message": "accept failed", "exception": exc})
-            await anyio.sleep(ACCEPT_RETRY_DELAY)
-            continue
-        tg.start_soon(_serve_connection, api, stream)
-
-
-async def _serve_connection(api: AdminAPI, stream: SocketStream) -> None:
-    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_BODY)
-    async with stream:
-        while True:
-            try:
-                with anyio.fail_after(IDLE_TIMEOUT):
-                    request = await _read_request(conn, stream)
-                if request is None:
-                    return
-                started = time.monotonic()
-                try:
-                    response = await api.handle(request)
-                except Exception:  # a bug of ours: answer 500, keep the listener up
-                    log.exception("admin.failed", method=request.method, path=request.path)
-                    response = 500, _JSON, b'{"error": "internal error"}\n', ()
-                await _send(conn, stream, response)
-                log.debug("admin.request", method=request.method, path=request.path,
-                          status=response[0], ms=round((time.monotonic() - started) * 1000, 1))
-            except h11.RemoteProtocolError as exc:
-                if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-                    body = json.dumps({"error": "bad request"}).encode()
-                    await _send(conn, stream, (exc.error_status_hint, _JSON, body, ()))
-                return
-            except (TimeoutError, anyio.EndOfStream, anyio.BrokenResourceError, OSError):
-                return  # the client went away or idled out: nothing to answer
-            if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
-                return
-            conn.start_next_cycle()
-
-
-async def _read_request(conn: h11.Connection, stream: SocketStream) -> Request | None:
-    head: h11.Request | None = None
-    body = bytearray()
-    while True:
-        event = conn.next_event()
-        if event is h11.NEED_DATA:
-            try:
-                conn.receive_data(await stream.receive())
-            except anyio.EndOfStream:
-                conn.receive_data(b"")
-            continue
-        if isinstance(event, h11.Request):
-            head = event
-        elif isinstance(event, h11.Data):
-            body += event.data
-            if len(body) > MAX_BODY:
-                raise h11.RemoteProtocolError("body too large", error_status_hint=413)
-        elif isinstance(event, h11.EndOfMessage) and head is not None:
-            headers = {k.decode().lower(): v.decode("latin-1") for k, v in head.headers}
-            return Request(head.method.decode(), head.target.decode("latin-1"), headers,
-                           bytes(body))
-        elif isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
-            return None
-
-
-async def _send(conn: h11.Connection, stream: SocketStream, response: Response) -> None:
-    status, content_type, body, extra = response
-    headers = [("Content-Type", content_type), ("Content-Length", str(len(body))),
-               ("Cache-Control", "no-store"), *extra]
-    data = conn.send(h11.Response(status_code=status, headers=headers))
-    data += conn.send(h11.Data(data=body)) or b""
-    data += conn.send(h11.EndOfMessage()) or b""
-    await stream.send(data)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Final
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Final, Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -25,9 +25,13 @@ from wsproxy.core.states import Side
 from wsproxy.log import dropped_lines
 
 if TYPE_CHECKING:
+    from wsproxy.control.discovery import DiscoveryStatus
+    from wsproxy.control.drain import Drain
+    from wsproxy.core.balance import BackendState
+    from wsproxy.core.registry import Registry
     from wsproxy.core.session import Session
     from wsproxy.io.connection import Connection
-    from wsproxy.supervisor import ProxyContext
+    from wsproxy.io.plain_http import PlainHttp
 
 #: Close codes with a series of their own; any other is counted as "other".
 REGISTERED_CODES: Final = frozenset({*range(1000, 1004), *range(1007, 1015)})
@@ -59,10 +63,31 @@ class Histogram:
         return out
 
 
+class MetricsSource(Protocol):
+    """What a scrape reads of the live proxy (the wiring, ProxyContext)."""
+
+    @property
+    def registry(self) -> Registry[Connection]: ...
+
+    @property
+    def ready(self) -> bool: ...
+
+    @property
+    def drains(self) -> Mapping[BackendState | None, Drain]: ...
+
+    @property
+    def discovery(self) -> DiscoveryStatus: ...
+
+    @property
+    def http(self) -> PlainHttp: ...
+
+    def backends_shown(self) -> list[BackendState]: ...
+
+
 class Metrics:
     """Counters of the connections that ended, and the scrape of the live ones."""
 
-    def __init__(self, ctx: ProxyContext) -> None:
+    def __init__(self, ctx: MetricsSource) -> None:
         self.ctx = ctx
         self.connections: Counter[str] = Counter()
         self.handshake_failures: Counter[str] = Counter()

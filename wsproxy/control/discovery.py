@@ -1,7 +1,7 @@
 """DNS discovery (``discovery.dns``): the backends are the addresses a name resolves to.
 
 ``run_discovery()`` resolves the name every ``interval`` and hands the whole set to
-``ProxyContext.set_discovered()``, which drains the addresses that vanished and adds
+``set_discovered()`` (control.backends.Backends), which drains the addresses that vanished and adds
 the new ones (after their first passing health check, when checks are on). Each
 address is one backend, ``{scheme}://{address}:{port}``, named after its address:
 ``10.0.0.1:8000``, ``[fd00::1]:8000``.
@@ -41,7 +41,7 @@ import ipaddress
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Final, TypeVar
+from typing import Final, Protocol, TypeVar
 
 import anyio
 import dns.asyncresolver
@@ -54,10 +54,14 @@ from dns.rdtypes.IN.SRV import SRV
 from wsproxy.config import BackendConfig, DNSDiscoveryConfig
 from wsproxy.log import get_logger
 
-if TYPE_CHECKING:
-    from wsproxy.supervisor import ProxyContext
-
 log = get_logger()
+
+
+class DiscoveryHost(Protocol):
+    """What discovery asks of the process (the wiring, ProxyContext)."""
+
+    def set_discovered(self, backends: list[BackendConfig], server_name: str | None) -> None:
+        """The whole set of discovered backends now."""
 
 #: Upper bound on one query (a resolver on the node answers in milliseconds).
 QUERY_TIMEOUT: Final = 2.0
@@ -274,7 +278,7 @@ def _describe(exc: BaseException) -> str:
 
 
 async def run_discovery(
-    ctx: ProxyContext, dns_cfg: DNSDiscoveryConfig, status: DiscoveryStatus | None = None
+    ctx: DiscoveryHost, dns_cfg: DNSDiscoveryConfig, status: DiscoveryStatus | None = None
 ) -> None:
     """Forever: resolve ``dns_cfg.name`` every ``interval``; the answer becomes the set.
 
@@ -291,7 +295,7 @@ async def run_discovery(
 
 
 async def discover_once(
-    ctx: ProxyContext,
+    ctx: DiscoveryHost,
     dns_cfg: DNSDiscoveryConfig,
     status: DiscoveryStatus,
     *,

@@ -38,7 +38,7 @@ import contextlib
 import random
 import ssl
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 import anyio
 import anyio.abc
@@ -49,8 +49,8 @@ from wsproxy.io.listen_socket import CAPACITY_ERRNOS
 from wsproxy.log import get_logger
 
 if TYPE_CHECKING:
-    from wsproxy.core.balance import BackendState
-    from wsproxy.supervisor import ProxyContext
+    from wsproxy.config import ProxyConfig
+    from wsproxy.core.balance import BackendState, Balancer
 
 log = get_logger()
 
@@ -209,10 +209,27 @@ async def _feed(stream: anyio.abc.ByteStream, conn: h11.Connection) -> None:
     conn.receive_data(data)
 
 
+class HealthHost(Protocol):
+    """What the health checks ask of the process (the wiring, ProxyContext)."""
+
+    @property
+    def config(self) -> ProxyConfig:
+        """The current config: the check settings are re-read before each check."""
+
+    @property
+    def balancer(self) -> Balancer: ...
+
+    @property
+    def backend_ssl(self) -> ssl.SSLContext | None: ...
+
+    def set_health(self, backend: BackendState, healthy: bool, *, checked: bool = True) -> None:
+        """A check's verdict on *backend* (control.backends.Backends.set_health)."""
+
+
 # The loops ----------------------------------------------------------------------------
 
 
-async def run_health_checks(ctx: ProxyContext) -> None:
+async def run_health_checks(ctx: HealthHost) -> None:
     """Forever: one checker per backend of ``ctx.balancer`` that is not removed."""
     checkers: dict[BackendState, anyio.CancelScope] = {}
     async with anyio.create_task_group() as tg:
@@ -228,7 +245,7 @@ async def run_health_checks(ctx: ProxyContext) -> None:
 
 
 async def _check_forever(
-    ctx: ProxyContext, backend: BackendState, scope: anyio.CancelScope
+    ctx: HealthHost, backend: BackendState, scope: anyio.CancelScope
 ) -> None:
     with scope:
         cfg = ctx.config.health_check
@@ -245,7 +262,7 @@ async def _check_forever(
             await anyio.sleep_until(started + cfg.interval)
 
 
-async def check_once(ctx: ProxyContext, backend: BackendState, streak: Streak) -> bool:
+async def check_once(ctx: HealthHost, backend: BackendState, streak: Streak) -> bool:
     """One check of *backend*, its verdict applied; whether it passed."""
     cfg = ctx.config.health_check
     server_name = ctx.config.backend_tls.server_name or backend.server_name

@@ -1,17 +1,18 @@
-"""Draining: closing a set of connections calmly, as SPEC.md "Draining" describes.
+"""One drain: closing a set of connections calmly, as SPEC.md "Draining" describes.
 
 A ``Drain`` is one task in the proxy's task group: the proxy's own (SIGTERM, ``POST
 /drain``; close code ``drain.shutdown_close_code``) or one backend's (``POST
 /backends/NAME/drain``, a backend gone from the config; ``drain.backend_close_code``).
 It closes its connections at the moments of a DrainSchedule, each with a close frame
 whose reason carries a reconnect hint, and after ``drain.timeout`` closes what is left
-at once.
+at once. What the proxy's drain refuses meanwhile is its owner's decision
+(control.drains).
 """
 
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
 
@@ -20,9 +21,11 @@ from wsproxy.core.schedule import DrainPlan, DrainSchedule
 from wsproxy.log import get_logger
 
 if TYPE_CHECKING:
+    from wsproxy.config import ProxyConfig
     from wsproxy.core.balance import BackendState
+    from wsproxy.core.registry import Registry
     from wsproxy.io.connection import Connection
-    from wsproxy.supervisor import ProxyContext
+    from wsproxy.io.plain_http import PlainHttp
 
 log = get_logger()
 
@@ -38,18 +41,35 @@ def close_reason(text: str, hint: bool, rng: random.Random | None = None) -> str
     return f"{text}; retry-after-ms={(rng or random).randint(0, HINT_MAX_MS)}"
 
 
+class DrainOwner(Protocol):
+    """What a drain asks of its owner (control.drains.Drains)."""
+
+    @property
+    def config(self) -> ProxyConfig:
+        """The current config: a drain reads its settings when it needs them."""
+
+    @property
+    def registry(self) -> Registry[Connection]: ...
+
+    @property
+    def http(self) -> PlainHttp: ...
+
+    def closes_begin(self, spread: float) -> None:
+        """The proxy's drain begins its closes, over *spread* seconds."""
+
+
 class Drain:
     """One drain in progress: its members, its schedule, its outcome."""
 
     def __init__(
-        self, ctx: ProxyContext, backend: BackendState | None, spread: float, delay: float = 0.0
+        self, owner: DrainOwner, backend: BackendState | None, spread: float, delay: float = 0.0
     ) -> None:
-        self.ctx = ctx
+        self._owner = owner
         #: None: the whole proxy.
         self.backend = backend
         self.spread = spread
         self.delay = delay
-        cfg = ctx.config.drain
+        cfg = owner.config.drain
         self.code = cfg.shutdown_close_code if backend is None else cfg.backend_close_code
         self.text = PROXY_DRAINING if backend is None else BACKEND_DRAINING
         self.members: set[Connection] = set()
@@ -74,7 +94,8 @@ class Drain:
     def adopt(self, conn: Connection) -> None:
         """A connection of ours opened after the closes began: close it at once."""
         self.members.add(conn)
-        conn.drain_close(self.code, close_reason(self.text, self.ctx.config.drain.reconnect_hint))
+        hint = self._owner.config.drain.reconnect_hint
+        conn.drain_close(self.code, close_reason(self.text, hint))
 
     def forget(self, conn: Connection) -> None:
         """*conn* has ended."""
@@ -108,18 +129,18 @@ class Drain:
             with anyio.move_on_after(max(0.0, self.schedule.deadline - anyio.current_time())):
                 await self.done.wait()
                 if self.backend is None:  # and the plain HTTP requests in flight
-                    await self.ctx.http.wait_closed()
+                    await self._owner.http.wait_closed()
             self._close_the_rest()
             with anyio.move_on_after(1.0):  # transports report their end promptly
                 await self.done.wait()
 
     def _begin(self) -> None:
-        ctx = self.ctx
+        owner = self._owner
         if self.backend is None:
-            ctx.refusing = True  # after the delay: new upgrades get 503
-            ctx.http.begin_drain(self.spread)  # new plain requests: after the spread
-        self.members = {c for c in ctx.registry.connections.values() if c.opened and self.covers(c)}
-        cfg = ctx.config.drain
+            owner.closes_begin(self.spread)
+        self.members = {c for c in owner.registry.connections.values()
+                        if c.opened and self.covers(c)}
+        cfg = owner.config.drain
         plan = DrainPlan(spread=self.spread, timeout=cfg.timeout, max_close_rate=cfg.max_close_rate)
         self.schedule = DrainSchedule(list(self.members), anyio.current_time(), plan)
         self.closing = True
@@ -129,7 +150,7 @@ class Drain:
             self.done.set()
 
     async def _close_on_schedule(self, schedule: DrainSchedule[Connection]) -> None:
-        hint = self.ctx.config.drain.reconnect_hint
+        hint = self._owner.config.drain.reconnect_hint
         while (at := schedule.next_at()) is not None:
             if not self._hurry.is_set():
                 with anyio.move_on_after(max(0.0, at - anyio.current_time())):
@@ -143,6 +164,7 @@ class Drain:
             log.warning("drain.timeout", drain=self.name, left=len(self.members))
         for conn in list(self.members):
             conn.terminate(self.code, self.text)
-        if self.backend is None and self.ctx.http.relays:
-            log.warning("drain.timeout", drain="plain_http", left=len(self.ctx.http.relays))
-            self.ctx.http.terminate()
+        http = self._owner.http
+        if self.backend is None and http.relays:
+            log.warning("drain.timeout", drain="plain_http", left=len(http.relays))
+            http.terminate()

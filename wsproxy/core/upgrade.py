@@ -1,0 +1,275 @@
+"""The two opening handshakes of one connection, sans I/O (RFC 6455 §4).
+
+A connection opens in two steps: the client's request is read and checked (an h11
+server, the proxy's own checks in wsproxy.core.handshake), then each backend tried
+gets a handshake of the proxy's own and its answer is checked, until one says 101.
+``Upgrade`` holds what those steps need (the parsers, the keys, the bytes that
+arrive early) and decides; it never writes to a transport. Its outcome is an
+``Opened``: the client's 101 and the bytes that came with the handshakes, which the
+relay (wsproxy.core.session) starts from. After that the Upgrade is dropped: an open
+connection keeps only its legs.
+
+Why the driver still holds one object
+-------------------------------------
+``Session`` is the facade a driver talks to from the first byte to the last: it
+owns the joint state (wsproxy.core.states) and the legs, and hands the opening's
+steps to its Upgrade while the state is AWAIT_REQUEST or CONNECTING_UPSTREAM. Two
+objects in the driver (an Upgrade, then a Session) would cost the relay's hot path a
+test of which one is current on every read, or a protocol swap per upgrade; with
+one object the hot path stays ``session.receive_data`` → ``_scan`` with the state
+test it always had, and the driver's calls that span both phases (``state``,
+``data_to_send``, ``should_close``, ``abort``) have one receiver.
+
+Reading the request once
+------------------------
+The request is parsed once, here. A request without Upgrade (``plain_http:
+proxy``) is not an error but a ``ParsedRequest`` for the HTTP relay, with the h11
+server that read it; the other way, a relay that reads an upgrade on a keep-alive
+connection hands its ParsedRequest to a fresh Session (``receive_parsed``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Final
+
+import h11
+
+from wsproxy.core.handshake import (
+    Forwarding,
+    UpgradeRequest,
+    UpstreamAccepted,
+    accept_response,
+    check_upgrade,
+    check_upstream_response,
+    new_key,
+    read_switching_response,
+    upstream_request_bytes,
+)
+from wsproxy.core.http import ParsedRequest, is_upgrade, probe_path
+from wsproxy.core.states import Side
+from wsproxy.errors import HandshakeRejected, UpstreamUnavailable
+
+#: What an h11 client connection that reads a backend's answer is told went out: a
+#: GET that proposes the upgrade, which is all its state machine takes from a request
+#: (the bytes on the wire come from upstream_request_bytes()). One immutable event
+#: for every upgrade: building one per upgrade re-validated every header.
+_UPGRADE_SENT: Final = h11.Request(
+    method="GET", target="/",
+    headers=[("Host", "backend"), ("Upgrade", "websocket"), ("Connection", "Upgrade")],
+)
+#: What h11's next_event() returns.
+_Next = h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """A backend said 101: what the relay starts from."""
+
+    accepted: UpstreamAccepted
+    #: Our 101 to the client.
+    response: bytes
+    #: Bytes each side sent after its handshake, before the relay was there to read.
+    client_early: bytes
+    upstream_early: bytes
+
+
+class Upgrade:
+    """Both opening handshakes: the client's request, then each backend's answer.
+
+    Driven by a Session, which turns the outcomes into states and bytes for the legs:
+    ``receive_request()`` until ``request``, ``probe`` or ``plain`` is set; then,
+    per backend, ``connect()`` and ``receive_response()`` until it returns an
+    ``Opened`` or sets ``upstream_failure``. A refusal is raised as
+    HandshakeRejected (the client gets that status instead of a 101).
+    """
+
+    __slots__ = (
+        "_early_client", "_early_upstream", "_head_bytes", "_http_client", "_http_server",
+        "_key", "_pass_extensions", "_received", "_target", "auth_subprotocol",
+        "max_request_head", "plain", "probe", "request", "upstream_failure",
+    )
+
+    def __init__(self, *, max_request_head: int, plain_http: bool) -> None:
+        self.max_request_head = max_request_head
+        #: The upgrade request once it has arrived and passed the checks.
+        self.request: UpgradeRequest | None = None
+        #: The path of a plain GET /healthz or /readyz (a kubelet probe), if that is
+        #: what arrived instead of an upgrade: the driver answers it with a reject.
+        self.probe: str | None = None
+        #: With *plain_http*: a request without Upgrade, for the driver to hand to an
+        #: HTTP relay with the parser that read it.
+        self.plain: ParsedRequest | None = None
+        self._received: list[bytes] | None = [] if plain_http else None
+        #: The client's auth subprotocol offer ("bearer.<token>"), taken out of what the
+        #: backend sees; the 101 selects it when the backend chooses no subprotocol,
+        #: since browsers fail a handshake whose offers all go unanswered.
+        self.auth_subprotocol: str | None = None
+        #: Why the backend being tried failed (dialling or its handshake): try the next.
+        self.upstream_failure: str | None = None
+        self._http_server: h11.Connection = h11.Connection(
+            h11.SERVER, max_incomplete_event_size=max_request_head
+        )
+        self._head_bytes = 0
+        self._http_client: h11.Connection | None = None
+        self._key = b""
+        self._target = ""
+        self._pass_extensions = False
+        self._early_client = b""
+        self._early_upstream = b""
+
+    @property
+    def upstream_key(self) -> bytes:
+        """The Sec-WebSocket-Key of the handshake out to the current backend."""
+        return self._key
+
+    # The client's request…
+
+    def receive_request(self, data: bytes) -> None:
+        """Read the client's bytes until its request is in.
+
+        Raises:
+            HandshakeRejected: the client gets this HTTP error instead of a 101.
+        """
+        self._head_bytes += len(data)
+        conn = self._http_server
+        if self._received is not None:
+            self._received.append(data)
+        try:
+            conn.receive_data(data)
+            event = conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            self.request = None
+            raise HandshakeRejected(exc.error_status_hint, "malformed request") from None
+        self._read(conn, event)
+
+    def receive_parsed(self, parsed: ParsedRequest) -> None:
+        """Take a request another driver parsed (an HTTP relay read an upgrade).
+
+        Raises:
+            HandshakeRejected: as receive_request().
+        """
+        self._http_server = parsed.parser
+        self._head_bytes = len(parsed.received)
+        if self._received is not None:
+            self._received.append(parsed.received)
+        self._read(parsed.parser, parsed.request)
+
+    def _read(self, conn: h11.Connection, event: _Next) -> None:
+        """Take the events of the request, starting with *event*."""
+        try:
+            while isinstance(event, h11.Request | h11.EndOfMessage):
+                if isinstance(event, h11.Request):
+                    self.probe = probe_path(event)
+                    if self.probe is not None:
+                        return
+                    if self._received is not None and not is_upgrade(event):
+                        self.plain = ParsedRequest(conn, event, b"".join(self._received))
+                        return
+                    self.request = check_upgrade(event)
+                event = conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            self.request = None
+            raise HandshakeRejected(exc.error_status_hint, "malformed request") from None
+        if self.request is None:
+            if self._head_bytes > self.max_request_head:
+                raise HandshakeRejected(431, "request head too large")
+            if event is not h11.NEED_DATA:
+                raise HandshakeRejected(400, "not a WebSocket upgrade")
+            return
+        self._received = None
+        trailing, _ = conn.trailing_data
+        if self._head_bytes - len(trailing) > self.max_request_head:
+            self.request = None
+            raise HandshakeRejected(431, "request head too large")
+        self._early_client = bytes(trailing)
+
+    def keep_early(self, side: Side, data: bytes) -> None:
+        """Bytes *side* sent before the relay is there: a client that does not wait
+        for our 101 (the driver pauses reading it meanwhile, so this stays small)."""
+        if side is Side.CLIENT:
+            self._early_client += data
+        else:
+            self._early_upstream += data
+
+    # The backend's handshake…
+
+    def connect(
+        self, *, target: str, authority: str, path_prefix: str, forwarding: Forwarding,
+        pass_extensions: bool, owned_headers: frozenset[bytes],
+    ) -> bytes:
+        """Our handshake request to backend *target*, on a fresh transport.
+
+        Raises:
+            h11.LocalProtocolError: a value of the proxy's own is no valid header value.
+        """
+        assert self.request is not None
+        self.upstream_failure = None
+        self._target = target
+        self._pass_extensions = pass_extensions
+        self._key = new_key()
+        request = upstream_request_bytes(
+            self.request, authority=authority, path_prefix=path_prefix,
+            key=self._key, forwarding=forwarding, pass_extensions=pass_extensions,
+            owned=owned_headers,
+        )
+        self._http_client = None  # created if the answer is not a plain 101
+        self._early_upstream = b""
+        return request
+
+    def receive_response(self, data: bytes) -> Opened | None:
+        """Read the backend's answer; the Opened once it is a valid 101.
+
+        None while the answer is incomplete, or when it failed: then
+        ``upstream_failure`` says why, and another backend may be tried.
+
+        Raises:
+            UpstreamHandshakeFailed: the backend answered with an HTTP status of its own.
+        """
+        if not self._key or self.upstream_failure is not None:
+            return None  # no handshake of ours is out, or it has failed already
+        conn = self._http_client
+        if conn is None:  # the first bytes of the answer: most often a whole plain 101
+            plain = read_switching_response(data)
+            if plain is not None:
+                return self._answered(101, *plain)
+            conn = self._http_client = h11.Connection(h11.CLIENT)
+            conn.send(_UPGRADE_SENT)
+        try:
+            conn.receive_data(data)
+            event = conn.next_event()
+            while isinstance(event, h11.InformationalResponse) and event.status_code != 101:
+                event = conn.next_event()  # 100 Continue and friends: not an answer yet
+        except h11.RemoteProtocolError:
+            self.upstream_failure = "malformed handshake response"
+            return None
+        if event is h11.NEED_DATA:
+            return None
+        if not isinstance(event, h11.InformationalResponse | h11.Response):
+            self.upstream_failure = "unexpected handshake response"
+            return None
+        headers = [(bytes(k), bytes(v)) for k, v in event.headers]
+        return self._answered(event.status_code, headers, bytes(conn.trailing_data[0]))
+
+    def _answered(
+        self, status: int, headers: list[tuple[bytes, bytes]], rest: bytes
+    ) -> Opened | None:
+        """The backend's answer is in: *status*, *headers*, and *rest* read after it."""
+        assert self.request is not None
+        try:
+            accepted = check_upstream_response(
+                status, headers, target=self._target, key=self._key,
+                offered=self.request.subprotocols,
+                offered_extensions=self.request.extensions if self._pass_extensions else (),
+            )
+        except UpstreamUnavailable as exc:
+            self.upstream_failure = exc.reason
+            return None
+        if accepted.subprotocol is None and self.auth_subprotocol is not None:
+            accepted = dataclasses.replace(accepted, subprotocol=self.auth_subprotocol)
+        response = accept_response(self.request.key, accepted)
+        return Opened(
+            accepted=dataclasses.replace(accepted, headers=()),  # sent: not kept
+            response=response, client_early=self._early_client, upstream_early=rest,
+        )
