@@ -43,7 +43,8 @@ from wsproto.events import (
 from wsproto.extensions import Extension
 
 from wsproxy.core import Session, Side
-from wsproxy.core.frames import BAD_GATEWAY, CLOSE, parse_close_payload, unmask
+from wsproxy.core.closes import CloseCode
+from wsproxy.core.frames import CLOSE, parse_close_payload, unmask
 from wsproxy.core.handshake import Forwarding
 
 FORWARDING = Forwarding(
@@ -51,6 +52,7 @@ FORWARDING = Forwarding(
 )
 HOST = "proxy.example"
 TARGET = "/chat?room=1"
+BAD_GATEWAY = CloseCode.BAD_GATEWAY
 
 
 # Frames on the wire, read and written without wsproto…

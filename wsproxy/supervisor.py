@@ -39,6 +39,7 @@ from wsproxy.control.drain import close_reason
 from wsproxy.control.drains import Drains
 from wsproxy.control.health import run_health_checks
 from wsproxy.core.admission import TokenBucket
+from wsproxy.core.closes import PROXY_STOPPED
 from wsproxy.core.handshake import Forwarding
 from wsproxy.core.liveness import LivenessRules
 from wsproxy.core.registry import Registry
@@ -504,7 +505,7 @@ async def serve(
                 # Not Trigger.SHUTDOWN: the table sends it to REJECTED (an HTTP answer)
                 # before OPEN and has no OPEN pair; a stop aborts (TIMED_OUT -> FAILED).
                 for conn in list(ctx.registry.connections.values()):
-                    conn.terminate(config.drain.shutdown_close_code, "proxy stopped")
+                    conn.terminate(config.drain.shutdown_close_code, PROXY_STOPPED)
                 ctx.http.terminate()
                 ctx.cancel_tasks()  # TLS handshakes in progress too: their sockets close
                 tg.cancel_scope.cancel()  # and the TLS listener's accepting

@@ -1,4 +1,4 @@
-"""Frame arithmetic: close payloads, close codes, masking, the frames the proxy builds."""
+"""Frame arithmetic: close payloads, masking, the frames the proxy builds."""
 
 from __future__ import annotations
 
@@ -8,42 +8,8 @@ from hypothesis import strategies as st
 
 from tests.helpers import parse_frame
 from wsproxy.core import frames
+from wsproxy.core.closes import CloseCode
 from wsproxy.core.frames import CloseFrameError
-
-
-@pytest.mark.parametrize(
-    ("code", "sendable"),
-    [
-        (999, False),
-        (1000, True),
-        (1001, True),
-        (1002, True),
-        (1003, True),
-        (1004, False),  # reserved
-        (1005, False),  # local only: no status
-        (1006, False),  # local only: abnormal closure
-        (1007, True),
-        (1008, True),
-        (1009, True),
-        (1010, True),
-        (1011, True),
-        (1012, True),
-        (1013, True),
-        (1014, True),
-        (1015, False),  # local only: TLS handshake
-        (1016, False),
-        (2999, False),
-        (3000, True),
-        (3999, True),
-        (4000, True),
-        (4999, True),
-        (5000, False),
-        (0, False),
-        (65535, False),
-    ],
-)
-def test_close_code_is_sendable(code: int, sendable: bool) -> None:
-    assert frames.close_code_is_sendable(code) is sendable
 
 
 class TestParseClosePayload:
@@ -62,18 +28,18 @@ class TestParseClosePayload:
     def test_one_byte_payload_is_a_protocol_error(self) -> None:
         with pytest.raises(CloseFrameError) as info:
             frames.parse_close_payload(b"\x03")
-        assert info.value.code == frames.PROTOCOL_ERROR
+        assert info.value.code == CloseCode.PROTOCOL_ERROR
 
     @pytest.mark.parametrize("code", [0, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000])
     def test_code_not_allowed_on_the_wire(self, code: int) -> None:
         with pytest.raises(CloseFrameError) as info:
             frames.parse_close_payload(code.to_bytes(2, "big") + b"x")
-        assert info.value.code == frames.PROTOCOL_ERROR
+        assert info.value.code == CloseCode.PROTOCOL_ERROR
 
     def test_reason_not_utf8(self) -> None:
         with pytest.raises(CloseFrameError) as info:
             frames.parse_close_payload(b"\x03\xe8\xff\xfe")
-        assert info.value.code == frames.INVALID_DATA
+        assert info.value.code == CloseCode.INVALID_FRAME_PAYLOAD_DATA
 
     def test_is_a_value_error(self) -> None:
         assert issubclass(CloseFrameError, ValueError)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import anyio
 
+from wsproxy.core.closes import BACKEND_DRAINING, PROXY_DRAINING
 from wsproxy.core.schedule import DrainPlan, DrainSchedule
 from wsproxy.log import get_logger
 
@@ -70,7 +71,7 @@ class Drain:
         self.delay = delay
         cfg = owner.config.drain
         self.code = cfg.shutdown_close_code if backend is None else cfg.backend_close_code
-        self.text = "proxy draining" if backend is None else "backend draining"
+        self.text = PROXY_DRAINING if backend is None else BACKEND_DRAINING
         self.members: set[Connection] = set()
         self.schedule: DrainSchedule[Connection] | None = None
         #: Set once the closes have started (after ``delay``).

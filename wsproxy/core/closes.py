@@ -84,8 +84,28 @@ TOKEN_EXPIRED: Final = ProxyClose(CloseCode.POLICY_VIOLATION, "token expired")
 #: An operator closed the connection (``DELETE /connections/ID``; the default of
 #: ``POST /connections/close``).
 REVOKED: Final = ProxyClose(CloseCode.POLICY_VIOLATION, "connection revoked")
-#: A message over ``limits.max_message_size``.
+#: A message over ``limits.max_message_size``: both legs get it.
 TOO_BIG: Final = ProxyClose(CloseCode.MESSAGE_TOO_BIG, "message too big")
+
+#: A peer that breaks the protocol is told why: a frame length with its top bit set…
+BAD_FRAME_LENGTH: Final = ProxyClose(CloseCode.PROTOCOL_ERROR, "bad frame length")
+#: …a client frame not masked, or a backend frame masked (§5.1)…
+BAD_MASKING: Final = ProxyClose(CloseCode.PROTOCOL_ERROR, "bad masking")
+#: …a control frame fragmented, too long, with reserved bits or a reserved opcode…
+BAD_CONTROL_FRAME: Final = ProxyClose(CloseCode.PROTOCOL_ERROR, "bad control frame")
+#: …a data frame with a reserved opcode or reserved bits, or out of sequence. (A bad
+#: close payload is described by wsproxy.core.frames.parse_close_payload.)
+BAD_DATA_FRAME: Final = ProxyClose(CloseCode.PROTOCOL_ERROR, "protocol error")
+
+#: And the other leg is told that its peer's side failed: a backend whose client
+#: broke the protocol…
+CLIENT_ERROR: Final = ProxyClose(CloseCode.GOING_AWAY, "client error")
+#: …a client whose backend did…
+BACKEND_ERROR: Final = ProxyClose(CloseCode.BAD_GATEWAY, "backend error")
+#: …a backend whose client's connection ended without a close handshake…
+CLIENT_LOST: Final = ProxyClose(CloseCode.GOING_AWAY, "connection lost")
+#: …and a client whose backend's did.
+BACKEND_LOST: Final = ProxyClose(CloseCode.BAD_GATEWAY, "connection lost")
 
 # …and the reasons of those whose code is configured (drain.*_close_code).
 

@@ -2,14 +2,17 @@
 
 The relay never decodes data frames: it reads headers in place and skips payloads by
 arithmetic (wsproxy.core.session). This module holds the pieces that are not the hot
-loop: the rules for control frames and close codes, and builders for the few frames
-the proxy writes itself (its pings, its closes).
+loop: the rules for control frames and close payloads, and builders for the few
+frames the proxy writes itself (its pings, its closes). The close codes live in
+wsproxy.core.closes.
 """
 
 from __future__ import annotations
 
 import os
 from typing import Final
+
+from wsproxy.core.closes import CloseCode, is_sendable
 
 # Opcodes (RFC 6455 §5.2).
 CONTINUATION: Final = 0x0
@@ -29,25 +32,6 @@ MAX_CONTROL_PAYLOAD: Final = 125
 #: A close reason fits in what is left of a control payload after the code.
 MAX_CLOSE_REASON: Final = MAX_CONTROL_PAYLOAD - 2
 
-# Close codes (§7.4.1, and the IANA registry for 1012-1014).
-NORMAL: Final = 1000
-GOING_AWAY: Final = 1001
-PROTOCOL_ERROR: Final = 1002
-INVALID_DATA: Final = 1007
-POLICY_VIOLATION: Final = 1008
-MESSAGE_TOO_BIG: Final = 1009
-SERVICE_RESTART: Final = 1012
-BAD_GATEWAY: Final = 1014
-#: 1005, 1006 and 1015 are for reporting only and never go on the wire.
-NO_STATUS: Final = 1005
-ABNORMAL: Final = 1006
-
-
-def close_code_is_sendable(code: int) -> bool:
-    """Whether *code* may appear in a close frame on the wire (§7.4)."""
-    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
-
-
 class CloseFrameError(ValueError):
     """A close payload that breaks §5.5.1; ``code`` is what to fail the leg with."""
 
@@ -66,14 +50,16 @@ def parse_close_payload(payload: bytes) -> tuple[int | None, str]:
     if not payload:
         return None, ""
     if len(payload) == 1:
-        raise CloseFrameError(PROTOCOL_ERROR, "close payload of one byte")
+        raise CloseFrameError(CloseCode.PROTOCOL_ERROR, "close payload of one byte")
     code = int.from_bytes(payload[:2], "big")
-    if not close_code_is_sendable(code):
-        raise CloseFrameError(PROTOCOL_ERROR, f"close code {code} is not allowed")
+    if not is_sendable(code):
+        raise CloseFrameError(CloseCode.PROTOCOL_ERROR, f"close code {code} is not allowed")
     try:
         reason = payload[2:].decode("utf-8")
     except UnicodeDecodeError:
-        raise CloseFrameError(INVALID_DATA, "close reason is not UTF-8") from None
+        raise CloseFrameError(
+            CloseCode.INVALID_FRAME_PAYLOAD_DATA, "close reason is not UTF-8"
+        ) from None
     return code, reason
 
 

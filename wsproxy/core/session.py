@@ -20,27 +20,52 @@ and reasons, §5). UTF-8 in text messages is the endpoints' business.
 
 Closing
 -------
-Each leg has its own close handshake (LegState). A close frame from one side is
-relayed to the other unless a close has already been sent there; the peer's answer
-completes that leg. When the proxy itself closes a leg (drain, revocation), the
-peer's answer is relayed on, which starts the other leg's handshake with the same
-code. A leg that is lost or breaks the protocol is failed, and the other leg gets a
-close of the proxy's own: 1001 to a backend whose client went away, 1014 to a client
-whose backend did.
+Each leg has its own close handshake (LegState, whose table is in wsproxy.core.states
+beside the session's: the session fires LegTriggers, it never assigns a leg state). A
+close frame from one side is relayed to the other unless a close has already been
+sent there; the peer's answer completes that leg. When the proxy itself closes a leg
+(drain, revocation), the peer's answer is relayed on, which starts the other leg's
+handshake with the same code. A leg that is lost or breaks the protocol is failed,
+and the other leg gets a close of the proxy's own (wsproxy.core.closes): 1001 to a
+backend whose client went away, 1014 to a client whose backend did.
 """
 
 from __future__ import annotations
 
-import enum
 import os
 from collections.abc import Mapping
 from typing import Final
 
 from wsproxy.core import frames
+from wsproxy.core.closes import (
+    BACKEND_ERROR,
+    BACKEND_LOST,
+    BAD_CONTROL_FRAME,
+    BAD_DATA_FRAME,
+    BAD_FRAME_LENGTH,
+    BAD_MASKING,
+    CLIENT_ERROR,
+    CLIENT_LOST,
+    TOO_BIG,
+    CloseCode,
+    ProxyClose,
+)
 from wsproxy.core.frames import CloseFrameError
 from wsproxy.core.handshake import Forwarding, UpgradeRequest, UpstreamAccepted, error_response
 from wsproxy.core.http import ParsedRequest
-from wsproxy.core.states import TERMINAL, SessionState, Side, Trigger, next_state
+from wsproxy.core.states import (
+    LEG_CAN_RECEIVE,
+    LEG_CAN_SEND,
+    LEG_FINISHED,
+    TERMINAL,
+    LegState,
+    LegTrigger,
+    SessionState,
+    Side,
+    Trigger,
+    next_leg_state,
+    next_state,
+)
 from wsproxy.core.upgrade import Opened, Upgrade
 from wsproxy.errors import HandshakeRejected, InvalidTransition, UpstreamHandshakeFailed
 
@@ -49,42 +74,25 @@ from wsproxy.errors import HandshakeRejected, InvalidTransition, UpstreamHandsha
 PING_PREFIX: Final = b"wsproxy:" + os.urandom(6).hex().encode()
 
 
-class LegState(enum.Enum):
-    """The close handshake of one leg (§7.1)."""
-
-    __hash__ = object.__hash__  # C-speed set membership on the hot path (see Side)
-
-    #: Data flows both ways.
-    OPEN = "open"
-    #: We sent a close frame; waiting for the peer's.
-    CLOSE_SENT = "close_sent"
-    #: The peer sent a close frame; ours is still to go.
-    CLOSE_RECEIVED = "close_received"
-    #: Both close frames went; the transport can close.
-    CLOSED = "closed"
-    #: Given up on: lost, timed out or broke the protocol. Close the transport now.
-    FAILED = "failed"
-
-
 #: ``last_pong`` while no heartbeat pong is waiting: shared, never written to (a pong
 #: replaces it with a dict of its own), so an idle session holds no dict for it.
 _NO_PONGS: Final[Mapping[Side, bytes]] = {}
 _CLIENT: Final = Side.CLIENT
-#: What the other leg is told when one side breaks the protocol.
-_FAILED_PEER: Final = {
-    Side.CLIENT: (frames.GOING_AWAY, "client error"),
-    Side.UPSTREAM: (frames.BAD_GATEWAY, "backend error"),
-}
-_RESTART_CODES: Final = frozenset({frames.GOING_AWAY, frames.SERVICE_RESTART})
+#: What the other leg is told when one side breaks the protocol…
+_FAILED_PEER: Final = {Side.CLIENT: CLIENT_ERROR, Side.UPSTREAM: BACKEND_ERROR}
+#: …and when one side's transport ends without a close handshake.
+_LOST_PEER: Final = {Side.CLIENT: CLIENT_LOST, Side.UPSTREAM: BACKEND_LOST}
+_RESTART_CODES: Final = frozenset({CloseCode.GOING_AWAY, CloseCode.SERVICE_RESTART})
+#: The codes _check_data_header answers with, as plain int globals: _scan compares
+#: with one, and an int compares faster with an int than with an IntEnum member.
+_PROTOCOL_ERROR: Final = int(CloseCode.PROTOCOL_ERROR)
+_MESSAGE_TOO_BIG: Final = int(CloseCode.MESSAGE_TOO_BIG)
 #: By the reserved bits a flow allows: whether a frame's first byte makes it a whole
 #: text or binary message (FIN, opcode 1 or 2, reserved bits only the allowed ones).
 _WHOLE_MESSAGE: Final = {
     allowed: bytes((b & ~allowed & 0xFF) in (0x81, 0x82) for b in range(256))
     for allowed in (0, frames.RSV1, frames.RSV_BITS)
 }
-_CAN_SEND: Final = frozenset({LegState.OPEN, LegState.CLOSE_RECEIVED})
-_CAN_RECEIVE: Final = frozenset({LegState.OPEN, LegState.CLOSE_SENT})
-_FINISHED: Final = frozenset({LegState.CLOSED, LegState.FAILED})
 
 
 class _Leg:
@@ -101,7 +109,11 @@ class _Leg:
         self.close_sent: tuple[int | None, str] | None = None
         self.eof = False
         #: The close this leg gets once the other leg has closed: it broke the protocol.
-        self.fail_close: tuple[int, str] | None = None
+        self.fail_close: ProxyClose | None = None
+
+    def fire(self, trigger: LegTrigger) -> None:
+        """Move this leg by its table (wsproxy.core.states): the only way it moves."""
+        self.state = next_leg_state(self.state, trigger)
 
 
 class _Flow:
@@ -259,10 +271,10 @@ class Session:
             self.upstream_failed("connection closed during the handshake")
             return
         if leg.state is not LegState.CLOSED:
+            lost = _LOST_PEER[side]
             if self.initiator is None:
-                self.initiator, self.close_reason = side.value, "connection lost"
-            self._lose(side, frames.GOING_AWAY if side is Side.CLIENT else frames.BAD_GATEWAY,
-                       "connection lost")
+                self.initiator, self.close_reason = side.value, lost.reason
+            self._lose(side, lost)
         self._settle()
 
     # The opening, decided by the Upgrade…
@@ -418,7 +430,7 @@ class Session:
         A finished UPSTREAM leg ends cleanly when the backend closes first (§7.1.1):
         the driver may wait for its EOF a little before closing itself.
         """
-        return self._leg(side).state in _FINISHED
+        return self._leg(side).state in LEG_FINISHED
 
     def leg_state(self, side: Side) -> LegState:
         return self._leg(side).state
@@ -457,7 +469,7 @@ class Session:
         self._fire(trigger)
         for leg in (self._client_leg, self._upstream_leg):
             if leg.state is not LegState.CLOSED:
-                leg.state = LegState.FAILED
+                leg.fire(LegTrigger.GIVE_UP)
 
     # Accounting…
 
@@ -488,13 +500,13 @@ class Session:
     # The relay: frame boundaries in place…
 
     def _scan(self, f: _Flow, data: bytes) -> None:
-        if f.src_leg.state not in _CAN_RECEIVE:
+        if f.src_leg.state not in LEG_CAN_RECEIVE:
             return  # §5.5.1: nothing may follow a close; a failed leg is not read.
         if f.partial:
             data = f.partial + data
             f.partial = b""
         dst = f.dst_leg
-        deliver = dst.state in _CAN_SEND
+        deliver = dst.state in LEG_CAN_SEND
         n = len(data)
         pos = 0
         if f.remaining:
@@ -503,7 +515,7 @@ class Session:
             if f.remaining == 0 and (f.pending or f.pending_close):
                 self._forward(f, data, 0, pos, 0, deliver)
                 self._flush_pending(f)
-                deliver = dst.state in _CAN_SEND
+                deliver = dst.state in LEG_CAN_SEND
                 data, n, pos = data[pos:], n - pos, 0
         start = 0
         messages = 0
@@ -538,16 +550,16 @@ class Session:
                     length = int.from_bytes(data[pos + 2 : pos + 10], "big")
                     if length >> 63:  # §5.2: the most significant bit MUST be 0
                         self._forward(f, data, start, pos, messages, deliver)
-                        return self._fail(f.src, frames.PROTOCOL_ERROR, "bad frame length")
+                        return self._fail(f.src, BAD_FRAME_LENGTH)
                 if b1 & 0x80 != mask_bit:
                     self._forward(f, data, start, pos, messages, deliver)
-                    return self._fail(f.src, frames.PROTOCOL_ERROR, "bad masking")
+                    return self._fail(f.src, BAD_MASKING)
                 if whole[b0] and not in_message and length <= max_size:
                     messages += 1  # a whole message in one frame, a longer one
                 elif b0 & 0x08:  # a control frame
                     if length > frames.MAX_CONTROL_PAYLOAD:  # fail on the header, buffer nothing
                         self._forward(f, data, start, pos, messages, deliver)
-                        return self._fail(f.src, frames.PROTOCOL_ERROR, "bad control frame")
+                        return self._fail(f.src, BAD_CONTROL_FRAME)
                     if n - pos < head + length:
                         break  # a control frame is kept whole: it is at most 131 bytes
                     self._forward(f, data, start, pos, messages, deliver)
@@ -557,18 +569,18 @@ class Session:
                     if not self._control(f, b0, data[pos:end], head, length):
                         return
                     pos = start = end
-                    deliver = dst.state in _CAN_SEND
+                    deliver = dst.state in LEG_CAN_SEND
                     inject = bool(f.pending) or f.pending_close is not None
-                    if f.src_leg.state not in _CAN_RECEIVE:
+                    if f.src_leg.state not in LEG_CAN_RECEIVE:
                         return
                     continue
                 else:
                     f.in_message = in_message
                     error = self._check_data_header(f, b0, b0 & 0x0F, length, max_size)
                     in_message = f.in_message
-                    if error == frames.PROTOCOL_ERROR:
+                    if error == _PROTOCOL_ERROR:
                         self._forward(f, data, start, pos, messages, deliver)
-                        return self._fail(f.src, error, "protocol error")
+                        return self._fail(f.src, BAD_DATA_FRAME)
                     if error:  # too big: this frame is never forwarded, but still skipped
                         self._forward(f, data, start, pos, messages, deliver)
                         messages = 0
@@ -588,7 +600,7 @@ class Session:
                 messages = 0
                 start = pos
                 self._flush_pending(f)
-                deliver = dst.state in _CAN_SEND
+                deliver = dst.state in LEG_CAN_SEND
                 inject = False
         f.in_message = in_message
         if pos < n:
@@ -613,15 +625,15 @@ class Session:
     ) -> int:
         """0 when a data frame's header is fine, else the close code to fail with."""
         if opcode > 2:
-            return frames.PROTOCOL_ERROR  # reserved opcode (§5.2)
+            return _PROTOCOL_ERROR  # reserved opcode (§5.2)
         rsv = b0 & frames.RSV_BITS
         if opcode == frames.CONTINUATION:
             if not f.in_message or (rsv and f.rsv_allowed != frames.RSV_BITS):
-                return frames.PROTOCOL_ERROR
+                return _PROTOCOL_ERROR
             room = f.message_room - length
         else:
             if f.in_message or rsv & ~f.rsv_allowed:
-                return frames.PROTOCOL_ERROR
+                return _PROTOCOL_ERROR
             if rsv and f.rsv_allowed == frames.RSV1:
                 # Compressed (permessage-deflate): a message of max_size bytes may take
                 # deflate's worst case on the wire, which is all the proxy sees.
@@ -630,20 +642,20 @@ class Session:
                 room = max_size - length
         f.message_room = room
         f.in_message = not b0 & 0x80
-        return frames.MESSAGE_TOO_BIG if room < 0 else 0
+        return _MESSAGE_TOO_BIG if room < 0 else 0
 
     def _close_too_big(self, f: _Flow) -> None:
         # SPEC: a message over the limit closes the whole connection with 1009. Both
         # legs get our close; each peer's answer completes its own leg.
         for side in (f.dst, f.src):
-            self._send_close(side, frames.MESSAGE_TOO_BIG, "message too big", initiator="proxy")
+            self._send_close(side, *TOO_BIG, initiator="proxy")
         self._settle()
 
     def _control(self, f: _Flow, b0: int, frame: bytes, head: int, length: int) -> bool:
         """Handle one whole control frame; False when the source leg was failed."""
         opcode = b0 & 0x0F
         if opcode > frames.PONG or not b0 & 0x80 or b0 & frames.RSV_BITS or length > 125:
-            self._fail(f.src, frames.PROTOCOL_ERROR, "bad control frame")
+            self._fail(f.src, BAD_CONTROL_FRAME)
             return False
         payload = frame[head:]
         if f.masked:
@@ -653,7 +665,7 @@ class Session:
         if opcode == frames.PONG and payload.startswith(PING_PREFIX):
             self.last_pong = {**self.last_pong, f.src: payload[len(PING_PREFIX) :]}
             return True
-        if f.dst_leg.state in _CAN_SEND:
+        if f.dst_leg.state in LEG_CAN_SEND:
             f.dst_leg.out.append(frame)  # a peer's ping or pong: end to end
         return True
 
@@ -661,32 +673,32 @@ class Session:
         try:
             code, reason = frames.parse_close_payload(payload)
         except CloseFrameError as exc:
-            self._fail(f.src, exc.code, str(exc))
+            self._fail(f.src, ProxyClose(exc.code, str(exc)))
             return False
         src = f.src_leg
         src.close_received = (code, reason)
-        src.state = LegState.CLOSED if src.state is LegState.CLOSE_SENT else LegState.CLOSE_RECEIVED
+        src.fire(LegTrigger.RECEIVE_CLOSE)
         if self.initiator is None:
             self.initiator = f.src.value
         dst = f.dst_leg
-        if dst.fail_close is not None and dst.state in _CAN_SEND:
+        if dst.fail_close is not None and dst.state in LEG_CAN_SEND:
             # The answer we waited for before telling a broken peer why (see _fail);
             # its own close is not awaited: it broke the protocol.
             self._send_close(f.dst, *dst.fail_close, initiator=None)
-            dst.state = LegState.FAILED
+            dst.fire(LegTrigger.ABANDON)
         elif (
             f.src is Side.UPSTREAM
             and src.state is LegState.CLOSE_RECEIVED  # the backend closed first
             and code in _RESTART_CODES
             and self.restart_code is not None
-            and dst.state in _CAN_SEND
+            and dst.state in LEG_CAN_SEND
         ):
             # The backend is going away: its client gets a restart close of ours at
             # once, and we answer the backend ourselves.
             self.backend_restarting = True
             self._send_close(f.src, code, reason, initiator=None)
             self._send_close(f.dst, self.restart_code, self.restart_reason, initiator=None)
-        elif dst.state in _CAN_SEND:
+        elif dst.state in LEG_CAN_SEND:
             # Relay the close as it came; its answer comes back the same way.
             dst.out.append(frame)
             self._sent_close(dst, code, reason)
@@ -702,7 +714,7 @@ class Session:
         self, side: Side, code: int | None, reason: str, *, initiator: str | None
     ) -> None:
         leg = self._leg(side)
-        if leg.state not in _CAN_SEND:
+        if leg.state not in LEG_CAN_SEND:
             return
         if initiator is not None and self.initiator is None:
             self.initiator = initiator
@@ -717,7 +729,7 @@ class Session:
 
     def _sent_close(self, leg: _Leg, code: int | None, reason: str) -> None:
         leg.close_sent = (code, reason)
-        leg.state = LegState.CLOSED if leg.state is LegState.CLOSE_RECEIVED else LegState.CLOSE_SENT
+        leg.fire(LegTrigger.SEND_CLOSE)
 
     def _inject(self, side: Side, frame: bytes) -> None:
         flow = self._flow(side.other)
@@ -729,18 +741,18 @@ class Session:
     def _flush_pending(self, f: _Flow) -> None:
         leg = f.dst_leg
         if f.pending:
-            if leg.state in _CAN_SEND:
+            if leg.state in LEG_CAN_SEND:
                 leg.out.extend(f.pending)
             f.pending = ()
         if f.pending_close is not None:
             frame, code, reason = f.pending_close
             f.pending_close = None
-            if leg.state in _CAN_SEND:
+            if leg.state in LEG_CAN_SEND:
                 leg.out.append(frame)
                 self._sent_close(leg, code, reason)
                 self._settle()
 
-    def _fail(self, side: Side, code: int, reason: str) -> None:
+    def _fail(self, side: Side, close: ProxyClose) -> None:
         """*side* broke the protocol: stop reading it, close the other leg, tell it why.
 
         Messages of *side* that were relayed before the bad frame were accepted: the
@@ -750,38 +762,37 @@ class Session:
         """
         if self.initiator is None:
             self.initiator = "proxy"
-            self.close_reason = reason
+            self.close_reason = close.reason
         leg, other = self._leg(side), self._leg(side.other)
         in_flight = self._flow(side).remaining or self._flow(side.other).remaining
         if leg.state is LegState.OPEN and other.state is LegState.OPEN and not in_flight:
-            leg.state = LegState.CLOSE_RECEIVED  # nothing more is read from it
-            leg.fail_close = (code, reason)
+            leg.fire(LegTrigger.PROTOCOL_BROKEN)  # nothing more is read from it
+            leg.fail_close = close
             self._send_close(side.other, *_FAILED_PEER[side], initiator=None)
             self._settle()
             return
-        self._send_close(side, code, reason, initiator=None)
-        self._lose(side, frames.GOING_AWAY if side is Side.CLIENT else frames.BAD_GATEWAY,
-                   "client error" if side is Side.CLIENT else "backend error")
+        self._send_close(side, *close, initiator=None)
+        self._lose(side, _FAILED_PEER[side])
         self._settle()
 
-    def _lose(self, side: Side, code: int, reason: str) -> None:
-        """Give up on *side*; the other leg gets *code*, or the answer it waits for."""
-        self._leg(side).state = LegState.FAILED
+    def _lose(self, side: Side, close: ProxyClose) -> None:
+        """Give up on *side*; the other leg gets *close*, or the answer it waits for."""
+        self._leg(side).fire(LegTrigger.GIVE_UP)
         towards = self._flow(side.other)
         towards.pending, towards.pending_close = (), None  # nothing more goes to side
         other = self._leg(side.other)
-        if self._flow(side).remaining and other.state in _CAN_SEND:
+        if self._flow(side).remaining and other.state in LEG_CAN_SEND:
             # The frame in flight to the other side can never be completed, so no
             # close frame can follow it: that transport has to end without one.
-            other.state = LegState.FAILED
+            other.fire(LegTrigger.GIVE_UP)
         elif other.state is LegState.OPEN:
-            self._send_close(side.other, code, reason, initiator="proxy")
+            self._send_close(side.other, *close, initiator="proxy")
         elif other.state is LegState.CLOSE_RECEIVED:
             answer = other.fail_close or other.close_received
             if answer is not None:
                 self._send_close(side.other, *answer, initiator=None)
             if other.fail_close is not None:
-                other.state = LegState.FAILED
+                other.fire(LegTrigger.ABANDON)
 
     def _settle(self) -> None:
         """Derive the joint state from the two legs (h11's state-triggered transitions)."""
@@ -792,6 +803,6 @@ class Session:
             states = {leg.state for leg in legs}
             if states == {LegState.CLOSED}:
                 self._fire(Trigger.BOTH_CLOSED)
-            elif states <= _FINISHED:
+            elif states <= LEG_FINISHED:
                 self._fire(Trigger.TRANSPORT_LOST)
 

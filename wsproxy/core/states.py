@@ -1,11 +1,14 @@
-"""The connection lifecycle as data.
+"""The connection lifecycle as data: the session's table and the legs'.
 
 Theory of operation
 -------------------
 One proxied connection has two legs: CLIENT (the proxy is the WebSocket server) and
-UPSTREAM (the proxy is the client of a backend). Each leg's close handshake is
-tracked by the session (wsproxy.core.session); this module holds the *joint* state of
-the connection and the only table that changes it, as h11's ``_state.py`` does.
+UPSTREAM (the proxy is the client of a backend). Each leg has its own close
+handshake (RFC 6455 §7.1), and the connection as a whole has a joint state. This
+module holds both, and the only tables that change them, as h11's ``_state.py``
+does; wsproxy.core.session fires the triggers.
+
+The joint state (``SessionState``, ``next_state``)::
 
     AWAIT_REQUEST --REQUEST_ACCEPTED--> CONNECTING_UPSTREAM --UPSTREAM_ACCEPTED--> OPEN
           |                                  |   ^  UPSTREAM_RETRY (next backend) |
@@ -14,7 +17,25 @@ the connection and the only table that changes it, as h11's ``_state.py`` does.
     OPEN --CLOSE_STARTED--> CLOSING --BOTH_CLOSED--> CLOSED
     any non-terminal state --TRANSPORT_LOST/TIMED_OUT--> FAILED
 
-A pair missing from the table is a bug in wsproxy and raises InvalidTransition.
+One leg's close handshake (``LegState``, ``next_leg_state``)::
+
+          +--SEND_CLOSE-----> CLOSE_SENT -----RECEIVE_CLOSE----+
+          |                                                    v
+        OPEN                                                 CLOSED --ABANDON--> FAILED
+          |                                                    ^
+          +--RECEIVE_CLOSE--> CLOSE_RECEIVED ----SEND_CLOSE----+
+          +--PROTOCOL_BROKEN------^
+    any state but CLOSED --GIVE_UP--> FAILED
+
+A leg whose peer breaks the protocol while the other leg is open is read no more
+(PROTOCOL_BROKEN: as if its close had come). Once the other leg has closed, it is
+sent its close, which completes its handshake as far as the proxy cares (CLOSED),
+and its transport is closed without waiting for an answer (ABANDON). A leg that is
+lost, times out, or breaks the protocol mid-frame is given up on at once (GIVE_UP).
+CLOSED and FAILED are where a leg's transport is closed; the session is CLOSED when
+both legs are CLOSED, FAILED when both are finished and one of them FAILED.
+
+A pair missing from either table is a bug in wsproxy and raises InvalidTransition.
 """
 
 from __future__ import annotations
@@ -108,5 +129,74 @@ def next_state(state: SessionState, trigger: Trigger) -> SessionState:
     """
     try:
         return TRANSITIONS[state, trigger]
+    except KeyError:
+        raise InvalidTransition(state, trigger) from None
+
+
+
+class LegState(enum.Enum):
+    """The close handshake of one leg (§7.1)."""
+
+    __hash__ = object.__hash__  # C-speed set membership on the hot path (see Side)
+
+    #: Data flows both ways.
+    OPEN = "open"
+    #: We sent a close frame; waiting for the peer's.
+    CLOSE_SENT = "close_sent"
+    #: The peer sent a close frame; ours is still to go.
+    CLOSE_RECEIVED = "close_received"
+    #: Both close frames went; the transport can close.
+    CLOSED = "closed"
+    #: Given up on: lost, timed out or broke the protocol. Close the transport now.
+    FAILED = "failed"
+
+
+class LegTrigger(enum.Enum):
+    __hash__ = object.__hash__
+
+    #: A close frame went to the peer: ours, or the other side's relayed.
+    SEND_CLOSE = "send_close"
+    #: The peer's close frame came.
+    RECEIVE_CLOSE = "receive_close"
+    #: The peer broke the protocol while the other leg is open: it is read no more,
+    #: and its close waits for the other leg's.
+    PROTOCOL_BROKEN = "protocol_broken"
+    #: The peer that broke the protocol has been sent its close: its answer is not
+    #: awaited.
+    ABANDON = "abandon"
+    #: The transport ended, a timer ran out, or the peer broke the protocol where no
+    #: close can reach it in order: close the transport without a handshake.
+    GIVE_UP = "give_up"
+
+
+L = LegState
+LT = LegTrigger
+
+LEG_TRANSITIONS: Final[Mapping[tuple[LegState, LegTrigger], LegState]] = {
+    (L.OPEN, LT.SEND_CLOSE): L.CLOSE_SENT,
+    (L.OPEN, LT.RECEIVE_CLOSE): L.CLOSE_RECEIVED,
+    (L.OPEN, LT.PROTOCOL_BROKEN): L.CLOSE_RECEIVED,
+    (L.CLOSE_SENT, LT.RECEIVE_CLOSE): L.CLOSED,
+    (L.CLOSE_RECEIVED, LT.SEND_CLOSE): L.CLOSED,
+    (L.CLOSED, LT.ABANDON): L.FAILED,
+    # A failed leg's transport may still report its end: giving up again is no news.
+    **{(s, LT.GIVE_UP): L.FAILED for s in LegState if s is not L.CLOSED},
+}
+
+#: The states in which a leg may still be sent frames, and still be read.
+LEG_CAN_SEND: Final = frozenset({L.OPEN, L.CLOSE_RECEIVED})
+LEG_CAN_RECEIVE: Final = frozenset({L.OPEN, L.CLOSE_SENT})
+#: The states in which a leg's transport is done with.
+LEG_FINISHED: Final = frozenset({L.CLOSED, L.FAILED})
+
+
+def next_leg_state(state: LegState, trigger: LegTrigger) -> LegState:
+    """The state *trigger* leads a leg to from *state*.
+
+    Raises:
+        InvalidTransition: the table has no such pair.
+    """
+    try:
+        return LEG_TRANSITIONS[state, trigger]
     except KeyError:
         raise InvalidTransition(state, trigger) from None

@@ -20,12 +20,12 @@ import time
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from wsproxy.auth import AuthFailed
-from wsproxy.core import frames
+from wsproxy.core import closes
 from wsproxy.core.handshake import Forwarding, client_address, plain_ip
 from wsproxy.core.http import ParsedRequest
 from wsproxy.core.liveness import Due, Liveness, ping_payload, ping_sent_at
-from wsproxy.core.session import LegState, Session
-from wsproxy.core.states import TERMINAL, SessionState, Side
+from wsproxy.core.session import Session
+from wsproxy.core.states import TERMINAL, LegState, SessionState, Side
 from wsproxy.io.upstream import (
     NO_BACKEND,
     OUT_OF_DESCRIPTORS,
@@ -137,7 +137,7 @@ class Connection:
             max_message_size=ctx.config.limits.max_message_size,
             max_request_head=ctx.config.limits.max_request_head,
             restart_code=ctx.config.drain.backend_close_code,
-            restart_reason=ctx.close_reason("backend restarting"),
+            restart_reason=ctx.close_reason(closes.BACKEND_RESTARTING),
             plain_http=ctx.config.plain_http == "proxy",
         )
         #: Why the upgrade did not open (a metrics label), when it did not.
@@ -316,7 +316,7 @@ class Connection:
         """Close both legs now: a close frame each if still possible, then the sockets."""
         session = self.session
         session.close(CLIENT, code, reason)
-        session.close(UPSTREAM, frames.GOING_AWAY, reason)
+        session.close(UPSTREAM, closes.CloseCode.GOING_AWAY, reason)
         session.abort()
         self._flush()
         for transport in (self._client, self._upstream):
@@ -349,12 +349,12 @@ class Connection:
                      leg=CLIENT.value if due is Due.CLIENT_DEAD else UPSTREAM.value)
             self.kill(CLIENT if due is Due.CLIENT_DEAD else UPSTREAM)
         elif due is Due.IDLE:
-            self.drain_close(frames.GOING_AWAY, "idle timeout")
+            self.drain_close(*closes.IDLE_TIMEOUT)
         elif due is Due.EXPIRED:
-            self.drain_close(frames.POLICY_VIOLATION, "token expired")
+            self.drain_close(*closes.TOKEN_EXPIRED)
         elif due is Due.AGED:
             self.drain_close(self.ctx.config.drain.backend_close_code,
-                             self.ctx.close_reason("connection age limit"))
+                             self.ctx.close_reason(closes.AGE_LIMIT))
 
     def _pongs(self) -> None:
         liveness = self.liveness
