@@ -15,6 +15,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import anyio
 
+from wsproxy.core import closes
 from wsproxy.core.states import Side
 from wsproxy.units import parse_duration
 
@@ -274,16 +275,15 @@ class AdminAPI:
         conn = self.ctx.registry.connections.get(conn_id)
         if conn is None or not conn.opened:
             raise HTTPError(404, f"no open connection {conn_id!r}")
-        conn.drain_close(1008, "connection revoked")
+        conn.drain_close(*closes.REVOKED)
         return _json({"closed": [conn_id]})
 
     async def close_connections(self, request: Request) -> Response:
         body = request.json()
-        code = body.get("code", 1008)
-        if not isinstance(code, int) or not (code in (1000, 1001, 1008, 1011, 1012, 1013)
-                                             or 3000 <= code <= 4999):
-            raise HTTPError(400, "code must be 1000, 1001, 1008, 1011-1013 or 3000-4999")
-        reason = body.get("reason", "connection revoked")
+        code = body.get("code", closes.REVOKED.code)
+        if not isinstance(code, int) or not closes.is_admin_code(code):
+            raise HTTPError(400, f"code must be {closes.ADMIN_CODES_TEXT}")
+        reason = body.get("reason", closes.REVOKED.reason)
         if not isinstance(reason, str) or not _is_utf8(reason):
             raise HTTPError(400, "reason must be a UTF-8 string")
         if "subject" in body:

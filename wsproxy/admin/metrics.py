@@ -21,6 +21,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from wsproxy.core import closes
 from wsproxy.core.states import Side
 from wsproxy.log import dropped_lines
 
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
     from wsproxy.io.plain_http import PlainHttp
 
 #: Close codes with a series of their own; any other is counted as "other".
-REGISTERED_CODES: Final = frozenset({*range(1000, 1004), *range(1007, 1015)})
+REGISTERED_CODES: Final = closes.REGISTERED
 DURATION_BUCKETS: Final = (1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 6 * 3600.0, 24 * 3600.0)
 RTT_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 HTTP_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
