@@ -12,6 +12,12 @@ module's ``...Host``) and the admin API (admin.api.AdminHost,
 admin.metrics.MetricsSource) reach the process. It decides little itself: the
 controls the signals and the admin API call are the control plane's. Nothing below
 this module imports it.
+
+It keeps the config's rule (wsproxy.config, "When a value is read"): what the process
+takes at startup (``listen``: the forwarded proto, the PROXY protocol) is taken from
+the first config only; what a connection obeys is one ``ConnectionSettings`` built per
+config and replaced whole on reload (``settings``); the live decisions read
+``config``, the one in force.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from wsproxy.admin.api import AdminAPI
 from wsproxy.admin.metrics import Metrics
 from wsproxy.admin.server import serve_admin
 from wsproxy.auth.factory import build_authenticator
-from wsproxy.config import BackendConfig, ProxyConfig, load_config
+from wsproxy.config import BackendConfig, ListenConfig, ProxyConfig, load_config
 from wsproxy.control.backends import Backends
 from wsproxy.control.discovery import DiscoveryStatus, run_discovery
 from wsproxy.control.drain import close_reason
@@ -41,14 +47,13 @@ from wsproxy.control.health import run_health_checks
 from wsproxy.core.admission import TokenBucket
 from wsproxy.core.closes import PROXY_STOPPED
 from wsproxy.core.handshake import Forwarding
-from wsproxy.core.liveness import LivenessRules
 from wsproxy.core.registry import Registry
 from wsproxy.errors import ConfigError
 from wsproxy.io.connection import Connection
 from wsproxy.io.front import ClientProtocol, FrontDoor, ProxiedClientProtocol
 from wsproxy.io.listen_socket import CAPACITY_ERRNOS, dual_stack_socket, listening_sockets
 from wsproxy.io.plain_http import PlainHttp
-from wsproxy.io.ports import Refusal
+from wsproxy.io.ports import ConnectionSettings, Refusal
 from wsproxy.io.tls_accept import EndHandshake, accept_tls
 from wsproxy.log import get_logger
 from wsproxy.tls import backend_context, server_context
@@ -56,7 +61,7 @@ from wsproxy.tls import backend_context, server_context
 if TYPE_CHECKING:
     import ssl
 
-    from wsproxy.auth import Authenticator, Identity
+    from wsproxy.auth import Identity
     from wsproxy.control.drain import Drain
     from wsproxy.core.balance import BackendState
     from wsproxy.core.states import Side
@@ -68,6 +73,9 @@ _RETRY_AFTER = (("Retry-After", "5"),)
 SWEEP_SLICES = 10
 #: The kernel's queue of connections not accepted yet.
 LISTEN_BACKLOG = 1024
+#: The sections a reload cannot change (the process takes them at startup): a change
+#: is logged as ``config.restart_needed``. admin.token is not one: it is live.
+STARTUP_ONLY = ("listen", "admin.host", "admin.port", "discovery", "logging")
 
 
 class ProxyContext:
@@ -86,7 +94,12 @@ class ProxyContext:
         #: The running tasks of spawn().
         self._tasks: set[asyncio.Task[None]] = set()
         self.config_path = config_path
+        #: The config in force: the live decisions read it (replaced whole on reload).
         self.config = config
+        #: The config the process started with: its startup-only sections obey it.
+        self.startup_config = config
+        #: X-Forwarded-Proto: the listener's scheme, fixed at startup as listen.* is.
+        self.forwarded_proto = forwarded_proto(config)
         self.registry: Registry[Connection] = Registry(max_connections=0, max_per_ip=0)
         self.addresses: list[tuple[str, int]] = []
         self.admin_address: tuple[str, int] | None = None
@@ -94,27 +107,24 @@ class ProxyContext:
         self.metrics = Metrics(self)
         self.discovery = DiscoveryStatus()
         self.backend_ssl: ssl.SSLContext | None = None
-        self.authenticator: Authenticator | None = None
-        self.owned_headers: frozenset[bytes] = frozenset()
+        #: What a connection accepted now obeys (replaced whole on reload).
+        self.settings: ConnectionSettings
         self.http = PlainHttp(self, self.loop, config.http.pool_size)
         self.drainer = Drains(self, self.http, task_group=task_group, loop=self.loop)
         self.backends = Backends(self, self.drainer, loop=self.loop)
         self.balancer = self.backends.balancer
         self.apply_config(config, initial=True)
 
-    def _apply(self, config: ProxyConfig, backend_ssl: ssl.SSLContext) -> None:
+    def _apply(
+        self, config: ProxyConfig, backend_ssl: ssl.SSLContext, settings: ConnectionSettings
+    ) -> None:
         self.config = config
+        self.settings = settings
         self.balancer.policy = config.balance.policy
         self.registry.max_connections = config.limits.max_connections
         self.registry.max_per_ip = config.limits.max_connections_per_ip
         self.http.pool.size = config.http.pool_size
         self.backend_ssl = backend_ssl
-        self.liveness_rules = LivenessRules(
-            interval=config.heartbeat.interval,
-            timeout=config.heartbeat.timeout,
-            idle_timeout=config.limits.idle_timeout,
-            max_age=config.limits.max_connection_age,
-        )
         rate = config.admission.max_upgrade_rate
         self.admission = (
             TokenBucket(rate, config.admission.burst, self.loop.time()) if rate > 0 else None
@@ -164,7 +174,7 @@ class ProxyContext:
         return Forwarding(
             client_ip=client_ip,
             forwarded_for=forwarded_for,
-            proto=forwarded_proto(self.config),
+            proto=self.forwarded_proto,
             request_id=request_id,
             identity=headers,
         )
@@ -174,8 +184,8 @@ class ProxyContext:
         ok = path == "/healthz" or self.ready
         return (200, "ok") if ok else (503, "not ready")
 
-    def close_reason(self, text: str) -> str:
-        return close_reason(text, self.config.drain.reconnect_hint)
+    def close_reason(self, text: str, hint: bool) -> str:
+        return close_reason(text, hint)
 
     @property
     def ready(self) -> bool:
@@ -230,7 +240,7 @@ class ProxyContext:
         if self.drainer.refusing_upgrades():
             return "draining", 503, "proxy is draining", _RETRY_AFTER
         request = conn.session.request
-        origins = self.config.allowed_origins
+        origins = conn.settings.config.allowed_origins  # the connection's, not live
         origin = request.origin if request is not None else None
         if origins and origin is not None and origin.lower() not in origins:
             return "origin", 403, "origin not allowed", ()
@@ -268,7 +278,7 @@ class ProxyContext:
         """
         turn = 0
         while True:
-            rules = self.liveness_rules
+            rules = self.settings.liveness_rules
             period = min(1.0, rules.interval / 4, rules.timeout / 4)
             await anyio.sleep(period / SWEEP_SLICES)
             now = self.loop.time()
@@ -350,21 +360,24 @@ class ProxyContext:
         """
         backend_ssl = backend_context(config.backend_tls)
         # Re-reads key files (SIGHUP).
-        authenticator = build_authenticator(config.auth, proto=forwarded_proto(config))
-        for key in ("listen", "admin", "discovery"):
-            if getattr(config, key) != getattr(self.config, key):
+        authenticator = build_authenticator(config.auth, proto=self.forwarded_proto)
+        for key in STARTUP_ONLY:
+            if _section(config, key) != _section(self.startup_config, key):
                 log.warning("config.restart_needed", key=key)
         gone = self.backends.set_static(config.backends)
-        self._apply(config, backend_ssl)
-        self.authenticator = authenticator
-        self.owned_headers = frozenset(
-            name.lower().encode("latin-1") for name in
-            (authenticator.owned_headers if authenticator is not None else ())
-        )
+        self._apply(config, backend_ssl, ConnectionSettings.build(config, authenticator))
         for state in gone:  # under the new config's drain settings
             self.drainer.drain_backend(state)
         if not initial:
             log.info("config.reloaded", backends=sorted({b.name for b in config.backends}))
+
+
+def _section(config: ProxyConfig, key: str) -> object:
+    """The value under a dotted *key* (``admin.port``) of *config*."""
+    value: object = config
+    for name in key.split("."):
+        value = getattr(value, name)
+    return value
 
 
 def forwarded_proto(config: ProxyConfig) -> str:
@@ -384,10 +397,17 @@ class TlsHandshakes:
     failure (``timeout``, ``tls_handshake``, ``client_gone``).
     """
 
-    def __init__(self, ctx: ProxyContext) -> None:
+    def __init__(self, ctx: ProxyContext, listen: ListenConfig) -> None:
         self.ctx = ctx
         self.spawn = ctx.spawn
-        self.front = FrontDoor(ctx)
+        #: listen.proxy_protocol as the listener was started (listen.* needs a restart).
+        self.proxy_protocol = listen.proxy_protocol
+        self.front = FrontDoor(ctx, proxy_protocol=listen.proxy_protocol)
+
+    @property
+    def settings(self) -> ConnectionSettings:
+        """What a connection accepted now obeys."""
+        return self.ctx.settings
 
     def admit_handshake(self, peer_ip: str) -> EndHandshake | None:
         ctx = self.ctx
@@ -406,13 +426,15 @@ class TlsHandshakes:
 
         return end
 
-    def tls_established(self, transport: asyncio.Transport, deadline: float) -> None:
-        self.front.tls_established(transport, deadline)
+    def tls_established(
+        self, transport: asyncio.Transport, deadline: float, settings: ConnectionSettings
+    ) -> None:
+        self.front.tls_established(transport, deadline, settings)
 
     def _stands_for_others(self, peer_ip: str) -> bool:
-        cfg = self.ctx.config
-        if cfg.listen.proxy_protocol:
+        if self.proxy_protocol:
             return True
+        cfg = self.ctx.config  # the limits and whom they count against are live
         if not cfg.trusted_proxies or not cfg.limits.max_connections_per_ip:
             return False
         try:
@@ -429,8 +451,9 @@ class TlsHandshakes:
 
 async def _listen(ctx: ProxyContext, config: ProxyConfig, backlog: int) -> asyncio.Server:
     """The plain client listener; ``host: "::"`` serves IPv4 too (io.listen_socket)."""
-    factory = partial(ProxiedClientProtocol if config.listen.proxy_protocol else ClientProtocol,
-                      FrontDoor(ctx))
+    proxied = config.listen.proxy_protocol
+    factory = partial(ProxiedClientProtocol if proxied else ClientProtocol,
+                      FrontDoor(ctx, proxy_protocol=proxied))
     sock = dual_stack_socket(config.listen.host, config.listen.port)
     if sock is not None:
         return await ctx.loop.create_server(factory, sock=sock, backlog=backlog)
@@ -445,10 +468,9 @@ async def _listen_tls(ctx: ProxyContext, config: ProxyConfig, tg: TaskGroup) -> 
     assert config.listen.tls is not None
     context = server_context(config.listen.tls)
     sockets = await listening_sockets(config.listen.host, config.listen.port, LISTEN_BACKLOG)
-    owner = TlsHandshakes(ctx)
+    owner = TlsHandshakes(ctx, config.listen)
     for sock in sockets:
-        tg.start_soon(accept_tls, sock, owner, context,
-                      lambda: ctx.config.limits.handshake_timeout)
+        tg.start_soon(accept_tls, sock, owner, context)
     return sockets
 
 
@@ -504,8 +526,10 @@ async def serve(
                     server.close()
                 # Not Trigger.SHUTDOWN: the table sends it to REJECTED (an HTTP answer)
                 # before OPEN and has no OPEN pair; a stop aborts (TIMED_OUT -> FAILED).
+                # The code is live: the config in force when the process stops.
+                code = ctx.config.drain.shutdown_close_code
                 for conn in list(ctx.registry.connections.values()):
-                    conn.terminate(config.drain.shutdown_close_code, PROXY_STOPPED)
+                    conn.terminate(code, PROXY_STOPPED)
                 ctx.http.terminate()
                 ctx.cancel_tasks()  # TLS handshakes in progress too: their sockets close
                 tg.cancel_scope.cancel()  # and the TLS listener's accepting

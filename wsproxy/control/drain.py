@@ -7,6 +7,11 @@ It closes its connections at the moments of a DrainSchedule, each with a close f
 whose reason carries a reconnect hint, and after ``drain.timeout`` closes what is left
 at once. What the proxy's drain refuses meanwhile is its owner's decision
 (control.drains).
+
+A drain takes its settings once, when it starts (wsproxy.config, "When a value is
+read"): ``drain.spread`` and ``drain.delay`` (its owner reads those), ``timeout``,
+``max_close_rate``, ``reconnect_hint`` and its close code. A reload while it runs
+changes none of them.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from wsproxy.core.schedule import DrainPlan, DrainSchedule
 from wsproxy.log import get_logger
 
 if TYPE_CHECKING:
-    from wsproxy.config import ProxyConfig
+    from wsproxy.config import DrainConfig, ProxyConfig
     from wsproxy.core.balance import BackendState
     from wsproxy.core.registry import Registry
     from wsproxy.io.connection import Connection
@@ -46,7 +51,7 @@ class DrainOwner(Protocol):
 
     @property
     def config(self) -> ProxyConfig:
-        """The current config: a drain reads its settings when it needs them."""
+        """The config in force: a drain takes its settings from it once, when it starts."""
 
     @property
     def registry(self) -> Registry[Connection]: ...
@@ -69,7 +74,9 @@ class Drain:
         self.backend = backend
         self.spread = spread
         self.delay = delay
-        cfg = owner.config.drain
+        #: drain.* as it was when this drain started: it keeps them to its end.
+        self.settings: DrainConfig = owner.config.drain
+        cfg = self.settings
         self.code = cfg.shutdown_close_code if backend is None else cfg.backend_close_code
         self.text = PROXY_DRAINING if backend is None else BACKEND_DRAINING
         self.members: set[Connection] = set()
@@ -94,8 +101,7 @@ class Drain:
     def adopt(self, conn: Connection) -> None:
         """A connection of ours opened after the closes began: close it at once."""
         self.members.add(conn)
-        hint = self._owner.config.drain.reconnect_hint
-        conn.drain_close(self.code, close_reason(self.text, hint))
+        conn.drain_close(self.code, close_reason(self.text, self.settings.reconnect_hint))
 
     def forget(self, conn: Connection) -> None:
         """*conn* has ended."""
@@ -140,7 +146,7 @@ class Drain:
             owner.closes_begin(self.spread)
         self.members = {c for c in owner.registry.connections.values()
                         if c.opened and self.covers(c)}
-        cfg = owner.config.drain
+        cfg = self.settings
         plan = DrainPlan(spread=self.spread, timeout=cfg.timeout, max_close_rate=cfg.max_close_rate)
         self.schedule = DrainSchedule(list(self.members), anyio.current_time(), plan)
         self.closing = True
@@ -150,7 +156,7 @@ class Drain:
             self.done.set()
 
     async def _close_on_schedule(self, schedule: DrainSchedule[Connection]) -> None:
-        hint = self._owner.config.drain.reconnect_hint
+        hint = self.settings.reconnect_hint
         while (at := schedule.next_at()) is not None:
             if not self._hurry.is_set():
                 with anyio.move_on_after(max(0.0, at - anyio.current_time())):

@@ -51,7 +51,7 @@ class DrainHost(Protocol):
 
     @property
     def config(self) -> ProxyConfig:
-        """The current config: a drain reads its settings when it needs them."""
+        """The config in force: a drain takes its settings from it once, when it starts."""
 
     @property
     def registry(self) -> Registry[Connection]: ...

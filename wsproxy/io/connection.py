@@ -11,6 +11,11 @@ dials backends during the upgrade; it belongs to the supervisor's task group.
 
 The listener's protocols that feed a Connection, and the hand-over to plain HTTP
 and back, are wsproxy.io.front's.
+
+A connection obeys the config it was accepted under (wsproxy.config, "When a value
+is read"): ``settings``, taken once in ``__init__`` and handed on to the HttpRelay its
+client may move to. ``self.ctx`` is asked only for what the rule calls live: the
+refusals, the balancer and its hash key, the backend TLS context.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from wsproxy.log import get_logger
 if TYPE_CHECKING:
     from wsproxy.auth import Identity
     from wsproxy.core.balance import BackendState
-    from wsproxy.io.ports import ConnectionOwner
+    from wsproxy.io.ports import ConnectionOwner, ConnectionSettings
 
 log = get_logger()
 
@@ -60,9 +65,11 @@ class HttpDoor(Protocol):
     (``plain_http: proxy``): the front door (wsproxy.io.front)."""
 
     def to_http(
-        self, transport: asyncio.Transport, parsed: ParsedRequest, *, conn_id: str, peer_ip: str
+        self, transport: asyncio.Transport, parsed: ParsedRequest, *, conn_id: str, peer_ip: str,
+        settings: ConnectionSettings,
     ) -> None:
-        """Let an HTTP relay serve *transport*, starting with the request in *parsed*."""
+        """Let an HTTP relay serve *transport*, starting with the request in *parsed*,
+        under the connection's *settings*."""
 
 
 class UpstreamProtocol(asyncio.Protocol):
@@ -110,17 +117,24 @@ class Connection:
     __slots__ = (
         "_client", "_close_rounds", "_door", "_forwarded_for", "_open_transports", "_rtt_client",
         "_rtt_upstream", "_timer", "_upstream", "_upstream_settled", "backend", "client_ip",
-        "ctx", "failure", "id", "identity", "liveness", "peer_ip", "session", "started",
+        "ctx", "failure", "id", "identity", "liveness", "peer_ip", "session", "settings",
+        "started",
     )
 
     def __init__(
         self, ctx: ConnectionOwner[Connection], client: asyncio.Transport, *, door: HttpDoor,
-        deadline: float | None = None,
+        deadline: float | None = None, settings: ConnectionSettings | None = None,
     ) -> None:
         """*door*: where a plain HTTP request goes. *deadline*: when the request must be
         in, on the loop's clock (default: in ``limits.handshake_timeout``; a TLS
-        listener's began before the handshake)."""
+        listener's began before the handshake). *settings*: the ones the client was
+        accepted under (default: ``ctx.settings``, those in force now)."""
         self.ctx = ctx
+        if settings is None:
+            settings = ctx.settings
+        #: What this connection obeys until it ends (taken once: see the module doc).
+        self.settings = settings
+        cfg = settings.config
         self._door = door
         self.id = ctx.new_conn_id()
         self.started = time.monotonic()
@@ -134,11 +148,11 @@ class Connection:
         self.backend: BackendState | None = None
         self.session = Session(
             self.id,
-            max_message_size=ctx.config.limits.max_message_size,
-            max_request_head=ctx.config.limits.max_request_head,
-            restart_code=ctx.config.drain.backend_close_code,
-            restart_reason=ctx.close_reason(closes.BACKEND_RESTARTING),
-            plain_http=ctx.config.plain_http == "proxy",
+            max_message_size=cfg.limits.max_message_size,
+            max_request_head=cfg.limits.max_request_head,
+            restart_code=cfg.drain.backend_close_code,
+            restart_reason=ctx.close_reason(closes.BACKEND_RESTARTING, cfg.drain.reconnect_hint),
+            plain_http=cfg.plain_http == "proxy",
         )
         #: Why the upgrade did not open (a metrics label), when it did not.
         self.failure: str | None = None
@@ -151,7 +165,7 @@ class Connection:
         self._upstream: asyncio.Transport | None = None
         self._open_transports = 1
         if deadline is None:
-            deadline = ctx.loop.time() + ctx.config.limits.handshake_timeout
+            deadline = ctx.loop.time() + cfg.limits.handshake_timeout
         self._timer: asyncio.TimerHandle | None = ctx.loop.call_at(
             deadline, self._handshake_timed_out
         )
@@ -267,7 +281,7 @@ class Connection:
         if session.state is SessionState.CLOSING and self._timer is None:
             # A close handshake is in flight: a peer that never answers is dead.
             self._timer = self.ctx.loop.call_later(
-                self.ctx.config.heartbeat.timeout, self._close_timed_out
+                self.settings.config.heartbeat.timeout, self._close_timed_out
             )
 
     def _close_transport(self, side: Side, transport: asyncio.Transport) -> None:
@@ -286,7 +300,7 @@ class Connection:
         heartbeat.timeout to take it, then the socket is aborted."""
         transport.close()
         if transport.get_write_buffer_size():
-            self.ctx.loop.call_later(self.ctx.config.heartbeat.timeout, transport.abort)
+            self.ctx.loop.call_later(self.settings.config.heartbeat.timeout, transport.abort)
 
     def set_peer(self, ip: str) -> None:
         """The client's real address, from a PROXY protocol header."""
@@ -353,8 +367,9 @@ class Connection:
         elif due is Due.EXPIRED:
             self.drain_close(*closes.TOKEN_EXPIRED)
         elif due is Due.AGED:
-            self.drain_close(self.ctx.config.drain.backend_close_code,
-                             self.ctx.close_reason(closes.AGE_LIMIT))
+            drain = self.settings.config.drain
+            self.drain_close(drain.backend_close_code,
+                             self.ctx.close_reason(closes.AGE_LIMIT, drain.reconnect_hint))
 
     def _pongs(self) -> None:
         liveness = self.liveness
@@ -420,16 +435,16 @@ class Connection:
         transport = self._client
         assert transport is not None
         self._client = None
-        self._door.to_http(transport, parsed, conn_id=self.id, peer_ip=self.peer_ip)
+        self._door.to_http(transport, parsed, conn_id=self.id, peer_ip=self.peer_ip,
+                           settings=self.settings)
 
     def _route(self) -> None:
         """The client's request is in: refuse it, or go and find a backend."""
         session = self.session
         request = session.request
         assert request is not None
-        cfg = self.ctx.config
         self.client_ip, self._forwarded_for = client_address(
-            self.peer_ip, request.header(b"x-forwarded-for"), cfg.trusted_proxies
+            self.peer_ip, request.header(b"x-forwarded-for"), self.settings.config.trusted_proxies
         )
         self._cancel_timer()  # the client's part is done; backend_timeout bounds the rest
         refusal = self.ctx.refusal(self)
@@ -444,13 +459,14 @@ class Connection:
 
     async def _authenticate(self) -> bool:
         """Run the configured auth; False when the upgrade was refused (or abandoned)."""
-        authenticator = self.ctx.authenticator
+        settings = self.settings
+        authenticator = settings.authenticator
         session = self.session
         request = session.request
         if authenticator is None or request is None:
             return True
         try:
-            admitted = await authenticate(authenticator, self.ctx.config.auth, request,
+            admitted = await authenticate(authenticator, settings.config.auth, request,
                                           client_ip=self.client_ip, conn_id=self.id)
         except AuthFailed as exc:
             if session.state is SessionState.CONNECTING_UPSTREAM:
@@ -467,7 +483,7 @@ class Connection:
         session = self.session
         if not await self._authenticate():
             return
-        hash_key = self.ctx.config.balance.hash_key
+        hash_key = self.ctx.config.balance.hash_key  # balance.* is live: each pick
         for backend in candidates(self.ctx.balancer, session.request, hash_key):
             if session.state is not SessionState.CONNECTING_UPSTREAM:
                 return
@@ -504,15 +520,17 @@ class Connection:
         Raises:
             OutOfDescriptors: the proxy could not open a socket (not the backend's fault).
         """
-        cfg = self.ctx.config
+        ctx = self.ctx
+        settings = self.settings
+        cfg = settings.config
         session = self.session
         settled = self._upstream_settled = asyncio.Event()
         protocol = UpstreamProtocol(self)
         try:
             async with asyncio.timeout(cfg.limits.backend_timeout):
+                # backend_tls is live: the context and server name in force now.
                 transport = await dial_backend(
-                    self.ctx.loop, lambda: protocol, backend, self.ctx.backend_ssl,
-                    cfg.backend_tls,
+                    ctx.loop, lambda: protocol, backend, ctx.backend_ssl, ctx.config.backend_tls
                 )
                 if session.state is not SessionState.CONNECTING_UPSTREAM:
                     transport.close()  # the client went away meanwhile
@@ -525,7 +543,7 @@ class Connection:
                     path_prefix=backend.config.path,
                     forwarding=self._forwarding(),
                     pass_extensions=cfg.compression == "passthrough",
-                    owned_headers=self.ctx.owned_headers,
+                    owned_headers=settings.owned_headers,
                 )
                 self._flush_upstream_handshake()
                 while session.state is SessionState.CONNECTING_UPSTREAM and (
@@ -562,7 +580,7 @@ class Connection:
         self._cancel_timer()
         self.backend = backend
         backend.active += 1
-        self.liveness = Liveness(self.ctx.liveness_rules, self.ctx.loop.time(),
+        self.liveness = Liveness(self.settings.liveness_rules, self.ctx.loop.time(),
                                  expires_at=self._expiry())
         if self.session.backend_restarting:  # its close came with its 101
             self.ctx.hold_down(backend)
@@ -580,7 +598,7 @@ class Connection:
     def _expiry(self) -> float | None:
         """When the credentials expire, on the loop's clock (auth.close_on_expiry)."""
         expires = self.identity.expires_at if self.identity is not None else None
-        if expires is None or not self.ctx.config.auth.close_on_expiry:
+        if expires is None or not self.settings.config.auth.close_on_expiry:
             return None
         return self.ctx.loop.time() + (expires - time.time())
 

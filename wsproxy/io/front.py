@@ -13,7 +13,9 @@ parse decides:
       connection, later                    the socket back, with the relay's parse
 
 The request travels with the h11 parser that read it (core.http.ParsedRequest), so
-neither driver reads it again; the drivers reach this door through one-method ports
+neither driver reads it again, and so do the connection's settings (io.ports
+.ConnectionSettings, taken when the client was accepted), so that a client keeps one
+config file whichever driver serves it; the drivers reach this door through one-method ports
 (io.connection.HttpDoor, io.http_relay.WebSocketDoor) and never each other.
 
 The hot path runs through here: ``ClientProtocol.data_received`` is the first call
@@ -32,7 +34,7 @@ from wsproxy.io.connection import Connection
 from wsproxy.io.http_relay import HttpRelay
 
 if TYPE_CHECKING:
-    from wsproxy.io.ports import ConnectionOwner
+    from wsproxy.io.ports import ConnectionOwner, ConnectionSettings
 
 CLIENT = Side.CLIENT
 UPSTREAM = Side.UPSTREAM
@@ -42,34 +44,42 @@ class FrontDoor:
     """Where the listener's clients come in, and where they change drivers.
 
     One per listener; it implements both drivers' ports (HttpDoor, WebSocketDoor).
+    *proxy_protocol* is the listener's ``listen.proxy_protocol``, as it was started.
     """
 
-    __slots__ = ("ctx",)
+    __slots__ = ("ctx", "proxy_protocol")
 
-    def __init__(self, ctx: ConnectionOwner[Connection]) -> None:
+    def __init__(self, ctx: ConnectionOwner[Connection], *, proxy_protocol: bool) -> None:
         self.ctx = ctx
+        self.proxy_protocol = proxy_protocol
 
-    def tls_established(self, transport: asyncio.Transport, deadline: float) -> None:
-        """A TLS client is through its handshake: a Connection takes it (io.tls_accept);
-        its request must be in by *deadline*."""
-        conn = Connection(self.ctx, transport, door=self, deadline=deadline)
-        proxied = self.ctx.config.listen.proxy_protocol
+    def tls_established(
+        self, transport: asyncio.Transport, deadline: float, settings: ConnectionSettings
+    ) -> None:
+        """A TLS client is through its handshake: a Connection takes it (io.tls_accept),
+        under the *settings* in force when it was accepted; its request must be in by
+        *deadline*."""
+        conn = Connection(self.ctx, transport, door=self, deadline=deadline, settings=settings)
         transport.set_protocol(
-            ProxiedClientProtocol(self, conn) if proxied else ClientProtocol(self, conn)
+            ProxiedClientProtocol(self, conn) if self.proxy_protocol
+            else ClientProtocol(self, conn)
         )
 
     def to_http(
-        self, transport: asyncio.Transport, parsed: ParsedRequest, *, conn_id: str, peer_ip: str
+        self, transport: asyncio.Transport, parsed: ParsedRequest, *, conn_id: str, peer_ip: str,
+        settings: ConnectionSettings,
     ) -> None:
         """The first request has no Upgrade: an HttpRelay serves the connection."""
         HttpRelay(self.ctx, transport, conn_id=conn_id, peer_ip=peer_ip, first=parsed,
-                  door=self)
+                  door=self, settings=settings)
 
     def to_websocket(
-        self, transport: asyncio.Transport, parsed: ParsedRequest, *, peer_ip: str
+        self, transport: asyncio.Transport, parsed: ParsedRequest, *, peer_ip: str,
+        settings: ConnectionSettings,
     ) -> None:
-        """A keep-alive connection's request asks for an upgrade: a fresh Connection."""
-        conn = Connection(self.ctx, transport, door=self)
+        """A keep-alive connection's request asks for an upgrade: a fresh Connection,
+        under the settings the client was accepted with."""
+        conn = Connection(self.ctx, transport, door=self, settings=settings)
         if peer_ip != conn.peer_ip:  # from a PROXY header
             conn.set_peer(peer_ip)
         transport.set_protocol(ClientProtocol(self, conn))

@@ -12,6 +12,11 @@ upgrade goes back through the front door to a fresh Connection, parsed.
 Like the WebSocket side, a relay holds no task: transports' callbacks drive it, and
 one timer at a time bounds what it waits for (the idle keep-alive, a request head, a
 request body, a backend's answer). Only dialling and authentication run as tasks.
+
+A relay obeys the config its client connection was accepted under (wsproxy.config,
+"When a value is read"): the Connection's ``settings``, for all its requests, and the
+fresh Connection a later upgrade goes to keeps them too. ``self.ctx`` is asked only
+for what the rule calls live: the balancer and its hash key, the backend TLS context.
 """
 
 from __future__ import annotations
@@ -51,7 +56,7 @@ from wsproxy.log import get_logger
 if TYPE_CHECKING:
     from wsproxy.auth import Identity
     from wsproxy.core.balance import BackendState
-    from wsproxy.io.ports import HttpRelayOwner
+    from wsproxy.io.ports import ConnectionSettings, HttpRelayOwner
 
 log = get_logger()
 
@@ -65,9 +70,11 @@ class WebSocketDoor(Protocol):
     front door (wsproxy.io.front)."""
 
     def to_websocket(
-        self, transport: asyncio.Transport, parsed: ParsedRequest, *, peer_ip: str
+        self, transport: asyncio.Transport, parsed: ParsedRequest, *, peer_ip: str,
+        settings: ConnectionSettings,
     ) -> None:
-        """Let a fresh Connection serve *transport*, starting with the upgrade in *parsed*."""
+        """Let a fresh Connection serve *transport*, starting with the upgrade in *parsed*,
+        under the connection's *settings*."""
 
 
 class HttpClientProtocol(asyncio.Protocol):
@@ -149,15 +156,19 @@ class HttpRelay:
         "id",
         "identity",
         "peer_ip",
+        "settings",
     )
 
     def __init__(
         self, ctx: HttpRelayOwner, transport: asyncio.Transport, *, conn_id: str, peer_ip: str,
-        first: ParsedRequest, door: WebSocketDoor,
+        first: ParsedRequest, door: WebSocketDoor, settings: ConnectionSettings,
     ) -> None:
         """*first*: the connection's first request, with the parser that read it (which
-        reads the rest); *door*: where a later upgrade goes."""
+        reads the rest); *door*: where a later upgrade goes; *settings*: the ones the
+        client connection was accepted under."""
         self.ctx = ctx
+        #: What this relay obeys until it ends: its client connection's.
+        self.settings = settings
         self.id = conn_id
         self.peer_ip = self.client_ip = self.forwarded_for = peer_ip
         self.identity: Identity | None = None
@@ -176,7 +187,7 @@ class HttpRelay:
         self._timer_kind: str | None = None
         ctx.http.add(self)
         transport.set_protocol(HttpClientProtocol(self))
-        self._arm(_HEAD, ctx.config.limits.handshake_timeout)
+        self._arm(_HEAD, settings.config.limits.handshake_timeout)
         self._pump_client()
 
     @property
@@ -253,9 +264,9 @@ class HttpRelay:
                 self._close_client()
             return False
         if self._timer_kind == _IDLE:
-            self._arm(_HEAD, self.ctx.config.limits.handshake_timeout)
+            self._arm(_HEAD, self.settings.config.limits.handshake_timeout)
         try:
-            if head_length(buffered, self.ctx.config.limits.max_request_head) is None:
+            if head_length(buffered, self.settings.config.limits.max_request_head) is None:
                 if closed:
                     self._close_client()
                 return False
@@ -278,7 +289,7 @@ class HttpRelay:
         """The first request, which the front door's read parsed: the relay's own checks
         of its head still apply (h11 read it whole, so head_length() finds its end)."""
         try:
-            head_length(first.received, self.ctx.config.limits.max_request_head)
+            head_length(first.received, self.settings.config.limits.max_request_head)
         except HttpRefused as exc:
             self._refuse(exc.status, exc.reason)
             return False
@@ -303,7 +314,7 @@ class HttpRelay:
         link = ex.link
         if isinstance(event, h11.Data):
             ex.body_in += len(event.data)
-            limit = self.ctx.config.http.max_body_size
+            limit = self.settings.config.http.max_body_size
             if limit and ex.body_in > limit:
                 ex.error = "body_too_large"
                 self._answer(413, "request body too large", close=True)
@@ -319,6 +330,7 @@ class HttpRelay:
 
     def _begin(self, request: h11.Request) -> None:
         ctx = self.ctx
+        settings = self.settings
         self._count += 1
         ex = self._ex = _Exchange(request, f"{self.id}-{self._count}", ctx.loop.time())
         self._cancel_timer()
@@ -333,7 +345,7 @@ class HttpRelay:
             self._answer(503, "proxy is draining", _RETRY_AFTER, close=True)
             return
         length = next((v for k, v in headers if k == b"content-length"), b"0")
-        limit = ctx.config.http.max_body_size
+        limit = settings.config.http.max_body_size
         if limit and int(length) > limit:
             ex.error = "body_too_large"
             self._answer(413, "request body too large", close=True)
@@ -346,20 +358,21 @@ class HttpRelay:
             return
         ex.view = plain_request(request, target=target, headers=headers)
         self.client_ip, self.forwarded_for = client_address(
-            self.peer_ip, ex.view.header(b"x-forwarded-for"), ctx.config.trusted_proxies
+            self.peer_ip, ex.view.header(b"x-forwarded-for"), settings.config.trusted_proxies
         )
         self._update_reading()  # nothing more from the client until a backend is ready
-        if ctx.authenticator is not None:
+        if settings.authenticator is not None:
             ctx.spawn(lambda: self._authenticate(ex))
         else:
             self._route(ex)
 
     async def _authenticate(self, ex: _Exchange) -> None:
-        authenticator = self.ctx.authenticator
+        settings = self.settings
+        authenticator = settings.authenticator
         assert authenticator is not None
         assert ex.view is not None
         try:
-            admitted = await authenticate(authenticator, self.ctx.config.auth, ex.view,
+            admitted = await authenticate(authenticator, settings.config.auth, ex.view,
                                           client_ip=self.client_ip, conn_id=self.id)
         except AuthFailed as exc:
             if self._ex is ex and not self._closed:
@@ -373,6 +386,7 @@ class HttpRelay:
         self._route(ex)
 
     def _route(self, ex: _Exchange) -> None:
+        # balance.* is live: each pick.
         ex.candidates = candidates(self.ctx.balancer, ex.view, self.ctx.config.balance.hash_key)
         if not ex.candidates:
             ex.error = "no_backend"
@@ -394,12 +408,13 @@ class HttpRelay:
             self.ctx.spawn(lambda: self._dial(ex, backend))
 
     async def _dial(self, ex: _Exchange, backend: BackendState) -> None:
-        cfg = self.ctx.config
+        ctx = self.ctx
         link = BackendLink(backend)
         try:
-            async with asyncio.timeout(cfg.limits.backend_timeout):
-                await dial_backend(self.ctx.loop, lambda: link, backend, self.ctx.backend_ssl,
-                                   cfg.backend_tls)
+            async with asyncio.timeout(self.settings.config.limits.backend_timeout):
+                # backend_tls is live: the context and server name in force now.
+                await dial_backend(ctx.loop, lambda: link, backend, ctx.backend_ssl,
+                                   ctx.config.backend_tls)
         except OutOfDescriptors:
             # The proxy's own trouble: no backend is blamed, none other tried.
             if self._ex is ex and not self._closed:
@@ -430,7 +445,7 @@ class HttpRelay:
                 path_prefix=link.backend.config.path,
                 forwarding=self.ctx.forwarding(self.client_ip, self.forwarded_for,
                                                ex.request_id, self.identity),
-                owned=self.ctx.owned_headers,
+                owned=self.settings.owned_headers,
             )
         try:
             link.write(link.h11.send(ex.forwarded))
@@ -586,7 +601,7 @@ class HttpRelay:
         h = self._h11
         if h.our_state is h11.DONE and h.their_state is h11.DONE and not self._close_after:
             h.start_next_cycle()
-            self._arm(_IDLE, self.ctx.config.http.keepalive_timeout)
+            self._arm(_IDLE, self.settings.config.http.keepalive_timeout)
             self._pump_client()  # a pipelined request may be waiting already
         else:
             self._close_client()
@@ -630,7 +645,8 @@ class HttpRelay:
         self._closed = True
         self._cancel_timer()
         self.ctx.http.remove(self)
-        self._door.to_websocket(self._transport, parsed, peer_ip=self.peer_ip)
+        self._door.to_websocket(self._transport, parsed, peer_ip=self.peer_ip,
+                                settings=self.settings)
 
     def _close_client(self) -> None:
         if self._closed:
@@ -641,7 +657,7 @@ class HttpRelay:
         transport.close()
         if transport.get_write_buffer_size():
             # close() waits for the buffer to drain: not for ever.
-            self.ctx.loop.call_later(self.ctx.config.heartbeat.timeout, transport.abort)
+            self.ctx.loop.call_later(self.settings.config.heartbeat.timeout, transport.abort)
 
     def _abort_client(self) -> None:
         self._closed = True
@@ -681,7 +697,7 @@ class HttpRelay:
         self._timer_kind = None
 
     def _check_interval(self) -> float:
-        http = self.ctx.config.http
+        http = self.settings.config.http
         return min(http.body_timeout, http.response_timeout, http.stream_idle_timeout)
 
     def _timed_out(self) -> None:
@@ -704,7 +720,7 @@ class HttpRelay:
         itself again for the nearest deadline. Silence the proxy caused itself (a
         full write buffer on the other side) does not count.
         """
-        http = self.ctx.config.http
+        http = self.settings.config.http
         now = self.ctx.loop.time()
         deadlines: list[tuple[float, str]] = []
         sending = self._h11.their_state is h11.SEND_BODY

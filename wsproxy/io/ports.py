@@ -6,10 +6,16 @@ it is handed an owner that has the members listed here, as io.http_pool's
 ``HandshakeOwner``. supervisor.ProxyContext implements every port; a test may hand a
 driver anything else that does.
 
-The members keep the names the drivers have always called (``ctx.config``,
-``ctx.refusal(conn)``...). Values a driver reads per connection (``config``, ``loop``,
-``balancer``...) are plain attributes of the implementation, so that a port costs the
-data path nothing.
+The members keep the names the drivers have always called (``ctx.refusal(conn)``,
+``ctx.balancer``...). Values a driver reads (``settings``, ``loop``, ``balancer``...)
+are plain attributes of the implementation, so that a port costs the data path nothing.
+
+What a client connection obeys is the config's rule (wsproxy.config, "When a value is
+read"): a connection takes ``ctx.settings`` (``ConnectionSettings``: its config and
+what was built from it) once, when it is accepted, keeps it in one slot and hands it
+on when its client changes drivers; ``ctx.<member>`` is read only for the decisions
+the rule calls live (the balancer, ``ctx.config.balance``, ``ctx.backend_ssl`` and
+``ctx.config.backend_tls``, the refusals).
 
 This module imports only core/, config, auth and io.http_pool: never the drivers
 themselves, which import it (``ConnectionOwner`` names the connection type as a type
@@ -21,14 +27,16 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from wsproxy.core.liveness import LivenessRules
 
 if TYPE_CHECKING:
     from wsproxy.auth import Authenticator, Identity
     from wsproxy.config import ProxyConfig
     from wsproxy.core.balance import BackendState, Balancer
     from wsproxy.core.handshake import Forwarding
-    from wsproxy.core.liveness import LivenessRules
     from wsproxy.core.registry import Registry
     from wsproxy.core.states import Side
     from wsproxy.io.http_pool import BackendPool
@@ -38,6 +46,40 @@ Refusal = tuple[str, int, str, tuple[tuple[str, str], ...]]
 
 #: The WebSocket connection class of io.connection, as its owner's hooks receive it.
 ConnT = TypeVar("ConnT")
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ConnectionSettings:
+    """What one client connection obeys, from accept to end: one config file's.
+
+    Built once per config (at startup and at each reload) and replaced whole, never
+    changed: a connection holds the one in force when it was accepted, so it never
+    mixes two files. Its relays and any Connection its client goes back to keep it.
+    """
+
+    config: ProxyConfig
+    #: Built from ``config.auth`` (None: auth is off).
+    authenticator: Authenticator | None
+    #: Lower-case names of the headers the proxy sets itself (the auth identity's).
+    owned_headers: frozenset[bytes]
+    #: ``heartbeat.*``, ``limits.idle_timeout`` and ``limits.max_connection_age``.
+    liveness_rules: LivenessRules
+
+    @classmethod
+    def build(cls, config: ProxyConfig, authenticator: Authenticator | None) -> ConnectionSettings:
+        """The settings of *config*, with the authenticator already built from it."""
+        owned = authenticator.owned_headers if authenticator is not None else ()
+        return cls(
+            config=config,
+            authenticator=authenticator,
+            owned_headers=frozenset(name.lower().encode("latin-1") for name in owned),
+            liveness_rules=LivenessRules(
+                interval=config.heartbeat.interval,
+                timeout=config.heartbeat.timeout,
+                idle_timeout=config.limits.idle_timeout,
+                max_age=config.limits.max_connection_age,
+            ),
+        )
 
 
 class Relay(Protocol):
@@ -92,20 +134,19 @@ class HttpRelayOwner(Protocol):
 
     @property
     def config(self) -> ProxyConfig:
-        """The current config (replaced whole on reload)."""
+        """The config in force now (replaced whole on reload): only for the decisions
+        the rule calls live (``balance``, ``backend_tls``)."""
 
     @property
-    def authenticator(self) -> Authenticator | None: ...
+    def settings(self) -> ConnectionSettings:
+        """What a connection accepted now obeys (replaced whole on reload)."""
 
     @property
     def balancer(self) -> Balancer: ...
 
     @property
-    def backend_ssl(self) -> ssl.SSLContext | None: ...
-
-    @property
-    def owned_headers(self) -> frozenset[bytes]:
-        """Lower-case names of the headers the proxy sets itself (auth identity)."""
+    def backend_ssl(self) -> ssl.SSLContext | None:
+        """The backend TLS context in force now (``backend_tls`` is live)."""
 
     @property
     def http(self) -> PlainRequests: ...
@@ -137,13 +178,11 @@ class ConnectionOwner(HttpRelayOwner, Protocol[ConnT]):
     @property
     def registry(self) -> Registry[ConnT]: ...
 
-    @property
-    def liveness_rules(self) -> LivenessRules: ...
-
     def new_conn_id(self) -> str: ...
 
-    def close_reason(self, text: str) -> str:
-        """*text* as a close reason, with the reconnect hint when that is on."""
+    def close_reason(self, text: str, hint: bool) -> str:
+        """*text* as a close reason, with a reconnect hint when *hint* (the
+        connection's ``drain.reconnect_hint``)."""
 
     def hold_down(self, backend: BackendState) -> None:
         """*backend* announced a restart (1001/1012): no new upgrades for a while."""

@@ -32,10 +32,13 @@ import ssl
 import struct
 from collections.abc import Callable, Coroutine
 from functools import partial
-from typing import Any, Final, Protocol, cast
+from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 
 from wsproxy.core.handshake import plain_ip
 from wsproxy.io.listen_socket import CAPACITY_ERRNOS
+
+if TYPE_CHECKING:
+    from wsproxy.io.ports import ConnectionSettings
 
 #: How long accepting rests after running out of descriptors or memory.
 ACCEPT_RETRY_DELAY: Final = 0.1
@@ -56,24 +59,29 @@ class HandshakeOwner(Protocol):
         """Count a TLS handshake from *peer_ip* in; None when it is over a limit (the
         owner has logged and counted the refusal)."""
 
-    def tls_established(self, transport: asyncio.Transport, deadline: float) -> None:
-        """Attach the protocol that takes *transport* over; the client's request
-        must be in by *deadline* (on the loop's clock)."""
+    @property
+    def settings(self) -> ConnectionSettings:
+        """What a connection accepted now obeys (``limits.handshake_timeout``...)."""
+
+    def tls_established(
+        self, transport: asyncio.Transport, deadline: float, settings: ConnectionSettings
+    ) -> None:
+        """Attach the protocol that takes *transport* over, under the *settings* it
+        was accepted with; the client's request must be in by *deadline* (on the
+        loop's clock)."""
 
     def spawn(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Run *fn* as a task the owner keeps track of (and cancels when it stops)."""
 
 
 async def accept_tls(
-    listening: socket.socket,
-    owner: HandshakeOwner,
-    context: ssl.SSLContext,
-    handshake_timeout: Callable[[], float],
+    listening: socket.socket, owner: HandshakeOwner, context: ssl.SSLContext
 ) -> None:
     """Accept TLS clients on *listening* until cancelled (the caller closes it).
 
-    *handshake_timeout* gives ``limits.handshake_timeout`` as it is at each accept
-    (SIGHUP).
+    Each client is accepted under ``owner.settings`` as they are at its accept (a
+    reload changes them for the clients accepted after it): its handshake timeout, and
+    the Connection that takes it once TLS is up.
     """
     loop = asyncio.get_running_loop()
     in_a_row = 0
@@ -89,7 +97,7 @@ async def accept_tls(
             loop.call_exception_handler({"message": "accept failed", "exception": exc})
             await asyncio.sleep(ACCEPT_RETRY_DELAY)
             continue
-        _start(sock, plain_ip(address[0]), owner, context, loop.time() + handshake_timeout())
+        _start(sock, plain_ip(address[0]), owner, context, owner.settings, loop.time())
         in_a_row += 1
         if in_a_row >= ACCEPT_BURST:
             in_a_row = 0
@@ -98,14 +106,15 @@ async def accept_tls(
 
 def _start(
     sock: socket.socket, peer_ip: str, owner: HandshakeOwner, context: ssl.SSLContext,
-    deadline: float,
+    settings: ConnectionSettings, now: float,
 ) -> None:
     end = owner.admit_handshake(peer_ip)
     if end is None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
         sock.close()
         return
-    handshake = Handshake(owner, end, deadline)
+    deadline = now + settings.config.limits.handshake_timeout
+    handshake = Handshake(owner, end, deadline, settings)
     owner.spawn(partial(handshake.run, sock, context))
 
 
@@ -126,12 +135,16 @@ class Handshake(asyncio.Protocol):
     over there, so that nothing the client sends next can reach it.
     """
 
-    __slots__ = ("_deadline", "_end", "_owner")
+    __slots__ = ("_deadline", "_end", "_owner", "_settings")
 
-    def __init__(self, owner: HandshakeOwner, end: EndHandshake, deadline: float) -> None:
+    def __init__(
+        self, owner: HandshakeOwner, end: EndHandshake, deadline: float,
+        settings: ConnectionSettings,
+    ) -> None:
         self._owner = owner
         self._end: EndHandshake | None = end
         self._deadline = deadline
+        self._settings = settings
 
     async def run(self, sock: socket.socket, context: ssl.SSLContext) -> None:
         """Do the handshake on *sock* (the loop owns it from here, and closes it on
@@ -151,7 +164,9 @@ class Handshake(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._ended(None)  # first: the Connection may be admitted at once
         # uvloop's transports implement asyncio.Transport without subclassing it.
-        self._owner.tls_established(cast(asyncio.Transport, transport), self._deadline)
+        self._owner.tls_established(
+            cast(asyncio.Transport, transport), self._deadline, self._settings
+        )
 
     def _ended(self, failure: str | None) -> None:
         end, self._end = self._end, None
