@@ -109,6 +109,9 @@ class ProxyContext:
         self.backend_ssl: ssl.SSLContext | None = None
         #: What a connection accepted now obeys (replaced whole on reload).
         self.settings: ConnectionSettings
+        #: The sweeper's period: fast enough for the heartbeats of every config a
+        #: connection may still be under (a reload only ever shortens it).
+        self.sweep_period = float("inf")
         self.http = PlainHttp(self, self.loop, config.http.pool_size)
         self.drainer = Drains(self, self.http, task_group=task_group, loop=self.loop)
         self.backends = Backends(self, self.drainer, loop=self.loop)
@@ -120,6 +123,8 @@ class ProxyContext:
     ) -> None:
         self.config = config
         self.settings = settings
+        rules = settings.liveness_rules
+        self.sweep_period = min(self.sweep_period, 1.0, rules.interval / 4, rules.timeout / 4)
         self.balancer.policy = config.balance.policy
         self.registry.max_connections = config.limits.max_connections
         self.registry.max_per_ip = config.limits.max_connections_per_ip
@@ -278,9 +283,7 @@ class ProxyContext:
         """
         turn = 0
         while True:
-            rules = self.settings.liveness_rules
-            period = min(1.0, rules.interval / 4, rules.timeout / 4)
-            await anyio.sleep(period / SWEEP_SLICES)
+            await anyio.sleep(self.sweep_period / SWEEP_SLICES)
             now = self.loop.time()
             for conn in list(self.registry.connections.values())[turn::SWEEP_SLICES]:
                 conn.tick(now)
