@@ -158,3 +158,21 @@ async def test_an_upgrade_after_plain_requests_keeps_the_connections_settings() 
                         reader.feed(await stream.receive())
                 frame = reader.frames[0]
                 assert (frame.opcode, len(frame.payload)) == (fr.BINARY, len(BIG))
+
+
+async def test_restart_needed_names_the_startup_only_sections_not_the_admin_token(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """listen, admin.host/port, discovery and logging need a restart (and each reload
+    that still differs from the startup file says so); admin.token is live."""
+    async with backend("b1") as b1, running_proxy(make_config([b1])) as ctx:
+        capsys.readouterr()
+        ctx.apply_config(make_config([b1], admin={"token": "rotated-token-0123456789"}))
+        assert "config.restart_needed" not in capsys.readouterr().out
+        assert ctx.config.admin.token == "rotated-token-0123456789"
+        changed = make_config([b1], logging={"level": "debug"})
+        for _ in range(2):
+            ctx.apply_config(changed)
+            out = capsys.readouterr().out
+            assert [line for line in out.splitlines() if "config.restart_needed" in line]
+            assert "key=logging" in out
