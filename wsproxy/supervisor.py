@@ -48,7 +48,7 @@ from wsproxy.io.connection import Connection
 from wsproxy.io.front import ClientProtocol, FrontDoor, ProxiedClientProtocol
 from wsproxy.io.listen_socket import CAPACITY_ERRNOS, dual_stack_socket, listening_sockets
 from wsproxy.io.plain_http import PlainHttp
-from wsproxy.io.ports import Refusal
+from wsproxy.io.ports import DRAINING, Refusal
 from wsproxy.io.tls_accept import EndHandshake, accept_tls
 from wsproxy.log import get_logger
 from wsproxy.tls import backend_context, server_context
@@ -228,7 +228,7 @@ class ProxyContext:
     def refusal(self, conn: Connection) -> Refusal | None:
         """Why this upgrade is answered with an error before any backend is asked."""
         if self.drainer.refusing_upgrades():
-            return "draining", 503, "proxy is draining", _RETRY_AFTER
+            return DRAINING, 503, "proxy is draining", _RETRY_AFTER
         request = conn.session.request
         origins = self.config.allowed_origins
         origin = request.origin if request is not None else None
@@ -502,8 +502,8 @@ async def serve(
             finally:
                 if server is not None:
                     server.close()
-                # Not Trigger.SHUTDOWN: the table sends it to REJECTED (an HTTP answer)
-                # before OPEN and has no OPEN pair; a stop aborts (TIMED_OUT -> FAILED).
+                # A stop aborts what is left (TIMED_OUT -> FAILED); Trigger.SHUTDOWN is
+                # for the upgrades a drain refuses with 503 (an HTTP answer).
                 for conn in list(ctx.registry.connections.values()):
                     conn.terminate(config.drain.shutdown_close_code, PROXY_STOPPED)
                 ctx.http.terminate()
