@@ -53,7 +53,7 @@ from wsproxy.io.connection import Connection
 from wsproxy.io.front import ClientProtocol, FrontDoor, ProxiedClientProtocol
 from wsproxy.io.listen_socket import CAPACITY_ERRNOS, dual_stack_socket, listening_sockets
 from wsproxy.io.plain_http import PlainHttp
-from wsproxy.io.ports import ConnectionSettings, Refusal
+from wsproxy.io.ports import DRAINING, ConnectionSettings, Refusal
 from wsproxy.io.tls_accept import EndHandshake, accept_tls
 from wsproxy.log import get_logger
 from wsproxy.tls import backend_context, server_context
@@ -243,7 +243,7 @@ class ProxyContext:
     def refusal(self, conn: Connection) -> Refusal | None:
         """Why this upgrade is answered with an error before any backend is asked."""
         if self.drainer.refusing_upgrades():
-            return "draining", 503, "proxy is draining", _RETRY_AFTER
+            return DRAINING, 503, "proxy is draining", _RETRY_AFTER
         request = conn.session.request
         origins = conn.settings.config.allowed_origins  # the connection's, not live
         origin = request.origin if request is not None else None
@@ -527,9 +527,9 @@ async def serve(
             finally:
                 if server is not None:
                     server.close()
-                # Not Trigger.SHUTDOWN: the table sends it to REJECTED (an HTTP answer)
-                # before OPEN and has no OPEN pair; a stop aborts (TIMED_OUT -> FAILED).
-                # The code is live: the config in force when the process stops.
+                # A stop aborts what is left (TIMED_OUT -> FAILED); Trigger.SHUTDOWN is
+                # for the upgrades a drain refuses with 503 (an HTTP answer). The code is
+                # live: the config in force when the process stops.
                 code = ctx.config.drain.shutdown_close_code
                 for conn in list(ctx.registry.connections.values()):
                     conn.terminate(code, PROXY_STOPPED)

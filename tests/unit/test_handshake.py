@@ -311,6 +311,13 @@ class TestSessionRequest:
         assert body == b"origin not allowed\n"
         assert session.state is SessionState.REJECTED
 
+    def test_driver_refuses_for_a_drain_by_the_shutdown_trigger(self) -> None:
+        session = fed(raw_request(GOOD))
+        session.reject(503, "proxy is draining", shutting_down=True)
+        response, _ = answered(session)
+        assert response.status_code == 503
+        assert session.state is SessionState.REJECTED
+
     def test_eof_before_the_request_fails(self) -> None:
         session = fed(raw_request(GOOD)[:10])
         session.receive_eof(Side.CLIENT)

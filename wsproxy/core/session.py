@@ -336,16 +336,26 @@ class Session:
         """The driver's checks passed (limits, origin, auth): go on to a backend."""
         self._fire(Trigger.REQUEST_ACCEPTED)
 
-    def reject(self, status: int, reason: str, headers: tuple[tuple[str, str], ...] = ()) -> None:
-        """Answer the client with an HTTP error instead of 101 and end the connection."""
-        self._reject(status, reason, headers)
+    def reject(
+        self, status: int, reason: str, headers: tuple[tuple[str, str], ...] = (),
+        *, shutting_down: bool = False,
+    ) -> None:
+        """Answer the client with an HTTP error instead of 101 and end the connection.
 
-    def _reject(self, status: int, reason: str, headers: tuple[tuple[str, str], ...] = ()) -> None:
-        trigger = (
-            Trigger.REQUEST_REJECTED
-            if self.state is SessionState.AWAIT_REQUEST
-            else Trigger.UPSTREAM_REJECTED
-        )
+        *shutting_down*: the proxy refuses because it is draining (Trigger.SHUTDOWN).
+        """
+        self._reject(status, reason, headers, Trigger.SHUTDOWN if shutting_down else None)
+
+    def _reject(
+        self, status: int, reason: str, headers: tuple[tuple[str, str], ...] = (),
+        trigger: Trigger | None = None,
+    ) -> None:
+        if trigger is None:
+            trigger = (
+                Trigger.REQUEST_REJECTED
+                if self.state is SessionState.AWAIT_REQUEST
+                else Trigger.UPSTREAM_REJECTED
+            )
         self._terminate(trigger)
         self.rejected_status = status
         self.close_reason = reason

@@ -1,1 +1,18 @@
-"""I/O drivers: the asyncio Protocols of the data plane and the dialer."""
+"""The I/O drivers: asyncio Protocols around the sans-I/O core.
+
+    front        the listener's protocols: the one place that picks WebSocket or plain
+                 HTTP for a client, both ways, from one parse of its first request
+    connection   a WebSocket client and its backend around one core Session
+    http_relay   a plain HTTP client connection, request by request
+    upstream     the steps both take to a backend: credentials, auth, candidates, dial
+    plain_http   the proxy's plain HTTP side: its relays and the backend pool
+    http_pool    idle keep-alive connections to the backends
+    dialer       one TCP (TLS) connection to a backend
+    tls_accept   the TLS listener: bounded, counted handshakes before a Connection
+    listen_socket  listening sockets as the proxy means ``host`` (``::`` is dual stack)
+    ports        what the drivers ask of the process: small ``typing.Protocol`` ports
+
+It imports core/, auth/, config, errors, units and log; never the control plane,
+admin/ or the wiring (wsproxy.supervisor), which hands each driver an owner that
+implements its port.
+"""

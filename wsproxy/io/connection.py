@@ -31,6 +31,7 @@ from wsproxy.core.http import ParsedRequest
 from wsproxy.core.liveness import Due, Liveness, ping_payload, ping_sent_at
 from wsproxy.core.session import Session
 from wsproxy.core.states import TERMINAL, LegState, SessionState, Side
+from wsproxy.io.ports import DRAINING
 from wsproxy.io.upstream import (
     NO_BACKEND,
     OUT_OF_DESCRIPTORS,
@@ -592,7 +593,7 @@ class Connection:
         self, kind: str, status: int, reason: str, headers: tuple[tuple[str, str], ...] = ()
     ) -> None:
         self.failure = kind
-        self.session.reject(status, reason, headers)
+        self.session.reject(status, reason, headers, shutting_down=kind == DRAINING)
         self._rejected()
 
     def _expiry(self) -> float | None:

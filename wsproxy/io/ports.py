@@ -28,7 +28,7 @@ import asyncio
 import ssl
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 from wsproxy.core.liveness import LivenessRules
 
@@ -43,6 +43,9 @@ if TYPE_CHECKING:
 
 #: (failure label, status, reason, headers) of an upgrade refused before any backend.
 Refusal = tuple[str, int, str, tuple[tuple[str, str], ...]]
+#: The failure label of an upgrade refused because the proxy is draining: the session
+#: ends by Trigger.SHUTDOWN.
+DRAINING: Final = "draining"
 
 #: The WebSocket connection class of io.connection, as its owner's hooks receive it.
 ConnT = TypeVar("ConnT")
