@@ -64,6 +64,11 @@ live, at each decision:
     a reload rotates it), drain.shutdown_close_code when the process stops with
     connections still open
 
+In the code: a connection holds one ``io.ports.ConnectionSettings`` (this config and
+what the wiring built from it: the authenticator, the headers it owns, the liveness
+rules), taken at accept and handed on between its WebSocket and plain HTTP drivers; a
+drain holds its own settings; the live decisions read the wiring's current config.
+
 SPEC.md's reload follows: backends that vanished drain (under the new file's drain
 settings, as that drain starts after the reload), new ones join, and the connections
 of the others go on untouched, under the file they were accepted with.

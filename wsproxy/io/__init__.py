@@ -10,7 +10,8 @@
     dialer       one TCP (TLS) connection to a backend
     tls_accept   the TLS listener: bounded, counted handshakes before a Connection
     listen_socket  listening sockets as the proxy means ``host`` (``::`` is dual stack)
-    ports        what the drivers ask of the process: small ``typing.Protocol`` ports
+    ports        what the drivers ask of the process: small ``typing.Protocol`` ports,
+                 and ``ConnectionSettings``, the config a connection keeps from accept
 
 It imports core/, auth/, config, errors, units and log; never the control plane,
 admin/ or the wiring (wsproxy.supervisor), which hands each driver an owner that
