@@ -21,6 +21,7 @@ import signal
 import sys
 from collections.abc import Callable
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
@@ -76,6 +77,66 @@ async def failures(admin: str) -> dict[str, float]:
     }
 
 
+@dataclass
+class Limited:
+    """A ``wsproxy run`` with few descriptors, listening, and the clients it holds."""
+
+    proxy: Running
+    address: str  # host:port of the proxy's listener
+    admin: str  # host:port of its admin listener
+    clients: list[ClientConnection]
+
+    @property
+    def url(self) -> str:
+        return f"ws://{self.address}/"
+
+    async def fill(self, leave: int) -> None:
+        """Hold upgraded clients until at most *leave* descriptors are free."""
+        for _ in range(NOFILE):
+            if free(self.proxy) <= leave:
+                return
+            try:
+                self.clients.append(await connect(self.url, open_timeout=WAIT))
+            except InvalidStatus as exc:
+                # A health check took a descriptor between the count and this dial: the
+                # table is as full as it gets (the proxy's own trouble, not the backend's).
+                if exc.response.status_code != 503:
+                    raise
+                return
+
+    async def stop(self) -> int:
+        """SIGTERM, and the exit status."""
+        os.kill(self.proxy.pid, signal.SIGTERM)
+        with anyio.fail_after(WAIT):
+            return await self.proxy.process.wait()
+
+
+async def limited(
+    stack: AsyncExitStack, tmp_path: Path, loop: str, backends: str, *lines: str
+) -> Limited:
+    """Start a descriptor-limited proxy in front of *backends* (a YAML flow list), with
+    more config *lines*, and wait until both its listeners are up."""
+    config = tmp_path / "wsproxy.yaml"
+    config.write_text(
+        "listen: {host: 127.0.0.1, port: 0}\n"
+        "admin: {host: 127.0.0.1, port: 0}\n"
+        f"backends: {backends}\n"
+        "logging: {level: info, format: json}\n"
+        "drain: {spread: 0s, timeout: 5s}\n" + "".join(f"{line}\n" for line in lines),
+        encoding="utf-8",
+    )
+    proxy = await stack.enter_async_context(limited_proxy(str(config), tmp_path, loop))
+    clients: list[ClientConnection] = []
+    stack.callback(abort_all, clients)
+    await proxy.wait_for(
+        lambda: proxy.count("proxy.listening") == 1 and proxy.count("admin.listening") == 1,
+        "proxy.listening and admin.listening",
+    )
+    [listening] = [r for r in proxy.records if r.get("event") == "proxy.listening"]
+    [admin] = [r["address"] for r in proxy.records if r.get("event") == "admin.listening"]
+    return Limited(proxy, listening["addresses"][0], admin, clients)
+
+
 @pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
 async def test_out_of_descriptors_while_dialling_is_503_and_blames_no_backend(
     tmp_path: Path, loop: str
@@ -83,41 +144,22 @@ async def test_out_of_descriptors_while_dialling_is_503_and_blames_no_backend(
     async with AsyncExitStack() as stack:
         first = await stack.enter_async_context(http_backend("first"))
         second = await stack.enter_async_context(http_backend("second"))
-        config = tmp_path / "wsproxy.yaml"
-        config.write_text(
-            "listen: {host: 127.0.0.1, port: 0}\n"
-            "admin: {host: 127.0.0.1, port: 0}\n"
-            f'backends: [{{name: first, url: "{first.url}"}}, '
-            f'{{name: second, url: "{second.url}"}}]\n'
-            "balance: round_robin\n"
-            "plain_http: proxy\n"
-            "limits: {handshake_timeout: 60s}\n"  # the silent socket stays until the end
-            "logging: {level: info, format: json}\n"
-            "drain: {spread: 0s, timeout: 5s}\n",
-            encoding="utf-8",
+        started = await limited(
+            stack, tmp_path, loop,
+            f'[{{name: first, url: "{first.url}"}}, {{name: second, url: "{second.url}"}}]',
+            "balance: round_robin",
+            "plain_http: proxy",
+            "limits: {handshake_timeout: 60s}",  # the silent socket stays until the end
         )
-        proxy = await stack.enter_async_context(limited_proxy(config, tmp_path, loop))
-        clients: list[ClientConnection] = []
-        stack.callback(abort_all, clients)
-        await proxy.wait_for(
-            lambda: proxy.count("proxy.listening") == 1 and proxy.count("admin.listening") == 1,
-            "proxy.listening and admin.listening",
-        )
-        [listening] = [r for r in proxy.records if r.get("event") == "proxy.listening"]
-        [admin] = [r["address"] for r in proxy.records if r.get("event") == "admin.listening"]
-        address = listening["addresses"][0]
-        host, port = address.rsplit(":", 1)
-        url = f"ws://{address}/"
+        proxy, admin, clients, url = started.proxy, started.admin, started.clients, started.url
+        host, port = started.address.rsplit(":", 1)
 
         # Leave exactly one descriptor free: the next accept takes it, its dial finds none.
         if free(proxy) % 2 == 0:
             before = free(proxy)
             await stack.enter_async_context(await anyio.connect_tcp(host, int(port)))
             await until(lambda: free(proxy) == before - 1, "the silent socket accepted")
-        for _ in range(NOFILE):
-            if free(proxy) <= 1:
-                break
-            clients.append(await connect(url, open_timeout=WAIT))
+        await started.fill(leave=1)
         assert free(proxy) == 1, descriptors(proxy.pid)
         held = len(clients)
         assert held >= 10, held
@@ -157,16 +199,13 @@ async def test_out_of_descriptors_while_dialling_is_503_and_blames_no_backend(
         assert (request["status"], request["error"]) == (503, "out_of_descriptors")
 
         # Both backends serve again, one each (round robin): no one was marked down.
-        before = (first.websockets, second.websockets)
+        served = (first.websockets, second.websockets)
         for i in range(2):
             ws = await connect(url, open_timeout=WAIT)
             clients.append(ws)
             assert await echoes(ws, f"after {i}")
-        assert (first.websockets, second.websockets) == (before[0] + 1, before[1] + 1)
-
-        os.kill(proxy.pid, signal.SIGTERM)
-        with anyio.fail_after(WAIT):
-            status = await proxy.process.wait()
+        assert (first.websockets, second.websockets) == (served[0] + 1, served[1] + 1)
+        status = await started.stop()
     assert status == 0
     text = proxy.stderr_so_far
     assert "Traceback" not in text, text[-2000:]
@@ -181,30 +220,10 @@ async def test_the_admin_listener_out_of_descriptors_backs_off_and_serves_again(
     anyio's serve() gave up on the failed accept, and the task group with it."""
     async with AsyncExitStack() as stack:
         b = await stack.enter_async_context(http_backend("only"))
-        config = tmp_path / "wsproxy.yaml"
-        config.write_text(
-            "listen: {host: 127.0.0.1, port: 0}\n"
-            "admin: {host: 127.0.0.1, port: 0}\n"
-            f'backends: [{{name: only, url: "{b.url}"}}]\n'
-            "logging: {level: info, format: json}\n"
-            "drain: {spread: 0s, timeout: 5s}\n",
-            encoding="utf-8",
-        )
-        proxy = await stack.enter_async_context(limited_proxy(config, tmp_path, loop))
-        clients: list[ClientConnection] = []
-        stack.callback(abort_all, clients)
-        await proxy.wait_for(
-            lambda: proxy.count("proxy.listening") == 1 and proxy.count("admin.listening") == 1,
-            "proxy.listening and admin.listening",
-        )
-        [listening] = [r for r in proxy.records if r.get("event") == "proxy.listening"]
-        [admin] = [r["address"] for r in proxy.records if r.get("event") == "admin.listening"]
-        url = f"ws://{listening['addresses'][0]}/"
+        started = await limited(stack, tmp_path, loop, f'[{{name: only, url: "{b.url}"}}]')
+        proxy, admin, clients = started.proxy, started.admin, started.clients
         admin_host, admin_port = admin.rsplit(":", 1)
-        for _ in range(NOFILE):
-            if free(proxy) <= 2:
-                break
-            clients.append(await connect(url, open_timeout=WAIT))
+        await started.fill(leave=2)
         # Admin clients until one finds no descriptor left for it.
         silent = [await stack.enter_async_context(
             await anyio.connect_tcp(admin_host, int(admin_port))) for _ in range(4)]
@@ -216,10 +235,7 @@ async def test_the_admin_listener_out_of_descriptors_backs_off_and_serves_again(
         await until(lambda: free(proxy) >= 5, "descriptors back")
         assert await failures(admin) is not None  # the admin answers again
         assert proxy.process.returncode is None
-
-        os.kill(proxy.pid, signal.SIGTERM)
-        with anyio.fail_after(WAIT):
-            status = await proxy.process.wait()
+        status = await started.stop()
     assert status == 0
     text = proxy.stderr_so_far
     assert "Traceback" not in text, text[-2000:]
@@ -231,36 +247,15 @@ async def test_a_health_check_without_a_descriptor_is_not_held_against_the_backe
 ) -> None:
     async with AsyncExitStack() as stack:
         b = await stack.enter_async_context(http_backend("only"))
-        config = tmp_path / "wsproxy.yaml"
-        config.write_text(
-            "listen: {host: 127.0.0.1, port: 0}\n"
-            "admin: {host: 127.0.0.1, port: 0}\n"
-            f'backends: [{{name: only, url: "{b.url}"}}]\n'
+        started = await limited(
+            stack, tmp_path, loop, f'[{{name: only, url: "{b.url}"}}]',
             # A path the backend answers 200: a check that does get a descriptor passes.
-            "health_check: {path: /hello, interval: 2s, timeout: 2s, unhealthy_after: 1}\n"
-            "limits: {handshake_timeout: 60s}\n"  # the silent sockets stay until the end
-            "logging: {level: info, format: json}\n"
-            "drain: {spread: 0s, timeout: 5s}\n",
-            encoding="utf-8",
+            "health_check: {path: /hello, interval: 2s, timeout: 2s, unhealthy_after: 1}",
+            "limits: {handshake_timeout: 60s}",  # the silent sockets stay until the end
         )
-        proxy = await stack.enter_async_context(limited_proxy(config, tmp_path, loop))
-        clients: list[ClientConnection] = []
-        stack.callback(abort_all, clients)
-        await proxy.wait_for(lambda: proxy.count("proxy.listening") == 1, "proxy.listening")
-        [listening] = [r for r in proxy.records if r.get("event") == "proxy.listening"]
-        address = listening["addresses"][0]
-        host, port = address.rsplit(":", 1)
-        for _ in range(NOFILE):
-            if free(proxy) <= 2:
-                break
-            try:
-                clients.append(await connect(f"ws://{address}/", open_timeout=WAIT))
-            except InvalidStatus as exc:
-                # A health check took a descriptor between the count and this dial: the
-                # table is as full as it gets (the proxy's own trouble, not the backend's).
-                if exc.response.status_code != 503:
-                    raise
-                break
+        proxy, clients = started.proxy, started.clients
+        host, port = started.address.rsplit(":", 1)
+        await started.fill(leave=2)
         # Silent clients take the last descriptors (the spare ones wait in the backlog).
         for _ in range(4):
             await stack.enter_async_context(await anyio.connect_tcp(host, int(port)))
@@ -272,7 +267,5 @@ async def test_a_health_check_without_a_descriptor_is_not_held_against_the_backe
         assert proxy.count("backend.health") == 0  # still healthy: never marked down
         for ws in clients[:2]:
             await ws.close()
-        os.kill(proxy.pid, signal.SIGTERM)
-        with anyio.fail_after(WAIT):
-            status = await proxy.process.wait()
+        status = await started.stop()
     assert status == 0
