@@ -116,16 +116,14 @@ async def limited(
 ) -> Limited:
     """Start a descriptor-limited proxy in front of *backends* (a YAML flow list), with
     more config *lines*, and wait until both its listeners are up."""
-    config = tmp_path / "wsproxy.yaml"
-    config.write_text(
+    config = (
         "listen: {host: 127.0.0.1, port: 0}\n"
         "admin: {host: 127.0.0.1, port: 0}\n"
         f"backends: {backends}\n"
         "logging: {level: info, format: json}\n"
-        "drain: {spread: 0s, timeout: 5s}\n" + "".join(f"{line}\n" for line in lines),
-        encoding="utf-8",
+        "drain: {spread: 0s, timeout: 5s}\n" + "".join(f"{line}\n" for line in lines)
     )
-    proxy = await stack.enter_async_context(limited_proxy(str(config), tmp_path, loop))
+    proxy = await stack.enter_async_context(limited_proxy(config, tmp_path, loop))
     clients: list[ClientConnection] = []
     stack.callback(abort_all, clients)
     await proxy.wait_for(
