@@ -15,7 +15,8 @@ Routes (the query string configures each):
 - ``POST /sink?chunk=N&pause_ms=M``: reads the body N bytes at a time (a slow reader
   when M > 0) and answers its length and sha256 as JSON.
 - ``GET /bytes?n=N&framing=chunked|length&chunk=C``: N bytes of ``PATTERN``, streamed.
-- ``GET /gate/NAME``: waits until the test releases ``backend.gate(NAME)``.
+- ``GET /gate/NAME``: waits until the test releases ``backend.gate(NAME)``; a connection
+  that ends meanwhile (EOF, reset) sets the gate's ``gone`` and ends the request there.
 - ``POST /upload-gate/NAME``: reads a first piece of the body, then waits for the gate.
 - ``GET /trickle/NAME``: sends its head and a first line, then waits for the gate.
 - ``GET /events?n=N&gap_ms=M``: server-sent events: its head at once, then N events M ms
@@ -101,6 +102,8 @@ class Gate:
 
     arrived: anyio.Event = field(default_factory=anyio.Event)
     release: anyio.Event = field(default_factory=anyio.Event)
+    #: The request's connection ended while it waited (``/gate/NAME`` only).
+    gone: anyio.Event = field(default_factory=anyio.Event)
 
 
 @dataclass
@@ -282,7 +285,7 @@ async def _route(backend: HttpBackend, peer: Peer, seen: SeenRequest) -> None:
         await read_body(peer, seen)
         gate = backend.gate(path.removeprefix("/gate/"))
         gate.arrived.set()
-        await gate.release.wait()
+        await _wait_watching(peer, gate)
         await peer.send(*_text(200, f"released {path}\n", by))
     elif path.startswith("/upload-gate/"):
         gate = backend.gate(path.removeprefix("/upload-gate/"))
@@ -321,6 +324,26 @@ async def _route(backend: HttpBackend, peer: Peer, seen: SeenRequest) -> None:
     else:
         await read_body(peer, seen)
         await peer.send(*_text(404, "not found\n", by))
+
+
+async def _wait_watching(peer: Peer, gate: Gate) -> None:
+    """Wait for *gate*'s release while reading the connection, as a server that notices
+    a client gone does: an EOF or a reset sets ``gate.gone`` and raises EndOfStream."""
+    async with anyio.create_task_group() as tg:
+
+        async def watch() -> None:
+            try:
+                while True:
+                    peer.conn.receive_data(await peer.stream.receive())
+            except _BROKEN:
+                gate.gone.set()
+                tg.cancel_scope.cancel()
+
+        tg.start_soon(watch)
+        await gate.release.wait()
+        tg.cancel_scope.cancel()
+    if gate.gone.is_set():
+        raise anyio.EndOfStream
 
 
 async def _echo(peer: Peer, seen: SeenRequest, framing: str | None) -> None:

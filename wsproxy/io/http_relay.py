@@ -9,6 +9,17 @@ they come: h11 re-frames them, nothing is buffered whole, and a full write buffe
 one side stops reading on the other. A later request that asks for a WebSocket
 upgrade goes back through the front door to a fresh Connection, parsed.
 
+A client that leaves mid-request is seen: while a request is in flight the relay keeps
+reading its client (bytes of a pipelined next request wait in h11's buffer, up to
+``limits.max_request_head``), so an EOF or a reset arrives at once. An EOF once the
+request is whole and before its response has ended means the client is gone, as
+nginx takes it (``proxy_ignore_client_abort off``); HTTP/1.1 allows a client to
+half-close after its request, but hardly any does, and a long-poll whose client left
+must not hold a backend, nor a drain. The backend request is then abandoned (its
+connection aborted, never pooled) and logged ``error: client_gone``. An exchange the
+proxy cuts is logged as the proxy's: the timeout's name, ``drain_timeout``, or
+``proxy_closed``.
+
 Like the WebSocket side, a relay holds no task: transports' callbacks drive it, and
 one timer at a time bounds what it waits for (the idle keep-alive, a request head, a
 request body, a backend's answer). Only dialling and authentication run as tasks.
@@ -90,7 +101,7 @@ class HttpClientProtocol(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self._relay.client_eof()
-        return True  # a half-closed client still gets its answer
+        return True  # an idle half-closed client is closed by the relay, not by asyncio
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._relay.client_lost()
@@ -206,21 +217,36 @@ class HttpRelay:
         self._pump_client()
 
     def client_eof(self) -> None:
-        if not self._closed:
-            self._h11.receive_data(b"")
-            self._pump_client()
+        if self._closed:
+            return
+        ex = self._ex
+        if ex is not None and self._h11.their_state is not h11.SEND_BODY:
+            # The request is whole, its answer not over: the client left (module doc).
+            ex.error = "client_gone"
+            self._abandon(ex)
+            return
+        self._h11.receive_data(b"")
+        self._pump_client()
 
     def client_lost(self) -> None:
+        by_proxy = self._closed  # the relay closed it: whatever was in flight is its doing
         self._closed = True
         self._cancel_timer()
         ex = self._ex
         if ex is not None:
-            if ex.link is not None:
-                ex.link.close(abort=True)
-                ex.link = None
-            ex.error = ex.error or "client_gone"
-            self._finish()
+            ex.error = ex.error or ("proxy_closed" if by_proxy else "client_gone")
+            self._abandon(ex)
         self.ctx.http.remove(self)
+
+    def _abandon(self, ex: _Exchange) -> None:
+        """End the exchange in flight without an answer: its backend connection is
+        aborted (a request cut short leaves it unfit for the pool), the client's too."""
+        if ex.link is not None:
+            ex.link.close(abort=True)
+            ex.link = None
+        if not self._closed:
+            self._abort_client()
+        self._finish()
 
     def client_paused(self, paused: bool) -> None:
         """The client's write buffer filled (or drained): pause (resume) the backend."""
@@ -638,6 +664,8 @@ class HttpRelay:
 
     def terminate(self) -> None:
         """The drain's deadline: drop the connection whatever it is doing."""
+        if self._ex is not None:
+            self._ex.error = self._ex.error or "drain_timeout"
         self._abort_client()
 
     def _hand_back(self, parsed: ParsedRequest) -> None:
@@ -671,14 +699,19 @@ class HttpRelay:
             self._transport.write(data)
 
     def _update_reading(self) -> None:
-        """Read the client only while its bytes have somewhere to go."""
+        """Read the client only while its bytes have somewhere to go; once its request
+        is whole, on until its answer ends, so that an EOF or a reset is seen (a
+        pipelined next request waits in h11's buffer, up to ``max_request_head``)."""
         if self._closed:
             return
         ex = self._ex
-        want = ex is None or (
-            ex.link is not None and not ex.upstream_full
-            and self._h11.their_state is h11.SEND_BODY
-        )
+        h = self._h11
+        if ex is None:
+            want = True
+        elif h.their_state is h11.SEND_BODY:
+            want = ex.link is not None and not ex.upstream_full
+        else:
+            want = len(h.trailing_data[0]) < self.settings.config.limits.max_request_head
         if want is not self._reading:
             self._reading = want
             self._transport.resume_reading() if want else self._transport.pause_reading()
