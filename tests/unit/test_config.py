@@ -393,7 +393,7 @@ def test_a_bool_is_not_a_number(sections, path):
         ({"drain": {"max_close_rate": -2}}, "drain.max_close_rate", "of 0 or more, got -2"),
         ({"trusted_proxies": ["10.0.0.1/8"]}, "trusted_proxies[0]", "has host bits set"),
         ({"allowed_origins": ["https://a.example/"]}, "allowed_origins[0]", "an origin like"),
-        ({"balance": "random"}, "balance", "expected round_robin, least_connections or hash:"),
+        ({"balance": "random"}, "balance", "expected round_robin, least_connections, cookie or hash:"),
         ({"balance": "hash:"}, "balance", "expected round_robin"),
         ({"health_check": {"path": "healthz"}}, "health_check.path", 'a path like "/healthz"'),
         ({"auth": {"subprotocol_prefix": "bearer token"}}, "auth.subprotocol_prefix", "token"),
