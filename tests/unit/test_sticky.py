@@ -55,10 +55,12 @@ def test_value_is_a_fixed_digest_of_the_name_never_the_address() -> None:
     # Pinned: every replica, and every version of wsproxy, must compute the same value.
     expected = hashlib.sha256(b"wsproxy-backend\0b1").hexdigest()[:STICKY_DIGITS]
     assert sticky_value("b1") == expected
-    assert len(expected) == 16 and int(expected, 16) >= 0
+    assert len(expected) == 16
+    assert int(expected, 16) >= 0
     discovered = "10.0.0.5:8000"  # a discovered backend is named by its address:port
     value = sticky_value(discovered)
-    assert "10.0.0.5" not in value and "8000" not in value
+    assert "10.0.0.5" not in value
+    assert "8000" not in value
     assert len({sticky_value(n) for n in ("b1", "b2", discovered, "10.0.0.6:8000")}) == 4
 
 
@@ -110,7 +112,7 @@ def test_round_robin_underneath_alternates_but_the_cookie_holds() -> None:
     for name in ("b1", "b2"):
         for _ in range(10):
             picked = balancer.candidates(sticky=(sticky_value(name),))
-            assert [b.name for b in picked][0] == name
+            assert next(b.name for b in picked) == name
             assert len(picked) == 2  # the other stays as the fallback
 
 
@@ -243,7 +245,8 @@ def test_config_defaults_and_balance_cookie() -> None:
 def test_config_errors_name_the_key(sticky: dict[str, object], key: str, words: str) -> None:
     with pytest.raises(ConfigError) as info:
         config(**sticky)
-    assert key in str(info.value) and words in str(info.value)
+    assert key in str(info.value)
+    assert words in str(info.value)
 
 
 def test_balance_error_names_cookie() -> None:
