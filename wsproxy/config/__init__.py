@@ -56,8 +56,9 @@ or gone):
     proxy's, drain.backend_close_code for a backend's
 
 live, at each decision:
-    backends, backend_tls, balance.* (at each pick), health_check.* (at each round:
-    its path and timeout, and the wait for the next), admission.*,
+    backends, backend_tls, balance.* and sticky_cookie.* (at each pick: a request's
+    cookie is read, and its Set-Cookie written, under the config of that moment),
+    health_check.* (at each round: its path and timeout, and the wait for the next), admission.*,
     limits.max_connections, limits.max_connections_per_ip (and trusted_proxies where
     they decide whom a new connection counts against), http.pool_size,
     drain.backend_hold_down (at each hold-down), admin.token (at each admin request:
@@ -95,6 +96,7 @@ from wsproxy.config.model import (
     ListenTLS,
     LoggingConfig,
     ProxyConfig,
+    StickyCookieConfig,
 )
 from wsproxy.config.schema import parse_config
 from wsproxy.config.source import load_config, parse_config_text
@@ -106,6 +108,6 @@ __all__ = [
     "BackendTLSConfig", "BalanceConfig", "ConfigError", "ConfigProblem", "DNSDiscoveryConfig",
     "DiscoveryConfig", "DrainConfig", "ForwardAuthConfig", "HealthCheckConfig",
     "HeartbeatConfig", "HttpConfig", "IPNetwork", "JwtAuthConfig", "LimitsConfig",
-    "ListenConfig", "ListenTLS", "LoggingConfig", "ProxyConfig", "load_config", "parse_config",
-    "parse_config_text",
+    "ListenConfig", "ListenTLS", "LoggingConfig", "ProxyConfig", "StickyCookieConfig",
+    "load_config", "parse_config", "parse_config_text",
 ]

@@ -108,8 +108,19 @@ class BalanceConfig:
     # Least connections: WebSocket connections live long, so after a rollout round robin
     # would leave the old connections where they are and split new ones evenly anyway;
     # least connections steers new ones to the emptier, newer instances.
-    policy: str = "least_connections"  # round_robin | least_connections | hash
+    policy: str = "least_connections"  # round_robin | least_connections | hash | cookie
     hash_key: str | None = None  # policy "hash": the header or query parameter hashed
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StickyCookieConfig:
+    """The cookie of ``balance: cookie``: it names a session's backend, opaquely."""
+
+    name: str = "wsproxy_backend"
+    path: str = "/"  # the whole site: a framework's polls and its upgrade share one path
+    secure: bool | None = None  # None (auto): Secure when the listener is TLS
+    # lax: sent on same-site requests and top-level navigations, as a session cookie is.
+    samesite: str = "lax"  # lax | strict | none (none requires Secure)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -257,6 +268,7 @@ class ProxyConfig:
     backend_tls: BackendTLSConfig = field(default_factory=BackendTLSConfig)
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
     balance: BalanceConfig = field(default_factory=BalanceConfig)
+    sticky_cookie: StickyCookieConfig = field(default_factory=StickyCookieConfig)
     health_check: HealthCheckConfig = field(default_factory=HealthCheckConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     allowed_origins: tuple[str, ...] = ()  # empty: any Origin

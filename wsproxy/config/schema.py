@@ -35,6 +35,7 @@ from wsproxy.config.model import (
     ListenTLS,
     LoggingConfig,
     ProxyConfig,
+    StickyCookieConfig,
 )
 from wsproxy.config.values import (
     DEFAULT_PORTS,
@@ -116,14 +117,37 @@ def _choice(*names: str) -> Conv:
 
 
 def _balance(w: Walker, path: str, value: object) -> BalanceConfig:
-    if value in ("round_robin", "least_connections"):
+    if value in ("round_robin", "least_connections", "cookie"):
         return BalanceConfig(policy=str(value))
     if isinstance(value, str) and re.fullmatch(r"hash:\S+", value):
         return BalanceConfig(policy="hash", hash_key=value.removeprefix("hash:"))
     raise ValueError(
-        f"expected round_robin, least_connections or hash:<header or query parameter>, "
-        f"got {describe(value)}"
+        f"expected round_robin, least_connections, cookie or "
+        f"hash:<header or query parameter>, got {describe(value)}"
     )
+
+
+def _cookie_secure(value: object) -> bool | None:
+    if value == "auto":
+        return None
+    if isinstance(value, bool):
+        return value
+    raise ValueError(f"expected auto, true or false, got {describe(value)}")
+
+
+def _cookie_name(value: object) -> str:
+    # RFC 6265 §4.1.1: a cookie-name is an RFC 9110 token.
+    if isinstance(value, str) and re.fullmatch(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", value):
+        return value
+    raise ValueError(f"expected a cookie name (letters, digits, token characters), "
+                     f"got {describe(value)}")
+
+
+def _cookie_path(value: object) -> str:
+    # RFC 6265 §4.1.1 path-value: no ";" and no control characters.
+    if isinstance(value, str) and re.fullmatch(r"/[\x20-\x3a\x3c-\x7e]*", value):
+        return value
+    raise ValueError(f'expected a path starting with "/" without ";", got {describe(value)}')
 
 
 def _claims_to_headers(w: Walker, path: str, raw: object) -> tuple[tuple[str, str], ...]:
@@ -184,6 +208,12 @@ def _check_auth(auth: AuthConfig) -> _Found:
 def _check_drain(drain: DrainConfig) -> _Found:
     if drain.spread > drain.timeout:
         yield "spread", f"{drain.spread:g}s is longer than timeout ({drain.timeout:g}s)"
+
+
+def _check_sticky_cookie(cookie: StickyCookieConfig) -> _Found:
+    # Browsers drop a SameSite=None cookie without Secure.
+    if cookie.samesite == "none" and cookie.secure is False:
+        yield "samesite", "none needs secure: true or auto (browsers drop it otherwise)"
 
 
 def _check_backends(cfg: ProxyConfig) -> _Found:
@@ -334,6 +364,16 @@ _PROXY: Final = Section(
         "backend_tls": _BACKEND_TLS,
         "discovery": Section(DiscoveryConfig, {"dns": optional(_DNS)}),
         "balance": _balance,
+        "sticky_cookie": Section(
+            StickyCookieConfig,
+            {
+                "name": leaf(_cookie_name),
+                "path": leaf(_cookie_path),
+                "secure": leaf(_cookie_secure),
+                "samesite": _choice("lax", "strict", "none"),
+            },
+            checks=((("samesite", "secure"), _check_sticky_cookie),),
+        ),
         "health_check": _HEALTH_CHECK,
         "auth": _AUTH,
         "allowed_origins": list_of(leaf(origin)),

@@ -3,17 +3,34 @@
 ``candidates()`` returns every usable backend in order of preference, so that the
 driver can try the next one when a backend cannot be reached (SPEC.md: "If a backend
 cannot be reached, the next healthy one is tried before answering").
+
+Sticky sessions (``balance: cookie``): a cookie names the backend a session is on by
+``sticky_value()``, a digest of the backend's name. The name, not the URL: names are
+unique in a config (two backends may share a URL), the replicas of a gateway share the
+config, and a discovered backend is named by its address:port, so every wsproxy in front
+of a backend computes the same value, and none spells the address. ``take_sticky()``
+reads the cookie and takes it out of the request (the backend never sees it);
+``candidates()`` puts the backend it names first while that backend is usable (an
+unknown, stale or unusable one is ignored); ``sticky_header()`` is the Set-Cookie to
+add to the answer when the backend that answered is not the one the cookie named.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Final, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
-from wsproxy.config import BackendConfig
-from wsproxy.core.handshake import RequestHead
+from wsproxy.config import BackendConfig, StickyCookieConfig
+from wsproxy.core.handshake import Header, RequestHead
+
+Request = TypeVar("Request", bound=RequestHead)
+#: Hex digits of SHA-256 in a sticky cookie's value: 64 bits, no collision among backends.
+STICKY_DIGITS: Final = 16
 
 
 @dataclass(slots=True, eq=False)
@@ -44,17 +61,21 @@ class BackendState:
 
 
 class Balancer:
-    """round_robin | least_connections | hash (rendezvous hashing on a request key)."""
+    """round_robin | least_connections | hash (rendezvous hashing on a request key) |
+    cookie (the backend a sticky cookie names, else least connections)."""
 
     def __init__(self, policy: str, backends: Iterable[BackendState]) -> None:
-        if policy not in ("round_robin", "least_connections", "hash"):
+        if policy not in ("round_robin", "least_connections", "hash", "cookie"):
             raise ValueError(f"unknown balance policy {policy!r}")
         self.policy = policy
         self.backends: dict[str, BackendState] = {b.name: b for b in backends}
         self._turn = 0
 
-    def candidates(self, key: str | None = None) -> list[BackendState]:
-        """Usable backends, best first. *key* is the hash policy's request value."""
+    def candidates(
+        self, key: str | None = None, sticky: Sequence[str] = ()
+    ) -> list[BackendState]:
+        """Usable backends, best first. *key* is the hash policy's request value;
+        *sticky* the cookie policy's cookie values (``take_sticky()``)."""
         usable = [b for b in self.backends.values() if b.usable]
         if not usable:
             return []
@@ -67,7 +88,15 @@ class Balancer:
         if self.policy == "round_robin":
             return rotated
         # least_connections; the rotation spreads ties instead of piling on the first.
-        return sorted(rotated, key=lambda b: b.active)
+        ordered = sorted(rotated, key=lambda b: b.active)
+        if self.policy == "cookie" and sticky:
+            # The first value that names a usable backend wins; others are stale.
+            for value in sticky:
+                for i, backend in enumerate(ordered):
+                    if sticky_value(backend.name) == value:
+                        ordered.insert(0, ordered.pop(i))
+                        return ordered
+        return ordered
 
 
 def _score(key: str, name: str) -> int:
@@ -84,3 +113,58 @@ def request_key(request: RequestHead, name: str | None) -> str | None:
         return value.decode("latin-1")
     query = urlsplit(request.target.decode("latin-1")).query
     return dict(parse_qsl(query)).get(name)
+
+
+# Sticky sessions (balance: cookie)…
+
+
+@functools.lru_cache(maxsize=4096)
+def sticky_value(name: str) -> str:
+    """The cookie value that names backend *name*: the same in every wsproxy, opaque."""
+    digest = hashlib.sha256(b"wsproxy-backend\0" + name.encode("utf-8")).hexdigest()
+    return digest[:STICKY_DIGITS]
+
+
+def take_sticky(request: Request, name: str) -> tuple[Request, tuple[str, ...]]:
+    """The values of cookie *name* in *request*, in order, and *request* without them.
+
+    Every other cookie goes on byte for byte; a Cookie header left empty is dropped.
+    """
+    raw = name.encode("latin-1")
+    values: list[str] = []
+    headers: list[Header] = []
+    for key, value in request.headers:
+        if key != b"cookie" or raw not in value:
+            headers.append((key, value))
+            continue
+        kept: list[bytes] = []
+        for pair in value.split(b";"):
+            cookie, eq, cookie_value = pair.partition(b"=")
+            if eq and cookie.strip() == raw:
+                text = cookie_value.strip()
+                if len(text) >= 2 and text[:1] == text[-1:] == b'"':  # RFC 6265 §4.1.1
+                    text = text[1:-1]
+                values.append(text.decode("latin-1"))
+            elif pair.strip():
+                kept.append(pair)
+        rest = b";".join(kept).strip()
+        if rest:
+            headers.append((key, rest))
+    if not values:
+        return request, ()
+    return dataclasses.replace(request, headers=tuple(headers)), tuple(values)
+
+
+def sticky_header(
+    config: StickyCookieConfig, backend: str, sticky: Sequence[str], *, https: bool
+) -> tuple[Header, ...]:
+    """The Set-Cookie for an answer from *backend* to a request that carried *sticky*:
+    none when the cookie named that backend already."""
+    value = sticky_value(backend)
+    if value in sticky:
+        return ()
+    parts = [f"{config.name}={value}", f"Path={config.path}", "HttpOnly",
+             f"SameSite={config.samesite.capitalize()}"]
+    if config.secure or (config.secure is None and https):
+        parts.append("Secure")
+    return ((b"Set-Cookie", "; ".join(parts).encode("latin-1")),)

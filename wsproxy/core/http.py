@@ -198,9 +198,11 @@ def forward_request(
 
 
 def forward_response(
-    response: h11.Response | h11.InformationalResponse, *, close: bool
+    response: h11.Response | h11.InformationalResponse, *, close: bool,
+    extra: Sequence[tuple[bytes, bytes]] = (),
 ) -> h11.Response | h11.InformationalResponse:
-    """A backend's *response* as the client gets it; *close* ends the client's keep-alive."""
+    """A backend's *response* as the client gets it; *close* ends the client's keep-alive;
+    *extra*: headers of the proxy's own for a final response (a sticky cookie)."""
     headers = [(bytes(n), bytes(v)) for n, v in response.headers]
     dropped = _hop_by_hop(headers) | {b"via"}
     out = [(n, v) for n, v in headers if n not in dropped]
@@ -208,6 +210,7 @@ def forward_response(
     if isinstance(response, h11.InformationalResponse):  # a 1xx never ends a connection
         return h11.InformationalResponse(status_code=response.status_code, headers=out,
                                          reason=response.reason)
+    out += extra
     if close:
         out.append((b"Connection", b"close"))
     return h11.Response(status_code=response.status_code, headers=out, reason=response.reason)

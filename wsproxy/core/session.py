@@ -51,7 +51,13 @@ from wsproxy.core.closes import (
     ProxyClose,
 )
 from wsproxy.core.frames import CloseFrameError
-from wsproxy.core.handshake import Forwarding, UpgradeRequest, UpstreamAccepted, error_response
+from wsproxy.core.handshake import (
+    Forwarding,
+    Header,
+    UpgradeRequest,
+    UpstreamAccepted,
+    error_response,
+)
 from wsproxy.core.http import ParsedRequest
 from wsproxy.core.states import (
     LEG_CAN_RECEIVE,
@@ -366,8 +372,10 @@ class Session:
         self, *, target: str, authority: str, path_prefix: str, forwarding: Forwarding,
         pass_extensions: bool,
         owned_headers: frozenset[bytes] = frozenset(),
+        client_headers: tuple[Header, ...] = (),
     ) -> None:
-        """A transport to backend *target* is up: write our handshake on it.
+        """A transport to backend *target* is up: write our handshake on it; the
+        client's 101 carries *client_headers* too (a sticky cookie) if it accepts.
 
         Call again on a new transport to retry with another backend after
         ``upstream_failure`` was set.
@@ -380,6 +388,7 @@ class Session:
         request = upgrade.connect(
             target=target, authority=authority, path_prefix=path_prefix,
             forwarding=forwarding, pass_extensions=pass_extensions, owned_headers=owned_headers,
+            client_headers=client_headers,
         )
         upstream = self._upstream_leg
         upstream.out = [request]

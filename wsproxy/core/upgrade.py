@@ -38,6 +38,7 @@ import h11
 
 from wsproxy.core.handshake import (
     Forwarding,
+    Header,
     UpgradeRequest,
     UpstreamAccepted,
     accept_response,
@@ -86,8 +87,8 @@ class Upgrade:
     """
 
     __slots__ = (
-        "_early_client", "_early_upstream", "_head_bytes", "_http_client", "_http_server",
-        "_key", "_pass_extensions", "_received", "_target", "auth_subprotocol",
+        "_client_headers", "_early_client", "_early_upstream", "_head_bytes", "_http_client",
+        "_http_server", "_key", "_pass_extensions", "_received", "_target", "auth_subprotocol",
         "max_request_head", "plain", "probe", "request", "upstream_failure",
     )
 
@@ -116,6 +117,8 @@ class Upgrade:
         self._key = b""
         self._target = ""
         self._pass_extensions = False
+        #: Headers of the proxy's own for the client's 101 (a sticky cookie).
+        self._client_headers: tuple[Header, ...] = ()
         self._early_client = b""
         self._early_upstream = b""
 
@@ -198,8 +201,10 @@ class Upgrade:
     def connect(
         self, *, target: str, authority: str, path_prefix: str, forwarding: Forwarding,
         pass_extensions: bool, owned_headers: frozenset[bytes],
+        client_headers: tuple[Header, ...] = (),
     ) -> bytes:
-        """Our handshake request to backend *target*, on a fresh transport.
+        """Our handshake request to backend *target*, on a fresh transport;
+        *client_headers* go on the client's 101 if this backend accepts.
 
         Raises:
             h11.LocalProtocolError: a value of the proxy's own is no valid header value.
@@ -208,6 +213,7 @@ class Upgrade:
         self.upstream_failure = None
         self._target = target
         self._pass_extensions = pass_extensions
+        self._client_headers = client_headers
         self._key = new_key()
         request = upstream_request_bytes(
             self.request, authority=authority, path_prefix=path_prefix,
@@ -268,6 +274,10 @@ class Upgrade:
             return None
         if accepted.subprotocol is None and self.auth_subprotocol is not None:
             accepted = dataclasses.replace(accepted, subprotocol=self.auth_subprotocol)
+        if self._client_headers:
+            accepted = dataclasses.replace(
+                accepted, headers=accepted.headers + self._client_headers
+            )
         response = accept_response(self.request.key, accepted)
         return Opened(
             accepted=dataclasses.replace(accepted, headers=()),  # sent: not kept

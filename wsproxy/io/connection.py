@@ -39,6 +39,8 @@ from wsproxy.io.upstream import (
     authenticate,
     candidates,
     dial_backend,
+    sticky_header,
+    take_sticky,
 )
 from wsproxy.log import get_logger
 
@@ -484,12 +486,17 @@ class Connection:
         session = self.session
         if not await self._authenticate():
             return
-        hash_key = self.ctx.config.balance.hash_key  # balance.* is live: each pick
-        for backend in candidates(self.ctx.balancer, session.request, hash_key):
+        config = self.ctx.config  # balance.* and sticky_cookie.* are live: each pick
+        sticky: tuple[str, ...] | None = None  # not balance: cookie
+        if config.balance.policy == "cookie" and session.request is not None:
+            # The proxy's cookie: read here, and never seen by the backend.
+            session.request, sticky = take_sticky(session.request, config.sticky_cookie.name)
+        for backend in candidates(self.ctx.balancer, session.request, config.balance.hash_key,
+                                  sticky or ()):
             if session.state is not SessionState.CONNECTING_UPSTREAM:
                 return
             try:
-                outcome = await self._try_backend(backend)
+                outcome = await self._try_backend(backend, sticky)
             except OutOfDescriptors:
                 # The proxy's own trouble: no backend is blamed, none other tried.
                 if session.state is SessionState.CONNECTING_UPSTREAM:
@@ -515,8 +522,11 @@ class Connection:
             else:
                 self._reject("backend_unreachable", 502, "backend unreachable")
 
-    async def _try_backend(self, backend: BackendState) -> SessionState:
+    async def _try_backend(
+        self, backend: BackendState, sticky: tuple[str, ...] | None
+    ) -> SessionState:
         """Dial *backend* and do its handshake; returns the session's state after.
+        *sticky*: the request's sticky cookie values under ``balance: cookie``, else None.
 
         Raises:
             OutOfDescriptors: the proxy could not open a socket (not the backend's fault).
@@ -538,13 +548,18 @@ class Connection:
                     return session.state
                 self._upstream = transport
                 self._open_transports += 1
+                forwarding = self._forwarding()
                 session.connect_upstream(
                     target=backend.name,
                     authority=backend.config.authority,
                     path_prefix=backend.config.path,
-                    forwarding=self._forwarding(),
+                    forwarding=forwarding,
                     pass_extensions=cfg.compression == "passthrough",
                     owned_headers=settings.owned_headers,
+                    client_headers=() if sticky is None else sticky_header(
+                        ctx.config.sticky_cookie, backend.name, sticky,
+                        https=forwarding.proto == "https",
+                    ),
                 )
                 self._flush_upstream_handshake()
                 while session.state is SessionState.CONNECTING_UPSTREAM and (

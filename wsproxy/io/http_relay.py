@@ -61,6 +61,8 @@ from wsproxy.io.upstream import (
     authenticate,
     candidates,
     dial_backend,
+    sticky_header,
+    take_sticky,
 )
 from wsproxy.log import get_logger
 
@@ -119,7 +121,8 @@ class _Exchange:
     __slots__ = (
         "backend", "body_in", "bytes_out", "candidates", "client_at", "client_full",
         "error", "forwarded", "link", "link_paused", "request", "request_id", "response_started",
-        "retried", "sent_body", "started", "status", "upstream_at", "upstream_full", "view",
+        "retried", "sent_body", "set_cookie", "started", "status", "sticky", "upstream_at",
+        "upstream_full", "view",
     )
 
     def __init__(self, request: h11.Request, request_id: str, now: float) -> None:
@@ -143,6 +146,10 @@ class _Exchange:
         self.upstream_full = False
         self.client_full = False
         self.link_paused = False
+        #: balance: cookie: the request's sticky cookie values (None under other policies),
+        #: and the Set-Cookie its answer gets when the backend is not the one they name.
+        self.sticky: tuple[str, ...] | None = None
+        self.set_cookie: tuple[tuple[bytes, bytes], ...] = ()
 
 
 class HttpRelay:
@@ -412,8 +419,12 @@ class HttpRelay:
         self._route(ex)
 
     def _route(self, ex: _Exchange) -> None:
-        # balance.* is live: each pick.
-        ex.candidates = candidates(self.ctx.balancer, ex.view, self.ctx.config.balance.hash_key)
+        config = self.ctx.config  # balance.* and sticky_cookie.* are live: each pick
+        if config.balance.policy == "cookie" and ex.view is not None:
+            # The proxy's cookie: read here, and never seen by the backend.
+            ex.view, ex.sticky = take_sticky(ex.view, config.sticky_cookie.name)
+        ex.candidates = candidates(self.ctx.balancer, ex.view, config.balance.hash_key,
+                                   ex.sticky or ())
         if not ex.candidates:
             ex.error = "no_backend"
             self._answer(*NO_BACKEND)
@@ -465,14 +476,18 @@ class HttpRelay:
         ex.backend = link.backend
         link.user = self
         if ex.forwarded is None:
+            forwarding = self.ctx.forwarding(self.client_ip, self.forwarded_for,
+                                             ex.request_id, self.identity)
             ex.forwarded = forward_request(
                 ex.request, target=ex.view.target, headers=ex.view.headers,
                 authority=link.backend.config.authority,
                 path_prefix=link.backend.config.path,
-                forwarding=self.ctx.forwarding(self.client_ip, self.forwarded_for,
-                                               ex.request_id, self.identity),
+                forwarding=forwarding,
                 owned=self.settings.owned_headers,
             )
+            if ex.sticky is not None:
+                ex.set_cookie = sticky_header(self.ctx.config.sticky_cookie, link.backend.name,
+                                              ex.sticky, https=forwarding.proto == "https")
         try:
             link.write(link.h11.send(ex.forwarded))
         except h11.LocalProtocolError as exc:  # a header value h11 will not write
@@ -547,7 +562,10 @@ class HttpRelay:
                     if isinstance(event, h11.Response):
                         ex.status = event.status_code
                         ex.response_started = True
-                    out.append(h.send(forward_response(event, close=self._closing())) or b"")
+                    out.append(h.send(forward_response(
+                        event, close=self._closing(),
+                        extra=ex.set_cookie if isinstance(event, h11.Response) else (),
+                    )) or b"")
                 elif isinstance(event, h11.EndOfMessage):
                     out.append(h.send(h11.EndOfMessage()) or b"")
                     self._transport.writelines(out)

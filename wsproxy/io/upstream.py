@@ -5,7 +5,10 @@ A WebSocket upgrade (wsproxy.io.connection) and a plain HTTP request
 
 1. ``authenticate()``: find the credentials (``auth.token_from``), have the
    authenticator check them, and take every credential out of the request;
-2. ``candidates()``: the backends to try, in order, by the request's hash key;
+2. ``candidates()``: the backends to try, in order, by the request's hash key, or
+   (``balance: cookie``) the backend its sticky cookie names: ``take_sticky()`` takes
+   that cookie out of the request first, and the driver adds ``sticky_header()`` to
+   the answer (the 101, or the plain response's head);
 3. ``dial_backend()`` each in turn. Running out of file descriptors is the proxy's
    own trouble (``OutOfDescriptors``): no backend is blamed and none other is tried,
    the client gets ``OUT_OF_DESCRIPTORS``.
@@ -18,13 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Generic, TypeVar
 
 from wsproxy.auth import Authenticator, AuthFailed, Identity
 from wsproxy.auth.sources import find_credentials, strip_credentials
-from wsproxy.core.balance import request_key
+from wsproxy.core.balance import request_key, sticky_header, take_sticky
 from wsproxy.core.handshake import RequestHead
 from wsproxy.io.dialer import OutOfDescriptors, dial
 from wsproxy.log import get_logger
@@ -35,7 +38,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "NO_BACKEND", "OUT_OF_DESCRIPTORS", "Admitted", "OutOfDescriptors", "authenticate",
-    "candidates", "dial_backend",
+    "candidates", "dial_backend", "sticky_header", "take_sticky",
 ]
 
 log = get_logger()
@@ -79,10 +82,13 @@ async def authenticate(
 
 
 def candidates(
-    balancer: Balancer, request: RequestHead | None, hash_key: str | None
+    balancer: Balancer, request: RequestHead | None, hash_key: str | None,
+    sticky: Sequence[str] = (),
 ) -> list[BackendState]:
-    """The backends to try for *request*, best first (``balance``)."""
-    return balancer.candidates(None if request is None else request_key(request, hash_key))
+    """The backends to try for *request*, best first (``balance``); *sticky*: the values
+    of its sticky cookie (``take_sticky()``)."""
+    key = None if request is None else request_key(request, hash_key)
+    return balancer.candidates(key, sticky)
 
 
 async def dial_backend(
