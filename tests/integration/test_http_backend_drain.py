@@ -142,3 +142,26 @@ async def test_get_drain_counts_an_exchange_in_flight_until_it_ends(midpoints: N
     assert (reply.status, reply.body) == (200, b"released /gate/poll\n")
     assert done["draining"] is False
     assert done["left"] == 0
+
+
+async def test_the_proxy_drain_counts_a_request_in_flight_and_lets_it_finish() -> None:
+    async with http_backend("b1") as b1, plain_proxy([b1]) as ctx, \
+            http_client(port_of(ctx)) as client:
+        gate = b1.gate("flight")
+        await send_request_head(client, "GET", "/gate/flight")
+        with anyio.fail_after(WAIT):
+            await gate.arrived.wait()
+        answer = await admin(ctx, "POST", "/drain", json_body={"spread": "1s"})
+        assert answer.status == 200, answer
+        status = await drain_status(ctx)
+        # Not finished while the request is in flight: it is left, not closed.
+        assert status["draining"] is True
+        assert status["left"] == 1
+        gate.release.set()
+        reply = await client.response_head()
+        reply.body = await client.read_body()
+        done = await drain_status(ctx, "?wait=20s")
+    assert (reply.status, reply.body) == (200, b"released /gate/flight\n")
+    assert "close" in reply.tokens("connection")
+    assert done["draining"] is False
+    assert done["left"] == 0

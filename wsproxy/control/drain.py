@@ -13,8 +13,9 @@ are members like its WebSocket connections, on the same schedule; one still open
 its point of the spread is ended (its client connection closed: a long-poll's client
 polls again, elsewhere, as a WebSocket client reconnects), and the drain is not done
 while one is open. Its idle pooled connections are closed when the closes begin and
-counted as closed. (The proxy's own drain closes the keep-alive client connections
-as control.drains says, and waits for them before it is done.)
+counted as closed. The proxy's own drain counts the exchanges in flight when its
+closes begin too, and is not done before they end, but lets them finish (until
+``timeout``): its keep-alive client connections close as control.drains says.
 
 A drain takes its settings once, when it starts (wsproxy.config, "When a value is
 read"): ``drain.spread`` and ``drain.delay`` (its owner reads those), ``timeout``,
@@ -161,16 +162,20 @@ class Drain:
             owner.closes_begin(self.spread)
         self.members = {c for c in owner.registry.connections.values()
                         if c.opened and self.covers(c)}
-        exchanges = 0
+        in_flight: list[PlainExchange] = []
         if self.backend is not None:
             # Its plain HTTP: the exchanges in flight share the schedule; idle links go now.
-            on_backend = owner.http.on(self.backend)
-            exchanges = len(on_backend)
-            self.members.update(on_backend)
+            in_flight = owner.http.on(self.backend)
+            self.members.update(in_flight)
             self.idle_closed = owner.http.pool.close_idle(self.backend)
         cfg = self.settings
         plan = DrainPlan(spread=self.spread, timeout=cfg.timeout, max_close_rate=cfg.max_close_rate)
         self.schedule = DrainSchedule(list(self.members), anyio.current_time(), plan)
+        if self.backend is None:
+            # Counted, not scheduled: a request in flight finishes (SIGTERM's promise).
+            in_flight = list(owner.http.exchanges)
+            self.members.update(in_flight)
+        exchanges = len(in_flight)
         self.closing = True
         log.info("drain.closing", drain=self.name, connections=len(self.members) - exchanges,
                  exchanges=exchanges, idle_closed=self.idle_closed,

@@ -458,6 +458,9 @@ class HttpRelay:
         """Send the request head on *link*; the body follows as the client sends it."""
         assert ex.view is not None
         ex.link = link
+        if ex.counted and ex.backend is not link.backend:  # a retry went elsewhere
+            ex.counted = False
+            self.ctx.http.exchange_ended(ex)
         ex.backend = link.backend
         link.user = self
         if not ex.counted:
@@ -668,13 +671,13 @@ class HttpRelay:
         self._abort_client()
 
     def drain_exchange(self, ex: _Exchange) -> None:
-        """A backend drain ends *ex* (its point of the spread, or the deadline): the
+        """A drain ends *ex* (its backend's: its point of the spread; any: the deadline): the
         backend request is abandoned and the client connection closed, so that a polling
         client reconnects now, to another backend. Nothing was sent yet: a plain close
         (a client may retry as after a keep-alive race); a response begun: a cut."""
         if self._ex is not ex or self._closed:
             return
-        ex.error = "backend_draining"
+        ex.error = "drained"
         self._close_after = True
         if ex.link is not None:
             ex.link.close(abort=True)
