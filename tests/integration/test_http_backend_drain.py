@@ -20,6 +20,7 @@ from tests.integration.http_backend import WAIT, HttpBackend, http_backend, http
 from tests.integration.test_admin import admin
 from tests.integration.test_plain_http import (
     first_to_arrive,
+    http_config,
     plain_proxy,
     port_of,
     send_request_head,
@@ -165,3 +166,23 @@ async def test_the_proxy_drain_counts_a_request_in_flight_and_lets_it_finish() -
     assert "close" in reply.tokens("connection")
     assert done["draining"] is False
     assert done["left"] == 0
+
+
+async def test_a_backend_gone_from_the_config_ends_its_long_poll_at_its_point(
+    midpoints: None,
+) -> None:
+    async with http_backend("b1") as b1, http_backend("b2") as b2, plain_proxy(
+        [b1, b2], balance="round_robin"
+    ) as ctx, http_client(port_of(ctx)) as poll:
+        gates = {b.name: b.gate("poll") for b in (b1, b2)}
+        await send_request_head(poll, "GET", "/gate/poll")
+        name = await first_to_arrive(gates)
+        kept = b2 if name == "b1" else b1
+        started = anyio.current_time()
+        ctx.apply_config(http_config([kept], balance="round_robin", drain={"spread": "1s"}))
+        assert await poll.closed_by_server()
+        ended = anyio.current_time()
+        done = await drain_status(ctx, "?wait=20s")
+    assert ended >= started + 0.5
+    assert done["draining"] is False
+    assert done["drains"] == []  # a removed backend's drain is shown until it is over
