@@ -14,6 +14,7 @@ import random
 from types import SimpleNamespace
 
 import anyio
+import h11
 import pytest
 
 from tests.integration.http_backend import WAIT, HttpBackend, http_backend, http_client
@@ -186,3 +187,24 @@ async def test_a_backend_gone_from_the_config_ends_its_long_poll_at_its_point(
     assert ended >= started + 0.5
     assert done["draining"] is False
     assert done["drains"] == []  # a removed backend's drain is shown until it is over
+
+
+async def test_a_stream_still_open_at_its_point_is_cut_not_ended(midpoints: None) -> None:
+    async with http_backend("b1") as b1, http_backend("b2") as b2, plain_proxy(
+        [b1, b2], balance="round_robin"
+    ) as ctx, http_client(port_of(ctx)) as stream:
+        gates = {b.name: b.gate("stream") for b in (b1, b2)}
+        await send_request_head(stream, "GET", "/trickle/stream")
+        name = await first_to_arrive(gates)
+        reply = await stream.response_head()
+        assert await stream.body_chunk() == b"first\n"
+        started = anyio.current_time()
+        ctx.drain_backend(ctx.balancer.backends[name], spread=1.0)
+        with pytest.raises(h11.RemoteProtocolError):  # a cut: no end of the body
+            with anyio.fail_after(WAIT):
+                await stream.body_chunk()
+        ended = anyio.current_time()
+        done = await drain_status(ctx, "?wait=20s")
+    assert reply.status == 200
+    assert ended >= started + 0.5
+    assert done["draining"] is False

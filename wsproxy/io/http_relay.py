@@ -466,6 +466,8 @@ class HttpRelay:
         if not ex.counted:
             ex.counted = True
             self.ctx.http.exchange_started(ex)
+            if ex.link is not link:  # a drain of that backend ended it at once
+                return
         if ex.forwarded is None:
             ex.forwarded = forward_request(
                 ex.request, target=ex.view.target, headers=ex.view.headers,
