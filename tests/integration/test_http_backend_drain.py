@@ -6,6 +6,10 @@ answers only when the test releases the gate. The drain's schedule draws its mom
 from core.schedule's ``random.Random``; the tests replace it with one that always says
 the middle of a slot, so that the point of the one exchange is known (half the spread
 after the drain's start) and every time check is a lower bound from that start.
+
+Also here: a backend gone from the config drains its plain HTTP the same way, a
+response already streaming at its point is cut, and the proxy's own drain counts a
+request in flight (``GET /drain``) but lets it finish.
 """
 
 from __future__ import annotations

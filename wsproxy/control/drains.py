@@ -15,6 +15,7 @@ proxy's drain runs one timeline::
       | drain.delay (a second SIGTERM, hurry(), ends it now)
     closes begin   new upgrades 503; WebSocket closes on schedule; each keep-alive
       |            plain HTTP connection closed when idle, at a random moment of the spread
+      |            (requests in flight are counted in the drain, and finish)
       | spread     (hurry(): everything now)
     spread ends    new plain requests 503 too
       | ... until every connection is gone, or drain.timeout: the rest closed at once
