@@ -65,6 +65,7 @@ if TYPE_CHECKING:
     from wsproxy.control.drain import Drain
     from wsproxy.core.balance import BackendState
     from wsproxy.core.states import Side
+    from wsproxy.io.ports import PlainExchange
 
 log = get_logger()
 
@@ -212,6 +213,12 @@ class ProxyContext:
 
     def relay_ended(self) -> None:
         self.metrics.connections["http"] += 1
+
+    def exchange_started(self, exchange: PlainExchange) -> None:
+        self.drainer.exchange_started(exchange)
+
+    def exchange_ended(self, exchange: PlainExchange) -> None:
+        self.drainer.exchange_ended(exchange)
 
     def loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         """The event loop's exception handler: quiet, rate-limited accept back-off.

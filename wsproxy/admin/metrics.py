@@ -178,8 +178,8 @@ class _Collector(Collector):
                                  for b in ctx.backends_shown()))
         yield GaugeMetricFamily("wsproxy_draining", "1 while the proxy drains.",
                                 value=int(not ctx.ready))
-        yield GaugeMetricFamily("wsproxy_drain_remaining", "Connections left to close in "
-                                "drains in progress.", value=sum(
+        yield GaugeMetricFamily("wsproxy_drain_remaining", "Connections (and plain HTTP "
+                                "exchanges) left to close in drains in progress.", value=sum(
                                     len(d.members) for d in ctx.drains.values()))
         yield CounterMetricFamily("wsproxy_discovery_failures", "DNS discovery rounds that "
                                   "failed or came back empty (the last set was kept).",

@@ -8,6 +8,15 @@ whose reason carries a reconnect hint, and after ``drain.timeout`` closes what i
 at once. What the proxy's drain refuses meanwhile is its owner's decision
 (control.drains).
 
+A backend's drain covers its plain HTTP too: the exchanges in flight on that backend
+are members like its WebSocket connections, on the same schedule; one still open at
+its point of the spread is ended (its client connection closed: a long-poll's client
+polls again, elsewhere, as a WebSocket client reconnects), and the drain is not done
+while one is open. Its idle pooled connections are closed when the closes begin and
+counted as closed. The proxy's own drain counts the exchanges in flight when its
+closes begin too, and is not done before they end, but lets them finish (until
+``timeout``): its keep-alive client connections close as control.drains says.
+
 A drain takes its settings once, when it starts (wsproxy.config, "When a value is
 read"): ``drain.spread`` and ``drain.delay`` (its owner reads those), ``timeout``,
 ``max_close_rate``, ``reconnect_hint`` and its close code. A reload while it runs
@@ -31,6 +40,10 @@ if TYPE_CHECKING:
     from wsproxy.core.registry import Registry
     from wsproxy.io.connection import Connection
     from wsproxy.io.plain_http import PlainHttp
+    from wsproxy.io.ports import PlainExchange
+
+    #: What a drain closes on its schedule: WebSocket connections, plain HTTP exchanges.
+    Member = Connection | PlainExchange
 
 log = get_logger()
 
@@ -79,8 +92,10 @@ class Drain:
         cfg = self.settings
         self.code = cfg.shutdown_close_code if backend is None else cfg.backend_close_code
         self.text = PROXY_DRAINING if backend is None else BACKEND_DRAINING
-        self.members: set[Connection] = set()
-        self.schedule: DrainSchedule[Connection] | None = None
+        self.members: set[Member] = set()
+        self.schedule: DrainSchedule[Member] | None = None
+        #: Idle pooled connections to the backend closed when the closes began.
+        self.idle_closed = 0
         #: Set once the closes have started (after ``delay``).
         self.closing = False
         self.done = anyio.Event()
@@ -91,19 +106,19 @@ class Drain:
     def name(self) -> str:
         return "proxy" if self.backend is None else self.backend.name
 
-    def covers(self, conn: Connection) -> bool:
+    def covers(self, conn: Member) -> bool:
         return self.backend is None or conn.backend is self.backend
 
     def hurry(self) -> None:
         """Skip the rest of the spread: close everything left now (a second SIGTERM)."""
         self._hurry.set()
 
-    def adopt(self, conn: Connection) -> None:
-        """A connection of ours opened after the closes began: close it at once."""
+    def adopt(self, conn: Member) -> None:
+        """A connection (exchange) of ours opened after the closes began: close it at once."""
         self.members.add(conn)
         conn.drain_close(self.code, close_reason(self.text, self.settings.reconnect_hint))
 
-    def forget(self, conn: Connection) -> None:
+    def forget(self, conn: Member) -> None:
         """*conn* has ended."""
         self.members.discard(conn)
         if self.schedule is not None:
@@ -113,8 +128,9 @@ class Drain:
 
     @property
     def closed(self) -> int:
-        """Connections this drain has sent their close frame."""
-        return self.schedule.closed if self.schedule else 0
+        """Connections this drain has sent their close frame, exchanges it ended, idle
+        pooled connections it closed."""
+        return (self.schedule.closed if self.schedule else 0) + self.idle_closed
 
     def seconds_left(self, now: float) -> float:
         return self.schedule.seconds_left(now) if self.schedule else self.spread
@@ -146,16 +162,28 @@ class Drain:
             owner.closes_begin(self.spread)
         self.members = {c for c in owner.registry.connections.values()
                         if c.opened and self.covers(c)}
+        in_flight: list[PlainExchange] = []
+        if self.backend is not None:
+            # Its plain HTTP: the exchanges in flight share the schedule; idle links go now.
+            in_flight = owner.http.on(self.backend)
+            self.members.update(in_flight)
+            self.idle_closed = owner.http.pool.close_idle(self.backend)
         cfg = self.settings
         plan = DrainPlan(spread=self.spread, timeout=cfg.timeout, max_close_rate=cfg.max_close_rate)
         self.schedule = DrainSchedule(list(self.members), anyio.current_time(), plan)
+        if self.backend is None:
+            # Counted, not scheduled: a request in flight finishes (SIGTERM's promise).
+            in_flight = list(owner.http.exchanges)
+            self.members.update(in_flight)
+        exchanges = len(in_flight)
         self.closing = True
-        log.info("drain.closing", drain=self.name, connections=len(self.members),
+        log.info("drain.closing", drain=self.name, connections=len(self.members) - exchanges,
+                 exchanges=exchanges, idle_closed=self.idle_closed,
                  window_s=round(plan.window(len(self.members)), 3))
         if not self.members:
             self.done.set()
 
-    async def _close_on_schedule(self, schedule: DrainSchedule[Connection]) -> None:
+    async def _close_on_schedule(self, schedule: DrainSchedule[Member]) -> None:
         hint = self.settings.reconnect_hint
         while (at := schedule.next_at()) is not None:
             if not self._hurry.is_set():

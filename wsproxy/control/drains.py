@@ -6,13 +6,16 @@ A drain (control.drain.Drain) closes a set of connections calmly: the proxy's ow
 (SIGTERM, ``POST /drain``) or one backend's (``POST /backends/NAME/drain``, a backend
 gone from the config or failing its health checks). ``Drains`` owns every drain in
 progress, keyed by backend (None: the proxy's own), and alone decides refusing, for
-WebSocket and plain HTTP alike, on the loop's clock. The proxy's drain runs one
-timeline::
+WebSocket and plain HTTP alike, on the loop's clock. A backend's drain also covers
+the plain HTTP exchanges in flight on that backend (``exchange_started``/``_ended``:
+one schedule with its WebSocket connections) and its idle pooled connections. The
+proxy's drain runs one timeline::
 
     drain()        unready (/readyz 503); everything else as before
       | drain.delay (a second SIGTERM, hurry(), ends it now)
     closes begin   new upgrades 503; WebSocket closes on schedule; each keep-alive
       |            plain HTTP connection closed when idle, at a random moment of the spread
+      |            (requests in flight are counted in the drain, and finish)
       | spread     (hurry(): everything now)
     spread ends    new plain requests 503 too
       | ... until every connection is gone, or drain.timeout: the rest closed at once
@@ -42,6 +45,7 @@ if TYPE_CHECKING:
     from wsproxy.core.registry import Registry
     from wsproxy.io.connection import Connection
     from wsproxy.io.plain_http import PlainHttp
+    from wsproxy.io.ports import PlainExchange
 
 log = get_logger()
 
@@ -127,6 +131,18 @@ class Drains:
     def finished(self, conn: Connection) -> None:
         for drain in self.in_progress.values():
             drain.forget(conn)
+
+    # Plain HTTP exchanges on a backend, which its drain covers…
+
+    def exchange_started(self, exchange: PlainExchange) -> None:
+        for drain in self.in_progress.values():
+            if drain.backend is not None and drain.closing and drain.covers(exchange):
+                drain.adopt(exchange)  # routed before the drain began, sent after
+                break
+
+    def exchange_ended(self, exchange: PlainExchange) -> None:
+        for drain in self.in_progress.values():
+            drain.forget(exchange)
 
     # Controls…
 

@@ -141,6 +141,17 @@ class BackendPool:
             if not links:
                 del self._idle[link.backend]
 
+    def idle(self, backend: BackendState) -> int:
+        """How many idle links to *backend* are kept."""
+        return len(self._idle.get(backend, ()))
+
+    def close_idle(self, backend: BackendState) -> int:
+        """Close the idle links to *backend* (it is draining); how many there were."""
+        links = list(self._idle.get(backend, ()))
+        for link in links:
+            link.close()
+        return len(links)
+
     def close(self) -> None:
         """Close every idle link (the proxy is stopping)."""
         for links in list(self._idle.values()):

@@ -119,13 +119,17 @@ class _Exchange:
     """One request and its response, from the request head to the response's end."""
 
     __slots__ = (
-        "backend", "body_in", "bytes_out", "candidates", "client_at", "client_full",
-        "error", "forwarded", "link", "link_paused", "request", "request_id", "response_started",
-        "retried", "sent_body", "set_cookie", "started", "status", "sticky", "upstream_at",
-        "upstream_full", "view",
+        "backend", "body_in", "bytes_out", "candidates", "client_at", "client_full", "counted",
+        "error", "forwarded", "link", "link_paused", "relay", "request", "request_id",
+        "response_started", "retried", "sent_body", "set_cookie", "started", "status", "sticky",
+        "upstream_at", "upstream_full", "view",
     )
 
-    def __init__(self, request: h11.Request, request_id: str, now: float) -> None:
+    def __init__(self, relay: HttpRelay, request: h11.Request, request_id: str,
+                 now: float) -> None:
+        self.relay = relay
+        #: Told to the plain HTTP side as in flight on ``backend`` (a backend drain counts it).
+        self.counted = False
         self.request = request
         self.request_id = request_id
         self.started = self.client_at = self.upstream_at = now
@@ -150,6 +154,16 @@ class _Exchange:
         #: and the Set-Cookie its answer gets when the backend is not the one they name.
         self.sticky: tuple[str, ...] | None = None
         self.set_cookie: tuple[tuple[bytes, bytes], ...] = ()
+
+    # A backend drain's member (io.ports.PlainExchange)…
+
+    def drain_close(self, code: int, reason: str) -> None:
+        """Its point of the backend's drain: end it, as a WebSocket gets its close frame."""
+        self.relay.drain_exchange(self)
+
+    def terminate(self, code: int, reason: str) -> None:
+        """The drain's deadline."""
+        self.relay.drain_exchange(self)
 
 
 class HttpRelay:
@@ -365,7 +379,7 @@ class HttpRelay:
         ctx = self.ctx
         settings = self.settings
         self._count += 1
-        ex = self._ex = _Exchange(request, f"{self.id}-{self._count}", ctx.loop.time())
+        ex = self._ex = _Exchange(self, request, f"{self.id}-{self._count}", ctx.loop.time())
         self._cancel_timer()
         headers = tuple((bytes(k), bytes(v)) for k, v in request.headers)
         target = bytes(request.target)
@@ -438,6 +452,9 @@ class HttpRelay:
             self._answer(502, "backend unreachable")
             return
         backend = ex.candidates.pop(0)
+        if not backend.usable:  # left rotation (a drain) since the pick
+            self._try_next(ex)
+            return
         link = self.ctx.http.pool.take(backend)
         if link is not None:
             self._attach(ex, link)
@@ -467,14 +484,26 @@ class HttpRelay:
         if self._ex is not ex or self._closed:
             link.close()  # the client went away meanwhile
             return
+        if not backend.usable:  # it began draining during the dial: not there
+            link.close()
+            self._try_next(ex)
+            return
         self._attach(ex, link)
 
     def _attach(self, ex: _Exchange, link: BackendLink) -> None:
         """Send the request head on *link*; the body follows as the client sends it."""
         assert ex.view is not None
         ex.link = link
+        if ex.counted and ex.backend is not link.backend:  # a retry went elsewhere
+            ex.counted = False
+            self.ctx.http.exchange_ended(ex)
         ex.backend = link.backend
         link.user = self
+        if not ex.counted:
+            ex.counted = True
+            self.ctx.http.exchange_started(ex)
+            if ex.link is not link:  # a drain of that backend ended it at once
+                return
         if ex.forwarded is None:
             forwarding = self.ctx.forwarding(self.client_ip, self.forwarded_for,
                                              ex.request_id, self.identity)
@@ -636,6 +665,8 @@ class HttpRelay:
         ex = self._ex
         assert ex is not None
         self._ex = None
+        if ex.counted:
+            self.ctx.http.exchange_ended(ex)
         now = self.ctx.loop.time()
         self.ctx.metrics.http_request(ex.status, now - ex.started)
         if log.is_enabled_for(logging.INFO):  # the access log line costs ~10 µs to build
@@ -685,6 +716,23 @@ class HttpRelay:
         if self._ex is not None:
             self._ex.error = self._ex.error or "drain_timeout"
         self._abort_client()
+
+    def drain_exchange(self, ex: _Exchange) -> None:
+        """A drain ends *ex* (its backend's: its point of the spread; any: the deadline): the
+        backend request is abandoned and the client connection closed, so that a polling
+        client reconnects now, to another backend. Nothing was sent yet: a plain close
+        (a client may retry as after a keep-alive race); a response begun: a cut."""
+        if self._ex is not ex or self._closed:
+            return
+        ex.error = "drained"
+        self._close_after = True
+        if ex.link is not None:
+            ex.link.close(abort=True)
+            ex.link = None
+        if ex.response_started:
+            self._abort_client()
+        else:
+            self._close_client()
 
     def _hand_back(self, parsed: ParsedRequest) -> None:
         """An upgrade after plain requests: a fresh Connection takes the socket over."""

@@ -2,17 +2,23 @@
 
 What a proxy drain does to them (when new requests are refused, which keep-alive
 connections close when) is decided by control.drains; this side only asks
-(``refusing()``) and lends its relays.
+(``refusing()``) and lends its relays. A backend drain counts the exchanges in flight
+on that backend (``on()``, and each start and end is told to the owner) and closes its
+idle pooled connections (``pool.close_idle()``).
 """
 
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 import anyio
 
 from wsproxy.io.http_pool import BackendPool
-from wsproxy.io.ports import PlainHttpOwner, Relay
+from wsproxy.io.ports import PlainExchange, PlainHttpOwner, Relay
+
+if TYPE_CHECKING:
+    from wsproxy.core.balance import BackendState
 
 
 class PlainHttp:
@@ -24,6 +30,8 @@ class PlainHttp:
         self.relays: set[Relay] = set()
         self.pool = BackendPool(loop, pool_size)
         self._none_left: anyio.Event | None = None
+        #: Exchanges in flight on a backend (sent there, not yet over).
+        self.exchanges: set[PlainExchange] = set()
 
     def add(self, relay: Relay) -> None:
         self.relays.add(relay)
@@ -34,6 +42,19 @@ class PlainHttp:
             self._owner.relay_ended()
         if not self.relays and self._none_left is not None:
             self._none_left.set()
+
+    def exchange_started(self, exchange: PlainExchange) -> None:
+        self.exchanges.add(exchange)
+        self._owner.exchange_started(exchange)
+
+    def exchange_ended(self, exchange: PlainExchange) -> None:
+        if exchange in self.exchanges:
+            self.exchanges.remove(exchange)
+            self._owner.exchange_ended(exchange)
+
+    def on(self, backend: BackendState) -> list[PlainExchange]:
+        """The exchanges in flight on *backend*."""
+        return [ex for ex in self.exchanges if ex.backend is backend]
 
     def refusing(self) -> bool:
         return self._owner.refusing_requests()

@@ -99,6 +99,22 @@ class Relay(Protocol):
         """Close the client connection now."""
 
 
+class PlainExchange(Protocol):
+    """One plain HTTP exchange in flight on a backend, as a backend drain sees it: a
+    member of the drain like a WebSocket connection, with its point of the spread."""
+
+    @property
+    def backend(self) -> BackendState | None:
+        """The backend it was sent to."""
+
+    def drain_close(self, code: int, reason: str) -> None:
+        """Its point of a drain's spread: end it now (its client connection closed, so
+        that a polling client reconnects); *code* and *reason* are the WebSocket's."""
+
+    def terminate(self, code: int, reason: str) -> None:
+        """The drain's deadline: end it now."""
+
+
 class PlainRequests(Protocol):
     """The proxy's plain HTTP side as a relay sees it (io.plain_http.PlainHttp)."""
 
@@ -108,6 +124,12 @@ class PlainRequests(Protocol):
     def add(self, relay: Relay) -> None: ...
 
     def remove(self, relay: Relay) -> None: ...
+
+    def exchange_started(self, exchange: PlainExchange) -> None:
+        """*exchange* was sent to its backend (a backend drain counts it)."""
+
+    def exchange_ended(self, exchange: PlainExchange) -> None:
+        """*exchange* is over, however it ended."""
 
     def refusing(self) -> bool:
         """Whether a new request is answered 503 (a proxy drain's decision)."""
@@ -127,6 +149,12 @@ class PlainHttpOwner(Protocol):
 
     def relay_ended(self) -> None:
         """A plain HTTP client connection has ended (for the metrics)."""
+
+    def exchange_started(self, exchange: PlainExchange) -> None:
+        """*exchange* was sent to its backend (control.drains counts it in a drain)."""
+
+    def exchange_ended(self, exchange: PlainExchange) -> None:
+        """*exchange* is over (control.drains: no longer left in a drain)."""
 
 
 class HttpRelayOwner(Protocol):
