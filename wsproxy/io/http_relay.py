@@ -159,11 +159,11 @@ class _Exchange:
 
     def drain_close(self, code: int, reason: str) -> None:
         """Its point of the backend's drain: end it, as a WebSocket gets its close frame."""
-        self.relay.drain_exchange(self)
+        self.relay.drain_exchange(self, "drained")
 
     def terminate(self, code: int, reason: str) -> None:
-        """The drain's deadline."""
-        self.relay.drain_exchange(self)
+        """The drain's deadline: logged as such, as a cut of the whole plain side is."""
+        self.relay.drain_exchange(self, "drain_timeout")
 
 
 class HttpRelay:
@@ -717,14 +717,15 @@ class HttpRelay:
             self._ex.error = self._ex.error or "drain_timeout"
         self._abort_client()
 
-    def drain_exchange(self, ex: _Exchange) -> None:
-        """A drain ends *ex* (its backend's: its point of the spread; any: the deadline): the
+    def drain_exchange(self, ex: _Exchange, error: str) -> None:
+        """A drain ends *ex* (its backend's: its point of the spread; any: the deadline), with
+        *error* for the log line: the
         backend request is abandoned and the client connection closed, so that a polling
         client reconnects now, to another backend. Nothing was sent yet: a plain close
         (a client may retry as after a keep-alive race); a response begun: a cut."""
         if self._ex is not ex or self._closed:
             return
-        ex.error = "drained"
+        ex.error = error  # "drained" at its point, "drain_timeout" at the deadline
         self._close_after = True
         if ex.link is not None:
             ex.link.close(abort=True)
