@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import pytest
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.server import ServerConnection
 from websockets.asyncio.server import serve as ws_serve
@@ -149,3 +150,15 @@ def upgrade_request(path: str = "/", *, extra: str = "", version: str = "13") ->
         f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: {version}\r\n"
         f"{extra}\r\n"
     ).encode()
+
+
+@pytest.fixture(
+    name="anyio_backend",
+    params=[
+        pytest.param(("asyncio", {"use_uvloop": False}), id="asyncio"),
+        pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"),
+    ],
+)
+def both_loops(request: pytest.FixtureRequest) -> tuple[str, dict[str, bool]]:
+    """A module that imports this as ``anyio_backend`` runs each test on both loops."""
+    return request.param  # type: ignore[no-any-return]

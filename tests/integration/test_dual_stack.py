@@ -17,6 +17,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from tests.integration.peers import backend, make_config, running_proxy
+from tests.integration.peers import both_loops as anyio_backend  # noqa: F401
 
 pytestmark = pytest.mark.anyio
 
@@ -35,14 +36,6 @@ requires_ipv6 = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(
-    params=[
-        pytest.param(("asyncio", {"use_uvloop": False}), id="asyncio"),
-        pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"),
-    ]
-)
-def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, bool]]:
-    return request.param  # type: ignore[no-any-return]
 
 
 async def _echo(url: str, **kwargs: object) -> None:

@@ -24,6 +24,7 @@ from anyio.streams.tls import TLSStream
 from websockets.asyncio.client import connect
 
 from tests.integration.peers import backend, make_config, running_proxy
+from tests.integration.peers import both_loops as anyio_backend  # noqa: F401
 from wsproxy.supervisor import ProxyContext
 
 pytestmark = pytest.mark.anyio
@@ -38,14 +39,6 @@ CEILING = 10.0
 CLOCK_SLACK = 0.002
 
 
-@pytest.fixture(
-    params=[
-        pytest.param(("asyncio", {"use_uvloop": False}), id="asyncio"),
-        pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"),
-    ]
-)
-def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, bool]]:
-    return request.param  # type: ignore[no-any-return]
 
 
 @pytest.fixture(scope="module")
