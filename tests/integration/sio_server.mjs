@@ -1,0 +1,39 @@
+// A Node socket.io server for the framework tests (tests/integration/test_frameworks_node.py).
+//
+//   node sio_server.mjs NAME
+//
+// Listens on 127.0.0.1, port 0, and prints one JSON line per thing that happens, the
+// first {"event": "listening", "port": N, "name": NAME} (readiness comes from that line).
+// Events: `echo` acks its argument back; `whoami` acks {name, transport}. Each session
+// is printed as it connects ({"event": "connect", "cid", "transport"}), and every request
+// engine.io refuses ({"event": "connection_error", "code", "message"}: a request of a
+// session that reached the other backend shows here as "Session ID unknown").
+// socket.io and its dependencies come from $WSPROXY_NODE_DIR/node_modules.
+import { createServer } from "node:http";
+import { createRequire } from "node:module";
+import path from "node:path";
+
+const nodeDir = process.env.WSPROXY_NODE_DIR || "/tmp/wsproxy-node";
+const require = createRequire(path.join(nodeDir, "node_modules", "x.js"));
+const { Server } = require("socket.io");
+
+const name = process.argv[2] || "backend";
+const say = (record) => process.stdout.write(JSON.stringify({ name, ...record }) + "\n");
+
+const http = createServer();
+const io = new Server(http, { cors: { origin: true, credentials: true } });
+io.engine.on("connection_error", (err) => {
+  say({ event: "connection_error", code: err.code, message: err.message });
+});
+io.on("connection", (socket) => {
+  const transport = () => socket.conn.transport.name;
+  say({ event: "connect", cid: socket.handshake.query.cid ?? null, transport: transport() });
+  socket.on("echo", (payload, ack) => ack(payload));
+  socket.on("whoami", (ack) => ack({ name, transport: transport() }));
+});
+http.listen(0, "127.0.0.1", () => {
+  say({ event: "listening", port: http.address().port });
+});
+const stop = () => { io.close(); process.exit(0); };
+process.on("SIGTERM", stop);
+process.on("SIGINT", stop);

@@ -1,0 +1,189 @@
+"""Node socket.io as two backends behind wsproxy, with socket.io-client (issue 16).
+
+Two ``sio_server.mjs`` processes (socket.io 4, each answering ``whoami`` with its name)
+behind an in-process proxy with ``plain_http: proxy``; ``sio_clients.mjs`` runs 10
+socket.io-client clients through it with default transports (polling, then the upgrade
+to websocket), polling only and websocket only. Every client must connect, get every
+echo acknowledged, and see one backend for its whole session: the one its session
+connected on (the backends print each session's ``cid`` as it connects) — and neither
+backend may refuse a request (engine.io's "Session ID unknown", what a poll or an
+upgrade that reached the other backend gets).
+
+- ``balance: cookie``: socket.io-client in Node keeps cookies with
+  ``withCredentials: true`` (engine.io-client's cookie jar, sent on the polls and the
+  upgrade), so the proxy's sticky cookie holds a session on its backend.
+- ``balance: hash:cid``: the same clients without cookies, each with a stable
+  ``query: {cid}``.
+- A control: ``round_robin`` without cookies breaks polling sessions, so the checks
+  above would see a session split across the backends.
+
+The Node modules come from ``npm install --prefix $WSPROXY_NODE_DIR socket.io
+socket.io-client`` (``.ci/run`` does it and sets ``WSPROXY_REQUIRE_NODE=1``): without them
+these tests skip, saying what is missing; with ``WSPROXY_REQUIRE_NODE`` set they fail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any, Final
+
+import anyio
+import pytest
+
+from tests.integration.peers import make_config, proxy
+from tests.integration.proxy_process import Running, started
+
+pytestmark = pytest.mark.anyio
+
+HERE: Final = Path(__file__).parent
+NODE_DIR: Final = Path(os.environ.get("WSPROXY_NODE_DIR", "/tmp/wsproxy-node"))
+MODULES: Final = ("socket.io", "socket.io-client")
+#: Set (to anything but "" or "0") where these tests must run: CI.
+REQUIRE_ENV: Final = "WSPROXY_REQUIRE_NODE"
+#: Bound on each wait inside the client script (connect, each ack, the upgrade); the
+#: script ends itself at twice that, and is killed at three times.
+WAIT_MS: Final = 20_000
+CLIENTS: Final = 10
+ECHOES: Final = 5
+WHOAMI: Final = 3
+DEFAULT = "polling,websocket"
+
+
+def missing() -> str | None:
+    """Why these tests cannot run here, or None when they can."""
+    if shutil.which("node") is None:
+        return "no node on PATH"
+    for module in MODULES:
+        if not (NODE_DIR / "node_modules" / module / "package.json").is_file():
+            return (f"{module} not installed under {NODE_DIR} (npm install --prefix DIR "
+                    f"socket.io socket.io-client, or set WSPROXY_NODE_DIR)")
+    return None
+
+
+def skip_unless_available() -> None:
+    """Skip when node or a module is missing; fail instead where ``WSPROXY_REQUIRE_NODE``."""
+    reason = missing()
+    if reason is None:
+        return
+    if os.environ.get(REQUIRE_ENV, "") not in ("", "0"):
+        pytest.fail(f"{reason}; {REQUIRE_ENV} is set, so the Node socket.io tests must run",
+                    pytrace=False)
+    pytest.skip(reason)
+
+
+def node_env() -> dict[str, str]:
+    return {**os.environ, "WSPROXY_NODE_DIR": str(NODE_DIR)}
+
+
+@asynccontextmanager
+async def two_backends() -> AsyncIterator[dict[str, Running]]:
+    """Backends "a" and "b", yielded once each printed its port (stopped by PID after)."""
+    async with AsyncExitStack() as stack:
+        servers: dict[str, Running] = {}
+        for name in ("a", "b"):
+            servers[name] = await stack.enter_async_context(started(
+                str(HERE / "sio_server.mjs"), name, command=("node",), env=node_env()))
+        for server in servers.values():
+            await server.wait_for_event("listening")
+        yield servers
+
+
+def backend_config(servers: dict[str, Running]) -> list[dict[str, str]]:
+    return [{"name": name, "url": f"ws://127.0.0.1:{s.events('listening')[0]['port']}"}
+            for name, s in servers.items()]
+
+
+async def run_clients(url: str, transports: str, *, cookies: bool) -> dict[str, Any]:
+    """``sio_clients.mjs`` against *url* (bounded); its JSON report."""
+    command = ["node", str(HERE / "sio_clients.mjs"), f"--url={url}",
+               f"--clients={CLIENTS}", f"--echoes={ECHOES}", f"--whoami={WHOAMI}",
+               f"--transports={transports}", f"--cookies={int(cookies)}",
+               f"--timeout-ms={WAIT_MS}"]
+    with anyio.fail_after(WAIT_MS / 1000 * 3):
+        done = await anyio.run_process(command, env=node_env(), check=False)
+    output = done.stdout.decode().strip()
+    assert output, f"no output from sio_clients.mjs; stderr:\n{done.stderr.decode()}"
+    report: dict[str, Any] = json.loads(output.splitlines()[-1])
+    return report
+
+
+async def sessions(balance: str, transports: str, *, cookies: bool
+                   ) -> tuple[dict[str, Any], dict[str, Running]]:
+    """Run the clients through a proxy with *balance*; the report and the backends."""
+    async with two_backends() as servers:
+        config = make_config(backend_config(servers), plain_http="proxy", balance=balance)
+        async with proxy(config, scheme="http") as url:
+            report = await run_clients(url, transports, cookies=cookies)
+        return report, servers
+
+
+def assert_sticky(report: dict[str, Any], servers: dict[str, Running], transports: str
+                  ) -> None:
+    """10/10 connected, every echo acked, each session on the one backend it began on."""
+    failed = [c for c in report["clients"] if c["error"] is not None]
+    assert report["ok"], json.dumps(report, indent=1)
+    assert not failed, json.dumps(report, indent=1)
+    assert report["connected"] == CLIENTS
+    assert report["acked"] == report["expected_acks"] == CLIENTS * ECHOES
+    refused = {n: s.events("connection_error") for n, s in servers.items()}
+    assert refused == {"a": [], "b": []}
+    connects = {r["cid"]: (n, r) for n, s in servers.items() for r in s.events("connect")}
+    assert len(connects) == CLIENTS
+    for client in report["clients"]:
+        began_on, connect = connects[client["cid"]]
+        assert client["backends"] == [began_on], client
+        assert len(client["transports"]) == WHOAMI
+        if transports == DEFAULT:
+            # The session began by polling (the backend saw it connect so) and its
+            # last whoami went after the upgrade, to the same backend.
+            assert connect["transport"] == "polling", connect
+            assert client["transports"][-1] == "websocket", client
+        else:
+            assert connect["transport"] == transports, connect
+            assert set(client["transports"]) == {transports}, client
+    # Both backends held sessions, so one backend for each was not a given.
+    assert {n for n, _ in connects.values()} == {"a", "b"}, connects
+
+
+@pytest.mark.parametrize("transports", [DEFAULT, "polling", "websocket"])
+async def test_socketio_clients_stay_on_their_backend_with_cookie(transports: str) -> None:
+    skip_unless_available()
+    report, servers = await sessions("cookie", transports, cookies=True)
+    assert_sticky(report, servers, transports)
+
+
+async def test_socketio_clients_without_cookies_stay_with_hash_on_a_query_key() -> None:
+    skip_unless_available()
+    report, servers = await sessions("hash:cid", DEFAULT, cookies=False)
+    # c0..c9 hashed over "a" and "b": a fixed split, both sides taken.
+    assert_sticky(report, servers, DEFAULT)
+
+
+async def test_without_affinity_polling_sessions_break() -> None:
+    """The control: what the checks above catch when nothing keeps a session on one
+    backend (the issue's "0 of 6 connect")."""
+    skip_unless_available()
+    report, servers = await sessions("round_robin", "polling", cookies=False)
+    refused = sum(len(s.events("connection_error")) for s in servers.values())
+    assert report["connected"] < CLIENTS or refused > 0, json.dumps(report, indent=1)
+    with pytest.raises(AssertionError):
+        assert_sticky(report, servers, "polling")
+
+
+def test_missing_modules_skip_unless_required(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(f"{__name__}.NODE_DIR", tmp_path / "none")
+    monkeypatch.delenv(REQUIRE_ENV, raising=False)
+    if shutil.which("node") is None:
+        pytest.skip("no node on PATH")
+    with pytest.raises(pytest.skip.Exception, match=r"socket\.io not installed"):
+        skip_unless_available()
+    monkeypatch.setenv(REQUIRE_ENV, "1")
+    with pytest.raises(pytest.fail.Exception, match=REQUIRE_ENV):
+        skip_unless_available()
