@@ -11,6 +11,12 @@
 // times. Prints one JSON line: {ok, connected, acked, expected_acks, clients: [{cid,
 // backends, transports, acked, error}]}, `backends` being the distinct names whoami
 // answered. No reconnection: a session that breaks shows as an error.
+//
+// With --reconnect=1 (the drain test) each client reconnects by itself (back-off 0.2 to
+// 1 s): after its echoes it waits for the others, the script prints {"event": "ready"},
+// and each client then waits for its session to break and come back (a reconnect),
+// asks `whoami` and sends one more acked echo; `backends` then lists before and after,
+// and `reconnected_ms` is the time from "ready" to the reconnect.
 import { createRequire } from "node:module";
 import path from "node:path";
 
@@ -29,13 +35,27 @@ const whoamis = Math.max(1, Number(args.whoami || 3));
 const transports = (args.transports || "polling,websocket").split(",");
 const cookies = (args.cookies ?? "1") !== "0";
 const timeoutMs = Number(args["timeout-ms"] || 20000);
+const reconnect = (args.reconnect ?? "0") === "1";
 const deadline = setTimeout(() => finish("timed out"), timeoutMs * 2);
+let readyAt = 0;
+let readyCount = 0;
+let allReady;
+const everyoneReady = new Promise((resolve) => { allReady = resolve; });
+const ready = () => {
+  readyCount += 1;
+  if (readyCount === clients) {
+    readyAt = Date.now();
+    process.stdout.write(JSON.stringify({ event: "ready" }) + "\n");
+    allReady();
+  }
+};
 
 async function one(index) {
   const cid = `c${index}`;
   const result = { cid, backends: [], transports: [], acked: 0, connected: false, error: null };
   const socket = io(url, {
-    transports, forceNew: true, reconnection: false, withCredentials: cookies,
+    transports, forceNew: true, reconnection: reconnect, withCredentials: cookies,
+    reconnectionDelay: 200, reconnectionDelayMax: 1000,
     query: { cid }, timeout: timeoutMs, ackTimeout: timeoutMs,
   });
   const seen = new Set();
@@ -65,6 +85,16 @@ async function one(index) {
     }
     if (upgraded && socket.io.engine.transport.name !== "websocket") await upgraded;
     for (let i = 1; i < whoamis; i++) await whoami();
+    if (reconnect) {
+      const back = new Promise((resolve) => socket.io.once("reconnect", resolve));
+      ready();
+      await everyoneReady;
+      await back;
+      result.reconnected_ms = Date.now() - readyAt;
+      await whoami();
+      const last = await socket.timeout(timeoutMs).emitWithAck("echo", "after");
+      if (last !== "after") throw new Error(`echo after came back as ${JSON.stringify(last)}`);
+    }
   } catch (err) {
     result.error = String(err && (err.message || err));
   } finally {
@@ -80,6 +110,7 @@ function finish(error, results = []) {
   done = true;
   clearTimeout(deadline);
   const report = {
+    event: "report",
     ok: error === null,
     error,
     connected: results.filter((r) => r.connected).length,

@@ -31,6 +31,18 @@ io.on("connection", (socket) => {
   socket.on("echo", (payload, ack) => ack(payload));
   socket.on("whoami", (ack) => ack({ name, transport: transport() }));
 });
+// Every exchange the backend serves, for the drain test: a plain request from its arrival
+// to its response's close, an upgrade until its socket closes ({"event": "exchange",
+// "phase": "start"|"end", "kind": "http"|"upgrade", "t": seconds since the epoch}).
+const exchange = (phase, kind) => say({ event: "exchange", phase, kind, t: Date.now() / 1000 });
+http.on("request", (req, res) => {
+  exchange("start", "http");
+  res.on("close", () => exchange("end", "http"));
+});
+http.on("upgrade", (req, socket) => {
+  exchange("start", "upgrade");
+  socket.on("close", () => exchange("end", "upgrade"));
+});
 http.listen(0, "127.0.0.1", () => {
   say({ event: "listening", port: http.address().port });
 });

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -35,8 +36,9 @@ from typing import Any, Final
 import anyio
 import pytest
 
-from tests.integration.peers import make_config, proxy
+from tests.integration.peers import make_config, proxy, running_proxy
 from tests.integration.proxy_process import Running, started
+from tests.integration.test_admin import admin
 
 pytestmark = pytest.mark.anyio
 
@@ -173,6 +175,70 @@ async def test_without_affinity_polling_sessions_break() -> None:
     assert report["connected"] < CLIENTS or refused > 0, json.dumps(report, indent=1)
     with pytest.raises(AssertionError):
         assert_sticky(report, servers, "polling")
+
+
+@pytest.mark.parametrize("transports", [DEFAULT, "polling", "websocket"])
+async def test_a_drain_moves_every_socketio_client_to_the_other_backend(transports: str
+                                                                        ) -> None:
+    """Clients on "a" (``balance: cookie``, ``withCredentials``); ``POST /backends/a/drain``
+    with a 1 s spread: each reconnects by itself to "b" within the spread and its own
+    back-off, what was acked stays acked, "a" sees no new session once the drain began,
+    and ``GET /drain?wait`` reports the drain done only after a's last exchange ended."""
+    skip_unless_available()
+    spread = 1.0
+    async with two_backends() as servers, AsyncExitStack() as stack:
+        config = make_config(backend_config(servers), plain_http="proxy", balance="cookie")
+        ctx = await stack.enter_async_context(running_proxy(config))
+        host, port = ctx.addresses[0]
+        # Every session on "a": "b" drained (it has nothing, so that drain ends at once)
+        # while the clients connect, then undrained.
+        assert (await admin(ctx, "POST", "/backends/b/drain",
+                            json_body={"spread": "0s"})).status == 200
+        clients = await stack.enter_async_context(started(
+            str(HERE / "sio_clients.mjs"), f"--url=http://{host}:{port}",
+            f"--clients={CLIENTS}", f"--echoes={ECHOES}", "--whoami=1",
+            f"--transports={transports}", "--cookies=1", "--reconnect=1",
+            f"--timeout-ms={WAIT_MS}", command=("node",), env=node_env()))
+        await clients.wait_for_event("ready", WAIT_MS / 1000)
+        assert (await admin(ctx, "POST", "/backends/b/undrain", json_body={})).status == 200
+        assert len(servers["a"].events("connect")) == CLIENTS
+        assert servers["b"].events("connect") == []
+
+        connects_before = len(servers["a"].events("connect"))
+        answer = await admin(ctx, "POST", "/backends/a/drain",
+                             json_body={"spread": f"{spread}s"})
+        assert answer.status == 200, answer
+        done = await admin(ctx, "GET", f"/drain?wait={WAIT_MS // 1000}s")
+        done_at = time.time()
+        assert done.json()["draining"] is False, done.json()
+        report = await clients.wait_for_event("report", WAIT_MS / 1000 * 2)
+
+        assert report["ok"], json.dumps(report, indent=1)
+        assert [c for c in report["clients"] if c["error"] is not None] == []
+        assert report["acked"] == report["expected_acks"] == CLIENTS * ECHOES
+        for client in report["clients"]:
+            assert client["backends"] == ["a", "b"], client
+            assert client["reconnected_ms"] < (spread + WAIT_MS / 1000) * 1000, client
+        assert len(servers["a"].events("connect")) == connects_before  # none after the drain
+        assert len(servers["b"].events("connect")) == CLIENTS
+
+        # a's exchanges: every one ended (the pipe may lag the drain's answer: wait for
+        # the lines, not for the ends), and a plain one's end — written once its response
+        # was handed to the kernel, before the proxy could read it — came before the
+        # drain was reported done.
+        a = servers["a"]
+
+        def ends(kind: str) -> list[dict[str, Any]]:
+            return [e for e in a.events("exchange") if e["kind"] == kind and e["phase"] == "end"]
+
+        def starts(kind: str) -> int:
+            return sum(1 for e in a.events("exchange")
+                       if e["kind"] == kind and e["phase"] == "start")
+
+        await a.wait_for(lambda: all(len(ends(k)) == starts(k) for k in ("http", "upgrade")),
+                         "every exchange on a ended", 10)
+        last_plain = max((e["t"] for e in ends("http")), default=0.0)
+        assert last_plain <= done_at + 0.01, (last_plain, done_at)
 
 
 def test_missing_modules_skip_unless_required(
