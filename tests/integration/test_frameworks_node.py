@@ -17,9 +17,18 @@ upgrade that reached the other backend gets).
 - A control: ``round_robin`` without cookies breaks polling sessions, so the checks
   above would see a session split across the backends.
 
+SockJS (``sockjs`` and ``sockjs-client``): two ``sockjs_server.mjs`` echo servers and
+``sockjs_clients.mjs`` with each transport (websocket, xhr-streaming, xhr-polling):
+``balance: hash:cid`` on the query sockjs-client repeats on every session URL, or
+``balance: cookie`` for a client that keeps cookies; a control shows both needed.
+
+A drain: socket.io clients on one backend, ``POST /backends/a/drain``, each reconnects
+to the other by itself.
+
 The Node modules come from ``npm install --prefix $WSPROXY_NODE_DIR socket.io
-socket.io-client`` (``.ci/run`` does it and sets ``WSPROXY_REQUIRE_NODE=1``): without them
-these tests skip, saying what is missing; with ``WSPROXY_REQUIRE_NODE`` set they fail.
+socket.io-client sockjs sockjs-client`` (``.ci/run`` does it and sets
+``WSPROXY_REQUIRE_NODE=1``): without them these tests skip, saying what is missing; with
+``WSPROXY_REQUIRE_NODE`` set they fail.
 """
 
 from __future__ import annotations
@@ -241,6 +250,103 @@ async def test_a_drain_moves_every_socketio_client_to_the_other_backend(transpor
         assert last_plain <= done_at + 0.01, (last_plain, done_at)
 
 
+SOCKJS_MODULES: Final = ("sockjs", "sockjs-client")
+SOCKJS_TRANSPORTS: Final = ("websocket", "xhr-streaming", "xhr-polling")
+
+
+def skip_unless_sockjs() -> None:
+    """As ``skip_unless_available`` for the SockJS tests (``sockjs``, ``sockjs-client``)."""
+    reason = None
+    if shutil.which("node") is None:
+        reason = "no node on PATH"
+    else:
+        for module in SOCKJS_MODULES:
+            if not (NODE_DIR / "node_modules" / module / "package.json").is_file():
+                reason = (f"{module} not installed under {NODE_DIR} (npm install --prefix DIR "
+                          f"sockjs sockjs-client, or set WSPROXY_NODE_DIR)")
+                break
+    if reason is None:
+        return
+    if os.environ.get(REQUIRE_ENV, "") not in ("", "0"):
+        pytest.fail(f"{reason}; {REQUIRE_ENV} is set, so the Node SockJS tests must run",
+                    pytrace=False)
+    pytest.skip(reason)
+
+
+async def sockjs_sessions(balance: str, transports: str, *, timeout_ms: int = WAIT_MS,
+                          cookies: bool = False
+                          ) -> tuple[dict[str, Any], dict[str, Running]]:
+    """``sockjs_clients.mjs`` through a proxy with *balance* over two ``sockjs_server.mjs``."""
+    async with AsyncExitStack() as stack:
+        servers: dict[str, Running] = {}
+        for name in ("a", "b"):
+            servers[name] = await stack.enter_async_context(started(
+                str(HERE / "sockjs_server.mjs"), name, command=("node",), env=node_env()))
+        for server in servers.values():
+            await server.wait_for_event("listening")
+        config = make_config(backend_config(servers), plain_http="proxy", balance=balance)
+        url = await stack.enter_async_context(proxy(config, scheme="http"))
+        command = ["node", str(HERE / "sockjs_clients.mjs"), f"--url={url}/echo",
+                   f"--clients={CLIENTS}", f"--echoes={ECHOES}",
+                   f"--transports={transports}", f"--timeout-ms={timeout_ms}",
+                   f"--cookies={int(cookies)}"]
+        with anyio.fail_after(timeout_ms / 1000 * 3):
+            done = await anyio.run_process(command, env=node_env(), check=False)
+        output = done.stdout.decode().strip()
+        assert output, f"no output from sockjs_clients.mjs; stderr:\n{done.stderr.decode()}"
+        report: dict[str, Any] = json.loads(output.splitlines()[-1])
+        return report, servers
+
+
+@pytest.mark.parametrize("transports", SOCKJS_TRANSPORTS)
+async def test_sockjs_sessions_stay_on_their_backend_with_hash_on_a_query_key(
+        transports: str) -> None:
+    """sockjs-client in Node keeps no cookies, but it repeats the URL's query on every
+    session request (/echo/<server>/<session>/<transport>?cid=...): ``balance: hash:cid``
+    holds each session on one backend. 10/10 open, every echo back, one backend each,
+    no request refused (a session request on the other backend gets a 404)."""
+    skip_unless_sockjs()
+    report, servers = await sockjs_sessions("hash:cid", transports)
+    assert_sockjs_sticky(report, servers, transports)
+
+
+@pytest.mark.parametrize("transports", ["xhr-streaming", "xhr-polling"])
+async def test_sockjs_sessions_stay_on_their_backend_with_cookie(transports: str) -> None:
+    """A client that keeps cookies (a browser; here a jar per session around the Node XHR
+    driver): ``balance: cookie`` holds each session, the query not needed."""
+    skip_unless_sockjs()
+    report, servers = await sockjs_sessions("cookie", transports, cookies=True)
+    assert_sockjs_sticky(report, servers, transports)
+
+
+def assert_sockjs_sticky(report: dict[str, Any], servers: dict[str, Running], transports: str
+                         ) -> None:
+    assert report["ok"], json.dumps(report, indent=1)
+    assert [c for c in report["clients"] if c["error"] is not None] == [], report
+    assert report["opened"] == CLIENTS
+    assert report["echoed"] == report["expected_echoes"] == CLIENTS * ECHOES
+    assert {n: s.events("refused") for n, s in servers.items()} == {"a": [], "b": []}
+    connects = {r["cid"]: (n, r) for n, s in servers.items() for r in s.events("connect")}
+    assert len(connects) == CLIENTS
+    for client in report["clients"]:
+        began_on, connect = connects[client["cid"]]
+        assert client["backends"] == [began_on], client
+        assert client["transport"] == connect["transport"] == transports, (client, connect)
+    assert {n for n, _ in connects.values()} == {"a", "b"}, connects
+
+
+@pytest.mark.parametrize("balance", ["round_robin", "cookie"])
+async def test_sockjs_polling_without_affinity_breaks(balance: str) -> None:
+    """The control: with round_robin, or with ``balance: cookie`` for a client that keeps
+    no cookies (sockjs-client in Node as it comes), a session's requests reach both
+    backends and the sessions break ("Server lost session")."""
+    skip_unless_sockjs()
+    report, servers = await sockjs_sessions(balance, "xhr-polling", timeout_ms=3000)
+    refused = sum(len(s.events("refused")) for s in servers.values())
+    assert refused > 0, json.dumps(report, indent=1)
+    assert report["echoed"] < CLIENTS * ECHOES, json.dumps(report, indent=1)
+
+
 def test_missing_modules_skip_unless_required(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -253,3 +359,17 @@ def test_missing_modules_skip_unless_required(
     monkeypatch.setenv(REQUIRE_ENV, "1")
     with pytest.raises(pytest.fail.Exception, match=REQUIRE_ENV):
         skip_unless_available()
+
+
+def test_missing_sockjs_modules_skip_unless_required(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(f"{__name__}.NODE_DIR", tmp_path / "none")
+    monkeypatch.delenv(REQUIRE_ENV, raising=False)
+    if shutil.which("node") is None:
+        pytest.skip("no node on PATH")
+    with pytest.raises(pytest.skip.Exception, match=r"sockjs not installed"):
+        skip_unless_sockjs()
+    monkeypatch.setenv(REQUIRE_ENV, "1")
+    with pytest.raises(pytest.fail.Exception, match=REQUIRE_ENV):
+        skip_unless_sockjs()
