@@ -33,11 +33,13 @@ io.on("connection", (socket) => {
 });
 // Every exchange the backend serves, for the drain test: a plain request from its arrival
 // to its response's close, an upgrade until its socket closes ({"event": "exchange",
-// "phase": "start"|"end", "kind": "http"|"upgrade", "t": seconds since the epoch}).
-const exchange = (phase, kind) => say({ event: "exchange", phase, kind, t: Date.now() / 1000 });
+// "phase": "start"|"end", "kind": "http"|"upgrade", "t": seconds since the epoch, and at
+// the end of a plain one "answered": whether its response was sent whole, not cut off).
+const exchange = (phase, kind, more = {}) =>
+  say({ event: "exchange", phase, kind, t: Date.now() / 1000, ...more });
 http.on("request", (req, res) => {
   exchange("start", "http");
-  res.on("close", () => exchange("end", "http"));
+  res.on("close", () => exchange("end", "http", { answered: res.writableFinished }));
 });
 http.on("upgrade", (req, socket) => {
   exchange("start", "upgrade");

@@ -232,9 +232,10 @@ async def test_a_drain_moves_every_socketio_client_to_the_other_backend(transpor
         assert len(servers["b"].events("connect")) == CLIENTS
 
         # a's exchanges: every one ended (the pipe may lag the drain's answer: wait for
-        # the lines, not for the ends), and a plain one's end — written once its response
-        # was handed to the kernel, before the proxy could read it — came before the
-        # drain was reported done.
+        # the lines, not for the ends), and every plain response a sent whole — its end
+        # written once handed to the kernel, before the proxy could read it — ended
+        # before the drain was reported done. (One the proxy cut off, a long-poll ended
+        # at its point of the spread, ends on a when a sees the close: no order to check.)
         a = servers["a"]
 
         def ends(kind: str) -> list[dict[str, Any]]:
@@ -246,7 +247,9 @@ async def test_a_drain_moves_every_socketio_client_to_the_other_backend(transpor
 
         await a.wait_for(lambda: all(len(ends(k)) == starts(k) for k in ("http", "upgrade")),
                          "every exchange on a ended", 10)
-        last_plain = max((e["t"] for e in ends("http")), default=0.0)
+        answered = [e["t"] for e in ends("http") if e["answered"]]
+        assert answered or transports == "websocket"
+        last_plain = max(answered, default=0.0)
         assert last_plain <= done_at + 0.01, (last_plain, done_at)
 
 
