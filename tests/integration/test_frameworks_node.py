@@ -36,7 +36,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -218,7 +217,6 @@ async def test_a_drain_moves_every_socketio_client_to_the_other_backend(transpor
                              json_body={"spread": f"{spread}s"})
         assert answer.status == 200, answer
         done = await admin(ctx, "GET", f"/drain?wait={WAIT_MS // 1000}s")
-        done_at = time.time()
         assert done.json()["draining"] is False, done.json()
         report = await clients.wait_for_event("report", WAIT_MS / 1000 * 2)
 
@@ -231,11 +229,10 @@ async def test_a_drain_moves_every_socketio_client_to_the_other_backend(transpor
         assert len(servers["a"].events("connect")) == connects_before  # none after the drain
         assert len(servers["b"].events("connect")) == CLIENTS
 
-        # a's exchanges: every one ended (the pipe may lag the drain's answer: wait for
-        # the lines, not for the ends), and every plain response a sent whole — its end
-        # written once handed to the kernel, before the proxy could read it — ended
-        # before the drain was reported done. (One the proxy cut off, a long-poll ended
-        # at its point of the spread, ends on a when a sees the close: no order to check.)
+        # a's exchanges: every one ends (the pipe may lag the drain's answer: wait for the
+        # lines). That the drain is not reported done while one is open is tested with a
+        # parked long-poll in test_http_backend_drain.py; here a's own clock (a "close"
+        # event, which a busy event loop may run late) cannot be ordered against ours.
         a = servers["a"]
 
         def ends(kind: str) -> list[dict[str, Any]]:
@@ -247,10 +244,7 @@ async def test_a_drain_moves_every_socketio_client_to_the_other_backend(transpor
 
         await a.wait_for(lambda: all(len(ends(k)) == starts(k) for k in ("http", "upgrade")),
                          "every exchange on a ended", 10)
-        answered = [e["t"] for e in ends("http") if e["answered"]]
-        assert answered or transports == "websocket"
-        last_plain = max(answered, default=0.0)
-        assert last_plain <= done_at + 0.01, (last_plain, done_at)
+        assert [e for e in ends("http") if e["answered"]] or transports == "websocket"
 
 
 SOCKJS_MODULES: Final = ("sockjs", "sockjs-client")
