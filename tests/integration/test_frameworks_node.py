@@ -64,24 +64,24 @@ WHOAMI: Final = 3
 DEFAULT = "polling,websocket"
 
 
-def missing() -> str | None:
-    """Why these tests cannot run here, or None when they can."""
+def missing(modules: tuple[str, ...] = MODULES) -> str | None:
+    """Why tests that need node and *modules* cannot run here, or None when they can."""
     if shutil.which("node") is None:
         return "no node on PATH"
-    for module in MODULES:
+    for module in modules:
         if not (NODE_DIR / "node_modules" / module / "package.json").is_file():
             return (f"{module} not installed under {NODE_DIR} (npm install --prefix DIR "
-                    f"socket.io socket.io-client, or set WSPROXY_NODE_DIR)")
+                    f"{' '.join(modules)}, or set WSPROXY_NODE_DIR)")
     return None
 
 
-def skip_unless_available() -> None:
+def skip_unless_available(modules: tuple[str, ...] = MODULES, what: str = "socket.io") -> None:
     """Skip when node or a module is missing; fail instead where ``WSPROXY_REQUIRE_NODE``."""
-    reason = missing()
+    reason = missing(modules)
     if reason is None:
         return
     if os.environ.get(REQUIRE_ENV, "") not in ("", "0"):
-        pytest.fail(f"{reason}; {REQUIRE_ENV} is set, so the Node socket.io tests must run",
+        pytest.fail(f"{reason}; {REQUIRE_ENV} is set, so the Node {what} tests must run",
                     pytrace=False)
     pytest.skip(reason)
 
@@ -253,21 +253,7 @@ SOCKJS_TRANSPORTS: Final = ("websocket", "xhr-streaming", "xhr-polling")
 
 def skip_unless_sockjs() -> None:
     """As ``skip_unless_available`` for the SockJS tests (``sockjs``, ``sockjs-client``)."""
-    reason = None
-    if shutil.which("node") is None:
-        reason = "no node on PATH"
-    else:
-        for module in SOCKJS_MODULES:
-            if not (NODE_DIR / "node_modules" / module / "package.json").is_file():
-                reason = (f"{module} not installed under {NODE_DIR} (npm install --prefix DIR "
-                          f"sockjs sockjs-client, or set WSPROXY_NODE_DIR)")
-                break
-    if reason is None:
-        return
-    if os.environ.get(REQUIRE_ENV, "") not in ("", "0"):
-        pytest.fail(f"{reason}; {REQUIRE_ENV} is set, so the Node SockJS tests must run",
-                    pytrace=False)
-    pytest.skip(reason)
+    skip_unless_available(SOCKJS_MODULES, "SockJS")
 
 
 async def sockjs_sessions(balance: str, transports: str, *, timeout_ms: int = WAIT_MS,
