@@ -10,6 +10,7 @@ refused connection holds no slot of the limits, and a draining proxy still answe
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,6 +24,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
 from tests.helpers import FrameReader, build_raw
+from tests.integration import browser
 from tests.integration.peers import (
     Backend,
     backend,
@@ -302,3 +304,45 @@ async def test_a_draining_proxy_still_answers_503_and_counts_the_refusals() -> N
         ctx.drain(spread=0)
         assert ctx.drain_status()["refused_upgrades"] == 0
     assert len(b.requests) == 1
+
+
+# What a browser sees…
+
+BROWSER_SCRIPT = Path(__file__).with_name("reject_close_browser.mjs")
+OFFERS: list[list[str]] = [[], ["chat.v1", "chat.v2"]]
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("reject_with", ["close", "status"])
+async def test_a_browser_sees_1013_and_the_hint_only_with_close(reject_with: str) -> None:
+    browser.skip_unless_available()
+    # One token, spent by the first client; the next comes back in 100 s.
+    async with backend() as b, proxy_with(make_config(
+        [b], admission={"max_upgrade_rate": 0.01, "burst": 1, "reject_with": reject_with}
+    )) as (ctx, url, _finished), connect(url) as first:
+        assert await echoes(first)
+        assert ctx.admin_address is not None
+        admin_host, admin_port = ctx.admin_address
+        result = await browser.run_script(BROWSER_SCRIPT, [
+            f"--page=http://{admin_host}:{admin_port}/healthz", f"--ws={url}",
+            f"--offers={json.dumps(OFFERS)}",
+        ])
+        assert len(b.requests) == 1  # the browser's upgrades never reached it
+    sockets = result["sockets"]
+    assert [s["offers"] for s in sockets] == OFFERS
+    if reject_with == "status":
+        # Why the mode exists: a 503 is a bare 1006 to a page, Retry-After unseen.
+        assert [(s["opened"], s["code"], s["reason"]) for s in sockets] == [
+            (False, 1006, "")] * len(OFFERS)
+        return
+    for s in sockets:
+        assert s["opened"] is True
+        assert s["error_event"] is False
+        assert s["code"] == 1013
+        assert s["was_clean"] is True
+        match = HINT.match(s["reason"])
+        assert match is not None, s
+        assert 1 <= int(match.group(1)) <= 100_000
+    # A browser fails a handshake whose offers all go unanswered: one was selected.
+    assert [s["protocol"] for s in sockets] == ["", "chat.v1"]
+    assert result["page_errors"] == []
