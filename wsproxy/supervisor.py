@@ -251,7 +251,7 @@ class ProxyContext:
         """Why this upgrade is answered with an error before any backend is asked.
 
         Admission and the connection limits answer as ``admission.reject_with``
-        says (live): a 503, or a CloseRefusal (the connection's own 101 and a 1013
+        says (live): a 503, or a CloseRefusal (the proxy's own 101 and a 1013
         close with a hint, once auth has passed). A draining proxy always answers
         503: the status is what load balancers route away on (README, Draining).
         """

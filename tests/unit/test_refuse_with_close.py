@@ -110,6 +110,30 @@ def test_frames_the_client_sent_before_the_101_are_read_after_the_close() -> Non
 
 
 @pytest.mark.parametrize(
+    "bad",
+    [
+        build_raw(fr.TEXT, b"x", mask=False),  # a client frame not masked
+        build_raw(fr.CLOSE, b"\x03\xe8\xff"),  # a close reason that is not UTF-8
+        build_raw(fr.PING, b"p" * 126),  # a control frame too long
+        build_raw(0x3, b"x"),  # a reserved opcode
+    ],
+    ids=["unmasked", "bad-close", "long-ping", "reserved-opcode"],
+)
+def test_a_client_that_breaks_the_protocol_meanwhile_is_dropped(bad: bytes) -> None:
+    h = SessionHarness(opened=False)
+    h.auto_close[CLIENT] = False
+    h.send_request()
+    h.session.accept()
+    h.session.refuse_with_close(REFUSED)
+    h.pump()
+    h.client_received()
+    h.session.receive_data(CLIENT, bad)
+    assert h.session.state is SessionState.FAILED
+    assert h.session.should_close(CLIENT)
+    assert h.session.data_to_send(UPSTREAM) == []
+
+
+@pytest.mark.parametrize(
     ("offers", "auth_offer", "chosen"),
     [
         (("chat", "superchat"), None, "chat"),  # a browser fails an unanswered offer
