@@ -7,7 +7,7 @@ exceptions.
 
 from __future__ import annotations
 
-from .client import EVENTS_KEPT, ClientState, WsproxyClient
+from .client import EVENTS_KEPT, UNREAD_CONNECTIONS_KEPT, ClientState, WsproxyClient
 from .events import (
     ClientClosed,
     Closed,
@@ -38,6 +38,7 @@ from .policy import (
 __all__ = [
     "EVENTS_KEPT",
     "RECONNECT_CODES",
+    "UNREAD_CONNECTIONS_KEPT",
     "Action",
     "Backoff",
     "ClientClosed",

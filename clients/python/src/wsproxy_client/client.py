@@ -59,6 +59,9 @@ _TOKEN_IN: Final = re.compile(
     r"header(?::[!#$%&'*+.^_`|~0-9A-Za-z-]+)?|query:.+|subprotocol(?::.+)?")
 #: Events kept for an ``events()`` reader that has fallen behind (oldest dropped).
 EVENTS_KEPT: Final = 1000
+#: Connections whose messages ``recv()`` has yet to reach; past this many (an app that
+#: does not read, over many reconnects) the oldest is forgotten with what it held.
+UNREAD_CONNECTIONS_KEPT: Final = 8
 
 
 class ClientState(Enum):
@@ -135,15 +138,18 @@ class WsproxyClient:
         self._open_timeout = open_timeout
         self._connect_kwargs = dict(connect_kwargs or {})
         self._queue = SendQueue(max_queued_messages, max_queued_bytes)
-        self._reconnects = Reconnects(backoff or Backoff(), has_token_hook=token is not None,
-                                      should_reconnect=should_reconnect, random=random)
+        self._should_reconnect = should_reconnect
+        self._reconnects = Reconnects(
+            backoff or Backoff(), has_token_hook=token is not None,
+            should_reconnect=self._ask_app if should_reconnect is not None else None,
+            random=random)
         self._state = ClientState.CONNECTING
         self._task: asyncio.Task[None] | None = None
         #: The open connection (or the one that just closed), for send() and close().
         self._connection: ClientConnection | None = None
         #: The connection recv() reads from, then the opened ones it has yet to read.
         self._reading: ClientConnection | None = None
-        self._unread: deque[ClientConnection] = deque()
+        self._unread: deque[ClientConnection] = deque(maxlen=UNREAD_CONNECTIONS_KEPT)
         self._token_entry: str | None = None
         self._subscribers: list[deque[Event]] = []
         self._changed = asyncio.Event()
@@ -194,6 +200,10 @@ class WsproxyClient:
         (if any) closed with *code* and *reason*. Idempotent."""
         if self.terminated is not None:
             return
+        if self._state is ClientState.CLOSING:  # another close() is under way
+            while self.terminated is None:
+                await self._changed.wait()
+            return
         self._state = ClientState.CLOSING
         task, self._task = self._task, None
         if task is not None:
@@ -220,7 +230,10 @@ class WsproxyClient:
             QueueFull: not connected, and the message would cross a queue bound (the
                 queued messages are kept; this one is not).
             ClientClosed: the client has ended.
+            TypeError: *message* is neither str nor bytes.
         """
+        if not isinstance(message, str | bytes):
+            raise TypeError(f"a message is str or bytes, not {type(message).__name__}")
         if self.terminated is not None or self._state is ClientState.CLOSING:
             self._emit(Dropped(message, "closed"))
             raise self._closed_error()
@@ -322,6 +335,22 @@ class WsproxyClient:
     # The loop …
 
     async def _run(self) -> None:
+        try:
+            await self._loop()
+        except Exception as exc:  # a bug: end the client rather than leave readers waiting
+            log.exception("wsproxy_client: the client's loop failed")
+            self._emit(Failed(exc))
+            self._end(1006, "client failed", requested=False)
+
+    def _ask_app(self, code: int, reason: str, attempt: int) -> bool | None:
+        assert self._should_reconnect is not None
+        try:
+            return self._should_reconnect(code, reason, attempt)
+        except Exception:  # a failing hook leaves the decision to the rule
+            log.exception("wsproxy_client: should_reconnect raised")
+            return None
+
+    async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             self._state = ClientState.CONNECTING
