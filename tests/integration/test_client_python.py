@@ -340,3 +340,31 @@ async def test_close_during_the_back_off_stops_the_reconnects() -> None:
         terminated: Terminated = await next_event(events, Terminated)
     assert terminated.requested
     assert client.state is ClientState.CLOSED
+
+
+async def test_the_apps_hook_can_make_an_application_code_retryable() -> None:
+    asked: list[tuple[int, str, int]] = []
+
+    def should_reconnect(code: int, reason: str, attempt: int) -> bool | None:
+        asked.append((code, reason, attempt))
+        return True if 4000 <= code <= 4999 else None
+
+    async with backend() as b, running_proxy(make_config([b], auth=jwt_auth())) as ctx:
+        assert ctx.admin_address is not None
+        admin = f"http://127.0.0.1:{ctx.admin_address[1]}"
+        url = f"ws://127.0.0.1:{ctx.addresses[0][1]}/"
+
+        async def get_token() -> str:
+            return token("kim", 600)
+
+        async with WsproxyClient(url, token=get_token,
+                                 should_reconnect=should_reconnect) as client:
+            events = client.events()
+            assert await echo(client, "one") == "one"
+            await post(admin, "/connections/close", {"subject": "kim", "code": 4001})
+            closed: Closed = await next_event(events, Closed)
+            assert (closed.code, closed.terminal) == (4001, False)
+            await next_event(events, Opened)
+            assert await echo(client, "two") == "two"
+    assert asked == [(4001, "connection revoked", 1)]
+    assert len(b.requests) == 2
