@@ -2,9 +2,10 @@
 token expiry, admission refusals and close().
 
 The drain runs against ``wsproxy run`` as a subprocess; the others run the proxy in
-this event loop (peers.py). The client's events are stamped with the loop's clock as
-they happen (``on_event`` is called synchronously), so the waits are measured from
-the client's own close to its own next connect: lower bounds only.
+this event loop (peers.py). Every test runs on asyncio's loop and on uvloop. The
+client's events are stamped with the loop's clock as they happen (``on_event`` is
+called synchronously), so the waits are measured from the client's own close to its
+own next connect: lower bounds only.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection
 
 from tests.integration.peers import backend, make_config, running_proxy
+from tests.integration.peers import both_loops as anyio_backend  # noqa: F401
 from tests.integration.proxy_process import proxy_process
 from wsproxy_client import (
     Backoff,

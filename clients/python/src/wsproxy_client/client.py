@@ -215,7 +215,7 @@ class WsproxyClient:
             return
         if ws is not None and ws.state is not State.CLOSED:
             await ws.close(code, reason)
-            self._emit(Closed(code, reason, was_clean=ws.close_code is not None,
+            self._emit(Closed(code, reason, was_clean=ws.protocol.close_rcvd is not None,
                               before_open=False, terminal=True))
         self._reading = None
         self._unread.clear()
