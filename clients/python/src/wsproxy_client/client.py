@@ -213,7 +213,7 @@ class WsproxyClient:
         ws, self._connection = self._connection, None
         if self.terminated is not None:  # the loop ended on its own meanwhile
             return
-        if ws is not None and ws.state is not State.CLOSED:
+        if ws is not None and ws.protocol.state is not State.CLOSED:
             await ws.close(code, reason)
             self._emit(Closed(code, reason, was_clean=ws.protocol.close_rcvd is not None,
                               before_open=False, terminal=True))
@@ -238,7 +238,7 @@ class WsproxyClient:
             self._emit(Dropped(message, "closed"))
             raise self._closed_error()
         ws = self._connection
-        if self._state is ClientState.OPEN and ws is not None and ws.state is State.OPEN:
+        if self._state is ClientState.OPEN and ws is not None and ws.protocol.state is State.OPEN:
             # Handed to the socket: if it closes now, the message is not sent again
             # (whether the server got it is unknown; resending could deliver it twice).
             with contextlib.suppress(ConnectionClosed):
@@ -405,7 +405,7 @@ class WsproxyClient:
         self._connection = ws
         self._unread.append(ws)
         flushed = 0
-        while ws.state is State.OPEN and (message := self._queue.pop()) is not None:
+        while ws.protocol.state is State.OPEN and (message := self._queue.pop()) is not None:
             flushed += 1
             with contextlib.suppress(ConnectionClosed):  # handed over: not sent again
                 await ws.send(message)
@@ -445,11 +445,10 @@ class WsproxyClient:
 
 def _close_of(ws: ClientConnection) -> Close:
     """How an opened connection ended, from what ``websockets`` recorded."""
-    received = ws.protocol.close_rcvd
-    code = ws.close_code if ws.close_code is not None else 1006
-    reason = ws.close_reason or ""
-    clean = received is not None and ws.protocol.close_sent is not None
-    return Close(int(code), reason, was_clean=clean)
+    protocol = ws.protocol  # websockets 13 has these on the protocol only
+    code = protocol.close_code if protocol.close_code is not None else 1006
+    clean = protocol.close_rcvd is not None and protocol.close_sent is not None
+    return Close(int(code), protocol.close_reason or "", was_clean=clean)
 
 
 def _closed_event(close: Close, *, terminal: bool = False, retry_in: float | None = None,
