@@ -11,7 +11,7 @@ status when there was one) goes through three steps:
    ``should_reconnect(code, reason, attempt)`` is asked first and may say ``True``
    (reconnect), ``False`` (stop) or ``None`` (the rule decides).
 2. **How long to wait** (``Reconnects.decide``): the server's hint when there is one
-   (``retry-after-ms=N`` at the end of the close reason, or a ``Retry-After`` header on
+   (``retry-after-ms=N`` in the close reason, or a ``Retry-After`` header on
    a refused upgrade), exactly, clamped to ``Backoff.max_hint``; otherwise full-jitter
    exponential back-off, attempt *n* waiting ``uniform(0, min(max, base * 2**(n-1)))``.
 3. **Which attempt this is**: the count starts at 1 after a connection that stayed
@@ -47,9 +47,10 @@ RECONNECT_CODES: Final = frozenset({1001, 1006, 1011, 1012, 1013, 1014})
 #: wsproxy's token-expiry close: 1008 with this text (before any ``;``).
 TOKEN_EXPIRED: Final = "token expired"
 
-#: ``retry-after-ms=N`` at the end of a close reason (wsproxy writes
-#: ``"<text>; retry-after-ms=N"``); at most 15 digits, far above any clamp.
-_HINT: Final = re.compile(r"(?:^|[\s;])retry-after-ms=(\d{1,15})\s*$")
+#: ``retry-after-ms=N`` in a close reason (wsproxy writes ``"<text>; retry-after-ms=N"``),
+#: as a word of its own: the first one, at most nine ASCII digits (anything longer is
+#: past any clamp). The same expression as clients/js's ``parseRetryHint``.
+_HINT: Final = re.compile(r"(?:^|[\s;,])retry-after-ms=([0-9]{1,9})(?=\Z|[\s;,])")
 #: A ``Retry-After`` header's delta-seconds form (RFC 9110 §10.2.3).
 _DELTA_SECONDS: Final = re.compile(r"\d{1,15}")
 
@@ -134,7 +135,7 @@ class Decision:
 
 
 def parse_retry_hint(reason: str | None) -> int | None:
-    """The ``retry-after-ms=N`` hint at the end of a close reason, in ms (not clamped)."""
+    """The ``retry-after-ms=N`` hint in a close reason, in ms (not clamped)."""
     if not reason:
         return None
     match = _HINT.search(reason)
