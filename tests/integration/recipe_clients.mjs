@@ -9,6 +9,7 @@
 //   {"event": "open", "backend": NAME, "t"}   the client is (again) connected, to NAME
 //   {"event": "close", "code", "reason", "t"} the connection closed, as the library saw it
 //   {"event": "terminal", "t"}                the library (as the recipe set it) gave up
+//   {"event": "timer", "ms", "t"}             a timer was set to fire in ms
 // It runs until it is stopped (SIGTERM).
 import { performance } from "node:perf_hooks";
 import { pathToFileURL } from "node:url";
@@ -16,6 +17,13 @@ import { pathToFileURL } from "node:url";
 const [kind, recipeFile, url] = process.argv.slice(2);
 const say = (record) =>
   process.stdout.write(JSON.stringify({ ...record, t: performance.now() }) + "\n");
+// Every timer set (with a delay), before the recipe and its library are loaded (socket.io
+// keeps the setTimeout it found then): the test looks for the one its reconnect waited on.
+const realSetTimeout = globalThis.setTimeout;
+globalThis.setTimeout = function setTimeout(callback, ms, ...rest) {
+  if (ms > 0) say({ event: "timer", ms });
+  return realSetTimeout(callback, ms, ...rest);
+};
 const { connect } = await import(pathToFileURL(recipeFile).href);
 
 if (kind === "graphql-ws") {
