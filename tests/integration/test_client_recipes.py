@@ -4,8 +4,9 @@ Each recipe is a fenced block in clients/README.md after a ``<!-- recipe: NAME -
 the tests extract it from there (so the README's code is the tested code) and run it:
 
 - the JavaScript ones (graphql-ws, socket.io-client, phoenix, @microsoft/signalr) as a
-  module imported by ``recipe_clients.mjs``, which watches the client through the
-  library's own events, against two ``recipe_servers.mjs`` backends of the same protocol
+  module, in Node (``recipe_clients.mjs``) and in headless Chromium (``recipe_browser.mjs``,
+  the libraries' browser builds), watched through the library's own events
+  (``recipe_watch.mjs``), against two ``recipe_servers.mjs`` backends of the same protocol
   (graphql-ws and socket.io are their real servers; Phoenix and SignalR stand-ins that
   speak enough of the protocol for the real client);
 - the python-websockets one imported as a module, against two ``websockets`` backends.
@@ -22,7 +23,8 @@ graphql-ws's, which does not retry a 1008 at all).
 
 The npm modules come from ``$WSPROXY_NODE_DIR`` (``.ci/run`` installs them pinned and
 sets ``WSPROXY_REQUIRE_NODE=1``): without them the Node tests skip, saying what is
-missing; with ``WSPROXY_REQUIRE_NODE`` set they fail.
+missing; with ``WSPROXY_REQUIRE_NODE`` set they fail. The Chromium ones also need what
+tests/integration/browser.py says (and fail without it under ``WSPROXY_REQUIRE_BROWSER``).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 import wsproxy.control.drain
+from tests.integration import browser
 from tests.integration.peers import backend, make_config, running_proxy
 from tests.integration.proxy_process import Running, started
 from tests.integration.test_admin import admin
@@ -113,10 +116,13 @@ async def only_connection(ctx: ProxyContext, backend_name: str) -> str:
 
 # JavaScript recipes …
 
+@pytest.mark.parametrize("where", ["node", "chromium"])
 @pytest.mark.parametrize("kind", ["graphql-ws", "socket.io", "phoenix", "signalr"])
 async def test_js_recipe_reconnects_after_the_hint_and_stops_on_1008(
-        kind: str, tmp_path: Path) -> None:
+        kind: str, where: str, tmp_path: Path) -> None:
     skip_unless_available(MODULES[kind], kind)
+    if where == "chromium":
+        browser.skip_unless_available()
     _, code = recipes()[kind]
     # The block as a module beside a node_modules of its own, so that its bare imports
     # ("graphql-ws", "ws", ...) resolve as in an application.
@@ -136,9 +142,11 @@ async def test_js_recipe_reconnects_after_the_hint_and_stops_on_1008(
         ctx = await stack.enter_async_context(running_proxy(config))
         host, port = ctx.addresses[0]
         scheme = "http" if kind in ("socket.io", "signalr") else "ws"
+        driver = "recipe_clients.mjs" if where == "node" else "recipe_browser.mjs"
         client = await stack.enter_async_context(started(
-            str(HERE / "recipe_clients.mjs"), kind, str(module), f"{scheme}://{host}:{port}",
-            command=("node",), env=node_env()))
+            str(HERE / driver), kind, str(module), f"{scheme}://{host}:{port}",
+            command=("node",), env={**node_env(), "WSPROXY_CHROMIUM": browser.CHROMIUM,
+                                    "WSPROXY_PLAYWRIGHT_DIR": str(browser.PLAYWRIGHT_DIR)}))
 
         first = await client.wait_for_event("open", WAIT)
         on = first["backend"]
@@ -171,6 +179,7 @@ async def test_js_recipe_reconnects_after_the_hint_and_stops_on_1008(
         assert len(client.events("open")) == 2, client.records
         assert {n: s.count("connect") for n, s in servers.items()} == upgrades
         assert (await admin(ctx, "GET", "/connections")).json()["connections"] == []
+        assert client.events("page_error") == []
 
 
 # The python-websockets recipe …
