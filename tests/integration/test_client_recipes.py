@@ -65,6 +65,8 @@ HINT_MS: Final = 800
 QUIET: Final = 2.5
 #: Bound on each wait for the client (connect, close, reconnect).
 WAIT: Final = 20.0
+#: Bound on the wait for the first open, which includes starting node (and Chromium).
+START: Final = 60.0
 RECIPE: Final = re.compile(r"<!-- recipe: (\S+) -->\n```(\w+)\n(.*?)```", re.DOTALL)
 #: The npm modules each JavaScript recipe and its backend need.
 MODULES: Final = {
@@ -148,7 +150,7 @@ async def test_js_recipe_reconnects_after_the_hint_and_stops_on_1008(
             command=("node",), env={**node_env(), "WSPROXY_CHROMIUM": browser.CHROMIUM,
                                     "WSPROXY_PLAYWRIGHT_DIR": str(browser.PLAYWRIGHT_DIR)}))
 
-        first = await client.wait_for_event("open", WAIT)
+        first = await client.wait_for_event("open", START)
         on = first["backend"]
         other = "b" if on == "a" else "a"
         answer = await admin(ctx, "POST", f"/backends/{on}/drain", json_body={"spread": "0.2s"})
