@@ -13,7 +13,8 @@ Checked here with hypothesis (derandomized: the same inputs on every run):
   bytes out to each side, the same states, close codes, counters and pongs.
 
 The C tests skip where the extension was not built (no compiler), unless
-``WSPROXY_REQUIRE_SPEEDUPS=1`` (.ci/run sets it) makes that a failure.
+``WSPROXY_REQUIRE_SPEEDUPS=1`` makes that a failure (.ci/run fails before the tests
+when ``wsproxy --version`` does not say ``speedups: c``).
 """
 
 from __future__ import annotations
