@@ -88,7 +88,8 @@ HOST_SCRIPT = BENCH / "wave_clients.mjs"
 NPM_PINS = {"ws": "8.18.3", "reconnecting-websocket": "4.4.0"}
 BUCKET = 0.1
 CRITERION = 1.5
-DRAINED_CODE = 1012
+DRAINED_CODE = 1012  # drain.backend_close_code
+PROXY_DRAINED_CODE = 1001  # drain.shutdown_close_code
 
 TIMINGS: dict[str, str] = {
     "js": "clients/js (waits the hint)",
@@ -242,31 +243,54 @@ def proxy_config(urls: list[str], spread: float, clients: int) -> str:
 # --------------------------------------------------------------------------- one drain
 
 
+def start_proxy(args: argparse.Namespace, name: str, cfg_text: str,
+                logs: Path) -> tuple[Proc, str, str]:
+    """A ``wsproxy run``; returns it, its ws:// URL and its admin base URL."""
+    cfg = logs / f"{name}.yaml"
+    cfg.parent.mkdir(parents=True, exist_ok=True)
+    cfg.write_text(cfg_text)
+    proxy = _prioritize(Proc(name, [*_nice(args), *_wsproxy(), "run", "-c", str(cfg)],
+                             logs / f"{name}.log"), args)
+    ev = proxy.wait_event(lambda e: e.get("event") == "proxy.listening", 20)
+    aev = proxy.wait_event(lambda e: e.get("event") == "admin.listening", 5)
+    if ev is None or aev is None:
+        proxy.stop(timeout=3)
+        raise SetupError(f"{name} did not start:\n{proxy.tail()}")
+    port = int(str(ev["addresses"][0]).rsplit(":", 1)[1])
+    return proxy, f"ws://{HOST}:{port}/", f"http://{aev['address']}"
+
+
 def run_once(args: argparse.Namespace, nm: Path, timing: str, spread: float,
              rep: int) -> dict[str, Any]:
-    label = f"{timing}-s{spread:g}-rep{rep + 1}"
+    """One drain under N clients of one timing: the figures of its reconnect wave.
+
+    ``--drain backend``: one proxy; every client on backend-1, which is drained (1012);
+    they reconnect to the same proxy, to backend-2. ``--drain proxy``: two proxies;
+    every client on proxy A, which is drained (``POST /drain``, 1001); from the drain
+    request on the clients' new sockets go to proxy B, as a load balancer would send
+    them once A's /readyz turned 503 (modelled in the clients: wave_clients.mjs
+    --url-next).
+    """
+    label = f"{args.drain}-{timing}-s{spread:g}-rep{rep + 1}"
     logs = LOGS / label
     procs: list[Proc] = []
     result: dict[str, Any] = {"timing": timing, "spread_s": spread, "rep": rep + 1,
-                              "clients": args.clients}
+                              "clients": args.clients, "drain": args.drain}
     try:
         backends, urls = start_backends(args, logs)
         procs.extend(backends)
-        cfg = logs / "wsproxy.yaml"
-        cfg.write_text(proxy_config(urls, spread, args.clients))
-        proxy = _prioritize(Proc("proxy", [*_nice(args), *_wsproxy(), "run", "-c", str(cfg)],
-                                 logs / "proxy.log"), args)
+        proxy, url, base = start_proxy(args, "proxy", proxy_config(urls, spread, args.clients),
+                                       logs)
         procs.append(proxy)
-        ev = proxy.wait_event(lambda e: e.get("event") == "proxy.listening", 20)
-        aev = proxy.wait_event(lambda e: e.get("event") == "admin.listening", 5)
-        if ev is None or aev is None:
-            raise SetupError(f"the proxy did not start:\n{proxy.tail()}")
-        port = int(str(ev["addresses"][0]).rsplit(":", 1)[1])
-        base = f"http://{aev['address']}"
-        url = f"ws://{HOST}:{port}/"
-
-        # Everyone on backend-1: backend-2 drained (nothing to close) while they connect.
-        admin(base, "POST", "/backends/backend-2/drain")
+        url_next = ""
+        target = proxy  # where the reconnects land
+        if args.drain == "proxy":
+            target, url_next, base_b = start_proxy(
+                args, "proxy-b", proxy_config(urls, spread, args.clients), logs)
+            procs.append(target)
+        else:
+            # Everyone on backend-1: backend-2 drained (nothing to close) while they connect.
+            admin(base, "POST", "/backends/backend-2/drain")
         n_procs = max(1, min(args.procs, args.clients))
         per = [args.clients // n_procs + (1 if i < args.clients % n_procs else 0)
                for i in range(n_procs)]
@@ -277,6 +301,8 @@ def run_once(args: argparse.Namespace, nm: Path, timing: str, spread: float,
                     "--timing", timing, "--node-modules", str(nm),
                     "--client-module", str(args.client_module),
                     "--max-seconds", f"{budget:g}"]
+            if url_next:
+                argv += ["--url-next", url_next]
             c = _prioritize(Proc(f"clients-{i + 1}", argv, logs / f"clients-{i + 1}.log",
                                  stdin=True), args)
             procs.append(c)
@@ -289,9 +315,12 @@ def run_once(args: argparse.Namespace, nm: Path, timing: str, spread: float,
         result["connect_s"] = round(time.monotonic() - t_connect, 2)
         placed = {b["name"]: b["active"] for b in admin(base, "GET", "/backends")["backends"]}
         result["placed"] = placed
-        if placed.get("backend-1") != args.clients:
-            raise SetupError(f"clients not all on backend-1: {placed}")
-        admin(base, "POST", "/backends/backend-2/undrain")
+        if args.drain == "backend":
+            if placed.get("backend-1") != args.clients:
+                raise SetupError(f"clients not all on backend-1: {placed}")
+            admin(base, "POST", "/backends/backend-2/undrain")
+        elif sum(placed.values()) != args.clients:
+            raise SetupError(f"clients not all on proxy A: {placed}")
         time.sleep(args.steady)
 
         for c in clients:
@@ -303,7 +332,7 @@ def run_once(args: argparse.Namespace, nm: Path, timing: str, spread: float,
         mark = len(proxy.lines)
         t0_wall = time.time()
         t0 = time.monotonic()
-        admin(base, "POST", "/backends/backend-1/drain")
+        admin(base, "POST", "/backends/backend-1/drain" if args.drain == "backend" else "/drain")
         result["drain_post_s"] = round(time.monotonic() - t0, 4)
         settled = [c.wait_event(lambda e: e.get("event") == "settled", spread + 45)
                    for c in clients]
@@ -315,8 +344,9 @@ def run_once(args: argparse.Namespace, nm: Path, timing: str, spread: float,
         closing = proxy.wait_event(lambda e: e.get("event") == "drain.closing", 1, mark)
         result["proxy_drain_window_s"] = (closing or {}).get("window_s")
         result["proxy_drain_finished"] = finished is not None
-        moved = {b["name"]: b["active"] for b in admin(base, "GET", "/backends")["backends"]}
-        result["after"] = moved
+        after_base = base if args.drain == "backend" else base_b
+        result["after"] = {b["name"]: b["active"]
+                           for b in admin(after_base, "GET", "/backends")["backends"]}
         span = max(t_settled - t0, 0.05)
         result["cpu_cores"] = {p.name: round((p.cpu_seconds() - cpu0[p.name]) / span, 2)
                                for p in procs}
@@ -334,8 +364,10 @@ def run_once(args: argparse.Namespace, nm: Path, timing: str, spread: float,
             if rev is None:
                 raise SetupError(f"{c.name} did not report:\n{c.tail()}")
             reports.append(rev)
-        result.update(analyse(t0, spread, reports))
-        result["proxy_view"] = proxy_view(proxy.events(mark), t0_wall)
+        code = DRAINED_CODE if args.drain == "backend" else PROXY_DRAINED_CODE
+        result.update(analyse(t0, spread, reports, code))
+        result["proxy_view"] = proxy_view(target.events(mark if target is proxy else 0),
+                                          t0_wall, "backend-2" if target is proxy else None)
         result["proxy_max_over_mean"] = result["proxy_view"]["max_over_mean"]
         waits = result["run_queue_wait_s"]
         result["wait_proxy_s"] = waits.get("proxy")
@@ -388,7 +420,8 @@ def wave_stats(times: list[float]) -> dict[str, Any]:
     }
 
 
-def analyse(t0: float, spread: float, reports: list[dict[str, Any]]) -> dict[str, Any]:
+def analyse(t0: float, spread: float, reports: list[dict[str, Any]],
+            drained_code: int) -> dict[str, Any]:
     closes: list[float] = []
     close_codes: dict[str, int] = {}
     hints: list[float] = []
@@ -407,7 +440,7 @@ def analyse(t0: float, spread: float, reports: list[dict[str, Any]]) -> dict[str
         drained_hint: float | None = None
         for _cid, attempt, opened, closed, code, hint in rows:
             if opened is not None and closed is not None and closed >= t0:
-                if code == DRAINED_CODE and drained_at is None:
+                if code == drained_code and drained_at is None:
                     drained_at = closed
                     closes.append(closed - t0)
                     if hint is not None:
@@ -457,8 +490,9 @@ def analyse(t0: float, spread: float, reports: list[dict[str, Any]]) -> dict[str
     return out
 
 
-def proxy_view(events: list[dict[str, Any]], t0_wall: float) -> dict[str, Any]:
-    """The wave as the proxy logged it: connection.opened on backend-2 (its timestamps)."""
+def proxy_view(events: list[dict[str, Any]], t0_wall: float,
+               backend: str | None) -> dict[str, Any]:
+    """The wave as the proxy logged it: its connection.opened lines (on *backend*)."""
     def at(e: dict[str, Any]) -> float | None:
         with contextlib.suppress(KeyError, ValueError, TypeError):
             return datetime.datetime.fromisoformat(
@@ -466,7 +500,7 @@ def proxy_view(events: list[dict[str, Any]], t0_wall: float) -> dict[str, Any]:
         return None
 
     opens = [t for e in events if e.get("event") == "connection.opened"
-             and e.get("backend") == "backend-2" and (t := at(e)) is not None and t >= 0]
+             and backend in (None, e.get("backend")) and (t := at(e)) is not None and t >= 0]
     stats = wave_stats(opens)
     return {"reconnects": len(opens),
             **{k: stats[k] for k in ("mean_per_bucket", "max_per_bucket", "max_over_mean",
@@ -535,7 +569,7 @@ def _f(x: Any, nd: int = 1) -> str:
     return f"{int(x):,}"
 
 
-def table(summary: dict[str, dict[str, Any]], spread: float) -> str:
+def table(summary: dict[str, dict[str, Any]], spread: float, drain: str) -> str:
     head = ("| client timing | clients | reconnects | mean / max per 100 ms | max / mean "
             f"(≤ {CRITERION}?) | model, idle machine | p99 per 100 ms | "
             "wave: first → last reconnect | failed attempts |")
@@ -564,12 +598,14 @@ def table(summary: dict[str, dict[str, Any]], spread: float) -> str:
     other = ", ".join(f"{t} {_f(m.get('other_cpu_cores'), 1)}" for t, m in ran)
     return "\n".join(lines) + (
         f"\n\nMedians of the repetitions; {note} max / mean from the proxy's own log "
-        f"(connection.opened on backend-2): {proxy}. Seconds the proxy / the busiest client "
+        f"({'connection.opened on backend-2' if drain == 'backend' else 'proxy B'}): "
+        f"{proxy}. Seconds the proxy / the busiest client "
         f"process waited for a CPU during the wave: {waited}; cores used by other "
         f"processes meanwhile: {other}.")
 
 
-def plot(summaries: dict[float, dict[str, dict[str, Any]]], path: Path, clients: int) -> str:
+def plot(summaries: dict[float, dict[str, dict[str, Any]]], path: Path, clients: int,
+         drain: str) -> str:
     try:
         import matplotlib
 
@@ -600,8 +636,10 @@ def plot(summaries: dict[float, dict[str, dict[str, Any]]], path: Path, clients:
             ax.axhline(uniform * CRITERION, color="grey", linestyle="--", linewidth=0.8,
                        label=f"{CRITERION} x uniform")
         what = f"drain.spread {spread:g} s" if spread else "drain.spread 0 (closes at once)"
-        ax.set_title(f"{clients:,} clients drained off one backend, {what}", fontsize=10)
-        ax.set_xlabel("seconds since POST /backends/backend-1/drain")
+        whom = "one backend (1012)" if drain == "backend" else "proxy A to proxy B (1001)"
+        ax.set_title(f"{clients:,} clients drained off {whom}, {what}", fontsize=10)
+        ax.set_xlabel("seconds since POST /backends/backend-1/drain" if drain == "backend"
+                      else "seconds since POST /drain")
         ax.set_ylabel("reconnects per 100 ms")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="upper right")
@@ -635,6 +673,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--steady", type=float, default=1.0,
                     help="seconds between the undrain of backend-2 and the drain (1)")
     ap.add_argument("--backend", choices=("wsecho", "python"), default="wsecho")
+    ap.add_argument("--drain", choices=("backend", "proxy"), default="backend",
+                    help="drain one backend of one proxy (1012; default), or a whole proxy "
+                         "(POST /drain, 1001) with a second proxy to reconnect to")
     ap.add_argument("--node-modules", type=Path, default=None,
                     help="a node_modules with the pinned ws and reconnecting-websocket "
                          "(default: install them into bench/out/node)")
@@ -644,9 +685,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                          "(-10 as root, else 0): other work on a shared machine delays "
                          "their timers less; they use well under one core")
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--out", type=Path, default=OUT / "drain_wave.json")
-    ap.add_argument("--plot", type=Path, default=OUT / "drain_wave.png")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="the JSON report (bench/out/drain_wave.json; --drain proxy: "
+                         "drain_wave_proxy.json); the table goes beside it as .md")
+    ap.add_argument("--plot", type=Path, default=None,
+                    help="the PNG (bench/out/drain_wave.png, or drain_wave_proxy.png)")
     args = ap.parse_args(argv)
+    stem = "drain_wave" if args.drain == "backend" else "drain_wave_proxy"
+    args.out = args.out or OUT / f"{stem}.json"
+    args.plot = args.plot or OUT / f"{stem}.png"
     args.clients = args.clients or (300 if args.quick else 2000)
     args.procs = args.procs or (2 if args.quick else 4)
     args.reps = args.reps or (1 if args.quick else 3)
@@ -742,8 +789,8 @@ def main(argv: list[str] | None = None) -> int:
     md = [f"`{command}` ({args.reps} reps, {args.clients:,} clients in {args.procs} Node "
           f"processes, nice {args.nice}, {os.cpu_count()} CPUs, {elapsed:.0f} s)", ""]
     for spread, summary in summaries.items():
-        md += [table(summary, spread), ""]
-    plot_note = plot(summaries, args.plot, args.clients)
+        md += [table(summary, spread, args.drain), ""]
+    plot_note = plot(summaries, args.plot, args.clients, args.drain)
     report = {
         "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "command": command,

@@ -3,7 +3,7 @@
 //
 //   node bench/wave_clients.mjs --url ws://127.0.0.1:PORT/ --count 500 --timing js \
 //        --node-modules bench/out/node/node_modules [--client-module clients/js/wsproxy-client.js]
-//        [--concurrency 32] [--max-seconds 180]
+//        [--url-next ws://127.0.0.1:PORT2/] [--concurrency 32] [--max-seconds 180]
 //
 // --timing picks how each client reconnects after the proxy closes its socket:
 //   js         clients/js (WsproxyClient): waits the close reason's retry-after-ms hint,
@@ -73,7 +73,10 @@ function tracedFor(client) {
   // A WebSocket constructor per client: the instrument, invisible to the library.
   return class TracedWebSocket extends WS {
     constructor(url, protocols, options) {
-      super(url, protocols, { perMessageDeflate: false, ...(options ?? {}) });
+      // --url-next: from "arm" on, new sockets go there (a load balancer that took the
+      // draining proxy out of rotation), whatever URL the library asked for.
+      const target = armed && args.urlNext ? args.urlNext : url;
+      super(target, protocols, { perMessageDeflate: false, ...(options ?? {}) });
       const rec = [client.id, now(), null, null, null, null];
       sockets.push(rec);
       this.on("error", () => {}); // counted by its close (1006); never an uncaught 'error'
