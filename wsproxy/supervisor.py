@@ -44,16 +44,17 @@ from wsproxy.control.discovery import DiscoveryStatus, run_discovery
 from wsproxy.control.drain import close_reason
 from wsproxy.control.drains import Drains
 from wsproxy.control.health import run_health_checks
-from wsproxy.core.admission import TokenBucket
-from wsproxy.core.closes import PROXY_STOPPED
+from wsproxy.core.admission import TokenBucket, limit_retry_ms
+from wsproxy.core.closes import PROXY_STOPPED, TRY_AGAIN, with_hint
 from wsproxy.core.handshake import Forwarding
 from wsproxy.core.registry import Registry
+from wsproxy.core.states import Side
 from wsproxy.errors import ConfigError
 from wsproxy.io.connection import Connection
 from wsproxy.io.front import ClientProtocol, FrontDoor, ProxiedClientProtocol
 from wsproxy.io.listen_socket import CAPACITY_ERRNOS, dual_stack_socket, listening_sockets
 from wsproxy.io.plain_http import PlainHttp
-from wsproxy.io.ports import DRAINING, ConnectionSettings, Refusal
+from wsproxy.io.ports import DRAINING, CloseRefusal, ConnectionSettings, Refusal
 from wsproxy.io.tls_accept import EndHandshake, accept_tls
 from wsproxy.log import get_logger
 from wsproxy.tls import backend_context, server_context
@@ -64,7 +65,6 @@ if TYPE_CHECKING:
     from wsproxy.auth import Identity
     from wsproxy.control.drain import Drain
     from wsproxy.core.balance import BackendState
-    from wsproxy.core.states import Side
     from wsproxy.io.ports import PlainExchange
 
 log = get_logger()
@@ -247,21 +247,34 @@ class ProxyContext:
     def connection_started(self, conn: Connection) -> None:
         self.registry.add(conn.id, conn)
 
-    def refusal(self, conn: Connection) -> Refusal | None:
-        """Why this upgrade is answered with an error before any backend is asked."""
+    def refusal(self, conn: Connection) -> Refusal | CloseRefusal | None:
+        """Why this upgrade is answered with an error before any backend is asked.
+
+        Admission and the connection limits answer as ``admission.reject_with``
+        says (live): a 503, or a CloseRefusal (the proxy's own 101 and a 1013
+        close with a hint, once auth has passed). A draining proxy always answers
+        503: the status is what load balancers route away on (README, Draining).
+        """
         if self.drainer.refusing_upgrades():
+            self.drainer.upgrade_refused()
             return DRAINING, 503, "proxy is draining", _RETRY_AFTER
         request = conn.session.request
         origins = conn.settings.config.allowed_origins  # the connection's, not live
         origin = request.origin if request is not None else None
         if origins and origin is not None and origin.lower() not in origins:
             return "origin", 403, "origin not allowed", ()
+        close = self.config.admission.reject_with == "close"
         if self.admission is not None and not self.admission.take(self.loop.time()):
+            if close:
+                hint = self.admission.retry_after_ms()
+                return CloseRefusal("rate_limited", with_hint(TRY_AGAIN, hint))
             retry = str(self.admission.retry_after())
             return "rate_limited", 503, "upgrade rate limit", (("Retry-After", retry),)
         reason = self.registry.admit(conn.id, conn.client_ip)  # last: it counts conn in
         if reason is not None:
             log.warning("connection.limit", conn_id=conn.id, client=conn.client_ip, reason=reason)
+            if close:
+                return CloseRefusal("connection_limit", with_hint(TRY_AGAIN, limit_retry_ms()))
             return "connection_limit", 503, reason, _RETRY_AFTER
         return None
 
@@ -271,8 +284,14 @@ class ProxyContext:
         self.drainer.opened(conn)
 
     def connection_rejected(self, conn: Connection) -> None:
+        session = conn.session
+        if session.rejected_status == 101:  # refused with the proxy's own close
+            log.info("connection.rejected", conn_id=conn.id, client=conn.client_ip,
+                     status=101, close_code=session.close_code_sent(Side.CLIENT),
+                     reason=session.close_reason, failure=conn.failure)
+            return
         log.info("connection.rejected", conn_id=conn.id, client=conn.client_ip,
-                 status=conn.session.rejected_status, reason=conn.session.close_reason)
+                 status=session.rejected_status, reason=session.close_reason)
 
     def connection_finished(self, conn: Connection) -> None:
         self.registry.remove(conn.id)

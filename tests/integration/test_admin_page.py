@@ -3,7 +3,9 @@
 The proxy runs in this event loop in front of two backends with a few connections open;
 ``admin_page.mjs`` (a node script) loads ``GET /``, sees both backends, clicks Drain on
 one and waits for its state to read "draining". The drain is then checked through the
-API itself. Skips when Chromium, node or playwright-core is missing (``browser.missing()``).
+API itself. Draining the whole proxy asks for confirmation first (cancelling posts
+nothing), and the page then counts the upgrades refused while the proxy is drained.
+Skips when Chromium, node or playwright-core is missing (``browser.missing()``).
 ``WSPROXY_ADMIN_SCREENSHOT=/tmp/page.png`` keeps a screenshot.
 """
 
@@ -103,3 +105,54 @@ async def test_page_shows_two_backends_and_drains_one(token: str | None) -> None
         assert status == 200
         states = {b["name"]: b["draining"] for b in body["backends"]}
         assert states == {"b1": True, "b2": False}
+
+
+@pytest.mark.timeout(90)
+async def test_page_asks_before_draining_the_proxy_and_counts_refused_upgrades() -> None:
+    browser.skip_unless_available()
+    async with (
+        backend("b1") as b1,
+        backend("b2") as b2,
+        running_proxy(make_config([b1, b2])) as ctx,
+        AsyncExitStack() as stack,
+    ):
+        host, port = ctx.addresses[0]
+        for i in range(CONNECTIONS):
+            ws = await stack.enter_async_context(connect(f"ws://{host}:{port}/c{i}"))
+            await ws.send(f"hello {i}")
+            assert await ws.recv() == f"hello {i}"
+        assert ctx.admin_address is not None
+        admin_host, admin_port = ctx.admin_address
+        admin_url = f"http://{admin_host}:{admin_port}"
+        refuse = 3
+        result = await browser.run_script(SCRIPT, [
+            f"--url={admin_url}/", "--backend=b1", f"--proxy-url=http://{host}:{port}/",
+            f"--refuse={refuse}",
+            *([f"--screenshot={shot}"] if (shot := os.environ.get("WSPROXY_ADMIN_SCREENSHOT"))
+              else []),
+        ])
+
+        # Cancelled: no POST /drain went out, and the proxy stayed ready.
+        assert result["refused_hidden_before"] is True
+        assert "Drain the whole proxy?" in result["confirm_text"]
+        assert f"all {CONNECTIONS} open connections" in result["confirm_text"]
+        assert result["toggle_disabled_while_asking"] is True
+        assert result["posts_after_cancel"] == []
+        assert result["readyz_after_cancel"] == 200
+        assert result["proxy_state_after_cancel"] == "ready"
+        # Confirmed: one POST /drain, and the proxy is drained.
+        assert result["posts_after_confirm"] == ["/drain"]
+        assert result["readyz_after_confirm"] == 503
+        assert not ctx.ready
+        # The refused upgrades, as the page shows them and as GET /drain says.
+        assert result["upgrade_statuses"].count(503) == refuse
+        assert result["refused_visible"] is True
+        assert result["refused_text"] == f"{refuse} upgrades refused since the drain began"
+        status, body = await anyio.to_thread.run_sync(_get, f"{admin_url}/drain")
+        assert status == 200
+        assert body["refused_upgrades"] == refuse
+        assert result["error_text"] == ""
+        assert result["page_errors"] == []
+        # Chromium logs every non-2xx answer: /readyz is 503 once the proxy is drained.
+        expected = "the server responded with a status of 503"
+        assert [e for e in result["console_errors"] if expected not in e] == []

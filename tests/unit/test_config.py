@@ -65,6 +65,7 @@ def test_defaults_in_code_units():
     assert config.heartbeat.interval == 20.0
     assert config.balance == BalanceConfig(policy="least_connections")
     assert config.auth.token_from == ("header", "subprotocol")
+    assert config.admission.reject_with == "status"  # SPEC's 503 + Retry-After
 
 
 def test_a_full_config_is_typed():
@@ -390,6 +391,8 @@ def test_a_bool_is_not_a_number(sections, path):
         ({"listen": {"proxy_protocol": "yes"}}, "listen.proxy_protocol", "expected true or"),
         ({"listen": {"port": 80.0}}, "listen.port", "expected a whole number, got 80.0"),
         ({"admission": {"burst": -1}}, "admission.burst", "of 0 or more, got -1"),
+        ({"admission": {"reject_with": "503"}}, "admission.reject_with",
+         "expected one of status, close, got"),
         ({"drain": {"max_close_rate": -2}}, "drain.max_close_rate", "of 0 or more, got -2"),
         ({"trusted_proxies": ["10.0.0.1/8"]}, "trusted_proxies[0]", "has host bits set"),
         ({"allowed_origins": ["https://a.example/"]}, "allowed_origins[0]", "an origin like"),

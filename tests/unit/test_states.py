@@ -64,6 +64,8 @@ def test_every_non_terminal_state_can_fail() -> None:
         ([T.SHUTDOWN], S.REJECTED),
         ([T.REQUEST_ACCEPTED, T.UPSTREAM_ACCEPTED, T.CLOSE_STARTED, T.CLOSE_STARTED], S.CLOSING),
         ([T.REQUEST_ACCEPTED, T.UPSTREAM_ACCEPTED, T.CLOSE_STARTED, T.TIMED_OUT], S.FAILED),
+        ([T.REQUEST_ACCEPTED, T.REFUSED_WITH_CLOSE, T.BOTH_CLOSED], S.CLOSED),
+        ([T.REQUEST_ACCEPTED, T.REFUSED_WITH_CLOSE, T.TRANSPORT_LOST], S.FAILED),
     ],
 )
 def test_paths_through_the_diagram(path: list[Trigger], end: SessionState) -> None:
@@ -91,6 +93,7 @@ LEG_MOVES = {
     (L.CLOSE_SENT, LT.RECEIVE_CLOSE): L.CLOSED,
     (L.CLOSE_RECEIVED, LT.SEND_CLOSE): L.CLOSED,
     (L.CLOSED, LT.ABANDON): L.FAILED,
+    (L.OPEN, LT.UNUSED): L.CLOSED,  # the backend leg of an upgrade refused with a close
     (L.OPEN, LT.GIVE_UP): L.FAILED,
     (L.CLOSE_SENT, LT.GIVE_UP): L.FAILED,
     (L.CLOSE_RECEIVED, LT.GIVE_UP): L.FAILED,

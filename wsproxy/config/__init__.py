@@ -58,7 +58,10 @@ or gone):
 live, at each decision:
     backends, backend_tls, balance.* and sticky_cookie.* (at each pick: a request's
     cookie is read, and its Set-Cookie written, under the config of that moment),
-    health_check.* (at each round: its path and timeout, and the wait for the next), admission.*,
+    health_check.* (at each round: its path and timeout, and the wait for the next),
+    admission.* (reject_with answers the connection limits' refusals too, and is read
+    at each refusal; a connection refused with a close keeps what it was accepted
+    under for its close handshake),
     limits.max_connections, limits.max_connections_per_ip (and trusted_proxies where
     they decide whom a new connection counts against), http.pool_size,
     drain.backend_hold_down (at each hold-down), admin.token (at each admin request:

@@ -234,6 +234,11 @@ class AdmissionConfig:
 
     max_upgrade_rate: float = 0.0  # off
     burst: int = 0  # 0: one second's worth of max_upgrade_rate
+    #: How an upgrade refused by the bucket or the connection limits is answered:
+    #: "status", SPEC's 503 + Retry-After (what load balancers and non-browser
+    #: clients read), or "close", the proxy's own 101 then a 1013 close whose reason
+    #: carries retry-after-ms (the only answer a browser's WebSocket API can see).
+    reject_with: str = "status"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -385,7 +385,12 @@ _PROXY: Final = Section(
         "limits": _LIMITS,
         "drain": _DRAIN,
         "admission": Section(
-            AdmissionConfig, {"max_upgrade_rate": leaf(rate), "burst": _count(0)}
+            AdmissionConfig,
+            {
+                "max_upgrade_rate": leaf(rate),
+                "burst": _count(0),
+                "reject_with": _choice("status", "close"),
+            },
         ),
         "plain_http": _choice("reject", "proxy"),
         "http": Section(

@@ -86,6 +86,9 @@ class Drains:
         #: When new plain requests start getting 503 (the end of the spread).
         self._refuse_requests_at: float | None = None
         self._relay_timers: list[asyncio.TimerHandle] = []
+        #: Upgrades refused because the proxy is draining, since its latest drain
+        #: began (kept after undrain(), until the next one: GET /drain).
+        self.refused_upgrades = 0
 
     @property
     def config(self) -> ProxyConfig:
@@ -104,6 +107,10 @@ class Drains:
 
     def refusing_upgrades(self) -> bool:
         return self._refusing_upgrades
+
+    def upgrade_refused(self) -> None:
+        """An upgrade got 503 because refusing_upgrades() (counted for GET /drain)."""
+        self.refused_upgrades += 1
 
     def refusing_requests(self) -> bool:
         at = self._refuse_requests_at
@@ -152,6 +159,7 @@ class Drains:
         if existing is not None:
             return existing
         cfg = self.config.drain
+        self.refused_upgrades = 0
         drain = Drain(self, None, cfg.spread if spread is None else spread, cfg.delay)
         log.info("drain.started", drain="proxy", spread_s=drain.spread, delay_s=drain.delay,
                  connections=len(self.registry))
@@ -215,6 +223,7 @@ class Drains:
             "left": sum(len(d.members) for d in active),
             "closed": sum(d.closed for d in drains),
             "seconds_left": round(max((d.seconds_left(now) for d in active), default=0.0), 3),
+            "refused_upgrades": self.refused_upgrades,
             "drains": [d.status(now) for d in drains],
         }
 

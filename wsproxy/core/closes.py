@@ -75,6 +75,11 @@ class ProxyClose(NamedTuple):
     reason: str
 
 
+def with_hint(close: ProxyClose, retry_after_ms: int) -> ProxyClose:
+    """*close* with the reconnect hint ``"; retry-after-ms=N"`` on its reason."""
+    return ProxyClose(int(close.code), f"{close.reason}; retry-after-ms={retry_after_ms}")
+
+
 # The proxy's own closes with a fixed code…
 
 #: The client was silent (no message either way) for ``limits.idle_timeout``.
@@ -86,6 +91,10 @@ TOKEN_EXPIRED: Final = ProxyClose(CloseCode.POLICY_VIOLATION, "token expired")
 REVOKED: Final = ProxyClose(CloseCode.POLICY_VIOLATION, "connection revoked")
 #: A message over ``limits.max_message_size``: both legs get it.
 TOO_BIG: Final = ProxyClose(CloseCode.MESSAGE_TOO_BIG, "message too big")
+#: An upgrade refused by admission (``admission.max_upgrade_rate``) or the connection
+#: limits under ``admission.reject_with: close``: the proxy's own 101, then this at
+#: once, always with its hint (``with_hint``): a browser sees nothing else of a refusal.
+TRY_AGAIN: Final = ProxyClose(CloseCode.TRY_AGAIN_LATER, "try again later")
 
 #: A peer that breaks the protocol is told why: a frame length with its top bit set…
 BAD_FRAME_LENGTH: Final = ProxyClose(CloseCode.PROTOCOL_ERROR, "bad frame length")

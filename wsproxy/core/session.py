@@ -179,7 +179,8 @@ class Session:
     a transport once ``should_close(side)`` is true. In AWAIT_REQUEST, once
     ``request`` is set, the driver either ``reject()``s or ``accept()``s and calls
     ``connect_upstream()`` for a backend it has dialled; ``upstream_failure`` set
-    means: try the next backend with ``connect_upstream()``, or ``reject()``. A
+    means: try the next backend with ``connect_upstream()``, or ``reject()``; or,
+    refusing it with a close of the proxy's own, ``refuse_with_close()``. A
     ``probe`` instead of a request is answered with ``reject()``; a ``plain`` one
     goes to an HTTP relay with its parser.
     """
@@ -225,7 +226,8 @@ class Session:
         self.close_reason: str | None = None
         #: The backend's 101, as the client's repeated it (headers not kept).
         self.accepted: UpstreamAccepted | None = None
-        #: Status answered to the client when the upgrade was refused.
+        #: Status answered to the client when the upgrade was refused (101: with the
+        #: proxy's own close, see refuse_with_close).
         self.rejected_status: int | None = None
         #: The payload of the latest heartbeat pong of each side, until take_pongs().
         self.last_pong: Mapping[Side, bytes] = _NO_PONGS
@@ -367,6 +369,32 @@ class Session:
         self.close_reason = reason
         self._client_leg.out.append(error_response(status, reason, headers))
         self._upstream_leg.out = []
+
+    def refuse_with_close(self, close: ProxyClose) -> None:
+        """Answer the client with the proxy's own 101 and close it at once with
+        *close* (``admission.reject_with: close``): no backend is asked.
+
+        After the driver's checks (auth included) passed: the UPSTREAM leg is never
+        used, the client's close handshake runs as any other (its answer ends the
+        session as CLOSED; none within the driver's close timeout, as FAILED), and
+        what it sends meanwhile goes nowhere. ``rejected_status`` is 101.
+        """
+        upgrade = self.upgrade
+        if upgrade is None or upgrade.request is None or (
+            self.state is not SessionState.CONNECTING_UPSTREAM
+        ):
+            raise InvalidTransition(self.state, "refuse_with_close")
+        response, early = upgrade.own_accept()
+        self._fire(Trigger.REFUSED_WITH_CLOSE)
+        self._upstream_leg.fire(LegTrigger.UNUSED)
+        self._upstream_leg.out = []
+        self.upgrade = None
+        self.rejected_status = 101
+        self._client_leg.out.append(response)
+        self._send_close(Side.CLIENT, close.code, close.reason, initiator="proxy")
+        if early:
+            self._scan(self._client_flow, early)
+        self._settle()
 
     def connect_upstream(
         self, *, target: str, authority: str, path_prefix: str, forwarding: Forwarding,

@@ -15,6 +15,7 @@ The joint state (``SessionState``, ``next_state``)::
           +--REQUEST_REJECTED/SHUTDOWN--> REJECTED <--UPSTREAM_REJECTED/SHUTDOWN-+ |
                                                                                    v
     OPEN --CLOSE_STARTED--> CLOSING --BOTH_CLOSED--> CLOSED
+    CONNECTING_UPSTREAM --REFUSED_WITH_CLOSE--> CLOSING   (the proxy's own 101 and close)
     any non-terminal state --TRANSPORT_LOST/TIMED_OUT--> FAILED
 
 One leg's close handshake (``LegState``, ``next_leg_state``)::
@@ -26,6 +27,7 @@ One leg's close handshake (``LegState``, ``next_leg_state``)::
           +--RECEIVE_CLOSE--> CLOSE_RECEIVED ----SEND_CLOSE----+
           +--PROTOCOL_BROKEN------^
     any state but CLOSED --GIVE_UP--> FAILED
+    OPEN --UNUSED--> CLOSED   (the UPSTREAM leg of an upgrade refused with a close)
 
 A leg whose peer breaks the protocol while the other leg is open is read no more
 (PROTOCOL_BROKEN: as if its close had come). Once the other leg has closed, it is
@@ -34,6 +36,11 @@ and its transport is closed without waiting for an answer (ABANDON). A leg that 
 lost, times out, or breaks the protocol mid-frame is given up on at once (GIVE_UP).
 CLOSED and FAILED are where a leg's transport is closed; the session is CLOSED when
 both legs are CLOSED, FAILED when both are finished and one of them FAILED.
+
+An upgrade refused with a close (``admission.reject_with: close``) opens the CLIENT
+leg only: the proxy answers 101 itself and sends its close at once, and the UPSTREAM
+leg, which never had a transport, is CLOSED as UNUSED. The session then ends as any
+CLOSING one does, when the client's answer comes or the close handshake times out.
 
 A pair missing from either table is a bug in wsproxy and raises InvalidTransition.
 """
@@ -94,6 +101,8 @@ class Trigger(enum.Enum):
     UPSTREAM_ACCEPTED = "upstream_accepted"
     UPSTREAM_RETRY = "upstream_retry"
     UPSTREAM_REJECTED = "upstream_rejected"
+    #: Refused with the proxy's own 101 and a close (admission.reject_with: close).
+    REFUSED_WITH_CLOSE = "refused_with_close"
     CLOSE_STARTED = "close_started"
     SHUTDOWN = "shutdown"
     BOTH_CLOSED = "both_closed"
@@ -113,6 +122,7 @@ TRANSITIONS: Final[Mapping[tuple[SessionState, Trigger], SessionState]] = {
     (S.CONNECTING_UPSTREAM, T.UPSTREAM_ACCEPTED): S.OPEN,
     (S.CONNECTING_UPSTREAM, T.UPSTREAM_RETRY): S.CONNECTING_UPSTREAM,
     (S.CONNECTING_UPSTREAM, T.UPSTREAM_REJECTED): S.REJECTED,
+    (S.CONNECTING_UPSTREAM, T.REFUSED_WITH_CLOSE): S.CLOSING,
     (S.OPEN, T.CLOSE_STARTED): S.CLOSING,
     (S.CLOSING, T.CLOSE_STARTED): S.CLOSING,
     (S.CLOSING, T.BOTH_CLOSED): S.CLOSED,
@@ -167,6 +177,9 @@ class LegTrigger(enum.Enum):
     #: The transport ended, a timer ran out, or the peer broke the protocol where no
     #: close can reach it in order: close the transport without a handshake.
     GIVE_UP = "give_up"
+    #: The leg never had a transport (an upgrade refused with a close of the proxy's
+    #: own): there is nothing to close.
+    UNUSED = "unused"
 
 
 L = LegState
@@ -179,6 +192,7 @@ LEG_TRANSITIONS: Final[Mapping[tuple[LegState, LegTrigger], LegState]] = {
     (L.CLOSE_SENT, LT.RECEIVE_CLOSE): L.CLOSED,
     (L.CLOSE_RECEIVED, LT.SEND_CLOSE): L.CLOSED,
     (L.CLOSED, LT.ABANDON): L.FAILED,
+    (L.OPEN, LT.UNUSED): L.CLOSED,
     # A failed leg's transport may still report its end: giving up again is no news.
     **{(s, LT.GIVE_UP): L.FAILED for s in LegState if s is not L.CLOSED},
 }

@@ -196,6 +196,23 @@ class Upgrade:
         else:
             self._early_upstream += data
 
+    def own_accept(self) -> tuple[bytes, bytes]:
+        """The proxy's own 101 for an upgrade it refuses with a close (no backend is
+        asked), and the bytes the client sent early.
+
+        No extension is accepted. A subprotocol is selected when the client offered
+        any, because a browser fails a handshake whose offers all go unanswered
+        (WHATWG WebSockets: "establish a WebSocket connection") and would report 1006
+        instead of the close: the auth offer when auth took one (as the 101 after a
+        backend that selects none does), else the client's first offer. Nothing is
+        spoken in it: the close follows the 101 at once.
+        """
+        assert self.request is not None
+        offers = self.request.subprotocols
+        chosen = self.auth_subprotocol or (offers[0] if offers else None)
+        response = accept_response(self.request.key, UpstreamAccepted(chosen, None))
+        return response, self._early_client
+
     # The backend's handshake…
 
     def connect(

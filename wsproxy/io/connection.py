@@ -31,7 +31,7 @@ from wsproxy.core.http import ParsedRequest
 from wsproxy.core.liveness import Due, Liveness, ping_payload, ping_sent_at
 from wsproxy.core.session import Session
 from wsproxy.core.states import TERMINAL, LegState, SessionState, Side
-from wsproxy.io.ports import DRAINING
+from wsproxy.io.ports import DRAINING, CloseRefusal
 from wsproxy.io.upstream import (
     NO_BACKEND,
     OUT_OF_DESCRIPTORS,
@@ -451,14 +451,32 @@ class Connection:
         )
         self._cancel_timer()  # the client's part is done; backend_timeout bounds the rest
         refusal = self.ctx.refusal(self)
-        if refusal is not None:
+        if refusal is not None and not isinstance(refusal, CloseRefusal):
             self._reject(*refusal)
             return
         session.accept()
         transport = self._client
         assert transport is not None
         transport.pause_reading()  # nothing to relay to until a backend said 101
-        self.ctx.spawn(self._connect_upstream)
+        if refusal is None:
+            self.ctx.spawn(self._connect_upstream)
+        elif self.settings.authenticator is None:
+            self._refuse_with_close(refusal)
+        else:  # auth before any 101: a client that fails it gets its 401/403
+            self.ctx.spawn(lambda: self._authenticate_refused(refusal))
+
+    async def _authenticate_refused(self, refusal: CloseRefusal) -> None:
+        if await self._authenticate():
+            self._refuse_with_close(refusal)
+
+    def _refuse_with_close(self, refusal: CloseRefusal) -> None:
+        """``admission.reject_with: close``: the proxy's own 101 and *refusal*'s close;
+        the client's answer completes the handshake (or heartbeat.timeout does)."""
+        self.failure = refusal.failure
+        self.session.refuse_with_close(refusal.close)
+        self.ctx.connection_rejected(self)
+        self._flush()
+        self.resume_reading(CLIENT)
 
     async def _authenticate(self) -> bool:
         """Run the configured auth; False when the upgrade was refused (or abandoned)."""
@@ -638,8 +656,8 @@ class Connection:
             return "upgraded", None
         if self.session.probe is not None:
             return "probe", None
-        if self.session.state is SessionState.REJECTED:
-            status = self.session.rejected_status
+        status = self.session.rejected_status
+        if status is not None:  # an HTTP error, or 101 and the proxy's own close
             return "rejected", self.failure or _STATUS_FAILURES.get(status or 0, "bad_request")
         return "failed", self.failure or "client_gone"
 

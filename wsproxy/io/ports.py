@@ -28,8 +28,9 @@ import asyncio
 import ssl
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol, TypeVar
 
+from wsproxy.core.closes import ProxyClose
 from wsproxy.core.liveness import LivenessRules
 
 if TYPE_CHECKING:
@@ -43,6 +44,15 @@ if TYPE_CHECKING:
 
 #: (failure label, status, reason, headers) of an upgrade refused before any backend.
 Refusal = tuple[str, int, str, tuple[tuple[str, str], ...]]
+
+
+class CloseRefusal(NamedTuple):
+    """An upgrade refused with the proxy's own 101 and *close* (``admission.reject_with:
+    close``), once auth has passed; *failure* is the label, as a Refusal's."""
+
+    failure: str
+    close: ProxyClose
+
 #: The failure label of an upgrade refused because the proxy is draining: the session
 #: ends by Trigger.SHUTDOWN.
 DRAINING: Final = "draining"
@@ -221,8 +231,9 @@ class ConnectionOwner(HttpRelayOwner, Protocol[ConnT]):
     def ping_rtt(self, side: Side, rtt: float) -> None:
         """A heartbeat round trip on *side* took *rtt* seconds."""
 
-    def refusal(self, conn: ConnT) -> Refusal | None:
-        """Why this upgrade is answered with an error before any backend is asked."""
+    def refusal(self, conn: ConnT) -> Refusal | CloseRefusal | None:
+        """Why this upgrade is answered with an error (or a close) before any backend
+        is asked."""
 
     def connection_started(self, conn: ConnT) -> None: ...
 
