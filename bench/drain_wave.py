@@ -370,7 +370,7 @@ def run_once(args: argparse.Namespace, nm: Path, timing: str, spread: float,
                                           t0_wall, "backend-2" if target is proxy else None)
         result["proxy_max_over_mean"] = result["proxy_view"]["max_over_mean"]
         waits = result["run_queue_wait_s"]
-        result["wait_proxy_s"] = waits.get("proxy")
+        result["wait_proxy_s"] = max(v for k, v in waits.items() if k.startswith("proxy"))
         result["wait_clients_max_s"] = max(v for k, v in waits.items() if k.startswith("cl"))
         return result
     finally:
@@ -519,6 +519,8 @@ def model(timing: str, clients: int, spread: float, trials: int = 200,
     """
     import random
 
+    if spread <= 0:
+        return None  # all at once: the proxy's own pace decides, which this leaves out
     rng = random.Random(seed)
     slot = max(spread, 1e-6) / clients
     waits = {"js": lambda: rng.randint(0, 1000) / 1000, "immediate": lambda: 0.010,
@@ -569,6 +571,12 @@ def _f(x: Any, nd: int = 1) -> str:
     return f"{int(x):,}"
 
 
+def _ratio(x: float) -> str:
+    """Two decimals, or three where two would hide which side of the criterion it is."""
+    two = f"{x:.2f}"
+    return two if (float(two) <= CRITERION) == (x <= CRITERION) else f"{x:.3f}"
+
+
 def table(summary: dict[str, dict[str, Any]], spread: float, drain: str) -> str:
     head = ("| client timing | clients | reconnects | mean / max per 100 ms | max / mean "
             f"(≤ {CRITERION}?) | model, idle machine | p99 per 100 ms | "
@@ -583,7 +591,7 @@ def table(summary: dict[str, dict[str, Any]], spread: float, drain: str) -> str:
         lines.append(
             f"| {TIMINGS[timing]} | {_f(m['drained'])} | {_f(m['reconnects'])} | "
             f"{_f(m['mean_per_bucket'])} / {_f(m['max_per_bucket'])} | "
-            f"{m['max_over_mean']:.2f} ({verdict}) | {_f(m.get('model'), 2)} | "
+            f"{_ratio(m['max_over_mean'])} ({verdict}) | {_f(m.get('model'), 2)} | "
             f"{_f(m['p99_per_bucket'])} | "
             f"{_f(m['first_s'], 2)} → {_f(m['last_s'], 2)} s ({_f(m['wave_s'], 2)} s) | "
             f"{_f(m['failed_attempts'])} |")
@@ -642,8 +650,10 @@ def plot(summaries: dict[float, dict[str, dict[str, Any]]], path: Path, clients:
                       else "seconds since POST /drain")
         ax.set_ylabel("reconnects per 100 ms")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="upper right")
-        ax.set_ylim(bottom=0)
+        top = max((max(m["plot"]["buckets"]) for m in summary.values() if m.get("plot")),
+                  default=1)
+        ax.set_ylim(0, top * 1.5)  # room for the legend above the waves
+        ax.legend(fontsize=8, loc="upper center", ncol=2)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
@@ -684,6 +694,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="run the proxy, backends and clients at this niceness "
                          "(-10 as root, else 0): other work on a shared machine delays "
                          "their timers less; they use well under one core")
+    ap.add_argument("--from", dest="from_json", type=Path, default=None,
+                    help="no run: the tables (beside it, .md) and --plot again from a saved "
+                         "JSON report")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", type=Path, default=None,
                     help="the JSON report (bench/out/drain_wave.json; --drain proxy: "
@@ -727,6 +740,8 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.from_json is not None:
+        return replot(args.from_json, args.plot)
     limit = _raise_fd_limit(4 * args.clients + 1024)
     if limit[0] < 2 * args.clients + 256:
         print(f"drain_wave: the descriptor limit {limit[0]} is too low for "
@@ -774,45 +789,63 @@ def main(argv: list[str] | None = None) -> int:
         print("drain_wave: interrupted", file=sys.stderr)
         status = 130
     elapsed = time.monotonic() - started
-    summaries: dict[float, dict[str, dict[str, Any]]] = {}
-    for spread in args.spreads:
-        summaries[spread] = {}
-        for timing in args.timing_list:
-            if timing in skipped:
-                summaries[spread][timing] = {"reps": 0, "error": skipped[timing]}
-                continue
-            summaries[spread][timing] = medians(
-                [r for r in runs if r["timing"] == timing and r["spread_s"] == spread])
-            summaries[spread][timing]["model"] = model(timing, args.clients, spread)
-    command = " ".join(["python bench/drain_wave.py", *sys.argv[1:]]) if argv is None else \
-        " ".join(["python bench/drain_wave.py", *argv])
-    md = [f"`{command}` ({args.reps} reps, {args.clients:,} clients in {args.procs} Node "
-          f"processes, nice {args.nice}, {os.cpu_count()} CPUs, {elapsed:.0f} s)", ""]
-    for spread, summary in summaries.items():
-        md += [table(summary, spread, args.drain), ""]
-    plot_note = plot(summaries, args.plot, args.clients, args.drain)
+    command = " ".join(["python bench/drain_wave.py", *(sys.argv[1:] if argv is None else argv)])
     report = {
         "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "command": command,
         "elapsed_s": round(elapsed, 1),
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
-                    "nice": args.nice,
                     "nofile": list(limit),
                     "node": subprocess.run(["node", "--version"], capture_output=True,
                                            text=True, check=False).stdout.strip()},
         "npm": NPM_PINS,
-        "summaries": {f"{s:g}": v for s, v in summaries.items()},
+        "options": {"clients": args.clients, "procs": args.procs, "reps": args.reps,
+                    "nice": args.nice, "drain": args.drain, "spreads": args.spreads,
+                    "timings": args.timing_list, "skipped": skipped,
+                    "backend": args.backend, "steady_s": args.steady},
         "runs": runs,
     }
+    md, plot_note = render(report, args.plot)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
-    args.out.with_suffix(".md").write_text("\n".join(md) + "\n")
-    print("\n".join(md))
+    args.out.with_suffix(".md").write_text(md)
+    print(md)
     print(f"{plot_note}; details in {_show(args.out)}, logs in {_show(LOGS)}/")
     if status == 0 and any("error" in r for r in runs):
         status = 2
     return status
 
+
+def render(report: dict[str, Any], plot_path: Path) -> tuple[str, str]:
+    """The markdown tables and the plot of a report (also ``--from`` a saved one)."""
+    o = report["options"]
+    summaries: dict[float, dict[str, dict[str, Any]]] = {}
+    for spread in o["spreads"]:
+        summaries[spread] = {}
+        for timing in o["timings"]:
+            if timing in o["skipped"]:
+                summaries[spread][timing] = {"reps": 0, "error": o["skipped"][timing]}
+                continue
+            summaries[spread][timing] = medians(
+                [r for r in report["runs"] if r["timing"] == timing and r["spread_s"] == spread])
+            summaries[spread][timing]["model"] = model(timing, o["clients"], spread)
+    report["summaries"] = {f"{s:g}": v for s, v in summaries.items()}
+    md = [f"`{report['command']}` ({o['reps']} reps, {o['clients']:,} clients in {o['procs']} "
+          f"Node processes, nice {o['nice']}, {report['machine']['cpus']} CPUs, "
+          f"{report['elapsed_s']:.0f} s, {report['when']})", ""]
+    for spread, summary in summaries.items():
+        md += [table(summary, spread, o["drain"]), ""]
+    return "\n".join(md), plot(summaries, plot_path, o["clients"], o["drain"])
+
+
+def replot(path: Path, plot_path: Path) -> int:
+    """``--from JSON``: the tables and the plot again, from a saved report."""
+    report = json.loads(path.read_text())
+    md, note = render(report, plot_path)
+    path.with_suffix(".md").write_text(md)
+    print(md)
+    print(note)
+    return 0
 
 if __name__ == "__main__":
     sys.exit(main())
