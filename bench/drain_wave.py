@@ -226,14 +226,14 @@ def start_backends(args: argparse.Namespace, logs: Path) -> tuple[list[Proc], li
     return procs, urls
 
 
-def proxy_config(urls: list[str], spread: float, clients: int) -> str:
+def proxy_config(urls: list[str], spread: float, clients: int, hint: bool = True) -> str:
     cfg = {  # JSON is YAML
         "listen": {"host": HOST, "port": 0},
         "admin": {"host": HOST, "port": 0},
         "backends": [{"name": f"backend-{i + 1}", "url": u} for i, u in enumerate(urls)],
         "balance": "round_robin",
         "drain": {"spread": f"{spread:g}s", "timeout": f"{spread + 20:g}s",
-                  "reconnect_hint": True},
+                  "reconnect_hint": hint},
         "logging": {"level": "info", "format": "json"},
         "limits": {"max_connections": max(10000, 3 * clients)},
     }
@@ -279,14 +279,14 @@ def run_once(args: argparse.Namespace, nm: Path, timing: str, spread: float,
     try:
         backends, urls = start_backends(args, logs)
         procs.extend(backends)
-        proxy, url, base = start_proxy(args, "proxy", proxy_config(urls, spread, args.clients),
-                                       logs)
+        proxy, url, base = start_proxy(args, "proxy", proxy_config(urls, spread, args.clients,
+                                                                      args.hint), logs)
         procs.append(proxy)
         url_next = ""
         target = proxy  # where the reconnects land
         if args.drain == "proxy":
             target, url_next, base_b = start_proxy(
-                args, "proxy-b", proxy_config(urls, spread, args.clients), logs)
+                args, "proxy-b", proxy_config(urls, spread, args.clients, args.hint), logs)
             procs.append(target)
         else:
             # Everyone on backend-1: backend-2 drained (nothing to close) while they connect.
@@ -508,7 +508,7 @@ def proxy_view(events: list[dict[str, Any]], t0_wall: float,
 
 
 def model(timing: str, clients: int, spread: float, trials: int = 200,
-          seed: int = 17) -> float | None:
+          seed: int = 17, hint: bool = True) -> float | None:
     """max/mean per 100 ms bucket expected on an idle machine (median of *trials*).
 
     The proxy's schedule (one slot per connection, a random point in it), then each
@@ -523,7 +523,9 @@ def model(timing: str, clients: int, spread: float, trials: int = 200,
         return None  # all at once: the proxy's own pace decides, which this leaves out
     rng = random.Random(seed)
     slot = max(spread, 1e-6) / clients
-    waits = {"js": lambda: rng.randint(0, 1000) / 1000, "immediate": lambda: 0.010,
+    # Without a hint clients/js backs off: attempt 1 waits random(0, baseMs = 500 ms).
+    js_max = 1000 if hint else 500
+    waits = {"js": lambda: rng.randint(0, js_max) / 1000, "immediate": lambda: 0.010,
              "rws": lambda: (1000 + rng.random() * 4000) / 1000}
     if timing not in waits:
         return None
@@ -577,19 +579,24 @@ def _ratio(x: float) -> str:
     return two if (float(two) <= CRITERION) == (x <= CRITERION) else f"{x:.3f}"
 
 
-def table(summary: dict[str, dict[str, Any]], spread: float, drain: str) -> str:
+def _label(timing: str, hint: bool) -> str:
+    return TIMINGS[timing] if hint or timing != "js" else "clients/js (no hint: 0-500 ms)"
+
+
+def table(summary: dict[str, dict[str, Any]], spread: float, drain: str,
+          hint: bool = True) -> str:
     head = ("| client timing | clients | reconnects | mean / max per 100 ms | max / mean "
             f"(≤ {CRITERION}?) | model, idle machine | p99 per 100 ms | "
             "wave: first → last reconnect | failed attempts |")
     lines = [head, "|---|---|---|---|---|---|---|---|---|"]
     for timing, m in summary.items():
         if m.get("reps", 0) == 0:
-            lines.append(f"| {TIMINGS[timing]} | - | not run: {m.get('error', 'failed')} "
+            lines.append(f"| {_label(timing, hint)} | - | not run: {m.get('error', 'failed')} "
                          "| | | | | | |")
             continue
         verdict = "yes" if m["max_over_mean"] <= CRITERION else "**no**"
         lines.append(
-            f"| {TIMINGS[timing]} | {_f(m['drained'])} | {_f(m['reconnects'])} | "
+            f"| {_label(timing, hint)} | {_f(m['drained'])} | {_f(m['reconnects'])} | "
             f"{_f(m['mean_per_bucket'])} / {_f(m['max_per_bucket'])} | "
             f"{_ratio(m['max_over_mean'])} ({verdict}) | {_f(m.get('model'), 2)} | "
             f"{_f(m['p99_per_bucket'])} | "
@@ -613,7 +620,7 @@ def table(summary: dict[str, dict[str, Any]], spread: float, drain: str) -> str:
 
 
 def plot(summaries: dict[float, dict[str, dict[str, Any]]], path: Path, clients: int,
-         drain: str) -> str:
+         drain: str, hint: bool = True) -> str:
     try:
         import matplotlib
 
@@ -632,7 +639,7 @@ def plot(summaries: dict[float, dict[str, dict[str, Any]]], path: Path, clients:
                 continue
             counts = [*p["buckets"], p["buckets"][-1]]  # "post" steps: close the last one
             xs = [(p["first_bucket"] + i) * BUCKET for i in range(len(counts))]
-            label = (f"{TIMINGS[timing]}: max/mean {m['max_over_mean']:.2f}, "
+            label = (f"{_label(timing, hint)}: max/mean {m['max_over_mean']:.2f}, "
                      f"{_f(m['failed_attempts'])} failed")
             ax.step(xs, counts, where="post", color=colors.get(timing), label=label,
                     linewidth=1.2)
@@ -683,6 +690,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--steady", type=float, default=1.0,
                     help="seconds between the undrain of backend-2 and the drain (1)")
     ap.add_argument("--backend", choices=("wsecho", "python"), default="wsecho")
+    ap.add_argument("--no-hint", dest="hint", action="store_false",
+                    help="drain.reconnect_hint: false (clients/js then backs off 0-500 ms)")
     ap.add_argument("--drain", choices=("backend", "proxy"), default="backend",
                     help="drain one backend of one proxy (1012; default), or a whole proxy "
                          "(POST /drain, 1001) with a second proxy to reconnect to")
@@ -704,7 +713,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--plot", type=Path, default=None,
                     help="the PNG (bench/out/drain_wave.png, or drain_wave_proxy.png)")
     args = ap.parse_args(argv)
-    stem = "drain_wave" if args.drain == "backend" else "drain_wave_proxy"
+    stem = ("drain_wave" if args.drain == "backend" else "drain_wave_proxy") + (
+        "" if args.hint else "_nohint")
     args.out = args.out or OUT / f"{stem}.json"
     args.plot = args.plot or OUT / f"{stem}.png"
     args.clients = args.clients or (300 if args.quick else 2000)
@@ -802,7 +812,7 @@ def main(argv: list[str] | None = None) -> int:
         "options": {"clients": args.clients, "procs": args.procs, "reps": args.reps,
                     "nice": args.nice, "drain": args.drain, "spreads": args.spreads,
                     "timings": args.timing_list, "skipped": skipped,
-                    "backend": args.backend, "steady_s": args.steady},
+                    "backend": args.backend, "steady_s": args.steady, "hint": args.hint},
         "runs": runs,
     }
     md, plot_note = render(report, args.plot)
@@ -828,14 +838,17 @@ def render(report: dict[str, Any], plot_path: Path) -> tuple[str, str]:
                 continue
             summaries[spread][timing] = medians(
                 [r for r in report["runs"] if r["timing"] == timing and r["spread_s"] == spread])
-            summaries[spread][timing]["model"] = model(timing, o["clients"], spread)
+            summaries[spread][timing]["model"] = model(timing, o["clients"], spread,
+                                                       hint=o.get("hint", True))
     report["summaries"] = {f"{s:g}": v for s, v in summaries.items()}
     md = [f"`{report['command']}` ({o['reps']} reps, {o['clients']:,} clients in {o['procs']} "
-          f"Node processes, nice {o['nice']}, {report['machine']['cpus']} CPUs, "
+          f"Node processes, reconnect hint {'on' if o.get('hint', True) else 'off'}, "
+          f"nice {o['nice']}, {report['machine']['cpus']} CPUs, "
           f"{report['elapsed_s']:.0f} s, {report['when']})", ""]
     for spread, summary in summaries.items():
-        md += [table(summary, spread, o["drain"]), ""]
-    return "\n".join(md), plot(summaries, plot_path, o["clients"], o["drain"])
+        md += [table(summary, spread, o["drain"], o.get("hint", True)), ""]
+    return "\n".join(md), plot(summaries, plot_path, o["clients"], o["drain"],
+                                o.get("hint", True))
 
 
 def replot(path: Path, plot_path: Path) -> int:
