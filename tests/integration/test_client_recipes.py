@@ -14,12 +14,12 @@ the tests extract it from there (so the README's code is the tested code) and ru
 The wsproxy runs in-process (peers.py) with its reconnect hint fixed at ``HINT_MS`` (the
 drain's random hint, made one value, so that "not at once" is something to check). Each
 test: the client opens on one backend; that backend is drained (``POST
-/backends/NAME/drain`` with a short spread); the client gets 1012 with
-``retry-after-ms=HINT_MS`` and must open on the other backend, no sooner than the hint
-after its close. Then its connection is revoked (``DELETE /connections/ID``: 1008) and the
-library must give up (its own terminal signal), and no new upgrade may reach a backend in
-the ``QUIET`` seconds after (longer than any of these libraries' default first delay but
-graphql-ws's, which does not retry a 1008 at all).
+/backends/NAME/drain`` with a spread of 0, whose closes take the hint's whole range); the
+client gets 1012 with ``retry-after-ms=HINT_MS`` and must open on the other backend, no
+sooner than the hint after its close. Then its connection is revoked (``DELETE
+/connections/ID``: 1008) and the library must give up (its own terminal signal), and no
+new upgrade may reach a backend in the ``QUIET`` seconds after (longer than any of these
+libraries' default first delay but graphql-ws's, which does not retry a 1008 at all).
 
 The npm modules come from ``$WSPROXY_NODE_DIR`` (``.ci/run`` installs them pinned and
 sets ``WSPROXY_REQUIRE_NODE=1``): without them the Node tests skip, saying what is
@@ -153,7 +153,7 @@ async def test_js_recipe_reconnects_after_the_hint_and_stops_on_1008(
         first = await client.wait_for_event("open", START)
         on = first["backend"]
         other = "b" if on == "a" else "a"
-        answer = await admin(ctx, "POST", f"/backends/{on}/drain", json_body={"spread": "0.2s"})
+        answer = await admin(ctx, "POST", f"/backends/{on}/drain", json_body={"spread": "0s"})
         assert answer.status == 200, answer
         await client.wait_for(lambda: len(client.events("open")) >= 2, "the reconnect", WAIT)
         close = client.events("close")[0]
@@ -259,7 +259,7 @@ async def test_python_websockets_recipe_reconnects_after_the_hint_and_stops_on_1
         await until(lambda: any(e["event"] == "open" for e in events), "open")
         on = events[0]["backend"]
         other = "b" if on == "a" else "a"
-        answer = await admin(ctx, "POST", f"/backends/{on}/drain", json_body={"spread": "0.2s"})
+        answer = await admin(ctx, "POST", f"/backends/{on}/drain", json_body={"spread": "0s"})
         assert answer.status == 200, answer
         await until(lambda: sum(e["event"] == "open" for e in events) >= 2, "the reconnect")
         opens = [e for e in events if e["event"] == "open"]
