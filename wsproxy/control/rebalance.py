@@ -14,8 +14,9 @@ and its warmup starts again when it comes back). A round starts when
 
 - ``rebalance.enabled``, no drain is running (the proxy's or any backend's: a drain
   moves connections already, and a round would fight it), no backend in rotation is
-  still warming up, and the most loaded backend taking part holds more than
-  ``rebalance.ratio`` times the mean; or
+  still warming up, and the most loaded backend taking part has held more than
+  ``rebalance.ratio`` times the mean on every look for ``TRIGGER_HOLD`` (2 s: the
+  uneven counts of a burst of dials in flight even out by themselves); or
 - ``POST /rebalance`` (``wsproxy rebalance``) asked for one: then neither ``enabled``
   nor the ratio is asked, and every backend in rotation takes part, warmed up or not
   (the operator vouches for it). A drain refuses it all the same.
@@ -31,7 +32,7 @@ starts (wsproxy.config, "When a value is read"). While it runs:
   connections minus the ones the round has closed that are still closing, and the
   clients closed that have not reconnected yet counted in the total (a connection
   opened anywhere during the round is taken as one of them coming back; one not back
-  within ``RECONNECT_WAIT`` is no longer awaited). It closes the oldest connection of
+  within ``RECONNECT_WAIT``, 30 s, is no longer awaited). It closes the oldest connection of
   the backend with the largest excess, with 1012 "rebalancing" and the reconnect
   hint, and never two closes less than ``1/max_close_rate`` apart.
 - It ends when no backend has an excess and no client is awaited; or when a drain
@@ -69,9 +70,15 @@ log = get_logger()
 
 #: How often the backends are looked at (joins noticed, the trigger evaluated).
 CHECK_PERIOD: Final = 0.25
-#: A closed client not back within this long is no longer awaited (the reconnect hint
-#: is at most 1 s; a client's own backoff may add a few).
-RECONNECT_WAIT: Final = 5.0
+#: A closed client not back within this long is no longer awaited. The reconnect hint
+#: is at most 1 s, but a client's own backoff, or a loaded machine, may add several:
+#: awaiting a client too long only delays the round's end (and closes less), while
+#: forgetting it too soon lowers the mean and closes more than the ideal.
+RECONNECT_WAIT: Final = 30.0
+#: The trigger must hold on every look for this long before a round starts: the counts
+#: of a burst of new connections (a proxy restart, a reconnect wave) are uneven while
+#: their dials are in flight, and even out by themselves.
+TRIGGER_HOLD: Final = 2.0
 #: While nothing is left to close but clients are awaited, the round looks again this often.
 AWAIT_STEP: Final = 0.05
 
@@ -103,6 +110,8 @@ class Round:
     #: The closes the first plan called for (the ideal number).
     planned: int
     closes: int = 0
+    #: Closed clients not back within RECONNECT_WAIT.
+    not_back: int = 0
     ended: float | None = None
     #: Why it ended: balanced, drain, backends changed, limit, nothing to close.
     outcome: str | None = None
@@ -110,7 +119,8 @@ class Round:
     def view(self, now: float) -> dict[str, object]:
         end = self.ended if self.ended is not None else now
         return {"forced": self.forced, "planned": self.planned, "closes": self.closes,
-                "seconds": round(end - self.started, 3), "outcome": self.outcome}
+                "not_back": self.not_back, "seconds": round(end - self.started, 3),
+                "outcome": self.outcome}
 
 
 class RebalanceRefused(Exception):
@@ -130,10 +140,14 @@ class Rebalancer:
         self.current: Round | None = None
         self.last: Round | None = None
         self.rounds = 0
+        #: How many times it has looked at the backends (tests wait on it).
+        self.looks = 0
         #: Closes by backend name, since the start (``wsproxy_rebalance_closes_total``).
         self.closes: Counter[str] = Counter()
         #: Clients closed by the round in progress, awaited back: their close moments.
         self._awaiting: deque[float] = deque()
+        #: Since when the trigger has held on every look (None: it does not now).
+        self._triggered_since: float | None = None
 
     # What the process tells it…
 
@@ -191,9 +205,13 @@ class Rebalancer:
             self._requested = anyio.Event()
             now = self._loop.time()
             self._observe(now)
+            self.looks += 1
             if self._draining():
                 continue
-            if forced or self._due(now):
+            since = self._triggered_since = (
+                (self._triggered_since or now) if self._due(now) else None)
+            if forced or (since is not None and now - since >= TRIGGER_HOLD):
+                self._triggered_since = None
                 await self._round(forced)
 
     def _observe(self, now: float) -> frozenset[BackendState]:
@@ -287,6 +305,8 @@ class Rebalancer:
                 pacer.closed(now)
                 current.closes += 1
                 self.closes[backend.name] += 1
+                log.info("rebalance.close", conn_id=conn.id, backend=backend.name,
+                         excess=step.excess[name])
         finally:
             host.balancer.least_loaded = False
             current.ended = self._loop.time()
@@ -294,8 +314,8 @@ class Rebalancer:
             self.current, self.last = None, current
             self._awaiting.clear()
         log.info("rebalance.finished", outcome=outcome, planned=current.planned,
-                 closes=current.closes, seconds=round(current.ended - current.started, 3),
-                 ratio=round(self.ratio(), 4))
+                 closes=current.closes, not_back=current.not_back,
+                 seconds=round(current.ended - current.started, 3), ratio=round(self.ratio(), 4))
 
     def _plan(
         self, members: list[BackendState], closing: dict[Connection, BackendState], now: float
@@ -304,6 +324,8 @@ class Rebalancer:
         awaiting = self._awaiting
         while awaiting and awaiting[0] < now - RECONNECT_WAIT:
             awaiting.popleft()
+            if self.current is not None:
+                self.current.not_back += 1
         connections = self._host.registry.connections
         for conn in [c for c in closing if c.id not in connections]:
             del closing[conn]
