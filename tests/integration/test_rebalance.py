@@ -56,6 +56,7 @@ from typing import Any
 import anyio
 import pytest
 
+from tests.integration import browser
 from tests.integration.dns_server import dns_server
 from tests.integration.peers import make_config, running_proxy
 from tests.integration.proxy_process import proxy_process, run_cli_async
@@ -448,3 +449,29 @@ async def test_a_drain_starting_mid_round_stops_its_closes() -> None:
             assert closes < 13
             await looks(ctx, 3)
             assert len(rebalancing_closes(clients)) == closes
+
+
+@pytest.mark.timeout(90)
+async def test_the_admin_page_shows_shares_and_starts_a_round() -> None:
+    browser.skip_unless_available()
+    async with echo_set("abc") as servers:
+        rows = [{"name": s.name, "url": s.url} for s in servers]
+        settings = {"enabled": False, "warmup": "0s", "max_close_rate": 200}
+        config = make_config(rows[:2], balance="round_robin", rebalance=settings)
+        async with running_proxy(config) as ctx, clients_on(ctx, 2 * SMALL) as clients:
+            ctx.apply_config(make_config(rows, balance="round_robin", rebalance=settings))
+            assert ctx.admin_address is not None
+            url = "http://{}:{}/".format(*ctx.admin_address)
+            result = await browser.run_script(Path(__file__).with_name("rebalance_page.mjs"),
+                                              [f"--url={url}"])
+            assert result["ok"], result
+            assert result["page_errors"] == []
+            assert result["requests_elsewhere"] == []
+            before = {row["name"]: row["text"] for row in result["shares_before"]}
+            assert before["c"].startswith("0.0% · 0")
+            assert before["a"].startswith("50.0% · 20")
+            assert "off (rebalance.enabled: false)" in result["status_before"]
+            assert "balanced" in result["status_after"]
+            assert ctx.rebalancer.last is not None
+            assert ctx.rebalancer.last.forced
+            assert len(rebalancing_closes(clients)) == ctx.rebalancer.last.closes == 13
