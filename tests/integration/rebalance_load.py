@@ -104,6 +104,9 @@ class SeqClient:
 
     def _on_message(self, message: str | bytes) -> None:
         text = message if isinstance(message, str) else message.decode()
+        if text == "who?":  # a plain echo backend (wsproxy echo-backend): no name
+            self._connected.set()
+            return
         if text.startswith("name:"):
             self.backend = text[5:]
             self.backends.append(self.backend)
