@@ -65,6 +65,10 @@ from tests.integration.rebalance_load import SeqClient, admin_json, max_in_windo
 OUT = ROOT / "bench" / "out"
 PNG = ROOT / "bench" / "results" / "rebalance.png"
 SAMPLE = 0.25
+#: Between two clients' first dials, in each client process: ~300 dials a second each.
+#: A burst of thousands overflows the listen queues, and the retries of the ones that
+#: failed left TIME_WAITs enough to run out of ports.
+START_GAP = 0.003
 
 
 def raise_nofile() -> int:
@@ -83,17 +87,23 @@ def free_port() -> int:
 # The client processes ----------------------------------------------------------------
 
 
-async def client_main(url: str, first: int, count: int, period: float) -> None:
+async def client_main(url: str, first: int, count: int, period: float, local: str) -> None:
     """Run *count* SeqClients; "ready" once all are connected; stop on stdin's "stop"."""
     raise_nofile()
     stop = anyio.Event()
-    clients = [SeqClient(first + i, url) for i in range(count)]
+    clients = [SeqClient(first + i, url, local_host=local) for i in range(count)]
     async with anyio.create_task_group() as tg:
         for client in clients:
             tg.start_soon(client.run, stop, period, random.Random(client.id))
-        with anyio.fail_after(300):
-            for client in clients:
+            await anyio.sleep(START_GAP)  # a steady stream of dials, not one burst
+        deadline = anyio.current_time() + 300
+        for client in clients:
+            with anyio.move_on_after(max(0.0, deadline - anyio.current_time())):
                 await client.connected()
+        errors = Counter(e for c in clients for e in c.errors)
+        if errors or not all(c.opens for c in clients):
+            print(f"client errors: {errors.most_common(5)}; connected "
+                  f"{sum(1 for c in clients if c.opens)}/{count}", file=sys.stderr, flush=True)
         print("ready", flush=True)
         stdin = anyio.wrap_file(sys.stdin)
         while (line := await stdin.readline()) and line.strip() != "stop":
@@ -170,7 +180,8 @@ async def drive(args: argparse.Namespace, proxy: Any, admin: str, ports: dict[st
         count = min(per, total - i * per)
         procs.append(await anyio.open_process(
             [sys.executable, __file__, "--_client", "--url", proxy.url, "--first", str(i * per),
-             "--count", str(count), "--period", str(args.period)],
+             "--count", str(count), "--period", str(args.period),
+             "--local", f"127.0.0.{10 + i}"],
             stdin=-1, stdout=-1))
     readers = [BufferedByteReceiveStream(p.stdout) for p in procs]
     samples: list[tuple[float, dict[str, int], bool]] = []
@@ -347,9 +358,10 @@ def main() -> int:
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--first", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--local", default="127.0.0.1", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._client:
-        anyio.run(client_main, args.url, args.first, args.count, args.period)
+        anyio.run(client_main, args.url, args.first, args.count, args.period, args.local)
         return 0
     raw = anyio.run(run, args)
     summary = summarize(raw)

@@ -93,7 +93,13 @@ class SeqClient:
     acked: int = 0
     #: Echoes that were not the one expected (wrong text, out of order, duplicated).
     mismatches: list[str] = field(default_factory=list)
+    #: The address to connect from (None: the system's choice); bench/rebalance.py gives
+    #: each client process its own 127.0.0.x, so that 9,000 clients and their reconnects
+    #: do not run one source address out of ports towards the proxy's one port.
+    local_host: str | None = None
     failed_connects: int = 0
+    #: Why each failed connect failed.
+    errors: list[str] = field(default_factory=list)
     #: Moments it (re)connected (time.monotonic), the first included.
     opens: list[float] = field(default_factory=list)
     _pending: list[str] = field(default_factory=list)
@@ -123,10 +129,13 @@ class SeqClient:
         tries = 0
         while True:
             try:
+                extra = {"local_addr": (self.local_host, 0)} if self.local_host else {}
                 ws = await connect(self.url, open_timeout=30, ping_interval=None,
-                                   close_timeout=10, max_queue=None, compression=None)
-            except (OSError, InvalidHandshake, TimeoutError):
+                                   close_timeout=10, max_queue=None, compression=None,
+                                   **extra)
+            except (OSError, InvalidHandshake, TimeoutError) as exc:
                 self.failed_connects += 1
+                self.errors.append(f"{type(exc).__name__}: {exc}")
                 tries += 1
                 if tries >= MAX_TRIES or stop.is_set():
                     return

@@ -207,6 +207,7 @@ class Rebalancer:
             self._observe(now)
             self.looks += 1
             if self._draining():
+                self._triggered_since = None  # the hold starts again after the drain
                 continue
             since = self._triggered_since = (
                 (self._triggered_since or now) if self._due(now) else None)
