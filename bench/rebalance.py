@@ -228,12 +228,14 @@ async def drive(args: argparse.Namespace, proxy: Any, admin: str, ports: dict[st
                 proc.send_signal(signal.SIGKILL)
             with anyio.move_on_after(10):
                 await proc.wait()
-    sent = [datetime.fromisoformat(r["timestamp"]).timestamp()
-            for r in proxy.records if r.get("event") == "rebalance.close"]
+    lines = [r for r in proxy.records if r.get("event") == "rebalance.close"]
+    sent = [datetime.fromisoformat(r["timestamp"]).timestamp() for r in lines]
+    by_backend = Counter(str(r["backend"]) for r in lines)
     rounds = [r for r in proxy.records if r.get("event") == "rebalance.finished"]
     return {"joined_mono": joined, "connected_in_s": round(connected_in, 2),
             "balanced_after_s": balanced_at, "round_ended_after_s": ended_at,
             "samples": samples, "reports": reports, "proxy_closes_wall": sent,
+            "closes_by_backend": dict(sorted(by_backend.items())),
             "rounds": rounds}
 
 
@@ -250,6 +252,7 @@ def summarize(r: dict[str, Any]) -> dict[str, Any]:
         "clients": 3 * n, "ideal_closes": ideal,
         "closes_proxy": len(proxy_closes), "closes_seen_by_clients": len(client_closes),
         "closes_over_ideal": round(len(proxy_closes) / ideal, 3) if ideal else None,
+        "closes_by_backend": r["closes_by_backend"],
         "max_close_rate": r["rate"],
         "peak_closes_per_s_proxy": max_in_window(proxy_closes, 1.0),
         "peak_closes_per_s_clients": max_in_window(client_closes, 1.0),
@@ -328,6 +331,8 @@ def table(s: dict[str, Any]) -> str:
         ("closes (proxy) / ideal", f"{s['closes_proxy']} / {s['ideal_closes']} "
                                    f"({s['closes_over_ideal']}x)"),
         ("closes seen by clients", str(s["closes_seen_by_clients"])),
+        ("closes by backend", ", ".join(f"{k} {v}" for k, v in s["closes_by_backend"].items())
+         + " (none on d)" * ("d" not in s["closes_by_backend"])),
         ("first close after the SIGHUP", f"{s['first_close_after_s']} s"),
         ("max/mean <= 1.10 after", f"{s['balanced_after_s']} s"),
         ("round over after", f"{s['round_ended_after_s']} s"),
