@@ -70,8 +70,9 @@ def _parser() -> argparse.ArgumentParser:
     conns = sub.add_parser("connections", help="a running proxy's connections")
     conns.add_argument("--top", type=int, default=20, metavar="N")
     conns.add_argument("--sort", choices=("age", "traffic"), default="age")
+    rebalance = sub.add_parser("rebalance", help="one rebalancing round now")
     for name, command in (("drain", drain), ("undrain", undrain), ("status", status),
-                          ("connections", conns)):
+                          ("connections", conns), ("rebalance", rebalance)):
         ops.add_arguments(command)
         command.set_defaults(func=partial(_cmd_ops, name))
 

@@ -1,4 +1,4 @@
-"""The ops commands: ``wsproxy drain | undrain | status | connections``.
+"""The ops commands: ``wsproxy drain | undrain | status | connections | rebalance``.
 
 Plain blocking HTTP (urllib) against a running proxy's admin API: these are short
 one-shot commands, so an event loop would buy nothing.
@@ -150,10 +150,20 @@ def connections(client: AdminClient, args: argparse.Namespace) -> str:
     return "\n".join(_table(rows)) if len(rows) > 1 else "no connections"
 
 
+def rebalance(client: AdminClient, args: argparse.Namespace) -> str:
+    status = client.call("POST", "/rebalance")
+    backends = client.call("GET", "/backends")["backends"]
+    shares = ", ".join(f"{b['name']} {b['share']:.0%}" for b in backends if not b.get("removed"))
+    state = "round running" if status["running"] else "round asked for"
+    return (f"rebalance: {state}; max/mean {status['ratio']:.2f} "
+            f"(trigger {status['trigger']}); shares: {shares or 'no backends'}")
+
+
 def _table(rows: Sequence[Sequence[str]]) -> list[str]:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
             for row in rows]
 
 
-COMMANDS = {"drain": drain, "undrain": undrain, "status": status, "connections": connections}
+COMMANDS = {"drain": drain, "undrain": undrain, "status": status, "connections": connections,
+            "rebalance": rebalance}

@@ -6,9 +6,9 @@ when the proxy has stopped. The connections themselves are asyncio Protocols (se
 wsproxy.io.connection for why).
 
 ``ProxyContext`` is the wiring: it builds the control plane (control.drains.Drains,
-control.backends.Backends), the plain HTTP side and the metrics, and implements the
-small protocols through which the drivers (io.ports), the control plane (each
-module's ``...Host``) and the admin API (admin.api.AdminHost,
+control.backends.Backends, control.rebalance.Rebalancer), the plain HTTP side and the
+metrics, and implements the small protocols through which the drivers (io.ports), the
+control plane (each module's ``...Host``) and the admin API (admin.api.AdminHost,
 admin.metrics.MetricsSource) reach the process. It decides little itself: the
 controls the signals and the admin API call are the control plane's. Nothing below
 this module imports it.
@@ -44,6 +44,7 @@ from wsproxy.control.discovery import DiscoveryStatus, run_discovery
 from wsproxy.control.drain import close_reason
 from wsproxy.control.drains import Drains
 from wsproxy.control.health import run_health_checks
+from wsproxy.control.rebalance import Rebalancer
 from wsproxy.core.admission import TokenBucket, limit_retry_ms
 from wsproxy.core.closes import PROXY_STOPPED, TRY_AGAIN, with_hint
 from wsproxy.core.handshake import Forwarding
@@ -117,6 +118,7 @@ class ProxyContext:
         self.drainer = Drains(self, self.http, task_group=task_group, loop=self.loop)
         self.backends = Backends(self, self.drainer, loop=self.loop)
         self.balancer = self.backends.balancer
+        self.rebalancer = Rebalancer(self, loop=self.loop)
         self.apply_config(config, initial=True)
 
     def _apply(
@@ -282,6 +284,7 @@ class ProxyContext:
         log.info("connection.opened", conn_id=conn.id, client=conn.client_ip,
                  backend=conn.backend.name if conn.backend else None, subject=conn.subject)
         self.drainer.opened(conn)
+        self.rebalancer.opened(conn)
 
     def connection_rejected(self, conn: Connection) -> None:
         session = conn.session
@@ -363,6 +366,20 @@ class ProxyContext:
     def set_health(self, backend: BackendState, healthy: bool, *, checked: bool = True) -> None:
         """A health check's verdict on *backend* (*checked* False: checks are off)."""
         self.backends.set_health(backend, healthy, checked=checked)
+
+    # Rebalancing (control.rebalance)…
+
+    def rebalance(self) -> dict[str, object]:
+        """``POST /rebalance``: one round now (RebalanceRefused while a drain runs)."""
+        self.rebalancer.request()
+        return self.rebalancer.status()
+
+    def rebalance_status(self) -> dict[str, object]:
+        return self.rebalancer.status()
+
+    def backend_warm(self, backend: BackendState) -> bool:
+        """Whether *backend* takes part in rebalancing (in rotation and warmed up)."""
+        return self.rebalancer.warm(backend)
 
     # Reloading…
 
@@ -542,6 +559,7 @@ async def serve(
                      tls=config.listen.tls is not None)
             tg.start_soon(ctx.sweep)
             tg.start_soon(run_health_checks, ctx)  # idle while health_check.path is empty
+            tg.start_soon(ctx.rebalancer.run)  # looks only, while rebalance.enabled is false
             if config.discovery.dns is not None:
                 tg.start_soon(run_discovery, ctx, config.discovery.dns, ctx.discovery)
             ctx.admin_address = await tg.start(

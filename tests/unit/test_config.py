@@ -639,3 +639,40 @@ def test_cookie_source_needs_allowed_origins():
     ]
 
 
+
+
+# rebalance (issue 19) --------------------------------------------------------------------
+
+
+def test_rebalance_defaults_and_values():
+    config = parse()
+    assert config.rebalance.enabled is False
+    assert (config.rebalance.ratio, config.rebalance.max_close_rate) == (1.2, 20.0)
+    assert config.rebalance.warmup == 10.0
+    config = parse(rebalance={"enabled": True, "ratio": "1.5", "max_close_rate": 100,
+                              "warmup": "500ms"})
+    assert config.rebalance.enabled is True
+    assert (config.rebalance.ratio, config.rebalance.max_close_rate) == (1.5, 100.0)
+    assert config.rebalance.warmup == 0.5
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("enabled", "yes", "expected true or false"),
+        ("ratio", 1, "expected a number above 1"),
+        ("ratio", 0.9, "expected a number above 1"),
+        ("ratio", 1000, "at most 100"),
+        ("ratio", "lots", "expected a number"),
+        ("max_close_rate", 0, "above 0"),
+        ("max_close_rate", -5, "expected a number of 0 or more"),
+        ("max_close_rate", 1e6, "at most 10000"),
+        ("warmup", "soon", "duration"),
+        ("warmup", "48h", "at most 24h"),
+        ("balance", 1, "unknown key"),
+    ],
+)
+def test_rebalance_errors_name_the_key(key, value, message):
+    found = problems(rebalance={key: value})
+    assert list(found) == [f"rebalance.{key}"]
+    assert message in found[f"rebalance.{key}"]

@@ -15,6 +15,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import anyio
 
+from wsproxy.control.rebalance import RebalanceRefused
 from wsproxy.core import closes
 from wsproxy.core.states import Side
 from wsproxy.units import parse_duration
@@ -119,6 +120,14 @@ class AdminHost(Protocol):
     def reload(self) -> list[str]:
         """Re-read the config file; the errors, if it was refused."""
 
+    def rebalance(self) -> dict[str, object]:
+        """Start a rebalancing round now; its status (RebalanceRefused: a drain runs)."""
+
+    def rebalance_status(self) -> dict[str, object]: ...
+
+    def backend_warm(self, backend: BackendState) -> bool:
+        """Whether *backend* takes part in rebalancing (in rotation, warmed up)."""
+
 
 class AdminAPI:
     """The routes, bound to one proxy."""
@@ -150,6 +159,7 @@ class AdminAPI:
             ("drain",): {"GET": self.drain_status, "POST": self.drain},
             ("undrain",): {"POST": self.undrain},
             ("reload",): {"POST": self.reload},
+            ("rebalance",): {"GET": self.rebalance_status, "POST": self.rebalance},
         }
         args: list[str] = []
         key = tuple(parts)
@@ -206,12 +216,18 @@ class AdminAPI:
         return 200, "text/plain; version=0.0.4; charset=utf-8", self.ctx.metrics.render(), ()
 
     async def backends(self, request: Request) -> Response:
-        return _json({"backends": [self._backend_view(b) for b in self.ctx.backends_shown()]})
+        shown = self.ctx.backends_shown()
+        total = sum(b.active for b in shown)
+        return _json({"backends": [self._backend_view(b, total) for b in shown]})
 
-    def _backend_view(self, b: BackendState) -> dict[str, object]:
+    def _backend_view(self, b: BackendState, total: int) -> dict[str, object]:
         return {"name": b.name, "url": b.config.url, "healthy": b.healthy and not b.held,
                 "draining": b.draining, "active": b.active, "source": b.source,
-                "removed": b.removed}
+                "removed": b.removed,
+                # Rebalancing: its part of the proxy's connections, and whether it
+                # takes part (in rotation, warmed up).
+                "share": round(b.active / total, 4) if total else 0.0,
+                "warm": self.ctx.backend_warm(b)}
 
     async def connections(self, request: Request) -> Response:
         sort = request.query.get("sort", "age")
@@ -297,6 +313,17 @@ class AdminAPI:
         for conn in closed:
             conn.drain_close(code, reason)
         return _json({"closed": [c.id for c in closed]})
+
+    # Rebalancing…
+
+    async def rebalance(self, request: Request) -> Response:
+        try:
+            return _json(self.ctx.rebalance())
+        except RebalanceRefused as exc:
+            raise HTTPError(409, str(exc)) from None
+
+    async def rebalance_status(self, request: Request) -> Response:
+        return _json(self.ctx.rebalance_status())
 
     async def reload(self, request: Request) -> Response:
         errors = self.ctx.reload()

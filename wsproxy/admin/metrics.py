@@ -32,6 +32,7 @@ from wsproxy.log import dropped_lines
 if TYPE_CHECKING:
     from wsproxy.control.discovery import DiscoveryStatus
     from wsproxy.control.drain import Drain
+    from wsproxy.control.rebalance import Rebalancer
     from wsproxy.core.balance import BackendState
     from wsproxy.core.registry import Registry
     from wsproxy.core.session import Session
@@ -87,6 +88,9 @@ class MetricsSource(Protocol):
     def http(self) -> PlainHttp: ...
 
     def backends_shown(self) -> list[BackendState]: ...
+
+    @property
+    def rebalancer(self) -> Rebalancer: ...
 
 
 class Metrics:
@@ -202,6 +206,15 @@ class _Collector(Collector):
                          "the request head to the response's end.", [], [((), m.http_duration)])
         yield GaugeMetricFamily("wsproxy_http_requests_active", "Plain HTTP requests in "
                                 "flight.", value=ctx.http.active)
+        shown = {b.name for b in ctx.backends_shown()}  # gone backends' series dropped
+        yield _counter("wsproxy_rebalance_closes", "Connections closed by rebalancing "
+                       "rounds (1012 rebalancing), by the backend they were on.", "backend",
+                       ((name, n) for name, n in ctx.rebalancer.closes.items() if name in shown))
+        yield GaugeMetricFamily("wsproxy_rebalance_ratio", "The most loaded backend taking "
+                                "part in rebalancing over the mean of them (1: balanced).",
+                                value=ctx.rebalancer.ratio())
+        yield GaugeMetricFamily("wsproxy_rebalancing", "1 while a rebalancing round runs.",
+                                value=int(ctx.rebalancer.current is not None))
         yield CounterMetricFamily("wsproxy_log_lines_dropped", "Log lines dropped because "
                                   "stdout was not read fast enough (a full buffer of "
                                   "10,000 lines) or was closed.", value=dropped_lines())

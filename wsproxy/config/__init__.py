@@ -55,6 +55,10 @@ or gone):
     drain.reconnect_hint, and its close code: drain.shutdown_close_code for the
     proxy's, drain.backend_close_code for a backend's
 
+each rebalancing round, once, when it starts (``rebalance.enabled`` and its trigger,
+or ``POST /rebalance``):
+    rebalance.max_close_rate, and drain.reconnect_hint for its closes' reason
+
 live, at each decision:
     backends, backend_tls, balance.* and sticky_cookie.* (at each pick: a request's
     cookie is read, and its Set-Cookie written, under the config of that moment),
@@ -64,7 +68,8 @@ live, at each decision:
     under for its close handshake),
     limits.max_connections, limits.max_connections_per_ip (and trusted_proxies where
     they decide whom a new connection counts against), http.pool_size,
-    drain.backend_hold_down (at each hold-down), admin.token (at each admin request:
+    drain.backend_hold_down (at each hold-down), rebalance.enabled, rebalance.ratio and
+    rebalance.warmup (at each look for a round to start), admin.token (at each admin request:
     a reload rotates it), drain.shutdown_close_code when the process stops with
     connections still open
 
@@ -99,6 +104,7 @@ from wsproxy.config.model import (
     ListenTLS,
     LoggingConfig,
     ProxyConfig,
+    RebalanceConfig,
     StickyCookieConfig,
 )
 from wsproxy.config.schema import parse_config
@@ -111,6 +117,7 @@ __all__ = [
     "BackendTLSConfig", "BalanceConfig", "ConfigError", "ConfigProblem", "DNSDiscoveryConfig",
     "DiscoveryConfig", "DrainConfig", "ForwardAuthConfig", "HealthCheckConfig",
     "HeartbeatConfig", "HttpConfig", "IPNetwork", "JwtAuthConfig", "LimitsConfig",
-    "ListenConfig", "ListenTLS", "LoggingConfig", "ProxyConfig", "StickyCookieConfig",
+    "ListenConfig", "ListenTLS", "LoggingConfig", "ProxyConfig", "RebalanceConfig",
+    "StickyCookieConfig",
     "load_config", "parse_config", "parse_config_text",
 ]

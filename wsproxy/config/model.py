@@ -242,6 +242,22 @@ class AdmissionConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RebalanceConfig:
+    """Moving long-lived connections to the backends that joined (core.rebalance)."""
+
+    enabled: bool = False  # closing healthy connections is the operator's choice
+    # The trigger: the most loaded backend holds more than this times the mean. 1.2 leaves
+    # the imbalance of ordinary churn alone; a round then evens everything out to ±1.
+    ratio: float = 1.2
+    # 20 closes a second: 1,000 connections moved in under a minute, a reconnect rate
+    # any backend handles, and far below admission's usual limits.
+    max_close_rate: float = 20.0
+    # A backend that just joined (or came back) proves itself first: 10 s is a few
+    # health-check intervals, and a crash loop shows before it gets a share.
+    warmup: float = 10.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class HttpConfig:
     """Plain HTTP requests (``plain_http: proxy``): their limits and the backend pool."""
 
@@ -282,6 +298,7 @@ class ProxyConfig:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     drain: DrainConfig = field(default_factory=DrainConfig)
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
+    rebalance: RebalanceConfig = field(default_factory=RebalanceConfig)
     plain_http: str = "reject"  # reject | proxy; a sidecar for WebSockets only, by default
     http: HttpConfig = field(default_factory=HttpConfig)
     # passthrough: the endpoints negotiate compression and frames are forwarded untouched,

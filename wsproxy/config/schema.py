@@ -35,6 +35,7 @@ from wsproxy.config.model import (
     ListenTLS,
     LoggingConfig,
     ProxyConfig,
+    RebalanceConfig,
     StickyCookieConfig,
 )
 from wsproxy.config.values import (
@@ -114,6 +115,37 @@ def _choice(*names: str) -> Conv:
         raise ValueError(f"expected one of {', '.join(names)}, got {describe(value)}")
 
     return leaf(parse)
+
+
+#: rebalance.max_close_rate at most: a bound, not a goal (a round's closes are paced).
+MAX_REBALANCE_RATE: Final = 10000.0
+#: rebalance.ratio at most: past it, no imbalance a backend could survive would trigger.
+MAX_REBALANCE_RATIO: Final = 100.0
+#: rebalance.warmup at most.
+MAX_WARMUP: Final = 24 * 3600.0
+
+
+def _rebalance_ratio(value: object) -> float:
+    number = rate(value)
+    if not 1.0 < number <= MAX_REBALANCE_RATIO:
+        raise ValueError(f"expected a number above 1 and at most {MAX_REBALANCE_RATIO:g} "
+                         f"(the most loaded backend over the mean), got {describe(value)}")
+    return number
+
+
+def _close_rate(value: object) -> float:
+    number = rate(value)
+    if not 0.0 < number <= MAX_REBALANCE_RATE:
+        raise ValueError(f"expected closes per second above 0 and at most "
+                         f"{MAX_REBALANCE_RATE:g}, got {describe(value)}")
+    return number
+
+
+def _warmup(value: object) -> float:
+    seconds = parse_duration(value)
+    if seconds > MAX_WARMUP:
+        raise ValueError(f"expected a duration of at most 24h, got {describe(value)}")
+    return seconds
 
 
 def _balance(w: Walker, path: str, value: object) -> BalanceConfig:
@@ -390,6 +422,15 @@ _PROXY: Final = Section(
                 "max_upgrade_rate": leaf(rate),
                 "burst": _count(0),
                 "reject_with": _choice("status", "close"),
+            },
+        ),
+        "rebalance": Section(
+            RebalanceConfig,
+            {
+                "enabled": _BOOL,
+                "ratio": leaf(_rebalance_ratio),
+                "max_close_rate": leaf(_close_rate),
+                "warmup": leaf(_warmup),
             },
         ),
         "plain_http": _choice("reject", "proxy"),

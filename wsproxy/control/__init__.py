@@ -5,6 +5,7 @@
   refusing new upgrades and plain requests during a drain.
 - ``backends``: the backend set (static, discovered, health verdicts, hold-down).
 - ``health``: active health checks; ``discovery``: DNS discovery.
+- ``rebalance``: rebalancing rounds (core.rebalance decides, this drives the closes).
 
 It may import io/ (the drivers, for their types and the plain HTTP side), core/,
 auth/, config, errors, units and log; never the wiring (wsproxy.supervisor) nor

@@ -16,7 +16,7 @@ The relay and its handshakes:
 The decisions the control plane drives, each a pure object with the clock passed in:
     liveness (heartbeats, idle, age), schedule (a drain's pacing), admission (the
     upgrade rate), balance (the backend set and the pick), registry (live connections
-    and the limits)
+    and the limits), rebalance (which connections a rebalancing round closes)
 
 It imports config, errors and units only (and h11, wsproto's rules): never io/, auth/,
 the control plane or the wiring. ``closes`` imports nothing, so that config may use it.

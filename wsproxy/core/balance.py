@@ -70,6 +70,10 @@ class Balancer:
         self.policy = policy
         self.backends: dict[str, BackendState] = {b.name: b for b in backends}
         self._turn = 0
+        #: Set while a rebalancing round runs (control.rebalance): every pick is the
+        #: least-loaded backend's, whatever the policy (a hash or a sticky cookie would
+        #: send a moved client straight back to the backend it was moved off).
+        self.least_loaded = False
 
     def candidates(
         self, key: str | None = None, sticky: Sequence[str] = ()
@@ -79,17 +83,18 @@ class Balancer:
         usable = [b for b in self.backends.values() if b.usable]
         if not usable:
             return []
-        if self.policy == "hash" and key is not None:
+        policy = "least_connections" if self.least_loaded else self.policy
+        if policy == "hash" and key is not None:
             # Rendezvous hashing: a key keeps its backend while others come and go.
             return sorted(usable, key=lambda b: _score(key, b.name), reverse=True)
         self._turn += 1
         start = self._turn % len(usable)
         rotated = usable[start:] + usable[:start]
-        if self.policy == "round_robin":
+        if policy == "round_robin":
             return rotated
         # least_connections; the rotation spreads ties instead of piling on the first.
         ordered = sorted(rotated, key=lambda b: b.active)
-        if self.policy == "cookie" and sticky:
+        if policy == "cookie" and sticky:
             # The first value that names a usable backend wins; others are stale.
             for value in sticky:
                 for i, backend in enumerate(ordered):

@@ -128,3 +128,10 @@ BACKEND_RESTARTING: Final = "backend restarting"
 AGE_LIMIT: Final = "connection age limit"
 #: The proxy stops with connections still open: ``drain.shutdown_close_code``.
 PROXY_STOPPED: Final = "proxy stopped"
+
+# …and a close of its own with a fixed code and a reconnect hint.
+
+#: A rebalancing round moves the connection to a less loaded backend (``rebalance``):
+#: 1012, so that clients reconnect as to a restarted server; the caller appends the
+#: reconnect hint (``drain.reconnect_hint``).
+REBALANCING: Final = ProxyClose(CloseCode.SERVICE_RESTART, "rebalancing")
