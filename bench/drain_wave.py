@@ -512,19 +512,21 @@ def model(timing: str, clients: int, spread: float, trials: int = 200,
     """max/mean per 100 ms bucket expected on an idle machine (median of *trials*).
 
     The proxy's schedule (one slot per connection, a random point in it), then each
-    timing's wait: clients/js the hint (a whole number of ms in [0, 1000], the proxy's
-    HINT_MAX_MS), Phoenix 10 ms, reconnecting-websocket its per-page
+    timing's wait: clients/js the hint (a whole number of ms in [0, the gap between two
+    closes], the proxy's paced_hint_ms), Phoenix 10 ms, reconnecting-websocket its per-page
     minReconnectionDelay (1000 + random x 4000 ms); plus a fixed 5 ms for the upgrade.
     No scheduling noise: the difference to the measured figure is the machine's.
     """
     import random
+
+    from wsproxy.control.drain import paced_hint_ms
 
     if spread <= 0:
         return None  # all at once: the proxy's own pace decides, which this leaves out
     rng = random.Random(seed)
     slot = max(spread, 1e-6) / clients
     # Without a hint clients/js backs off: attempt 1 waits random(0, baseMs = 500 ms).
-    js_max = 1000 if hint else 500
+    js_max = paced_hint_ms(spread, clients) if hint else 500
     waits = {"js": lambda: rng.randint(0, js_max) / 1000, "immediate": lambda: 0.010,
              "rws": lambda: (1000 + rng.random() * 4000) / 1000}
     if timing not in waits:
