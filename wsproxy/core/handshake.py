@@ -279,15 +279,37 @@ def upstream_request_bytes(
     )
     if not _TARGET.fullmatch(target):
         raise h11.LocalProtocolError("illegal request target")
+    check_own_values(authority, forwarding)
+    lines = [b"GET " + target + b" HTTP/1.1"]
+    lines += [name + b": " + value for name, value in headers]
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+def check_own_values(
+    authority: str, forwarding: Forwarding, more: Iterable[Header] = ()
+) -> None:
+    """Check the header values of the proxy's own in a request it writes: what h11
+    would refuse when it builds an event of them (the client's were checked when h11
+    read them, so an event built of both may skip h11's checks: ``_parsed=True``).
+
+    Raises:
+        h11.LocalProtocolError: one is no valid header value (or *more*'s names, and
+            the identity header names, no token).
+    """
     own = (authority, forwarding.forwarded_for, forwarding.proto, forwarding.request_id,
            *(v for _, v in forwarding.identity))
     if not all(_FIELD_VALUE.fullmatch(v.encode("latin-1")) for v in own) or not all(
         _TOKEN.fullmatch(k) for k, _ in forwarding.identity
     ):
         raise h11.LocalProtocolError("illegal header value of the proxy's own")
-    lines = [b"GET " + target + b" HTTP/1.1"]
-    lines += [name + b": " + value for name, value in headers]
-    return b"\r\n".join(lines) + b"\r\n\r\n"
+    check_header_values(more)
+
+
+def check_header_values(headers: Iterable[Header]) -> None:
+    """Raises h11.LocalProtocolError where h11 would for one of *headers*."""
+    for name, value in headers:
+        if not _TOKEN.fullmatch(name.decode("latin-1")) or not _FIELD_VALUE.fullmatch(value):
+            raise h11.LocalProtocolError(f"illegal header {name!r}: {value!r}")
 
 
 def _upstream_head(

@@ -13,7 +13,14 @@ from typing import Final
 
 import h11
 
-from wsproxy.core.handshake import PROXY_OWNED, Forwarding, RequestHead, status_phrase
+from wsproxy.core.handshake import (
+    PROXY_OWNED,
+    Forwarding,
+    RequestHead,
+    check_header_values,
+    check_own_values,
+    status_phrase,
+)
 from wsproxy.core.paths import join
 
 Header = tuple[bytes, bytes]
@@ -175,7 +182,16 @@ def forward_request(
     *target* (from paths.backend_target()) and *headers* are the client's, with any
     credentials taken out. The body's framing is h11's to write: a Content-Length goes
     on, a chunked body is sent chunked.
+
+    The client's headers passed h11's checks when it read them: only the proxy's own
+    values are checked again (check_own_values()), and the event is built without
+    h11's regular expression per header (``_parsed=True``), a tenth of a request's CPU.
+    h11 still checks the method, the target, Host and the framing headers.
+
+    Raises:
+        h11.LocalProtocolError: a value of the proxy's own is no valid header value.
     """
+    check_own_values(authority, forwarding)
     dropped = _hop_by_hop(headers) | PROXY_OWNED | owned | {b"host", b"content-length", b"via"}
     out: list[Header] = [(b"Host", authority.encode("latin-1"))]
     out += [(n, v) for n, v in headers if n not in dropped]
@@ -194,7 +210,8 @@ def forward_request(
     out.append((b"X-Request-Id", forwarding.request_id.encode("latin-1")))
     out += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in forwarding.identity]
     out += _via(headers, request.http_version)
-    return h11.Request(method=request.method, target=join(path_prefix, target), headers=out)
+    return h11.Request(method=request.method, target=join(path_prefix, target), headers=out,
+                       _parsed=True)
 
 
 def forward_response(
@@ -202,18 +219,28 @@ def forward_response(
     extra: Sequence[tuple[bytes, bytes]] = (),
 ) -> h11.Response | h11.InformationalResponse:
     """A backend's *response* as the client gets it; *close* ends the client's keep-alive;
-    *extra*: headers of the proxy's own for a final response (a sticky cookie)."""
+    *extra*: headers of the proxy's own for a final response (a sticky cookie).
+
+    As forward_request(): the backend's headers passed h11's checks when it read
+    them, *extra* is checked here, and the event skips h11's per-header checks.
+
+    Raises:
+        h11.LocalProtocolError: a header in *extra* is not valid.
+    """
     headers = [(bytes(n), bytes(v)) for n, v in response.headers]
     dropped = _hop_by_hop(headers) | {b"via"}
     out = [(n, v) for n, v in headers if n not in dropped]
     out += _via(headers, response.http_version)
     if isinstance(response, h11.InformationalResponse):  # a 1xx never ends a connection
         return h11.InformationalResponse(status_code=response.status_code, headers=out,
-                                         reason=response.reason)
-    out += extra
+                                         reason=response.reason, _parsed=True)
+    if extra:
+        check_header_values(extra)
+        out += extra
     if close:
         out.append((b"Connection", b"close"))
-    return h11.Response(status_code=response.status_code, headers=out, reason=response.reason)
+    return h11.Response(status_code=response.status_code, headers=out, reason=response.reason,
+                        _parsed=True)
 
 
 def error_answer(status: int, reason: str, headers: Sequence[tuple[str, str]] = (),
