@@ -14,6 +14,7 @@ from wsproxy.core.http import (
     forward_request,
     forward_response,
     head_length,
+    header_pairs,
     is_upgrade,
 )
 
@@ -235,3 +236,9 @@ def test_a_bad_value_of_the_proxy_s_own_is_still_refused(bad):
         forward_response(response, close=False, extra=((b"Set-Cookie", bad.encode()),))
     with pytest.raises(h11.LocalProtocolError):
         forward_response(response, close=False, extra=((b"Bad Name", b"v"),))
+
+
+def test_header_pairs_are_what_iterating_the_headers_gives():
+    req = request((b"Host", b"x"), (b"X-Thing", b"a  b"), (b"COOKIE", b"c=1"),
+                  (b"Content-Length", b"0"))
+    assert header_pairs(req) == [(bytes(n), bytes(v)) for n, v in req.headers]

@@ -127,9 +127,24 @@ def _blank_line(buffer: bytes | bytearray, start: int) -> int | None:
     return at + (3 if buffer[at + 1 : at + 2] == b"\r" else 2)
 
 
+def header_pairs(event: h11.Request | h11.Response | h11.InformationalResponse) -> list[Header]:
+    """The (lower-case name, value) pairs of an h11 event's headers, as iterating them
+    gives, as bytes.
+
+    h11's Headers is a Sequence whose iteration runs collections.abc's generic
+    ``__iter__`` (a Python ``__getitem__`` call per header): reading its list of
+    (raw name, name, value) directly costs a fifth of that. The list is h11's private
+    attribute, so its absence (another h11) falls back to iterating.
+    """
+    items = getattr(event.headers, "_full_items", None)
+    if items is None:  # pragma: no cover - an h11 without it
+        return [(bytes(n), bytes(v)) for n, v in event.headers]
+    return [(bytes(name), bytes(value)) for _, name, value in items]
+
+
 def is_upgrade(request: h11.Request) -> bool:
     """Whether *request* asks to switch protocols (then it is the WebSocket side's)."""
-    return any(name == b"upgrade" for name, _ in request.headers)
+    return any(name == b"upgrade" for name, _ in header_pairs(request))
 
 
 def probe_path(request: h11.Request) -> str | None:
@@ -227,7 +242,7 @@ def forward_response(
     Raises:
         h11.LocalProtocolError: a header in *extra* is not valid.
     """
-    headers = [(bytes(n), bytes(v)) for n, v in response.headers]
+    headers = header_pairs(response)
     dropped = _hop_by_hop(headers) | {b"via"}
     out = [(n, v) for n, v in headers if n not in dropped]
     out += _via(headers, response.http_version)
