@@ -30,7 +30,6 @@ connection hands its ParsedRequest to a fresh Session (``receive_parsed``).
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Final
 
@@ -299,14 +298,15 @@ class Upgrade:
         except UpstreamUnavailable as exc:
             self.upstream_failure = exc.reason
             return None
-        if accepted.subprotocol is None and self.auth_subprotocol is not None:
-            accepted = dataclasses.replace(accepted, subprotocol=self.auth_subprotocol)
-        if self._client_headers:
-            accepted = dataclasses.replace(
-                accepted, headers=accepted.headers + self._client_headers
-            )
-        response = accept_response(self.request.key, accepted)
+        # New UpstreamAccepteds rather than dataclasses.replace(), which costs ~10k
+        # instructions a call (it introspects the fields).
+        subprotocol = accepted.subprotocol
+        if subprotocol is None and self.auth_subprotocol is not None:
+            subprotocol = self.auth_subprotocol
+        response = accept_response(self.request.key, UpstreamAccepted(
+            subprotocol, accepted.extensions, accepted.headers + self._client_headers
+        ))
         return Opened(
-            accepted=dataclasses.replace(accepted, headers=()),  # sent: not kept
+            accepted=UpstreamAccepted(subprotocol, accepted.extensions),  # headers sent: not kept
             response=response, client_early=self._early_client, upstream_early=rest,
         )
