@@ -6,7 +6,9 @@
 
 Wall-clock figures on a shared 2-core machine swing by tens of per cent; the number
 of instructions the proxy executes for one unit of work hardly moves. This runs
-``DIR/.venv/bin/python -m wsproxy run`` (DIR defaults to this checkout) under
+``DIR/.venv/bin/python -P -m wsproxy run`` with DIR first on the path (DIR
+defaults to this checkout; ``--python`` another interpreter, so that two trees can
+be compared on one) under
 ``valgrind --tool=callgrind --instr-atstart=no`` with the default config but for
 the ports (INFO logs on, to a file), then:
 
@@ -135,21 +137,20 @@ def measure(a: argparse.Namespace, what: str, procs: Procs, tmp: Path) -> float:
     cfg = tmp / f"{what}.yaml"
     cfg.write_text(config(port, admin, backend, a.level, http))
     out = tmp / f"{what}.callgrind"
-    python = [str(Path(a.tree) / ".venv/bin/python")]
+    python = [a.python or str(Path(a.tree) / ".venv/bin/python"), "-P"]
     prof = tmp / f"{what}.prof"
     if a.cprofile:
         argv = [*python, "-m", "cProfile", "-o", str(prof)]
     else:
         argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
                 f"--callgrind-out-file={out}", *python]
-    if a.cmd:
-        argv += shlex.split(a.cmd.format(port=port, backend=backend, config=cfg))[1:]
-        python = shlex.split(a.cmd)[:1]
-        argv[argv.index(str(Path(a.tree) / ".venv/bin/python"))] = python[0]
+    if a.cmd:  # the other command in place of the interpreter and its arguments
+        argv = argv[: argv.index(python[0])]
+        argv += shlex.split(a.cmd.format(port=port, backend=backend, config=cfg))
     else:
         argv += ["-m", "wsproxy", "run", "-c", str(cfg)]
     proc = procs.start(f"{what}-wsproxy", argv, log=tmp / f"{what}-wsproxy.log",
-                       env={**os.environ, "PYTHONHASHSEED": "0"})
+                       env={**os.environ, "PYTHONHASHSEED": "0", "PYTHONPATH": a.tree})
     try:
         wait_port(port, proc, 120, "wsproxy under callgrind")
         run = requests if http else upgrades
@@ -185,6 +186,7 @@ def measure(a: argparse.Namespace, what: str, procs: Procs, tmp: Path) -> float:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tree", default=str(ROOT), help="checkout whose .venv runs wsproxy")
+    p.add_argument("--python", help="the interpreter (default: the tree's .venv/bin/python)")
     p.add_argument("--what", default="upgrades,http")
     p.add_argument("-n", type=int, default=400, help="measured upgrades / requests")
     p.add_argument("--level", default="info", help="logging.level (default: info)")
