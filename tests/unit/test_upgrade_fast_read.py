@@ -17,7 +17,7 @@ from wsproxy.core.handshake import read_upgrade_request
 from wsproxy.core.upgrade import Upgrade
 from wsproxy.errors import HandshakeRejected
 
-SETTINGS = settings(derandomize=True, max_examples=1500, deadline=None)
+SETTINGS = settings(derandomize=True, max_examples=500, deadline=None)
 KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
 GOOD = (b"GET /chat?x=1 HTTP/1.1\r\nHost: example.com\r\nUpgrade: websocket\r\n"
         b"Connection: Upgrade\r\nSec-WebSocket-Key: " + KEY + b"\r\n"
