@@ -14,6 +14,7 @@ from wsproxy.core.http import (
     forward_request,
     forward_response,
     head_length,
+    header_pairs,
     is_upgrade,
 )
 
@@ -192,3 +193,52 @@ def test_the_proxy_s_own_answer():
 def test_upgrade_means_any_upgrade_header():
     assert is_upgrade(request((b"Host", b"a"), (b"Upgrade", b"websocket")))
     assert not is_upgrade(request((b"Host", b"a")))
+
+
+# The events forwarded skip h11's per-header checks (_parsed=True): what they hold
+# was read by h11 or is the proxy's own, and the proxy's own values are checked here.
+
+
+def test_the_forwarded_events_write_what_validated_ones_would():
+    req = request((b"Host", b"x"), (b"Cookie", b"a=1; b=2"), (b"Content-Length", b"3"),
+                  (b"Via", b"1.1 lb"), target=b"/a?b=1")
+    fast = forward_request(req, target=b"/a?b=1",
+                           headers=[(bytes(k), bytes(v)) for k, v in req.headers],
+                           authority="b:1", path_prefix="/p", forwarding=FORWARDING)
+    checked = h11.Request(method=fast.method, target=fast.target,
+                          headers=list(fast.headers.raw_items()))
+    assert h11.Connection(h11.CLIENT).send(fast) == h11.Connection(h11.CLIENT).send(checked)
+    response = h11.Response(status_code=200, headers=[("Content-Length", "2")], reason="OK")
+    out = forward_response(response, close=True, extra=((b"Set-Cookie", b"s=b1"),))
+    again = h11.Response(status_code=200, headers=list(out.headers.raw_items()), reason=b"OK")
+    server = h11.Connection(h11.SERVER)
+    server.receive_data(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    server.next_event()
+    twin = h11.Connection(h11.SERVER)
+    twin.receive_data(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    twin.next_event()
+    assert server.send(out) == twin.send(again)
+
+
+@pytest.mark.parametrize("bad", ["a\r\nX-Evil: 1", "a\nb", "a\x00b", " padded"])
+def test_a_bad_value_of_the_proxy_s_own_is_still_refused(bad):
+    req = request((b"Host", b"x"), target=b"/")
+    headers = [(bytes(k), bytes(v)) for k, v in req.headers]
+    with pytest.raises(h11.LocalProtocolError):
+        forward_request(req, target=b"/", headers=headers, authority="b:1", path_prefix="",
+                        forwarding=Forwarding("1.2.3.4", "1.2.3.4", "http", "r1",
+                                              identity=(("X-Auth-Subject", bad),)))
+    with pytest.raises(h11.LocalProtocolError):
+        forward_request(req, target=b"/", headers=headers, authority=bad, path_prefix="",
+                        forwarding=FORWARDING)
+    response = h11.Response(status_code=200, headers=[("Content-Length", "0")])
+    with pytest.raises(h11.LocalProtocolError):
+        forward_response(response, close=False, extra=((b"Set-Cookie", bad.encode()),))
+    with pytest.raises(h11.LocalProtocolError):
+        forward_response(response, close=False, extra=((b"Bad Name", b"v"),))
+
+
+def test_header_pairs_are_what_iterating_the_headers_gives():
+    req = request((b"Host", b"x"), (b"X-Thing", b"a  b"), (b"COOKIE", b"c=1"),
+                  (b"Content-Length", b"0"))
+    assert header_pairs(req) == [(bytes(n), bytes(v)) for n, v in req.headers]

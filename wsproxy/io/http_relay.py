@@ -48,6 +48,7 @@ from wsproxy.core.http import (
     forward_request,
     forward_response,
     head_length,
+    header_pairs,
     is_upgrade,
     plain_request,
     probe_path,
@@ -381,7 +382,7 @@ class HttpRelay:
         self._count += 1
         ex = self._ex = _Exchange(self, request, f"{self.id}-{self._count}", ctx.loop.time())
         self._cancel_timer()
-        headers = tuple((bytes(k), bytes(v)) for k, v in request.headers)
+        headers = tuple(header_pairs(request))
         target = bytes(request.target)
         probe = probe_path(request)
         if probe is not None:

@@ -1,0 +1,100 @@
+"""The JSON line renderer (wsproxy.log): the same bytes as structlog's JSONRenderer()
+(json.dumps), and TimeStamper's timestamp, for any event dict.
+
+Properties with hypothesis, derandomized (the same inputs every run).
+"""
+
+from __future__ import annotations
+
+import datetime
+import enum
+import json
+from typing import Any
+
+import pytest
+import structlog
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from structlog.processors import _json_fallback_handler
+
+from wsproxy import log as wslog
+from wsproxy.log import json_line, render_json
+
+SETTINGS = settings(derandomize=True, max_examples=400, deadline=None)
+
+
+def reference(event_dict: dict[str, Any]) -> str:
+    return json.dumps(event_dict, default=_json_fallback_handler)
+
+
+class Colour(enum.Enum):
+    RED = "red"
+
+
+class Code(enum.IntEnum):
+    NORMAL = 1000
+
+
+scalars = (
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text() | st.sampled_from([Colour.RED, Code.NORMAL, b"raw", (1, "a")])
+)
+values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3)
+                      | st.dictionaries(st.text(max_size=5), inner, max_size=3), max_leaves=6)
+
+
+@SETTINGS
+@given(st.dictionaries(st.text(max_size=12), values, max_size=12))
+def test_the_same_bytes_as_json_dumps(event_dict: dict[str, Any]) -> None:
+    assert render_json(dict(event_dict)) == reference(event_dict)
+
+
+def test_the_canonical_line_and_the_odd_values() -> None:
+    line = {"conn_id": "ab12", "client": "127.0.0.1", "backend": None, "duration_s": 0.25,
+            "close_code_client": 1000, "ok": True, "subject": "é", "state": Colour.RED,
+            "code": Code.NORMAL, "n": 2**70, "s": "\ud800", "nan": float("nan")}
+    assert render_json(dict(line)) == reference(line)
+
+
+def test_an_error_is_json_dumps_s_and_leaves_nothing_behind() -> None:
+    circular: dict[str, Any] = {"a": 1}
+    circular["self"] = circular
+    with pytest.raises(ValueError, match="Circular reference"):
+        reference(circular)
+    with pytest.raises(ValueError, match="Circular reference"):
+        render_json(circular)
+    # The encoder's markers are cleared: the same objects render afterwards.
+    inner = {"x": [1, 2]}
+    assert render_json({"a": inner, "b": inner}) == reference({"a": inner, "b": inner})
+
+
+@pytest.mark.parametrize("ns", [
+    1_765_000_000_123_456_789,  # a fraction
+    1_765_000_000_000_000_999,  # under a microsecond: isoformat() writes no fraction
+    1_765_000_000_000_001_000,
+])
+def test_the_timestamp_is_timestampers(monkeypatch: pytest.MonkeyPatch, ns: int) -> None:
+    monkeypatch.setattr(wslog.time, "time_ns", lambda: ns)
+    monkeypatch.setattr(wslog, "_clock", wslog._Clock())
+    moment = datetime.datetime.fromtimestamp(ns // 10**9, datetime.UTC).replace(
+        microsecond=ns // 1000 % 10**6)
+    line = json.loads(json_line(None, "info", {"event": "x"}))
+    assert line["timestamp"] == moment.isoformat().replace("+00:00", "Z")
+
+
+def test_a_line_has_what_the_processor_chain_gave_it() -> None:
+    """Level names as add_log_level spelled them, bound context vars, exc_info."""
+    structlog.contextvars.bind_contextvars(request="r1")
+    try:
+        line = json.loads(json_line(None, "warn", {"a": 1, "event": "e"}))
+    finally:
+        structlog.contextvars.clear_contextvars()
+    assert list(line) == ["a", "event", "request", "level", "timestamp"]
+    assert line["level"] == "warning"
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        line = json.loads(json_line(None, "exception", {"event": "e", "exc_info": True}))
+    assert line["level"] == "error"
+    assert line["exception"][0]["exc_type"] == "ValueError"
+    assert "exc_info" not in line
