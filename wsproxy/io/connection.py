@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
+from functools import partial
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from wsproxy.auth import AuthFailed
@@ -112,14 +114,32 @@ class UpstreamProtocol(asyncio.Protocol):
             self._conn.resume_reading(CLIENT)
 
 
+class _Dial:
+    """One upgrade's search for a backend: the candidates left, the one being tried
+    (its protocol, the task that connects, the timer of limits.backend_timeout), and
+    whether its handshake has gone and its answer is awaited."""
+
+    __slots__ = ("backend", "backends", "protocol", "sticky", "task", "timer", "waiting")
+
+    def __init__(self, backends: Iterator[BackendState], sticky: tuple[str, ...] | None) -> None:
+        self.backends = backends
+        #: The request's sticky cookie values under ``balance: cookie``, else None.
+        self.sticky = sticky
+        self.backend: BackendState | None = None
+        self.protocol: UpstreamProtocol | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.waiting = False
+
+
 class Connection:
     """Drives one Session between a client transport and a backend transport."""
 
     # Slots, and a slot per side rather than a dict keyed by side: 10,000 idle
     # connections must stay cheap.
     __slots__ = (
-        "_client", "_close_rounds", "_door", "_forwarded_for", "_open_transports", "_rtt_client",
-        "_rtt_upstream", "_timer", "_upstream", "_upstream_settled", "backend", "client_ip",
+        "_client", "_close_rounds", "_dial", "_door", "_forwarded_for", "_open_transports",
+        "_rtt_client", "_rtt_upstream", "_timer", "_upstream", "backend", "client_ip",
         "ctx", "failure", "id", "identity", "liveness", "peer_ip", "session", "settings",
         "started",
     )
@@ -172,7 +192,8 @@ class Connection:
         self._timer: asyncio.TimerHandle | None = ctx.loop.call_at(
             deadline, self._handshake_timed_out
         )
-        self._upstream_settled: asyncio.Event | None = None
+        #: The search for a backend, while it lasts (``_start_dial``).
+        self._dial: _Dial | None = None
         self._close_rounds = 0
         ctx.connection_started(self)
 
@@ -197,7 +218,7 @@ class Connection:
         session = self.session
         session.receive_data(side, data)
         state = session.state
-        if state is _OPEN and self._upstream_settled is None:
+        if state is _OPEN and self._dial is None:
             # The hot path. While the session stays OPEN, bytes read from one side can
             # only produce bytes for the other: whatever else the proxy might write
             # (a close of its own, say) moves the session to CLOSING first.
@@ -218,10 +239,11 @@ class Connection:
             self._request_read()
         elif state is not SessionState.CONNECTING_UPSTREAM:
             self._flush()
-        if self._upstream_settled is not None and (
+        dial = self._dial
+        if dial is not None and dial.waiting and (
             state is not SessionState.CONNECTING_UPSTREAM or session.upstream_failure
         ):
-            self._upstream_settled.set()
+            self._tried()
 
     def receive_parsed(self, parsed: ParsedRequest) -> None:
         """The client's request, parsed by the HTTP relay it came back from."""
@@ -253,8 +275,12 @@ class Connection:
         if self.session.state not in TERMINAL and not self.session.should_close(side):
             self.session.receive_eof(side)
             self._flush()
-        if self._upstream_settled is not None:
-            self._upstream_settled.set()
+        dial = self._dial
+        if dial is not None and dial.waiting and (
+            self.session.state is not SessionState.CONNECTING_UPSTREAM
+            or self.session.upstream_failure
+        ):
+            self._tried()
         if self._open_transports == 0:
             self._finished()
 
@@ -459,7 +485,10 @@ class Connection:
         assert transport is not None
         transport.pause_reading()  # nothing to relay to until a backend said 101
         if refusal is None:
-            self.ctx.spawn(self._connect_upstream)
+            if self.settings.authenticator is None:
+                self._start_dial()  # no task until the dial's own
+            else:
+                self.ctx.spawn(self._connect_upstream)
         elif self.settings.authenticator is None:
             self._refuse_with_close(refusal)
         else:  # auth before any 101: a client that fails it gets its 401/403
@@ -501,97 +530,154 @@ class Connection:
         return True
 
     async def _connect_upstream(self) -> None:
+        """Auth first (it may ask a service), then the backends."""
+        if await self._authenticate():
+            self._start_dial()
+
+    def _start_dial(self) -> None:
+        """Try the backends for the request, best first (``_next_backend``)."""
         session = self.session
-        if not await self._authenticate():
-            return
         config = self.ctx.config  # balance.* and sticky_cookie.* are live: each pick
         sticky: tuple[str, ...] | None = None  # not balance: cookie
         if config.balance.policy == "cookie" and session.request is not None:
             # The proxy's cookie: read here, and never seen by the backend.
             session.request, sticky = take_sticky(session.request, config.sticky_cookie.name)
-        for backend in candidates(self.ctx.balancer, session.request, config.balance.hash_key,
-                                  sticky or ()):
+        self._dial = _Dial(iter(candidates(self.ctx.balancer, session.request,
+                                           config.balance.hash_key, sticky or ())), sticky)
+        self._next_backend()
+
+    def _next_backend(self) -> None:
+        """Dial the next candidate, bounded by limits.backend_timeout (one timer, no
+        asyncio.timeout); or, when none is left, answer the client."""
+        dial = self._dial
+        assert dial is not None
+        session = self.session
+        for backend in dial.backends:
             if session.state is not SessionState.CONNECTING_UPSTREAM:
-                return
-            try:
-                outcome = await self._try_backend(backend, sticky)
-            except OutOfDescriptors:
-                # The proxy's own trouble: no backend is blamed, none other tried.
-                if session.state is SessionState.CONNECTING_UPSTREAM:
-                    self._reject("out_of_descriptors", *OUT_OF_DESCRIPTORS)
-                return
-            if session.accepted is not None:
-                # The 101 may have come with frames that moved the session on already
-                # (a backend that closes at once): accepted, whatever the state now.
-                self._opened(backend)
-                return
-            if outcome is not SessionState.CONNECTING_UPSTREAM:
-                if outcome is SessionState.REJECTED:
-                    self.failure = "backend_refused"
-                    self._rejected()
-                else:
-                    self._flush()
-                return
-            log.warning("upstream.failed", conn_id=self.id, backend=backend.name,
-                        error=session.upstream_failure)
+                break
+            dial.backend = backend
+            protocol = dial.protocol = UpstreamProtocol(self)
+            dial.timer = self.ctx.loop.call_later(
+                self.settings.config.limits.backend_timeout, self._dial_timed_out, protocol
+            )
+            self.ctx.spawn(partial(self._dial_one, dial, protocol))
+            return
+        self._dial = None
         if session.state is SessionState.CONNECTING_UPSTREAM:
             if session.upstream_failure is None:
                 self._reject("no_backend", *NO_BACKEND)
             else:
                 self._reject("backend_unreachable", 502, "backend unreachable")
 
-    async def _try_backend(
-        self, backend: BackendState, sticky: tuple[str, ...] | None
-    ) -> SessionState:
-        """Dial *backend* and do its handshake; returns the session's state after.
-        *sticky*: the request's sticky cookie values under ``balance: cookie``, else None.
-
-        Raises:
-            OutOfDescriptors: the proxy could not open a socket (not the backend's fault).
-        """
+    async def _dial_one(self, dial: _Dial, protocol: UpstreamProtocol) -> None:
+        """Open the TCP (TLS) connection to ``dial.backend`` and send it the handshake;
+        its answer comes through ``receive()``, which settles the attempt (``_tried``).
+        The only task of an upgrade: the loop's create_connection is a coroutine."""
+        if dial.protocol is not protocol:
+            return  # given up before it began
+        dial.task = asyncio.current_task()
         ctx = self.ctx
-        settings = self.settings
-        cfg = settings.config
-        session = self.session
-        settled = self._upstream_settled = asyncio.Event()
-        protocol = UpstreamProtocol(self)
+        backend = dial.backend
+        assert backend is not None
         try:
-            async with asyncio.timeout(cfg.limits.backend_timeout):
-                # backend_tls is live: the context and server name in force now.
-                transport = await dial_backend(
-                    ctx.loop, lambda: protocol, backend, ctx.backend_ssl, ctx.config.backend_tls
-                )
-                if session.state is not SessionState.CONNECTING_UPSTREAM:
-                    transport.close()  # the client went away meanwhile
-                    return session.state
-                self._upstream = transport
-                self._open_transports += 1
-                forwarding = self._forwarding()
-                session.connect_upstream(
-                    target=backend.name,
-                    authority=backend.config.authority,
-                    path_prefix=backend.config.path,
-                    forwarding=forwarding,
-                    pass_extensions=cfg.compression == "passthrough",
-                    owned_headers=settings.owned_headers,
-                    client_headers=() if sticky is None else sticky_header(
-                        ctx.config.sticky_cookie, backend.name, sticky,
-                        https=forwarding.proto == "https",
-                    ),
-                )
-                self._flush_upstream_handshake()
-                while session.state is SessionState.CONNECTING_UPSTREAM and (
-                    session.upstream_failure is None
-                ):
-                    settled.clear()
-                    await settled.wait()
-        except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
-            session.upstream_failed(str(exc) or type(exc).__name__)
-        finally:
-            self._upstream_settled = None
+            # backend_tls is live: the context and server name in force now.
+            transport = await dial_backend(
+                ctx.loop, lambda: protocol, backend, ctx.backend_ssl, ctx.config.backend_tls
+            )
+        except OutOfDescriptors:
+            # The proxy's own trouble: no backend is blamed, none other tried.
+            if dial.protocol is protocol:
+                self._end_dial(dial)
+                if self.session.state is SessionState.CONNECTING_UPSTREAM:
+                    self._reject("out_of_descriptors", *OUT_OF_DESCRIPTORS)
+            return
+        except OSError as exc:  # ssl.SSLError is an OSError
+            if dial.protocol is protocol:
+                dial.task = None
+                self.session.upstream_failed(str(exc) or type(exc).__name__)
+                self._tried()
+            return
+        if dial.protocol is not protocol:  # timed out as it connected
+            transport.close()
+            return
+        dial.task = None
+        session = self.session
+        if session.state is not SessionState.CONNECTING_UPSTREAM:
+            transport.close()  # the client went away meanwhile
+            self._tried()
+            return
+        self._upstream = transport
+        self._open_transports += 1
+        settings = self.settings
+        forwarding = self._forwarding()
+        session.connect_upstream(
+            target=backend.name,
+            authority=backend.config.authority,
+            path_prefix=backend.config.path,
+            forwarding=forwarding,
+            pass_extensions=settings.config.compression == "passthrough",
+            owned_headers=settings.owned_headers,
+            client_headers=() if dial.sticky is None else sticky_header(
+                ctx.config.sticky_cookie, backend.name, dial.sticky,
+                https=forwarding.proto == "https",
+            ),
+        )
+        self._flush_upstream_handshake()
+        if session.state is SessionState.CONNECTING_UPSTREAM and session.upstream_failure is None:
+            dial.waiting = True  # for the backend's answer: receive() or transport_lost()
+        else:
+            self._tried()
+
+    def _dial_timed_out(self, protocol: UpstreamProtocol) -> None:
+        """limits.backend_timeout: the dial, or the backend's answer, took too long."""
+        dial = self._dial
+        if dial is None or dial.protocol is not protocol:
+            return
+        dial.timer = None
+        if dial.task is not None:
+            dial.task.cancel()  # closes the socket being connected
+            dial.task = None
+        self.session.upstream_failed("TimeoutError")  # what asyncio.timeout's said
+        self._tried()
+
+    def _end_dial(self, dial: _Dial) -> None:
+        if dial.timer is not None:
+            dial.timer.cancel()
+            dial.timer = None
+        dial.protocol = None
+        dial.waiting = False
+        self._dial = None
+
+    def _tried(self) -> None:
+        """The backend being tried is settled: it accepted, refused, failed or was
+        given up on, or the client went away. Go on accordingly."""
+        dial = self._dial
+        assert dial is not None
+        protocol = dial.protocol
+        assert protocol is not None
+        self._end_dial(dial)
+        session = self.session
         if session.upstream_failure is not None:
             self._drop_upstream(protocol)
-        return session.state
+        backend = dial.backend
+        assert backend is not None
+        if session.accepted is not None:
+            # The 101 may have come with frames that moved the session on already
+            # (a backend that closes at once): accepted, whatever the state now.
+            self._opened(backend)
+            return
+        state = session.state
+        if state is not SessionState.CONNECTING_UPSTREAM:
+            if state is SessionState.REJECTED:
+                self.failure = "backend_refused"
+                self._rejected()
+            else:
+                self._flush()
+            return
+        log.warning("upstream.failed", conn_id=self.id, backend=backend.name,
+                    error=session.upstream_failure)
+        self._dial = dial
+        self._next_backend()
 
     def _drop_upstream(self, protocol: UpstreamProtocol) -> None:
         protocol.detach()
