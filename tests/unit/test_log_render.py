@@ -98,3 +98,48 @@ def test_a_line_has_what_the_processor_chain_gave_it() -> None:
     assert line["level"] == "error"
     assert line["exception"][0]["exc_type"] == "ValueError"
     assert "exc_info" not in line
+
+
+@pytest.fixture
+def written(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """configure_logging()'s JSON set-up, with the lines its buffer would take kept here."""
+    lines: list[str] = []
+    saved = structlog.get_config()
+    wslog.configure_logging("info")  # makes the process's buffer, once
+    assert wslog._buffer is not None
+    monkeypatch.setattr(wslog._buffer, "put", lines.append)
+    monkeypatch.setattr(wslog, "_clock", _FixedClock())
+    try:
+        yield lines
+    finally:
+        structlog.configure(**saved)
+        wslog._direct = None
+
+
+class _FixedClock:
+    def stamp(self) -> str:
+        return "2026-01-01T00:00:00.000001Z"
+
+
+def test_info_line_writes_log_infos_bytes(written: list[str]) -> None:
+    """The canonical lines' direct way: byte for byte structlog's line, its level filter,
+    and structlog's way again under capture_logs()."""
+    wslog.configure_logging("info")  # the buffer's put is the fixture's now
+    fields = {"conn_id": "ab12", "client": "127.0.0.1", "backend": None, "subject": "é",
+              "duration_s": 0.25, "close_code_client": 1000}
+    wslog.get_logger().info("connection.closed", **fields)
+    wslog.info_line("connection.closed", dict(fields))
+    assert len(written) == 2
+    assert written[0] == written[1]
+    assert list(json.loads(written[1]))[-3:] == ["event", "level", "timestamp"]
+    assert wslog.info_enabled()
+    with structlog.testing.capture_logs() as logs:
+        wslog.info_line("connection.opened", {"conn_id": "x"})
+    assert logs == [{"conn_id": "x", "event": "connection.opened", "log_level": "info"}]
+    assert len(written) == 2
+    wslog.info_line("connection.opened", {"conn_id": "y"})  # the direct way again after
+    assert len(written) == 3
+    wslog.configure_logging("warning")
+    assert not wslog.info_enabled()
+    wslog.info_line("connection.opened", {"conn_id": "z"})
+    assert len(written) == 3

@@ -33,7 +33,6 @@ for what the rule calls live: the balancer and its hash key, the backend TLS con
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Final, Protocol
 
@@ -65,7 +64,7 @@ from wsproxy.io.upstream import (
     sticky_header,
     take_sticky,
 )
-from wsproxy.log import get_logger
+from wsproxy.log import get_logger, info_enabled, info_line
 
 if TYPE_CHECKING:
     from wsproxy.auth import Identity
@@ -670,7 +669,7 @@ class HttpRelay:
             self.ctx.http.exchange_ended(ex)
         now = self.ctx.loop.time()
         self.ctx.metrics.http_request(ex.status, now - ex.started)
-        if log.is_enabled_for(logging.INFO):  # the access log line costs ~10 µs to build
+        if info_enabled():  # the access log line costs ~10 µs to build
             self._log_request(ex, now)
         if self._closed:
             return
@@ -683,14 +682,14 @@ class HttpRelay:
             self._close_client()
 
     def _log_request(self, ex: _Exchange, now: float) -> None:
-        log.info(
-            "http.request", request_id=ex.request_id, client=self.client_ip,
-            method=ex.request.method.decode("latin-1"),
-            path=bytes(ex.request.target).split(b"?", 1)[0].decode("latin-1"),
-            status=ex.status, backend=ex.backend.name if ex.backend else None,
-            duration_s=round(now - ex.started, 6), bytes_in=ex.body_in,
-            bytes_out=ex.bytes_out, error=ex.error,
-        )
+        info_line("http.request", {
+            "request_id": ex.request_id, "client": self.client_ip,
+            "method": ex.request.method.decode("latin-1"),
+            "path": bytes(ex.request.target).split(b"?", 1)[0].decode("latin-1"),
+            "status": ex.status, "backend": ex.backend.name if ex.backend else None,
+            "duration_s": round(now - ex.started, 6), "bytes_in": ex.body_in,
+            "bytes_out": ex.bytes_out, "error": ex.error,
+        })
 
     def _closing(self) -> bool:
         """Whether the response in flight ends the connection (a drain is on)."""
