@@ -14,8 +14,11 @@ The bound: 10,000 lines, about 4 MiB of typical 300-400 byte JSON lines; a burst
 that many is written out as soon as the reader takes it again, a stuck reader costs
 no more memory than that.
 
-Cost per line in the loop thread: a length check, a deque append and, when the writer
-thread is asleep, waking it. The writer takes up to ``BATCH`` lines per write.
+Cost per line in the loop thread: a length check, a deque append and, when no wake-up
+is pending, waking the writer. The wake-up is a lock the writer blocks on and ``put``
+releases (C calls only: a threading.Event's set() and wait() run a Condition's Python
+code on both threads, several thousand instructions a line). The writer takes up to
+``BATCH`` lines per write.
 
 At exit (``close``, registered with ``atexit`` by wsproxy.log) the writer gets up to
 ``FLUSH_TIMEOUT`` seconds to write what is queued, the final ``proxy.stopped`` among
@@ -59,7 +62,11 @@ class LineBuffer:
         self._dropped_here = 0  # by put(): pushed out, or the output broken or closed
         self._dropped_there = 0  # by the writer: queued when the output broke
         self._lines: deque[str] = deque(maxlen=max_lines)  # full: append drops the oldest
-        self._wake = threading.Event()
+        # The writer blocks acquiring _gate; a wake-up releases it. _signalled: one is
+        # pending (set before the release, cleared by the writer before it drains).
+        self._gate = threading.Lock()
+        self._gate.acquire()
+        self._signalled = False
         self._closing = False
         self._broken = False
         # A thread does not survive a fork: a forked worker would make its own buffer.
@@ -82,8 +89,15 @@ class LineBuffer:
             # rarely, and only while the reader is behind.)
             self._dropped_here += 1
         lines.append(line)
-        if not self._wake.is_set():  # the writer clears it before it looks at the queue
-            self._wake.set()
+        if not self._signalled:  # the writer clears it before it looks at the queue
+            self._signal()
+
+    def _signal(self) -> None:
+        self._signalled = True
+        try:  # noqa: SIM105 (contextlib.suppress costs a context manager a line)
+            self._gate.release()
+        except RuntimeError:  # released already (by another thread): a wake-up is pending
+            pass
 
     def close(self, timeout: float = FLUSH_TIMEOUT) -> bool:
         """Stop taking lines; wait up to *timeout* for the queued ones to be written.
@@ -91,15 +105,15 @@ class LineBuffer:
         Returns whether all of them were.
         """
         self._closing = True
-        self._wake.set()
+        self._signal()
         self._thread.join(timeout)
         return not self._thread.is_alive() and not self._lines and not self._broken
 
     def _run(self) -> None:
         lines = self._lines
         while True:
-            self._wake.wait()
-            self._wake.clear()
+            self._gate.acquire()
+            self._signalled = False
             while lines:
                 batch = [lines.popleft() for _ in range(min(len(lines), BATCH))]
                 data = ("\n".join(batch) + "\n").encode("utf-8", "replace")

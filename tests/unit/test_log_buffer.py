@@ -110,3 +110,29 @@ def test_fd_writer_writes_everything_even_to_a_non_blocking_pipe() -> None:
         reader.join(WAIT)
         os.close(r)
     assert bytes(received) == data
+
+
+def test_lines_from_several_threads_all_get_written_in_each_threads_order() -> None:
+    """The writer's wake-up (a lock put() releases) loses no line whatever the
+    interleaving: four threads put 5,000 lines each, every one is written."""
+    out = bytearray()
+    buffer = LineBuffer(out.extend, max_lines=100_000)
+    start = threading.Barrier(4)
+
+    def producer(name: str) -> None:
+        start.wait(WAIT)
+        for i in range(5_000):
+            buffer.put(f"{name} {i}")
+
+    threads = [threading.Thread(target=producer, args=(f"t{n}",)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(WAIT)
+    buffer.put("last")
+    assert buffer.close()
+    lines = out.decode().splitlines()
+    assert len(lines) == 20_001 and buffer.dropped == 0
+    for n in range(4):
+        assert [line for line in lines if line.startswith(f"t{n} ")] == [
+            f"t{n} {i}" for i in range(5_000)]
