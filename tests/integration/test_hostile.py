@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -362,6 +363,50 @@ async def test_a_backend_that_never_answers_is_left_for_the_next_after_backend_t
     assert len(good.requests) == 2
     # One upgrade waited for the silent backend's timeout (not the default one's); the
     # other went straight to the good one (silent.accepted == 1 says so).
+    assert BACKEND_TIMEOUT <= max(times) < DEFAULT_BACKEND_TIMEOUT, times
+
+
+async def test_a_connect_that_hangs_is_cancelled_after_backend_timeout_and_the_next_tried(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A dial stuck in the connect itself (a SYN nobody answers; simulated, loopback
+    always answers): at limits.backend_timeout the connecting task is cancelled (its
+    socket closed) and the next backend serves the upgrade."""
+    from wsproxy.io import connection
+
+    real_dial = connection.dial_backend
+    hung: list[str] = []
+    cancelled = anyio.Event()
+
+    async def dial(loop: Any, factory: Any, state: Any, context: Any, tls: Any) -> Any:
+        if state.name != "b0":
+            return await real_dial(loop, factory, state, context, tls)
+        hung.append(state.name)
+        try:
+            await asyncio.Event().wait()  # never set
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        raise AssertionError("unreachable")
+
+    monkeypatch.setattr(connection, "dial_backend", dial)
+    async with backend() as unused, backend() as good:
+        config = make_config(
+            [{"name": "b0", "url": unused.url}, {"name": "b1", "url": good.url}],
+            limits={"backend_timeout": f"{BACKEND_TIMEOUT}s"}, balance="round_robin",
+        )
+        async with running_proxy(config) as ctx:
+            url = f"ws://127.0.0.1:{ctx.addresses[0][1]}/"
+            times = []
+            for _ in range(2):  # round robin: one of the two tries b0 first
+                started = anyio.current_time()
+                await echo_round_trip(url)
+                times.append(anyio.current_time() - started)
+            with anyio.fail_after(5):
+                await cancelled.wait()
+    assert hung == ["b0"]
+    assert not unused.requests
+    assert len(good.requests) == 2
     assert BACKEND_TIMEOUT <= max(times) < DEFAULT_BACKEND_TIMEOUT, times
 
 

@@ -132,7 +132,8 @@ def test_lines_from_several_threads_all_get_written_in_each_threads_order() -> N
     buffer.put("last")
     assert buffer.close()
     lines = out.decode().splitlines()
-    assert len(lines) == 20_001 and buffer.dropped == 0
+    assert len(lines) == 20_001
+    assert buffer.dropped == 0
     for n in range(4):
         assert [line for line in lines if line.startswith(f"t{n} ")] == [
             f"t{n} {i}" for i in range(5_000)]
