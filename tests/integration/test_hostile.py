@@ -410,6 +410,41 @@ async def test_a_connect_that_hangs_is_cancelled_after_backend_timeout_and_the_n
     assert BACKEND_TIMEOUT <= max(times) < DEFAULT_BACKEND_TIMEOUT, times
 
 
+async def test_a_dial_cancelled_as_the_proxy_stops_tries_no_other_backend(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """serve()'s end cancels a dial in flight: its backend_timeout timer is cancelled
+    with it, so no other backend is dialled afterwards."""
+    from wsproxy.io import connection
+
+    dials: list[str] = []
+    dialling = anyio.Event()
+
+    async def dial(loop: Any, factory: Any, state: Any, context: Any, tls: Any) -> Any:
+        dials.append(state.name)
+        dialling.set()
+        await asyncio.Event().wait()  # never set
+
+    monkeypatch.setattr(connection, "dial_backend", dial)
+    timeout = 0.3
+    async with backend() as one, backend() as two:
+        config = make_config(
+            [{"name": "b0", "url": one.url}, {"name": "b1", "url": two.url}],
+            limits={"backend_timeout": f"{timeout}s"},
+        )
+        async with (
+            running_proxy(config) as ctx,
+            await anyio.connect_tcp("127.0.0.1", ctx.addresses[0][1]) as stream,
+        ):
+            await stream.send(upgrade_request())
+            with anyio.fail_after(5):
+                await dialling.wait()
+            ctx.cancel_tasks()
+            # Nothing to wait for but time: past the moment the timer would have fired.
+            await anyio.sleep(timeout * 3)
+    assert len(dials) == 1, dials
+
+
 @pytest.mark.parametrize("half_answer", HALF_ANSWERS.values(), ids=HALF_ANSWERS.keys())
 async def test_with_only_a_backend_that_never_answers_the_client_gets_502(
     half_answer: bytes,

@@ -7,7 +7,9 @@ side's write buffer fills (``pause_writing``), the other side stops being read.
 
 A connection holds no task while it relays: only two transports, the session and,
 while a close handshake is in flight, one timer. The only task is the short one that
-dials backends during the upgrade; it belongs to the supervisor's task group.
+connects to a backend during the upgrade (the loop's create_connection is a
+coroutine); it belongs to the supervisor's task group. limits.backend_timeout is a
+timer, and the backend's answer is settled where it is read (``_tried``).
 
 The listener's protocols that feed a Connection, and the hand-over to plain HTTP
 and back, are wsproxy.io.front's.
@@ -584,6 +586,10 @@ class Connection:
             transport = await dial_backend(
                 ctx.loop, lambda: protocol, backend, ctx.backend_ssl, ctx.config.backend_tls
             )
+        except asyncio.CancelledError:
+            if dial.protocol is protocol:  # not by _dial_timed_out: the proxy stops
+                self._end_dial(dial)
+            raise
         except OutOfDescriptors:
             # The proxy's own trouble: no backend is blamed, none other tried.
             if dial.protocol is protocol:
