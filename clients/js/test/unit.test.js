@@ -311,3 +311,40 @@ describe("WsproxyClient with a fake socket", () => {
     assert.equal(client.send("x"), false);
   });
 });
+
+describe("WsproxyClient edge cases", () => {
+  test("close() from shouldReconnect: close, then terminal (requested), once", () => {
+    let client = null;
+    FakeSocket.made = [];
+    client = new WsproxyClient("ws://example.test/", {
+      WebSocket: FakeSocket, shouldReconnect: () => { client.close(4000, "app"); return true; },
+    });
+    const events = recorder(client);
+    FakeSocket.made[0].open();
+    FakeSocket.made[0].closed(1012, "service restart; retry-after-ms=1");
+    assert.deepEqual(events.slice(1).map(([t, e]) => [t, e.code, e.terminal ?? e.requested]), [
+      ["close", 1012, true], ["terminal", 4000, true]]);
+    assert.equal(client.readyState, WsproxyClient.CLOSED);
+    assert.equal(FakeSocket.made.length, 1);
+  });
+
+  test("a shouldReconnect that throws: an error event, and the default rule decides", () => {
+    const { client, events } = fresh({ shouldReconnect: () => { throw new Error("oops"); } });
+    FakeSocket.made[0].open();
+    FakeSocket.made[0].closed(1012, "service restart; retry-after-ms=1");
+    assert.equal(events[1][0], "error");
+    assert.equal(events[1][1].error.message, "oops");
+    assert.deepEqual(events.slice(2).map(([t]) => t), ["close", "reconnecting"]);
+    client.close();
+    assert.equal(client.readyState, WsproxyClient.CLOSED);
+  });
+
+  test("close() while connecting: no error event for the app's own doing", () => {
+    const { client, events } = fresh();
+    client.close();
+    const socket = FakeSocket.made[0];
+    socket.dispatchEvent(new Event("error")); // what a browser does after close() on CONNECTING
+    socket.closed(1006, "", false);
+    assert.deepEqual(events.map(([t]) => t), ["close", "terminal"]);
+  });
+});
