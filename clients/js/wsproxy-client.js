@@ -173,16 +173,23 @@ export class WsproxyClient extends EventTarget {
 
   close(code, reason) {
     if (this.#ending !== null || this.#state === CLOSED) return;
+    this.#ending = { code: code ?? 1000, reason: reason ?? "" };
     const socket = this.#socket;
     if (socket !== null && socket.readyState < CLOSING) {
-      socket.close(code, reason); // throws, as WebSocket.close does, on a code it refuses
+      try {
+        // Some WebSockets (Node's undici) fire their error and close events inside
+        // close() on a connecting socket: #ending is set first, so they end the client.
+        socket.close(code, reason);
+      } catch (error) {
+        this.#ending = null; // a code or reason WebSocket.close refuses: nothing changed
+        throw error;
+      }
     }
-    this.#ending = { code: code ?? 1000, reason: reason ?? "" };
     this.#discardQueue();
     clearTimeout(this.#timer);
     this.#timer = null;
-    if (this.#deciding) return;
-    if (socket !== null && socket.readyState < CLOSED) {
+    if (this.#deciding || this.#state === CLOSED) return;
+    if (this.#socket !== null && this.#socket.readyState < CLOSED) {
       this.#state = CLOSING; // #onClose ends it when the socket's close arrives
     } else {
       this.#generation += 1; // a token still being fetched is ignored

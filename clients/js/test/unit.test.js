@@ -347,4 +347,39 @@ describe("WsproxyClient edge cases", () => {
     socket.closed(1006, "", false);
     assert.deepEqual(events.map(([t]) => t), ["close", "terminal"]);
   });
+
+  test("close() on a socket that fails inside close() (Node's undici): terminal, no reconnect", () => {
+    class Eager extends FakeSocket {
+      close(code, reason) {
+        super.close(code, reason);
+        this.dispatchEvent(new Event("error"));
+        this.closed(1006, "", false);
+      }
+    }
+    FakeSocket.made = [];
+    const client = new WsproxyClient("ws://example.test/", { WebSocket: Eager });
+    const events = recorder(client);
+    client.close();
+    assert.deepEqual(events.map(([t]) => t), ["close", "terminal"]);
+    assert.equal(client.readyState, WsproxyClient.CLOSED);
+  });
+
+  test("close() with a code the socket refuses throws and changes nothing", () => {
+    class Picky extends FakeSocket {
+      close(code, reason) {
+        if (code !== undefined && code !== 1000 && (code < 3000 || code > 4999)) {
+          throw new RangeError("bad code " + code);
+        }
+        super.close(code, reason);
+      }
+    }
+    FakeSocket.made = [];
+    const client = new WsproxyClient("ws://example.test/", { WebSocket: Picky });
+    FakeSocket.made[0].open();
+    assert.throws(() => client.close(1005), /bad code/);
+    assert.equal(client.readyState, WsproxyClient.OPEN);
+    assert.equal(client.send("still"), true);
+    client.close(4000);
+    assert.equal(client.readyState, WsproxyClient.CLOSING);
+  });
 });
