@@ -22,7 +22,24 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
-COPY pyproject.toml README.md constraints.txt ./
+# The C frame scanner (wsproxy/core/_scan.c) needs a compiler and Python's headers:
+# installed here when the base lacks them and its package mirror answers. Without
+# them the wheel is built all the same and the image runs the pure-Python scanner
+# (`wsproxy --version` says which). The final stage gets the wheels only: no compiler.
+# Unpinned: the compiler's version does not reach the image, only what it built does.
+# hadolint ignore=DL3008
+RUN if python3 -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'; \
+    then headers=""; else headers=python3-dev; fi; \
+    if ! command -v cc >/dev/null || [ -n "$headers" ]; then \
+        if apt-get update -qq \
+           && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+                  gcc libc6-dev ${headers:+"$headers"} >/dev/null; then \
+            rm -rf /var/lib/apt/lists/*; \
+        else \
+            echo "wsproxy: no C compiler in the build stage: the image runs the pure-Python scanner"; \
+        fi; \
+    fi
+COPY pyproject.toml setup.py README.md constraints.txt ./
 COPY wsproxy ./wsproxy
 # wsproxy/static/wsproxy-client.js (the demo page's client) links to clients/js: the
 # wheel gets the file itself.
@@ -30,8 +47,13 @@ COPY clients/js/wsproxy-client.js ./clients/js/
 # A venv of its own: Debian's python3 refuses pip installs outside one (PEP 668).
 # constraints.txt (deploy/lock.sh) pins every dependency to the version CI tested; it
 # lists the test tools too, which only constrain and are not installed.
-RUN python3 -m venv /tmp/venv \
- && /tmp/venv/bin/pip wheel --wheel-dir /wheels --constraint constraints.txt .
+RUN python3 -m venv /tmp/venv; \
+    if ! /tmp/venv/bin/pip wheel --verbose --wheel-dir /wheels --constraint constraints.txt . \
+            >/tmp/wheel.log 2>&1; then \
+        cat /tmp/wheel.log; exit 1; \
+    fi; \
+    if grep "^wsproxy: the C speedups" /tmp/wheel.log; then :; \
+    else echo "wsproxy: the C speedups were built (speedups: c)"; fi
 
 # ---- final: the runtime, one venv in /opt/wsproxy, no pip, no compilers ---------------
 FROM ${PYTHON_IMAGE}

@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
-"""Side-by-side WebSocket proxy benchmark: direct / nginx / nginx-64k / wsproxy.
+"""Side-by-side WebSocket proxy benchmark: direct / nginx / nginx-64k / splice / wsproxy.
 
     python bench/run.py [--quick] [--reps 3] [--seconds 5] [--targets direct,nginx,...]
-                        [--wsproxy-cmd "..."]
+                        [--wsproxy-cmd "..."] [--splice-cmd "..."]
 
 Builds bench/bin/wsload and bench/bin/wsecho (C, epoll) when missing or stale,
 starts the echo backend on core 1 (beside the load generator) and each proxy on
 core 0, measures every figure for every target in the same run (targets
 interleaved, repetitions outermost), prints a markdown table with ratios vs
-direct and vs nginx, and writes bench/out/results.json.  See bench/README.md.
+direct, vs nginx and vs splice (bench/splice.py: a Python proxy that only copies
+bytes), and writes bench/out/results.json.  See bench/README.md.
 
 Every process it starts is stopped by its PID when it ends, also on Ctrl-C,
 SIGTERM or an error.  Traffic goes to 127.0.0.1 only.
@@ -45,8 +46,13 @@ OUT = BENCH / "out"
 HOST = "127.0.0.1"
 PROXY_CORE = "0"
 LOAD_CORE = "1"
-ALL_TARGETS = ["direct", "nginx", "nginx-64k", "wsproxy"]
+ALL_TARGETS = ["direct", "nginx", "nginx-64k", "splice", "wsproxy"]
 DEFAULT_WSPROXY_CMD = "{root}/.venv/bin/wsproxy run -c {config}"
+#: The no-work ceiling: a Python byte splice on asyncio Protocols + uvloop, run by the
+#: repo's venv (which has uvloop).
+DEFAULT_SPLICE_CMD = (
+    "{root}/.venv/bin/python {root}/bench/splice.py --port {port} --backend {backend}"
+)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -344,6 +350,25 @@ def start_wsproxy(ctx: Ctx, target: str) -> Instance:
     return Instance(target, f"ws://{HOST}:{port}/", proc, log)
 
 
+def start_splice(ctx: Ctx, target: str) -> Instance:
+    port = free_port()
+    cmd = ctx.args.splice_cmd.format(
+        root=ROOT, port=port, backend=f"{HOST}:{ctx.echo_port}"
+    )
+    argv = shlex.split(cmd)
+    exe = shutil.which(argv[0]) if argv else None
+    if not exe:
+        raise BenchError(f"cannot run {argv[0] if argv else '(empty command)'!r}: not found")
+    log = OUT / "logs" / f"{target}.log"
+    proc = ctx.procs.start(target, ["taskset", "-c", PROXY_CORE, *argv], log=log)
+    try:
+        wait_port(port, proc, 20, target)
+    except BenchError as exc:
+        ctx.procs.stop(proc)
+        raise BenchError(f"{exc} (command: {cmd})\n{tail(log)}") from None
+    return Instance(target, f"ws://{HOST}:{port}/", proc, log)
+
+
 def start_target(ctx: Ctx, target: str) -> Instance:
     if target == "direct":
         return Instance(target, f"ws://{HOST}:{ctx.echo_port}/")
@@ -351,6 +376,8 @@ def start_target(ctx: Ctx, target: str) -> Instance:
         return start_nginx(ctx, target)
     if target == "wsproxy":
         return start_wsproxy(ctx, target)
+    if target == "splice":
+        return start_splice(ctx, target)
     raise BenchError(f"unknown target {target}")
 
 
@@ -649,6 +676,7 @@ def render(results: dict[str, Any], targets: list[str]) -> str:
         "direct": "direct (no proxy)",
         "nginx": f"nginx {results['meta']['nginx']}",
         "nginx-64k": "nginx, proxy_buffer_size 64k",
+        "splice": "splice (Python, no work)",
         "wsproxy": "wsproxy",
     }
 
@@ -694,7 +722,7 @@ def render(results: dict[str, Any], targets: list[str]) -> str:
         "",
     ]
     lines += table(["target", *cols], [[names[t], *row(t)] for t in live])
-    for ref in ("direct", "nginx"):
+    for ref in ("direct", "nginx", "splice"):
         if ref in live and len(live) > 1:
             lines += [
                 "",
@@ -823,6 +851,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=DEFAULT_WSPROXY_CMD,
         help="command that runs wsproxy; {config} is the generated YAML file and "
         "{root} the repo (default: %(default)s)",
+    )
+    p.add_argument(
+        "--splice-cmd",
+        default=DEFAULT_SPLICE_CMD,
+        help="command that runs the splice target; {port} is its port, {backend} the "
+        "echo server's HOST:PORT, {root} the repo (default: %(default)s)",
     )
     p.add_argument(
         "--quiet-wait",

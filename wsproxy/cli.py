@@ -15,6 +15,7 @@ import anyio
 from wsproxy import __version__, ops
 from wsproxy.auth.factory import build_authenticator
 from wsproxy.config import ProxyConfig, load_config, parse_config
+from wsproxy.core.scan import SPEEDUPS
 from wsproxy.errors import ConfigError
 from wsproxy.log import configure_logging, get_logger
 
@@ -41,7 +42,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wsproxy", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"wsproxy {__version__}")
+    parser.add_argument(
+        "--version", action="version", version=f"wsproxy {__version__} (speedups: {SPEEDUPS})"
+    )
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run the proxy until SIGTERM/SIGINT")

@@ -6,8 +6,9 @@
 // first {"event": "listening", "port": N, "name": NAME} (readiness comes from that line).
 // Events: `echo` acks its argument back; `whoami` acks {name, transport}. Each session
 // is printed as it connects ({"event": "connect", "cid", "transport"}), and every request
-// engine.io refuses ({"event": "connection_error", "code", "message"}: a request of a
-// session that reached the other backend shows here as "Session ID unknown").
+// engine.io refuses ({"event": "connection_error", "code", "message", "sid"}: a request of
+// a session that reached the other backend shows here as "Session ID unknown" with a sid
+// this backend never issued). Every engine.io session it opens: {"event": "session", "sid"}.
 // socket.io and its dependencies come from $WSPROXY_NODE_DIR/node_modules.
 import { createServer } from "node:http";
 import { createRequire } from "node:module";
@@ -23,8 +24,10 @@ const say = (record) => process.stdout.write(JSON.stringify({ name, ...record })
 const http = createServer();
 const io = new Server(http, { cors: { origin: true, credentials: true } });
 io.engine.on("connection_error", (err) => {
-  say({ event: "connection_error", code: err.code, message: err.message });
+  const sid = new URL(err.req.url, "http://backend").searchParams.get("sid");
+  say({ event: "connection_error", code: err.code, message: err.message, sid });
 });
+io.engine.on("connection", (conn) => say({ event: "session", sid: conn.id }));
 io.on("connection", (socket) => {
   const transport = () => socket.conn.transport.name;
   say({ event: "connect", cid: socket.handshake.query.cid ?? null, transport: transport() });

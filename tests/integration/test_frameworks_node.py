@@ -132,6 +132,20 @@ async def sessions(balance: str, transports: str, *, cookies: bool
         return report, servers
 
 
+def misrouted(servers: dict[str, Running]) -> dict[str, list[dict[str, Any]]]:
+    """Per backend, the requests it refused that belong to a session it never opened: a
+    session split across backends.
+
+    A refusal of a session the backend opened itself is not one: a client that exits
+    right after its disconnect leaves requests of its closed session behind (seen under
+    load as "Session ID unknown" on the backend that had it), which says nothing of
+    where the proxy sent them.
+    """
+    issued = {n: {e["sid"] for e in s.events("session")} for n, s in servers.items()}
+    return {n: [e for e in s.events("connection_error") if e.get("sid") not in issued[n]]
+            for n, s in servers.items()}
+
+
 def assert_sticky(report: dict[str, Any], servers: dict[str, Running], transports: str
                   ) -> None:
     """10/10 connected, every echo acked, each session on the one backend it began on."""
@@ -140,8 +154,7 @@ def assert_sticky(report: dict[str, Any], servers: dict[str, Running], transport
     assert not failed, json.dumps(report, indent=1)
     assert report["connected"] == CLIENTS
     assert report["acked"] == report["expected_acks"] == CLIENTS * ECHOES
-    refused = {n: s.events("connection_error") for n, s in servers.items()}
-    assert refused == {"a": [], "b": []}
+    assert misrouted(servers) == {"a": [], "b": []}
     connects = {r["cid"]: (n, r) for n, s in servers.items() for r in s.events("connect")}
     assert len(connects) == CLIENTS
     for client in report["clients"]:
@@ -179,7 +192,7 @@ async def test_without_affinity_polling_sessions_break() -> None:
     backend (the issue's "0 of 6 connect")."""
     skip_unless_available()
     report, servers = await sessions("round_robin", "polling", cookies=False)
-    refused = sum(len(s.events("connection_error")) for s in servers.values())
+    refused = sum(len(errors) for errors in misrouted(servers).values())
     assert report["connected"] < CLIENTS or refused > 0, json.dumps(report, indent=1)
     with pytest.raises(AssertionError):
         assert_sticky(report, servers, "polling")

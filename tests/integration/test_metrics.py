@@ -27,6 +27,8 @@ from tests.integration.test_admin import (
     two_backends,
     write_config,
 )
+from wsproxy import __version__
+from wsproxy.core.scan import SPEEDUPS
 from wsproxy.supervisor import ProxyContext
 
 pytestmark = pytest.mark.anyio
@@ -45,6 +47,7 @@ SPEC_FAMILIES = {
     "wsproxy_drain_remaining": "gauge",
     "wsproxy_connection_duration_seconds": "histogram",
     "wsproxy_ping_rtt_seconds": "histogram",
+    "wsproxy_build_info": "gauge",
 }
 N_CLIENTS = 3
 N_MESSAGES = 5
@@ -136,6 +139,7 @@ async def test_counters_gauges_and_histogram_after_known_traffic() -> None:
         assert live.value("wsproxy_backend_healthy", backend="b1") == 1
         assert live.value("wsproxy_backend_healthy", backend="b2") == 1
         assert live.value("wsproxy_draining") == 0
+        assert live.value("wsproxy_build_info", version=__version__, speedups=SPEEDUPS) == 1
         assert live.value("wsproxy_drain_remaining") == 0
         assert live.value("wsproxy_connection_duration_seconds_count") == 0
 

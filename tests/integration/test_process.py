@@ -22,6 +22,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from tests.integration.proxy_process import EXIT_TIMEOUT, WSPROXY, run_cli, started
+from wsproxy.core.scan import SPEEDUPS
 
 #: The console script next to this interpreter, as installed by the package.
 SCRIPT = Path(sys.executable).with_name("wsproxy")
@@ -49,7 +50,9 @@ def write_config(path: Path, backend_url: str, *, port: int = 0) -> Path:
 def test_version() -> None:
     result = run_cli("--version")
     assert result.returncode == 0
-    assert re.fullmatch(r"wsproxy \d+\.\d+\.\d+\S*\n", result.stdout)
+    assert re.fullmatch(r"wsproxy \d+\.\d+\.\d+\S* \(speedups: (c|python)\)\n", result.stdout)
+    # Which frame scanner runs (issue 18): the one wsproxy.core.scan picked.
+    assert f"(speedups: {SPEEDUPS})" in result.stdout
 
 
 def test_check_config_accepts_a_good_file(tmp_path: Path) -> None:

@@ -18,10 +18,14 @@ from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
+    InfoMetricFamily,
 )
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from wsproxy import __version__
 from wsproxy.core import closes
+from wsproxy.core.scan import SPEEDUPS
 from wsproxy.core.states import Side
 from wsproxy.log import dropped_lines
 
@@ -149,8 +153,11 @@ class _Collector(Collector):
     def __init__(self, metrics: Metrics) -> None:
         self.m = metrics
 
-    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         m, ctx = self.m, self.m.ctx
+        yield InfoMetricFamily("wsproxy_build", "The version, and which frame scanner is in "
+                               "use (speedups: c or python).",
+                               value={"version": __version__, "speedups": SPEEDUPS})
         yield _gauge("wsproxy_connections_active", "Open proxied connections.", "backend",
                      ((b.name, b.active) for b in ctx.backends_shown()))
         outcomes = Counter(m.connections)  # the ended ones, plus the open ones:

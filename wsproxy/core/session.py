@@ -59,6 +59,8 @@ from wsproxy.core.handshake import (
     error_response,
 )
 from wsproxy.core.http import ParsedRequest
+from wsproxy.core.scan import WHOLE_MESSAGE
+from wsproxy.core.scan import whole_messages as _whole_messages
 from wsproxy.core.states import (
     LEG_CAN_RECEIVE,
     LEG_CAN_SEND,
@@ -93,14 +95,6 @@ _RESTART_CODES: Final = frozenset({CloseCode.GOING_AWAY, CloseCode.SERVICE_RESTA
 #: with one, and an int compares faster with an int than with an IntEnum member.
 _PROTOCOL_ERROR: Final = int(CloseCode.PROTOCOL_ERROR)
 _MESSAGE_TOO_BIG: Final = int(CloseCode.MESSAGE_TOO_BIG)
-#: By the reserved bits a flow allows: whether a frame's first byte makes it a whole
-#: text or binary message (FIN, opcode 1 or 2, reserved bits only the allowed ones).
-_WHOLE_MESSAGE: Final = {
-    allowed: bytes((b & ~allowed & 0xFF) in (0x81, 0x82) for b in range(256))
-    for allowed in (0, frames.RSV1, frames.RSV_BITS)
-}
-
-
 class _Leg:
     """One side's transport: its close handshake and what is waiting to be written."""
 
@@ -569,74 +563,80 @@ class Session:
         mask_bit = 0x80 if f.masked else 0
         mask_len = 4 if f.masked else 0
         max_size = self.max_message_size
+        rsv_allowed = f.rsv_allowed
         in_message = f.in_message
         inject = bool(f.pending) or f.pending_close is not None
-        small_head = 2 + mask_len
-        whole = _WHOLE_MESSAGE[f.rsv_allowed]
+        whole = WHOLE_MESSAGE[rsv_allowed]
+        skip = _whole_messages
         while pos + 1 < n:
+            if not in_message and not inject:
+                # The common case, compiled where it can be (wsproxy.core.scan): whole
+                # messages in one frame each, skipped up to the first frame that needs
+                # a decision below.
+                pos, skipped = skip(data, pos, mask_bit, rsv_allowed, max_size)
+                messages += skipped
+                if pos + 1 >= n:
+                    if pos > n:  # the last one goes on in the next reads
+                        f.remaining = pos - n
+                        pos = n
+                    break
             b0 = data[pos]
             b1 = data[pos + 1]
-            # The length field, when the mask bit is what it must be (else 128 or more).
-            length = b1 ^ mask_bit
-            if length < 126 and whole[b0] and not in_message and length <= max_size:
-                messages += 1  # the fast path: a whole short message in one frame
-                end = pos + small_head + length
+            length = b1 & 0x7F
+            if length < 126:
+                head = 2 + mask_len
+            elif length == 126:
+                head = 4 + mask_len
+                if n - pos < 4:
+                    break
+                length = int.from_bytes(data[pos + 2 : pos + 4], "big")
             else:
-                length = b1 & 0x7F
-                if length < 126:
-                    head = 2 + mask_len
-                elif length == 126:
-                    head = 4 + mask_len
-                    if n - pos < 4:
-                        break
-                    length = int.from_bytes(data[pos + 2 : pos + 4], "big")
-                else:
-                    head = 10 + mask_len
-                    if n - pos < 10:
-                        break
-                    length = int.from_bytes(data[pos + 2 : pos + 10], "big")
-                    if length >> 63:  # §5.2: the most significant bit MUST be 0
-                        self._forward(f, data, start, pos, messages, deliver)
-                        return self._fail(f.src, BAD_FRAME_LENGTH)
-                if b1 & 0x80 != mask_bit:
+                head = 10 + mask_len
+                if n - pos < 10:
+                    break
+                length = int.from_bytes(data[pos + 2 : pos + 10], "big")
+                if length >> 63:  # §5.2: the most significant bit MUST be 0
                     self._forward(f, data, start, pos, messages, deliver)
-                    return self._fail(f.src, BAD_MASKING)
-                if whole[b0] and not in_message and length <= max_size:
-                    messages += 1  # a whole message in one frame, a longer one
-                elif b0 & 0x08:  # a control frame
-                    if length > frames.MAX_CONTROL_PAYLOAD:  # fail on the header, buffer nothing
-                        self._forward(f, data, start, pos, messages, deliver)
-                        return self._fail(f.src, BAD_CONTROL_FRAME)
-                    if n - pos < head + length:
-                        break  # a control frame is kept whole: it is at most 131 bytes
+                    return self._fail(f.src, BAD_FRAME_LENGTH)
+            if b1 & 0x80 != mask_bit:
+                self._forward(f, data, start, pos, messages, deliver)
+                return self._fail(f.src, BAD_MASKING)
+            if whole[b0] and not in_message and length <= max_size:
+                messages += 1  # a whole message in one frame, a longer one
+            elif b0 & 0x08:  # a control frame
+                if length > frames.MAX_CONTROL_PAYLOAD:  # fail on the header, buffer nothing
+                    self._forward(f, data, start, pos, messages, deliver)
+                    return self._fail(f.src, BAD_CONTROL_FRAME)
+                if n - pos < head + length:
+                    break  # a control frame is kept whole: it is at most 131 bytes
+                self._forward(f, data, start, pos, messages, deliver)
+                messages = 0
+                end = pos + head + length
+                f.in_message = in_message
+                if not self._control(f, b0, data[pos:end], head, length):
+                    return
+                pos = start = end
+                deliver = dst.state in LEG_CAN_SEND
+                inject = bool(f.pending) or f.pending_close is not None
+                if f.src_leg.state not in LEG_CAN_RECEIVE:
+                    return
+                continue
+            else:
+                f.in_message = in_message
+                error = self._check_data_header(f, b0, b0 & 0x0F, length, max_size)
+                in_message = f.in_message
+                if error == _PROTOCOL_ERROR:
+                    self._forward(f, data, start, pos, messages, deliver)
+                    return self._fail(f.src, BAD_DATA_FRAME)
+                if error:  # too big: this frame is never forwarded, but still skipped
                     self._forward(f, data, start, pos, messages, deliver)
                     messages = 0
-                    end = pos + head + length
-                    f.in_message = in_message
-                    if not self._control(f, b0, data[pos:end], head, length):
-                        return
-                    pos = start = end
-                    deliver = dst.state in LEG_CAN_SEND
-                    inject = bool(f.pending) or f.pending_close is not None
-                    if f.src_leg.state not in LEG_CAN_RECEIVE:
-                        return
-                    continue
-                else:
-                    f.in_message = in_message
-                    error = self._check_data_header(f, b0, b0 & 0x0F, length, max_size)
-                    in_message = f.in_message
-                    if error == _PROTOCOL_ERROR:
-                        self._forward(f, data, start, pos, messages, deliver)
-                        return self._fail(f.src, BAD_DATA_FRAME)
-                    if error:  # too big: this frame is never forwarded, but still skipped
-                        self._forward(f, data, start, pos, messages, deliver)
-                        messages = 0
-                        start = pos
-                        self._close_too_big(f)
-                        deliver = False
-                    if b0 & 0x80:
-                        messages += 1
-                end = pos + head + length
+                    start = pos
+                    self._close_too_big(f)
+                    deliver = False
+                if b0 & 0x80:
+                    messages += 1
+            end = pos + head + length
             if end > n:
                 f.remaining = end - n
                 pos = n

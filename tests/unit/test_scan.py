@@ -1,0 +1,307 @@
+"""The compiled frame scanner and its Python reference give the same answers (issue 18).
+
+wsproxy.core.scan has one spec and two implementations: ``py_whole_messages`` (the
+readable reference, and the fallback) and ``wsproxy.core._scan.whole_messages`` (C).
+Checked here with hypothesis (derandomized: the same inputs on every run):
+
+- the function itself, on the same inputs: frame streams and arbitrary bytes, any
+  start, masked or not, any allowed reserved bits, limits from negative to past 2^64,
+  bad arguments: the same (pos, messages) or the same exception;
+- a whole Session, once with each: arbitrary frame streams from both sides (whole,
+  fragmented, control frames, limits exceeded, bad frames, garbage) split at arbitrary
+  points, with heartbeat pings and closes of the proxy's own in between: the same
+  bytes out to each side, the same states, close codes, counters and pongs.
+
+The C tests skip where the extension was not built (no compiler), unless
+``WSPROXY_REQUIRE_SPEEDUPS=1`` makes that a failure (.ci/run fails before the tests
+when ``wsproxy --version`` does not say ``speedups: c``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from types import ModuleType, SimpleNamespace
+from typing import Any
+from unittest import mock
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.helpers import SessionHarness, build_raw
+from wsproxy.core import frames, scan
+from wsproxy.core import session as session_module
+from wsproxy.core.states import Side
+
+CLIENT, UPSTREAM = Side.CLIENT, Side.UPSTREAM
+
+
+def _compiled() -> ModuleType | None:
+    try:
+        return importlib.import_module("wsproxy.core._scan")
+    except ImportError:
+        if os.environ.get("WSPROXY_REQUIRE_SPEEDUPS", "") not in ("", "0"):
+            raise
+        return None
+
+
+_scan = _compiled()
+needs_c = pytest.mark.skipif(_scan is None, reason="the C extension was not built (no compiler)")
+Scanner = Callable[[bytes, int, int, int, int], tuple[int, int]]
+
+
+def c_scanner() -> Scanner:
+    assert _scan is not None
+    return _scan.whole_messages  # type: ignore[no-any-return]
+
+
+def outcome(fn: Scanner, *args: Any) -> object:
+    try:
+        return fn(*args)
+    except (ValueError, TypeError, OverflowError) as exc:
+        return type(exc)
+
+
+# Frames, good and bad…
+
+PAYLOAD_LENGTHS = st.one_of(
+    st.integers(0, 8), st.sampled_from([124, 125, 126, 127, 200, 65535, 65536])
+)
+
+
+@st.composite
+def frame(draw: st.DrawFn, from_client: bool) -> bytes:
+    """One frame as *from_client*'s side would send it, or one that breaks a rule."""
+    kind = draw(
+        st.sampled_from(
+            ["run", "run", "whole", "whole", "first", "continuation", "control", "close",
+             "reserved-opcode", "rsv", "wrong-mask", "msb-length", "long-control", "huge",
+             "garbage"]
+        )
+    )
+    mask = from_client
+    if kind == "run":  # what a read at 64 B is made of: many whole messages
+        sizes = draw(st.lists(st.integers(0, 70), min_size=1, max_size=30))
+        return b"".join(build_raw(2, b"m" * size, mask=mask) for size in sizes)
+    if kind == "garbage":
+        return draw(st.binary(max_size=12))
+    if kind == "wrong-mask":
+        return build_raw(draw(st.sampled_from([1, 2, 9])), b"ab", mask=not mask)
+    if kind == "msb-length":
+        return build_raw(2, b"", mask=mask, length=(1 << 63) + draw(st.integers(0, 5)))
+    if kind == "huge":  # a header announcing more than any limit, the payload to come
+        return build_raw(2, b"x" * 3, mask=mask, length=draw(st.sampled_from([70000, 1 << 40])))
+    if kind == "long-control":
+        return build_raw(9, b"p" * 126, mask=mask)
+    if kind == "close":
+        payload = draw(
+            st.sampled_from([b"", b"\x03\xe8", b"\x03\xe8bye", b"\x03", b"\x03\xed",
+                             b"\x03\xe8\xff", b"\x0f\xa0ok"])
+        )
+        return build_raw(8, payload, mask=mask)
+    if kind == "control":
+        return build_raw(draw(st.sampled_from([9, 10])), draw(st.binary(max_size=6)), mask=mask)
+    if kind == "reserved-opcode":
+        return build_raw(draw(st.sampled_from([3, 7, 0xB, 0xF])), b"r", mask=mask)
+    size = draw(PAYLOAD_LENGTHS)
+    payload = bytes(range(256)) * (size // 256) + bytes(range(size % 256))
+    rsv = draw(st.sampled_from([0x40, 0x20, 0x10, 0x70])) if kind == "rsv" else 0
+    if kind == "first":
+        return build_raw(draw(st.sampled_from([1, 2])), payload, fin=False, rsv=rsv, mask=mask)
+    if kind == "continuation":
+        return build_raw(0, payload, fin=draw(st.booleans()), mask=mask)
+    return build_raw(draw(st.sampled_from([1, 2])), payload, rsv=rsv, mask=mask)
+
+
+def stream(from_client: bool) -> st.SearchStrategy[bytes]:
+    return st.lists(frame(from_client), max_size=8).map(b"".join)
+
+
+MAX_SIZES = st.sampled_from(
+    [-1, 0, 1, 5, 125, 126, 200, 65535, 65536, 1 << 20, (1 << 63) - 1, 1 << 63, 1 << 64]
+)
+
+
+# The function: the same answers on the same inputs…
+
+
+@needs_c
+@given(
+    from_client=st.booleans(),
+    data=st.data(),
+    rsv_allowed=st.sampled_from([0, 0x40, 0x70, 0x10, 0x30]),
+    max_size=MAX_SIZES,
+)
+@settings(max_examples=1500)
+def test_the_c_scanner_answers_as_the_python_one(
+    from_client: bool, data: st.DataObject, rsv_allowed: int, max_size: int
+) -> None:
+    raw = data.draw(st.one_of(stream(from_client), st.binary(max_size=40)))
+    pos = data.draw(st.integers(0, len(raw) + 3))
+    mask_bit = 0x80 if from_client else 0
+    args = (raw, pos, mask_bit, rsv_allowed, max_size)
+    expected = outcome(scan.py_whole_messages, *args)
+    assert outcome(c_scanner(), *args) == expected
+    # Any other buffer gives the same answer as bytes.
+    assert outcome(c_scanner(), bytearray(raw), *args[1:]) == expected
+    assert outcome(c_scanner(), memoryview(raw), *args[1:]) == expected
+
+
+@needs_c
+@pytest.mark.parametrize(
+    "args",
+    [
+        (b"\x82\x00", -1, 0, 0, 10),  # a negative start
+        (b"\x82\x00", 0, 1, 0, 10),  # a mask bit that is neither 0 nor 0x80
+        (b"\x82\x00", 0, 0x100, 0, 10),
+        (b"\x82\x00", 0, 0, 0x80, 10),  # FIN is not a reserved bit
+        (b"\x82\x00", 0, 0, -1, 10),
+        (b"\x82\x00", 0, 0, 1 << 70, 10),
+        (b"\x82\x00", -(1 << 70), 0, 0, 10),
+    ],
+)
+def test_bad_arguments_are_refused_alike(args: tuple[Any, ...]) -> None:
+    assert outcome(scan.py_whole_messages, *args) is ValueError
+    assert outcome(c_scanner(), *args) is ValueError
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        # Three whole 2-byte frames from a backend, then a ping: stops at the ping.
+        ((b"\x82\x00\x81\x00\x82\x00\x89\x00", 0, 0, 0, 10), (6, 3)),
+        # A masked frame whose payload goes on past the read.
+        ((b"\x82\x85abcdxy", 0, 0x80, 0, 10), (11, 1)),
+        # Over the limit: not skipped.
+        ((b"\x82\x05hello", 0, 0, 0, 4), (0, 0)),
+        # A 16-bit length cut off by the end of the read.
+        ((b"\x82\x7e\x01", 0, 0, 0, 1000), (0, 0)),
+        ((b"\x82\x7e\x01\x00" + b"x" * 256, 0, 0, 0, 1000), (260, 1)),
+        # A 64-bit length with its top bit set: the session's to fail.
+        ((b"\x82\x7f\x80" + b"\x00" * 7, 0, 0, 0, 1 << 64), (0, 0)),
+        # RSV1 only where it is allowed.
+        ((b"\xc2\x00", 0, 0, 0, 10), (0, 0)),
+        ((b"\xc2\x00", 0, 0, 0x40, 10), (2, 1)),
+        # A start past the end comes back as it was.
+        ((b"", 1 << 70, 0, 0, 10), (1 << 70, 0)),
+    ],
+)
+def test_examples(args: tuple[Any, ...], expected: tuple[int, int]) -> None:
+    assert scan.py_whole_messages(*args) == expected
+    if _scan is not None:
+        assert c_scanner()(*args) == expected
+
+
+# A whole session: the same bytes, states and closes with either…
+
+Op = tuple[Any, ...]
+
+
+@st.composite
+def operation(draw: st.DrawFn) -> Op:
+    side = draw(st.sampled_from([CLIENT, UPSTREAM]))
+    what = draw(st.sampled_from(["feed", "feed", "feed", "feed", "ping", "close", "eof"]))
+    if what == "feed":
+        data = draw(stream(side is CLIENT))
+        cuts = sorted(draw(st.lists(st.integers(0, len(data)), max_size=6)))
+        pieces = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
+        return ("feed", side, pieces)
+    if what == "close":
+        return ("close", side, draw(st.sampled_from([1000, 1001, 4000])))
+    return (what, side)
+
+
+def run_session(
+    ops: list[Op], scanner: Scanner, max_size: int, rsv_allowed: int
+) -> list[object]:
+    """Everything a driver could see of one session fed *ops*, with *scanner*."""
+    no_random = SimpleNamespace(urandom=lambda n: b"\x01" * n)  # our pings' mask keys
+    with mock.patch.object(session_module, "_whole_messages", scanner), mock.patch.object(
+        frames, "os", no_random
+    ):
+        harness = SessionHarness(max_message_size=max_size)
+        session = harness.session
+        for flow in (session._client_flow, session._upstream_flow):
+            flow.rsv_allowed = rsv_allowed
+        trace: list[object] = []
+        for op in ops:
+            kind, side = op[0], op[1]
+            if kind == "feed":
+                for chunk in op[2]:
+                    session.receive_data(side, chunk)
+                    trace.append(snapshot(session))
+            elif kind == "ping":
+                session.send_ping(side, b"7")
+            elif kind == "close":
+                session.close(side, op[2], "bye")
+            else:
+                session.receive_eof(side)
+            trace.append(snapshot(session))
+        trace.append(
+            (
+                session.close_codes(),
+                session.initiator,
+                session.close_reason,
+                [
+                    (session.messages(s), session.bytes_relayed(s), session.undelivered(s),
+                     session.close_code_sent(s))
+                    for s in (CLIENT, UPSTREAM)
+                ],
+                dict(session.take_pongs()),
+            )
+        )
+        return trace
+
+
+def snapshot(session: Any) -> object:
+    return (
+        b"".join(session.data_to_send(CLIENT)),
+        b"".join(session.data_to_send(UPSTREAM)),
+        session.state,
+        session.leg_state(CLIENT),
+        session.leg_state(UPSTREAM),
+        session.should_close(CLIENT),
+        session.should_close(UPSTREAM),
+    )
+
+
+@needs_c
+@given(
+    ops=st.lists(operation(), min_size=1, max_size=8),
+    max_size=st.sampled_from([0, 3, 125, 126, 300, 65536, 1 << 20]),
+    rsv_allowed=st.sampled_from([0, 0x40, 0x70]),
+)
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+def test_a_session_relays_alike_with_either_scanner(
+    ops: list[Op], max_size: int, rsv_allowed: int
+) -> None:
+    python = run_session(ops, scan.py_whole_messages, max_size, rsv_allowed)
+    compiled = run_session(ops, c_scanner(), max_size, rsv_allowed)
+    assert compiled == python
+
+
+def test_the_session_uses_the_scanner_the_module_picked() -> None:
+    assert session_module._whole_messages is scan.whole_messages
+    if os.environ.get("WSPROXY_NO_SPEEDUPS", "") not in ("", "0"):
+        assert scan.SPEEDUPS == "python"
+        assert scan.whole_messages is scan.py_whole_messages
+    elif _scan is not None:
+        assert scan.SPEEDUPS == "c"
+        assert scan.whole_messages is _scan.whole_messages
+
+
+@needs_c
+@pytest.mark.parametrize(("env", "expected"), [("1", "python"), ("0", "c"), ("", "c")])
+def test_wsproxy_no_speedups_forces_python(env: str, expected: str) -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", "from wsproxy.core import scan; print(scan.SPEEDUPS)"],
+        env={**os.environ, "WSPROXY_NO_SPEEDUPS": env},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip() == expected

@@ -1,0 +1,109 @@
+"""The relay's inner loop: skip over whole messages, compiled when it can be.
+
+At 64-byte messages a read carries dozens of frames, and almost every one is a whole
+text or binary message in one frame (FIN set, nothing to check but its header). The
+session (wsproxy.core.session) hands each read to ``whole_messages``, which walks
+such frames by arithmetic and stops at the first frame that needs a decision: a
+control frame, a fragment, a bad header, a size over the limit, or a header cut off
+by the end of the read. The session's own loop decides on that frame, then calls
+``whole_messages`` again.
+
+One spec, two implementations: ``py_whole_messages`` below is the reference, and
+``_scan.c`` (the ``wsproxy.core._scan`` extension, built by setup.py when a C
+compiler is there) does the same in C. tests/unit/test_scan.py checks with hypothesis
+that both give the same answers on the same inputs, and that a session gives the same
+bytes and closes with either. ``SPEEDUPS`` says which one is in use ("c" or
+"python"); ``WSPROXY_NO_SPEEDUPS=1`` in the environment forces the Python one.
+
+The spec of ``whole_messages(data, pos, mask_bit, rsv_allowed, max_size)``:
+
+- Start at offset *pos* of *data* (bytes) and look at the frame there.
+- It qualifies when its whole header is in *data* (2 bytes, 4 with a 16-bit length,
+  10 with a 64-bit one), its first byte less the *rsv_allowed* reserved bits is
+  0x81 or 0x82 (FIN, text or binary), its mask bit equals *mask_bit* (0x80 from a
+  client, 0 from a backend), the top bit of a 64-bit length is 0 and its payload
+  length is at most *max_size*.
+- A qualifying frame counts one message; its end (header, the 4-byte masking key when
+  masked, payload) is the next *pos*. That end may lie past the end of *data*: the
+  frame goes on in later reads and the walk stops there.
+- Return ``(pos, messages)``: the offset of the first frame that did not qualify
+  (or of the end of the last one), and how many qualified.
+- ValueError for a negative *pos*, a *mask_bit* other than 0 or 0x80, or an
+  *rsv_allowed* with bits outside 0x70.
+
+The caller's frame state (a message in progress, our own frames waiting to go in
+between) decides whether to ask at all: this function keeps no state.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Final
+
+#: The signature both implementations share.
+WholeMessages = Callable[[bytes, int, int, int, int], tuple[int, int]]
+
+#: By the reserved bits a flow allows: whether a frame's first byte makes it a whole
+#: text or binary message (FIN, opcode 1 or 2, no reserved bit but the allowed ones).
+WHOLE_MESSAGE: Final = {
+    allowed: bytes((b & ~allowed & 0xFF) in (0x81, 0x82) for b in range(256))
+    for allowed in range(0, 0x80, 0x10)
+}
+
+
+def py_whole_messages(
+    data: bytes, pos: int, mask_bit: int, rsv_allowed: int, max_size: int
+) -> tuple[int, int]:
+    """The reference implementation of the spec in the module docstring."""
+    if pos < 0 or mask_bit not in (0, 0x80) or rsv_allowed & ~0x70:
+        raise ValueError(
+            "whole_messages(): pos < 0, or mask_bit not 0 or 0x80, or rsv_allowed not "
+            "reserved bits"
+        )
+    n = len(data)
+    whole = WHOLE_MESSAGE[rsv_allowed]
+    key_len = 4 if mask_bit else 0
+    messages = 0
+    while pos + 1 < n:
+        if not whole[data[pos]]:
+            break
+        # The 7-bit length when the mask bit is what it must be; 128 or more if not.
+        length = data[pos + 1] ^ mask_bit
+        if length < 126:
+            head = 2 + key_len
+        elif length == 126:
+            if n - pos < 4:
+                break
+            head = 4 + key_len
+            length = (data[pos + 2] << 8) | data[pos + 3]
+        elif length == 127:
+            if n - pos < 10:
+                break
+            head = 10 + key_len
+            length = int.from_bytes(data[pos + 2 : pos + 10], "big")
+            if length >> 63:
+                break  # §5.2: a malformed length, the session's to fail
+        else:
+            break  # the wrong mask bit
+        if length > max_size:
+            break
+        messages += 1
+        pos += head + length
+    return pos, messages
+
+
+def _pick() -> tuple[WholeMessages, str]:
+    if os.environ.get("WSPROXY_NO_SPEEDUPS", "") not in ("", "0"):
+        return py_whole_messages, "python"
+    try:
+        from wsproxy.core import _scan
+    except ImportError:
+        return py_whole_messages, "python"
+    return _scan.whole_messages, "c"
+
+
+whole_messages: WholeMessages
+#: "c" when the compiled scanner is in use, "python" when the reference one is.
+SPEEDUPS: str
+whole_messages, SPEEDUPS = _pick()
