@@ -41,6 +41,9 @@ RUN if python3 -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.pat
     fi
 COPY pyproject.toml setup.py README.md constraints.txt ./
 COPY wsproxy ./wsproxy
+# wsproxy/static/wsproxy-client.js (the demo page's client) links to clients/js: the
+# wheel gets the file itself.
+COPY clients/js/wsproxy-client.js ./clients/js/
 # A venv of its own: Debian's python3 refuses pip installs outside one (PEP 668).
 # constraints.txt (deploy/lock.sh) pins every dependency to the version CI tested; it
 # lists the test tools too, which only constrain and are not installed.

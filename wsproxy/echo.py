@@ -6,14 +6,23 @@ than fast (bench/ has a compiled echo server for measurements).
 
 A plain ``GET /`` (no Upgrade) gets a small page that opens a WebSocket to the
 origin it was loaded from: behind ``wsproxy demo`` (``plain_http: proxy``) a browser
-tries the whole path, page and socket, through the proxy.
+tries the whole path, page and socket, through the proxy. The page uses clients/js
+(the reconnecting client), which ``GET /wsproxy-client.js`` serves from the package
+(``wsproxy/static/``, a link to ``clients/js/`` in the source tree, a copy in the wheel).
+
+A socket opened with ``announce`` in its query (``/?announce=1``) gets one text
+message first, ``{"backend": "<name>"}``, so that a page learns which backend its
+socket is on (not the page's, which came over another connection); without it the
+echo is only the echo.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from importlib.resources import files
 from typing import cast
+from urllib.parse import parse_qs, urlsplit
 
 import h11
 from wsproto import ConnectionType, WSConnection
@@ -83,9 +92,14 @@ class EchoProtocol(asyncio.Protocol):
             return b""
 
     def _page(self, http: h11.Connection, request: h11.Request) -> bytes:
-        found = request.method in (b"GET", b"HEAD") and bytes(request.target) in (b"/", b"/?")
-        body = _PAGE.replace("{backend}", self._name).encode() if found else b"not found\n"
-        kind = "text/html; charset=utf-8" if found else "text/plain; charset=utf-8"
+        target = bytes(request.target)
+        body, kind = b"not found\n", "text/plain; charset=utf-8"
+        if request.method in (b"GET", b"HEAD"):
+            if target in (b"/", b"/?"):
+                body, kind = _PAGE.replace("{backend}", self._name).encode(), _HTML
+            elif target == b"/wsproxy-client.js":
+                body, kind = _CLIENT_JS, _JAVASCRIPT
+        found = kind != "text/plain; charset=utf-8"
         headers = [("Content-Type", kind), ("Content-Length", str(len(body))),
                    ("Cache-Control", "no-store")]
         response = h11.Response(status_code=200 if found else 404, headers=headers,
@@ -101,6 +115,9 @@ class EchoProtocol(asyncio.Protocol):
         if isinstance(event, Request):
             chosen = event.subprotocols[0] if event.subprotocols else None
             out = self._ws.send(AcceptConnection(subprotocol=chosen))
+            if _announces(event.target):
+                hello = json.dumps({"backend": self._name})
+                out += self._ws.send(TextMessage(data=hello))
         elif isinstance(event, TextMessage | BytesMessage):
             out = self._ws.send(event)
         elif isinstance(event, Ping):
@@ -125,4 +142,14 @@ async def start_echo_server(
     return await loop.create_server(lambda: EchoProtocol(name), host, port, reuse_address=True)
 
 
+def _announces(target: str) -> bool:
+    """Whether the socket's target asks the backend to name itself (``?announce``)."""
+    query = parse_qs(urlsplit(target).query, keep_blank_values=True)
+    return "announce" in query
+
+
+_HTML = "text/html; charset=utf-8"
+_JAVASCRIPT = "text/javascript; charset=utf-8"
 _PAGE = files("wsproxy").joinpath("demo_page.html").read_text(encoding="utf-8")
+#: clients/js, as the package holds it (a symlink in the source tree, a file in a wheel).
+_CLIENT_JS = files("wsproxy").joinpath("static/wsproxy-client.js").read_bytes()
