@@ -35,6 +35,7 @@ from wsproxy.config.model import (
     ListenTLS,
     LoggingConfig,
     ProxyConfig,
+    ResumeConfig,
     StickyCookieConfig,
 )
 from wsproxy.config.values import (
@@ -390,6 +391,15 @@ _PROXY: Final = Section(
                 "max_upgrade_rate": leaf(rate),
                 "burst": _count(0),
                 "reject_with": _choice("status", "close"),
+            },
+        ),
+        "resume": Section(
+            ResumeConfig,
+            {
+                "enabled": _BOOL,
+                "window": _duration(positive=True),
+                "buffer": leaf(nonzero_size),
+                "max_total": leaf(nonzero_size),
             },
         ),
         "plain_http": _choice("reject", "proxy"),
