@@ -26,7 +26,7 @@ import jwt
 import pytest
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.integration.peers import Backend, backend, make_config, running_proxy
 from wsproxy.supervisor import ProxyContext
@@ -337,3 +337,26 @@ async def test_a_client_that_does_not_opt_in_sees_no_prefix_and_the_parameter_is
         await rec.until(lambda: bool(rec.streams))
         await rec.streams[0].send("plain")
         assert await ws.recv() == "plain"  # resume on, client not opted in: as today
+
+
+async def test_a_drain_ends_a_held_session_and_a_draining_proxy_refuses_resumes():
+    gate = asyncio.Event()
+    async with setup() as (rec, _b, ctx, url):
+        rec.want = 1
+        events = Events()
+        async with ResumableSession(url, before_resume=gate.wait, on_event=events,
+                                    retry_delay=0.01) as session:
+            await session.send("one")
+            await rec.got.wait()
+            sid, received = session.session_id, session.received
+            cut(session)
+            await _wait_held(ctx, 1)
+            ctx.drain(spread=0)
+            await rec.until(lambda: rec.closes != [])  # no waiting out the window
+            assert rec.closes == [1001]
+            with pytest.raises(InvalidStatus) as refused:
+                async with connect(f"{url}/?wsproxy_resume={sid}.{received}"):
+                    pass
+            assert refused.value.response.status_code == 503
+            assert rec.connections == 1
+            await session.close()

@@ -86,7 +86,9 @@ def table_for(owner: object) -> ResumeTable:
 class ResumeState:
     """One opted-in connection: its id, its replay buffer, its socket or its hold."""
 
-    __slots__ = ("conn", "ended", "hold_timer", "link", "real", "replay", "sid", "table")
+    __slots__ = (
+        "acked", "conn", "ended", "hold_timer", "link", "real", "replay", "sid", "table",
+    )
 
     def __init__(self, conn: Connection, real: asyncio.Transport) -> None:
         cfg = conn.settings.config.resume
@@ -102,6 +104,8 @@ class ResumeState:
         self.link = ClientLink(self)
         self.hold_timer: asyncio.TimerHandle | None = None
         self.ended = False
+        #: The latest ack sent (or due) to the client.
+        self.acked = 0
         table.sessions[self.sid] = self
         real.set_protocol(ResumeClientProtocol(self, real))
 
@@ -131,9 +135,9 @@ class ResumeState:
 
     def client_read(self) -> None:
         """After a read from the client: ack what reached the backend."""
-        conn = self.conn
-        acked = conn.session.messages(UPSTREAM)
-        if acked and self.real is not None:
+        acked = self.conn.session.messages(UPSTREAM)
+        if acked != self.acked and self.real is not None:
+            self.acked = acked
             self.write(self.replay.ack(proto.control(type="ack", n=acked)))
 
     def client_lost(self, real: asyncio.Transport) -> None:
@@ -330,7 +334,7 @@ def resume_into(conn: Connection, ask: proto.ResumeAsk) -> None:
     chosen = held.session.accepted.subprotocol
     if chosen not in request.subprotocols:
         chosen = request.subprotocols[0] if request.subprotocols else None
-    acked = held.session.messages(UPSTREAM)
+    acked = state.acked = held.session.messages(UPSTREAM)
     state.real = transport
     transport.set_protocol(ResumeClientProtocol(state, transport))
     transport.writelines([

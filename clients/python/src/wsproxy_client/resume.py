@@ -154,9 +154,15 @@ class ResumableSession:
         ws = self._ws
         if ws is not None:
             await ws.close(code, reason)
-        if self._task is not None:
-            with contextlib.suppress(asyncio.CancelledError, SessionClosed):
-                await asyncio.wait_for(self._task, 10)
+        task = self._task
+        if task is not None:
+            if ws is None:
+                task.cancel()  # reconnecting: nothing to close
+            with contextlib.suppress(asyncio.CancelledError, SessionClosed, TimeoutError):
+                await asyncio.wait_for(task, 10)
+            if not task.cancelled() and task.done():
+                task.result()
+            self._inbox.put_nowait(SessionClosed(code, reason or "closed by the app"))
 
     # The loop…
 
