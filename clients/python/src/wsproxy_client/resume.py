@@ -197,8 +197,13 @@ class ResumableSession:
                 self.session_id = str(control["id"])
                 self.window = float(control["window"])
                 self.received = 0
-                self._sent = 0
-                self._unacked.clear()
+                # What was sent meanwhile belongs to this session: numbered from 1.
+                queued = [message for _, message in self._unacked]
+                self._unacked = deque(enumerate(queued, 1))
+                self._sent = len(queued)
+                with contextlib.suppress(ConnectionClosed):
+                    for message in queued:
+                        await ws.send(message)
                 self._ws = ws
             self._emit(SessionStarted(self.session_id))
             self._opened.set()
@@ -276,6 +281,8 @@ class ResumableSession:
                 self._ws = ws
             self._emit(Resumed(len(pending)))
             return ws
-        unacked = len(self._unacked)
+        async with self._send_lock:
+            unacked = len(self._unacked)
+            self._unacked.clear()  # the old backend may or may not have had them
         self._emit(ResumeFailed(reason, unacked))
         return await self._fresh()
