@@ -66,8 +66,8 @@ live, at each decision:
     under for its close handshake),
     limits.max_connections, limits.max_connections_per_ip (and trusted_proxies where
     they decide whom a new connection counts against), http.pool_size,
-    drain.backend_hold_down (at each hold-down), resume.max_total (at each message
-    buffered), admin.token (at each admin request:
+    drain.backend_hold_down (at each hold-down), resume.max_total (at each opted-in
+    session's start), admin.token (at each admin request:
     a reload rotates it), drain.shutdown_close_code when the process stops with
     connections still open
 
