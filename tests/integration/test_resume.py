@@ -29,6 +29,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.integration.peers import Backend, backend, make_config, running_proxy
+from wsproxy.io.resume import table_for
 from wsproxy.supervisor import ProxyContext
 from wsproxy_client.resume import (
     ResumableSession,
@@ -360,3 +361,87 @@ async def test_a_drain_ends_a_held_session_and_a_draining_proxy_refuses_resumes(
             assert refused.value.response.status_code == 503
             assert rec.connections == 1
             await session.close()
+
+
+class Blackhole:
+    """A TCP relay to *port* that can stop passing anything on, telling nobody: the
+    proxy's socket to it stays open (a path that drops packets)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.pairs: list[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = []
+        self.dead: set[int] = set()
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port: int = self.server.sockets[0].getsockname()[1]
+        return port
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.port)
+        index = len(self.pairs)
+        self.pairs.append((writer, up_writer))
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    if index not in self.dead:
+                        dst.write(data)
+                        await dst.drain()
+            except OSError:
+                pass
+            finally:
+                if index not in self.dead:
+                    dst.transport.abort()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    def drop_everything(self) -> None:
+        self.dead.update(range(len(self.pairs)))
+
+    async def stop(self) -> None:
+        for pair in self.pairs:
+            for writer in pair:
+                writer.transport.abort()
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+
+async def test_a_resume_takes_over_from_a_socket_the_proxy_still_thinks_alive():
+    n = 1500
+    async with setup() as (rec, _b, ctx, url):
+        rec.want = n
+        relay = Blackhole(int(url.rsplit(":", 1)[1]))
+        relay_port = await relay.start()
+        events = Events()
+        async with ResumableSession(f"ws://127.0.0.1:{relay_port}", on_event=events) as session:
+            down = asyncio.create_task(stream(rec.streams[0], n))
+            got: list[str] = []
+
+            async def reader() -> None:
+                while len(got) < n:
+                    got.append(str(await session.recv()))
+
+            read = asyncio.create_task(reader())
+            for i in range(1, n + 1):
+                await session.send(f"up-{i}")
+                if i % 10 == 0:
+                    await asyncio.sleep(0.01)
+                if i == 500:
+                    relay.drop_everything()  # lost both ways from here; nobody told
+                if i == 600:
+                    cut(session)  # the client gives up on its socket; the proxy's lives on
+            with anyio.fail_after(30):
+                await rec.got.wait()
+                await read
+                await down
+            assert rec.received == [[f"up-{i}" for i in range(1, n + 1)]]
+            assert got == [f"down-{i}" for i in range(1, n + 1)]
+            assert rec.connections == 1
+            assert rec.closes == []
+            assert len(events.of(Resumed)) == 1
+            assert events.of(Resumed)[0].resent >= 100  # what went into the hole
+            assert table_for(ctx).outcomes == {"resumed": 1}
+        await relay.stop()
