@@ -14,6 +14,7 @@ import asyncio
 import json
 import socket
 import struct
+import time
 import urllib.request
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -445,3 +446,33 @@ async def test_a_resume_takes_over_from_a_socket_the_proxy_still_thinks_alive():
             assert events.of(Resumed)[0].resent >= 100  # what went into the hole
             assert table_for(ctx).outcomes == {"resumed": 1}
         await relay.stop()
+
+
+async def test_a_token_that_expires_while_held_ends_the_session():
+    def token(sub: str, life: float) -> str:
+        return jwt.encode({"sub": sub, "exp": int(time.time() + life)}, SECRET, algorithm="HS256")
+
+    overrides = {
+        "auth": {"type": "jwt", "jwt": {"secret": SECRET, "leeway": 0},
+                 "token_from": ["query:token"], "close_on_expiry": True},
+        "heartbeat": {"interval": "200ms", "timeout": "10s"},
+    }
+    gate = asyncio.Event()
+    async with setup(overrides=overrides) as (rec, _b, ctx, url):
+        rec.want = 1
+        async with ResumableSession(f"{url}/?token={token('alice', 2)}",
+                                    before_resume=gate.wait) as session:
+            await session.send("one")
+            await rec.got.wait()
+            sid = session.session_id
+            cut(session)
+            await _wait_held(ctx, 1)
+            await rec.until(lambda: rec.closes != [])  # at expiry, not after the window
+            assert rec.closes == [1001]
+            fresh = token("alice", 600)
+            async with connect(f"{url}/?token={fresh}&wsproxy_resume={sid}.0") as ws:
+                with pytest.raises(ConnectionClosed):
+                    await ws.recv()
+                assert ws.protocol.close_rcvd is not None
+                assert ws.protocol.close_rcvd.reason == "resume failed: session closed"
+            await session.close()
