@@ -112,6 +112,8 @@ export class WsproxyClient extends EventTarget {
   #queuedBytes = 0;
   /** Set by close(): the code and reason the app gave. */
   #ending = null;
+  /** True while shouldReconnect runs: a close() from it is finished by #onClose. */
+  #deciding = false;
 
   constructor(url, options = {}) {
     super();
@@ -171,15 +173,23 @@ export class WsproxyClient extends EventTarget {
 
   close(code, reason) {
     if (this.#ending !== null || this.#state === CLOSED) return;
+    this.#ending = { code: code ?? 1000, reason: reason ?? "" };
     const socket = this.#socket;
     if (socket !== null && socket.readyState < CLOSING) {
-      socket.close(code, reason); // throws, as WebSocket.close does, on a code it refuses
+      try {
+        // Some WebSockets (Node's undici) fire their error and close events inside
+        // close() on a connecting socket: #ending is set first, so they end the client.
+        socket.close(code, reason);
+      } catch (error) {
+        this.#ending = null; // a code or reason WebSocket.close refuses: nothing changed
+        throw error;
+      }
     }
-    this.#ending = { code: code ?? 1000, reason: reason ?? "" };
     this.#discardQueue();
     clearTimeout(this.#timer);
     this.#timer = null;
-    if (socket !== null && socket.readyState < CLOSED) {
+    if (this.#deciding || this.#state === CLOSED) return;
+    if (this.#socket !== null && this.#socket.readyState < CLOSED) {
       this.#state = CLOSING; // #onClose ends it when the socket's close arrives
     } else {
       this.#generation += 1; // a token still being fetched is ignored
@@ -262,7 +272,8 @@ export class WsproxyClient extends EventTarget {
     };
     socket.addEventListener("error", (e) => {
       if (generation !== this.#generation || ended) return;
-      this.dispatchEvent(event("error", { error: e.error ?? e.message ?? e }));
+      // close() while connecting fails the socket with an error: the app's own doing.
+      if (this.#ending === null) this.dispatchEvent(event("error", { error: e.error ?? e.message ?? e }));
       end({ code: 1006, reason: "", wasClean: false });
     });
     socket.addEventListener("close", (e) => {
@@ -282,7 +293,17 @@ export class WsproxyClient extends EventTarget {
     if (opened && Date.now() - this.#openedAt >= this.#backoff.resetAfterMs) this.#attempt = 0;
     const attempt = this.#attempt + 1;
     let rule = defaultRule(close.code, close.reason, this.#token !== undefined);
-    const verdict = this.#shouldReconnect?.({ code: close.code, reason: close.reason, wasClean: close.wasClean }, attempt);
+    let verdict;
+    if (this.#shouldReconnect !== undefined) {
+      this.#deciding = true;
+      try {
+        verdict = this.#shouldReconnect({ code: close.code, reason: close.reason, wasClean: close.wasClean }, attempt);
+      } catch (error) {
+        this.dispatchEvent(event("error", { error })); // and the default rule decides
+      } finally {
+        this.#deciding = false;
+      }
+    }
     if (verdict === true && rule === "stop") rule = "reconnect";
     if (verdict === false) rule = "stop";
     if (this.#ending !== null) rule = "stop"; // the hook called close()

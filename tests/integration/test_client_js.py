@@ -15,6 +15,8 @@ test, with node's report. Without node this skips, unless ``WSPROXY_REQUIRE_NODE
 (``.ci/run``), which makes it fail instead. Node 20 has no global WebSocket without
 ``--experimental-websocket`` (undici's, the same API as a browser's), so that flag is
 passed; the client itself has no dependency.
+
+The TypeScript types are checked too: ``tsc --strict`` over a usage example.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import contextlib
 import os
 import re
 import shutil
+import subprocess
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Final
@@ -42,6 +45,7 @@ ROOT: Final = Path(__file__).resolve().parents[2]
 CLIENT_DIR: Final = ROOT / "clients" / "js"
 SECRET: Final = "a-test-secret-of-at-least-32-bytes!!"
 REQUIRE_ENV: Final = "WSPROXY_REQUIRE_NODE"
+NODE_DIR: Final = Path(os.environ.get("WSPROXY_NODE_DIR", "/tmp/wsproxy-node"))
 #: The whole node run; each node test bounds its own waits far below this.
 NODE_BOUND: Final = 240.0
 #: Bound on each node test (milliseconds).
@@ -120,3 +124,18 @@ async def test_the_js_client_against_a_running_wsproxy(tmp_path: Path) -> None:
             assert re.search(r"^# fail 0$", report, re.M), report
             assert re.search(r"^# skipped 0$", report, re.M), report
             assert re.search(r"^# pass [1-9]", report, re.M), report
+
+
+def test_the_types_describe_the_api() -> None:
+    """``tsc --strict`` over clients/js/test/types/usage.mts: the README's uses of the API
+    compile against wsproxy-client.d.ts, and the misuses marked ``@ts-expect-error``
+    do not. TypeScript comes from ``$WSPROXY_NODE_DIR`` (``.ci/run`` installs it)."""
+    tsc = NODE_DIR / "node_modules" / ".bin" / "tsc"
+    if not tsc.is_file():
+        if os.environ.get(REQUIRE_ENV, "") not in ("", "0"):
+            pytest.fail(f"no TypeScript at {tsc}; {REQUIRE_ENV} is set, so this must run here",
+                        pytrace=False)
+        pytest.skip(f"no TypeScript at {tsc} (npm install --prefix DIR typescript)")
+    done = subprocess.run([str(tsc), "-p", str(CLIENT_DIR / "test" / "types")],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -66,6 +66,8 @@ def test_defaults_in_code_units():
     assert config.balance == BalanceConfig(policy="least_connections")
     assert config.auth.token_from == ("header", "subprotocol")
     assert config.admission.reject_with == "status"  # SPEC's 503 + Retry-After
+    assert (config.resume.enabled, config.resume.window) == (False, 30.0)
+    assert (config.resume.buffer, config.resume.max_total) == (64 << 10, 256 << 20)
 
 
 def test_a_full_config_is_typed():
@@ -393,6 +395,11 @@ def test_a_bool_is_not_a_number(sections, path):
         ({"admission": {"burst": -1}}, "admission.burst", "of 0 or more, got -1"),
         ({"admission": {"reject_with": "503"}}, "admission.reject_with",
          "expected one of status, close, got"),
+        ({"resume": {"enabled": "yes"}}, "resume.enabled", "expected true or"),
+        ({"resume": {"window": "0s"}}, "resume.window", "longer than 0s"),
+        ({"resume": {"buffer": 0}}, "resume.buffer", "got 0"),
+        ({"resume": {"max_total": "lots"}}, "resume.max_total", "lots"),
+        ({"resume": {"windw": "1s"}}, "resume.windw", ""),
         ({"drain": {"max_close_rate": -2}}, "drain.max_close_rate", "of 0 or more, got -2"),
         ({"trusted_proxies": ["10.0.0.1/8"]}, "trusted_proxies[0]", "has host bits set"),
         ({"allowed_origins": ["https://a.example/"]}, "allowed_origins[0]", "an origin like"),

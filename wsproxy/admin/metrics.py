@@ -27,6 +27,7 @@ from wsproxy import __version__
 from wsproxy.core import closes
 from wsproxy.core.scan import SPEEDUPS
 from wsproxy.core.states import Side
+from wsproxy.io.resume import table_for
 from wsproxy.log import dropped_lines
 
 if TYPE_CHECKING:
@@ -215,6 +216,16 @@ class _Collector(Collector):
                                 value=ctx.rebalancer.ratio())
         yield GaugeMetricFamily("wsproxy_rebalancing", "1 while a rebalancing round runs.",
                                 value=int(ctx.rebalancer.current is not None))
+        resume = table_for(ctx)  # the wiring is the connections' owner
+        if resume.sessions or resume.outcomes:
+            yield GaugeMetricFamily("wsproxy_resume_sessions_held", "Resumable sessions "
+                                    "whose client is away (the backend leg waits).",
+                                    value=resume.held())
+            yield GaugeMetricFamily("wsproxy_resume_buffered_bytes", "Backend->client bytes "
+                                    "kept for replay, across resumable sessions.",
+                                    value=resume.total.bytes)
+            yield _counter("wsproxy_resumes", "Resume attempts by outcome (resumed, or why "
+                           "not).", "outcome", resume.outcomes.items())
         yield CounterMetricFamily("wsproxy_log_lines_dropped", "Log lines dropped because "
                                   "stdout was not read fast enough (a full buffer of "
                                   "10,000 lines) or was closed.", value=dropped_lines())

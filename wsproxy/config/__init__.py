@@ -46,8 +46,10 @@ plain HTTP keeps it for all its requests, and one that goes back to WebSocket to
     heartbeat.* (its pings, and the wait for a close handshake or a final write),
     plain_http, compression, allowed_origins, trusted_proxies (whose X-Forwarded-For
     is believed), auth.* with the authenticator built from it and the headers it owns,
-    http.* but pool_size, and drain.backend_close_code with drain.reconnect_hint for
-    the closes a connection makes on its own (its backend restarting, its age limit)
+    http.* but pool_size, resume.enabled, resume.window and resume.buffer (a held
+    session keeps those it was accepted under), and drain.backend_close_code with
+    drain.reconnect_hint for the closes a connection makes on its own (its backend
+    restarting, its age limit)
 
 each drain, once, when it starts (SIGTERM, ``POST /drain``, a backend drained, failing
 or gone):
@@ -69,7 +71,8 @@ live, at each decision:
     limits.max_connections, limits.max_connections_per_ip (and trusted_proxies where
     they decide whom a new connection counts against), http.pool_size,
     drain.backend_hold_down (at each hold-down), rebalance.enabled, rebalance.ratio and
-    rebalance.warmup (at each look for a round to start), admin.token (at each admin request:
+    rebalance.warmup (at each look for a round to start), resume.max_total (at each
+    opted-in session's start), admin.token (at each admin request:
     a reload rotates it), drain.shutdown_close_code when the process stops with
     connections still open
 
@@ -105,6 +108,7 @@ from wsproxy.config.model import (
     LoggingConfig,
     ProxyConfig,
     RebalanceConfig,
+    ResumeConfig,
     StickyCookieConfig,
 )
 from wsproxy.config.schema import parse_config
@@ -118,6 +122,6 @@ __all__ = [
     "DiscoveryConfig", "DrainConfig", "ForwardAuthConfig", "HealthCheckConfig",
     "HeartbeatConfig", "HttpConfig", "IPNetwork", "JwtAuthConfig", "LimitsConfig",
     "ListenConfig", "ListenTLS", "LoggingConfig", "ProxyConfig", "RebalanceConfig",
-    "StickyCookieConfig",
+    "ResumeConfig", "StickyCookieConfig",
     "load_config", "parse_config", "parse_config_text",
 ]

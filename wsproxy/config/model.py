@@ -258,6 +258,19 @@ class RebalanceConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ResumeConfig:
+    """Resumable sessions (README "Resumable sessions"): opt-in per client."""
+
+    enabled: bool = False
+    #: How long the backend leg of a client that vanished stays open, waiting for it.
+    window: float = 30.0
+    #: Bytes of backend->client messages kept per session, for replay.
+    buffer: int = 64 << 10
+    #: The ceiling of those bytes across all sessions of the process.
+    max_total: int = 256 << 20
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class HttpConfig:
     """Plain HTTP requests (``plain_http: proxy``): their limits and the backend pool."""
 
@@ -299,6 +312,7 @@ class ProxyConfig:
     drain: DrainConfig = field(default_factory=DrainConfig)
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
     rebalance: RebalanceConfig = field(default_factory=RebalanceConfig)
+    resume: ResumeConfig = field(default_factory=ResumeConfig)
     plain_http: str = "reject"  # reject | proxy; a sidecar for WebSockets only, by default
     http: HttpConfig = field(default_factory=HttpConfig)
     # passthrough: the endpoints negotiate compression and frames are forwarded untouched,

@@ -36,6 +36,7 @@ from wsproxy.config.model import (
     LoggingConfig,
     ProxyConfig,
     RebalanceConfig,
+    ResumeConfig,
     StickyCookieConfig,
 )
 from wsproxy.config.values import (
@@ -431,6 +432,15 @@ _PROXY: Final = Section(
                 "ratio": leaf(_rebalance_ratio),
                 "max_close_rate": leaf(_close_rate),
                 "warmup": leaf(_warmup),
+            },
+        ),
+        "resume": Section(
+            ResumeConfig,
+            {
+                "enabled": _BOOL,
+                "window": _duration(positive=True),
+                "buffer": leaf(nonzero_size),
+                "max_total": leaf(nonzero_size),
             },
         ),
         "plain_http": _choice("reject", "proxy"),

@@ -99,6 +99,13 @@ class Liveness:
             self._ping_upstream = None
         return now - sent_at
 
+    def forget_ping(self, side: Side) -> None:
+        """*side*'s unanswered ping went to a socket that is gone (a held session)."""
+        if side is Side.CLIENT:
+            self._ping_client = None
+        else:
+            self._ping_upstream = None
+
     def pings_out(self) -> list[tuple[Side, float]]:
         """The heartbeat pings to (re)send after a PING: each leg's oldest unanswered,
         the oldest first."""

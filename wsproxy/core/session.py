@@ -512,6 +512,17 @@ class Session:
             if leg.state is not LegState.CLOSED:
                 leg.fire(LegTrigger.GIVE_UP)
 
+    # Resumable sessions (wsproxy.io.resume)…
+
+    def client_at_boundary(self) -> bool:
+        """Whether no message of the client is half relayed (a resume can start over)."""
+        flow = self._client_flow
+        return not flow.remaining and not flow.in_message and not flow.pending
+
+    def drop_client_partial(self) -> None:
+        """Forget the start of a frame header of a client socket that is gone."""
+        self._client_flow.partial = b""
+
     # Accounting…
 
     def messages(self, side: Side) -> int:

@@ -23,6 +23,7 @@ refusals, the balancer and its hash key, the backend TLS context.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Iterator
 from functools import partial
@@ -33,9 +34,11 @@ from wsproxy.core import closes
 from wsproxy.core.handshake import Forwarding, client_address, plain_ip
 from wsproxy.core.http import ParsedRequest
 from wsproxy.core.liveness import Due, Liveness, ping_payload, ping_sent_at
+from wsproxy.core.resume import ResumeAsk, take_param
 from wsproxy.core.session import Session
 from wsproxy.core.states import TERMINAL, LegState, SessionState, Side
 from wsproxy.io.ports import DRAINING, CloseRefusal
+from wsproxy.io.resume import ResumeState, resume_into
 from wsproxy.io.upstream import (
     NO_BACKEND,
     OUT_OF_DESCRIPTORS,
@@ -141,7 +144,7 @@ class Connection:
     # connections must stay cheap.
     __slots__ = (
         "_client", "_close_rounds", "_dial", "_door", "_forwarded_for", "_open_transports",
-        "_rtt_client", "_rtt_upstream", "_timer", "_upstream", "backend", "client_ip",
+        "_resume", "_rtt_client", "_rtt_upstream", "_timer", "_upstream", "backend", "client_ip",
         "ctx", "failure", "id", "identity", "liveness", "peer_ip", "session", "settings",
         "started",
     )
@@ -197,6 +200,9 @@ class Connection:
         #: The search for a backend, while it lasts (``_start_dial``).
         self._dial: _Dial | None = None
         self._close_rounds = 0
+        #: A client that opted in to resumable sessions (wsproxy.io.resume): its
+        #: session's state, or the resume it asks for. None for all others.
+        self._resume: ResumeState | ResumeAsk | None = None
         ctx.connection_started(self)
 
     def _transport(self, side: Side) -> asyncio.Transport | None:
@@ -389,6 +395,8 @@ class Connection:
             for side, sent_at in liveness.pings_out():
                 session.send_ping(side, ping_payload(sent_at))
             self._flush()
+        elif due is Due.CLIENT_DEAD and self.held:
+            liveness.forget_ping(CLIENT)  # it went nowhere: the client is away
         elif due is Due.CLIENT_DEAD or due is Due.UPSTREAM_DEAD:
             log.info("heartbeat.timeout", conn_id=self.id,
                      leg=CLIENT.value if due is Due.CLIENT_DEAD else UPSTREAM.value)
@@ -478,6 +486,8 @@ class Connection:
             self.peer_ip, request.header(b"x-forwarded-for"), self.settings.config.trusted_proxies
         )
         self._cancel_timer()  # the client's part is done; backend_timeout bounds the rest
+        if self.settings.config.resume.enabled:
+            self._take_resume_param()
         refusal = self.ctx.refusal(self)
         if refusal is not None and not isinstance(refusal, CloseRefusal):
             self._reject(*refusal)
@@ -487,7 +497,7 @@ class Connection:
         assert transport is not None
         transport.pause_reading()  # nothing to relay to until a backend said 101
         if refusal is None:
-            if self.settings.authenticator is None:
+            if self.settings.authenticator is None and self._resume is None:
                 self._start_dial()  # no task until the dial's own
             else:
                 self.ctx.spawn(self._connect_upstream)
@@ -495,6 +505,52 @@ class Connection:
             self._refuse_with_close(refusal)
         else:  # auth before any 101: a client that fails it gets its 401/403
             self.ctx.spawn(lambda: self._authenticate_refused(refusal))
+
+    def _take_resume_param(self) -> None:
+        """``wsproxy_resume`` (wsproxy.core.resume): taken out of the request before
+        auth, logs and the backend see it."""
+        request = self.session.request
+        assert request is not None
+        target, ask, malformed = take_param(request.target)
+        if ask is None and not malformed:
+            return
+        self.session.request = dataclasses.replace(request, target=target)
+        if ask is not None and ask.session_id is None:
+            client = self._client
+            assert client is not None
+            state = self._resume = ResumeState(self, client)
+            self._client = state.link  # type: ignore[assignment]
+        else:
+            self._resume = ask or ResumeAsk("", 0)
+
+    @property
+    def held(self) -> bool:
+        """An opted-in session whose client is away (the backend leg waits)."""
+        return isinstance(self._resume, ResumeState) and self._resume.held
+
+    def take_client(self) -> asyncio.Transport:
+        """A resume attempt hands its socket to the session it resumes; this
+        connection ends (its outcome: failed, "resumed")."""
+        transport = self._client
+        assert transport is not None
+        self._client = None
+        self._open_transports -= 1
+        self.failure = "resumed"
+        self.session.abort()
+        self._cancel_timer()
+        if self._open_transports == 0:
+            self._finished()
+        return transport
+
+    def resumed_by(self, other: Connection) -> None:
+        """The client is back, through *other*'s socket."""
+        self.peer_ip, self.client_ip = other.peer_ip, other.client_ip
+        if self.liveness is not None:
+            self.liveness.forget_ping(CLIENT)
+
+    def refuse_resume(self, refusal: CloseRefusal) -> None:
+        """A resume attempt that failed: the proxy's own 101 and *refusal*'s close."""
+        self._refuse_with_close(refusal)
 
     async def _authenticate_refused(self, refusal: CloseRefusal) -> None:
         if await self._authenticate():
@@ -532,9 +588,13 @@ class Connection:
         return True
 
     async def _connect_upstream(self) -> None:
-        """Auth first (it may ask a service), then the backends."""
-        if await self._authenticate():
-            self._start_dial()
+        """Auth first (it may ask a service), then the session resumed, or the backends."""
+        if not await self._authenticate():
+            return
+        if isinstance(self._resume, ResumeAsk):
+            resume_into(self, self._resume)
+            return
+        self._start_dial()
 
     def _start_dial(self) -> None:
         """Try the backends for the request, best first (``_next_backend``)."""
@@ -621,7 +681,8 @@ class Connection:
             authority=backend.config.authority,
             path_prefix=backend.config.path,
             forwarding=forwarding,
-            pass_extensions=settings.config.compression == "passthrough",
+            # An opted-in client's messages get a byte more: none compressed.
+            pass_extensions=settings.config.compression == "passthrough" and self._resume is None,
             owned_headers=settings.owned_headers,
             client_headers=() if dial.sticky is None else sticky_header(
                 ctx.config.sticky_cookie, backend.name, dial.sticky,
@@ -735,6 +796,8 @@ class Connection:
 
     def _finished(self) -> None:
         self._cancel_timer()
+        if isinstance(self._resume, ResumeState):
+            self._resume.finished()
         if self.backend is not None:
             self.backend.active -= 1
         self.ctx.connection_finished(self)
@@ -771,6 +834,8 @@ class Connection:
             "messages_to_client": s.messages(CLIENT),
             "bytes_to_backend": s.bytes_relayed(UPSTREAM),
             "bytes_to_client": s.bytes_relayed(CLIENT),
+            **({"resume": "held" if self.held else "attached"}
+               if isinstance(self._resume, ResumeState) else {}),
         }
 
     def summary(self) -> dict[str, Any]:

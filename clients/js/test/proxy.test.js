@@ -295,4 +295,17 @@ describe("WsproxyClient through wsproxy", { skip }, () => {
     assert.equal(calls, 1);
     assert.equal(client.socket, null);
   });
+
+  test("close() while the socket is still connecting: terminal at once, no reconnect", async () => {
+    const { WebSocket, made } = counting();
+    const client = new WsproxyClient(`${PROXY}/`, { WebSocket }); // no token hook: a socket at once
+    const events = record(client);
+    assert.equal(made.length, 1);
+    client.close();
+    if (client.readyState !== WsproxyClient.CLOSED) await next(client, "terminal");
+    assert.equal(client.readyState, WsproxyClient.CLOSED);
+    assert.deepEqual(events.filter((e) => e.type === "terminal").map((e) => e.requested), [true]);
+    assert.equal(events.some((e) => e.type === "reconnecting"), false);
+    assert.equal(made.length, 1);
+  });
 });

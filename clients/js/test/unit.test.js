@@ -311,3 +311,75 @@ describe("WsproxyClient with a fake socket", () => {
     assert.equal(client.send("x"), false);
   });
 });
+
+describe("WsproxyClient edge cases", () => {
+  test("close() from shouldReconnect: close, then terminal (requested), once", () => {
+    let client = null;
+    FakeSocket.made = [];
+    client = new WsproxyClient("ws://example.test/", {
+      WebSocket: FakeSocket, shouldReconnect: () => { client.close(4000, "app"); return true; },
+    });
+    const events = recorder(client);
+    FakeSocket.made[0].open();
+    FakeSocket.made[0].closed(1012, "service restart; retry-after-ms=1");
+    assert.deepEqual(events.slice(1).map(([t, e]) => [t, e.code, e.terminal ?? e.requested]), [
+      ["close", 1012, true], ["terminal", 4000, true]]);
+    assert.equal(client.readyState, WsproxyClient.CLOSED);
+    assert.equal(FakeSocket.made.length, 1);
+  });
+
+  test("a shouldReconnect that throws: an error event, and the default rule decides", () => {
+    const { client, events } = fresh({ shouldReconnect: () => { throw new Error("oops"); } });
+    FakeSocket.made[0].open();
+    FakeSocket.made[0].closed(1012, "service restart; retry-after-ms=1");
+    assert.equal(events[1][0], "error");
+    assert.equal(events[1][1].error.message, "oops");
+    assert.deepEqual(events.slice(2).map(([t]) => t), ["close", "reconnecting"]);
+    client.close();
+    assert.equal(client.readyState, WsproxyClient.CLOSED);
+  });
+
+  test("close() while connecting: no error event for the app's own doing", () => {
+    const { client, events } = fresh();
+    client.close();
+    const socket = FakeSocket.made[0];
+    socket.dispatchEvent(new Event("error")); // what a browser does after close() on CONNECTING
+    socket.closed(1006, "", false);
+    assert.deepEqual(events.map(([t]) => t), ["close", "terminal"]);
+  });
+
+  test("close() on a socket that fails inside close() (Node's undici): terminal, no reconnect", () => {
+    class Eager extends FakeSocket {
+      close(code, reason) {
+        super.close(code, reason);
+        this.dispatchEvent(new Event("error"));
+        this.closed(1006, "", false);
+      }
+    }
+    FakeSocket.made = [];
+    const client = new WsproxyClient("ws://example.test/", { WebSocket: Eager });
+    const events = recorder(client);
+    client.close();
+    assert.deepEqual(events.map(([t]) => t), ["close", "terminal"]);
+    assert.equal(client.readyState, WsproxyClient.CLOSED);
+  });
+
+  test("close() with a code the socket refuses throws and changes nothing", () => {
+    class Picky extends FakeSocket {
+      close(code, reason) {
+        if (code !== undefined && code !== 1000 && (code < 3000 || code > 4999)) {
+          throw new RangeError("bad code " + code);
+        }
+        super.close(code, reason);
+      }
+    }
+    FakeSocket.made = [];
+    const client = new WsproxyClient("ws://example.test/", { WebSocket: Picky });
+    FakeSocket.made[0].open();
+    assert.throws(() => client.close(1005), /bad code/);
+    assert.equal(client.readyState, WsproxyClient.OPEN);
+    assert.equal(client.send("still"), true);
+    client.close(4000);
+    assert.equal(client.readyState, WsproxyClient.CLOSING);
+  });
+});

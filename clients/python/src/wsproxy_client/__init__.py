@@ -34,6 +34,14 @@ from .policy import (
     parse_retry_after,
     parse_retry_hint,
 )
+from .resume import (
+    ResumableSession,
+    Resumed,
+    ResumeEvent,
+    ResumeFailed,
+    SessionClosed,
+    SessionStarted,
+)
 
 __all__ = [
     "EVENTS_KEPT",
@@ -54,7 +62,13 @@ __all__ = [
     "QueueFull",
     "Reconnecting",
     "Reconnects",
+    "ResumableSession",
+    "ResumeEvent",
+    "ResumeFailed",
+    "Resumed",
     "SendQueue",
+    "SessionClosed",
+    "SessionStarted",
     "Terminated",
     "WsproxyClient",
     "WsproxyClientError",

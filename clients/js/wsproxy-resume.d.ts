@@ -1,0 +1,26 @@
+// Types of wsproxy-resume.js: resumable sessions through wsproxy (README "Resumable sessions").
+
+/** The close code of a resume the proxy refused. */
+export declare const RESUME_FAILED: 4410;
+
+export interface ResumableSessionOptions {
+  /** The WebSocket class (default: the global one). */
+  WebSocket?: typeof WebSocket;
+  /** Between two resume attempts, in ms (default 50). */
+  retryDelayMs?: number;
+}
+
+/** Events: "session" ({sessionId}), "message" ({data}: the backend's payload),
+ *  "resumed" ({resent}), "resumefailed" ({reason, unacked}), "close" ({code, reason,
+ *  requested}). */
+export declare class ResumableSession extends EventTarget {
+  constructor(url: string | URL, options?: ResumableSessionOptions);
+  readonly state: "connecting" | "open" | "resuming" | "closed";
+  sessionId: string | null;
+  windowMs: number;
+  received: number;
+  sent: number;
+  /** Sends now if open, else once the session is back; false once closed. */
+  send(data: string | ArrayBufferLike | Blob | ArrayBufferView): boolean;
+  close(code?: number, reason?: string): void;
+}

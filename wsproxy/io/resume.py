@@ -1,0 +1,354 @@
+"""Resumable sessions: holding a session whose client vanished, and re-attaching it.
+
+The protocol is README.md "Resumable sessions"; its pure part (the opt-in, the
+framing, the replay buffer) is wsproxy.core.resume. Here:
+
+- ``ResumeState``: one opted-in connection's side of it. The Connection's client
+  "transport" is a ``ClientLink`` standing in front of the real one: what the relay
+  writes goes through the session's ``Replay`` (prefixed, kept) to the socket, or
+  only into the buffer while no client is attached. The socket's protocol is a
+  ``ResumeClientProtocol``, which sends acks after reads and, when the socket dies
+  without a close handshake, holds the session instead of telling the Connection.
+- ``ResumeTable``: the sessions of one proxy by id, the ids of ended ones (so a late
+  resume learns why), the outcome counters and the bytes kept.
+- ``resume_into()``: a resume attempt, once auth passed on its own connection,
+  either takes over the held session's client leg or is refused with a close.
+
+Nothing here runs for a connection that did not opt in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import weakref
+from collections import Counter, OrderedDict
+from typing import TYPE_CHECKING, Any, Final
+
+from wsproxy.core import resume as proto
+from wsproxy.core.closes import ProxyClose
+from wsproxy.core.handshake import UpstreamAccepted, accept_response
+from wsproxy.core.states import LegState, SessionState, Side
+from wsproxy.io.ports import CloseRefusal
+
+if TYPE_CHECKING:
+    from wsproxy.io.connection import Connection
+
+CLIENT: Final = Side.CLIENT
+UPSTREAM: Final = Side.UPSTREAM
+#: How many ended sessions' ids are remembered, to tell a late resume why.
+TOMBSTONES: Final = 10_000
+
+
+class ResumeTable:
+    """The resumable sessions of one proxy (one per ConnectionOwner)."""
+
+    def __init__(self) -> None:
+        #: Every id starts with this: a resume of another process's id is "restarted".
+        self.boot = os.urandom(4).hex()
+        self.sessions: dict[str, ResumeState] = {}
+        self.ended: OrderedDict[str, str] = OrderedDict()
+        #: Resume attempts by outcome ("resumed" or the failure).
+        self.outcomes: Counter[str] = Counter()
+        self.total = proto.Total(0)
+
+    def new_id(self) -> str:
+        return self.boot + secrets.token_urlsafe(24)
+
+    def forget(self, sid: str, reason: str) -> None:
+        self.sessions.pop(sid, None)
+        self.ended[sid] = reason
+        while len(self.ended) > TOMBSTONES:
+            self.ended.popitem(last=False)
+
+    def why_not(self, sid: str) -> str:
+        """Why no session *sid* is here to resume."""
+        if sid in self.ended:
+            return self.ended[sid]
+        return proto.UNKNOWN if sid.startswith(self.boot) else proto.RESTARTED
+
+    def held(self) -> int:
+        return sum(1 for s in self.sessions.values() if s.real is None)
+
+
+_TABLES: weakref.WeakKeyDictionary[Any, ResumeTable] = weakref.WeakKeyDictionary()
+
+
+def table_for(owner: object) -> ResumeTable:
+    """The table of the proxy *owner* (its ConnectionOwner)."""
+    table = _TABLES.get(owner)
+    if table is None:
+        table = _TABLES[owner] = ResumeTable()
+    return table
+
+
+class ResumeState:
+    """One opted-in connection: its id, its replay buffer, its socket or its hold."""
+
+    __slots__ = (
+        "acked", "conn", "ended", "hold_timer", "link", "real", "replay", "sid", "table",
+    )
+
+    def __init__(self, conn: Connection, real: asyncio.Transport) -> None:
+        cfg = conn.settings.config.resume
+        self.table = table = table_for(conn.ctx)
+        table.total.limit = conn.ctx.config.resume.max_total  # live: the latest config
+        self.conn = conn
+        self.sid = table.new_id()
+        self.replay = proto.Replay(
+            cfg.buffer, table.total,
+            proto.control(type="session", id=self.sid, window=cfg.window),
+        )
+        self.real: asyncio.Transport | None = real
+        self.link = ClientLink(self)
+        self.hold_timer: asyncio.TimerHandle | None = None
+        self.ended = False
+        #: The latest ack sent (or due) to the client.
+        self.acked = 0
+        table.sessions[self.sid] = self
+        real.set_protocol(ResumeClientProtocol(self, real))
+
+    @property
+    def held(self) -> bool:
+        return self.real is None and not self.ended
+
+    def write(self, pieces: list[bytes]) -> None:
+        real = self.real
+        if real is not None and pieces:
+            real.writelines(pieces)
+
+    def holdable(self) -> bool:
+        """Whether the session can wait for its client: open both ways, between two
+        of the client's messages, not closing."""
+        session = self.conn.session
+        return (
+            not self.ended and not self.link.closing
+            and session.state is SessionState.OPEN
+            and session.leg_state(CLIENT) is LegState.OPEN
+            and session.leg_state(UPSTREAM) is LegState.OPEN
+            and self.conn.opened
+            and session.client_at_boundary()
+        )
+
+    # The client's socket…
+
+    def client_read(self) -> None:
+        """After a read from the client: ack what reached the backend."""
+        acked = self.conn.session.messages(UPSTREAM)
+        if acked != self.acked and self.real is not None:
+            self.acked = acked
+            self.write(self.replay.ack(proto.control(type="ack", n=acked)))
+
+    def client_lost(self, real: asyncio.Transport) -> None:
+        if real is not self.real:
+            return  # a socket replaced by a resume
+        self.real = None
+        if self.holdable():
+            self.hold()
+        else:
+            self.end(proto.CLOSED)
+
+    def hold(self) -> None:
+        conn = self.conn
+        conn.session.drop_client_partial()
+        self.replay.cut_at = self.replay.sent
+        self.hold_timer = conn.ctx.loop.call_later(
+            conn.settings.config.resume.window, self.end, proto.EXPIRED
+        )
+        conn.resume_reading(UPSTREAM)  # the dead socket may have paused the backend
+
+    def check_held(self) -> None:
+        """After a write while held: a buffer overrun, or a close of the proxy's own
+        (drain, age, expiry), ends the hold."""
+        if self.replay.overrun:
+            self.end_soon(proto.OVERRUN)
+        elif self.conn.session.state is not SessionState.OPEN:
+            self.end_soon(proto.CLOSED)
+
+    def end_soon(self, reason: str) -> None:
+        if not self.ended:
+            self.conn.ctx.loop.call_soon(self.end, reason)
+
+    def end(self, reason: str) -> None:
+        """No resume any more: the Connection learns its client is gone, as without
+        resume (a held session's backend gets the client-gone close)."""
+        if self.ended:
+            return
+        self.ended = True
+        if self.hold_timer is not None:
+            self.hold_timer.cancel()
+            self.hold_timer = None
+        self.table.forget(self.sid, reason)
+        self.replay.release()
+        if self.real is None:
+            self.conn.transport_lost(CLIENT)
+
+    def finished(self) -> None:
+        """The Connection is over."""
+        if not self.ended:
+            self.ended = True
+            if self.hold_timer is not None:
+                self.hold_timer.cancel()
+            self.table.forget(self.sid, proto.CLOSED)
+            self.replay.release()
+
+
+class ClientLink:
+    """The client transport as the Connection sees it: writes go through the Replay
+    to the socket of the moment, or into the buffer only while held."""
+
+    __slots__ = ("closing", "state")
+
+    def __init__(self, state: ResumeState) -> None:
+        self.state = state
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        state = self.state
+        state.write(state.replay.feed(data))
+        if state.real is None and not state.ended:
+            state.check_held()
+
+    def writelines(self, chunks: list[bytes]) -> None:
+        state = self.state
+        feed = state.replay.feed
+        out: list[bytes] = []
+        for chunk in chunks:
+            out += feed(chunk)
+        state.write(out)
+        if state.real is None and not state.ended:
+            state.check_held()
+
+    def close(self) -> None:
+        self.closing = True
+        state = self.state
+        if state.real is not None:
+            state.real.close()
+        else:
+            state.end_soon(proto.CLOSED)
+
+    def abort(self) -> None:
+        self.closing = True
+        state = self.state
+        if state.real is not None:
+            state.real.abort()
+        else:
+            state.end_soon(proto.CLOSED)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def get_write_buffer_size(self) -> int:
+        real = self.state.real
+        return real.get_write_buffer_size() if real is not None else 0
+
+    def pause_reading(self) -> None:
+        real = self.state.real
+        if real is not None and not real.is_closing():
+            real.pause_reading()
+
+    def resume_reading(self) -> None:
+        real = self.state.real
+        if real is not None and not real.is_closing():
+            real.resume_reading()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        real = self.state.real
+        return real.get_extra_info(name, default) if real is not None else default
+
+
+class ResumeClientProtocol(asyncio.Protocol):
+    """The protocol of an opted-in client's socket (the first, or a resumed one)."""
+
+    __slots__ = ("real", "state")
+
+    def __init__(self, state: ResumeState, real: asyncio.Transport) -> None:
+        self.state = state
+        self.real = real
+
+    def data_received(self, data: bytes) -> None:
+        state = self.state
+        if self.real is not state.real:
+            return
+        state.conn.receive(CLIENT, data)
+        state.client_read()
+
+    def eof_received(self) -> bool:
+        state = self.state
+        if self.real is state.real and not state.holdable():
+            state.conn.receive_eof(CLIENT)
+        return False  # the socket closes: connection_lost decides
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.state.client_lost(self.real)
+
+    def pause_writing(self) -> None:
+        if self.real is self.state.real:
+            self.state.conn.pause_reading(UPSTREAM)
+
+    def resume_writing(self) -> None:
+        if self.real is self.state.real:
+            self.state.conn.resume_reading(UPSTREAM)
+
+
+def resume_into(conn: Connection, ask: proto.ResumeAsk) -> None:
+    """*conn* is a resume attempt whose auth passed: take over the session it names,
+    or refuse it with the proxy's own 101 and a RESUME_FAILED close."""
+    table = table_for(conn.ctx)
+    sid = ask.session_id
+    if not sid:
+        _fail(conn, table, proto.MALFORMED)
+        return
+    state = table.sessions.get(sid)
+    if state is None or state.ended:
+        _fail(conn, table, table.why_not(sid))
+        return
+    held = state.conn
+    if held.subject != conn.subject:
+        _fail(conn, table, proto.OTHER_SUBJECT)  # the session stays for its owner
+        return
+    if state.real is not None:
+        # The client saw its socket die before the proxy did: that one goes.
+        old, state.real = state.real, None
+        old.abort()
+        state.replay.cut_at = state.replay.sent
+    if not state.holdable():
+        state.end(proto.CLOSED)
+        _fail(conn, table, proto.CLOSED)
+        return
+    missed = state.replay.replay(ask.received)
+    if missed is None:
+        state.end(proto.OVERRUN)
+        _fail(conn, table, proto.OVERRUN)
+        return
+    if state.hold_timer is not None:
+        state.hold_timer.cancel()
+        state.hold_timer = None
+    state.replay.cut_at = None
+    held.session.drop_client_partial()
+    request = conn.session.request
+    assert request is not None
+    assert held.session.accepted is not None
+    transport = conn.take_client()
+    chosen = held.session.accepted.subprotocol
+    if chosen not in request.subprotocols:
+        chosen = request.subprotocols[0] if request.subprotocols else None
+    acked = state.acked = held.session.messages(UPSTREAM)
+    state.real = transport
+    transport.set_protocol(ResumeClientProtocol(state, transport))
+    transport.writelines([
+        accept_response(request.key, UpstreamAccepted(chosen, None)),
+        proto.control(type="resumed", acked=acked, sent=state.replay.sent),
+        *missed,
+    ])
+    held.resumed_by(conn)
+    table.outcomes["resumed"] += 1
+    transport.resume_reading()
+
+
+def _fail(conn: Connection, table: ResumeTable, reason: str) -> None:
+    table.outcomes[reason] += 1
+    conn.refuse_resume(CloseRefusal(
+        "resume_failed", ProxyClose(proto.RESUME_FAILED, f"resume failed: {reason}")
+    ))
