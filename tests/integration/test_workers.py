@@ -12,6 +12,7 @@ import json
 import os
 import re
 import signal
+import ssl
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
@@ -21,6 +22,7 @@ from typing import Any
 
 import anyio
 import pytest
+import trustme
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -259,3 +261,31 @@ async def test_killed_worker_replaced_sighup_and_sigterm(tmp_path: Path) -> None
             assert (await closed_by_proxy(ws, WAIT))[0] == 1001
         assert await proxy.wait(WAIT) == 0
         assert proxy.count("worker.exited") == 3  # the killed one, then both at the end
+
+
+async def test_tls_listener_inherited_by_both_workers(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    certfile, keyfile = tmp_path / "proxy.pem", tmp_path / "proxy.key"
+    for blob in cert.cert_chain_pems:
+        blob.write_to_path(str(certfile), append=True)
+    cert.private_key_pem.write_to_path(str(keyfile))
+    client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    ca.configure_trust(client)
+    async with backend() as b:
+        text = config_text(b).replace(
+            "port: 0}", f'port: 0, tls: {{certfile: "{certfile}", keyfile: "{keyfile}"}}}}', 1)
+        path = tmp_path / "wsproxy.yaml"
+        write(path, text)
+        async with proxy_process(path, tmp_path, stop_grace=5.0) as proxy, \
+                AsyncExitStack() as stack:
+            await proxy.wait_for(lambda: proxy.count("proxy.listening") >= 3, "all listening")
+            pids: set[int] = set()
+            for _ in range(MAX_TRIES):
+                ws = await stack.enter_async_context(
+                    connect(f"wss://{proxy.addresses[0]}", ssl=client))
+                await echo(ws)
+                pids |= {r["pid"] for r in proxy.events("connection.opened")}
+                if len(pids) == 2:
+                    break
+            assert len(pids) == 2
