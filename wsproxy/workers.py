@@ -31,6 +31,7 @@ import os
 import secrets
 import signal
 import socket
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -52,7 +53,7 @@ from wsproxy.errors import ConfigError
 from wsproxy.io.listen_socket import listening_sockets
 from wsproxy.log import get_logger
 from wsproxy.supervisor import LISTEN_BACKLOG, STARTUP_ONLY
-from wsproxy.tls import backend_context
+from wsproxy.tls import backend_context, server_context
 
 log = get_logger()
 
@@ -140,6 +141,8 @@ class Parent:
         self.token = secrets.token_urlsafe(24)
         self.live: dict[int, Worker] = {}
         self.stopping = False
+        #: A worker exited before it ever listened: the proxy does not start (exit 1).
+        self.failed_to_start = False
         self.stops = 0
         self.exits: Counter[str] = Counter()
         self.started_once = [anyio.Event() for _ in range(self.count)]
@@ -160,7 +163,8 @@ class Parent:
             read_fd, write_fd = os.pipe()
             try:
                 process = await anyio.open_process(
-                    self._command(index, write_fd), stdin=None, stdout=None, stderr=None,
+                    self._command(index, write_fd), stdin=subprocess.DEVNULL, stdout=None,
+                    stderr=None,
                     pass_fds=[*(s.fileno() for s in self.sockets), write_fd],
                     start_new_session=True, env={**os.environ, TOKEN_ENV: self.token},
                 )
@@ -186,12 +190,20 @@ class Parent:
             if self.stopping and status == 0:
                 log.info("worker.exited", worker=index, pid=process.pid, status=status)
                 return
+            if not self.started_once[index].is_set():  # as one process failing to start
+                log.error("worker.failed_to_start", worker=index, pid=process.pid,
+                          status=status)
+                self.failed_to_start = self.stopping = True
+                self.signal_workers(signal.SIGTERM)
+                break
             reason = "killed" if status < 0 else "failed" if status else "exited"
             self.exits[reason] += 1
+            lived = time.monotonic() - started
             backoff = (min(MAX_BACKOFF, max(FIRST_BACKOFF, backoff * 2))
-                       if time.monotonic() - started < CRASH_WINDOW else 0.0)
+                       if lived < CRASH_WINDOW else 0.0)
             log.warning("worker.exited", worker=index, pid=process.pid, status=status,
-                        reason=reason, restart_in_s=None if self.stopping else backoff)
+                        reason=reason, lived_s=round(lived, 3),
+                        restart_in_s=None if self.stopping else backoff)
             if self.stopping:
                 return
             await anyio.sleep(backoff)
@@ -479,6 +491,8 @@ def merge_metrics(scrapes: list[bytes], extra: list[Metric]) -> bytes:
 async def run_workers(config: ProxyConfig, config_path: str) -> int:
     """The parent: bind, start the workers, serve the admin API, until all have stopped."""
     listen = config.listen
+    if listen.tls is not None:
+        server_context(listen.tls)  # an unreadable certificate: exit 1 now, as serve() would
     sockets = await listening_sockets(listen.host, listen.port, LISTEN_BACKLOG)
     parent = Parent(config, config_path, sockets)
     try:
@@ -492,7 +506,7 @@ async def run_workers(config: ProxyConfig, config_path: str) -> int:
         for sock in sockets:
             sock.close()
     log.info("proxy.stopped", worker_exits=sum(parent.exits.values()))
-    return 0
+    return 1 if parent.failed_to_start else 0
 
 
 async def _run(parent: Parent, tg: TaskGroup, signals: AsyncIterator[int]) -> None:
@@ -502,6 +516,8 @@ async def _run(parent: Parent, tg: TaskGroup, signals: AsyncIterator[int]) -> No
         tg.start_soon(parent.watch_signals, signals)
         for event in parent.started_once:
             await event.wait()
+        if parent.failed_to_start:
+            return
         addresses = [sock.getsockname()[:2] for sock in parent.sockets]
         log.info("proxy.listening", workers=parent.count,
                  addresses=[f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in addresses],

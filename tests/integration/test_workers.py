@@ -233,12 +233,20 @@ async def test_killed_worker_replaced_sighup_and_sigterm(tmp_path: Path) -> None
                 await echo(ws)
         exited = await proxy.wait_for_event("worker.exited")
         assert (exited["pid"], exited["reason"]) == (victim, "killed")
+        # Its replacement killed at once: a crash, restarted after a back-off.
+        await proxy.wait_for(lambda: proxy.count("worker.started") == 3, "a replacement")
+        os.kill(proxy.events("worker.started")[2]["pid"], signal.SIGKILL)
+        await proxy.wait_for(lambda: proxy.count("worker.exited") == 2, "it exited")
+        backoff = 0.0  # doubling from 0.5 s while a worker lives under 10 s
+        for record in proxy.events("worker.exited"):
+            backoff = max(0.5, backoff * 2) if record["lived_s"] < 10 else 0.0
+            assert record["restart_in_s"] == backoff, record
         await proxy.wait_for(lambda: proxy.count("proxy.listening") >= 4, "a new worker")
         survivors = [ws for source, ws in clients.items() if source not in lost]
         for ws in survivors:
             await echo(ws)
         _, metrics = await admin.text("GET", "/metrics")
-        assert sample(metrics, 'wsproxy_worker_exits_total{reason="killed"}') == 1
+        assert sample(metrics, 'wsproxy_worker_exits_total{reason="killed"}') == 2
         assert sample(metrics, "wsproxy_workers") == 2
         assert len({c["pid"] for c in await admin.connections()} - {victim}) >= 1
 
@@ -260,7 +268,7 @@ async def test_killed_worker_replaced_sighup_and_sigterm(tmp_path: Path) -> None
         for ws in survivors:
             assert (await closed_by_proxy(ws, WAIT))[0] == 1001
         assert await proxy.wait(WAIT) == 0
-        assert proxy.count("worker.exited") == 3  # the killed one, then both at the end
+        assert proxy.count("worker.exited") == 4  # the two killed, then both at the end
 
 
 async def test_tls_listener_inherited_by_both_workers(tmp_path: Path) -> None:
