@@ -27,7 +27,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.integration.peers import Backend, backend, closed_by_proxy
-from tests.integration.proxy_process import Running, proxy_process
+from tests.integration.proxy_process import Running, proxy_process, run_cli_async
 
 pytestmark = pytest.mark.anyio
 
@@ -140,6 +140,10 @@ async def test_one_proxy_admin_metrics_and_a_drain_spread_over_both(tmp_path: Pa
         assert sample(metrics, 'wsproxy_connections_total{outcome="upgraded"}') == len(clients)
         assert sample(metrics, "wsproxy_workers") == 2
         assert metrics.count("# TYPE wsproxy_connections_active gauge") == 1
+        status_cli = await run_cli_async("status", "--admin", admin.base)
+        out = status_cli.stdout.decode()
+        assert re.search(rf"^b1\s+healthy\s+{len(clients)}\s", out, re.MULTILINE), out
+        assert f"proxy: ready, {len(clients)} connections" in out
 
         # A close by id reaches the worker that holds it; the others answer 404.
         last = conns[0]
