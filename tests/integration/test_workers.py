@@ -140,6 +140,9 @@ async def test_one_proxy_admin_metrics_and_a_drain_spread_over_both(tmp_path: Pa
         assert sample(metrics, 'wsproxy_connections_total{outcome="upgraded"}') == len(clients)
         assert sample(metrics, "wsproxy_workers") == 2
         assert metrics.count("# TYPE wsproxy_connections_active gauge") == 1
+        status, page = await admin.text("GET", "/")
+        assert status == 200
+        assert "<html" in page.lower()
         status_cli = await run_cli_async("status", "--admin", admin.base)
         out = status_cli.stdout.decode()
         assert re.search(rf"^b1\s+healthy\s+{len(clients)}\s", out, re.MULTILINE), out
@@ -301,3 +304,14 @@ async def test_tls_listener_inherited_by_both_workers(tmp_path: Path) -> None:
                 if len(pids) == 2:
                     break
             assert len(pids) == 2
+
+
+async def test_workers_drain_when_the_parent_is_killed(tmp_path: Path) -> None:
+    async with workers(tmp_path, drain="{spread: 0s, timeout: 5s}") as (proxy, admin, _), \
+            AsyncExitStack() as stack:
+        clients = await open_on_both(proxy, admin, stack, least=2)
+        proxy.signal(signal.SIGKILL)  # the workers get SIGTERM from the kernel
+        for ws in clients.values():
+            assert (await closed_by_proxy(ws, WAIT))[0] == 1001
+        await proxy.wait_for(lambda: proxy.count("proxy.stopped") == 2, "both stopped")
+        assert {r["worker"] for r in proxy.events("proxy.stopped")} == {0, 1}
