@@ -82,6 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--count", type=int, required=True)
     worker.add_argument("--fds", required=True)
     worker.add_argument("--report-fd", type=int, required=True)
+    worker.add_argument("--counts-fd", type=int, required=True)
     worker.add_argument("--parent", type=int, required=True)
     worker.set_defaults(func=_cmd_worker)
 
@@ -126,7 +127,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
     import structlog
 
-    from wsproxy.workers import TOKEN_ENV, die_with_parent, worker_config
+    from wsproxy.workers import TOKEN_ENV, CountSlots, die_with_parent, worker_config
 
     die_with_parent(args.parent)
     token = os.environ.pop(TOKEN_ENV)
@@ -143,8 +144,9 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         os.write(args.report_fd, f"{ctx.admin_address[1]}\n".encode())
         os.close(args.report_fd)
 
+    on_count = CountSlots(args.count, args.counts_fd).setter(args.index)
     return _run_async(_serve_until_signal, adapt(config), args.config, report,
-                      {"sockets": sockets, "adapt": adapt})
+                      {"sockets": sockets, "adapt": adapt, "on_count": on_count})
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

@@ -90,6 +90,7 @@ class ProxyContext:
     def __init__(
         self, config: ProxyConfig, *, task_group: TaskGroup, config_path: str | None = None,
         adapt: Callable[[ProxyConfig], ProxyConfig] | None = None,
+        on_count: Callable[[int], None] | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self._task_group = task_group
@@ -99,6 +100,9 @@ class ProxyContext:
         #: What a worker process makes of each file it loads (wsproxy.workers: its
         #: shares of the limits, its private admin listener); None: the file as it is.
         self.adapt = adapt
+        #: Told the number of connections at each change (a worker's, for its parent:
+        #: the clients a crash cuts); None: nobody asks.
+        self.on_count = on_count
         #: The config in force: the live decisions read it (replaced whole on reload).
         self.config = config
         #: The config the process started with: its startup-only sections obey it.
@@ -250,6 +254,8 @@ class ProxyContext:
 
     def connection_started(self, conn: Connection) -> None:
         self.registry.add(conn.id, conn)
+        if self.on_count is not None:
+            self.on_count(len(self.registry))
 
     def refusal(self, conn: Connection) -> Refusal | CloseRefusal | None:
         """Why this upgrade is answered with an error before any backend is asked.
@@ -299,6 +305,8 @@ class ProxyContext:
 
     def connection_finished(self, conn: Connection) -> None:
         self.registry.remove(conn.id)
+        if self.on_count is not None:
+            self.on_count(len(self.registry))
         self.metrics.connection_ended(conn, *conn.outcome())
         if conn.opened and log.is_enabled_for(logging.INFO):  # a summary costs ~10 µs
             log.info("connection.closed", **conn.summary())
@@ -526,19 +534,22 @@ async def serve(
     config_path: str | None = None,
     sockets: list[socket.socket] | None = None,
     adapt: Callable[[ProxyConfig], ProxyConfig] | None = None,
+    on_count: Callable[[int], None] | None = None,
     task_status: TaskStatus[ProxyContext] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run one proxy until it has stopped (``ctx.shutdown()`` and its drain).
 
     ``task_status`` gets the ProxyContext, whose ``addresses`` are the bound ones. A
     worker process (wsproxy.workers) passes the listening *sockets* its parent bound,
-    and *adapt*, applied to each config file it reloads (*config* is adapted already).
+    and *adapt*, applied to each config file it reloads (*config* is adapted already);
+    *on_count* is told the number of connections at each change.
     """
     loop = asyncio.get_running_loop()
     tls_sockets: list[socket.socket] = []
     try:
         async with anyio.create_task_group() as tg:
-            ctx = ProxyContext(config, task_group=tg, config_path=config_path, adapt=adapt)
+            ctx = ProxyContext(config, task_group=tg, config_path=config_path, adapt=adapt,
+                               on_count=on_count)
             loop.set_exception_handler(ctx.loop_exception)
             servers: list[asyncio.Server] = []
             if config.listen.tls is not None:

@@ -27,15 +27,17 @@ import ctypes
 import dataclasses
 import json
 import math
+import mmap
 import os
 import secrets
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any, Final
 from urllib.parse import urlencode
 
@@ -105,6 +107,31 @@ def worker_config(config: ProxyConfig, index: int, count: int, token: str) -> Pr
     )
 
 
+class CountSlots:
+    """Each worker's number of connections, in memory shared with the parent (a memfd
+    of one 8-byte slot per worker): what a worker that dies took with it."""
+
+    SLOT: Final = struct.Struct("<q")
+
+    def __init__(self, count: int, fd: int | None = None) -> None:
+        if fd is None:
+            fd = os.memfd_create("wsproxy-workers")  # close-on-exec: only pass_fds hands it on
+            os.ftruncate(fd, self.SLOT.size * count)
+        self.fd = fd
+        self.memory = mmap.mmap(fd, self.SLOT.size * count)
+
+    def setter(self, index: int) -> Callable[[int], None]:
+        """What worker *index* calls with its count."""
+        memory, offset, pack = self.memory, index * self.SLOT.size, self.SLOT.pack_into
+        return lambda value: pack(memory, offset, value)
+
+    def take(self, index: int) -> int:
+        """Worker *index*'s last count, and its slot back to 0 (it has exited)."""
+        (value,) = self.SLOT.unpack_from(self.memory, index * self.SLOT.size)
+        self.SLOT.pack_into(self.memory, index * self.SLOT.size, 0)
+        return int(value)
+
+
 def die_with_parent(parent: int) -> None:
     """SIGTERM to this process when its parent dies (Linux); exits if it already has."""
     try:
@@ -145,6 +172,9 @@ class Parent:
         self.failed_to_start = False
         self.stops = 0
         self.exits: Counter[str] = Counter()
+        #: Connections that workers held when they exited unasked (their clients cut).
+        self.cut = 0
+        self.counts = CountSlots(self.count)
         self.started_once = [anyio.Event() for _ in range(self.count)]
         self._pids: dict[int, int] = {}
 
@@ -154,7 +184,8 @@ class Parent:
         fds = ",".join(str(s.fileno()) for s in self.sockets)
         return [sys.executable, "-m", "wsproxy", "_worker", "-c", self.config_path,
                 "--index", str(index), "--count", str(self.count), "--fds", fds,
-                "--report-fd", str(report_fd), "--parent", str(os.getpid())]
+                "--report-fd", str(report_fd), "--counts-fd", str(self.counts.fd),
+                "--parent", str(os.getpid())]
 
     async def keep_worker(self, index: int) -> None:
         """Run worker *index* until the proxy stops, restarting it when it exits."""
@@ -165,7 +196,7 @@ class Parent:
                 process = await anyio.open_process(
                     self._command(index, write_fd), stdin=subprocess.DEVNULL, stdout=None,
                     stderr=None,
-                    pass_fds=[*(s.fileno() for s in self.sockets), write_fd],
+                    pass_fds=[*(s.fileno() for s in self.sockets), write_fd, self.counts.fd],
                     start_new_session=True, env={**os.environ, TOKEN_ENV: self.token},
                 )
             finally:
@@ -179,6 +210,7 @@ class Parent:
                                                           abandon_on_cancel=True)
                     if line.isdigit():
                         self.live[index] = Worker(index, process.pid, int(line))
+                        log.info("worker.ready", worker=index, pid=process.pid)
                         self.started_once[index].set()
                 if index not in self.live and process.returncode is None:
                     process.kill()  # never reported its admin port: try again
@@ -187,6 +219,7 @@ class Parent:
                 os.close(read_fd)
                 self.live.pop(index, None)
                 self._pids.pop(index, None)
+            cut = self.counts.take(index)
             if self.stopping and status == 0:
                 log.info("worker.exited", worker=index, pid=process.pid, status=status)
                 return
@@ -198,11 +231,12 @@ class Parent:
                 break
             reason = "killed" if status < 0 else "failed" if status else "exited"
             self.exits[reason] += 1
+            self.cut += cut
             lived = time.monotonic() - started
             backoff = (min(MAX_BACKOFF, max(FIRST_BACKOFF, backoff * 2))
                        if lived < CRASH_WINDOW else 0.0)
             log.warning("worker.exited", worker=index, pid=process.pid, status=status,
-                        reason=reason, lived_s=round(lived, 3),
+                        reason=reason, lived_s=round(lived, 3), connections_cut=cut,
                         restart_in_s=None if self.stopping else backoff)
             if self.stopping:
                 return
@@ -414,7 +448,11 @@ class ParentAdmin:
         for reason in ("killed", "failed", "exited"):
             exits.add_sample("wsproxy_worker_exits_total", {"reason": reason},
                              parent.exits[reason])
-        return [workers, exits]
+        cut = Metric("wsproxy_worker_connections_cut", "Connections (open or opening) "
+                     "that workers held when they exited unasked: their clients saw an "
+                     "abnormal close.", "counter")
+        cut.add_sample("wsproxy_worker_connections_cut_total", {}, parent.cut)
+        return [workers, exits, cut]
 
 
 def _merge_connections(views: list[tuple[Worker, Any]],

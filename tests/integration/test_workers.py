@@ -239,7 +239,8 @@ async def test_killed_worker_replaced_sighup_and_sigterm(tmp_path: Path) -> None
             else:
                 await echo(ws)
         exited = await proxy.wait_for_event("worker.exited")
-        assert (exited["pid"], exited["reason"]) == (victim, "killed")
+        assert (exited["pid"], exited["reason"], exited["connections_cut"]) == (
+            victim, "killed", len(lost))
         # Its replacement killed at once: a crash, restarted after a back-off.
         await proxy.wait_for(lambda: proxy.count("worker.started") == 3, "a replacement")
         os.kill(proxy.events("worker.started")[2]["pid"], signal.SIGKILL)
@@ -248,12 +249,13 @@ async def test_killed_worker_replaced_sighup_and_sigterm(tmp_path: Path) -> None
         for record in proxy.events("worker.exited"):
             backoff = max(0.5, backoff * 2) if record["lived_s"] < 10 else 0.0
             assert record["restart_in_s"] == backoff, record
-        await proxy.wait_for(lambda: proxy.count("proxy.listening") >= 4, "a new worker")
+        await proxy.wait_for(lambda: proxy.count("worker.ready") == 3, "a new worker")
         survivors = [ws for source, ws in clients.items() if source not in lost]
         for ws in survivors:
             await echo(ws)
         _, metrics = await admin.text("GET", "/metrics")
         assert sample(metrics, 'wsproxy_worker_exits_total{reason="killed"}') == 2
+        assert sample(metrics, "wsproxy_worker_connections_cut_total") == len(lost)
         assert sample(metrics, "wsproxy_workers") == 2
         assert len({c["pid"] for c in await admin.connections()} - {victim}) >= 1
 
