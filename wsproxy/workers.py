@@ -170,7 +170,6 @@ class Parent:
         self.stopping = False
         #: A worker exited before it ever listened: the proxy does not start (exit 1).
         self.failed_to_start = False
-        self.stops = 0
         self.exits: Counter[str] = Counter()
         #: Connections that workers held when they exited unasked (their clients cut).
         self.cut = 0
@@ -189,6 +188,12 @@ class Parent:
 
     async def keep_worker(self, index: int) -> None:
         """Run worker *index* until the proxy stops, restarting it when it exits."""
+        try:
+            await self._keep_worker(index)
+        finally:
+            self.started_once[index].set()  # started or given up: nothing waits for it
+
+    async def _keep_worker(self, index: int) -> None:
         backoff = 0.0
         while not self.stopping:
             read_fd, write_fd = os.pipe()
@@ -223,7 +228,8 @@ class Parent:
             if self.stopping and status == 0:
                 log.info("worker.exited", worker=index, pid=process.pid, status=status)
                 return
-            if not self.started_once[index].is_set():  # as one process failing to start
+            if not self.started_once[index].is_set() and not self.stopping:
+                # as one process that fails to start: the proxy does not start
                 log.error("worker.failed_to_start", worker=index, pid=process.pid,
                           status=status)
                 self.failed_to_start = self.stopping = True
@@ -241,7 +247,6 @@ class Parent:
             if self.stopping:
                 return
             await anyio.sleep(backoff)
-        self.started_once[index].set()
 
     def signal_workers(self, signum: int) -> None:
         for pid in list(self._pids.values()):

@@ -317,3 +317,14 @@ async def test_workers_drain_when_the_parent_is_killed(tmp_path: Path) -> None:
             assert (await closed_by_proxy(ws, WAIT))[0] == 1001
         await proxy.wait_for(lambda: proxy.count("proxy.stopped") == 2, "both stopped")
         assert {r["worker"] for r in proxy.events("proxy.stopped")} == {0, 1}
+
+
+async def test_a_worker_that_cannot_start_stops_the_proxy(tmp_path: Path) -> None:
+    path = tmp_path / "wsproxy.yaml"
+    write(path, "listen: {host: 127.0.0.1, port: 0}\nadmin: {host: 127.0.0.1, port: 0}\n"
+                'backends: [{name: b, url: "wss://127.0.0.1:9"}]\nworkers: 2\n'
+                f"backend_tls: {{ca_file: {tmp_path / 'missing.pem'}}}\n")
+    done = await run_cli_async("run", "-c", str(path))
+    assert done.returncode == 1  # as one process that cannot load the file
+    assert b"No such file" in done.stderr
+    assert b"worker.failed_to_start" in done.stdout
