@@ -76,6 +76,17 @@ def _parser() -> argparse.ArgumentParser:
         ops.add_arguments(command)
         command.set_defaults(func=partial(_cmd_ops, name))
 
+    # A worker of `workers: N` (wsproxy.workers), started by its parent: not for users.
+    worker = sub.add_parser("_worker")
+    worker.add_argument("-c", "--config", required=True)
+    worker.add_argument("--index", type=int, required=True)
+    worker.add_argument("--count", type=int, required=True)
+    worker.add_argument("--fds", required=True)
+    worker.add_argument("--report-fd", type=int, required=True)
+    worker.add_argument("--counts-fd", type=int, required=True)
+    worker.add_argument("--parent", type=int, required=True)
+    worker.set_defaults(func=_cmd_worker)
+
     echo = sub.add_parser("echo-backend", help="a built-in echo WebSocket server")
     echo.add_argument("--port", type=int, required=True)
     echo.add_argument("--host", default="127.0.0.1")
@@ -103,7 +114,40 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     config = _load(args.config)
     configure_logging(config.logging.level, config.logging.format)
+    if config.workers > 1:
+        from wsproxy.workers import run_workers
+
+        return _run_async(run_workers, config, args.config)
     return _run_async(_serve_until_signal, config, args.config)
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    """One worker of ``workers: N``: serve() on the parent's sockets, under its shares."""
+    import os
+    import socket
+
+    import structlog
+
+    from wsproxy.workers import TOKEN_ENV, CountSlots, die_with_parent, worker_config
+
+    die_with_parent(args.parent)
+    token = os.environ.pop(TOKEN_ENV)
+    config = _load(args.config)
+    configure_logging(config.logging.level, config.logging.format)
+    structlog.contextvars.bind_contextvars(worker=args.index, pid=os.getpid())
+    sockets = [socket.socket(fileno=int(fd)) for fd in args.fds.split(",")]
+
+    def adapt(loaded: ProxyConfig) -> ProxyConfig:
+        return worker_config(loaded, args.index, args.count, token)
+
+    def report(ctx: ProxyContext) -> None:
+        assert ctx.admin_address is not None
+        os.write(args.report_fd, f"{ctx.admin_address[1]}\n".encode())
+        os.close(args.report_fd)
+
+    on_count = CountSlots(args.count, args.counts_fd).setter(args.index)
+    return _run_async(_serve_until_signal, adapt(config), args.config, report,
+                      {"sockets": sockets, "adapt": adapt, "on_count": on_count})
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -138,15 +182,17 @@ def _leaves(exc: BaseException) -> list[BaseException]:
 
 
 async def _serve_until_signal(config: ProxyConfig, config_path: str | None = None,
-                              on_started: Callable[[ProxyContext], None] | None = None) -> int:
+                              on_started: Callable[[ProxyContext], None] | None = None,
+                              options: dict[str, Any] | None = None) -> int:
     """Run the proxy: SIGTERM/SIGINT drain it and stop, again skips the spread,
-    SIGHUP reloads the config file."""
+    SIGHUP reloads the config file. *options* go to serve() (a worker's)."""
     from wsproxy.supervisor import serve
 
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with anyio.create_task_group() as outer:
             async with anyio.create_task_group() as proxy:  # ends when the proxy stopped
-                ctx = await proxy.start(partial(serve, config, config_path=config_path))
+                ctx = await proxy.start(partial(serve, config, config_path=config_path,
+                                                **(options or {})))
                 outer.start_soon(_watch_signals, signals, ctx)
                 if on_started is not None:
                     on_started(ctx)

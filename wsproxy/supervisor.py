@@ -88,13 +88,21 @@ class ProxyContext:
     """
 
     def __init__(
-        self, config: ProxyConfig, *, task_group: TaskGroup, config_path: str | None = None
+        self, config: ProxyConfig, *, task_group: TaskGroup, config_path: str | None = None,
+        adapt: Callable[[ProxyConfig], ProxyConfig] | None = None,
+        on_count: Callable[[int], None] | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self._task_group = task_group
         #: The running tasks of spawn().
         self._tasks: set[asyncio.Task[None]] = set()
         self.config_path = config_path
+        #: What a worker process makes of each file it loads (wsproxy.workers: its
+        #: shares of the limits, its private admin listener); None: the file as it is.
+        self.adapt = adapt
+        #: Told the number of connections at each change (a worker's, for its parent:
+        #: the clients a crash cuts); None: nobody asks.
+        self.on_count = on_count
         #: The config in force: the live decisions read it (replaced whole on reload).
         self.config = config
         #: The config the process started with: its startup-only sections obey it.
@@ -247,6 +255,8 @@ class ProxyContext:
 
     def connection_started(self, conn: Connection) -> None:
         self.registry.add(conn.id, conn)
+        if self.on_count is not None:
+            self.on_count(len(self.registry))
 
     def refusal(self, conn: Connection) -> Refusal | CloseRefusal | None:
         """Why this upgrade is answered with an error before any backend is asked.
@@ -298,6 +308,8 @@ class ProxyContext:
 
     def connection_finished(self, conn: Connection) -> None:
         self.registry.remove(conn.id)
+        if self.on_count is not None:
+            self.on_count(len(self.registry))
         self.metrics.connection_ended(conn, *conn.outcome())
         if conn.opened and info_enabled():  # a summary costs ~10 µs
             info_line("connection.closed", conn.summary())
@@ -388,7 +400,8 @@ class ProxyContext:
         if self.config_path is None:
             return ["no config file to reload"]
         try:
-            self.apply_config(load_config(self.config_path))
+            config = load_config(self.config_path)
+            self.apply_config(config if self.adapt is None else self.adapt(config))
         except ConfigError as exc:
             errors = [str(p) for p in exc.problems]
         except OSError as exc:  # backend_tls files that cannot be loaded
@@ -495,25 +508,33 @@ class TlsHandshakes:
         metrics.handshake_failures[failure] += 1
 
 
-async def _listen(ctx: ProxyContext, config: ProxyConfig, backlog: int) -> asyncio.Server:
-    """The plain client listener; ``host: "::"`` serves IPv4 too (io.listen_socket)."""
+async def _listen(ctx: ProxyContext, config: ProxyConfig, backlog: int,
+                  inherited: list[socket.socket] | None) -> list[asyncio.Server]:
+    """The plain client listener; ``host: "::"`` serves IPv4 too (io.listen_socket).
+    A worker process serves the sockets its parent bound (*inherited*)."""
     proxied = config.listen.proxy_protocol
     factory = partial(ProxiedClientProtocol if proxied else ClientProtocol,
                       FrontDoor(ctx, proxy_protocol=proxied))
+    if inherited is not None:
+        return [await ctx.loop.create_server(factory, sock=sock, backlog=backlog)
+                for sock in inherited]
     sock = dual_stack_socket(config.listen.host, config.listen.port)
     if sock is not None:
-        return await ctx.loop.create_server(factory, sock=sock, backlog=backlog)
-    return await ctx.loop.create_server(
+        return [await ctx.loop.create_server(factory, sock=sock, backlog=backlog)]
+    return [await ctx.loop.create_server(
         factory, config.listen.host, config.listen.port, backlog=backlog, reuse_address=True
-    )
+    )]
 
 
-async def _listen_tls(ctx: ProxyContext, config: ProxyConfig, tg: TaskGroup) -> list[socket.socket]:
+async def _listen_tls(ctx: ProxyContext, config: ProxyConfig, tg: TaskGroup,
+                      inherited: list[socket.socket] | None) -> list[socket.socket]:
     """The TLS client listener (io.tls_accept: bounded, counted handshakes): its
-    sockets, accepted on by tasks of *tg*; the caller closes them after *tg*."""
+    sockets (or the *inherited* ones of a worker), accepted on by tasks of *tg*; the
+    caller closes them after *tg*."""
     assert config.listen.tls is not None
     context = server_context(config.listen.tls)
-    sockets = await listening_sockets(config.listen.host, config.listen.port, LISTEN_BACKLOG)
+    sockets = inherited if inherited is not None else await listening_sockets(
+        config.listen.host, config.listen.port, LISTEN_BACKLOG)
     owner = TlsHandshakes(ctx, config.listen)
     for sock in sockets:
         tg.start_soon(accept_tls, sock, owner, context)
@@ -528,32 +549,40 @@ async def serve(
     config: ProxyConfig,
     *,
     config_path: str | None = None,
+    sockets: list[socket.socket] | None = None,
+    adapt: Callable[[ProxyConfig], ProxyConfig] | None = None,
+    on_count: Callable[[int], None] | None = None,
     task_status: TaskStatus[ProxyContext] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run one proxy until it has stopped (``ctx.shutdown()`` and its drain).
 
-    ``task_status`` gets the ProxyContext, whose ``addresses`` are the bound ones.
+    ``task_status`` gets the ProxyContext, whose ``addresses`` are the bound ones. A
+    worker process (wsproxy.workers) passes the listening *sockets* its parent bound,
+    and *adapt*, applied to each config file it reloads (*config* is adapted already);
+    *on_count* is told the number of connections at each change.
     """
     loop = asyncio.get_running_loop()
     tls_sockets: list[socket.socket] = []
     try:
         async with anyio.create_task_group() as tg:
-            ctx = ProxyContext(config, task_group=tg, config_path=config_path)
+            ctx = ProxyContext(config, task_group=tg, config_path=config_path, adapt=adapt,
+                               on_count=on_count)
             loop.set_exception_handler(ctx.loop_exception)
-            server: asyncio.Server | None = None
+            servers: list[asyncio.Server] = []
             if config.listen.tls is not None:
-                tls_sockets += await _listen_tls(ctx, config, tg)
+                tls_sockets += await _listen_tls(ctx, config, tg, sockets)
                 ctx.addresses = [sock.getsockname()[:2] for sock in tls_sockets]
             else:
                 # The standard loop calls accept() `backlog` times per wake-up, even after
                 # EMFILE (python/cpython#151615): a short queue, then the long one back.
                 uvloop = type(loop).__module__.startswith("uvloop")
-                server = await _listen(ctx, config, LISTEN_BACKLOG if uvloop else 16)
+                servers = await _listen(ctx, config, LISTEN_BACKLOG if uvloop else 16, sockets)
+                listening_now = [sock for server in servers for sock in server.sockets]
                 if not uvloop:
-                    for sock in server.sockets:
+                    for sock in listening_now:
                         with sock.dup() as listening:
                             listening.listen(LISTEN_BACKLOG)
-                ctx.addresses = [sock.getsockname()[:2] for sock in server.sockets]
+                ctx.addresses = [sock.getsockname()[:2] for sock in listening_now]
             log.info("proxy.listening", addresses=[_show(h, p) for h, p in ctx.addresses],
                      backends=[b.name for b in config.backends],
                      tls=config.listen.tls is not None)
@@ -569,7 +598,7 @@ async def serve(
             try:
                 await ctx.drainer.stopped.wait()
             finally:
-                if server is not None:
+                for server in servers:
                     server.close()
                 # A stop aborts what is left (TIMED_OUT -> FAILED); Trigger.SHUTDOWN is
                 # for the upgrades a drain refuses with 503 (an HTTP answer). The code is

@@ -179,25 +179,7 @@ class AdminAPI:
         return methods[request.method], args
 
     def _authorize(self, request: Request) -> None:
-        token = self.ctx.config.admin.token
-        if token is not None and request.path not in _PUBLIC:
-            given = request.headers.get("authorization", "")
-            scheme, _, value = given.partition(" ")
-            valid = hmac.compare_digest(value.encode(), token.encode())
-            if scheme.lower() != "bearer" or not valid:
-                raise HTTPError(401, "a valid bearer token is needed",
-                                (("WWW-Authenticate", 'Bearer realm="wsproxy-admin"'),))
-        if request.method in ("POST", "DELETE"):
-            # No cross-site requests from a browser, token or not: a foreign Origin is
-            # refused, and a JSON content type cannot be sent cross-site without CORS.
-            origin = request.headers.get("origin")
-            host = request.headers.get("host", "")
-            if origin is not None and origin not in (f"http://{host}", f"https://{host}"):
-                raise HTTPError(403, "cross-site request refused")
-            if request.method == "POST":
-                content_type = request.headers.get("content-type", "").split(";")[0].strip()
-                if content_type.lower() != JSON:
-                    raise HTTPError(415, "POST needs Content-Type: application/json")
+        authorize(request, self.ctx.config.admin.token)
 
     # Probes and views…
 
@@ -330,6 +312,29 @@ class AdminAPI:
         if errors:
             return _json({"reloaded": False, "errors": errors}, 400)
         return _json({"reloaded": True})
+
+
+def authorize(request: Request, token: str | None) -> None:
+    """Refuse *request* (HTTPError) unless its bearer token is *token* (None: any), or a
+    POST or DELETE that may come from another site."""
+    if token is not None and request.path not in _PUBLIC:
+        given = request.headers.get("authorization", "")
+        scheme, _, value = given.partition(" ")
+        valid = hmac.compare_digest(value.encode(), token.encode())
+        if scheme.lower() != "bearer" or not valid:
+            raise HTTPError(401, "a valid bearer token is needed",
+                            (("WWW-Authenticate", 'Bearer realm="wsproxy-admin"'),))
+    if request.method in ("POST", "DELETE"):
+        # No cross-site requests from a browser, token or not: a foreign Origin is
+        # refused, and a JSON content type cannot be sent cross-site without CORS.
+        origin = request.headers.get("origin")
+        host = request.headers.get("host", "")
+        if origin is not None and origin not in (f"http://{host}", f"https://{host}"):
+            raise HTTPError(403, "cross-site request refused")
+        if request.method == "POST":
+            content_type = request.headers.get("content-type", "").split(";")[0].strip()
+            if content_type.lower() != JSON:
+                raise HTTPError(415, "POST needs Content-Type: application/json")
 
 
 def _is_utf8(text: str) -> bool:

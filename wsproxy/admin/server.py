@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from typing import Final
+from typing import Final, Protocol
 
 import anyio
 import h11
@@ -22,7 +22,7 @@ from anyio.abc import (
     TaskStatus,
 )
 
-from wsproxy.admin.api import JSON, AdminAPI, Request, Response
+from wsproxy.admin.api import JSON, Request, Response
 from wsproxy.config import AdminConfig
 from wsproxy.io.listen_socket import CAPACITY_ERRNOS, dual_stack_socket
 from wsproxy.log import get_logger
@@ -40,8 +40,15 @@ ACCEPT_RETRY_DELAY: Final = 0.1
 AcceptFailed = Callable[[OSError], None]
 
 
+class Handler(Protocol):
+    """What answers the requests: admin.api.AdminAPI, or a parent of workers'
+    (wsproxy.workers)."""
+
+    async def handle(self, request: Request) -> Response: ...
+
+
 async def serve_admin(
-    api: AdminAPI, cfg: AdminConfig, accept_failed: AcceptFailed, *,
+    api: Handler, cfg: AdminConfig, accept_failed: AcceptFailed, *,
     task_status: TaskStatus[tuple[str, int]] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve *api* on ``cfg.host:cfg.port`` until cancelled; ``task_status`` gets the
@@ -65,7 +72,7 @@ async def serve_admin(
 
 
 async def _accept(
-    api: AdminAPI, listener: SocketListener, accept_failed: AcceptFailed, tg: TaskGroup
+    api: Handler, listener: SocketListener, accept_failed: AcceptFailed, tg: TaskGroup
 ) -> None:
     """Accept admin clients until cancelled; each is served by a task of *tg*.
 
@@ -85,7 +92,7 @@ async def _accept(
         tg.start_soon(_serve_connection, api, stream)
 
 
-async def _serve_connection(api: AdminAPI, stream: SocketStream) -> None:
+async def _serve_connection(api: Handler, stream: SocketStream) -> None:
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_BODY)
     async with stream:
         while True:

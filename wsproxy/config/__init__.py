@@ -37,7 +37,7 @@ Every key, by who takes it and when:
 
 the process, at startup (a reload that changes them is logged as
 ``config.restart_needed`` and changes nothing):
-    listen.*, admin.host, admin.port, discovery.*, logging.*
+    listen.*, admin.host, admin.port, discovery.*, logging.*, workers
 
 each client connection, once, when the proxy accepts it; a connection that carries
 plain HTTP keeps it for all its requests, and one that goes back to WebSocket too:

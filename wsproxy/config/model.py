@@ -318,4 +318,7 @@ class ProxyConfig:
     # passthrough: the endpoints negotiate compression and frames are forwarded untouched,
     # which keeps the relay from inflating anything (PERF-NOTES.md).
     compression: str = "passthrough"
+    # One process: a second one is asked for (wsproxy.workers); "auto" is resolved at
+    # parse time to the CPUs this process may use (values.cpus_available).
+    workers: int = 1
     logging: LoggingConfig = field(default_factory=LoggingConfig)

@@ -61,6 +61,7 @@ from wsproxy.config.values import (
     subprotocol_prefix,
     token_source,
     whole_number,
+    workers,
     ws_url,
 )
 from wsproxy.config.walker import (
@@ -456,6 +457,7 @@ _PROXY: Final = Section(
             },
         ),
         "compression": _choice("passthrough", "off"),
+        "workers": leaf(workers),
         "logging": Section(
             LoggingConfig,
             {

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import math
+import os
 import re
 from collections.abc import Mapping
 from typing import Final
@@ -52,6 +53,38 @@ def whole_number(value: object) -> int:
     if isinstance(value, str) and re.fullmatch(r"\s*[0-9]+\s*", value):  # from ${NAME}
         return int(value)
     raise ValueError(f"expected a whole number, got {describe(value)}")
+
+
+#: The most processes ``workers`` may ask for: far more than the cores of one host.
+MAX_WORKERS = 64
+
+
+def cpus_available(cgroup_root: str = "/sys/fs/cgroup") -> int:
+    """The CPUs this process may use: its affinity, bounded by a cgroup v2 ``cpu.max``
+    quota (rounded up) where one is set."""
+    cpus = len(os.sched_getaffinity(0))
+    try:
+        with open(os.path.join(cgroup_root, "cpu.max"), encoding="ascii") as file:
+            quota, _, period = file.read().partition(" ")
+        if quota.strip() != "max":
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 file or an unexpected one: the affinity alone
+    return max(1, min(cpus, MAX_WORKERS))
+
+
+def workers(value: object) -> int:
+    """``workers``: a whole number from 1 to MAX_WORKERS, or ``auto``."""
+    if value == "auto":
+        return cpus_available()
+    try:
+        number = whole_number(value)
+    except ValueError:
+        raise ValueError(f'expected a whole number from 1 to {MAX_WORKERS} or "auto", '
+                         f"got {describe(value)}") from None
+    if not 1 <= number <= MAX_WORKERS:
+        raise ValueError(f"expected a whole number from 1 to {MAX_WORKERS}, got {number}")
+    return number
 
 
 def check_port(port: int, minimum: int) -> int:
