@@ -10,8 +10,9 @@ A JSON line is made by one processor, ``json_line`` (what ``merge_contextvars``,
 ``add_log_level``, ``TimeStamper(fmt="iso", utc=True)``, ``dict_tracebacks`` and
 ``JSONRenderer()`` did as five), with the same bytes: ``json.dumps(default=...)``
 builds a JSONEncoder per call, so the line is rendered by one JSONEncoder made once
-with the same settings (public API only; errors raise as json.dumps's do). The timestamp is TimeStamper's string, with the date and time of
-the current second formatted once a second (the datetime way cost ~16k a line).
+with the same settings (public API only; errors raise as json.dumps's do). The
+timestamp is TimeStamper's string, with the date and time of the current second
+formatted once a second (the datetime way cost ~16k a line).
 Measured with callgrind, the two canonical lines of every connection cost ~220k
 instructions of an upgrade's ~1.39M before, ~120k after.
 
