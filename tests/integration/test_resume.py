@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import socket
 import struct
 import time
@@ -476,3 +477,125 @@ async def test_a_token_that_expires_while_held_ends_the_session():
                 assert ws.protocol.close_rcvd is not None
                 assert ws.protocol.close_rcvd.reason == "resume failed: session closed"
             await session.close()
+
+
+def _jwt(sub: str, life: int) -> tuple[str, int]:
+    """A token valid for at least *life* seconds from now, and its ``exp``."""
+    exp = math.ceil(time.time()) + life
+    return jwt.encode({"sub": sub, "exp": exp}, SECRET, algorithm="HS256"), exp
+
+
+EXPIRING = {
+    "auth": {"type": "jwt", "jwt": {"secret": SECRET, "leeway": 0},
+             "token_from": ["query:token"], "close_on_expiry": True},
+    # The sweep that closes at expiry visits connections a few times a second.
+    "heartbeat": {"interval": "200ms", "timeout": "10s"},
+}
+
+
+async def _past(deadline: float) -> None:
+    """Let wall-clock time pass *deadline* (a close due then has had its sweeps)."""
+    while time.time() < deadline:  # noqa: ASYNC110 -- time itself is what is awaited
+        await asyncio.sleep(0.1)
+
+
+async def test_a_resume_with_a_refreshed_token_renews_the_expiry():
+    gate = asyncio.Event()
+    async with setup(overrides=EXPIRING) as (rec, _b, ctx, url):
+        rec.want = 1
+        first, first_exp = _jwt("alice", 3)
+        events = Events()
+        async with ResumableSession(f"{url}/?token={first}", before_resume=gate.wait,
+                                    on_event=events) as session:
+            await session.send("one")
+            await rec.got.wait()
+            sid = session.session_id
+            cut(session)
+            await _wait_held(ctx, 1)
+            # An expired token is refused as auth refuses it; the session stays held.
+            expired = jwt.encode({"sub": "alice", "exp": int(time.time()) - 5}, SECRET,
+                                 algorithm="HS256")
+            with pytest.raises(InvalidStatus) as refused:
+                async with connect(f"{url}/?token={expired}&wsproxy_resume={sid}.0"):
+                    pass
+            assert refused.value.response.status_code == 401
+            # The app refreshed its token: the resume carries the new one.
+            refreshed, _ = _jwt("alice", 600)
+            session.url = f"{url}/?token={refreshed}"
+            gate.set()
+            await events.until(Resumed)
+            await _past(first_exp + 1.5)  # the first token is long expired
+            await session.send("two")
+            await rec.until(lambda: rec.received[0] == ["one", "two"])
+            await rec.streams[0].send("three")
+            with anyio.fail_after(10):
+                assert await session.recv() == "three"
+            assert rec.closes == []
+            assert rec.connections == 1
+            assert table_for(ctx).outcomes == {"resumed": 1}
+
+
+async def test_without_a_resume_the_session_still_ends_at_its_token_expiry():
+    async with setup(overrides=EXPIRING) as (rec, _b, _ctx, url):
+        rec.want = 1
+        token, _ = _jwt("alice", 3)
+        async with ResumableSession(f"{url}/?token={token}") as session:
+            await session.send("one")
+            await rec.got.wait()
+            with anyio.fail_after(15), pytest.raises(SessionClosed) as closed:
+                await session.recv()
+            assert (closed.value.code, closed.value.reason) == (1008, "token expired")
+
+
+def _reset(ws: Any) -> None:
+    """An RST on a raw opted-in client's socket (as cut())."""
+    sock = ws.transport.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    ws.transport.abort()
+
+
+async def _control(ws: Any) -> dict[str, Any]:
+    """The next message to a raw opted-in client: a control message of the proxy's."""
+    message = await ws.recv()
+    assert isinstance(message, str)
+    assert message.startswith("\x01")
+    control: dict[str, Any] = json.loads(message[1:])
+    return control
+
+
+async def test_a_resumed_session_counts_under_the_address_it_resumed_from():
+    """max_connections_per_ip 1; the client starts on 127.0.0.2 and resumes from
+    127.0.0.3: .2 is free again, .3 is taken; a resume from an address at its
+    limit is refused as any upgrade over it (503)."""
+    overrides = {"limits": {"max_connections_per_ip": 1}}
+    async with setup(overrides=overrides) as (rec, _b, ctx, url):
+        ws = await connect(f"{url}/?wsproxy_resume=1", local_addr=("127.0.0.2", 0))
+        sid = (await _control(ws))["id"]
+        _reset(ws)
+        await _wait_held(ctx, 1)
+        ws = await connect(f"{url}/?wsproxy_resume={sid}.0", local_addr=("127.0.0.3", 0))
+        assert (await _control(ws))["type"] == "resumed"
+        assert [c.client_ip for c in ctx.registry.connections.values()] == ["127.0.0.3"]
+        # The first address's slot was given back; the new one's is taken.
+        async with connect(url + "/", local_addr=("127.0.0.2", 0)) as other:
+            with pytest.raises(InvalidStatus) as refused:
+                async with connect(url + "/", local_addr=("127.0.0.3", 0)):
+                    pass
+            assert refused.value.response.status_code == 503
+            # Dropped again, the session cannot come back from .2 while .2 is full…
+            _reset(ws)
+            await _wait_held(ctx, 1)
+            with pytest.raises(InvalidStatus) as refused:
+                async with connect(f"{url}/?wsproxy_resume={sid}.0",
+                                   local_addr=("127.0.0.2", 0)):
+                    pass
+            assert refused.value.response.status_code == 503
+            await other.close()
+        # …and can once it is not; the session was held all along.
+        await rec.until(lambda: rec.closes == [1000])  # `other`'s backend leg, closed
+        ws = await connect(f"{url}/?wsproxy_resume={sid}.0", local_addr=("127.0.0.2", 0))
+        assert (await _control(ws))["type"] == "resumed"
+        await rec.streams[0].send("still here")
+        assert await ws.recv() == "\x00still here"
+        assert rec.connections == 2
+        await ws.close()

@@ -50,3 +50,19 @@ def test_a_handshake_without_an_address_counts_in_the_total_only() -> None:
     registry.handshake_ended(None)
     assert registry.handshakes == 0
     assert registry.admit("c2", "10.0.0.1") == PER_IP
+
+
+def test_a_resumed_session_takes_over_its_resume_attempts_slot() -> None:
+    registry: Registry[object] = Registry(max_connections=2, max_per_ip=1)
+    assert registry.admit("held", "10.0.0.1") is None
+    assert registry.admit("resume", "10.0.0.2") is None
+    registry.take_over("held", "resume")
+    registry.remove("resume")  # the attempt ends: nothing of it is counted any more
+    assert registry.admit("c1", "10.0.0.1") is None  # the first address is free again
+    assert registry.admit("c2", "10.0.0.2") == TOTAL
+    registry.remove("c1")
+    assert registry.admit("c2", "10.0.0.2") == PER_IP  # the session counts there now
+    registry.remove("held")
+    assert registry.admit("c2", "10.0.0.2") is None
+    registry.take_over("c2", "gone")  # an attempt not counted: nothing changes
+    assert registry.admit("c3", "10.0.0.2") == PER_IP

@@ -80,6 +80,20 @@ class Registry(Generic[T]):
         if ip is not None:
             self._forget_ip(ip)
 
+    def take_over(self, conn_id: str, taker_id: str) -> None:
+        """*conn_id* goes on in *taker_id*'s slot, under its address, and gives its own
+        back: a resumed session (wsproxy.io.resume) counts where its client is now,
+        in the slot its resume attempt was admitted to (so that attempt was refused
+        if that address was at its limit). The total does not change for *conn_id*;
+        *taker_id* is no longer counted."""
+        ip = self._admitted.pop(taker_id, None)
+        if ip is None:
+            return
+        old = self._admitted.get(conn_id)
+        self._admitted[conn_id] = ip
+        if old is not None:
+            self._forget_ip(old)
+
     def remove(self, conn_id: str) -> None:
         self.connections.pop(conn_id, None)
         ip = self._admitted.pop(conn_id, None)

@@ -543,10 +543,16 @@ class Connection:
         return transport
 
     def resumed_by(self, other: Connection) -> None:
-        """The client is back, through *other*'s socket."""
+        """The client is back, through *other*'s socket (before *other* hands it
+        over): the session goes on under *other*'s address, in the connection-limit
+        slot *other* was admitted to, and with *other*'s credentials (the same
+        subject): ``auth.close_on_expiry`` now watches the new token's expiry."""
         self.peer_ip, self.client_ip = other.peer_ip, other.client_ip
+        self.ctx.registry.take_over(self.id, other.id)
+        self.identity = other.identity
         if self.liveness is not None:
             self.liveness.forget_ping(CLIENT)
+            self.liveness.expires_at = self._expiry()
 
     def refuse_resume(self, refusal: CloseRefusal) -> None:
         """A resume attempt that failed: the proxy's own 101 and *refusal*'s close."""

@@ -330,6 +330,7 @@ def resume_into(conn: Connection, ask: proto.ResumeAsk) -> None:
     request = conn.session.request
     assert request is not None
     assert held.session.accepted is not None
+    held.resumed_by(conn)
     transport = conn.take_client()
     chosen = held.session.accepted.subprotocol
     if chosen not in request.subprotocols:
@@ -342,7 +343,6 @@ def resume_into(conn: Connection, ask: proto.ResumeAsk) -> None:
         proto.control(type="resumed", acked=acked, sent=state.replay.sent),
         *missed,
     ])
-    held.resumed_by(conn)
     table.outcomes["resumed"] += 1
     transport.resume_reading()
 
