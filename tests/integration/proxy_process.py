@@ -19,6 +19,7 @@ of the block a process still running is stopped by its PID (SIGTERM and up to
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -195,12 +196,17 @@ class Running:
 
     async def _stop(self, grace: float) -> None:
         """Stop the process if it still runs: SIGTERM and *grace* s first, then SIGKILL."""
+        # A process that already ended may be reaped before returncode says so (the
+        # loop learns it a moment later): its signal then finds no process, and that is
+        # the end asked for.
         if self.returncode is None and grace > 0:
             with anyio.move_on_after(grace):
-                self.signal(signal.SIGTERM)
+                with contextlib.suppress(ProcessLookupError):
+                    self.signal(signal.SIGTERM)
                 await self.process.wait()
         if self.returncode is None:
-            self.signal(signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                self.signal(signal.SIGKILL)
         with anyio.fail_after(EXIT_TIMEOUT):
             await self.process.wait()
 
@@ -245,7 +251,8 @@ async def started(
             raise failure
     finally:
         if process.returncode is None:
-            os.kill(process.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):  # as in _stop
+                os.kill(process.pid, signal.SIGKILL)
         with anyio.fail_after(EXIT_TIMEOUT, shield=True):
             await process.aclose()
 

