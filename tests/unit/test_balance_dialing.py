@@ -8,7 +8,7 @@ they all went there (a rebalancing round then had to move some of them again).
 from __future__ import annotations
 
 from wsproxy.config import BackendConfig
-from wsproxy.core.balance import Balancer, BackendState
+from wsproxy.core.balance import BackendState, Balancer
 
 
 def states(*names: str) -> list[BackendState]:
