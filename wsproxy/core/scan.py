@@ -6,7 +6,9 @@ session (wsproxy.core.session) hands each read to ``whole_messages``, which walk
 such frames by arithmetic and stops at the first frame that needs a decision: a
 control frame, a fragment, a bad header, a size over the limit, or a header cut off
 by the end of the read. The session's own loop decides on that frame, then calls
-``whole_messages`` again.
+``whole_messages`` again. (It calls ``session_whole_messages``: the same, but on the
+Python fallback without the argument checks and only from a read's second frame,
+where a call pays off; see session._HOLD_FIRST.)
 
 One spec, two implementations: ``py_whole_messages`` below is the reference, and
 ``_scan.c`` (the ``wsproxy.core._scan`` extension, built by setup.py when a C
