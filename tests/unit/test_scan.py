@@ -1,7 +1,9 @@
 """The compiled frame scanner and its Python reference give the same answers (issue 18).
 
 wsproxy.core.scan has one spec and two implementations: ``py_whole_messages`` (the
-readable reference, and the fallback) and ``wsproxy.core._scan.whole_messages`` (C).
+readable reference, and the fallback; the session calls it without its argument
+checks, ``_py_skip``, and only from a read's second frame) and
+``wsproxy.core._scan.whole_messages`` (C).
 Checked here with hypothesis (derandomized: the same inputs on every run):
 
 - the function itself, on the same inputs: frame streams and arbitrary bytes, any
@@ -151,6 +153,24 @@ def test_the_c_scanner_answers_as_the_python_one(
     assert outcome(c_scanner(), memoryview(raw), *args[1:]) == expected
 
 
+@given(
+    from_client=st.booleans(),
+    data=st.data(),
+    rsv_allowed=st.sampled_from([0, 0x40, 0x70, 0x10, 0x30]),
+    max_size=MAX_SIZES,
+)
+@settings(max_examples=500)
+def test_the_sessions_unchecked_entry_answers_as_the_checked_one(
+    from_client: bool, data: st.DataObject, rsv_allowed: int, max_size: int
+) -> None:
+    """``_py_skip`` (the session's, on the fallback) is ``py_whole_messages`` less its
+    argument checks: the same answers on every argument the session can pass."""
+    raw = data.draw(st.one_of(stream(from_client), st.binary(max_size=40)))
+    args = (raw, data.draw(st.integers(0, len(raw) + 3)), 0x80 if from_client else 0,
+            rsv_allowed, max_size)
+    assert scan._py_skip(*args) == scan.py_whole_messages(*args)
+
+
 @needs_c
 @pytest.mark.parametrize(
     "args",
@@ -216,13 +236,14 @@ def operation(draw: st.DrawFn) -> Op:
 
 
 def run_session(
-    ops: list[Op], scanner: Scanner, max_size: int, rsv_allowed: int
+    ops: list[Op], scanner: Scanner, max_size: int, rsv_allowed: int, *, scan_first: bool
 ) -> list[object]:
-    """Everything a driver could see of one session fed *ops*, with *scanner*."""
+    """Everything a driver could see of one session fed *ops*, with *scanner* (asked
+    from a read's first frame, as with C, or from its second, as on the fallback)."""
     no_random = SimpleNamespace(urandom=lambda n: b"\x01" * n)  # our pings' mask keys
     with mock.patch.object(session_module, "_whole_messages", scanner), mock.patch.object(
-        frames, "os", no_random
-    ):
+        session_module, "_HOLD_FIRST", not scan_first
+    ), mock.patch.object(frames, "os", no_random):
         harness = SessionHarness(max_message_size=max_size)
         session = harness.session
         for flow in (session._client_flow, session._upstream_flow):
@@ -279,19 +300,40 @@ def snapshot(session: Any) -> object:
 def test_a_session_relays_alike_with_either_scanner(
     ops: list[Op], max_size: int, rsv_allowed: int
 ) -> None:
-    python = run_session(ops, scan.py_whole_messages, max_size, rsv_allowed)
-    compiled = run_session(ops, c_scanner(), max_size, rsv_allowed)
+    # As the fallback runs (unchecked, from the second frame) and as C does.
+    python = run_session(ops, scan._py_skip, max_size, rsv_allowed, scan_first=False)
+    compiled = run_session(ops, c_scanner(), max_size, rsv_allowed, scan_first=True)
     assert compiled == python
 
 
+@given(
+    ops=st.lists(operation(), min_size=1, max_size=8),
+    max_size=st.sampled_from([0, 3, 125, 126, 300, 65536, 1 << 20]),
+    rsv_allowed=st.sampled_from([0, 0x40, 0x70]),
+)
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+def test_a_session_relays_alike_whichever_frame_the_scanner_starts_at(
+    ops: list[Op], max_size: int, rsv_allowed: int
+) -> None:
+    """The fallback leaves a read's first frame to the session's own loop: the same
+    as asking the reference scanner from the first frame (no C needed)."""
+    first = run_session(ops, scan.py_whole_messages, max_size, rsv_allowed, scan_first=True)
+    second = run_session(ops, scan._py_skip, max_size, rsv_allowed, scan_first=False)
+    assert second == first
+
+
 def test_the_session_uses_the_scanner_the_module_picked() -> None:
-    assert session_module._whole_messages is scan.whole_messages
+    assert session_module._whole_messages is scan.session_whole_messages
     if os.environ.get("WSPROXY_NO_SPEEDUPS", "") not in ("", "0"):
         assert scan.SPEEDUPS == "python"
         assert scan.whole_messages is scan.py_whole_messages
+        assert scan.session_whole_messages is scan._py_skip
+        assert session_module._HOLD_FIRST is True
     elif _scan is not None:
         assert scan.SPEEDUPS == "c"
         assert scan.whole_messages is _scan.whole_messages
+        assert scan.session_whole_messages is _scan.whole_messages
+        assert session_module._HOLD_FIRST is False
 
 
 @needs_c

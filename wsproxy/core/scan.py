@@ -6,7 +6,9 @@ session (wsproxy.core.session) hands each read to ``whole_messages``, which walk
 such frames by arithmetic and stops at the first frame that needs a decision: a
 control frame, a fragment, a bad header, a size over the limit, or a header cut off
 by the end of the read. The session's own loop decides on that frame, then calls
-``whole_messages`` again.
+``whole_messages`` again. (It calls ``session_whole_messages``: the same, but on the
+Python fallback without the argument checks and only from a read's second frame,
+where a call pays off; see session._HOLD_FIRST.)
 
 One spec, two implementations: ``py_whole_messages`` below is the reference, and
 ``_scan.c`` (the ``wsproxy.core._scan`` extension, built by setup.py when a C
@@ -61,6 +63,18 @@ def py_whole_messages(
             "whole_messages(): pos < 0, or mask_bit not 0 or 0x80, or rsv_allowed not "
             "reserved bits"
         )
+    return _py_skip(data, pos, mask_bit, rsv_allowed, max_size)
+
+
+def _py_skip(
+    data: bytes, pos: int, mask_bit: int, rsv_allowed: int, max_size: int
+) -> tuple[int, int]:
+    """``py_whole_messages`` without its argument checks, for the session.
+
+    The session passes only a *pos* within its data, ``f.masked``'s 0 or 0x80 and a
+    flow's allowed reserved bits, so the checks there would only cost time (about 670
+    instructions a call under callgrind). Anyone else calls ``whole_messages``.
+    """
     n = len(data)
     whole = WHOLE_MESSAGE[rsv_allowed]
     key_len = 4 if mask_bit else 0
@@ -93,17 +107,22 @@ def py_whole_messages(
     return pos, messages
 
 
-def _pick() -> tuple[WholeMessages, str]:
+def _pick() -> tuple[WholeMessages, WholeMessages, str]:
     if os.environ.get("WSPROXY_NO_SPEEDUPS", "") not in ("", "0"):
-        return py_whole_messages, "python"
+        return py_whole_messages, _py_skip, "python"
     try:
         from wsproxy.core import _scan
     except ImportError:
-        return py_whole_messages, "python"
-    return _scan.whole_messages, "c"
+        return py_whole_messages, _py_skip, "python"
+    # In C the checks cost next to nothing: one function serves both.
+    return _scan.whole_messages, _scan.whole_messages, "c"
 
 
 whole_messages: WholeMessages
+#: The session's entry point: ``whole_messages``, or where that is the Python one, the
+#: same without its argument checks (``_py_skip``). Only for callers whose arguments
+#: are known good.
+session_whole_messages: WholeMessages
 #: "c" when the compiled scanner is in use, "python" when the reference one is.
 SPEEDUPS: str
-whole_messages, SPEEDUPS = _pick()
+whole_messages, session_whole_messages, SPEEDUPS = _pick()
