@@ -26,7 +26,7 @@ import asyncio
 import ipaddress
 import secrets
 import socket
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -420,15 +420,23 @@ class ProxyContext:
         backend_ssl = backend_context(config.backend_tls)
         # Re-reads key files (SIGHUP).
         authenticator = build_authenticator(config.auth, proto=self.forwarded_proto)
-        for key in STARTUP_ONLY:
-            if _section(config, key) != _section(self.startup_config, key):
-                log.warning("config.restart_needed", key=key)
+        log_restart_needed(config, self.startup_config)
         gone = self.backends.set_static(config.backends)
         self._apply(config, backend_ssl, ConnectionSettings.build(config, authenticator))
         for state in gone:  # under the new config's drain settings
             self.drainer.drain_backend(state)
         if not initial:
             log.info("config.reloaded", backends=sorted({b.name for b in config.backends}))
+
+
+def log_restart_needed(
+    config: ProxyConfig, startup: ProxyConfig, keys: Iterable[str] = STARTUP_ONLY
+) -> None:
+    """Warn ``config.restart_needed`` for each of *keys* (dotted, ``admin.port``) whose
+    value in *config* differs from *startup*'s: it is read once, at startup."""
+    for key in keys:
+        if _section(config, key) != _section(startup, key):
+            log.warning("config.restart_needed", key=key)
 
 
 def _section(config: ProxyConfig, key: str) -> object:

@@ -54,7 +54,7 @@ from wsproxy.config import ProxyConfig, load_config
 from wsproxy.errors import ConfigError
 from wsproxy.io.listen_socket import listening_sockets
 from wsproxy.log import get_logger
-from wsproxy.supervisor import LISTEN_BACKLOG, STARTUP_ONLY
+from wsproxy.supervisor import LISTEN_BACKLOG, STARTUP_ONLY, log_restart_needed
 from wsproxy.tls import backend_context, server_context
 
 log = get_logger()
@@ -282,9 +282,7 @@ class Parent:
         if config is None:
             log.error("config.reload_refused", errors=errors)
             return errors
-        for key in (*STARTUP_ONLY, "workers"):
-            if _section(config, key) != _section(self.startup_config, key):
-                log.warning("config.restart_needed", key=key)
+        log_restart_needed(config, self.startup_config, (*STARTUP_ONLY, "workers"))
         self.config = config
         answers = await self.ask_all("POST", "/reload", b"{}")
         failed = [e for _, status, body in answers if status != 200
@@ -314,13 +312,6 @@ class Parent:
                 tg.start_soon(ask, worker)
         answers.sort(key=lambda a: a[0].index)
         return answers
-
-
-def _section(config: ProxyConfig, key: str) -> object:
-    value: object = config
-    for name in key.split("."):
-        value = getattr(value, name)
-    return value
 
 
 def _read_line(fd: int) -> str:
