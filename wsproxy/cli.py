@@ -85,6 +85,9 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--report-fd", type=int, required=True)
     worker.add_argument("--counts-fd", type=int, required=True)
     worker.add_argument("--parent", type=int, required=True)
+    # What the operator drained before this worker (a replacement) started.
+    worker.add_argument("--drained-proxy", action="store_true")
+    worker.add_argument("--drained-backend", action="append", default=[])
     worker.set_defaults(func=_cmd_worker)
 
     echo = sub.add_parser("echo-backend", help="a built-in echo WebSocket server")
@@ -128,6 +131,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
     import structlog
 
+    from wsproxy.supervisor import Drained
     from wsproxy.workers import TOKEN_ENV, CountSlots, die_with_parent, worker_config
 
     die_with_parent(args.parent)
@@ -146,8 +150,10 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         os.close(args.report_fd)
 
     on_count = CountSlots(args.count, args.counts_fd).setter(args.index)
+    drained = Drained(args.drained_proxy, frozenset(args.drained_backend))
     return _run_async(_serve_until_signal, adapt(config), args.config, report,
-                      {"sockets": sockets, "adapt": adapt, "on_count": on_count})
+                      {"sockets": sockets, "adapt": adapt, "on_count": on_count,
+                       "drained": drained})
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

@@ -27,6 +27,7 @@ import ipaddress
 import secrets
 import socket
 from collections.abc import Callable, Coroutine, Iterable
+from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -447,6 +448,24 @@ def _section(config: ProxyConfig, key: str) -> object:
     return value
 
 
+@dataclass(frozen=True)
+class Drained:
+    """The admin drains in force when a worker of ``workers: N`` is (re)started: its
+    parent remembers them, so that a replaced worker is not the one undrained part of
+    a drained proxy (a backend name the config no longer has is skipped)."""
+
+    proxy: bool = False
+    backends: frozenset[str] = frozenset()
+
+    def apply(self, ctx: ProxyContext) -> None:
+        for name in sorted(self.backends):
+            backend = ctx.balancer.backends.get(name)
+            if backend is not None:
+                ctx.drain_backend(backend, 0.0)
+        if self.proxy:
+            ctx.drain(0.0)
+
+
 def forwarded_proto(config: ProxyConfig) -> str:
     """X-Forwarded-Proto, as a backend and a forward auth service are told it."""
     return "https" if config.listen.tls is not None else "http"
@@ -560,6 +579,7 @@ async def serve(
     sockets: list[socket.socket] | None = None,
     adapt: Callable[[ProxyConfig], ProxyConfig] | None = None,
     on_count: Callable[[int], None] | None = None,
+    drained: Drained | None = None,
     task_status: TaskStatus[ProxyContext] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run one proxy until it has stopped (``ctx.shutdown()`` and its drain).
@@ -567,7 +587,8 @@ async def serve(
     ``task_status`` gets the ProxyContext, whose ``addresses`` are the bound ones. A
     worker process (wsproxy.workers) passes the listening *sockets* its parent bound,
     and *adapt*, applied to each config file it reloads (*config* is adapted already);
-    *on_count* is told the number of connections at each change.
+    *on_count* is told the number of connections at each change; *drained* is what an
+    operator drained before a replaced worker started, in force before it listens.
     """
     loop = asyncio.get_running_loop()
     tls_sockets: list[socket.socket] = []
@@ -576,6 +597,8 @@ async def serve(
             ctx = ProxyContext(config, task_group=tg, config_path=config_path, adapt=adapt,
                                on_count=on_count)
             loop.set_exception_handler(ctx.loop_exception)
+            if drained is not None:
+                drained.apply(ctx)
             servers: list[asyncio.Server] = []
             if config.listen.tls is not None:
                 tls_sockets += await _listen_tls(ctx, config, tg, sockets)

@@ -54,7 +54,7 @@ from wsproxy.config import ProxyConfig, load_config
 from wsproxy.errors import ConfigError
 from wsproxy.io.listen_socket import listening_sockets
 from wsproxy.log import get_logger
-from wsproxy.supervisor import LISTEN_BACKLOG, STARTUP_ONLY, log_restart_needed
+from wsproxy.supervisor import LISTEN_BACKLOG, STARTUP_ONLY, Drained, log_restart_needed
 from wsproxy.tls import backend_context, server_context
 
 log = get_logger()
@@ -176,15 +176,35 @@ class Parent:
         self.counts = CountSlots(self.count)
         self.started_once = [anyio.Event() for _ in range(self.count)]
         self._pids: dict[int, int] = {}
+        #: The operator's drains that every worker took: a replacement starts with them.
+        self.drained = Drained()
 
     # Workers…
 
     def _command(self, index: int, report_fd: int) -> list[str]:
         fds = ",".join(str(s.fileno()) for s in self.sockets)
+        drained = ["--drained-proxy"] if self.drained.proxy else []
+        for name in sorted(self.drained.backends):
+            drained += ["--drained-backend", name]
         return [sys.executable, "-m", "wsproxy", "_worker", "-c", self.config_path,
                 "--index", str(index), "--count", str(self.count), "--fds", fds,
                 "--report-fd", str(report_fd), "--counts-fd", str(self.counts.fd),
-                "--parent", str(os.getpid())]
+                "--parent", str(os.getpid()), *drained]
+
+    def drains_done(self, method: str, path: str) -> None:
+        """Every live worker took the drain or undrain *path* (``/drain``,
+        ``/backends/NAME/undrain``...): remember it for the workers started later."""
+        parts = path.strip("/").split("/")
+        proxy, backends = self.drained.proxy, set(self.drained.backends)
+        if method != "POST":
+            return
+        if parts in (["drain"], ["undrain"]):
+            proxy = parts == ["drain"]
+        elif len(parts) == 3 and parts[0] == "backends" and parts[2] in ("drain", "undrain"):
+            (backends.add if parts[2] == "drain" else backends.discard)(parts[1])
+        else:
+            return
+        self.drained = Drained(proxy, frozenset(backends))
 
     async def keep_worker(self, index: int) -> None:
         """Run worker *index* until the proxy stops, restarting it when it exits."""
@@ -284,6 +304,9 @@ class Parent:
             return errors
         log_restart_needed(config, self.startup_config, (*STARTUP_ONLY, "workers"))
         self.config = config
+        if config.discovery.dns is None:  # a backend removed, then back, is a new one
+            names = {b.name for b in config.backends}
+            self.drained = Drained(self.drained.proxy, self.drained.backends & names)
         answers = await self.ask_all("POST", "/reload", b"{}")
         failed = [e for _, status, body in answers if status != 200
                   for e in json.loads(body).get("errors", [])]
@@ -409,6 +432,7 @@ class ParentAdmin:
         failed = [(s, b) for _, s, b in answers if s != 200]
         if failed:
             return _verbatim(*failed[0])
+        self.parent.drains_done(method, path)
         views = [(w, json.loads(body)) for w, _, body in answers]
         if path == "/connections" and method == "GET":
             return _json({"connections": _merge_connections(views, request.query)})
