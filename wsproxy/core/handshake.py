@@ -40,6 +40,13 @@ _REQUEST_LINE: Final = re.compile(rb"([-!#$%&'*+.^_`|~0-9a-zA-Z]+) ([\x21-\x7e]+
 _CHECKED_BY_H11: Final = frozenset({b"content-length", b"transfer-encoding"})
 #: h11's limit on a head (max_incomplete_event_size): a longer one goes to h11.
 _MAX_PLAIN_HEAD: Final = 16 * 1024
+#: Header lines read before, and what _HEADER_LINE made of them (the lower-cased name,
+#: the value): the same bytes get the same verdict, and most lines of a request or a
+#: backend's 101 repeat from one upgrade to the next (a look-up costs a fifth of the
+#: match). Bounded: lines up to _CACHED_LINE bytes, emptied when _CACHED_LINES are held.
+_LINES: Final[dict[bytes, tuple[bytes, bytes]]] = {}
+_CACHED_LINE: Final = 256
+_CACHED_LINES: Final = 2048
 
 Header = tuple[bytes, bytes]
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -316,13 +323,23 @@ def check_own_values(
         h11.LocalProtocolError: one is no valid header value (or *more*'s names, and
             the identity header names, no token).
     """
-    own = (authority, forwarding.forwarded_for, forwarding.proto, forwarding.request_id,
-           *(v for _, v in forwarding.identity))
-    if not all(_FIELD_VALUE.fullmatch(v.encode("latin-1")) for v in own) or not all(
-        _TOKEN.fullmatch(k) for k, _ in forwarding.identity
-    ):
+    identity = forwarding.identity
+    own: tuple[str, ...] = (
+        authority, forwarding.forwarded_for, forwarding.proto, forwarding.request_id
+    )
+    if identity:
+        own += tuple(v for _, v in identity)
+    for value in own:
+        # Printable ASCII without spaces (an address, a hex id) matches _FIELD_VALUE:
+        # three C calls instead of the regular expression.
+        if not (value.isascii() and value.isprintable() and " " not in value) and (
+            not _FIELD_VALUE.fullmatch(value.encode("latin-1"))
+        ):
+            raise h11.LocalProtocolError("illegal header value of the proxy's own")
+    if identity and not all(_TOKEN.fullmatch(k) for k, _ in identity):
         raise h11.LocalProtocolError("illegal header value of the proxy's own")
-    check_header_values(more)
+    if more:
+        check_header_values(more)
 
 
 def check_header_values(headers: Iterable[Header]) -> None:
@@ -395,18 +412,21 @@ def read_upgrade_request(
     headers: list[Header] = []
     hosts = 0
     upgrade = False
+    cached = _LINES.get
     for text in lines[1:]:
-        match = _HEADER_LINE.fullmatch(text)
-        if match is None:
-            return None
-        name = match[1].lower()
+        header = cached(text)
+        if header is None:
+            header = _header_line(text)
+            if header is None:
+                return None
+        name = header[0]
         if name in _CHECKED_BY_H11:
             return None
         if name == b"host":
             hosts += 1
         elif name == b"upgrade":
             upgrade = True
-        headers.append((name, match[2]))
+        headers.append(header)
     if hosts != 1 or not upgrade:
         return None
     return line[1], line[2], tuple(headers), data[end + 4 :]
@@ -428,15 +448,31 @@ def read_switching_response(data: bytes) -> tuple[list[Header], bytes] | None:
     if not _SWITCHING_LINE.fullmatch(lines[0]):
         return None
     headers: list[Header] = []
+    cached = _LINES.get
     for line in lines[1:]:
-        match = _HEADER_LINE.fullmatch(line)
-        if match is None:
+        header = cached(line)
+        if header is None:
+            header = _header_line(line)
+            if header is None:
+                return None
+        if header[0] in _CHECKED_BY_H11:
             return None
-        name = match[1].lower()
-        if name in _CHECKED_BY_H11:
-            return None
-        headers.append((name, match[2]))
+        headers.append(header)
     return headers, data[end + 4 :]
+
+
+def _header_line(text: bytes) -> Header | None:
+    """(the lower-cased name, the value) of a ``token: value`` line, as h11 reads it;
+    None for any other line. Kept in _LINES when it is short."""
+    match = _HEADER_LINE.fullmatch(text)
+    if match is None:
+        return None
+    header = (match[1].lower(), match[2])
+    if len(text) <= _CACHED_LINE:
+        if len(_LINES) >= _CACHED_LINES:
+            _LINES.clear()
+        _LINES[text] = header
+    return header
 
 
 def check_upstream_response(
@@ -487,18 +523,31 @@ def _extension_names(header: bytes) -> set[bytes]:
 
 def accept_response(client_key: bytes, accepted: UpstreamAccepted) -> bytes:
     """Our 101 to the client, repeating the backend's choices."""
-    lines = [
-        b"HTTP/1.1 101 Switching Protocols",
-        b"Upgrade: websocket",
-        b"Connection: Upgrade",
-        b"Sec-WebSocket-Accept: " + accept_key(client_key),
-    ]
-    if accepted.subprotocol is not None:
-        lines.append(b"Sec-WebSocket-Protocol: " + accepted.subprotocol.encode("latin-1"))
-    if accepted.extensions:
-        lines.append(b"Sec-WebSocket-Extensions: " + accepted.extensions)
-    lines += [name + b": " + value for name, value in accepted.headers]
-    return b"\r\n".join(lines) + b"\r\n\r\n"
+    return accept_response_of(
+        client_key, accepted.subprotocol, accepted.extensions, accepted.headers
+    )
+
+
+#: The start of every 101 of ours.
+_SWITCHING: Final = (
+    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Accept: "
+)
+
+
+def accept_response_of(
+    client_key: bytes, subprotocol: str | None, extensions: bytes | None,
+    headers: tuple[Header, ...],
+) -> bytes:
+    """accept_response() of an UpstreamAccepted's parts (one fewer object an upgrade)."""
+    head = _SWITCHING + accept_key(client_key)
+    if subprotocol is not None:
+        head += b"\r\nSec-WebSocket-Protocol: " + subprotocol.encode("latin-1")
+    if extensions:
+        head += b"\r\nSec-WebSocket-Extensions: " + extensions
+    for name, value in headers:
+        head += b"\r\n" + name + b": " + value
+    return head + b"\r\n\r\n"
 
 
 def status_phrase(status: int) -> str:
