@@ -166,27 +166,29 @@ def check_upgrade_head(
     """
     values: dict[bytes, list[bytes]] = {}
     for name, value in headers:
-        if name in values:
-            values[name].append(value)
-        else:
-            values[name] = [value]
-
-    def joined(name: bytes) -> bytes:
         found = values.get(name)
-        return b"" if found is None else found[0] if len(found) == 1 else b", ".join(found)
+        if found is None:
+            values[name] = [value]
+        else:
+            found.append(value)
 
-    if b"websocket" not in _tokens(joined(b"upgrade")):
+    # The usual one-word values are compared whole before they are split into tokens.
+    upgrade = _joined(values, b"upgrade")
+    if upgrade.lower() != b"websocket" and b"websocket" not in _tokens(upgrade):
         raise HandshakeRejected(400, "not a WebSocket upgrade")
     if method != b"GET" or http_version != b"1.1":
         raise HandshakeRejected(400, "a WebSocket upgrade is an HTTP/1.1 GET")
-    if b"upgrade" not in _tokens(joined(b"connection")):
+    connection = _joined(values, b"connection")
+    if connection.lower() != b"upgrade" and b"upgrade" not in _tokens(connection):
         raise HandshakeRejected(400, "Connection header lacks 'upgrade'")
     try:
         target = backend_target(raw_target)
     except UnsafeTarget as exc:
         raise HandshakeRejected(400, str(exc)) from None
     # h11 has checked that a Content-Length is digits.
-    if b"transfer-encoding" in values or any(int(v) for v in values.get(b"content-length", [])):
+    if b"transfer-encoding" in values or (
+        b"content-length" in values and any(int(v) for v in values[b"content-length"])
+    ):
         # RFC 6455 §4.1: the upgrade is a GET without a body. Body bytes would be read
         # as frames, depending on how TCP cut them (RFC 9112 §6.1: refuse).
         raise HandshakeRejected(400, "an upgrade request has no body")
@@ -198,25 +200,34 @@ def check_upgrade_head(
     if len(keys) != 1 or not _key_is_valid(keys[0].strip()):
         raise HandshakeRejected(400, "missing or invalid Sec-WebSocket-Key")
     # Subprotocol names are case-sensitive: split without lower-casing.
-    subprotocols = tuple(
-        p.strip().decode("latin-1")
-        for p in joined(b"sec-websocket-protocol").split(b",")
-        if p.strip()
-    )
-    if not all(_TOKEN.fullmatch(p) for p in subprotocols):
-        # RFC 6455 §4.1: each offer is an HTTP token (ASCII), so it reaches the
-        # backend byte for byte.
-        raise HandshakeRejected(400, "a subprotocol offer is not a token")
+    subprotocols: tuple[str, ...] = ()
+    if b"sec-websocket-protocol" in values:
+        subprotocols = tuple(
+            p.strip().decode("latin-1")
+            for p in _joined(values, b"sec-websocket-protocol").split(b",")
+            if p.strip()
+        )
+        if not all(_TOKEN.fullmatch(p) for p in subprotocols):
+            # RFC 6455 §4.1: each offer is an HTTP token (ASCII), so it reaches the
+            # backend byte for byte.
+            raise HandshakeRejected(400, "a subprotocol offer is not a token")
     origin = values.get(b"origin")
+    extensions = values.get(b"sec-websocket-extensions")
     return UpgradeRequest(
         target=target,
-        host=joined(b"host"),
+        host=_joined(values, b"host"),
         key=keys[0].strip(),
         subprotocols=subprotocols,
-        extensions=tuple(values.get(b"sec-websocket-extensions", [])),
+        extensions=() if extensions is None else tuple(extensions),
         origin=origin[0].decode("latin-1") if origin else None,
         headers=headers,
     )
+
+
+def _joined(values: dict[bytes, list[bytes]], name: bytes) -> bytes:
+    """Every value of header *name*, comma-separated (b"" when it is absent)."""
+    found = values.get(name)
+    return b"" if found is None else found[0] if len(found) == 1 else b", ".join(found)
 
 
 def client_address(
@@ -300,16 +311,48 @@ def upstream_request_bytes(
         h11.LocalProtocolError: a value of the proxy's own is no valid header value
             (as building the h11 event would have).
     """
-    target, headers = _upstream_head(
-        upgrade, authority=authority, path_prefix=path_prefix, key=key,
-        forwarding=forwarding, pass_extensions=pass_extensions, owned=owned,
+    # _upstream_head()'s lines, written as they are made (a list of pairs first cost
+    # a third more); test_handshake compares the two.
+    target = join(path_prefix, upgrade.target)
+    listed = _connection_listed(upgrade)
+    parts = [
+        b"GET ", target, b" HTTP/1.1\r\nHost: ", authority.encode("latin-1"),
+        b"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ", key,
+        b"\r\nSec-WebSocket-Version: 13",
+    ]
+    if upgrade.subprotocols:
+        parts += (b"\r\nSec-WebSocket-Protocol: ", ", ".join(upgrade.subprotocols).encode())
+    if pass_extensions:
+        for value in upgrade.extensions:
+            parts += (b"\r\nSec-WebSocket-Extensions: ", value)
+    for name, value in upgrade.headers:
+        if name in _NOT_FORWARDED or name in PROXY_OWNED or name in listed or name in owned:
+            continue
+        parts += (b"\r\n", name, b": ", value)
+    parts += (
+        b"\r\nX-Forwarded-For: ", forwarding.forwarded_for.encode("latin-1"),
+        b"\r\nX-Forwarded-Proto: ", forwarding.proto.encode("latin-1"),
+        b"\r\nX-Forwarded-Host: ", upgrade.host,
+        b"\r\nX-Request-Id: ", forwarding.request_id.encode("latin-1"),
     )
+    for name_text, value_text in forwarding.identity:
+        parts += (b"\r\n", name_text.encode("latin-1"), b": ", value_text.encode("latin-1"))
+    parts.append(b"\r\n\r\n")
     if not _TARGET.fullmatch(target):
         raise h11.LocalProtocolError("illegal request target")
     check_own_values(authority, forwarding)
-    lines = [b"GET " + target + b" HTTP/1.1"]
-    lines += [name + b": " + value for name, value in headers]
-    return b"\r\n".join(lines) + b"\r\n\r\n"
+    return b"".join(parts)
+
+
+def _connection_listed(upgrade: UpgradeRequest) -> set[bytes] | frozenset[bytes]:
+    """The headers the client's Connection header names (hop-by-hop: not forwarded)."""
+    for name, value in upgrade.headers:
+        if name == b"connection" and value.lower() != b"upgrade":
+            return set(upgrade.header_list(b"connection"))
+    return _ONLY_UPGRADE  # the usual "Connection: Upgrade" (an upgrade has one)
+
+
+_ONLY_UPGRADE: Final = frozenset({b"upgrade"})
 
 
 def check_own_values(
