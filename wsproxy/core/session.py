@@ -492,6 +492,30 @@ class Session:
             leg.out = []
         return out
 
+    def outputs(
+        self, client: bool, upstream: bool
+    ) -> tuple[list[bytes], bool, list[bytes], bool]:
+        """data_to_send() and should_close() of the CLIENT side (if *client*) and of the
+        UPSTREAM side (if *upstream*) in one call, for a driver's flush of both: (the
+        client's bytes, close it, the backend's bytes, close it). A side not asked for
+        keeps its bytes and reads ([], False)."""
+        client_out: list[bytes] = []
+        upstream_out: list[bytes] = []
+        close_client = close_upstream = False
+        if client:
+            leg = self._client_leg
+            client_out = leg.out
+            if client_out:
+                leg.out = []
+            close_client = leg.state in LEG_FINISHED
+        if upstream:
+            leg = self._upstream_leg
+            upstream_out = leg.out
+            if upstream_out:
+                leg.out = []
+            close_upstream = leg.state in LEG_FINISHED
+        return client_out, close_client, upstream_out, close_upstream
+
     def should_close(self, side: Side) -> bool:
         """Whether *side*'s transport is done: close it after writing data_to_send().
 

@@ -321,21 +321,25 @@ class Connection:
 
     def _flush(self) -> None:
         session = self.session
-        # Both sides, unrolled: a loop over them cost a call per side per look-up.
-        transport = self._client
-        if transport is not None:
-            out = session.data_to_send(CLIENT)
-            if out:
-                transport.writelines(out) if len(out) > 1 else transport.write(out[0])
-            if session.should_close(CLIENT):
-                self._close_soon(transport)
-        transport = self._upstream
-        if transport is not None:
-            out = session.data_to_send(UPSTREAM)
-            if out:
-                transport.writelines(out) if len(out) > 1 else transport.write(out[0])
-            if session.should_close(UPSTREAM):
-                self._close_upstream(transport)
+        # Both sides at once (Session.outputs), unrolled: four calls a side before.
+        client, upstream = self._client, self._upstream
+        client_out, close_client, upstream_out, close_upstream = session.outputs(
+            client is not None, upstream is not None
+        )
+        if client is not None:
+            if client_out:
+                client.writelines(client_out) if len(client_out) > 1 else client.write(
+                    client_out[0]
+                )
+            if close_client and not client.is_closing():
+                self._close_soon(client)
+        if upstream is not None:
+            if upstream_out:
+                upstream.writelines(upstream_out) if len(upstream_out) > 1 else upstream.write(
+                    upstream_out[0]
+                )
+            if close_upstream:
+                self._close_upstream(upstream)
         if session.state is _CLOSING and self._timer is None:
             # A close handshake is in flight: a peer that never answers is dead.
             self._timer = self.ctx.loop.call_later(
