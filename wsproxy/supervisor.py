@@ -57,7 +57,14 @@ from wsproxy.io.listen_socket import CAPACITY_ERRNOS, dual_stack_socket, listeni
 from wsproxy.io.plain_http import PlainHttp
 from wsproxy.io.ports import DRAINING, CloseRefusal, ConnectionSettings, Refusal
 from wsproxy.io.tls_accept import EndHandshake, accept_tls
-from wsproxy.log import get_logger, info_enabled, info_line
+from wsproxy.log import (
+    closed_line,
+    direct_put,
+    get_logger,
+    info_enabled,
+    info_line,
+    opened_line,
+)
 from wsproxy.tls import backend_context, server_context
 
 if TYPE_CHECKING:
@@ -291,9 +298,14 @@ class ProxyContext:
         return None
 
     def connection_opened(self, conn: Connection) -> None:
-        info_line("connection.opened", {  # log.info's line, the cheap way (wsproxy.log)
-            "conn_id": conn.id, "client": conn.client_ip,
-            "backend": conn.backend.name if conn.backend else None, "subject": conn.subject})
+        # log.info's line, the cheap ways (wsproxy.log).
+        backend = conn.backend.name if conn.backend else None
+        put = direct_put()
+        if put is not None:
+            put(opened_line(conn.id, conn.client_ip, backend, conn.subject))
+        else:
+            info_line("connection.opened", {"conn_id": conn.id, "client": conn.client_ip,
+                                            "backend": backend, "subject": conn.subject})
         self.drainer.opened(conn)
         self.rebalancer.opened(conn)
 
@@ -312,8 +324,12 @@ class ProxyContext:
         if self.on_count is not None:
             self.on_count(len(self.registry))
         self.metrics.connection_ended(conn, *conn.outcome())
-        if conn.opened and info_enabled():  # a summary costs ~10 µs
-            info_line("connection.closed", conn.summary())
+        if conn.opened:
+            put = direct_put()
+            if put is not None:
+                put(closed_line(conn.summary()))
+            elif info_enabled():  # a summary costs ~10 µs
+                info_line("connection.closed", conn.summary())
         self.drainer.finished(conn)
 
     async def sweep(self) -> None:

@@ -476,6 +476,11 @@ class TestUpstreamRequest:
                             sec_websocket_extensions="permessage-deflate"),
               ("Cookie", "a=1"), ("User-Agent", "t\tx")], (), "/app/"),
             (GOOD, (("X-Auth-Subject", "\xc3\xa0lice"), ("X-Auth-Tenant", "")), "/p"),
+            # Headers the client's Connection names are hop-by-hop, whatever its case.
+            ([*with_headers(connection="keep-alive, UPGRADE, X-Hop"), ("X-Hop", "1"),
+              ("X-Kept", "2")], (), ""),
+            ([*GOOD, ("Connection", "x-hop"), ("X-Hop", "1"), ("X-Kept", "2")], (), ""),
+            ([*with_headers(connection="upgrade"), ("X-Hop", "1")], (), ""),
         ],
     )
     def test_bytes_are_what_h11_writes(

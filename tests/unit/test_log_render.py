@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import enum
 import json
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -146,3 +147,86 @@ def test_info_line_writes_log_infos_bytes(written: list[str]) -> None:
     assert not wslog.info_enabled()
     wslog.info_line("connection.opened", {"conn_id": "z"})
     assert len(written) == 3
+
+
+# The two lines of every connection, rendered by the caller (direct_put, opened_line,
+# closed_line): json_line's bytes for the same fields, on generated values.
+
+texts = st.text(max_size=8) | st.sampled_from(["", "127.0.0.1", "é", "\ud800", '"\\\n', "b\x00"])
+maybe_text = st.none() | texts
+counts = st.integers(min_value=0, max_value=2**70)
+codes = st.none() | st.integers(min_value=0, max_value=2**16)
+
+
+def _reference_line(event: str, fields: dict[str, Any]) -> str:
+    return json_line(None, "info", {**fields, "event": event})
+
+
+@settings(derandomize=True, max_examples=150, deadline=None)
+@given(texts, texts, maybe_text, maybe_text)
+def test_opened_line_is_json_lines(
+    conn_id: str, client: str, backend: str | None, subject: str | None,
+) -> None:
+    fields = {"conn_id": conn_id, "client": client, "backend": backend, "subject": subject}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(wslog, "_clock", _FixedClock())
+        line = wslog.opened_line(conn_id, client, backend, subject)
+        assert line == _reference_line("connection.opened", fields)
+
+
+#: summary()'s keys, in its order.
+SUMMARY_KEYS = (
+    "conn_id", "client", "backend", "subject", "state", "duration_s", "close_code_client",
+    "close_code_upstream", "initiator", "reason", "messages_to_backend", "messages_to_client",
+    "bytes_to_backend", "bytes_to_client", "undelivered_to_client", "undelivered_to_backend",
+)
+summaries = st.fixed_dictionaries({
+    "conn_id": texts, "client": texts, "backend": maybe_text, "subject": maybe_text,
+    "state": texts,
+    "duration_s": st.floats(min_value=0, max_value=1e9).map(lambda x: round(x, 3)),
+    "close_code_client": codes, "close_code_upstream": codes, "initiator": maybe_text,
+    "reason": maybe_text, "messages_to_backend": counts, "messages_to_client": counts,
+    "bytes_to_backend": counts, "bytes_to_client": counts, "undelivered_to_client": counts,
+    "undelivered_to_backend": counts,
+}).map(lambda fields: {key: fields[key] for key in SUMMARY_KEYS})
+
+
+@settings(derandomize=True, max_examples=150, deadline=None)
+@given(summaries)
+def test_closed_line_is_json_lines(fields: dict[str, Any]) -> None:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(wslog, "_clock", _FixedClock())
+        assert wslog.closed_line(fields) == _reference_line("connection.closed", fields)
+
+
+def test_closed_line_takes_a_connections_summary(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fields closed_line writes are summary()'s, in its order, close codes and an
+    IntEnum among them."""
+    from wsproxy.core.closes import CloseCode
+    from wsproxy.core.session import Session
+    from wsproxy.io.connection import Connection
+
+    monkeypatch.setattr(wslog, "_clock", _FixedClock())
+    session = Session("c1")
+    conn = SimpleNamespace(session=session, id="c1", client_ip="10.0.0.1", backend=None,
+                           subject="ü", age=lambda: 1.23456)
+    fields = Connection.summary(conn)  # type: ignore[arg-type]
+    assert tuple(fields) == SUMMARY_KEYS
+    assert wslog.closed_line(fields) == _reference_line("connection.closed", fields)
+    fields["close_code_client"] = CloseCode.GOING_AWAY
+    assert wslog.closed_line(fields) == _reference_line("connection.closed", fields)
+
+
+def test_direct_put_only_where_json_line_would_write_alone(written: list[str]) -> None:
+    """The caller renders only under configure_logging's JSON set-up with INFO on and no
+    context variable bound (a worker's pid and index: info_line() merges them)."""
+    assert wslog.direct_put() is not None
+    structlog.contextvars.bind_contextvars(worker=1)
+    try:
+        assert wslog.direct_put() is None
+    finally:
+        structlog.contextvars.clear_contextvars()
+    with structlog.testing.capture_logs():
+        assert wslog.direct_put() is None
+    wslog.configure_logging("warning")
+    assert wslog.direct_put() is None

@@ -8,11 +8,11 @@ headers), so that both legs are valid WebSocket connections in their own right.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import ipaddress
 import os
 import re
+from binascii import a2b_base64, b2a_base64
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -40,6 +40,13 @@ _REQUEST_LINE: Final = re.compile(rb"([-!#$%&'*+.^_`|~0-9a-zA-Z]+) ([\x21-\x7e]+
 _CHECKED_BY_H11: Final = frozenset({b"content-length", b"transfer-encoding"})
 #: h11's limit on a head (max_incomplete_event_size): a longer one goes to h11.
 _MAX_PLAIN_HEAD: Final = 16 * 1024
+#: Header lines read before, and what _HEADER_LINE made of them (the lower-cased name,
+#: the value): the same bytes get the same verdict, and most lines of a request or a
+#: backend's 101 repeat from one upgrade to the next (a look-up costs a fifth of the
+#: match). Bounded: lines up to _CACHED_LINE bytes, emptied when _CACHED_LINES are held.
+_LINES: Final[dict[bytes, tuple[bytes, bytes]]] = {}
+_CACHED_LINE: Final = 256
+_CACHED_LINES: Final = 2048
 
 Header = tuple[bytes, bytes]
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -118,21 +125,28 @@ def _tokens(value: bytes) -> list[bytes]:
     return [t.strip().lower() for t in value.split(b",") if t.strip()]
 
 
+# base64's functions in the C functions they call (b64encode, b64decode(validate=True)
+# of bytes): a Python frame less each, three or four an upgrade.
+
+
 def accept_key(key: bytes) -> bytes:
     """Sec-WebSocket-Accept for *key* (§4.2.2)."""
-    return base64.b64encode(hashlib.sha1(key + GUID).digest())
+    return b2a_base64(_sha1(key + GUID).digest(), newline=False)
 
 
 def new_key() -> bytes:
     """A fresh Sec-WebSocket-Key for our own handshake with a backend."""
-    return base64.b64encode(os.urandom(16))
+    return b2a_base64(os.urandom(16), newline=False)
 
 
 def _key_is_valid(key: bytes) -> bool:
     try:
-        return len(base64.b64decode(key, validate=True)) == 16
+        return len(a2b_base64(key, strict_mode=True)) == 16
     except ValueError:
         return False
+
+
+_sha1: Final = hashlib.sha1
 
 
 def check_upgrade(request: h11.Request) -> UpgradeRequest:
@@ -159,27 +173,29 @@ def check_upgrade_head(
     """
     values: dict[bytes, list[bytes]] = {}
     for name, value in headers:
-        if name in values:
-            values[name].append(value)
-        else:
-            values[name] = [value]
-
-    def joined(name: bytes) -> bytes:
         found = values.get(name)
-        return b"" if found is None else found[0] if len(found) == 1 else b", ".join(found)
+        if found is None:
+            values[name] = [value]
+        else:
+            found.append(value)
 
-    if b"websocket" not in _tokens(joined(b"upgrade")):
+    # The usual one-word values are compared whole before they are split into tokens.
+    upgrade = _joined(values, b"upgrade")
+    if upgrade.lower() != b"websocket" and b"websocket" not in _tokens(upgrade):
         raise HandshakeRejected(400, "not a WebSocket upgrade")
     if method != b"GET" or http_version != b"1.1":
         raise HandshakeRejected(400, "a WebSocket upgrade is an HTTP/1.1 GET")
-    if b"upgrade" not in _tokens(joined(b"connection")):
+    connection = _joined(values, b"connection")
+    if connection.lower() != b"upgrade" and b"upgrade" not in _tokens(connection):
         raise HandshakeRejected(400, "Connection header lacks 'upgrade'")
     try:
         target = backend_target(raw_target)
     except UnsafeTarget as exc:
         raise HandshakeRejected(400, str(exc)) from None
     # h11 has checked that a Content-Length is digits.
-    if b"transfer-encoding" in values or any(int(v) for v in values.get(b"content-length", [])):
+    if b"transfer-encoding" in values or (
+        b"content-length" in values and any(int(v) for v in values[b"content-length"])
+    ):
         # RFC 6455 §4.1: the upgrade is a GET without a body. Body bytes would be read
         # as frames, depending on how TCP cut them (RFC 9112 §6.1: refuse).
         raise HandshakeRejected(400, "an upgrade request has no body")
@@ -191,25 +207,34 @@ def check_upgrade_head(
     if len(keys) != 1 or not _key_is_valid(keys[0].strip()):
         raise HandshakeRejected(400, "missing or invalid Sec-WebSocket-Key")
     # Subprotocol names are case-sensitive: split without lower-casing.
-    subprotocols = tuple(
-        p.strip().decode("latin-1")
-        for p in joined(b"sec-websocket-protocol").split(b",")
-        if p.strip()
-    )
-    if not all(_TOKEN.fullmatch(p) for p in subprotocols):
-        # RFC 6455 §4.1: each offer is an HTTP token (ASCII), so it reaches the
-        # backend byte for byte.
-        raise HandshakeRejected(400, "a subprotocol offer is not a token")
+    subprotocols: tuple[str, ...] = ()
+    if b"sec-websocket-protocol" in values:
+        subprotocols = tuple(
+            p.strip().decode("latin-1")
+            for p in _joined(values, b"sec-websocket-protocol").split(b",")
+            if p.strip()
+        )
+        if not all(_TOKEN.fullmatch(p) for p in subprotocols):
+            # RFC 6455 §4.1: each offer is an HTTP token (ASCII), so it reaches the
+            # backend byte for byte.
+            raise HandshakeRejected(400, "a subprotocol offer is not a token")
     origin = values.get(b"origin")
+    extensions = values.get(b"sec-websocket-extensions")
     return UpgradeRequest(
         target=target,
-        host=joined(b"host"),
+        host=_joined(values, b"host"),
         key=keys[0].strip(),
         subprotocols=subprotocols,
-        extensions=tuple(values.get(b"sec-websocket-extensions", [])),
+        extensions=() if extensions is None else tuple(extensions),
         origin=origin[0].decode("latin-1") if origin else None,
         headers=headers,
     )
+
+
+def _joined(values: dict[bytes, list[bytes]], name: bytes) -> bytes:
+    """Every value of header *name*, comma-separated (b"" when it is absent)."""
+    found = values.get(name)
+    return b"" if found is None else found[0] if len(found) == 1 else b", ".join(found)
 
 
 def client_address(
@@ -293,16 +318,48 @@ def upstream_request_bytes(
         h11.LocalProtocolError: a value of the proxy's own is no valid header value
             (as building the h11 event would have).
     """
-    target, headers = _upstream_head(
-        upgrade, authority=authority, path_prefix=path_prefix, key=key,
-        forwarding=forwarding, pass_extensions=pass_extensions, owned=owned,
+    # _upstream_head()'s lines, written as they are made (a list of pairs first cost
+    # a third more); test_handshake compares the two.
+    target = join(path_prefix, upgrade.target)
+    listed = _connection_listed(upgrade)
+    parts = [
+        b"GET ", target, b" HTTP/1.1\r\nHost: ", authority.encode("latin-1"),
+        b"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ", key,
+        b"\r\nSec-WebSocket-Version: 13",
+    ]
+    if upgrade.subprotocols:
+        parts += (b"\r\nSec-WebSocket-Protocol: ", ", ".join(upgrade.subprotocols).encode())
+    if pass_extensions:
+        for value in upgrade.extensions:
+            parts += (b"\r\nSec-WebSocket-Extensions: ", value)
+    for name, value in upgrade.headers:
+        if name in _NOT_FORWARDED or name in PROXY_OWNED or name in listed or name in owned:
+            continue
+        parts += (b"\r\n", name, b": ", value)
+    parts += (
+        b"\r\nX-Forwarded-For: ", forwarding.forwarded_for.encode("latin-1"),
+        b"\r\nX-Forwarded-Proto: ", forwarding.proto.encode("latin-1"),
+        b"\r\nX-Forwarded-Host: ", upgrade.host,
+        b"\r\nX-Request-Id: ", forwarding.request_id.encode("latin-1"),
     )
+    for name_text, value_text in forwarding.identity:
+        parts += (b"\r\n", name_text.encode("latin-1"), b": ", value_text.encode("latin-1"))
+    parts.append(b"\r\n\r\n")
     if not _TARGET.fullmatch(target):
         raise h11.LocalProtocolError("illegal request target")
     check_own_values(authority, forwarding)
-    lines = [b"GET " + target + b" HTTP/1.1"]
-    lines += [name + b": " + value for name, value in headers]
-    return b"\r\n".join(lines) + b"\r\n\r\n"
+    return b"".join(parts)
+
+
+def _connection_listed(upgrade: UpgradeRequest) -> set[bytes] | frozenset[bytes]:
+    """The headers the client's Connection header names (hop-by-hop: not forwarded)."""
+    for name, value in upgrade.headers:
+        if name == b"connection" and value.lower() != b"upgrade":
+            return set(upgrade.header_list(b"connection"))
+    return _ONLY_UPGRADE  # the usual "Connection: Upgrade" (an upgrade has one)
+
+
+_ONLY_UPGRADE: Final = frozenset({b"upgrade"})
 
 
 def check_own_values(
@@ -316,13 +373,23 @@ def check_own_values(
         h11.LocalProtocolError: one is no valid header value (or *more*'s names, and
             the identity header names, no token).
     """
-    own = (authority, forwarding.forwarded_for, forwarding.proto, forwarding.request_id,
-           *(v for _, v in forwarding.identity))
-    if not all(_FIELD_VALUE.fullmatch(v.encode("latin-1")) for v in own) or not all(
-        _TOKEN.fullmatch(k) for k, _ in forwarding.identity
-    ):
+    identity = forwarding.identity
+    own: tuple[str, ...] = (
+        authority, forwarding.forwarded_for, forwarding.proto, forwarding.request_id
+    )
+    if identity:
+        own += tuple(v for _, v in identity)
+    for value in own:
+        # Printable ASCII without spaces (an address, a hex id) matches _FIELD_VALUE:
+        # three C calls instead of the regular expression.
+        if not (value.isascii() and value.isprintable() and " " not in value) and (
+            not _FIELD_VALUE.fullmatch(value.encode("latin-1"))
+        ):
+            raise h11.LocalProtocolError("illegal header value of the proxy's own")
+    if identity and not all(_TOKEN.fullmatch(k) for k, _ in identity):
         raise h11.LocalProtocolError("illegal header value of the proxy's own")
-    check_header_values(more)
+    if more:
+        check_header_values(more)
 
 
 def check_header_values(headers: Iterable[Header]) -> None:
@@ -395,18 +462,21 @@ def read_upgrade_request(
     headers: list[Header] = []
     hosts = 0
     upgrade = False
+    cached = _LINES.get
     for text in lines[1:]:
-        match = _HEADER_LINE.fullmatch(text)
-        if match is None:
-            return None
-        name = match[1].lower()
+        header = cached(text)
+        if header is None:
+            header = _header_line(text)
+            if header is None:
+                return None
+        name = header[0]
         if name in _CHECKED_BY_H11:
             return None
         if name == b"host":
             hosts += 1
         elif name == b"upgrade":
             upgrade = True
-        headers.append((name, match[2]))
+        headers.append(header)
     if hosts != 1 or not upgrade:
         return None
     return line[1], line[2], tuple(headers), data[end + 4 :]
@@ -428,15 +498,31 @@ def read_switching_response(data: bytes) -> tuple[list[Header], bytes] | None:
     if not _SWITCHING_LINE.fullmatch(lines[0]):
         return None
     headers: list[Header] = []
+    cached = _LINES.get
     for line in lines[1:]:
-        match = _HEADER_LINE.fullmatch(line)
-        if match is None:
+        header = cached(line)
+        if header is None:
+            header = _header_line(line)
+            if header is None:
+                return None
+        if header[0] in _CHECKED_BY_H11:
             return None
-        name = match[1].lower()
-        if name in _CHECKED_BY_H11:
-            return None
-        headers.append((name, match[2]))
+        headers.append(header)
     return headers, data[end + 4 :]
+
+
+def _header_line(text: bytes) -> Header | None:
+    """(the lower-cased name, the value) of a ``token: value`` line, as h11 reads it;
+    None for any other line. Kept in _LINES when it is short."""
+    match = _HEADER_LINE.fullmatch(text)
+    if match is None:
+        return None
+    header = (match[1].lower(), match[2])
+    if len(text) <= _CACHED_LINE:
+        if len(_LINES) >= _CACHED_LINES:
+            _LINES.clear()
+        _LINES[text] = header
+    return header
 
 
 def check_upstream_response(
@@ -459,9 +545,12 @@ def check_upstream_response(
     values: dict[bytes, bytes] = {}
     for name, value in headers:
         values[name] = values[name] + b", " + value if name in values else value
-    if b"websocket" not in _tokens(values.get(b"upgrade", b"")):
+    # The usual one-word values are compared whole before they are split into tokens.
+    upgrade = values.get(b"upgrade", b"")
+    if upgrade.lower() != b"websocket" and b"websocket" not in _tokens(upgrade):
         raise UpstreamUnavailable(target, "101 without Upgrade: websocket")
-    if b"upgrade" not in _tokens(values.get(b"connection", b"")):
+    connection = values.get(b"connection", b"")
+    if connection.lower() != b"upgrade" and b"upgrade" not in _tokens(connection):
         raise UpstreamUnavailable(target, "101 without Connection: upgrade")
     if values.get(b"sec-websocket-accept", b"").strip() != accept_key(key):
         raise UpstreamUnavailable(target, "wrong Sec-WebSocket-Accept")
@@ -487,18 +576,31 @@ def _extension_names(header: bytes) -> set[bytes]:
 
 def accept_response(client_key: bytes, accepted: UpstreamAccepted) -> bytes:
     """Our 101 to the client, repeating the backend's choices."""
-    lines = [
-        b"HTTP/1.1 101 Switching Protocols",
-        b"Upgrade: websocket",
-        b"Connection: Upgrade",
-        b"Sec-WebSocket-Accept: " + accept_key(client_key),
-    ]
-    if accepted.subprotocol is not None:
-        lines.append(b"Sec-WebSocket-Protocol: " + accepted.subprotocol.encode("latin-1"))
-    if accepted.extensions:
-        lines.append(b"Sec-WebSocket-Extensions: " + accepted.extensions)
-    lines += [name + b": " + value for name, value in accepted.headers]
-    return b"\r\n".join(lines) + b"\r\n\r\n"
+    return accept_response_of(
+        client_key, accepted.subprotocol, accepted.extensions, accepted.headers
+    )
+
+
+#: The start of every 101 of ours.
+_SWITCHING: Final = (
+    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Accept: "
+)
+
+
+def accept_response_of(
+    client_key: bytes, subprotocol: str | None, extensions: bytes | None,
+    headers: tuple[Header, ...],
+) -> bytes:
+    """accept_response() of an UpstreamAccepted's parts (one fewer object an upgrade)."""
+    head = _SWITCHING + accept_key(client_key)
+    if subprotocol is not None:
+        head += b"\r\nSec-WebSocket-Protocol: " + subprotocol.encode("latin-1")
+    if extensions:
+        head += b"\r\nSec-WebSocket-Extensions: " + extensions
+    for name, value in headers:
+        head += b"\r\n" + name + b": " + value
+    return head + b"\r\n\r\n"
 
 
 def status_phrase(status: int) -> str:

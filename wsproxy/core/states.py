@@ -96,6 +96,8 @@ class SessionState(enum.Enum):
 
 
 class Trigger(enum.Enum):
+    __hash__ = object.__hash__  # next_state hashes (state, trigger) pairs: in C (see Side)
+
     REQUEST_ACCEPTED = "request_accepted"
     REQUEST_REJECTED = "request_rejected"
     UPSTREAM_ACCEPTED = "upstream_accepted"
