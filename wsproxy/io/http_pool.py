@@ -112,19 +112,23 @@ class BackendPool:
                 return link
         return None
 
-    def give(self, link: BackendLink) -> None:
-        """*link* finished a request; keep it if it can serve another."""
+    def give(self, link: BackendLink, *, clean: bool | None = None) -> None:
+        """*link* finished a request; keep it if it can serve another. *clean*: whether
+        the request and its answer left it so, when the relay framed them itself (its
+        h11 then saw nothing); None: its h11 says."""
         link.user = None
         h = link.h11
         backend = link.backend
+        if clean is None:
+            clean = h.our_state is h11.DONE and h.their_state is h11.DONE
+            if clean:
+                h.start_next_cycle()
         if (
-            h.our_state is not h11.DONE or h.their_state is not h11.DONE
-            or link.transport is None or link.transport.is_closing()
+            not clean or link.transport is None or link.transport.is_closing()
             or not backend.usable or self.size == 0
         ):
             link.close()
             return
-        h.start_next_cycle()
         links = self._idle.setdefault(backend, [])
         if len(links) >= self.size:
             links.pop(0).close()
