@@ -134,9 +134,9 @@ class _Exchange:
     __slots__ = (
         "backend", "body_in", "bytes_out", "candidates", "client_at", "client_full",
         "close_sent", "counted", "error", "fast", "forwarded", "head", "left", "link",
-        "link_paused", "relay", "request_id", "response_buffer", "response_keep_alive",
-        "response_left", "response_started", "retried", "sent_body", "set_cookie", "started",
-        "status", "sticky", "upstream_at", "upstream_full", "view",
+        "link_paused", "relay", "request_done", "request_id", "response_buffer",
+        "response_keep_alive", "response_left", "response_started", "retried", "sent_body",
+        "set_cookie", "started", "status", "sticky", "upstream_at", "upstream_full", "view",
     )
 
     def __init__(self, relay: HttpRelay, head: PlainRequest, request_id: str,
@@ -151,8 +151,10 @@ class _Exchange:
         #: h11; h11 takes over (``_to_h11()``) when the response is not plain, or
         #: for the proxy's own answer.
         self.fast = fast
-        #: Fast: the request body bytes still to come from the client.
+        #: Fast: the request body bytes still to come from the client, and whether its
+        #: end was passed on (as h11 passes its EndOfMessage: once a link is there).
         self.left = head.length
+        self.request_done = False
         #: Fast: the response body bytes still to come (-1: its head is not read yet),
         #: a head's first bytes, and whether the backend keeps the connection.
         self.response_left = -1
@@ -295,7 +297,7 @@ class HttpRelay:
         """Whether the body of the request in flight has more to come."""
         h = self._h11
         if h is None:
-            return self._ex is not None and self._ex.left > 0
+            return self._ex is not None and not self._ex.request_done
         return h.their_state is h11.SEND_BODY
 
     def client_lost(self) -> None:
@@ -450,9 +452,13 @@ class HttpRelay:
         as they come, up to its Content-Length."""
         link = ex.link
         assert link is not None
+        if ex.request_done:
+            return False
         left = ex.left
         if not left:
-            return False
+            ex.request_done = True
+            ex.upstream_at = self.ctx.loop.time()
+            return True
         buffered = self._buffer
         if not buffered:
             if self._eof:  # as h11 takes a client gone mid-body
@@ -472,9 +478,7 @@ class HttpRelay:
             return False
         ex.sent_body = True
         link.write(chunk)
-        if not ex.left:
-            ex.upstream_at = self.ctx.loop.time()
-        return True
+        return True  # the next call passes the end on
 
     # A request…
 
@@ -737,7 +741,7 @@ class HttpRelay:
             left = ex.response_left = left - len(data)
         self._transport.writelines(out)
         if not left:
-            self._release_link(ex, clean=ex.response_keep_alive and not ex.left)
+            self._release_link(ex, clean=ex.response_keep_alive and ex.request_done)
             self._finish()
 
     def _to_h11(self, ex: _Exchange) -> None:
@@ -756,7 +760,7 @@ class HttpRelay:
                 b"" if head.keep_alive else b"Connection: close\r\n", ex.left,
             ))
             h.next_event()  # the Request
-            if not ex.left:
+            if ex.request_done:
                 h.next_event()  # its EndOfMessage
             if self._buffer:  # (an empty one would tell h11 the client closed)
                 h.receive_data(self._buffer)
@@ -767,7 +771,7 @@ class HttpRelay:
         if link is not None:
             link.h11.send(h11.Request(method=head.method, target=b"/", headers=[
                 (b"Host", b"x"), (b"Content-Length", b"%d" % ex.left)]))
-            if not ex.left:
+            if ex.request_done:
                 link.h11.send(h11.EndOfMessage())
 
     def _bad_response(self, ex: _Exchange, exc: h11.ProtocolError, out: Iterable[bytes] = ()
@@ -885,7 +889,7 @@ class HttpRelay:
             return
         h = self._h11
         if h is None:
-            again = not ex.left and ex.head.keep_alive and not ex.close_sent
+            again = ex.request_done and ex.head.keep_alive and not ex.close_sent
         elif h.our_state is h11.DONE and h.their_state is h11.DONE:
             again = True
             # The next head is read without h11 again (h11 is made anew if it is not plain).
