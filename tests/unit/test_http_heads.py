@@ -52,11 +52,13 @@ names = st.sampled_from([
     b"Host", b"host", b"Accept", b"User-Agent", b"Content-Length", b"content-length",
     b"Transfer-Encoding", b"Connection", b"Keep-Alive", b"Upgrade", b"Expect", b"Via",
     b"X-Forwarded-For", b"Cookie", b"Bad Name", b"", b"Set-Cookie", b"Date", b"TE",
+    b"X\x00", b"a/b", b"\xffname",
 ])
 values = st.sampled_from([
     b"example.com", b"*/*", b"0", b"5", b"12", b"5, 5", b"+5", b"-1", b"chunked",
     b"gzip, chunked", b"close", b"keep-alive", b"Keep-Alive, close", b"upgrade", b"websocket",
     b"100-continue", b"1.1 other", b"", b"  padded  ", b"a\tb", b"a\x00b", b"\xff\xfe", b"x",
+    b"a\x0bb", b"a\rb", b"a\nb", b"\x0c", b"a\x7f\x01b", b"\tx\t",
 ])
 ends = mostly(b"\r\n", b"\n", b"\r\n ", b"\r\n\t")
 separators = mostly(b": ", b":", b" : ", b":\t", b":  ")
@@ -299,3 +301,29 @@ def test_answers_without_a_body() -> None:
 
 def test_a_response_head_in_pieces_waits() -> None:
     assert read_response(b"HTTP/1.1 200 OK\r\nContent-Le", b"GET") is None
+
+
+# The proxy's own values, remembered…
+
+
+@SETTINGS
+@given(st.text(alphabet=st.characters(max_codepoint=255), max_size=12))
+def test_a_remembered_check_of_the_proxy_s_values_still_checks_the_request_id(
+    request_id: str
+) -> None:
+    from wsproxy.core.handshake import check_own_values
+    from wsproxy.core.http import _check_own
+
+    _check_own("backend:8080", FORWARDING)  # remembered from now on
+    forwarding = Forwarding(client_ip="10.0.0.9", forwarded_for="10.0.0.9", proto="http",
+                            request_id=request_id, identity=FORWARDING.identity)
+    try:
+        check_own_values("backend:8080", forwarding)
+        refused = False
+    except h11.LocalProtocolError:
+        refused = True
+    if refused:
+        with pytest.raises(h11.LocalProtocolError):
+            _check_own("backend:8080", forwarding)
+    else:
+        _check_own("backend:8080", forwarding)

@@ -34,8 +34,6 @@ _SWITCHING_LINE: Final = re.compile(rb"HTTP/1\.1 101(?: [\x20-\x7e]*)?")
 _HEADER_LINE: Final = re.compile(
     rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*((?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?)[ \t]*"
 )
-#: A header line as h11 reads it: (name, value without the whitespace around it).
-HEADER_LINE: Final = _HEADER_LINE
 #: An HTTP/1.1 request line as h11 reads it (h11/_abnf.py: token, vchar+).
 _REQUEST_LINE: Final = re.compile(rb"([-!#$%&'*+.^_`|~0-9a-zA-Z]+) ([\x21-\x7e]+) HTTP/1\.1")
 #: Headers whose values h11 checks beyond the syntax: such a 101 goes to h11.
@@ -373,20 +371,6 @@ def _upstream_head(
     return join(path_prefix, upgrade.target), headers
 
 
-def split_plain_head(data: bytes, max_head: int) -> tuple[list[bytes], int] | None:
-    """The lines of the head *data* starts with and its length in bytes, when the head
-    is whole in *data*, at most *max_head* bytes and its lines end in CRLF; else None.
-
-    The first step of every head read without h11 (an upgrade request here, plain
-    requests and responses in wsproxy.core.http_heads): each line is then matched
-    whole (``HEADER_LINE``), so a bare LF or an obs-fold inside fails the match.
-    """
-    end = data.find(b"\r\n\r\n", 0, max_head)
-    if end < 0 or end + 4 > max_head:
-        return None
-    return data[:end].split(b"\r\n"), end + 4
-
-
 def read_upgrade_request(
     data: bytes, max_head: int
 ) -> tuple[bytes, bytes, tuple[Header, ...], bytes] | None:
@@ -401,10 +385,10 @@ def read_upgrade_request(
     more or less than one Host) goes to h11, whose verdicts stand. Running h11 on
     every upgrade request cost about a fifth of an upgrade's CPU.
     """
-    plain = split_plain_head(data, max_head)
-    if plain is None:
+    end = data.find(b"\r\n\r\n", 0, max_head)
+    if end < 0 or end + 4 > max_head:
         return None
-    lines, size = plain
+    lines = data[:end].split(b"\r\n")
     line = _REQUEST_LINE.fullmatch(lines[0])
     if line is None:
         return None
@@ -425,7 +409,7 @@ def read_upgrade_request(
         headers.append((name, match[2]))
     if hosts != 1 or not upgrade:
         return None
-    return line[1], line[2], tuple(headers), data[size:]
+    return line[1], line[2], tuple(headers), data[end + 4 :]
 
 
 def read_switching_response(data: bytes) -> tuple[list[Header], bytes] | None:

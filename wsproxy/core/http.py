@@ -236,7 +236,7 @@ def forward_head(
     Raises:
         h11.LocalProtocolError: a value of the proxy's own is no valid header value.
     """
-    check_own_values(authority, forwarding)
+    _check_own(authority, forwarding)
     dropped = _hop_by_hop(headers) | PROXY_OWNED | owned | {b"host", b"content-length", b"via"}
     out: list[Header] = [(b"Host", authority.encode("latin-1"))]
     out += [(n, v) for n, v in headers if n not in dropped]
@@ -256,6 +256,27 @@ def forward_head(
     out += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in forwarding.identity]
     out += _via(headers, http_version)
     return join(path_prefix, target), out
+
+
+#: The proxy's own values checked already (check_own_values()), but for the request id:
+#: a keep-alive client's requests all carry the same ones. Bounded: cleared when full.
+_CHECKED_OWN: set[tuple[str, str, str, tuple[tuple[str, str], ...]]] = set()
+_CHECKED_OWN_MAX: Final = 1024
+
+
+def _check_own(authority: str, forwarding: Forwarding) -> None:
+    """check_own_values(), remembering the values that passed (its regular expressions
+    cost as much as reading the request head)."""
+    key = (authority, forwarding.forwarded_for, forwarding.proto, forwarding.identity)
+    request_id = forwarding.request_id.encode("latin-1")
+    if key in _CHECKED_OWN and request_id.strip(b" \t") == request_id and len(
+        request_id.translate(None, b"\x00\r\n\x0b\x0c")
+    ) == len(request_id):  # handshake's _FIELD_VALUE, in bytes methods
+        return
+    check_own_values(authority, forwarding)
+    if len(_CHECKED_OWN) >= _CHECKED_OWN_MAX:
+        _CHECKED_OWN.clear()
+    _CHECKED_OWN.add(key)
 
 
 def forward_response(

@@ -204,6 +204,7 @@ class HttpRelay:
         "_close_after",
         "_closed",
         "_count",
+        "_deadline",
         "_door",
         "_eof",
         "_ex",
@@ -212,6 +213,7 @@ class HttpRelay:
         "_pumping",
         "_reading",
         "_timer",
+        "_timer_at",
         "_timer_kind",
         "_transport",
         "client_ip",
@@ -252,7 +254,9 @@ class HttpRelay:
         self._close_after = False
         self._pumping = False
         self._reading = True
+        #: One timer at a time, re-armed by moving ``_deadline`` (_arm()).
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = self._deadline = 0.0
         self._timer_kind: str | None = None
         ctx.http.add(self)
         transport.set_protocol(HttpClientProtocol(self))
@@ -488,7 +492,7 @@ class HttpRelay:
         self._count += 1
         ex = self._ex = _Exchange(self, head, f"{self.id}-{self._count}", ctx.loop.time(),
                                   fast=self._h11 is None)
-        self._cancel_timer()
+        self._timer_kind = None  # (the handle stays for the next _arm(): _timed_out())
         headers = head.headers
         target = head.target
         probe = probe_target(head.method, target)
@@ -1010,9 +1014,19 @@ class HttpRelay:
     # Timers…
 
     def _arm(self, kind: str, delay: float) -> None:
-        self._cancel_timer()
+        """Time out *kind* in *delay* seconds. The handle of the timer is kept while it
+        is due no later than that: a keep-alive request re-arms twice (the exchange,
+        then the idle wait), and a new handle for each cost more than the request's
+        parsing; a timer that fires before the deadline arms itself again."""
+        loop = self.ctx.loop
         self._timer_kind = kind
-        self._timer = self.ctx.loop.call_later(delay, self._timed_out)
+        at = self._deadline = loop.time() + delay
+        if self._timer is not None:
+            if self._timer_at <= at:
+                return
+            self._timer.cancel()
+        self._timer_at = at
+        self._timer = loop.call_at(at, self._timed_out)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
@@ -1025,7 +1039,15 @@ class HttpRelay:
         return min(http.body_timeout, http.response_timeout, http.stream_idle_timeout)
 
     def _timed_out(self) -> None:
-        kind, self._timer, self._timer_kind = self._timer_kind, None, None
+        self._timer = None
+        if self._timer_kind is None:
+            return  # disarmed meanwhile
+        if self._deadline > self.ctx.loop.time() + 0.001:  # re-armed for later meanwhile
+            # (a millisecond's slack: the loop's clock may lag the timer's by that)
+            self._timer_at = self._deadline
+            self._timer = self.ctx.loop.call_at(self._deadline, self._timed_out)
+            return
+        kind, self._timer_kind = self._timer_kind, None
         if kind == _IDLE:
             self._close_client()
         elif kind == _HEAD:
