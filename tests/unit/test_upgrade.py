@@ -49,7 +49,7 @@ def test_a_plain_request_leaves_with_its_parser() -> None:
 def test_a_plain_request_as_auth_and_balancing_read_it() -> None:
     parsed = relay_parse(PLAIN)
     headers = tuple((bytes(k), bytes(v)) for k, v in parsed.request.headers)
-    head = plain_request(parsed.request, target=b"/api?x=1", headers=headers)
+    head = plain_request(bytes(parsed.request.method), target=b"/api?x=1", headers=headers)
     assert (head.method, head.host, head.origin) == (b"POST", b"proxy.example", "https://a.example")
     assert head.subprotocols == ()
     assert head.header(b"content-length") == b"4"

@@ -149,21 +149,28 @@ def is_upgrade(request: h11.Request) -> bool:
 
 def probe_path(request: h11.Request) -> str | None:
     """The path of a plain GET /healthz or /readyz (the proxy's own probes), or None."""
-    if request.method != b"GET" or is_upgrade(request):
+    if is_upgrade(request):
         return None
-    path = bytes(request.target).split(b"?", 1)[0].decode("latin-1")
+    return probe_target(request.method, bytes(request.target))
+
+
+def probe_target(method: bytes, target: bytes) -> str | None:
+    """probe_path() of a request without Upgrade, by its *method* and *target*."""
+    if method != b"GET":
+        return None
+    path = target.split(b"?", 1)[0].decode("latin-1")
     return path if path in _PROBES else None
 
 
 def plain_request(
-    request: h11.Request, *, target: bytes, headers: tuple[Header, ...]
+    method: bytes, *, target: bytes, headers: tuple[Header, ...]
 ) -> RequestHead:
-    """What auth and balancing read of a plain *request*: its *target* made safe
+    """What auth and balancing read of a plain request: its *method*, its *target* made safe
     (paths.backend_target()) and its *headers* as bytes."""
     host = next((v for k, v in headers if k == b"host"), b"")
     origin = next((v for k, v in headers if k == b"origin"), None)
     return RequestHead(
-        method=bytes(request.method), target=target, host=host,
+        method=method, target=target, host=host,
         origin=origin.decode("latin-1") if origin is not None else None, headers=headers,
     )
 
@@ -192,11 +199,7 @@ def forward_request(
     forwarding: Forwarding,
     owned: frozenset[bytes] = frozenset(),
 ) -> h11.Request:
-    """The request to send to a backend for the client's *request*.
-
-    *target* (from paths.backend_target()) and *headers* are the client's, with any
-    credentials taken out. The body's framing is h11's to write: a Content-Length goes
-    on, a chunked body is sent chunked.
+    """The request to send to a backend for the client's *request* (forward_head()).
 
     The client's headers passed h11's checks when it read them: only the proxy's own
     values are checked again (check_own_values()), and the event is built without
@@ -206,7 +209,34 @@ def forward_request(
     Raises:
         h11.LocalProtocolError: a value of the proxy's own is no valid header value.
     """
-    check_own_values(authority, forwarding)
+    out_target, out = forward_head(
+        request.http_version, target=target, headers=headers, authority=authority,
+        path_prefix=path_prefix, forwarding=forwarding, owned=owned,
+    )
+    return h11.Request(method=request.method, target=out_target, headers=out, _parsed=True)
+
+
+def forward_head(
+    http_version: bytes,
+    *,
+    target: bytes,
+    headers: Sequence[Header],
+    authority: str,
+    path_prefix: str,
+    forwarding: Forwarding,
+    owned: frozenset[bytes] = frozenset(),
+) -> tuple[bytes, list[Header]]:
+    """The target and headers of the request to a backend for a client's request of
+    *http_version*, Host first (and the only Host, as h11 writes it).
+
+    *target* (from paths.backend_target()) and *headers* are the client's, with any
+    credentials taken out. The body's framing stays the client's: a Content-Length
+    goes on, a chunked body is sent chunked.
+
+    Raises:
+        h11.LocalProtocolError: a value of the proxy's own is no valid header value.
+    """
+    _check_own(authority, forwarding)
     dropped = _hop_by_hop(headers) | PROXY_OWNED | owned | {b"host", b"content-length", b"via"}
     out: list[Header] = [(b"Host", authority.encode("latin-1"))]
     out += [(n, v) for n, v in headers if n not in dropped]
@@ -224,17 +254,36 @@ def forward_request(
         out.append((b"X-Forwarded-Host", host))
     out.append((b"X-Request-Id", forwarding.request_id.encode("latin-1")))
     out += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in forwarding.identity]
-    out += _via(headers, request.http_version)
-    return h11.Request(method=request.method, target=join(path_prefix, target), headers=out,
-                       _parsed=True)
+    out += _via(headers, http_version)
+    return join(path_prefix, target), out
+
+
+#: The proxy's own values checked already (check_own_values()), but for the request id:
+#: a keep-alive client's requests all carry the same ones. Bounded: cleared when full.
+_CHECKED_OWN: set[tuple[str, str, str, tuple[tuple[str, str], ...]]] = set()
+_CHECKED_OWN_MAX: Final = 1024
+
+
+def _check_own(authority: str, forwarding: Forwarding) -> None:
+    """check_own_values(), remembering the values that passed (its regular expressions
+    cost as much as reading the request head)."""
+    key = (authority, forwarding.forwarded_for, forwarding.proto, forwarding.identity)
+    request_id = forwarding.request_id.encode("latin-1")
+    if key in _CHECKED_OWN and request_id.strip(b" \t") == request_id and len(
+        request_id.translate(None, b"\x00\r\n\x0b\x0c")
+    ) == len(request_id):  # handshake's _FIELD_VALUE, in bytes methods
+        return
+    check_own_values(authority, forwarding)
+    if len(_CHECKED_OWN) >= _CHECKED_OWN_MAX:
+        _CHECKED_OWN.clear()
+    _CHECKED_OWN.add(key)
 
 
 def forward_response(
     response: h11.Response | h11.InformationalResponse, *, close: bool,
     extra: Sequence[tuple[bytes, bytes]] = (),
 ) -> h11.Response | h11.InformationalResponse:
-    """A backend's *response* as the client gets it; *close* ends the client's keep-alive;
-    *extra*: headers of the proxy's own for a final response (a sticky cookie).
+    """A backend's *response* as the client gets it (forward_response_headers()).
 
     As forward_request(): the backend's headers passed h11's checks when it read
     them, *extra* is checked here, and the event skips h11's per-header checks.
@@ -242,20 +291,41 @@ def forward_response(
     Raises:
         h11.LocalProtocolError: a header in *extra* is not valid.
     """
-    headers = header_pairs(response)
-    dropped = _hop_by_hop(headers) | {b"via"}
-    out = [(n, v) for n, v in headers if n not in dropped]
-    out += _via(headers, response.http_version)
-    if isinstance(response, h11.InformationalResponse):  # a 1xx never ends a connection
+    informational = isinstance(response, h11.InformationalResponse)
+    out = forward_response_headers(
+        header_pairs(response), response.http_version, informational=informational,
+        close=close, extra=extra,
+    )
+    if informational:  # a 1xx never ends a connection
         return h11.InformationalResponse(status_code=response.status_code, headers=out,
                                          reason=response.reason, _parsed=True)
+    return h11.Response(status_code=response.status_code, headers=out, reason=response.reason,
+                        _parsed=True)
+
+
+def forward_response_headers(
+    headers: Sequence[Header], http_version: bytes, *, informational: bool = False,
+    close: bool, extra: Sequence[tuple[bytes, bytes]] = (),
+) -> list[Header]:
+    """The headers of a backend's response of *http_version* as the client gets them:
+    hop-by-hop fields out, Via in; *close* ends the client's keep-alive; *extra*:
+    headers of the proxy's own for a final response (a sticky cookie). A 1xx
+    (*informational*) gets neither.
+
+    Raises:
+        h11.LocalProtocolError: a header in *extra* is not valid.
+    """
+    dropped = _hop_by_hop(headers) | {b"via"}
+    out = [(n, v) for n, v in headers if n not in dropped]
+    out += _via(headers, http_version)
+    if informational:
+        return out
     if extra:
         check_header_values(extra)
         out += extra
     if close:
         out.append((b"Connection", b"close"))
-    return h11.Response(status_code=response.status_code, headers=out, reason=response.reason,
-                        _parsed=True)
+    return out
 
 
 def error_answer(status: int, reason: str, headers: Sequence[tuple[str, str]] = (),

@@ -33,7 +33,9 @@ class LinkUser(Protocol):
 class BackendLink(asyncio.Protocol):
     """One connection to a backend, used by one request at a time."""
 
-    __slots__ = ("_idle_timer", "backend", "h11", "pool", "reused", "transport", "user")
+    __slots__ = (
+        "_idle_timer", "backend", "h11", "idle_until", "pool", "reused", "transport", "user",
+    )
 
     def __init__(self, backend: BackendState) -> None:
         self.backend = backend
@@ -43,7 +45,10 @@ class BackendLink(asyncio.Protocol):
         self.pool: BackendPool | None = None
         #: Served a request before: a failure without an answer may be a stale connection.
         self.reused = False
+        #: While pooled: when it is closed for idleness. The timer that checks it is
+        #: kept while the link is taken and given back (_idle_check()).
         self._idle_timer: asyncio.TimerHandle | None = None
+        self.idle_until = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -87,6 +92,19 @@ class BackendLink(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort() if abort else self.transport.close()
 
+    def idle_check(self) -> None:
+        """The idle timer: close the link if it sat in the pool until ``idle_until``;
+        in use, the timer ends (give() starts one again); given back since, again later."""
+        self._idle_timer = None
+        pool = self.pool
+        if pool is None:
+            return
+        at = self.idle_until
+        if at > pool._loop.time() + 0.001:  # (the loop's clock may lag by a millisecond)
+            self._idle_timer = pool._loop.call_at(at, self.idle_check)
+        else:
+            self.close()
+
     def leave_pool(self) -> None:
         if self._idle_timer is not None:
             self._idle_timer.cancel()
@@ -107,30 +125,37 @@ class BackendPool:
         links = self._idle.get(backend)
         while links:
             link = links.pop()
-            link.leave_pool()
+            link.pool = None  # its idle timer stays, and finds it in use (idle_check())
             if link.transport is not None and not link.transport.is_closing():
                 return link
+            link.leave_pool()
         return None
 
-    def give(self, link: BackendLink) -> None:
-        """*link* finished a request; keep it if it can serve another."""
+    def give(self, link: BackendLink, *, clean: bool | None = None) -> None:
+        """*link* finished a request; keep it if it can serve another. *clean*: whether
+        the request and its answer left it so, when the relay framed them itself (its
+        h11 then saw nothing); None: its h11 says."""
         link.user = None
         h = link.h11
         backend = link.backend
+        if clean is None:
+            clean = h.our_state is h11.DONE and h.their_state is h11.DONE
+            if clean:
+                h.start_next_cycle()
         if (
-            h.our_state is not h11.DONE or h.their_state is not h11.DONE
-            or link.transport is None or link.transport.is_closing()
+            not clean or link.transport is None or link.transport.is_closing()
             or not backend.usable or self.size == 0
         ):
             link.close()
             return
-        h.start_next_cycle()
         links = self._idle.setdefault(backend, [])
         if len(links) >= self.size:
             links.pop(0).close()
         link.reused = True
         link.pool = self
-        link._idle_timer = self._loop.call_later(POOL_IDLE_TIMEOUT, link.close)
+        link.idle_until = self._loop.time() + POOL_IDLE_TIMEOUT
+        if link._idle_timer is None:
+            link._idle_timer = self._loop.call_at(link.idle_until, link.idle_check)
         links.append(link)
 
     def discard(self, link: BackendLink) -> None:

@@ -41,16 +41,26 @@ import h11
 from wsproxy.auth import AuthFailed
 from wsproxy.core.handshake import RequestHead, client_address, error_response
 from wsproxy.core.http import (
+    Header,
     HttpRefused,
     ParsedRequest,
     error_answer,
-    forward_request,
+    forward_head,
     forward_response,
+    forward_response_headers,
     head_length,
-    header_pairs,
     is_upgrade,
     plain_request,
-    probe_path,
+    probe_target,
+)
+from wsproxy.core.http_heads import (
+    NOT_PLAIN,
+    PlainRequest,
+    PlainResponse,
+    read_request,
+    read_response,
+    request_bytes,
+    response_bytes,
 )
 from wsproxy.core.paths import UnsafeTarget, backend_target
 from wsproxy.io.http_pool import BackendLink
@@ -74,6 +84,9 @@ if TYPE_CHECKING:
 log = get_logger()
 
 _RETRY_AFTER: Final = (("Retry-After", "5"),)
+#: Read and write plain-form heads without h11 (wsproxy.core.http_heads); the tests
+#: turn it off to compare both paths.
+FAST_HEADS = True
 #: What the relay's one timer is waiting for.
 _IDLE, _HEAD, _EXCHANGE = "idle", "head", "exchange"
 
@@ -119,23 +132,40 @@ class _Exchange:
     """One request and its response, from the request head to the response's end."""
 
     __slots__ = (
-        "backend", "body_in", "bytes_out", "candidates", "client_at", "client_full", "counted",
-        "error", "forwarded", "link", "link_paused", "relay", "request", "request_id",
-        "response_started", "retried", "sent_body", "set_cookie", "started", "status", "sticky",
-        "upstream_at", "upstream_full", "view",
+        "backend", "body_in", "bytes_out", "candidates", "client_at", "client_full",
+        "close_sent", "counted", "error", "fast", "forwarded", "head", "left", "link",
+        "link_paused", "relay", "request_done", "request_id", "response_buffer",
+        "response_keep_alive", "response_left", "response_started", "retried", "sent_body",
+        "set_cookie", "started", "status", "sticky", "upstream_at", "upstream_full", "view",
     )
 
-    def __init__(self, relay: HttpRelay, request: h11.Request, request_id: str,
-                 now: float) -> None:
+    def __init__(self, relay: HttpRelay, head: PlainRequest, request_id: str,
+                 now: float, *, fast: bool) -> None:
         self.relay = relay
         #: Told to the plain HTTP side as in flight on ``backend`` (a backend drain counts it).
         self.counted = False
-        self.request = request
+        self.head = head
         self.request_id = request_id
         self.started = self.client_at = self.upstream_at = now
+        #: Both legs framed by the relay itself (plain heads, counted bodies), not by
+        #: h11; h11 takes over (``_to_h11()``) when the response is not plain, or
+        #: for the proxy's own answer.
+        self.fast = fast
+        #: Fast: the request body bytes still to come from the client, and whether its
+        #: end was passed on (as h11 passes its EndOfMessage: once a link is there).
+        self.left = head.length
+        self.request_done = False
+        #: Fast: the response body bytes still to come (-1: its head is not read yet),
+        #: a head's first bytes, and whether the backend keeps the connection.
+        self.response_left = -1
+        self.response_buffer = b""
+        self.response_keep_alive = False
+        #: Fast: the client's answer said ``Connection: close``.
+        self.close_sent = False
         #: What auth and hashing read of the request (credentials taken out after auth).
         self.view: RequestHead | None = None
-        self.forwarded: h11.Request | None = None
+        #: The target and headers of the request to the backend, once made.
+        self.forwarded: tuple[bytes, list[Header]] | None = None
         self.candidates: list[BackendState] = []
         self.backend: BackendState | None = None
         self.link: BackendLink | None = None
@@ -170,16 +200,20 @@ class HttpRelay:
     """Relays the plain HTTP requests of one client connection to backends."""
 
     __slots__ = (
+        "_buffer",
         "_close_after",
         "_closed",
         "_count",
+        "_deadline",
         "_door",
+        "_eof",
         "_ex",
         "_first",
         "_h11",
         "_pumping",
         "_reading",
         "_timer",
+        "_timer_at",
         "_timer_kind",
         "_transport",
         "client_ip",
@@ -206,7 +240,12 @@ class HttpRelay:
         self.identity: Identity | None = None
         self._transport = transport
         self._door = door
-        self._h11 = first.parser
+        #: The client's parser while h11 reads its requests (the first one's, and any
+        #: head that is not plain); None while the relay reads them itself, from
+        #: ``_buffer`` (and ``_eof``: the client has half-closed).
+        self._h11: h11.Connection | None = first.parser
+        self._buffer = b""
+        self._eof = False
         self._first: ParsedRequest | None = first
         self._ex: _Exchange | None = None
         self._count = 0
@@ -215,7 +254,9 @@ class HttpRelay:
         self._close_after = False
         self._pumping = False
         self._reading = True
+        #: One timer at a time, re-armed by moving ``_deadline`` (_arm()).
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = self._deadline = 0.0
         self._timer_kind: str | None = None
         ctx.http.add(self)
         transport.set_protocol(HttpClientProtocol(self))
@@ -234,20 +275,34 @@ class HttpRelay:
             return
         if self._ex is not None:
             self._ex.client_at = self.ctx.loop.time()
-        self._h11.receive_data(data)
+        h = self._h11
+        if h is None:
+            self._buffer = self._buffer + data if self._buffer else data
+        else:
+            h.receive_data(data)
         self._pump_client()
 
     def client_eof(self) -> None:
         if self._closed:
             return
         ex = self._ex
-        if ex is not None and self._h11.their_state is not h11.SEND_BODY:
+        if ex is not None and not self._request_open():
             # The request is whole, its answer not over: the client left (module doc).
             ex.error = "client_gone"
             self._abandon(ex)
             return
-        self._h11.receive_data(b"")
+        if self._h11 is None:
+            self._eof = True
+        else:
+            self._h11.receive_data(b"")
         self._pump_client()
+
+    def _request_open(self) -> bool:
+        """Whether the body of the request in flight has more to come."""
+        h = self._h11
+        if h is None:
+            return self._ex is not None and not self._ex.request_done
+        return h.their_state is h11.SEND_BODY
 
     def client_lost(self) -> None:
         by_proxy = self._closed  # the relay closed it: whatever was in flight is its doing
@@ -302,6 +357,27 @@ class HttpRelay:
         if first is not None:
             return self._read_first(first)
         h = self._h11
+        if h is None:
+            buffered = self._buffer
+            if not buffered:
+                if self._eof:
+                    self._close_client()
+                return False
+            limits = self.settings.config.limits
+            read = read_request(buffered, limits.max_request_head) if FAST_HEADS else None
+            if read is not None:
+                head, size = read
+                self._buffer = buffered[size:]
+                self._begin(head)
+                return True
+            # Not plain (or not whole yet): h11 reads it, and the smuggling checks below.
+            h = self._h11 = h11.Connection(
+                h11.SERVER, max_incomplete_event_size=limits.max_request_head
+            )
+            h.receive_data(buffered)
+            self._buffer = b""
+            if self._eof:
+                h.receive_data(b"")
         if h.their_state is not h11.IDLE:
             self._close_client()
             return False
@@ -329,7 +405,7 @@ class HttpRelay:
         if is_upgrade(event):
             self._hand_back(ParsedRequest(h, event, buffered))
             return False
-        self._begin(event)
+        self._begin(PlainRequest.of(event))
         return True
 
     def _read_first(self, first: ParsedRequest) -> bool:
@@ -340,13 +416,15 @@ class HttpRelay:
         except HttpRefused as exc:
             self._refuse(exc.status, exc.reason)
             return False
-        self._begin(first.request)
+        self._begin(PlainRequest.of(first.request))
         return True
 
     def _forward_body(self, ex: _Exchange) -> bool:
         """Pass one event of the request body on; False when there is nothing to pass."""
         assert ex.link is not None
         h = self._h11
+        if h is None:
+            return self._forward_counted_body(ex)
         if h.their_state is not h11.SEND_BODY:
             return False
         try:
@@ -373,17 +451,51 @@ class HttpRelay:
             ex.upstream_at = self.ctx.loop.time()
         return True
 
+    def _forward_counted_body(self, ex: _Exchange) -> bool:
+        """_forward_body() of a request whose head the relay read: the client's bytes
+        as they come, up to its Content-Length."""
+        link = ex.link
+        assert link is not None
+        if ex.request_done:
+            return False
+        left = ex.left
+        if not left:
+            ex.request_done = True
+            ex.upstream_at = self.ctx.loop.time()
+            return True
+        buffered = self._buffer
+        if not buffered:
+            if self._eof:  # as h11 takes a client gone mid-body
+                ex.error = "bad_request_body"
+                self._answer(400, "malformed request body", close=True)
+            return False
+        if len(buffered) > left:
+            chunk, self._buffer = buffered[:left], buffered[left:]
+        else:
+            chunk, self._buffer = buffered, b""
+        ex.left = left - len(chunk)
+        ex.body_in += len(chunk)
+        limit = self.settings.config.http.max_body_size
+        if limit and ex.body_in > limit:
+            ex.error = "body_too_large"
+            self._answer(413, "request body too large", close=True)
+            return False
+        ex.sent_body = True
+        link.write(chunk)
+        return True  # the next call passes the end on
+
     # A request…
 
-    def _begin(self, request: h11.Request) -> None:
+    def _begin(self, head: PlainRequest) -> None:
         ctx = self.ctx
         settings = self.settings
         self._count += 1
-        ex = self._ex = _Exchange(self, request, f"{self.id}-{self._count}", ctx.loop.time())
-        self._cancel_timer()
-        headers = tuple(header_pairs(request))
-        target = bytes(request.target)
-        probe = probe_path(request)
+        ex = self._ex = _Exchange(self, head, f"{self.id}-{self._count}", ctx.loop.time(),
+                                  fast=self._h11 is None)
+        self._timer_kind = None  # (the handle stays for the next _arm(): _timed_out())
+        headers = head.headers
+        target = head.target
+        probe = probe_target(head.method, target)
         if probe is not None:
             self._answer(*ctx.probe_answer(probe))
             return
@@ -391,9 +503,8 @@ class HttpRelay:
             ex.error = "draining"
             self._answer(503, "proxy is draining", _RETRY_AFTER, close=True)
             return
-        length = next((v for k, v in headers if k == b"content-length"), b"0")
         limit = settings.config.http.max_body_size
-        if limit and int(length) > limit:
+        if limit and head.length > limit:
             ex.error = "body_too_large"
             self._answer(413, "request body too large", close=True)
             return
@@ -403,7 +514,7 @@ class HttpRelay:
             ex.error = "bad_request"
             self._answer(400, str(exc), close=True)
             return
-        ex.view = plain_request(request, target=target, headers=headers)
+        ex.view = plain_request(head.method, target=target, headers=headers)
         self.client_ip, self.forwarded_for = client_address(
             self.peer_ip, ex.view.header(b"x-forwarded-for"), settings.config.trusted_proxies
         )
@@ -504,11 +615,12 @@ class HttpRelay:
             self.ctx.http.exchange_started(ex)
             if ex.link is not link:  # a drain of that backend ended it at once
                 return
+        head = ex.head
         if ex.forwarded is None:
             forwarding = self.ctx.forwarding(self.client_ip, self.forwarded_for,
                                              ex.request_id, self.identity)
-            ex.forwarded = forward_request(
-                ex.request, target=ex.view.target, headers=ex.view.headers,
+            ex.forwarded = forward_head(
+                head.http_version, target=ex.view.target, headers=ex.view.headers,
                 authority=link.backend.config.authority,
                 path_prefix=link.backend.config.path,
                 forwarding=forwarding,
@@ -517,8 +629,16 @@ class HttpRelay:
             if ex.sticky is not None:
                 ex.set_cookie = sticky_header(self.ctx.config.sticky_cookie, link.backend.name,
                                               ex.sticky, https=forwarding.proto == "https")
+        target, headers = ex.forwarded
         try:
-            link.write(link.h11.send(ex.forwarded))
+            if ex.fast:
+                ex.response_left, ex.response_buffer = -1, b""  # a retry starts afresh
+                link.write(request_bytes(head.method, target, headers))
+            else:
+                link.write(link.h11.send(
+                    h11.Request(method=head.method, target=target, headers=headers,
+                                _parsed=True)
+                ))
         except h11.LocalProtocolError as exc:  # a header value h11 will not write
             ex.link = None
             link.close()
@@ -536,6 +656,9 @@ class HttpRelay:
         if ex is None or ex.link is None:
             return
         ex.upstream_at = self.ctx.loop.time()
+        if ex.fast:
+            self._relay_plain(ex, data)
+            return
         ex.link.h11.receive_data(data)
         self._pump_upstream(ex)
 
@@ -544,6 +667,12 @@ class HttpRelay:
         if ex is None or ex.link is None:
             return
         link = ex.link
+        if ex.response_started and ex.fast:  # a cut: a plain body ends by its length
+            self._bad_response(ex, h11.RemoteProtocolError(
+                "peer closed connection without sending complete message body: received "
+                f"{ex.bytes_out} bytes; expected {ex.bytes_out + ex.response_left}"
+            ))
+            return
         if ex.response_started:  # the end of a body without a length, or a cut
             link.h11.receive_data(b"")
             self._pump_upstream(ex)
@@ -573,11 +702,104 @@ class HttpRelay:
             ex.client_at = self.ctx.loop.time()
         self._update_reading()
 
+    def _relay_plain(self, ex: _Exchange, data: bytes) -> None:
+        """Relay what the backend sent to a fast exchange: a plain head rewritten and the
+        body as it comes, up to its length; anything else is h11's (_to_h11())."""
+        out: list[bytes] = []
+        if ex.response_left < 0:
+            if ex.response_buffer:
+                data = ex.response_buffer + data
+            read = read_response(data, ex.head.method)
+            if read is None:  # not whole yet
+                ex.response_buffer = data
+                return
+            if not isinstance(read, PlainResponse):
+                assert read == NOT_PLAIN
+                self._to_h11(ex)
+                assert ex.link is not None
+                ex.link.h11.receive_data(data)
+                self._pump_upstream(ex)
+                return
+            ex.response_buffer = b""
+            ex.status = read.status
+            ex.response_started = True
+            close = self._closing() or not ex.head.keep_alive
+            try:
+                headers = forward_response_headers(read.headers, read.http_version,
+                                                   close=close, extra=ex.set_cookie)
+            except h11.LocalProtocolError as exc:
+                self._bad_response(ex, exc)
+                return
+            ex.close_sent = close
+            ex.response_keep_alive = read.keep_alive
+            ex.response_left = read.length
+            out.append(response_bytes(read.status, read.reason, headers))
+            data = data[read.size:]
+        left = ex.response_left
+        if len(data) > left:  # bytes after the answer: the backend is not to be trusted
+            data = data[:left]
+            ex.response_keep_alive = False
+        if data:
+            out.append(data)
+            ex.bytes_out += len(data)
+            left = ex.response_left = left - len(data)
+        self._transport.writelines(out)
+        if not left:
+            self._release_link(ex, clean=ex.response_keep_alive and ex.request_done)
+            self._finish()
+
+    def _to_h11(self, ex: _Exchange) -> None:
+        """Hand a fast exchange to h11 on both legs: the response is not plain, or the
+        proxy answers itself. Each parser is told what its leg has seen so far (the
+        request's method, version, keep-alive and the body still to come), so that it
+        frames the rest as if it had read everything."""
+        ex.fast = False
+        head = ex.head
+        if self._h11 is None:
+            h = self._h11 = h11.Connection(
+                h11.SERVER, max_incomplete_event_size=self.settings.config.limits.max_request_head
+            )
+            h.receive_data(b"%s / HTTP/%s\r\nHost: x\r\n%sContent-Length: %d\r\n\r\n" % (
+                head.method, head.http_version,
+                b"" if head.keep_alive else b"Connection: close\r\n", ex.left,
+            ))
+            h.next_event()  # the Request
+            if ex.request_done:
+                h.next_event()  # its EndOfMessage
+            if self._buffer:  # (an empty one would tell h11 the client closed)
+                h.receive_data(self._buffer)
+            self._buffer = b""
+            if self._eof:
+                h.receive_data(b"")
+        link = ex.link
+        if link is not None:
+            link.h11.send(h11.Request(method=head.method, target=b"/", headers=[
+                (b"Host", b"x"), (b"Content-Length", b"%d" % ex.left)]))
+            if ex.request_done:
+                link.h11.send(h11.EndOfMessage())
+
+    def _bad_response(self, ex: _Exchange, exc: h11.ProtocolError, out: Iterable[bytes] = ()
+                      ) -> None:
+        """The backend's answer cannot be relayed: a cut if it was begun, else a 502."""
+        link = ex.link
+        assert link is not None
+        log.warning("upstream.bad_response", conn_id=self.id, request_id=ex.request_id,
+                    backend=link.backend.name, error=str(exc))
+        self._transport.writelines(out)
+        ex.link = None
+        link.close(abort=True)
+        ex.error = "bad_response"
+        if ex.response_started:
+            self._abort_client()
+        else:
+            self._answer(502, "invalid response from backend")
+
     def _pump_upstream(self, ex: _Exchange) -> None:
         """Relay what the backend sent; one write per read (a small answer is one segment)."""
         link = ex.link
         assert link is not None
         h = self._h11
+        assert h is not None
         out: list[bytes] = []
         try:
             while True:
@@ -604,26 +826,19 @@ class HttpRelay:
                 else:  # NEED_DATA; or ConnectionClosed early, which upstream_eof takes on
                     break
         except (h11.RemoteProtocolError, h11.LocalProtocolError) as exc:
-            log.warning("upstream.bad_response", conn_id=self.id, request_id=ex.request_id,
-                        backend=link.backend.name, error=str(exc))
-            self._transport.writelines(out)
-            ex.link = None
-            link.close(abort=True)
-            ex.error = "bad_response"
-            if ex.response_started:
-                self._abort_client()
-            else:
-                self._answer(502, "invalid response from backend")
+            self._bad_response(ex, exc, out)
             return
         if out:
             self._transport.writelines(out)
 
-    def _release_link(self, ex: _Exchange) -> None:
+    def _release_link(self, ex: _Exchange, *, clean: bool | None = None) -> None:
+        """*clean*: whether a fast exchange left the link fit for another request (None:
+        h11's states say)."""
         link = ex.link
         assert link is not None
         ex.link = None
         self._pause_link(ex, False)
-        self.ctx.http.pool.give(link)
+        self.ctx.http.pool.give(link, clean=clean)
 
     def _pause_link(self, ex: _Exchange, paused: bool) -> None:
         link = ex.link
@@ -646,12 +861,15 @@ class HttpRelay:
         if ex.response_started:
             self._abort_client()
             return
+        if ex.fast:
+            self._to_h11(ex)
         h = self._h11
+        assert h is not None
         close = close or self._closing() or h.their_state is not h11.DONE
         response, body = error_answer(status, reason, tuple(headers), close=close)
         try:
             out = h.send(response) or b""
-            if ex.request.method != b"HEAD":
+            if ex.head.method != b"HEAD":
                 out += h.send(h11.Data(data=body)) or b""
             out += h.send(h11.EndOfMessage()) or b""
         except h11.LocalProtocolError:
@@ -674,8 +892,17 @@ class HttpRelay:
         if self._closed:
             return
         h = self._h11
-        if h.our_state is h11.DONE and h.their_state is h11.DONE and not self._close_after:
-            h.start_next_cycle()
+        if h is None:
+            again = ex.request_done and ex.head.keep_alive and not ex.close_sent
+        elif h.our_state is h11.DONE and h.their_state is h11.DONE:
+            again = True
+            # The next head is read without h11 again (h11 is made anew if it is not plain).
+            buffered, self._eof = h.trailing_data
+            self._buffer = bytes(buffered)
+            self._h11 = None
+        else:
+            again = False
+        if again and not self._close_after:
             self._arm(_IDLE, self.settings.config.http.keepalive_timeout)
             self._pump_client()  # a pipelined request may be waiting already
         else:
@@ -684,8 +911,8 @@ class HttpRelay:
     def _log_request(self, ex: _Exchange, now: float) -> None:
         info_line("http.request", {
             "request_id": ex.request_id, "client": self.client_ip,
-            "method": ex.request.method.decode("latin-1"),
-            "path": bytes(ex.request.target).split(b"?", 1)[0].decode("latin-1"),
+            "method": ex.head.method.decode("latin-1"),
+            "path": ex.head.target.split(b"?", 1)[0].decode("latin-1"),
             "status": ex.status, "backend": ex.backend.name if ex.backend else None,
             "duration_s": round(now - ex.started, 6), "bytes_in": ex.body_in,
             "bytes_out": ex.bytes_out, "error": ex.error,
@@ -775,10 +1002,11 @@ class HttpRelay:
         h = self._h11
         if ex is None:
             want = True
-        elif h.their_state is h11.SEND_BODY:
+        elif self._request_open():
             want = ex.link is not None and not ex.upstream_full
         else:
-            want = len(h.trailing_data[0]) < self.settings.config.limits.max_request_head
+            pending = len(self._buffer) if h is None else len(h.trailing_data[0])
+            want = pending < self.settings.config.limits.max_request_head
         if want is not self._reading:
             self._reading = want
             self._transport.resume_reading() if want else self._transport.pause_reading()
@@ -786,9 +1014,19 @@ class HttpRelay:
     # Timers…
 
     def _arm(self, kind: str, delay: float) -> None:
-        self._cancel_timer()
+        """Time out *kind* in *delay* seconds. The handle of the timer is kept while it
+        is due no later than that: a keep-alive request re-arms twice (the exchange,
+        then the idle wait), and a new handle for each cost more than the request's
+        parsing; a timer that fires before the deadline arms itself again."""
+        loop = self.ctx.loop
         self._timer_kind = kind
-        self._timer = self.ctx.loop.call_later(delay, self._timed_out)
+        at = self._deadline = loop.time() + delay
+        if self._timer is not None:
+            if self._timer_at <= at:
+                return
+            self._timer.cancel()
+        self._timer_at = at
+        self._timer = loop.call_at(at, self._timed_out)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
@@ -801,7 +1039,15 @@ class HttpRelay:
         return min(http.body_timeout, http.response_timeout, http.stream_idle_timeout)
 
     def _timed_out(self) -> None:
-        kind, self._timer, self._timer_kind = self._timer_kind, None, None
+        self._timer = None
+        if self._timer_kind is None:
+            return  # disarmed meanwhile
+        if self._deadline > self.ctx.loop.time() + 0.001:  # re-armed for later meanwhile
+            # (a millisecond's slack: the loop's clock may lag the timer's by that)
+            self._timer_at = self._deadline
+            self._timer = self.ctx.loop.call_at(self._deadline, self._timed_out)
+            return
+        kind, self._timer_kind = self._timer_kind, None
         if kind == _IDLE:
             self._close_client()
         elif kind == _HEAD:
@@ -823,7 +1069,7 @@ class HttpRelay:
         http = self.settings.config.http
         now = self.ctx.loop.time()
         deadlines: list[tuple[float, str]] = []
-        sending = self._h11.their_state is h11.SEND_BODY
+        sending = self._request_open()
         if sending and not ex.upstream_full:
             deadlines.append((ex.client_at + http.body_timeout, "body"))
         if ex.response_started and not ex.client_full:
