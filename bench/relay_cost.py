@@ -113,11 +113,19 @@ def main() -> None:
     session = opened()
     receive, take = session.receive_data, session.data_to_send
     client, upstream = Side.CLIENT, Side.UPSTREAM
-    for _ in range(a.rounds):
-        receive(client, up)
-        take(upstream)
-        receive(upstream, down)
-        take(client)
+    relay = getattr(session, "relay", None)
+    if relay is not None:  # as the driver calls it, where the checkout has it
+        for _ in range(a.rounds):
+            if relay(client, up) is None:
+                take(upstream)
+            if relay(upstream, down) is None:
+                take(client)
+    else:
+        for _ in range(a.rounds):
+            receive(client, up)
+            take(upstream)
+            receive(upstream, down)
+            take(client)
     assert session.messages(upstream) == session.messages(client) == a.rounds * a.batch
 
 

@@ -2,7 +2,9 @@
 
 At 64-byte messages a read carries dozens of frames, and almost every one is a whole
 text or binary message in one frame (FIN set, nothing to check but its header). The
-session (wsproxy.core.session) hands each read to ``whole_messages``, which walks
+session (wsproxy.core.session) asks ``whole_read`` (below) whether a read holds only
+such frames, and then forwards it as it came. When it does not, the session's own
+loop reads it, and hands it to ``whole_messages``, which walks
 such frames by arithmetic and stops at the first frame that needs a decision: a
 control frame, a fragment, a bad header, a size over the limit, or a header cut off
 by the end of the read. The session's own loop decides on that frame, then calls
@@ -35,6 +37,25 @@ The spec of ``whole_messages(data, pos, mask_bit, rsv_allowed, max_size)``:
 
 The caller's frame state (a message in progress, our own frames waiting to go in
 between) decides whether to ask at all: this function keeps no state.
+
+A read of whole messages
+------------------------
+Most reads need no decision at all: they hold the rest of a frame in flight and whole
+messages, the last of which may go on in later reads. The session asks
+``whole_read`` first, once per read, and forwards such a read untouched without
+running its own loop. The spec of ``whole_read(data, remaining, mask_bit,
+rsv_allowed, max_size)``:
+
+- *remaining*: the payload bytes of a frame in flight that begin *data*.
+- When *remaining* covers all of *data*: ``(0, remaining - len(data))``.
+- Else the frames from offset *remaining* on are walked as ``whole_messages`` walks
+  them. When every frame qualifies up to the end of *data* (the last one may go on
+  past it): ``(messages, end - len(data))``, the messages that qualified and the
+  payload bytes of the last one still to come (0 when it ended with *data*).
+- Otherwise (a frame that needs a decision, or a header cut off by the end of *data*):
+  ``None``, and the caller's loop reads *data* itself.
+- ValueError for a negative *remaining*, and for *mask_bit* and *rsv_allowed* as
+  ``whole_messages``.
 """
 
 from __future__ import annotations
@@ -43,8 +64,9 @@ import os
 from collections.abc import Callable
 from typing import Final
 
-#: The signature both implementations share.
+#: The signatures both implementations share.
 WholeMessages = Callable[[bytes, int, int, int, int], tuple[int, int]]
+WholeRead = Callable[[bytes, int, int, int, int], "tuple[int, int] | None"]
 
 #: By the reserved bits a flow allows: whether a frame's first byte makes it a whole
 #: text or binary message (FIN, opcode 1 or 2, no reserved bit but the allowed ones).
@@ -107,15 +129,39 @@ def _py_skip(
     return pos, messages
 
 
-def _pick() -> tuple[WholeMessages, WholeMessages, str]:
+def py_whole_read(
+    data: bytes, remaining: int, mask_bit: int, rsv_allowed: int, max_size: int
+) -> tuple[int, int] | None:
+    """The reference implementation of ``whole_read`` (the module docstring)."""
+    if remaining < 0 or mask_bit not in (0, 0x80) or rsv_allowed & ~0x70:
+        raise ValueError(
+            "whole_read(): remaining < 0, or mask_bit not 0 or 0x80, or rsv_allowed not "
+            "reserved bits"
+        )
+    return _py_read(data, remaining, mask_bit, rsv_allowed, max_size)
+
+
+def _py_read(
+    data: bytes, remaining: int, mask_bit: int, rsv_allowed: int, max_size: int
+) -> tuple[int, int] | None:
+    """``py_whole_read`` without its argument checks, for the session (as _py_skip)."""
+    n = len(data)
+    if remaining >= n:
+        return 0, remaining - n
+    end, messages = _py_skip(data, remaining, mask_bit, rsv_allowed, max_size)
+    return None if end < n else (messages, end - n)
+
+
+def _pick() -> tuple[WholeMessages, WholeMessages, WholeRead, WholeRead, str]:
     if os.environ.get("WSPROXY_NO_SPEEDUPS", "") not in ("", "0"):
-        return py_whole_messages, _py_skip, "python"
+        return py_whole_messages, _py_skip, py_whole_read, _py_read, "python"
     try:
         from wsproxy.core import _scan
     except ImportError:
-        return py_whole_messages, _py_skip, "python"
+        return py_whole_messages, _py_skip, py_whole_read, _py_read, "python"
     # In C the checks cost next to nothing: one function serves both.
-    return _scan.whole_messages, _scan.whole_messages, "c"
+    return (_scan.whole_messages, _scan.whole_messages, _scan.whole_read, _scan.whole_read,
+            "c")
 
 
 whole_messages: WholeMessages
@@ -123,6 +169,9 @@ whole_messages: WholeMessages
 #: same without its argument checks (``_py_skip``). Only for callers whose arguments
 #: are known good.
 session_whole_messages: WholeMessages
+whole_read: WholeRead
+#: The session's ``whole_read``, as ``session_whole_messages``.
+session_whole_read: WholeRead
 #: "c" when the compiled scanner is in use, "python" when the reference one is.
 SPEEDUPS: str
-whole_messages, session_whole_messages, SPEEDUPS = _pick()
+whole_messages, session_whole_messages, whole_read, session_whole_read, SPEEDUPS = _pick()

@@ -61,6 +61,7 @@ from wsproxy.core.handshake import (
 from wsproxy.core.http import ParsedRequest
 from wsproxy.core.scan import SPEEDUPS, WHOLE_MESSAGE
 from wsproxy.core.scan import session_whole_messages as _whole_messages
+from wsproxy.core.scan import session_whole_read as _whole_read
 from wsproxy.core.states import (
     LEG_CAN_RECEIVE,
     LEG_CAN_SEND,
@@ -86,6 +87,7 @@ PING_PREFIX: Final = b"wsproxy:" + os.urandom(6).hex().encode()
 #: replaces it with a dict of its own), so an idle session holds no dict for it.
 _NO_PONGS: Final[Mapping[Side, bytes]] = {}
 _CLIENT: Final = Side.CLIENT
+_OPEN: Final = SessionState.OPEN
 #: What the other leg is told when one side breaks the protocol…
 _FAILED_PEER: Final = {Side.CLIENT: CLIENT_ERROR, Side.UPSTREAM: BACKEND_ERROR}
 #: …and when one side's transport ends without a close handshake.
@@ -128,6 +130,7 @@ class _Flow:
         "dst",
         "dst_leg",
         "in_message",
+        "mask_bit",
         "masked",
         "message_room",
         "messages",
@@ -149,6 +152,8 @@ class _Flow:
         self.dst_leg = dst_leg
         #: RFC 6455 §5.1: client frames are masked, server frames are not.
         self.masked = src is Side.CLIENT
+        #: The mask bit of the second header byte the scanner wants (0x80 or 0).
+        self.mask_bit = 0x80 if self.masked else 0
         #: Reserved bits an extension negotiated end to end may set (RSV1: deflate).
         self.rsv_allowed = 0
         #: Payload bytes of the current data frame still to pass through.
@@ -261,6 +266,37 @@ class Session:
             # driver pauses reading the client meanwhile, so this stays small.
             assert self.upgrade is not None
             self.upgrade.keep_early(side, data)
+
+    def relay(self, side: Side, data: bytes) -> bytes | None:
+        """``receive_data`` for the driver's hot path: *data* itself when it is all
+        that is to be written to the other side (a read of whole data messages while
+        OPEN, and nothing else waiting there), else None: call data_to_send() as
+        after receive_data().
+
+        One call to the scanner decides (wsproxy.core.scan ``whole_read``): the frame
+        state is checked and counted as ``_scan`` would, without its loop.
+        """
+        f = self._client_flow if side is _CLIENT else self._upstream_flow
+        if (
+            self.state is _OPEN
+            and not f.partial
+            and not f.in_message
+            and not f.pending
+            and f.pending_close is None
+        ):
+            whole = _whole_read(data, f.remaining, f.mask_bit, f.rsv_allowed,
+                                self.max_message_size)
+            if whole is not None:
+                messages, f.remaining = whole
+                f.messages += messages
+                f.bytes += len(data)
+                out = f.dst_leg.out
+                if not out:
+                    return data
+                out.append(data)
+                return None
+        self.receive_data(side, data)
+        return None
 
     def receive_eof(self, side: Side) -> None:
         """*side*'s transport ended (EOF or error). Then call data_to_send()."""
