@@ -98,8 +98,9 @@ class UpstreamProtocol(asyncio.Protocol):
         self._conn = None
 
     def data_received(self, data: bytes) -> None:
-        if self._conn is not None:
-            self._conn.receive(UPSTREAM, data)
+        conn = self._conn
+        if conn is not None:
+            conn.receive(UPSTREAM, data)
 
     def eof_received(self) -> bool:
         if self._conn is not None:
