@@ -25,6 +25,7 @@ when ``wsproxy --version`` does not say ``speedups: c``).
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import subprocess
 import sys
@@ -329,6 +330,84 @@ def test_whole_read_examples(args: tuple[Any, ...], expected: object) -> None:
         assert c_whole_read()(*args) == expected
 
 
+# One read taken by a flow's state: the same answer and the same state after…
+
+FLOW_FIELDS = ("remaining", "messages", "bytes", "in_message", "partial", "pending",
+               "pending_close")
+
+
+@st.composite
+def flow_state(draw: st.DrawFn, from_client: bool) -> dict[str, object]:
+    """A flow's state as the session leaves it between reads (mostly a clean one)."""
+    clean = draw(st.booleans()) or draw(st.booleans())
+    return {
+        "remaining": draw(REMAINING.filter(lambda r: r < 1 << 64)),
+        "messages": draw(st.integers(0, 1 << 40)),
+        "bytes": draw(st.integers(0, 1 << 50)),
+        "max_size": draw(MAX_SIZES.map(lambda m: max(-1, min(m, (1 << 63) - 1)))),
+        "mask_bit": 0x80 if from_client else 0,
+        "rsv_allowed": draw(st.sampled_from([0, 0x40, 0x70])),
+        "in_message": False if clean else draw(st.booleans()),
+        "partial": b"" if clean else draw(st.sampled_from([b"", b"\x82"])),
+        "pending": () if clean else draw(st.sampled_from([(), (b"\x89\x00",)])),
+        "pending_close": None if clean else draw(st.sampled_from([None, (b"\x88\x00", None, "")])),
+    }
+
+
+def take_with(base: type, state: dict[str, object], data: bytes) -> object:
+    flow = base()
+    for name, value in state.items():
+        setattr(flow, name, value)
+    return flow.take(data), [getattr(flow, name) for name in FLOW_FIELDS]
+
+
+@needs_c
+@given(from_client=st.booleans(), data=st.data())
+@settings(max_examples=1500)
+def test_the_c_flow_state_takes_a_read_as_the_python_one(
+    from_client: bool, data: st.DataObject
+) -> None:
+    state = data.draw(flow_state(from_client))
+    raw = data.draw(read_of(from_client))
+    assert _scan is not None
+    expected = take_with(scan.PyFlowState, state, raw)
+    assert take_with(_scan.FlowState, state, raw) == expected
+    assert take_with(_scan.FlowState, state, bytearray(raw)) == expected
+
+
+@given(from_client=st.booleans(), data=st.data())
+@settings(max_examples=500)
+def test_take_is_whole_read_on_a_clean_flow(from_client: bool, data: st.DataObject) -> None:
+    """PyFlowState.take: whole_read's answer, counted, and nothing changed on None or
+    while anything is in progress."""
+    state = data.draw(flow_state(from_client))
+    raw = data.draw(read_of(from_client))
+    taken, after = take_with(scan.PyFlowState, state, raw)  # type: ignore[misc]
+    before = [state[name] for name in FLOW_FIELDS]
+    clean = not (state["in_message"] or state["partial"] or state["pending"]
+                 or state["pending_close"] is not None)
+    read = scan.py_whole_read(raw, state["remaining"], state["mask_bit"],  # type: ignore[arg-type]
+                              state["rsv_allowed"], state["max_size"])  # type: ignore[arg-type]
+    if not clean or read is None:
+        assert (taken, after) == (False, before)
+        return
+    messages, remaining = read
+    assert taken is True
+    assert after == [remaining, before[1] + messages, before[2] + len(raw), *before[3:]]
+
+
+def test_the_longest_frame_in_flight_is_held() -> None:
+    """A 2^63 - 1 byte payload (the longest §5.2 allows): all of it remains after its
+    header, at the top of a signed 64-bit integer, alike in both states."""
+    header = build_raw(2, b"", mask=True, length=(1 << 63) - 1)
+    for base in ([scan.PyFlowState] + ([_scan.FlowState] if _scan is not None else [])):
+        state = {**dict(zip(FLOW_FIELDS, [0, 0, 0, False, b"", (), None], strict=True)),
+                 "max_size": (1 << 63) - 1, "mask_bit": 0x80, "rsv_allowed": 0}
+        assert take_with(base, state, header) == (
+            True, [(1 << 63) - 1, 1, len(header), False, b"", (), None]
+        )
+
+
 # A whole session: the same bytes, states and closes with either…
 
 Op = tuple[Any, ...]
@@ -348,19 +427,42 @@ def operation(draw: st.DrawFn) -> Op:
     return (what, side)
 
 
+def flow_on(base: type) -> type:
+    """The session's ``_Flow`` with *base* under it (scan.PyFlowState or the C
+    FlowState): the session module run once more, as a copy, with scan.FlowState
+    patched; a session built while its ``_Flow`` is patched with this uses it."""
+    with mock.patch.object(scan, "FlowState", base):
+        spec = importlib.util.spec_from_file_location(
+            f"wsproxy_session_on_{base.__module__.replace('.', '_')}", session_module.__file__
+        )
+        assert spec is not None
+        assert spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    flow: type = module._Flow
+    assert flow.__mro__[1] is base
+    return flow
+
+
+FLOWS: dict[str, type] = {"python": flow_on(scan.PyFlowState)}
+if _scan is not None:
+    FLOWS["c"] = flow_on(_scan.FlowState)
+
+
 def run_session(
     ops: list[Op], scanner: Scanner, max_size: int, rsv_allowed: int, *, scan_first: bool,
-    whole_read: Callable[..., object] | None = None,
+    flow: str | None = None,
 ) -> list[object]:
     """Everything a driver could see of one session fed *ops*, with *scanner* (asked
     from a read's first frame, as with C, or from its second, as on the fallback);
-    with *whole_read*, through ``relay`` as the driver feeds an OPEN session."""
+    with *flow* ("python" or "c": the base of its flows), through ``relay`` as the
+    driver feeds an OPEN session."""
     no_random = SimpleNamespace(urandom=lambda n: b"\x01" * n)  # our pings' mask keys
     with mock.patch.object(session_module, "_whole_messages", scanner), mock.patch.object(
         session_module, "_HOLD_FIRST", not scan_first
-    ), mock.patch.object(session_module, "_whole_read", whole_read), mock.patch.object(
-        frames, "os", no_random
-    ):
+    ), mock.patch.object(
+        session_module, "_Flow", FLOWS[flow or "python"]
+    ), mock.patch.object(frames, "os", no_random):
         harness = SessionHarness(max_message_size=max_size)
         session = harness.session
         for flow in (session._client_flow, session._upstream_flow):
@@ -371,7 +473,7 @@ def run_session(
             if kind == "feed":
                 for chunk in op[2]:
                     through = None
-                    if whole_read is None:
+                    if flow is None:
                         session.receive_data(side, chunk)
                     else:
                         through = session.relay(side, chunk)
@@ -454,16 +556,16 @@ def test_a_session_relays_alike_whichever_frame_the_scanner_starts_at(
 def test_relay_gives_what_receive_data_gives(
     ops: list[Op], max_size: int, rsv_allowed: int
 ) -> None:
-    """The driver's hot path (``relay``: one whole_read per read, the read forwarded
-    as it came) against the session's loop alone, with each scanner there is."""
+    """The driver's hot path (``relay``: one ``take`` per read, the read forwarded as
+    it came) against the session's loop alone, with each FlowState there is."""
     reference = run_session(ops, scan.py_whole_messages, max_size, rsv_allowed,
                             scan_first=True)
     python = run_session(ops, scan._py_skip, max_size, rsv_allowed, scan_first=False,
-                         whole_read=scan._py_read)
+                         flow="python")
     assert python == reference
     if _scan is not None:
         compiled = run_session(ops, c_scanner(), max_size, rsv_allowed, scan_first=True,
-                               whole_read=c_whole_read())
+                               flow="c")
         assert compiled == reference
 
 
@@ -473,13 +575,13 @@ def test_the_session_uses_the_scanner_the_module_picked() -> None:
         assert scan.SPEEDUPS == "python"
         assert scan.whole_messages is scan.py_whole_messages
         assert scan.session_whole_messages is scan._py_skip
-        assert session_module._whole_read is scan._py_read
+        assert session_module._FlowState is scan.FlowState is scan.PyFlowState
         assert session_module._HOLD_FIRST is True
     elif _scan is not None:
         assert scan.SPEEDUPS == "c"
         assert scan.whole_messages is _scan.whole_messages
         assert scan.session_whole_messages is _scan.whole_messages
-        assert session_module._whole_read is _scan.whole_read
+        assert session_module._FlowState is scan.FlowState is _scan.FlowState
         assert session_module._HOLD_FIRST is False
 
 

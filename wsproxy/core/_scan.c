@@ -16,7 +16,9 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stddef.h>
 #include <stdint.h>
+#include <structmember.h>
 
 static PyObject *scan(const unsigned char *data, const uint64_t n, PyObject *const *args);
 static PyObject *read_whole(const unsigned char *data, const uint64_t n, PyObject *const *args);
@@ -218,6 +220,156 @@ read_whole(const unsigned char *data, const uint64_t n, PyObject *const *args)
     return pair(PyLong_FromSsize_t(messages), PyLong_FromUnsignedLongLong(end - n));
 }
 
+/*
+ * FlowState: the frame state of one direction that a read of whole messages touches
+ * (wsproxy.core.scan.PyFlowState is its Python twin, the session's _Flow subclasses
+ * whichever is in use). take(data) is PyFlowState.take: one call per read.
+ */
+typedef struct {
+    PyObject_HEAD
+    unsigned long long remaining; /* < 2^63: a payload's bytes after its header */
+    long long messages;
+    long long bytes;
+    long long max_size;
+    int mask_bit;
+    int rsv_allowed;
+    char in_message;
+    PyObject *partial;
+    PyObject *pending;
+    PyObject *pending_close;
+} FlowState;
+
+static int
+flow_traverse(FlowState *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->partial);
+    Py_VISIT(self->pending);
+    Py_VISIT(self->pending_close);
+    Py_VISIT(Py_TYPE(self));
+    return 0;
+}
+
+static int
+flow_clear(FlowState *self)
+{
+    Py_CLEAR(self->partial);
+    Py_CLEAR(self->pending);
+    Py_CLEAR(self->pending_close);
+    return 0;
+}
+
+static void
+flow_dealloc(FlowState *self)
+{
+    PyTypeObject *type = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    flow_clear(self);
+    type->tp_free((PyObject *)self);
+    Py_DECREF(type);
+}
+
+/* Whether a member holds an empty object of its kind (b"" or ()); NULL (never set)
+   and anything else is not. */
+static int
+empty(PyObject *value)
+{
+    if (value == NULL)
+        return 0;
+    if (PyBytes_CheckExact(value))
+        return PyBytes_GET_SIZE(value) == 0;
+    if (PyTuple_CheckExact(value))
+        return PyTuple_GET_SIZE(value) == 0;
+    return 0;
+}
+
+static PyObject *
+flow_take(FlowState *self, PyObject *arg)
+{
+    if (self->in_message || self->pending_close != Py_None || !empty(self->partial)
+        || !empty(self->pending))
+        Py_RETURN_FALSE;
+    Py_buffer view = {0};
+    const unsigned char *data;
+    uint64_t n;
+    if (PyBytes_Check(arg)) {
+        data = (const unsigned char *)PyBytes_AS_STRING(arg);
+        n = (uint64_t)PyBytes_GET_SIZE(arg);
+    } else {
+        if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
+            return NULL;
+        data = (const unsigned char *)view.buf;
+        n = (uint64_t)view.len;
+    }
+    int taken = 1;
+    if (self->remaining >= n) {  /* all of it payload of the frame in flight */
+        self->remaining -= n;
+    } else {
+        Py_ssize_t messages = 0;
+        uint64_t end = walk(data, n, self->remaining, self->mask_bit, self->rsv_allowed,
+                            self->max_size, &messages);
+        if (end < n) {
+            taken = 0;
+        } else {
+            self->remaining = end - n;
+            self->messages += messages;
+        }
+    }
+    if (taken)
+        self->bytes += (long long)n;
+    if (view.obj != NULL)
+        PyBuffer_Release(&view);
+    return PyBool_FromLong(taken);
+}
+
+static PyMethodDef flow_methods[] = {
+    {"take", (PyCFunction)flow_take, METH_O,
+     "take(data) -> bool: count a read of whole messages (wsproxy.core.scan)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef flow_members[] = {
+    {"remaining", T_ULONGLONG, offsetof(FlowState, remaining), 0, NULL},
+    {"messages", T_LONGLONG, offsetof(FlowState, messages), 0, NULL},
+    {"bytes", T_LONGLONG, offsetof(FlowState, bytes), 0, NULL},
+    {"max_size", T_LONGLONG, offsetof(FlowState, max_size), 0, NULL},
+    {"mask_bit", T_INT, offsetof(FlowState, mask_bit), 0, NULL},
+    {"rsv_allowed", T_INT, offsetof(FlowState, rsv_allowed), 0, NULL},
+    {"in_message", T_BOOL, offsetof(FlowState, in_message), 0, NULL},
+    {"partial", T_OBJECT_EX, offsetof(FlowState, partial), 0, NULL},
+    {"pending", T_OBJECT_EX, offsetof(FlowState, pending), 0, NULL},
+    {"pending_close", T_OBJECT_EX, offsetof(FlowState, pending_close), 0, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyType_Slot flow_slots[] = {
+    {Py_tp_doc, "The frame state of one direction (wsproxy.core.scan.PyFlowState's twin)."},
+    {Py_tp_new, PyType_GenericNew},
+    {Py_tp_dealloc, flow_dealloc},
+    {Py_tp_traverse, flow_traverse},
+    {Py_tp_clear, flow_clear},
+    {Py_tp_methods, flow_methods},
+    {Py_tp_members, flow_members},
+    {0, NULL},
+};
+
+static PyType_Spec flow_spec = {
+    .name = "wsproxy.core._scan.FlowState",
+    .basicsize = sizeof(FlowState),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .slots = flow_slots,
+};
+
+static int
+add_types(PyObject *module)
+{
+    PyObject *type = PyType_FromModuleAndSpec(module, &flow_spec, NULL);
+    if (type == NULL)
+        return -1;
+    int result = PyModule_AddObjectRef(module, "FlowState", type);
+    Py_DECREF(type);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"whole_messages", (PyCFunction)(void (*)(void))whole_messages, METH_FASTCALL,
      "whole_messages(data, pos, mask_bit, rsv_allowed, max_size) -> (pos, messages)\n\n"
@@ -230,6 +382,7 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef_Slot slots[] = {
+    {Py_mod_exec, add_types},
 #if PY_VERSION_HEX >= 0x030C0000
     {Py_mod_multiple_interpreters, Py_MOD_PER_INTERPRETER_GIL_SUPPORTED},
 #endif

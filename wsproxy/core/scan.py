@@ -60,9 +60,10 @@ rsv_allowed, max_size)``:
 
 from __future__ import annotations
 
+import builtins
 import os
 from collections.abc import Callable
-from typing import Final
+from typing import Final, cast
 
 #: The signatures both implementations share.
 WholeMessages = Callable[[bytes, int, int, int, int], tuple[int, int]]
@@ -152,16 +153,73 @@ def _py_read(
     return None if end < n else (messages, end - n)
 
 
-def _pick() -> tuple[WholeMessages, WholeMessages, WholeRead, WholeRead, str]:
+class PyFlowState:
+    """The frame state of one direction that a read of whole messages touches; the
+    session's ``_Flow`` (wsproxy.core.session) adds the rest and subclasses this or
+    its C twin, ``_scan.FlowState`` (``FlowState`` here is the one in use).
+
+    ``take(data)`` is the hot path's one call per read: True when *data* holds only
+    whole messages as ``whole_read`` says, with no message in progress, no partial
+    header and none of our own frames waiting (then *data* was counted: messages,
+    bytes, what remains of a frame that goes on); False, with nothing changed, when
+    the session's loop has to read it.
+    """
+
+    __slots__ = (
+        "bytes", "in_message", "mask_bit", "max_size", "messages", "partial", "pending",
+        "pending_close", "remaining", "rsv_allowed",
+    )
+
+    #: Payload bytes of the current data frame still to pass through.
+    remaining: int
+    messages: int
+    bytes: int
+    #: The size limit of one message (the session's max_message_size).
+    max_size: int
+    #: The mask bit the frames must have (0x80 from a client, 0 from a backend).
+    mask_bit: int
+    #: Reserved bits an extension negotiated end to end may set (RSV1: deflate).
+    rsv_allowed: int
+    in_message: bool
+    #: An incomplete header or control frame, kept until the rest arrives.
+    partial: builtins.bytes  # (``bytes`` is a counter here)
+    #: Our own frames for the other side, waiting for the frame in flight to end.
+    pending: tuple[builtins.bytes, ...]
+    pending_close: tuple[builtins.bytes, int | None, str] | None
+
+    def take(self, data: builtins.bytes) -> bool:
+        if self.in_message or self.pending_close is not None or self.partial or self.pending:
+            return False
+        # whole_read's spec (_py_read), written out: a call less per read.
+        n = len(data)
+        remaining = self.remaining
+        if remaining >= n:
+            self.remaining = remaining - n
+        else:
+            end, messages = _py_skip(data, remaining, self.mask_bit, self.rsv_allowed,
+                                     self.max_size)
+            if end < n:
+                return False
+            self.remaining = end - n
+            self.messages += messages
+        self.bytes += n
+        return True
+
+
+def _pick() -> tuple[WholeMessages, WholeMessages, WholeRead, WholeRead, type[PyFlowState],
+                     str]:
+    python = (py_whole_messages, _py_skip, py_whole_read, _py_read, PyFlowState, "python")
     if os.environ.get("WSPROXY_NO_SPEEDUPS", "") not in ("", "0"):
-        return py_whole_messages, _py_skip, py_whole_read, _py_read, "python"
+        return python
     try:
         from wsproxy.core import _scan
     except ImportError:
-        return py_whole_messages, _py_skip, py_whole_read, _py_read, "python"
+        return python
     # In C the checks cost next to nothing: one function serves both.
+    # The C FlowState has PyFlowState's attributes and take() (tested as twins).
+    flow_state = cast(type[PyFlowState], _scan.FlowState)
     return (_scan.whole_messages, _scan.whole_messages, _scan.whole_read, _scan.whole_read,
-            "c")
+            flow_state, "c")
 
 
 whole_messages: WholeMessages
@@ -172,6 +230,9 @@ session_whole_messages: WholeMessages
 whole_read: WholeRead
 #: The session's ``whole_read``, as ``session_whole_messages``.
 session_whole_read: WholeRead
+#: The base of the session's flows: PyFlowState or its C twin.
+FlowState: type[PyFlowState]
 #: "c" when the compiled scanner is in use, "python" when the reference one is.
 SPEEDUPS: str
-whole_messages, session_whole_messages, whole_read, session_whole_read, SPEEDUPS = _pick()
+(whole_messages, session_whole_messages, whole_read, session_whole_read, FlowState,
+ SPEEDUPS) = _pick()

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from wsproxy.core import frames
 from wsproxy.core.closes import (
@@ -61,7 +61,6 @@ from wsproxy.core.handshake import (
 from wsproxy.core.http import ParsedRequest
 from wsproxy.core.scan import SPEEDUPS, WHOLE_MESSAGE
 from wsproxy.core.scan import session_whole_messages as _whole_messages
-from wsproxy.core.scan import session_whole_read as _whole_read
 from wsproxy.core.states import (
     LEG_CAN_RECEIVE,
     LEG_CAN_SEND,
@@ -77,6 +76,11 @@ from wsproxy.core.states import (
 )
 from wsproxy.core.upgrade import Opened, Upgrade
 from wsproxy.errors import HandshakeRejected, InvalidTransition, UpstreamHandshakeFailed
+
+if TYPE_CHECKING:  # the C twin is typed as its Python reference
+    from wsproxy.core.scan import PyFlowState as _FlowState
+else:
+    from wsproxy.core.scan import FlowState as _FlowState
 
 #: Heartbeat pings carry this prefix (plus a per-process token) so that their pongs
 #: are recognised and not relayed, while a peer's own pings pass end to end.
@@ -122,29 +126,26 @@ class _Leg:
         self.state = next_leg_state(self.state, trigger)
 
 
-class _Flow:
-    """Frame-boundary tracking for one direction: frames read from *src*, sent to *dst*."""
+class _Flow(_FlowState):
+    """Frame-boundary tracking for one direction: frames read from *src*, sent to *dst*.
+
+    The state a read of whole messages touches (what remains of a frame in flight, a
+    partial header, a message in progress, our frames waiting, the counters) is the
+    base class's: wsproxy.core.scan.FlowState, compiled where it can be, so that the
+    hot path is one ``take(data)`` per read (Session.relay).
+    """
 
     __slots__ = (
-        "bytes",
         "dst",
         "dst_leg",
-        "in_message",
-        "mask_bit",
         "masked",
         "message_room",
-        "messages",
-        "partial",
-        "pending",
-        "pending_close",
-        "remaining",
-        "rsv_allowed",
         "src",
         "src_leg",
         "undelivered",
     )
 
-    def __init__(self, src: Side, src_leg: _Leg, dst_leg: _Leg) -> None:
+    def __init__(self, src: Side, src_leg: _Leg, dst_leg: _Leg, max_size: int) -> None:
         self.src = src
         self.dst = src.other
         #: The legs themselves, to spare the hot loop a lookup per chunk.
@@ -152,13 +153,12 @@ class _Flow:
         self.dst_leg = dst_leg
         #: RFC 6455 §5.1: client frames are masked, server frames are not.
         self.masked = src is Side.CLIENT
-        #: The mask bit of the second header byte the scanner wants (0x80 or 0).
         self.mask_bit = 0x80 if self.masked else 0
-        #: Reserved bits an extension negotiated end to end may set (RSV1: deflate).
+        # Within the C twin's range: no frame is longer than 2^63 - 1 (§5.2), so a
+        # larger limit or a more negative one decides the same.
+        self.max_size = max(-1, min(max_size, (1 << 63) - 1))
         self.rsv_allowed = 0
-        #: Payload bytes of the current data frame still to pass through.
         self.remaining = 0
-        #: An incomplete header or control frame, kept until the rest arrives.
         self.partial = b""
         self.in_message = False
         #: Wire bytes the current message may still take (the size limit, less its
@@ -168,10 +168,10 @@ class _Flow:
         self.bytes = 0
         #: Data messages that could not be delivered: dst was already sent a close.
         self.undelivered = 0
-        #: Our own frames for dst, waiting for the frame in flight to end (rare: a
-        #: tuple, so that the usual empty one is shared rather than a list per flow).
-        self.pending: tuple[bytes, ...] = ()
-        self.pending_close: tuple[bytes, int | None, str] | None = None
+        #: Rare: a tuple, so that the usual empty one is shared rather than a list per
+        #: flow.
+        self.pending = ()
+        self.pending_close = None
 
 
 class Session:
@@ -222,8 +222,12 @@ class Session:
         self._client_leg = _Leg(Side.CLIENT)
         self._upstream_leg = _Leg(Side.UPSTREAM)
         #: The frames read from each side (see _flow()).
-        self._client_flow = _Flow(Side.CLIENT, self._client_leg, self._upstream_leg)
-        self._upstream_flow = _Flow(Side.UPSTREAM, self._upstream_leg, self._client_leg)
+        self._client_flow = _Flow(
+            Side.CLIENT, self._client_leg, self._upstream_leg, max_message_size
+        )
+        self._upstream_flow = _Flow(
+            Side.UPSTREAM, self._upstream_leg, self._client_leg, max_message_size
+        )
         #: Which side closed first: "client", "upstream" or "proxy".
         self.initiator: str | None = None
         self.close_reason: str | None = None
@@ -273,28 +277,17 @@ class Session:
         OPEN, and nothing else waiting there), else None: call data_to_send() as
         after receive_data().
 
-        One call to the scanner decides (wsproxy.core.scan ``whole_read``): the frame
-        state is checked and counted as ``_scan`` would, without its loop.
+        One call decides (``take``, wsproxy.core.scan.FlowState, compiled where it
+        can be): the frame state is checked and counted as ``_scan`` would, without
+        its loop.
         """
         f = self._client_flow if side is _CLIENT else self._upstream_flow
-        if (
-            self.state is _OPEN
-            and not f.partial
-            and not f.in_message
-            and not f.pending
-            and f.pending_close is None
-        ):
-            whole = _whole_read(data, f.remaining, f.mask_bit, f.rsv_allowed,
-                                self.max_message_size)
-            if whole is not None:
-                messages, f.remaining = whole
-                f.messages += messages
-                f.bytes += len(data)
-                out = f.dst_leg.out
-                if not out:
-                    return data
-                out.append(data)
-                return None
+        if self.state is _OPEN and f.take(data):
+            out = f.dst_leg.out
+            if not out:
+                return data
+            out.append(data)
+            return None
         self.receive_data(side, data)
         return None
 
