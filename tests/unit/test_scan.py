@@ -252,7 +252,7 @@ def c_whole_read() -> Callable[..., object]:
     max_size=MAX_SIZES,
     remaining=REMAINING,
 )
-@settings(max_examples=1500)
+@settings(max_examples=600)
 def test_the_c_whole_read_answers_as_the_python_one(
     from_client: bool, data: st.DataObject, rsv_allowed: int, max_size: int, remaining: int
 ) -> None:
@@ -363,7 +363,7 @@ def take_with(base: type, state: dict[str, object], data: bytes) -> object:
 
 @needs_c
 @given(from_client=st.booleans(), data=st.data())
-@settings(max_examples=1500)
+@settings(max_examples=600)
 def test_the_c_flow_state_takes_a_read_as_the_python_one(
     from_client: bool, data: st.DataObject
 ) -> None:
@@ -552,7 +552,7 @@ def test_a_session_relays_alike_whichever_frame_the_scanner_starts_at(
     max_size=st.sampled_from([0, 3, 125, 126, 300, 65536, 1 << 20]),
     rsv_allowed=st.sampled_from([0, 0x40, 0x70]),
 )
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
 def test_relay_gives_what_receive_data_gives(
     ops: list[Op], max_size: int, rsv_allowed: int
 ) -> None:
