@@ -2,15 +2,16 @@
 
 At 64-byte messages a read carries dozens of frames, and almost every one is a whole
 text or binary message in one frame (FIN set, nothing to check but its header). The
-session (wsproxy.core.session) asks ``whole_read`` (below) whether a read holds only
-such frames, and then forwards it as it came. When it does not, the session's own
-loop reads it, and hands it to ``whole_messages``, which walks
-such frames by arithmetic and stops at the first frame that needs a decision: a
-control frame, a fragment, a bad header, a size over the limit, or a header cut off
-by the end of the read. The session's own loop decides on that frame, then calls
-``whole_messages`` again. (It calls ``session_whole_messages``: the same, but on the
-Python fallback without the argument checks and only from a read's second frame,
-where a call pays off; see session._HOLD_FIRST.)
+session (wsproxy.core.session) asks its flow state (``FlowState.take``, below, by
+``whole_read``'s spec) whether a read holds only such frames, and then forwards it as
+it came. When it does not, the session's own loop reads it, and hands it to
+``whole_messages``, which walks such frames by arithmetic and stops at the first
+frame that needs a decision: a control frame, a fragment, a bad header, a size over
+the limit, or a header cut off by the end of the read. The session's own loop
+decides on that frame, then calls ``whole_messages`` again. (It calls
+``session_whole_messages``: the same, but on the Python fallback without the
+argument checks and only from a read's second frame, where a call pays off; see
+session._HOLD_FIRST.)
 
 One spec, two implementations: ``py_whole_messages`` below is the reference, and
 ``_scan.c`` (the ``wsproxy.core._scan`` extension, built by setup.py when a C
@@ -41,10 +42,10 @@ between) decides whether to ask at all: this function keeps no state.
 A read of whole messages
 ------------------------
 Most reads need no decision at all: they hold the rest of a frame in flight and whole
-messages, the last of which may go on in later reads. The session asks
-``whole_read`` first, once per read, and forwards such a read untouched without
-running its own loop. The spec of ``whole_read(data, remaining, mask_bit,
-rsv_allowed, max_size)``:
+messages, the last of which may go on in later reads. The session asks that first,
+once per read (``take`` of its flow's state, which answers by this spec and counts
+the read), and forwards such a read untouched without running its own loop. The
+spec of ``whole_read(data, remaining, mask_bit, rsv_allowed, max_size)``:
 
 - *remaining*: the payload bytes of a frame in flight that begin *data*.
 - When *remaining* covers all of *data*: ``(0, remaining - len(data))``.
@@ -139,13 +140,6 @@ def py_whole_read(
             "whole_read(): remaining < 0, or mask_bit not 0 or 0x80, or rsv_allowed not "
             "reserved bits"
         )
-    return _py_read(data, remaining, mask_bit, rsv_allowed, max_size)
-
-
-def _py_read(
-    data: bytes, remaining: int, mask_bit: int, rsv_allowed: int, max_size: int
-) -> tuple[int, int] | None:
-    """``py_whole_read`` without its argument checks, for the session (as _py_skip)."""
     n = len(data)
     if remaining >= n:
         return 0, remaining - n
@@ -190,7 +184,7 @@ class PyFlowState:
     def take(self, data: builtins.bytes) -> bool:
         if self.in_message or self.pending_close is not None or self.partial or self.pending:
             return False
-        # whole_read's spec (_py_read), written out: a call less per read.
+        # whole_read's spec (py_whole_read) without its argument checks.
         n = len(data)
         remaining = self.remaining
         if remaining >= n:
@@ -206,9 +200,8 @@ class PyFlowState:
         return True
 
 
-def _pick() -> tuple[WholeMessages, WholeMessages, WholeRead, WholeRead, type[PyFlowState],
-                     str]:
-    python = (py_whole_messages, _py_skip, py_whole_read, _py_read, PyFlowState, "python")
+def _pick() -> tuple[WholeMessages, WholeMessages, WholeRead, type[PyFlowState], str]:
+    python = (py_whole_messages, _py_skip, py_whole_read, PyFlowState, "python")
     if os.environ.get("WSPROXY_NO_SPEEDUPS", "") not in ("", "0"):
         return python
     try:
@@ -218,8 +211,7 @@ def _pick() -> tuple[WholeMessages, WholeMessages, WholeRead, WholeRead, type[Py
     # In C the checks cost next to nothing: one function serves both.
     # The C FlowState has PyFlowState's attributes and take() (tested as twins).
     flow_state = cast(type[PyFlowState], _scan.FlowState)
-    return (_scan.whole_messages, _scan.whole_messages, _scan.whole_read, _scan.whole_read,
-            flow_state, "c")
+    return _scan.whole_messages, _scan.whole_messages, _scan.whole_read, flow_state, "c"
 
 
 whole_messages: WholeMessages
@@ -228,11 +220,8 @@ whole_messages: WholeMessages
 #: are known good.
 session_whole_messages: WholeMessages
 whole_read: WholeRead
-#: The session's ``whole_read``, as ``session_whole_messages``.
-session_whole_read: WholeRead
 #: The base of the session's flows: PyFlowState or its C twin.
 FlowState: type[PyFlowState]
 #: "c" when the compiled scanner is in use, "python" when the reference one is.
 SPEEDUPS: str
-(whole_messages, session_whole_messages, whole_read, session_whole_read, FlowState,
- SPEEDUPS) = _pick()
+whole_messages, session_whole_messages, whole_read, FlowState, SPEEDUPS = _pick()
