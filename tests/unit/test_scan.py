@@ -9,7 +9,10 @@ Checked here with hypothesis (derandomized: the same inputs on every run):
 - the function itself, on the same inputs: frame streams and arbitrary bytes, any
   start, masked or not, any allowed reserved bits, limits from negative to past 2^64,
   bad arguments: the same (pos, messages) or the same exception;
-- a whole Session, once with each: arbitrary frame streams from both sides (whole,
+- ``whole_read`` (a read of whole messages, the session's first question per read)
+  likewise, C against Python, on the same inputs;
+- a whole Session, once with each, fed through ``receive_data`` or through the
+  driver's ``relay``: arbitrary frame streams from both sides (whole,
   fragmented, control frames, limits exceeded, bad frames, garbage) split at arbitrary
   points, with heartbeat pings and closes of the proxy's own in between: the same
   bytes out to each side, the same states, close codes, counters and pongs.
@@ -22,6 +25,7 @@ when ``wsproxy --version`` does not say ``speedups: c``).
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import subprocess
 import sys
@@ -216,6 +220,192 @@ def test_examples(args: tuple[Any, ...], expected: tuple[int, int]) -> None:
         assert c_scanner()(*args) == expected
 
 
+# A read of whole messages: the same answers on the same inputs…
+
+@st.composite
+def whole_run(draw: st.DrawFn, from_client: bool) -> bytes:
+    """Whole messages only (the hot path's reads), the last one cut off anywhere."""
+    sizes = draw(st.lists(st.integers(0, 300), min_size=1, max_size=20))
+    raw = b"".join(build_raw(draw(st.sampled_from([1, 2])), b"m" * size, mask=from_client)
+                   for size in sizes)
+    return raw[: draw(st.integers(0, len(raw)))]
+
+
+def read_of(from_client: bool) -> st.SearchStrategy[bytes]:
+    return st.one_of(stream(from_client), st.binary(max_size=40), whole_run(from_client))
+
+
+REMAINING = st.one_of(st.integers(0, 80), st.sampled_from([70000, (1 << 63) - 1, 1 << 63,
+                                                           1 << 64, 1 << 70]))
+
+
+def c_whole_read() -> Callable[..., object]:
+    assert _scan is not None
+    return _scan.whole_read  # type: ignore[no-any-return]
+
+
+@needs_c
+@given(
+    from_client=st.booleans(),
+    data=st.data(),
+    rsv_allowed=st.sampled_from([0, 0x40, 0x70, 0x10, 0x30]),
+    max_size=MAX_SIZES,
+    remaining=REMAINING,
+)
+@settings(max_examples=600)
+def test_the_c_whole_read_answers_as_the_python_one(
+    from_client: bool, data: st.DataObject, rsv_allowed: int, max_size: int, remaining: int
+) -> None:
+    raw = data.draw(read_of(from_client))
+    args = (raw, remaining, 0x80 if from_client else 0, rsv_allowed, max_size)
+    expected = outcome(scan.py_whole_read, *args)
+    assert outcome(c_whole_read(), *args) == expected
+    assert outcome(c_whole_read(), bytearray(raw), *args[1:]) == expected
+    assert outcome(c_whole_read(), memoryview(raw), *args[1:]) == expected
+
+
+@given(
+    from_client=st.booleans(),
+    data=st.data(),
+    rsv_allowed=st.sampled_from([0, 0x40, 0x70, 0x10, 0x30]),
+    max_size=MAX_SIZES,
+    remaining=REMAINING,
+)
+@settings(max_examples=500)
+def test_whole_read_is_whole_messages_up_to_the_end_of_the_read(
+    from_client: bool, data: st.DataObject, rsv_allowed: int, max_size: int, remaining: int
+) -> None:
+    """The spec's two halves: all of a read in the frame in flight, or a read whole
+    when the walk from *remaining* (whole_messages) reaches its end."""
+    raw = data.draw(read_of(from_client))
+    args = (raw, remaining, 0x80 if from_client else 0, rsv_allowed, max_size)
+    answer = scan.py_whole_read(*args)
+    if remaining >= len(raw):
+        assert answer == (0, remaining - len(raw))
+        return
+    end, messages = scan.py_whole_messages(*args)
+    assert answer == (None if end < len(raw) else (messages, end - len(raw)))
+
+
+@needs_c
+@pytest.mark.parametrize(
+    "args",
+    [
+        (b"\x82\x00", -1, 0, 0, 10),
+        (b"\x82\x00", -(1 << 70), 0, 0, 10),
+        (b"\x82\x00", 0, 1, 0, 10),
+        (b"\x82\x00", 0, 0, 0x80, 10),
+        (b"\x82\x00", 5, 0, 1 << 70, 10),  # checked even where nothing is walked
+    ],
+)
+def test_bad_arguments_to_whole_read_are_refused_alike(args: tuple[Any, ...]) -> None:
+    assert outcome(scan.py_whole_read, *args) is ValueError
+    assert outcome(c_whole_read(), *args) is ValueError
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        # Two whole frames from a backend: the read goes through.
+        ((b"\x82\x00\x81\x01a", 0, 0, 0, 10), (2, 0)),
+        # The end of a frame in flight, then one whole frame.
+        ((b"xy\x82\x00", 2, 0, 0, 10), (1, 0)),
+        # All of it payload of the frame in flight.
+        ((b"xyz", 5, 0, 0, 10), (0, 2)),
+        ((b"xyz", 3, 0, 0, 10), (0, 0)),
+        # The last frame goes on in the next read.
+        ((b"\x82\x85abcdxy", 0, 0x80, 0, 10), (1, 3)),
+        # A ping, a header cut short, a frame over the limit: the session's loop.
+        ((b"\x82\x00\x89\x00", 0, 0, 0, 10), None),
+        ((b"\x82\x00\x82", 0, 0, 0, 10), None),
+        ((b"\x82\x05hello", 0, 0, 0, 4), None),
+        ((b"", 0, 0, 0, 10), (0, 0)),
+    ],
+)
+def test_whole_read_examples(args: tuple[Any, ...], expected: object) -> None:
+    assert scan.py_whole_read(*args) == expected
+    if _scan is not None:
+        assert c_whole_read()(*args) == expected
+
+
+# One read taken by a flow's state: the same answer and the same state after…
+
+FLOW_FIELDS = ("remaining", "messages", "bytes", "in_message", "partial", "pending",
+               "pending_close")
+
+
+@st.composite
+def flow_state(draw: st.DrawFn, from_client: bool) -> dict[str, object]:
+    """A flow's state as the session leaves it between reads (mostly a clean one)."""
+    clean = draw(st.booleans()) or draw(st.booleans())
+    return {
+        "remaining": draw(REMAINING.filter(lambda r: r < 1 << 64)),
+        "messages": draw(st.integers(0, 1 << 40)),
+        "bytes": draw(st.integers(0, 1 << 50)),
+        "max_size": draw(MAX_SIZES.map(lambda m: max(-1, min(m, (1 << 63) - 1)))),
+        "mask_bit": 0x80 if from_client else 0,
+        "rsv_allowed": draw(st.sampled_from([0, 0x40, 0x70])),
+        "in_message": False if clean else draw(st.booleans()),
+        "partial": b"" if clean else draw(st.sampled_from([b"", b"\x82"])),
+        "pending": () if clean else draw(st.sampled_from([(), (b"\x89\x00",)])),
+        "pending_close": None if clean else draw(st.sampled_from([None, (b"\x88\x00", None, "")])),
+    }
+
+
+def take_with(base: type, state: dict[str, object], data: bytes) -> object:
+    flow = base()
+    for name, value in state.items():
+        setattr(flow, name, value)
+    return flow.take(data), [getattr(flow, name) for name in FLOW_FIELDS]
+
+
+@needs_c
+@given(from_client=st.booleans(), data=st.data())
+@settings(max_examples=600)
+def test_the_c_flow_state_takes_a_read_as_the_python_one(
+    from_client: bool, data: st.DataObject
+) -> None:
+    state = data.draw(flow_state(from_client))
+    raw = data.draw(read_of(from_client))
+    assert _scan is not None
+    expected = take_with(scan.PyFlowState, state, raw)
+    assert take_with(_scan.FlowState, state, raw) == expected
+    assert take_with(_scan.FlowState, state, bytearray(raw)) == expected
+
+
+@given(from_client=st.booleans(), data=st.data())
+@settings(max_examples=500)
+def test_take_is_whole_read_on_a_clean_flow(from_client: bool, data: st.DataObject) -> None:
+    """PyFlowState.take: whole_read's answer, counted, and nothing changed on None or
+    while anything is in progress."""
+    state = data.draw(flow_state(from_client))
+    raw = data.draw(read_of(from_client))
+    taken, after = take_with(scan.PyFlowState, state, raw)  # type: ignore[misc]
+    before = [state[name] for name in FLOW_FIELDS]
+    clean = not (state["in_message"] or state["partial"] or state["pending"]
+                 or state["pending_close"] is not None)
+    read = scan.py_whole_read(raw, state["remaining"], state["mask_bit"],  # type: ignore[arg-type]
+                              state["rsv_allowed"], state["max_size"])  # type: ignore[arg-type]
+    if not clean or read is None:
+        assert (taken, after) == (False, before)
+        return
+    messages, remaining = read
+    assert taken is True
+    assert after == [remaining, before[1] + messages, before[2] + len(raw), *before[3:]]
+
+
+def test_the_longest_frame_in_flight_is_held() -> None:
+    """A 2^63 - 1 byte payload (the longest §5.2 allows): all of it remains after its
+    header, at the top of a signed 64-bit integer, alike in both states."""
+    header = build_raw(2, b"", mask=True, length=(1 << 63) - 1)
+    for base in ([scan.PyFlowState] + ([_scan.FlowState] if _scan is not None else [])):
+        state = {**dict(zip(FLOW_FIELDS, [0, 0, 0, False, b"", (), None], strict=True)),
+                 "max_size": (1 << 63) - 1, "mask_bit": 0x80, "rsv_allowed": 0}
+        assert take_with(base, state, header) == (
+            True, [(1 << 63) - 1, 1, len(header), False, b"", (), None]
+        )
+
+
 # A whole session: the same bytes, states and closes with either…
 
 Op = tuple[Any, ...]
@@ -235,14 +425,41 @@ def operation(draw: st.DrawFn) -> Op:
     return (what, side)
 
 
+def flow_on(base: type) -> type:
+    """The session's ``_Flow`` with *base* under it (scan.PyFlowState or the C
+    FlowState): the session module run once more, as a copy, with scan.FlowState
+    patched; a session built while its ``_Flow`` is patched with this uses it."""
+    with mock.patch.object(scan, "FlowState", base):
+        spec = importlib.util.spec_from_file_location(
+            f"wsproxy_session_on_{base.__module__.replace('.', '_')}", session_module.__file__
+        )
+        assert spec is not None
+        assert spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    flow: type = module._Flow
+    assert flow.__mro__[1] is base
+    return flow
+
+
+FLOWS: dict[str, type] = {"python": flow_on(scan.PyFlowState)}
+if _scan is not None:
+    FLOWS["c"] = flow_on(_scan.FlowState)
+
+
 def run_session(
-    ops: list[Op], scanner: Scanner, max_size: int, rsv_allowed: int, *, scan_first: bool
+    ops: list[Op], scanner: Scanner, max_size: int, rsv_allowed: int, *, scan_first: bool,
+    flow: str | None = None,
 ) -> list[object]:
     """Everything a driver could see of one session fed *ops*, with *scanner* (asked
-    from a read's first frame, as with C, or from its second, as on the fallback)."""
+    from a read's first frame, as with C, or from its second, as on the fallback);
+    with *flow* ("python" or "c": the base of its flows), through ``relay`` as the
+    driver feeds an OPEN session."""
     no_random = SimpleNamespace(urandom=lambda n: b"\x01" * n)  # our pings' mask keys
     with mock.patch.object(session_module, "_whole_messages", scanner), mock.patch.object(
         session_module, "_HOLD_FIRST", not scan_first
+    ), mock.patch.object(
+        session_module, "_Flow", FLOWS[flow or "python"]
     ), mock.patch.object(frames, "os", no_random):
         harness = SessionHarness(max_message_size=max_size)
         session = harness.session
@@ -253,8 +470,12 @@ def run_session(
             kind, side = op[0], op[1]
             if kind == "feed":
                 for chunk in op[2]:
-                    session.receive_data(side, chunk)
-                    trace.append(snapshot(session))
+                    through = None
+                    if flow is None:
+                        session.receive_data(side, chunk)
+                    else:
+                        through = session.relay(side, chunk)
+                    trace.append(snapshot(session, side.other, through))
             elif kind == "ping":
                 session.send_ping(side, b"7")
             elif kind == "close":
@@ -278,10 +499,12 @@ def run_session(
         return trace
 
 
-def snapshot(session: Any) -> object:
+def snapshot(session: Any, side: Side = CLIENT, through: bytes | None = None) -> object:
+    """*through*: what ``relay`` gave back for *side*, written before the rest."""
+    first = {CLIENT: b"", UPSTREAM: b"", side: through or b""}
     return (
-        b"".join(session.data_to_send(CLIENT)),
-        b"".join(session.data_to_send(UPSTREAM)),
+        first[CLIENT] + b"".join(session.data_to_send(CLIENT)),
+        first[UPSTREAM] + b"".join(session.data_to_send(UPSTREAM)),
         session.state,
         session.leg_state(CLIENT),
         session.leg_state(UPSTREAM),
@@ -322,17 +545,41 @@ def test_a_session_relays_alike_whichever_frame_the_scanner_starts_at(
     assert second == first
 
 
+@given(
+    ops=st.lists(operation(), min_size=1, max_size=8),
+    max_size=st.sampled_from([0, 3, 125, 126, 300, 65536, 1 << 20]),
+    rsv_allowed=st.sampled_from([0, 0x40, 0x70]),
+)
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+def test_relay_gives_what_receive_data_gives(
+    ops: list[Op], max_size: int, rsv_allowed: int
+) -> None:
+    """The driver's hot path (``relay``: one ``take`` per read, the read forwarded as
+    it came) against the session's loop alone, with each FlowState there is."""
+    reference = run_session(ops, scan.py_whole_messages, max_size, rsv_allowed,
+                            scan_first=True)
+    python = run_session(ops, scan._py_skip, max_size, rsv_allowed, scan_first=False,
+                         flow="python")
+    assert python == reference
+    if _scan is not None:
+        compiled = run_session(ops, c_scanner(), max_size, rsv_allowed, scan_first=True,
+                               flow="c")
+        assert compiled == reference
+
+
 def test_the_session_uses_the_scanner_the_module_picked() -> None:
     assert session_module._whole_messages is scan.session_whole_messages
     if os.environ.get("WSPROXY_NO_SPEEDUPS", "") not in ("", "0"):
         assert scan.SPEEDUPS == "python"
         assert scan.whole_messages is scan.py_whole_messages
         assert scan.session_whole_messages is scan._py_skip
+        assert session_module._FlowState is scan.FlowState is scan.PyFlowState
         assert session_module._HOLD_FIRST is True
     elif _scan is not None:
         assert scan.SPEEDUPS == "c"
         assert scan.whole_messages is _scan.whole_messages
         assert scan.session_whole_messages is _scan.whole_messages
+        assert session_module._FlowState is scan.FlowState is _scan.FlowState
         assert session_module._HOLD_FIRST is False
 
 

@@ -1,5 +1,6 @@
 /*
- * wsproxy.core._scan: the compiled twin of wsproxy.core.scan.py_whole_messages.
+ * wsproxy.core._scan: the compiled twin of wsproxy.core.scan.py_whole_messages and
+ * py_whole_read.
  *
  * The spec is in wsproxy/core/scan.py's docstring, and py_whole_messages there is the
  * readable reference: this file does the same, step for step, without creating a
@@ -7,27 +8,33 @@
  *
  *   whole_messages(data: bytes, pos: int, mask_bit: int, rsv_allowed: int,
  *                  max_size: int) -> tuple[int, int]
+ *   whole_read(data: bytes, remaining: int, mask_bit: int, rsv_allowed: int,
+ *              max_size: int) -> tuple[int, int] | None
  *
  * Built by setup.py as an optional extension: without a C compiler the install goes
  * on and the Python implementation is used.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stddef.h>
 #include <stdint.h>
+#include <structmember.h>
 
 static PyObject *scan(const unsigned char *data, const uint64_t n, PyObject *const *args);
+static PyObject *read_whole(const unsigned char *data, const uint64_t n, PyObject *const *args);
 
+typedef PyObject *(*Body)(const unsigned char *, uint64_t, PyObject *const *);
+
+/* Both functions take (data, an offset, mask_bit, rsv_allowed, max_size): *data* as
+   bytes directly, anything else with the buffer protocol (bytearray, memoryview)
+   through a Py_buffer, released at the end. */
 static PyObject *
-whole_messages(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+with_data(const char *name, Body body, PyObject *const *args, Py_ssize_t nargs)
 {
-    (void)module;
     if (nargs != 5) {
-        PyErr_Format(PyExc_TypeError,
-                     "whole_messages() takes 5 arguments (%zd given)", nargs);
+        PyErr_Format(PyExc_TypeError, "%s() takes 5 arguments (%zd given)", name, nargs);
         return NULL;
     }
-    /* bytes directly; anything else with the buffer protocol (bytearray, memoryview)
-       through a Py_buffer, released at the end. */
     Py_buffer view = {0};
     const unsigned char *data;
     uint64_t n;
@@ -40,59 +47,37 @@ whole_messages(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         data = (const unsigned char *)view.buf;
         n = (uint64_t)view.len;
     }
-    PyObject *result = scan(data, n, args);
+    PyObject *result = body(data, n, args);
     if (view.obj != NULL)
         PyBuffer_Release(&view);
     return result;
 }
 
-static int
-small_int(PyObject *arg, long *value)
+static PyObject *
+whole_messages(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    int overflow = 0;
-    *value = PyLong_AsLongAndOverflow(arg, &overflow);
-    if (*value == -1 && !overflow && PyErr_Occurred())
-        return -1;
-    if (overflow)
-        *value = overflow > 0 ? LONG_MAX : LONG_MIN; /* out of every allowed range */
-    return 0;
+    (void)module;
+    return with_data("whole_messages", scan, args, nargs);
 }
 
 static PyObject *
-scan(const unsigned char *data, const uint64_t n, PyObject *const *args)
+whole_read(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    long start, mask_bit, rsv_allowed;
-    if (small_int(args[1], &start) < 0 || small_int(args[2], &mask_bit) < 0
-        || small_int(args[3], &rsv_allowed) < 0)
-        return NULL;
-    if (start < 0 || (mask_bit != 0 && mask_bit != 0x80) || (rsv_allowed & ~0x70L)) {
-        PyErr_SetString(PyExc_ValueError,
-                        "whole_messages(): pos < 0, or mask_bit not 0 or 0x80, or "
-                        "rsv_allowed not reserved bits");
-        return NULL;
-    }
-    Py_ssize_t messages = 0;
-    PyObject *end;
-    if ((uint64_t)start >= n) {  /* nothing to walk: pos comes back as it was given */
-        end = Py_NewRef(args[1]);
-        goto pack;
-    }
-    /* max_size: past the range of long long, every length (< 2^63) is within it; below,
-       none is. */
-    int overflow = 0;
-    long long max_size = PyLong_AsLongLongAndOverflow(args[4], &overflow);
-    if (max_size == -1 && !overflow && PyErr_Occurred())
-        return NULL;
-    if (overflow > 0)
-        max_size = INT64_MAX;
-    else if (overflow < 0)
-        max_size = -1;
+    (void)module;
+    return with_data("whole_read", read_whole, args, nargs);
+}
 
+/* The walk itself (py_whole_messages' loop): from pos, over the frames that are whole
+   text or binary messages; the end of the last one (which may lie past n) comes back,
+   and *messages counts them. */
+static uint64_t
+walk(const unsigned char *data, const uint64_t n, uint64_t pos, const long mask_bit,
+     const long rsv_allowed, const long long max_size, Py_ssize_t *messages)
+{
     /* What py_whole_messages' table says: FIN and opcode 1 or 2 once the allowed
        reserved bits are taken away. */
     const unsigned char keep = (unsigned char)~rsv_allowed;
     const uint64_t key_len = mask_bit ? 4 : 0;
-    uint64_t pos = (uint64_t)start;
 
     while (pos + 1 < n) {
         const unsigned char b0 = data[pos] & keep;
@@ -123,27 +108,265 @@ scan(const unsigned char *data, const uint64_t n, PyObject *const *args)
         }
         if ((long long)length > max_size)
             break;
-        messages++;
+        (*messages)++;
         /* pos < n <= PY_SSIZE_T_MAX and length < 2^63: no overflow. */
         pos += head + length;
     }
+    return pos;
+}
+
+static int
+small_int(PyObject *arg, long *value)
+{
+    int overflow = 0;
+    *value = PyLong_AsLongAndOverflow(arg, &overflow);
+    if (*value == -1 && !overflow && PyErr_Occurred())
+        return -1;
+    if (overflow)
+        *value = overflow > 0 ? LONG_MAX : LONG_MIN; /* out of every allowed range */
+    return 0;
+}
+
+/* The offset (args[1]) and the flow's arguments, checked as py_whole_messages and
+   py_whole_read check them; *what* starts the ValueError's message. */
+static int
+checked_args(PyObject *const *args, const char *what, long *start, long *mask_bit,
+             long *rsv_allowed)
+{
+    if (small_int(args[1], start) < 0 || small_int(args[2], mask_bit) < 0
+        || small_int(args[3], rsv_allowed) < 0)
+        return -1;
+    if (*start < 0 || (*mask_bit != 0 && *mask_bit != 0x80) || (*rsv_allowed & ~0x70L)) {
+        PyErr_Format(PyExc_ValueError,
+                     "%s, or mask_bit not 0 or 0x80, or rsv_allowed not reserved bits", what);
+        return -1;
+    }
+    return 0;
+}
+
+/* max_size: past the range of long long, every length (< 2^63) is within it; below,
+   none is. */
+static int
+limit(PyObject *arg, long long *max_size)
+{
+    int overflow = 0;
+    *max_size = PyLong_AsLongLongAndOverflow(arg, &overflow);
+    if (*max_size == -1 && !overflow && PyErr_Occurred())
+        return -1;
+    if (overflow > 0)
+        *max_size = INT64_MAX;
+    else if (overflow < 0)
+        *max_size = -1;
+    return 0;
+}
+
+static PyObject *
+pair(PyObject *first, PyObject *second)  /* steals both references, NULL-safe */
+{
+    PyObject *result = NULL;
+    if (first != NULL && second != NULL)
+        result = PyTuple_Pack(2, first, second);
+    Py_XDECREF(first);
+    Py_XDECREF(second);
+    return result;
+}
+
+static PyObject *
+scan(const unsigned char *data, const uint64_t n, PyObject *const *args)
+{
+    long start, mask_bit, rsv_allowed;
+    if (checked_args(args, "whole_messages(): pos < 0", &start, &mask_bit, &rsv_allowed) < 0)
+        return NULL;
+    Py_ssize_t messages = 0;
+    PyObject *end;
+    if ((uint64_t)start >= n) {  /* nothing to walk: pos comes back as it was given */
+        end = Py_NewRef(args[1]);
+        goto pack;
+    }
+    long long max_size;
+    if (limit(args[4], &max_size) < 0)
+        return NULL;
+    uint64_t pos = walk(data, n, (uint64_t)start, mask_bit, rsv_allowed, max_size, &messages);
     end = PyLong_FromUnsignedLongLong(pos);
     if (end == NULL)
         return NULL;
-pack:;
-    PyObject *count = PyLong_FromSsize_t(messages);
-    if (count == NULL) {
-        Py_DECREF(end);
+pack:
+    return pair(end, PyLong_FromSsize_t(messages));
+}
+
+static PyObject *
+read_whole(const unsigned char *data, const uint64_t n, PyObject *const *args)
+{
+    long remaining, mask_bit, rsv_allowed;
+    if (checked_args(args, "whole_read(): remaining < 0", &remaining, &mask_bit,
+                     &rsv_allowed) < 0)
         return NULL;
+    if ((uint64_t)remaining >= n) {  /* the read is all payload of the frame in flight */
+        PyObject *length = PyLong_FromUnsignedLongLong(n);
+        if (length == NULL)
+            return NULL;
+        PyObject *left = PyNumber_Subtract(args[1], length);
+        Py_DECREF(length);
+        return pair(PyLong_FromLong(0), left);
     }
-    PyObject *result = PyTuple_New(2);
-    if (result == NULL) {
-        Py_DECREF(end);
-        Py_DECREF(count);
+    long long max_size;
+    if (limit(args[4], &max_size) < 0)
         return NULL;
+    Py_ssize_t messages = 0;
+    uint64_t end = walk(data, n, (uint64_t)remaining, mask_bit, rsv_allowed, max_size,
+                        &messages);
+    if (end < n)  /* a frame that needs the session's decision, or a header cut short */
+        Py_RETURN_NONE;
+    return pair(PyLong_FromSsize_t(messages), PyLong_FromUnsignedLongLong(end - n));
+}
+
+/*
+ * FlowState: the frame state of one direction that a read of whole messages touches
+ * (wsproxy.core.scan.PyFlowState is its Python twin, the session's _Flow subclasses
+ * whichever is in use). take(data) is PyFlowState.take: one call per read.
+ */
+typedef struct {
+    PyObject_HEAD
+    unsigned long long remaining; /* < 2^63: a payload's bytes after its header */
+    long long messages;
+    long long bytes;
+    long long max_size;
+    int mask_bit;
+    int rsv_allowed;
+    char in_message;
+    PyObject *partial;
+    PyObject *pending;
+    PyObject *pending_close;
+} FlowState;
+
+static int
+flow_traverse(FlowState *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->partial);
+    Py_VISIT(self->pending);
+    Py_VISIT(self->pending_close);
+    Py_VISIT(Py_TYPE(self));
+    return 0;
+}
+
+static int
+flow_clear(FlowState *self)
+{
+    Py_CLEAR(self->partial);
+    Py_CLEAR(self->pending);
+    Py_CLEAR(self->pending_close);
+    return 0;
+}
+
+static void
+flow_dealloc(FlowState *self)
+{
+    PyTypeObject *type = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    flow_clear(self);
+    type->tp_free((PyObject *)self);
+    Py_DECREF(type);
+}
+
+/* Whether a member holds an empty object of its kind (b"" or ()); NULL (never set)
+   and anything else is not. */
+static int
+empty(PyObject *value)
+{
+    if (value == NULL)
+        return 0;
+    if (PyBytes_CheckExact(value))
+        return PyBytes_GET_SIZE(value) == 0;
+    if (PyTuple_CheckExact(value))
+        return PyTuple_GET_SIZE(value) == 0;
+    return 0;
+}
+
+static PyObject *
+flow_take(FlowState *self, PyObject *arg)
+{
+    if (self->in_message || self->pending_close != Py_None || !empty(self->partial)
+        || !empty(self->pending))
+        Py_RETURN_FALSE;
+    Py_buffer view = {0};
+    const unsigned char *data;
+    uint64_t n;
+    if (PyBytes_Check(arg)) {
+        data = (const unsigned char *)PyBytes_AS_STRING(arg);
+        n = (uint64_t)PyBytes_GET_SIZE(arg);
+    } else {
+        if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
+            return NULL;
+        data = (const unsigned char *)view.buf;
+        n = (uint64_t)view.len;
     }
-    PyTuple_SET_ITEM(result, 0, end);
-    PyTuple_SET_ITEM(result, 1, count);
+    int taken = 1;
+    if (self->remaining >= n) {  /* all of it payload of the frame in flight */
+        self->remaining -= n;
+    } else {
+        Py_ssize_t messages = 0;
+        uint64_t end = walk(data, n, self->remaining, self->mask_bit, self->rsv_allowed,
+                            self->max_size, &messages);
+        if (end < n) {
+            taken = 0;
+        } else {
+            self->remaining = end - n;
+            self->messages += messages;
+        }
+    }
+    if (taken)
+        self->bytes += (long long)n;
+    if (view.obj != NULL)
+        PyBuffer_Release(&view);
+    return PyBool_FromLong(taken);
+}
+
+static PyMethodDef flow_methods[] = {
+    {"take", (PyCFunction)flow_take, METH_O,
+     "take(data) -> bool: count a read of whole messages (wsproxy.core.scan)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef flow_members[] = {
+    {"remaining", T_ULONGLONG, offsetof(FlowState, remaining), 0, NULL},
+    {"messages", T_LONGLONG, offsetof(FlowState, messages), 0, NULL},
+    {"bytes", T_LONGLONG, offsetof(FlowState, bytes), 0, NULL},
+    {"max_size", T_LONGLONG, offsetof(FlowState, max_size), 0, NULL},
+    {"mask_bit", T_INT, offsetof(FlowState, mask_bit), 0, NULL},
+    {"rsv_allowed", T_INT, offsetof(FlowState, rsv_allowed), 0, NULL},
+    {"in_message", T_BOOL, offsetof(FlowState, in_message), 0, NULL},
+    {"partial", T_OBJECT_EX, offsetof(FlowState, partial), 0, NULL},
+    {"pending", T_OBJECT_EX, offsetof(FlowState, pending), 0, NULL},
+    {"pending_close", T_OBJECT_EX, offsetof(FlowState, pending_close), 0, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyType_Slot flow_slots[] = {
+    {Py_tp_doc, "The frame state of one direction (wsproxy.core.scan.PyFlowState's twin)."},
+    {Py_tp_new, PyType_GenericNew},
+    {Py_tp_dealloc, flow_dealloc},
+    {Py_tp_traverse, flow_traverse},
+    {Py_tp_clear, flow_clear},
+    {Py_tp_methods, flow_methods},
+    {Py_tp_members, flow_members},
+    {0, NULL},
+};
+
+static PyType_Spec flow_spec = {
+    .name = "wsproxy.core._scan.FlowState",
+    .basicsize = sizeof(FlowState),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .slots = flow_slots,
+};
+
+static int
+add_types(PyObject *module)
+{
+    PyObject *type = PyType_FromModuleAndSpec(module, &flow_spec, NULL);
+    if (type == NULL)
+        return -1;
+    int result = PyModule_AddObjectRef(module, "FlowState", type);
+    Py_DECREF(type);
     return result;
 }
 
@@ -151,10 +374,15 @@ static PyMethodDef methods[] = {
     {"whole_messages", (PyCFunction)(void (*)(void))whole_messages, METH_FASTCALL,
      "whole_messages(data, pos, mask_bit, rsv_allowed, max_size) -> (pos, messages)\n\n"
      "Skip the whole text and binary messages from pos on (wsproxy.core.scan)."},
+    {"whole_read", (PyCFunction)(void (*)(void))whole_read, METH_FASTCALL,
+     "whole_read(data, remaining, mask_bit, rsv_allowed, max_size)"
+     " -> (messages, remaining) | None\n\n"
+     "Whether a read holds only whole text and binary messages (wsproxy.core.scan)."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef_Slot slots[] = {
+    {Py_mod_exec, add_types},
 #if PY_VERSION_HEX >= 0x030C0000
     {Py_mod_multiple_interpreters, Py_MOD_PER_INTERPRETER_GIL_SUPPORTED},
 #endif

@@ -2,13 +2,16 @@
 
 At 64-byte messages a read carries dozens of frames, and almost every one is a whole
 text or binary message in one frame (FIN set, nothing to check but its header). The
-session (wsproxy.core.session) hands each read to ``whole_messages``, which walks
-such frames by arithmetic and stops at the first frame that needs a decision: a
-control frame, a fragment, a bad header, a size over the limit, or a header cut off
-by the end of the read. The session's own loop decides on that frame, then calls
-``whole_messages`` again. (It calls ``session_whole_messages``: the same, but on the
-Python fallback without the argument checks and only from a read's second frame,
-where a call pays off; see session._HOLD_FIRST.)
+session (wsproxy.core.session) asks its flow state (``FlowState.take``, below, by
+``whole_read``'s spec) whether a read holds only such frames, and then forwards it as
+it came. When it does not, the session's own loop reads it, and hands it to
+``whole_messages``, which walks such frames by arithmetic and stops at the first
+frame that needs a decision: a control frame, a fragment, a bad header, a size over
+the limit, or a header cut off by the end of the read. The session's own loop
+decides on that frame, then calls ``whole_messages`` again. (It calls
+``session_whole_messages``: the same, but on the Python fallback without the
+argument checks and only from a read's second frame, where a call pays off; see
+session._HOLD_FIRST.)
 
 One spec, two implementations: ``py_whole_messages`` below is the reference, and
 ``_scan.c`` (the ``wsproxy.core._scan`` extension, built by setup.py when a C
@@ -35,16 +38,37 @@ The spec of ``whole_messages(data, pos, mask_bit, rsv_allowed, max_size)``:
 
 The caller's frame state (a message in progress, our own frames waiting to go in
 between) decides whether to ask at all: this function keeps no state.
+
+A read of whole messages
+------------------------
+Most reads need no decision at all: they hold the rest of a frame in flight and whole
+messages, the last of which may go on in later reads. The session asks that first,
+once per read (``take`` of its flow's state, which answers by this spec and counts
+the read), and forwards such a read untouched without running its own loop. The
+spec of ``whole_read(data, remaining, mask_bit, rsv_allowed, max_size)``:
+
+- *remaining*: the payload bytes of a frame in flight that begin *data*.
+- When *remaining* covers all of *data*: ``(0, remaining - len(data))``.
+- Else the frames from offset *remaining* on are walked as ``whole_messages`` walks
+  them. When every frame qualifies up to the end of *data* (the last one may go on
+  past it): ``(messages, end - len(data))``, the messages that qualified and the
+  payload bytes of the last one still to come (0 when it ended with *data*).
+- Otherwise (a frame that needs a decision, or a header cut off by the end of *data*):
+  ``None``, and the caller's loop reads *data* itself.
+- ValueError for a negative *remaining*, and for *mask_bit* and *rsv_allowed* as
+  ``whole_messages``.
 """
 
 from __future__ import annotations
 
+import builtins
 import os
 from collections.abc import Callable
-from typing import Final
+from typing import Final, cast
 
-#: The signature both implementations share.
+#: The signatures both implementations share.
 WholeMessages = Callable[[bytes, int, int, int, int], tuple[int, int]]
+WholeRead = Callable[[bytes, int, int, int, int], "tuple[int, int] | None"]
 
 #: By the reserved bits a flow allows: whether a frame's first byte makes it a whole
 #: text or binary message (FIN, opcode 1 or 2, no reserved bit but the allowed ones).
@@ -107,15 +131,87 @@ def _py_skip(
     return pos, messages
 
 
-def _pick() -> tuple[WholeMessages, WholeMessages, str]:
+def py_whole_read(
+    data: bytes, remaining: int, mask_bit: int, rsv_allowed: int, max_size: int
+) -> tuple[int, int] | None:
+    """The reference implementation of ``whole_read`` (the module docstring)."""
+    if remaining < 0 or mask_bit not in (0, 0x80) or rsv_allowed & ~0x70:
+        raise ValueError(
+            "whole_read(): remaining < 0, or mask_bit not 0 or 0x80, or rsv_allowed not "
+            "reserved bits"
+        )
+    n = len(data)
+    if remaining >= n:
+        return 0, remaining - n
+    end, messages = _py_skip(data, remaining, mask_bit, rsv_allowed, max_size)
+    return None if end < n else (messages, end - n)
+
+
+class PyFlowState:
+    """The frame state of one direction that a read of whole messages touches; the
+    session's ``_Flow`` (wsproxy.core.session) adds the rest and subclasses this or
+    its C twin, ``_scan.FlowState`` (``FlowState`` here is the one in use).
+
+    ``take(data)`` is the hot path's one call per read: True when *data* holds only
+    whole messages as ``whole_read`` says, with no message in progress, no partial
+    header and none of our own frames waiting (then *data* was counted: messages,
+    bytes, what remains of a frame that goes on); False, with nothing changed, when
+    the session's loop has to read it.
+    """
+
+    __slots__ = (
+        "bytes", "in_message", "mask_bit", "max_size", "messages", "partial", "pending",
+        "pending_close", "remaining", "rsv_allowed",
+    )
+
+    #: Payload bytes of the current data frame still to pass through.
+    remaining: int
+    messages: int
+    bytes: int
+    #: The size limit of one message (the session's max_message_size).
+    max_size: int
+    #: The mask bit the frames must have (0x80 from a client, 0 from a backend).
+    mask_bit: int
+    #: Reserved bits an extension negotiated end to end may set (RSV1: deflate).
+    rsv_allowed: int
+    in_message: bool
+    #: An incomplete header or control frame, kept until the rest arrives.
+    partial: builtins.bytes  # (``bytes`` is a counter here)
+    #: Our own frames for the other side, waiting for the frame in flight to end.
+    pending: tuple[builtins.bytes, ...]
+    pending_close: tuple[builtins.bytes, int | None, str] | None
+
+    def take(self, data: builtins.bytes) -> bool:
+        if self.in_message or self.pending_close is not None or self.partial or self.pending:
+            return False
+        # whole_read's spec (py_whole_read) without its argument checks.
+        n = len(data)
+        remaining = self.remaining
+        if remaining >= n:
+            self.remaining = remaining - n
+        else:
+            end, messages = _py_skip(data, remaining, self.mask_bit, self.rsv_allowed,
+                                     self.max_size)
+            if end < n:
+                return False
+            self.remaining = end - n
+            self.messages += messages
+        self.bytes += n
+        return True
+
+
+def _pick() -> tuple[WholeMessages, WholeMessages, WholeRead, type[PyFlowState], str]:
+    python = (py_whole_messages, _py_skip, py_whole_read, PyFlowState, "python")
     if os.environ.get("WSPROXY_NO_SPEEDUPS", "") not in ("", "0"):
-        return py_whole_messages, _py_skip, "python"
+        return python
     try:
         from wsproxy.core import _scan
     except ImportError:
-        return py_whole_messages, _py_skip, "python"
+        return python
     # In C the checks cost next to nothing: one function serves both.
-    return _scan.whole_messages, _scan.whole_messages, "c"
+    # The C FlowState has PyFlowState's attributes and take() (tested as twins).
+    flow_state = cast(type[PyFlowState], _scan.FlowState)
+    return _scan.whole_messages, _scan.whole_messages, _scan.whole_read, flow_state, "c"
 
 
 whole_messages: WholeMessages
@@ -123,6 +219,9 @@ whole_messages: WholeMessages
 #: same without its argument checks (``_py_skip``). Only for callers whose arguments
 #: are known good.
 session_whole_messages: WholeMessages
+whole_read: WholeRead
+#: The base of the session's flows: PyFlowState or its C twin.
+FlowState: type[PyFlowState]
 #: "c" when the compiled scanner is in use, "python" when the reference one is.
 SPEEDUPS: str
-whole_messages, session_whole_messages, SPEEDUPS = _pick()
+whole_messages, session_whole_messages, whole_read, FlowState, SPEEDUPS = _pick()

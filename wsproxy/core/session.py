@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from wsproxy.core import frames
 from wsproxy.core.closes import (
@@ -77,6 +77,11 @@ from wsproxy.core.states import (
 from wsproxy.core.upgrade import Opened, Upgrade
 from wsproxy.errors import HandshakeRejected, InvalidTransition, UpstreamHandshakeFailed
 
+if TYPE_CHECKING:  # the C twin is typed as its Python reference
+    from wsproxy.core.scan import PyFlowState as _FlowState
+else:
+    from wsproxy.core.scan import FlowState as _FlowState
+
 #: Heartbeat pings carry this prefix (plus a per-process token) so that their pongs
 #: are recognised and not relayed, while a peer's own pings pass end to end.
 PING_PREFIX: Final = b"wsproxy:" + os.urandom(6).hex().encode()
@@ -86,6 +91,7 @@ PING_PREFIX: Final = b"wsproxy:" + os.urandom(6).hex().encode()
 #: replaces it with a dict of its own), so an idle session holds no dict for it.
 _NO_PONGS: Final[Mapping[Side, bytes]] = {}
 _CLIENT: Final = Side.CLIENT
+_OPEN: Final = SessionState.OPEN
 #: What the other leg is told when one side breaks the protocol…
 _FAILED_PEER: Final = {Side.CLIENT: CLIENT_ERROR, Side.UPSTREAM: BACKEND_ERROR}
 #: …and when one side's transport ends without a close handshake.
@@ -144,28 +150,26 @@ class _Leg:
         self.state = next_leg_state(self.state, trigger)
 
 
-class _Flow:
-    """Frame-boundary tracking for one direction: frames read from *src*, sent to *dst*."""
+class _Flow(_FlowState):
+    """Frame-boundary tracking for one direction: frames read from *src*, sent to *dst*.
+
+    The state a read of whole messages touches (what remains of a frame in flight, a
+    partial header, a message in progress, our frames waiting, the counters) is the
+    base class's: wsproxy.core.scan.FlowState, compiled where it can be, so that the
+    hot path is one ``take(data)`` per read (Session.relay).
+    """
 
     __slots__ = (
-        "bytes",
         "dst",
         "dst_leg",
-        "in_message",
         "masked",
         "message_room",
-        "messages",
-        "partial",
-        "pending",
-        "pending_close",
-        "remaining",
-        "rsv_allowed",
         "src",
         "src_leg",
         "undelivered",
     )
 
-    def __init__(self, src: Side, src_leg: _Leg, dst_leg: _Leg) -> None:
+    def __init__(self, src: Side, src_leg: _Leg, dst_leg: _Leg, max_size: int) -> None:
         self.src = src
         self.dst = dst_leg.side
         #: The legs themselves, to spare the hot loop a lookup per chunk.
@@ -173,11 +177,12 @@ class _Flow:
         self.dst_leg = dst_leg
         #: RFC 6455 §5.1: client frames are masked, server frames are not.
         self.masked = src is Side.CLIENT
-        #: Reserved bits an extension negotiated end to end may set (RSV1: deflate).
+        self.mask_bit = 0x80 if self.masked else 0
+        # Within the C twin's range: no frame is longer than 2^63 - 1 (§5.2), so a
+        # larger limit or a more negative one decides the same.
+        self.max_size = max(-1, min(max_size, (1 << 63) - 1))
         self.rsv_allowed = 0
-        #: Payload bytes of the current data frame still to pass through.
         self.remaining = 0
-        #: An incomplete header or control frame, kept until the rest arrives.
         self.partial = b""
         self.in_message = False
         #: Wire bytes the current message may still take (the size limit, less its
@@ -187,10 +192,10 @@ class _Flow:
         self.bytes = 0
         #: Data messages that could not be delivered: dst was already sent a close.
         self.undelivered = 0
-        #: Our own frames for dst, waiting for the frame in flight to end (rare: a
-        #: tuple, so that the usual empty one is shared rather than a list per flow).
-        self.pending: tuple[bytes, ...] = ()
-        self.pending_close: tuple[bytes, int | None, str] | None = None
+        #: Rare: a tuple, so that the usual empty one is shared rather than a list per
+        #: flow.
+        self.pending = ()
+        self.pending_close = None
 
 
 class Session:
@@ -241,8 +246,12 @@ class Session:
         self._client_leg = _Leg(_CLIENT)
         self._upstream_leg = _Leg(_UPSTREAM)
         #: The frames read from each side (see _flow()).
-        self._client_flow = _Flow(_CLIENT, self._client_leg, self._upstream_leg)
-        self._upstream_flow = _Flow(_UPSTREAM, self._upstream_leg, self._client_leg)
+        self._client_flow = _Flow(
+            _CLIENT, self._client_leg, self._upstream_leg, max_message_size
+        )
+        self._upstream_flow = _Flow(
+            _UPSTREAM, self._upstream_leg, self._client_leg, max_message_size
+        )
         #: Which side closed first: "client", "upstream" or "proxy".
         self.initiator: str | None = None
         self.close_reason: str | None = None
@@ -285,6 +294,26 @@ class Session:
             # driver pauses reading the client meanwhile, so this stays small.
             assert self.upgrade is not None
             self.upgrade.keep_early(side, data)
+
+    def relay(self, side: Side, data: bytes) -> bytes | None:
+        """``receive_data`` for the driver's hot path: *data* itself when it is all
+        that is to be written to the other side (a read of whole data messages while
+        OPEN, and nothing else waiting there), else None: call data_to_send() as
+        after receive_data().
+
+        One call decides (``take``, wsproxy.core.scan.FlowState, compiled where it
+        can be): the frame state is checked and counted as ``_scan`` would, without
+        its loop.
+        """
+        f = self._client_flow if side is _CLIENT else self._upstream_flow
+        if self.state is _OPEN and f.take(data):
+            out = f.dst_leg.out
+            if not out:
+                return data
+            out.append(data)
+            return None
+        self.receive_data(side, data)
+        return None
 
     def receive_eof(self, side: Side) -> None:
         """*side*'s transport ended (EOF or error). Then call data_to_send()."""

@@ -105,8 +105,9 @@ class UpstreamProtocol(asyncio.Protocol):
         self._conn = None
 
     def data_received(self, data: bytes) -> None:
-        if self._conn is not None:
-            self._conn.receive(UPSTREAM, data)
+        conn = self._conn
+        if conn is not None:
+            conn.receive(UPSTREAM, data)
 
     def eof_received(self) -> bool:
         if self._conn is not None:
@@ -234,7 +235,17 @@ class Connection:
 
     def receive(self, side: Side, data: bytes) -> None:
         session = self.session
-        session.receive_data(side, data)
+        if session.state is _OPEN and self._dial is None:
+            # The hottest path: a read of whole data messages goes on as it came, one
+            # call to the session and one write (Session.relay).
+            through = session.relay(side, data)
+            if through is not None:
+                transport = self._upstream if side is CLIENT else self._client
+                if transport is not None:
+                    transport.write(through)
+                return
+        else:
+            session.receive_data(side, data)
         state = session.state
         if state is _OPEN and self._dial is None:
             # The hot path. While the session stays OPEN, bytes read from one side can
