@@ -227,6 +227,21 @@ def closed_line(f: Mapping[str, Any]) -> str:
     ) + _tail("connection.closed")
 
 
+def request_line(request_id: str, client: str, method: str, path: str, status: int | None,
+                 backend: str | None, duration_s: float, bytes_in: int, bytes_out: int,
+                 error: str | None) -> str:
+    """``http.request`` as json_line renders it (the fields of the HTTP relay's line)."""
+    return (
+        f'{{"request_id": {_str(request_id)}, "client": {_str(client)}, '
+        f'"method": {_str(method)}, "path": {_str(path)}, '
+        f'"status": {"null" if status is None else int.__repr__(status)}, '
+        f'"backend": {"null" if backend is None else _str(backend)}, '
+        f'"duration_s": {float.__repr__(duration_s)}, '
+        f'"bytes_in": {int.__repr__(bytes_in)}, "bytes_out": {int.__repr__(bytes_out)}, '
+        f'"error": {"null" if error is None else _str(error)}'
+    ) + _tail("http.request")
+
+
 def info_enabled() -> bool:
     """Whether an INFO line would be written (the cheap way when configure_logging's)."""
     direct = _ours()

@@ -217,6 +217,24 @@ def test_closed_line_takes_a_connections_summary(monkeypatch: pytest.MonkeyPatch
     assert wslog.closed_line(fields) == _reference_line("connection.closed", fields)
 
 
+@settings(derandomize=True, max_examples=150, deadline=None)
+@given(texts, texts, texts, texts, codes, maybe_text,
+       st.floats(min_value=0, max_value=1e9).map(lambda x: round(x, 6)), counts, counts,
+       maybe_text)
+def test_request_line_is_json_lines(
+    request_id: str, client: str, method: str, path: str, status: int | None,
+    backend: str | None, duration_s: float, bytes_in: int, bytes_out: int, error: str | None,
+) -> None:
+    fields = {"request_id": request_id, "client": client, "method": method, "path": path,
+              "status": status, "backend": backend, "duration_s": duration_s,
+              "bytes_in": bytes_in, "bytes_out": bytes_out, "error": error}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(wslog, "_clock", _FixedClock())
+        line = wslog.request_line(request_id, client, method, path, status, backend,
+                                  duration_s, bytes_in, bytes_out, error)
+        assert line == _reference_line("http.request", fields)
+
+
 def test_direct_put_only_where_json_line_would_write_alone(written: list[str]) -> None:
     """The caller renders only under configure_logging's JSON set-up with INFO on and no
     context variable bound (a worker's pid and index: info_line() merges them)."""

@@ -74,7 +74,7 @@ from wsproxy.io.upstream import (
     sticky_header,
     take_sticky,
 )
-from wsproxy.log import get_logger, info_enabled, info_line
+from wsproxy.log import direct_put, get_logger, info_enabled, info_line, request_line
 
 if TYPE_CHECKING:
     from wsproxy.auth import Identity
@@ -909,13 +909,19 @@ class HttpRelay:
             self._close_client()
 
     def _log_request(self, ex: _Exchange, now: float) -> None:
+        method = ex.head.method.decode("latin-1")
+        path = ex.head.target.split(b"?", 1)[0].decode("latin-1")
+        backend = ex.backend.name if ex.backend else None
+        duration = round(now - ex.started, 6)
+        put = direct_put()
+        if put is not None:  # the same line, rendered here (wsproxy.log.request_line)
+            put(request_line(ex.request_id, self.client_ip, method, path, ex.status, backend,
+                             duration, ex.body_in, ex.bytes_out, ex.error))
+            return
         info_line("http.request", {
-            "request_id": ex.request_id, "client": self.client_ip,
-            "method": ex.head.method.decode("latin-1"),
-            "path": ex.head.target.split(b"?", 1)[0].decode("latin-1"),
-            "status": ex.status, "backend": ex.backend.name if ex.backend else None,
-            "duration_s": round(now - ex.started, 6), "bytes_in": ex.body_in,
-            "bytes_out": ex.bytes_out, "error": ex.error,
+            "request_id": ex.request_id, "client": self.client_ip, "method": method,
+            "path": path, "status": ex.status, "backend": backend, "duration_s": duration,
+            "bytes_in": ex.body_in, "bytes_out": ex.bytes_out, "error": ex.error,
         })
 
     def _closing(self) -> bool:
