@@ -119,11 +119,17 @@ async def sio_client(url: str, transports: list[str] | None, *, keep_cookies: bo
             # engine.io's own disconnect waits for a pending long-poll, which python-engineio's
             # server does not end on the client's close packet: send the close, don't wait.
             await client.eio.disconnect(abort=True)
-            task = client.eio.read_loop_task
-            if task is not None and not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            for task in (client.eio.read_loop_task, client.eio.write_loop_task):
+                if task is not None and not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+            # disconnect() closes the WebSocket only while "connected": one the server
+            # closed first is left open and its aiohttp connection, unreleased, warns
+            # "Unclosed connection" when collected (seen under load).
+            ws = client.eio.ws
+            if ws is not None and not ws.closed:
+                await ws.close()
             await client.eio._reset()
             if http is not None:
                 await http.close()
