@@ -126,6 +126,7 @@ SLOWLORIS_CROWD = 100
 CROWD_TIMEOUT = 4.0
 
 
+@pytest.mark.exclusive  # 100 drippers connected and a client served within CROWD_TIMEOUT
 async def test_a_crowd_of_slowloris_does_not_keep_a_normal_client_out() -> None:
     drips = [Drip() for _ in range(SLOWLORIS_CROWD)]
     async with backend() as b:
