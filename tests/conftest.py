@@ -54,15 +54,45 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
+def _is_property_test(item: pytest.Item) -> bool:
+    return bool(getattr(getattr(item, "obj", None), "is_hypothesis_test", False))
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    _spread_property_tests(items)
     for item in items:
-        is_property_test = getattr(getattr(item, "obj", None), "is_hypothesis_test", False)
-        if not is_property_test:
+        if not _is_property_test(item):
             continue
         own = item.get_closest_marker("timeout")
         own_timeout = (own.args or [own.kwargs.get("timeout", 0)])[0] if own else 0
         if own_timeout < PROPERTY_TEST_TIMEOUT:
             item.add_marker(pytest.mark.timeout(PROPERTY_TEST_TIMEOUT), append=False)
+
+
+def _spread_property_tests(items: list[pytest.Item]) -> None:
+    """Put the property tests (the longest, all CPU) first in each worker's share.
+
+    ``--dist worksteal`` hands worker k the k-th of N contiguous slices of the list and
+    an idle worker steals the back half of another's queue. In collection order the
+    property tests (tests/unit) come last, so they were the run's tail, one after
+    another on whichever worker held them; at the front of every slice they start at
+    once, one per worker, and the short tests fill the end. Every worker computes the
+    same order (xdist requires it); outside xdist the order is left as collected.
+    """
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers < 2:
+        return
+    heavy = [item for item in items if _is_property_test(item)]
+    rest = iter([item for item in items if not _is_property_test(item)])
+    ordered: list[pytest.Item] = []
+    for k in range(workers):
+        size = (len(items) - len(ordered)) // (workers - k)  # worksteal's own split
+        share = heavy[k::workers]
+        ordered += share
+        ordered += [item for _, item in zip(range(size - len(share)), rest, strict=False)]
+    ordered += list(rest)
+    assert len(ordered) == len(items)
+    items[:] = ordered
 
 
 def _run_lock_dir(config: pytest.Config) -> Path | None:
