@@ -306,6 +306,9 @@ async def client(n: int, url: str, over: anyio.Event, tally: Tally) -> None:
 # The test ---------------------------------------------------------------------------------------
 
 
+# Alone: beside other tests on a loaded machine a backend's socket was left unclosed
+# (ResourceWarning, twice in four parallel runs; never in a serial one).
+@pytest.mark.exclusive
 @pytest.mark.timeout(180)  # about 15 s; far more on a loaded machine
 async def test_backends_killed_and_restarted_under_load_lose_nothing_silently() -> None:
     async with chaos_backends(3) as backends:

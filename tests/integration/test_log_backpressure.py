@@ -151,6 +151,8 @@ async def scrape_dropped(admin: str) -> float:
     raise AssertionError(answer.decode()[-2000:])
 
 
+# Its own bounds (the flood, then the waits), not the suite's 30 s: the flood is CPU work.
+@pytest.mark.timeout(FLOOD_CEILING + 3 * WAIT)
 async def test_a_stdout_nobody_reads_costs_dropped_lines_not_relaying(tmp_path: Path) -> None:
     async with http_backend() as b:
         keys = tmp_path / "keys.yaml"

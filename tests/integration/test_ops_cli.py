@@ -33,7 +33,9 @@ from tests.integration.test_admin import (
 )
 from wsproxy.supervisor import ProxyContext
 
-pytestmark = pytest.mark.anyio
+# Up to four `wsproxy` CLI processes a test, each a Python start: seconds each on a
+# loaded machine (22 s in all beside a parallel run), too close to the suite's 30 s.
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
 
 async def wsproxy(*args: str, env_token: str | None = None) -> CompletedProcess[bytes]:
     """Run ``wsproxy ARGS``; the token comes from *env_token* or the arguments only."""

@@ -21,7 +21,13 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.integration.proxy_process import EXIT_TIMEOUT, WSPROXY, run_cli, started
+from tests.integration.proxy_process import (
+    EXIT_TIMEOUT,
+    START_TIMEOUT,
+    WSPROXY,
+    run_cli,
+    started,
+)
 from wsproxy.core.scan import SPEEDUPS
 
 #: The console script next to this interpreter, as installed by the package.
@@ -136,7 +142,8 @@ async def test_run_on_a_port_in_use_fails_with_one_line(tmp_path: Path) -> None:
         port = taken.getsockname()[1]
         config = write_config(tmp_path / "wsproxy.yaml", "ws://127.0.0.1:8001", port=port)
         async with started("run", "-c", str(config)) as proxy:
-            status = await proxy.wait()
+            # A whole start (imports, under load seconds) before the exit: both bounds.
+            status = await proxy.wait(START_TIMEOUT + EXIT_TIMEOUT)
             stderr = await proxy.stderr()
             stdout = await proxy.rest_of_stdout()
     assert status != 0

@@ -184,6 +184,7 @@ def proxy_config(**extra: Any) -> dict[str, Any]:
     }
 
 
+@pytest.mark.exclusive  # 900 clients and a close rate: not beside other tests
 @pytest.mark.timeout(180)
 async def test_a_backend_added_by_sighup_gets_its_share(tmp_path: Path) -> None:
     async with AsyncExitStack() as stack:
@@ -226,6 +227,7 @@ def free_port_on(hosts: Sequence[str]) -> int:
     raise RuntimeError("no port free on every host")
 
 
+@pytest.mark.exclusive  # 900 clients and a close rate: not beside other tests
 @pytest.mark.timeout(180)
 async def test_a_backend_discovered_by_dns_gets_its_share(tmp_path: Path) -> None:
     hosts = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"]
