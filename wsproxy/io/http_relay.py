@@ -438,13 +438,8 @@ class HttpRelay:
             return False
         link = ex.link
         if isinstance(event, h11.Data):
-            ex.body_in += len(event.data)
-            limit = self.settings.config.http.max_body_size
-            if limit and ex.body_in > limit:
-                ex.error = "body_too_large"
-                self._answer(413, "request body too large", close=True)
+            if self._body_over_limit(ex, len(event.data)):
                 return False
-            ex.sent_body = True
             link.write(link.h11.send(event))
         elif isinstance(event, h11.EndOfMessage):
             link.write(link.h11.send(h11.EndOfMessage()))  # trailers are hop-by-hop here
@@ -474,15 +469,22 @@ class HttpRelay:
         else:
             chunk, self._buffer = buffered, b""
         ex.left = left - len(chunk)
-        ex.body_in += len(chunk)
+        if self._body_over_limit(ex, len(chunk)):
+            return False
+        link.write(chunk)
+        return True  # the next call passes the end on
+
+    def _body_over_limit(self, ex: _Exchange, size: int) -> bool:
+        """Count *size* more bytes of the request's body; past ``http.max_body_size``,
+        answer 413 (and True) instead of passing them on."""
+        ex.body_in += size
         limit = self.settings.config.http.max_body_size
         if limit and ex.body_in > limit:
             ex.error = "body_too_large"
             self._answer(413, "request body too large", close=True)
-            return False
+            return True
         ex.sent_body = True
-        link.write(chunk)
-        return True  # the next call passes the end on
+        return False
 
     # A request…
 
