@@ -35,6 +35,7 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
@@ -50,7 +51,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from wsproxy.admin.api import JSON, MAX_WAIT, HTTPError, Request, Response, authorize
 from wsproxy.admin.server import serve_admin
 from wsproxy.auth.factory import build_authenticator
-from wsproxy.config import ProxyConfig, load_config
+from wsproxy.config import ProxyConfig, parse_config_text, read_config_text
 from wsproxy.errors import ConfigError
 from wsproxy.io.listen_socket import listening_sockets
 from wsproxy.log import get_logger
@@ -163,6 +164,11 @@ class Parent:
         self.config = config
         self.startup_config = config
         self.config_path = config_path
+        #: The text of the file as the parent last validated it, which every worker
+        #: reads (at its start, and on each reload the parent asks for): a worker
+        #: started after the file changed on disk, unvalidated, runs what its
+        #: siblings run, and not a broken file it could not start with.
+        self.validated = _ValidatedCopy(config_path)
         self.sockets = sockets
         self.count = config.workers
         self.token = secrets.token_urlsafe(24)
@@ -186,7 +192,7 @@ class Parent:
         drained = ["--drained-proxy"] if self.drained.proxy else []
         for name in sorted(self.drained.backends):
             drained += ["--drained-backend", name]
-        return [sys.executable, "-m", "wsproxy", "_worker", "-c", self.config_path,
+        return [sys.executable, "-m", "wsproxy", "_worker", "-c", self.validated.path,
                 "--index", str(index), "--count", str(self.count), "--fds", fds,
                 "--report-fd", str(report_fd), "--counts-fd", str(self.counts.fd),
                 "--parent", str(os.getpid()), *drained]
@@ -287,13 +293,15 @@ class Parent:
     def validate(self) -> tuple[ProxyConfig | None, list[str]]:
         """The config file, checked once here (as a worker would load it)."""
         try:
-            config = load_config(self.config_path)
+            text = read_config_text(self.config_path)
+            config = parse_config_text(text)
             build_authenticator(config.auth)
             backend_context(config.backend_tls)
         except ConfigError as exc:
             return None, [str(p) for p in exc.problems]
         except OSError as exc:
             return None, [f"{exc}"]
+        self.validated.write(text)
         return config, []
 
     async def reload(self) -> list[str]:
@@ -335,6 +343,28 @@ class Parent:
                 tg.start_soon(ask, worker)
         answers.sort(key=lambda a: a[0].index)
         return answers
+
+
+class _ValidatedCopy:
+    """A private copy of the config file (mode 0600, in a directory of its own that the
+    parent removes at exit), replaced whole each time the parent validates the file."""
+
+    def __init__(self, source: str) -> None:
+        self._dir = tempfile.mkdtemp(prefix="wsproxy-config-")
+        self.path = os.path.join(self._dir, os.path.basename(source))
+        with open(source, encoding="utf-8") as file:
+            self.write(file.read())
+
+    def write(self, text: str) -> None:
+        fd, tmp = tempfile.mkstemp(dir=self._dir)
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            file.write(text)
+        os.replace(tmp, self.path)
+
+    def remove(self) -> None:
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+            os.rmdir(self._dir)
 
 
 def _read_line(fd: int) -> str:
@@ -563,6 +593,7 @@ async def run_workers(config: ProxyConfig, config_path: str) -> int:
     finally:
         for sock in sockets:
             sock.close()
+        parent.validated.remove()
     log.info("proxy.stopped", worker_exits=sum(parent.exits.values()))
     return 1 if parent.failed_to_start else 0
 

@@ -369,3 +369,20 @@ async def test_a_replaced_worker_starts_with_the_operators_drains(tmp_path: Path
         for n in range(8):
             async with connect(proxy.url, local_addr=(f"127.0.2.{n + 2}", 0)) as ws:
                 await echo(ws)
+
+
+async def test_a_replaced_worker_runs_the_config_last_validated(tmp_path: Path) -> None:
+    """The file changed on disk without a SIGHUP (a ConfigMap updated, say) is not
+    what a replacement runs: it runs what its sibling runs, the file as last validated;
+    the next SIGHUP validates the new one (here refused: broken)."""
+    async with workers(tmp_path) as (proxy, admin, path):
+        write(path, path.read_text() + "limits: {max_connections: -1}\n")
+        os.kill(proxy.events("worker.ready")[0]["pid"], signal.SIGKILL)
+        await proxy.wait_for(lambda: proxy.count("worker.ready") == 3, "a replacement")
+        assert proxy.count("worker.failed_to_start") == 0
+        for n in range(8):
+            async with connect(proxy.url, local_addr=(f"127.0.3.{n + 2}", 0)) as ws:
+                await echo(ws)
+        proxy.signal(signal.SIGHUP)
+        refused = await proxy.wait_for_event("config.reload_refused")
+        assert "max_connections" in " ".join(refused["errors"])

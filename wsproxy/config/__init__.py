@@ -112,7 +112,7 @@ from wsproxy.config.model import (
     StickyCookieConfig,
 )
 from wsproxy.config.schema import parse_config
-from wsproxy.config.source import load_config, parse_config_text
+from wsproxy.config.source import load_config, parse_config_text, read_config_text
 from wsproxy.config.values import IPNetwork
 from wsproxy.errors import ConfigError, ConfigProblem
 
@@ -123,5 +123,5 @@ __all__ = [
     "HeartbeatConfig", "HttpConfig", "IPNetwork", "JwtAuthConfig", "LimitsConfig",
     "ListenConfig", "ListenTLS", "LoggingConfig", "ProxyConfig", "RebalanceConfig",
     "ResumeConfig", "StickyCookieConfig",
-    "load_config", "parse_config", "parse_config_text",
+    "load_config", "parse_config", "parse_config_text", "read_config_text",
 ]

@@ -35,15 +35,23 @@ def load_config(
         ConfigError: the file is missing or unreadable, is not YAML, or is not a valid
             configuration. Problems carry the YAML line where one is known.
     """
+    return parse_config_text(read_config_text(path), env=env)
+
+
+def read_config_text(path: str | os.PathLike[str]) -> str:
+    """The text of the configuration file at `path`.
+
+    Raises:
+        ConfigError: the file is missing or unreadable, or not UTF-8 text.
+    """
     try:
         with open(path, encoding="utf-8") as file:
-            text = file.read()
+            return file.read()
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise ConfigError([ConfigProblem("", f"can't read {os.fspath(path)}: {reason}")]) from exc
     except UnicodeDecodeError as exc:
         raise ConfigError([ConfigProblem("", f"{os.fspath(path)} is not UTF-8 text")]) from exc
-    return parse_config_text(text, env=env)
 
 
 def parse_config_text(text: str, *, env: Mapping[str, str] | None = None) -> ProxyConfig:
