@@ -375,7 +375,7 @@ async def test_a_replaced_worker_runs_the_config_last_validated(tmp_path: Path) 
     """The file changed on disk without a SIGHUP (a ConfigMap updated, say) is not
     what a replacement runs: it runs what its sibling runs, the file as last validated;
     the next SIGHUP validates the new one (here refused: broken)."""
-    async with workers(tmp_path) as (proxy, admin, path):
+    async with workers(tmp_path) as (proxy, _, path):
         write(path, path.read_text() + "limits: {max_connections: -1}\n")
         os.kill(proxy.events("worker.ready")[0]["pid"], signal.SIGKILL)
         await proxy.wait_for(lambda: proxy.count("worker.ready") == 3, "a replacement")
