@@ -787,3 +787,18 @@ def test_upgrade_request_header_lookup() -> None:
         headers=((b"x-a", b"1"), (b"x-a", b"2")),
     )
     assert upgrade.header(b"x-a") == b"1"
+
+
+@pytest.mark.parametrize("extra", [(), (("Expect", "100-continue"),)], ids=["plain", "expect"])
+def test_client_bytes_after_its_request_are_all_kept_for_the_backend(
+    extra: tuple[tuple[str, str], ...],
+) -> None:
+    """Regression: a read that came after the request was in (the driver not yet routed)
+    went to the request reader again, which replaced the bytes kept so far: the client's
+    first frame never reached the backend (found by test_fuzz_handshake)."""
+    first = build_raw(fr.TEXT, b"", mask=True)
+    second = build_raw(fr.TEXT, b"hello", mask=True)
+    session = fed([raw_request([*with_headers(), *extra]) + first, second])
+    assert session.request is not None
+    assert session.upgrade is not None
+    assert session.upgrade.own_accept()[1] == first + second

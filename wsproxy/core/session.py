@@ -283,7 +283,7 @@ class Session:
         state = self.state
         if state is _S_OPEN or state is _S_CLOSING:
             self._scan(self._client_flow if side is _CLIENT else self._upstream_flow, data)
-        elif state is _S_AWAIT_REQUEST and side is _CLIENT:
+        elif state is _S_AWAIT_REQUEST and side is _CLIENT and self.request is None:
             self._receive_request(data)
         elif state is _S_CONNECTING and side is _UPSTREAM:
             self._receive_response(data)
