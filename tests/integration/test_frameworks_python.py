@@ -38,7 +38,15 @@ from tests.integration.peers import make_config, running_proxy
 from tests.integration.test_admin import admin
 from wsproxy.supervisor import ProxyContext
 
-pytestmark = pytest.mark.anyio
+pytestmark = [
+    pytest.mark.anyio,
+    # python-engineio's client, on the WebSocket transport with a session of ours, now
+    # and then leaves one of aiohttp's pooled connections unreleased however it is shut
+    # down (disconnect, the loops cancelled, the socket and the session closed): its
+    # __del__ warns when collected (1 run in ~10 under load). The client's leak, not
+    # the proxy's: the proxy side of every connection is checked by the test itself.
+    pytest.mark.filterwarnings("ignore:Unclosed connection:ResourceWarning"),
+]
 
 CLIENTS = 10
 EVENTS = 5
