@@ -200,17 +200,16 @@ class Parent:
     def drains_done(self, method: str, path: str) -> None:
         """Every live worker took the drain or undrain *path* (``/drain``,
         ``/backends/NAME/undrain``...): remember it for the workers started later."""
-        parts = path.strip("/").split("/")
-        proxy, backends = self.drained.proxy, set(self.drained.backends)
         if method != "POST":
             return
+        parts = path.strip("/").split("/")
+        drained = self.drained
         if parts in (["drain"], ["undrain"]):
-            proxy = parts == ["drain"]
+            self.drained = dataclasses.replace(drained, proxy=parts == ["drain"])
         elif len(parts) == 3 and parts[0] == "backends" and parts[2] in ("drain", "undrain"):
-            (backends.add if parts[2] == "drain" else backends.discard)(parts[1])
-        else:
-            return
-        self.drained = Drained(proxy, frozenset(backends))
+            name = {parts[1]}
+            backends = drained.backends | name if parts[2] == "drain" else drained.backends - name
+            self.drained = dataclasses.replace(drained, backends=backends)
 
     async def keep_worker(self, index: int) -> None:
         """Run worker *index* until the proxy stops, restarting it when it exits."""
