@@ -32,8 +32,6 @@ from tests.integration.proxy_process import Running, proxy_process, run_cli_asyn
 pytestmark = pytest.mark.anyio
 
 WAIT = 20.0
-#: Connections opened, at most, until both workers hold some (the kernel picks).
-MAX_TRIES = 40
 
 
 def config_text(b: Backend, **sections: str) -> str:
@@ -100,17 +98,32 @@ async def echo(ws: ClientConnection) -> None:
 
 async def open_on_both(proxy: Running, admin: Admin, stack: AsyncExitStack,
                        least: int) -> dict[str, ClientConnection]:
-    """At least *least* connections, and more until both workers hold some; each from
-    an address of its own (the key), which ``GET /connections`` shows."""
+    """*least* connections, and one more if the kernel handed them all to one worker;
+    each from an address of its own (the key), which ``GET /connections`` shows.
+
+    Which worker accepts is the kernel's pick (a busy machine may favour one for a
+    long run), so the extra one is accepted while the favoured worker is stopped
+    (SIGSTOP): the other one has to take it."""
     clients: dict[str, ClientConnection] = {}
-    for n in range(MAX_TRIES):
-        source = f"127.0.0.{n + 2}"
+
+    async def one_more() -> None:
+        source = f"127.0.0.{len(clients) + 2}"
         clients[source] = await stack.enter_async_context(
             connect(proxy.url, local_addr=(source, 0)))
         await echo(clients[source])
-        if len(clients) >= least and len({c["worker"] for c in await admin.connections()}) == 2:
-            return clients
-    raise AssertionError(f"{MAX_TRIES} connections all landed on one worker")
+
+    for _ in range(least):
+        await one_more()
+    conns = await admin.connections()
+    if len({c["worker"] for c in conns}) == 1:
+        favoured = conns[0]["pid"]
+        os.kill(favoured, signal.SIGSTOP)
+        try:
+            await one_more()
+        finally:
+            os.kill(favoured, signal.SIGCONT)
+    assert len({c["worker"] for c in await admin.connections()}) == 2
+    return clients
 
 
 def sample(metrics: str, line: str) -> float:
@@ -297,15 +310,17 @@ async def test_tls_listener_inherited_by_both_workers(tmp_path: Path) -> None:
         async with proxy_process(path, tmp_path, stop_grace=5.0) as proxy, \
                 AsyncExitStack() as stack:
             await proxy.wait_for(lambda: proxy.count("proxy.listening") >= 3, "all listening")
-            pids: set[int] = set()
-            for _ in range(MAX_TRIES):
-                ws = await stack.enter_async_context(
-                    connect(f"wss://{proxy.addresses[0]}", ssl=client))
-                await echo(ws)
-                pids |= {r["pid"] for r in proxy.events("connection.opened")}
-                if len(pids) == 2:
-                    break
-            assert len(pids) == 2
+            url = f"wss://{proxy.addresses[0]}"
+            await echo(await stack.enter_async_context(connect(url, ssl=client)))
+            await proxy.wait_for(lambda: proxy.count("connection.opened") == 1, "its line")
+            [first] = {r["pid"] for r in proxy.events("connection.opened")}
+            os.kill(first, signal.SIGSTOP)  # the other worker has to take the next one
+            try:
+                await echo(await stack.enter_async_context(connect(url, ssl=client)))
+            finally:
+                os.kill(first, signal.SIGCONT)
+            await proxy.wait_for(lambda: proxy.count("connection.opened") == 2, "its line")
+            assert len({r["pid"] for r in proxy.events("connection.opened")}) == 2
 
 
 async def test_workers_drain_when_the_parent_is_killed(tmp_path: Path) -> None:
