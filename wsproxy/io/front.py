@@ -25,6 +25,8 @@ of every client read, and does nothing but pass the bytes on.
 from __future__ import annotations
 
 import asyncio
+import socket
+from functools import partial
 from typing import TYPE_CHECKING, cast
 
 from wsproxy.core.http import ParsedRequest
@@ -72,6 +74,20 @@ class FrontDoor:
         """The first request has no Upgrade: an HttpRelay serves the connection."""
         HttpRelay(self.ctx, transport, conn_id=conn_id, peer_ip=peer_ip, first=parsed,
                   door=self, settings=settings)
+
+    def handed_over(self, sock: socket.socket, peer_ip: str, first: bytes) -> None:
+        """A client whose resume a sibling worker read, for a session held here
+        (io.handoff): served as if accepted here, from the bytes the sibling read."""
+
+        async def adopt() -> None:
+            try:
+                await self.ctx.loop.connect_accepted_socket(
+                    partial(HandedOverProtocol, self, peer_ip, first), sock
+                )
+            except OSError:  # gone on the way
+                sock.close()
+
+        self.ctx.spawn(adopt)
 
     def to_websocket(
         self, transport: asyncio.Transport, parsed: ParsedRequest, *, peer_ip: str,
@@ -122,6 +138,26 @@ class ClientProtocol(asyncio.Protocol):
     def resume_writing(self) -> None:
         assert self._conn is not None
         self._conn.resume_reading(UPSTREAM)
+
+
+class HandedOverProtocol(ClientProtocol):
+    """A client handed over by a sibling worker (FrontDoor.handed_over): its
+    Connection reads *first*, what the sibling read, before anything else."""
+
+    __slots__ = ("_first", "_peer_ip")
+
+    def __init__(self, door: FrontDoor, peer_ip: str, first: bytes) -> None:
+        super().__init__(door)
+        self._peer_ip = peer_ip
+        self._first = first
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        assert self._conn is not None
+        if self._peer_ip != self._conn.peer_ip:  # it came with a PROXY header
+            self._conn.set_peer(self._peer_ip)
+        first, self._first = self._first, b""
+        self._conn.receive(CLIENT, first)
 
 
 class ProxiedClientProtocol(ClientProtocol):
