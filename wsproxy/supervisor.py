@@ -322,6 +322,12 @@ class ProxyContext:
         log.info("connection.rejected", conn_id=conn.id, client=conn.client_ip,
                  status=session.rejected_status, reason=session.close_reason)
 
+    def connection_moved(self, conn: Connection) -> None:
+        self.registry.remove(conn.id)
+        if self.on_count is not None:
+            self.on_count(len(self.registry))
+        self.drainer.finished(conn)
+
     def connection_finished(self, conn: Connection) -> None:
         self.registry.remove(conn.id)
         if self.on_count is not None:

@@ -579,7 +579,7 @@ class Connection:
         self._open_transports -= 1
         self._cancel_timer()
         self.session.abort()
-        self.ctx.registry.remove(self.id)
+        self.ctx.connection_moved(self)
         transport.set_protocol(asyncio.Protocol())  # its connection_lost is no news
         transport.abort()
 

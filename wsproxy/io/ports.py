@@ -247,3 +247,6 @@ class ConnectionOwner(HttpRelayOwner, Protocol[ConnT]):
     def connection_rejected(self, conn: ConnT) -> None: ...
 
     def connection_finished(self, conn: ConnT) -> None: ...
+
+    def connection_moved(self, conn: ConnT) -> None:
+        """*conn*'s client went to another worker (io.handoff), which counts it."""
