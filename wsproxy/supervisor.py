@@ -57,6 +57,7 @@ from wsproxy.io.handoff import Handoff
 from wsproxy.io.listen_socket import CAPACITY_ERRNOS, dual_stack_socket, listening_sockets
 from wsproxy.io.plain_http import PlainHttp
 from wsproxy.io.ports import DRAINING, CloseRefusal, ConnectionSettings, Refusal
+from wsproxy.io.resume import resumed_slot
 from wsproxy.io.tls_accept import EndHandshake, accept_tls
 from wsproxy.log import (
     closed_line,
@@ -292,7 +293,8 @@ class ProxyContext:
                 return CloseRefusal("rate_limited", with_hint(TRY_AGAIN, hint))
             retry = str(self.admission.retry_after())
             return "rate_limited", 503, "upgrade rate limit", (("Retry-After", retry),)
-        reason = self.registry.admit(conn.id, conn.client_ip)  # last: it counts conn in
+        # Last: it counts conn in (a resume, in the slot of the session it resumes).
+        reason = self.registry.admit(conn.id, conn.client_ip, resumed_slot(self, conn))
         if reason is not None:
             log.warning("connection.limit", conn_id=conn.id, client=conn.client_ip, reason=reason)
             if close:

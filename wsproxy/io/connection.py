@@ -567,6 +567,12 @@ class Connection:
         return False
 
     @property
+    def resuming(self) -> str | None:
+        """The session this upgrade asks to resume, if it is a resume attempt."""
+        ask = self._resume
+        return ask.session_id if isinstance(ask, ResumeAsk) else None
+
+    @property
     def client_transport(self) -> asyncio.Transport | None:
         return self._client
 

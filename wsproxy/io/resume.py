@@ -108,6 +108,14 @@ def worker_of(sid: str) -> int | None:
 _HEX: Final = frozenset("0123456789abcdef")
 
 
+def resumed_slot(owner: TableOwner, conn: Connection) -> str | None:
+    """The session whose limit slot *conn*, a resume attempt, may take (Registry
+    .admit's *in_place_of*): the one it resumes, while this proxy has it."""
+    sid = conn.resuming
+    state = table_for(owner).sessions.get(sid) if sid else None
+    return None if state is None or state.ended else state.conn.id
+
+
 def hand_over(conn: Connection, sid: str) -> bool:
     """A resume of session *sid*, which a sibling worker holds: send it the client
     (io.handoff), to serve as if it had accepted it. False when it cannot (a TLS
