@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Final, Protocol
 import h11
 
 from wsproxy.auth import AuthFailed
-from wsproxy.core.handshake import RequestHead, client_address, error_response
+from wsproxy.core.handshake import Forwarding, RequestHead, client_address, error_response
 from wsproxy.core.http import (
     Header,
     HttpRefused,
@@ -47,7 +47,6 @@ from wsproxy.core.http import (
     error_answer,
     forward_head,
     forward_response,
-    forward_response_headers,
     head_length,
     is_upgrade,
     plain_request,
@@ -55,12 +54,15 @@ from wsproxy.core.http import (
 )
 from wsproxy.core.http_heads import (
     NOT_PLAIN,
+    ForwardTemplate,
     PlainRequest,
     PlainResponse,
+    forward_request_bytes,
+    forward_response_bytes,
+    forward_template,
     read_request,
     read_response,
     request_bytes,
-    response_bytes,
 )
 from wsproxy.core.paths import UnsafeTarget, backend_target
 from wsproxy.io.http_pool import BackendLink
@@ -136,7 +138,8 @@ class _Exchange:
         "close_sent", "counted", "error", "fast", "forwarded", "head", "left", "link",
         "link_paused", "relay", "request_done", "request_id", "response_buffer",
         "response_keep_alive", "response_left", "response_started", "retried", "sent_body",
-        "set_cookie", "started", "status", "sticky", "upstream_at", "upstream_full", "view",
+        "set_cookie", "started", "status", "sticky", "target", "upstream_at", "upstream_full",
+        "view", "wire",
     )
 
     def __init__(self, relay: HttpRelay, head: PlainRequest, request_id: str,
@@ -162,10 +165,15 @@ class _Exchange:
         self.response_keep_alive = False
         #: Fast: the client's answer said ``Connection: close``.
         self.close_sent = False
-        #: What auth and hashing read of the request (credentials taken out after auth).
+        #: The target made safe (paths.backend_target()).
+        self.target = head.target
+        #: What auth and hashing read of the request (credentials taken out after auth):
+        #: made only for them (HttpRelay._view()).
         self.view: RequestHead | None = None
-        #: The target and headers of the request to the backend, once made.
+        #: The target and headers of the request to the backend, once made; or its
+        #: head's bytes, made without them (fast, as the client sent it).
         self.forwarded: tuple[bytes, list[Header]] | None = None
+        self.wire: bytes | None = None
         self.candidates: list[BackendState] = []
         self.backend: BackendState | None = None
         self.link: BackendLink | None = None
@@ -212,6 +220,8 @@ class HttpRelay:
         "_h11",
         "_pumping",
         "_reading",
+        "_template",
+        "_template_for",
         "_timer",
         "_timer_at",
         "_timer_kind",
@@ -258,6 +268,10 @@ class HttpRelay:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = self._deadline = 0.0
         self._timer_kind: str | None = None
+        #: The forwarded heads' additions (http_heads.forward_template()), and the
+        #: backend config, X-Forwarded-For chain and identity they were made for.
+        self._template: ForwardTemplate | None = None
+        self._template_for: tuple[object, str, Identity | None] | None = None
         ctx.http.add(self)
         transport.set_protocol(HttpClientProtocol(self))
         self._arm(_HEAD, settings.config.limits.handshake_timeout)
@@ -495,7 +509,6 @@ class HttpRelay:
         ex = self._ex = _Exchange(self, head, f"{self.id}-{self._count}", ctx.loop.time(),
                                   fast=self._h11 is None)
         self._timer_kind = None  # (the handle stays for the next _arm(): _timed_out())
-        headers = head.headers
         target = head.target
         probe = probe_target(head.method, target)
         if probe is not None:
@@ -516,10 +529,12 @@ class HttpRelay:
             ex.error = "bad_request"
             self._answer(400, str(exc), close=True)
             return
-        ex.view = plain_request(head.method, target=target, headers=headers)
-        self.client_ip, self.forwarded_for = client_address(
-            self.peer_ip, ex.view.header(b"x-forwarded-for"), settings.config.trusted_proxies
-        )
+        ex.target = target
+        trusted = settings.config.trusted_proxies
+        if trusted:  # (else the client is the peer, as client_address() says)
+            self.client_ip, self.forwarded_for = client_address(
+                self.peer_ip, self._view(ex).header(b"x-forwarded-for"), trusted
+            )
         self._update_reading()  # nothing more from the client until a backend is ready
         if settings.authenticator is not None:
             ctx.spawn(lambda: self._authenticate(ex))
@@ -530,9 +545,8 @@ class HttpRelay:
         settings = self.settings
         authenticator = settings.authenticator
         assert authenticator is not None
-        assert ex.view is not None
         try:
-            admitted = await authenticate(authenticator, settings.config.auth, ex.view,
+            admitted = await authenticate(authenticator, settings.config.auth, self._view(ex),
                                           client_ip=self.client_ip, conn_id=self.id)
         except AuthFailed as exc:
             if self._ex is ex and not self._closed:
@@ -545,13 +559,21 @@ class HttpRelay:
         ex.view = admitted.request
         self._route(ex)
 
+    def _view(self, ex: _Exchange) -> RequestHead:
+        """What auth and balancing read of the request in flight, made when first asked."""
+        if ex.view is None:
+            ex.view = plain_request(ex.head.method, target=ex.target, headers=ex.head.headers)
+        return ex.view
+
     def _route(self, ex: _Exchange) -> None:
         config = self.ctx.config  # balance.* and sticky_cookie.* are live: each pick
-        if config.balance.policy == "cookie" and ex.view is not None:
+        policy = config.balance
+        if policy.policy == "cookie":
             # The proxy's cookie: read here, and never seen by the backend.
-            ex.view, ex.sticky = take_sticky(ex.view, config.sticky_cookie.name)
-        ex.candidates = candidates(self.ctx.balancer, ex.view, config.balance.hash_key,
-                                   ex.sticky or ())
+            ex.view, ex.sticky = take_sticky(self._view(ex), config.sticky_cookie.name)
+        # Only a hash key reads the request (balance.request_key()).
+        view = ex.view if policy.hash_key is None else self._view(ex)
+        ex.candidates = candidates(self.ctx.balancer, view, policy.hash_key, ex.sticky or ())
         if not ex.candidates:
             ex.error = "no_backend"
             self._answer(*NO_BACKEND)
@@ -605,7 +627,6 @@ class HttpRelay:
 
     def _attach(self, ex: _Exchange, link: BackendLink) -> None:
         """Send the request head on *link*; the body follows as the client sends it."""
-        assert ex.view is not None
         ex.link = link
         if ex.counted and ex.backend is not link.backend:  # a retry went elsewhere
             ex.counted = False
@@ -618,19 +639,34 @@ class HttpRelay:
             if ex.link is not link:  # a drain of that backend ended it at once
                 return
         head = ex.head
+        view = ex.view
+        fields = head.fields
+        if ex.fast and fields is not None and (view is None or (
+            view.headers is head.headers and view.target is ex.target
+        )):  # the client's head as read: its forwarded bytes from the connection's template
+            if ex.wire is None:
+                ex.wire = forward_request_bytes(
+                    head, fields, ex.target, self._forward_template(ex, link),
+                    ex.request_id.encode("latin-1"))
+                self._sticky_cookie(ex, link, self._template)
+            ex.response_left, ex.response_buffer = -1, b""  # a retry starts afresh
+            link.write(ex.wire)
+            ex.upstream_at = ex.client_at = self.ctx.loop.time()
+            self._arm(_EXCHANGE, self._check_interval())
+            self._pump_client()
+            return
         if ex.forwarded is None:
+            view = self._view(ex)
             forwarding = self.ctx.forwarding(self.client_ip, self.forwarded_for,
                                              ex.request_id, self.identity)
             ex.forwarded = forward_head(
-                head.http_version, target=ex.view.target, headers=ex.view.headers,
+                head.http_version, target=view.target, headers=view.headers,
                 authority=link.backend.config.authority,
                 path_prefix=link.backend.config.path,
                 forwarding=forwarding,
                 owned=self.settings.owned_headers,
             )
-            if ex.sticky is not None:
-                ex.set_cookie = sticky_header(self.ctx.config.sticky_cookie, link.backend.name,
-                                              ex.sticky, https=forwarding.proto == "https")
+            self._sticky_cookie(ex, link, forwarding)
         target, headers = ex.forwarded
         try:
             if ex.fast:
@@ -650,6 +686,32 @@ class HttpRelay:
         ex.upstream_at = ex.client_at = self.ctx.loop.time()
         self._arm(_EXCHANGE, self._check_interval())
         self._pump_client()
+
+    def _forward_template(self, ex: _Exchange, link: BackendLink) -> ForwardTemplate:
+        """The connection's template of forwarded heads, made anew when its backend,
+        client chain or identity changed."""
+        config = link.backend.config
+        made_for = self._template_for
+        template = self._template
+        if (
+            template is None or made_for is None or made_for[0] is not config
+            or made_for[1] != self.forwarded_for or made_for[2] is not self.identity
+        ):
+            forwarding = self.ctx.forwarding(self.client_ip, self.forwarded_for,
+                                             ex.request_id, self.identity)
+            template = self._template = forward_template(
+                config.authority, config.path, forwarding, self.settings.owned_headers)
+            self._template_for = (config, self.forwarded_for, self.identity)
+        return template
+
+    def _sticky_cookie(self, ex: _Exchange, link: BackendLink,
+                       forwarding: Forwarding | ForwardTemplate | None) -> None:
+        """balance: cookie: the Set-Cookie the answer gets, when the backend is not the
+        one the request's cookie names (*forwarding*: what says the client's protocol)."""
+        if ex.sticky is not None:
+            assert forwarding is not None
+            ex.set_cookie = sticky_header(self.ctx.config.sticky_cookie, link.backend.name,
+                                          ex.sticky, https=forwarding.proto == "https")
 
     # The backend's side…
 
@@ -726,16 +788,17 @@ class HttpRelay:
             ex.status = read.status
             ex.response_started = True
             close = self._closing() or not ex.head.keep_alive
+            assert read.fields is not None
             try:
-                headers = forward_response_headers(read.headers, read.http_version,
-                                                   close=close, extra=ex.set_cookie)
+                head = forward_response_bytes(read, read.fields, close=close,
+                                              extra=ex.set_cookie)
             except h11.LocalProtocolError as exc:
                 self._bad_response(ex, exc)
                 return
             ex.close_sent = close
             ex.response_keep_alive = read.keep_alive
             ex.response_left = read.length
-            out.append(response_bytes(read.status, read.reason, headers))
+            out.append(head)
             data = data[read.size:]
         left = ex.response_left
         if len(data) > left:  # bytes after the answer: the backend is not to be trusted
