@@ -33,7 +33,7 @@ for what the rule calls live: the balancer and its hash key, the backend TLS con
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Final, Protocol
 
 import h11
@@ -218,6 +218,7 @@ class HttpRelay:
         "_ex",
         "_first",
         "_h11",
+        "_interval",
         "_pumping",
         "_reading",
         "_template",
@@ -225,6 +226,7 @@ class HttpRelay:
         "_timer",
         "_timer_at",
         "_timer_kind",
+        "_timer_span",
         "_transport",
         "client_ip",
         "ctx",
@@ -268,6 +270,14 @@ class HttpRelay:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = self._deadline = 0.0
         self._timer_kind: str | None = None
+        #: The exchange timer's period (_check_interval()), and the shortest delay _arm()
+        #: is given but for the exchange timer's remainders: no timer is set further
+        #: ahead than that, so that no deadline is ever earlier than the timer's, and
+        #: each request moves ``_deadline`` only (the timer re-arms itself).
+        http = settings.config.http
+        self._interval = min(http.body_timeout, http.response_timeout, http.stream_idle_timeout)
+        self._timer_span = min(self._interval, http.keepalive_timeout,
+                               settings.config.limits.handshake_timeout)
         #: The forwarded heads' additions (http_heads.forward_template()), and the
         #: backend config, X-Forwarded-For chain and identity they were made for.
         self._template: ForwardTemplate | None = None
@@ -535,7 +545,8 @@ class HttpRelay:
             self.client_ip, self.forwarded_for = client_address(
                 self.peer_ip, self._view(ex).header(b"x-forwarded-for"), trusted
             )
-        self._update_reading()  # nothing more from the client until a backend is ready
+        # (Nothing more is read from the client until a backend is ready: _begin() runs
+        # in _pump_client(), whose _update_reading() sees to it once routing is done.)
         if settings.authenticator is not None:
             ctx.spawn(lambda: self._authenticate(ex))
         else:
@@ -652,7 +663,9 @@ class HttpRelay:
             ex.response_left, ex.response_buffer = -1, b""  # a retry starts afresh
             link.write(ex.wire)
             ex.upstream_at = ex.client_at = self.ctx.loop.time()
-            self._arm(_EXCHANGE, self._check_interval())
+            if not ex.left:  # no body: its end is passed on with the head
+                ex.request_done = True
+            self._arm(_EXCHANGE, self._interval)
             self._pump_client()
             return
         if ex.forwarded is None:
@@ -684,7 +697,7 @@ class HttpRelay:
             self._answer(400, f"request not forwardable: {exc}", close=True)
             return
         ex.upstream_at = ex.client_at = self.ctx.loop.time()
-        self._arm(_EXCHANGE, self._check_interval())
+        self._arm(_EXCHANGE, self._interval)
         self._pump_client()
 
     def _forward_template(self, ex: _Exchange, link: BackendLink) -> ForwardTemplate:
@@ -952,8 +965,9 @@ class HttpRelay:
             self.ctx.http.exchange_ended(ex)
         now = self.ctx.loop.time()
         self.ctx.metrics.http_request(ex.status, now - ex.started)
-        if info_enabled():  # the access log line costs ~10 µs to build
-            self._log_request(ex, now)
+        put = direct_put()
+        if put is not None or info_enabled():  # the access log line costs ~10 µs to build
+            self._log_request(ex, now, put)
         if self._closed:
             return
         h = self._h11
@@ -973,12 +987,13 @@ class HttpRelay:
         else:
             self._close_client()
 
-    def _log_request(self, ex: _Exchange, now: float) -> None:
+    def _log_request(self, ex: _Exchange, now: float, put: Callable[[str], None] | None
+                     ) -> None:
+        """*put*: log.direct_put()'s."""
         method = ex.head.method.decode("latin-1")
         path = ex.head.target.split(b"?", 1)[0].decode("latin-1")
         backend = ex.backend.name if ex.backend else None
         duration = round(now - ex.started, 6)
-        put = direct_put()
         if put is not None:  # the same line, rendered here (wsproxy.log.request_line)
             put(request_line(ex.request_id, self.client_ip, method, path, ex.status, backend,
                              duration, ex.body_in, ex.bytes_out, ex.error))
@@ -1091,12 +1106,13 @@ class HttpRelay:
         parsing; a timer that fires before the deadline arms itself again."""
         loop = self.ctx.loop
         self._timer_kind = kind
-        at = self._deadline = loop.time() + delay
+        now = loop.time()
+        at = self._deadline = now + delay
         if self._timer is not None:
             if self._timer_at <= at:
                 return
             self._timer.cancel()
-        self._timer_at = at
+        at = self._timer_at = min(at, now + self._timer_span)
         self._timer = loop.call_at(at, self._timed_out)
 
     def _cancel_timer(self) -> None:
@@ -1106,17 +1122,17 @@ class HttpRelay:
         self._timer_kind = None
 
     def _check_interval(self) -> float:
-        http = self.settings.config.http
-        return min(http.body_timeout, http.response_timeout, http.stream_idle_timeout)
+        return self._interval
 
     def _timed_out(self) -> None:
         self._timer = None
         if self._timer_kind is None:
             return  # disarmed meanwhile
-        if self._deadline > self.ctx.loop.time() + 0.001:  # re-armed for later meanwhile
+        now = self.ctx.loop.time()
+        if self._deadline > now + 0.001:  # re-armed for later meanwhile
             # (a millisecond's slack: the loop's clock may lag the timer's by that)
-            self._timer_at = self._deadline
-            self._timer = self.ctx.loop.call_at(self._deadline, self._timed_out)
+            at = self._timer_at = min(self._deadline, now + self._timer_span)
+            self._timer = self.ctx.loop.call_at(at, self._timed_out)
             return
         kind, self._timer_kind = self._timer_kind, None
         if kind == _IDLE:
