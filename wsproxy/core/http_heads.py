@@ -53,17 +53,6 @@ _NEVER: Final = b"\x00\x0b\x0c"
 T = TypeVar("T")
 
 
-def _split(data: bytes, max_head: int) -> tuple[bytes, bytes, int] | None:
-    """The first line, the header block (the lines after it, without the blank line)
-    and the length of the head *data* starts with, once it is whole within
-    *max_head* bytes; else None."""
-    end = data.find(b"\r\n\r\n", 0, max_head)
-    if end < 0 or end + 4 > max_head:
-        return None
-    first_end = data.find(b"\r\n", 0, end + 2)
-    return data[:first_end], data[first_end + 2 : end], end + 4
-
-
 def _fields(block: bytes) -> list[tuple[bytes, bytes]] | None:
     """The (name as sent, value) pairs of a header *block* in its plain form; else None.
     Values are without the spaces and tabs around them.
@@ -107,6 +96,10 @@ def _wire(pairs: list[Header]) -> tuple[bytes, ...]:
 #: _MAX_ENTRIES are held (at most ~2 MiB each).
 _MAX_BLOCK: Final = 4096
 _MAX_ENTRIES: Final = 512
+
+
+#: Not in a cache.
+_UNSEEN: Final = object()
 
 
 def _remember(cache: dict[bytes, T], block: bytes, value: T) -> None:
@@ -309,37 +302,28 @@ def _keep_alive(headers: tuple[Header, ...] | list[Header], http_version: bytes)
 def read_request(data: bytes, max_head: int) -> tuple[PlainRequest, int] | None:
     """The plain request head *data* starts with and its length; None for h11 to read
     it (the module doc says which heads are plain)."""
-    plain = _split(data, max_head)
-    if plain is None:
+    end = data.find(b"\r\n\r\n", 0, max_head)  # (_split(), inline: a call less)
+    if end < 0 or end + 4 > max_head:
         return None
-    first, block, size = plain
-    line = _REQUEST_LINE.fullmatch(first)
+    first_end = data.find(b"\r\n", 0, end + 2)
+    line = _REQUEST_LINE.fullmatch(data, 0, first_end)
     if line is None:
         return None
-    fields = request_fields(block)
+    block = data[first_end + 2 : end]
+    fields = _REQUEST_FIELDS.get(block, _UNSEEN)  # (request_fields(), inline)
+    if fields is _UNSEEN:
+        fields = _request_fields(block)
+        _remember(_REQUEST_FIELDS, block, fields)
     if fields is None:
         return None
+    assert isinstance(fields, RequestFields)
     version = line[3]
     return PlainRequest(line[1], line[2], version, fields.headers, fields.length,
-                        fields.keep_alive and version == b"1.1", fields), size
+                        fields.keep_alive and version == b"1.1", fields), end + 4
 
 
 #: read_response()'s answer for a head that is whole but h11's to read.
 NOT_PLAIN: Final = "not plain"
-#: Status lines read before (few are ever seen): (version, status, reason), or None
-#: for one h11 is to read. Bounded as _Cache.
-_STATUS_LINES: Final[dict[bytes, tuple[bytes, int, bytes] | None]] = {}
-
-
-def _status_line(line: bytes) -> tuple[bytes, int, bytes] | None:
-    if line in _STATUS_LINES:
-        return _STATUS_LINES[line]
-    match = _STATUS_LINE.fullmatch(line)
-    read = None if match is None else (match[1], int(match[2]), match[3] or b"")
-    _remember(_STATUS_LINES, line, read)
-    return read
-
-
 def read_response(data: bytes, method: bytes) -> PlainResponse | str | None:
     """The plain response head *data* starts with, to a request of *method*.
 
@@ -347,21 +331,20 @@ def read_response(data: bytes, method: bytes) -> PlainResponse | str | None:
         The head; None while it is not whole (more bytes may make it plain); or
         ``NOT_PLAIN`` when h11 is to read it.
     """
-    plain = _split(data, _MAX_RESPONSE_HEAD)
-    if plain is None:
+    end = data.find(b"\r\n\r\n", 0, _MAX_RESPONSE_HEAD)  # (_split(), inline)
+    if end < 0 or end + 4 > _MAX_RESPONSE_HEAD:
         if len(data) >= _MAX_RESPONSE_HEAD or b"\n\n" in data or b"\n\r\n" in data:
             return NOT_PLAIN  # too long, or a blank line h11 reads and we do not
         return None
-    first, block, size = plain
-    line = _status_line(first)
-    if line is None:
+    head = data[:end]
+    read = _RESPONSE_HEADS.get(head, _UNSEEN)
+    if read is _UNSEEN:
+        read = _response_head(head)
+        _remember(_RESPONSE_HEADS, head, read)
+    if read is None:
         return NOT_PLAIN
-    version, status, reason = line
-    if status < 200:  # a 1xx (or a status h11 refuses): h11's
-        return NOT_PLAIN
-    fields = response_fields(block)
-    if fields is None:
-        return NOT_PLAIN
+    assert isinstance(read, tuple)
+    version, status, reason, fields = read
     length = fields.length
     if method == b"HEAD" or status in _NO_BODY:
         if method == b"HEAD" and length is None:
@@ -372,7 +355,30 @@ def read_response(data: bytes, method: bytes) -> PlainResponse | str | None:
     else:
         return NOT_PLAIN  # a body read to the close: h11 re-frames it
     return PlainResponse(status, reason, version, fields.headers, body,
-                         fields.keep_alive and version == b"1.1", size, fields)
+                         fields.keep_alive and version == b"1.1", end + 4, fields)
+
+
+#: What was read of response heads seen before (a backend's answers differ mostly in
+#: their body), bounded as the header blocks' cache.
+_RESPONSE_HEADS: Final[dict[bytes, tuple[bytes, int, bytes, ResponseFields] | None]] = {}
+
+
+def _response_head(head: bytes) -> tuple[bytes, int, bytes, ResponseFields] | None:
+    """(version, status, reason, header block) of a final response's *head* (without
+    its blank line) in the plain form; None for h11 to read it."""
+    first_end = head.find(b"\r\n")
+    if first_end < 0:
+        first_end = len(head)
+    line = _STATUS_LINE.fullmatch(head, 0, first_end)
+    if line is None:
+        return None
+    status = int(line[2])
+    if status < 200:  # a 1xx (or a status h11 refuses): h11's
+        return None
+    fields = response_fields(head[first_end + 2 :])
+    if fields is None:
+        return None
+    return line[1], status, line[3] or b"", fields
 
 
 def request_bytes(method: bytes, target: bytes, headers: list[Header]) -> bytes:

@@ -86,6 +86,8 @@ if TYPE_CHECKING:
 log = get_logger()
 
 _RETRY_AFTER: Final = (("Retry-After", "5"),)
+#: What the target of a probe (core.http.probe_target()) starts with.
+_PROBES: Final = (b"/healthz", b"/readyz")
 #: Read and write plain-form heads without h11 (wsproxy.core.http_heads); the tests
 #: turn it off to compare both paths.
 FAST_HEADS = True
@@ -143,7 +145,7 @@ class _Exchange:
     )
 
     def __init__(self, relay: HttpRelay, head: PlainRequest, request_id: str,
-                 now: float, *, fast: bool) -> None:
+                 now: float, fast: bool) -> None:
         self.relay = relay
         #: Told to the plain HTTP side as in flight on ``backend`` (a backend drain counts it).
         self.counted = False
@@ -517,10 +519,10 @@ class HttpRelay:
         settings = self.settings
         self._count += 1
         ex = self._ex = _Exchange(self, head, f"{self.id}-{self._count}", ctx.loop.time(),
-                                  fast=self._h11 is None)
+                                  self._h11 is None)
         self._timer_kind = None  # (the handle stays for the next _arm(): _timed_out())
         target = head.target
-        probe = probe_target(head.method, target)
+        probe = probe_target(head.method, target) if target.startswith(_PROBES) else None
         if probe is not None:
             self._answer(*ctx.probe_answer(probe))
             return
@@ -656,17 +658,25 @@ class HttpRelay:
             view.headers is head.headers and view.target is ex.target
         )):  # the client's head as read: its forwarded bytes from the connection's template
             if ex.wire is None:
-                ex.wire = forward_request_bytes(
-                    head, fields, ex.target, self._forward_template(ex, link),
-                    ex.request_id.encode("latin-1"))
-                self._sticky_cookie(ex, link, self._template)
+                made_for = self._template_for
+                template = self._template
+                if (
+                    template is None or made_for is None or made_for[0] is not link.backend.config
+                    or made_for[1] != self.forwarded_for or made_for[2] is not self.identity
+                ):
+                    template = self._new_template(ex, link)
+                ex.wire = forward_request_bytes(head, fields, ex.target, template,
+                                                ex.request_id.encode("latin-1"))
+                if ex.sticky is not None:
+                    self._sticky_cookie(ex, link, self._template)
             ex.response_left, ex.response_buffer = -1, b""  # a retry starts afresh
             link.write(ex.wire)
             ex.upstream_at = ex.client_at = self.ctx.loop.time()
             if not ex.left:  # no body: its end is passed on with the head
                 ex.request_done = True
             self._arm(_EXCHANGE, self._interval)
-            self._pump_client()
+            if not self._pumping:  # (a dial's or auth's task: else the pump goes on)
+                self._pump_client()
             return
         if ex.forwarded is None:
             view = self._view(ex)
@@ -700,21 +710,15 @@ class HttpRelay:
         self._arm(_EXCHANGE, self._interval)
         self._pump_client()
 
-    def _forward_template(self, ex: _Exchange, link: BackendLink) -> ForwardTemplate:
-        """The connection's template of forwarded heads, made anew when its backend,
-        client chain or identity changed."""
+    def _new_template(self, ex: _Exchange, link: BackendLink) -> ForwardTemplate:
+        """The connection's template of forwarded heads, made anew (_attach()): its
+        backend, client chain or identity changed."""
         config = link.backend.config
-        made_for = self._template_for
-        template = self._template
-        if (
-            template is None or made_for is None or made_for[0] is not config
-            or made_for[1] != self.forwarded_for or made_for[2] is not self.identity
-        ):
-            forwarding = self.ctx.forwarding(self.client_ip, self.forwarded_for,
-                                             ex.request_id, self.identity)
-            template = self._template = forward_template(
-                config.authority, config.path, forwarding, self.settings.owned_headers)
-            self._template_for = (config, self.forwarded_for, self.identity)
+        forwarding = self.ctx.forwarding(self.client_ip, self.forwarded_for, ex.request_id,
+                                         self.identity)
+        template = self._template = forward_template(
+            config.authority, config.path, forwarding, self.settings.owned_headers)
+        self._template_for = (config, self.forwarded_for, self.identity)
         return template
 
     def _sticky_cookie(self, ex: _Exchange, link: BackendLink,
@@ -800,7 +804,7 @@ class HttpRelay:
             ex.response_buffer = b""
             ex.status = read.status
             ex.response_started = True
-            close = self._closing() or not ex.head.keep_alive
+            close = self._close_after or not ex.head.keep_alive or not self.ctx.ready
             assert read.fields is not None
             try:
                 head = forward_response_bytes(read, read.fields, close=close,
@@ -914,8 +918,9 @@ class HttpRelay:
         h11's states say)."""
         link = ex.link
         assert link is not None
+        if ex.link_paused:
+            self._pause_link(ex, False)
         ex.link = None
-        self._pause_link(ex, False)
         self.ctx.http.pool.give(link, clean=clean)
 
     def _pause_link(self, ex: _Exchange, paused: bool) -> None:
@@ -983,7 +988,12 @@ class HttpRelay:
             again = False
         if again and not self._close_after:
             self._arm(_IDLE, self.settings.config.http.keepalive_timeout)
-            self._pump_client()  # a pipelined request may be waiting already
+            if self._pumping:
+                pass  # the pump further up the stack reads on
+            elif self._h11 is None and not self._buffer and not self._eof:
+                self._update_reading()  # (what _pump_client() comes to, with nothing read)
+            else:
+                self._pump_client()  # a pipelined request may be waiting already
         else:
             self._close_client()
 
@@ -993,14 +1003,14 @@ class HttpRelay:
         method = ex.head.method.decode("latin-1")
         path = ex.head.target.split(b"?", 1)[0].decode("latin-1")
         backend = ex.backend.name if ex.backend else None
-        duration = round(now - ex.started, 6)
         if put is not None:  # the same line, rendered here (wsproxy.log.request_line)
             put(request_line(ex.request_id, self.client_ip, method, path, ex.status, backend,
-                             duration, ex.body_in, ex.bytes_out, ex.error))
+                             now - ex.started, ex.body_in, ex.bytes_out, ex.error))
             return
         info_line("http.request", {
             "request_id": ex.request_id, "client": self.client_ip, "method": method,
-            "path": path, "status": ex.status, "backend": backend, "duration_s": duration,
+            "path": path, "status": ex.status, "backend": backend,
+            "duration_s": round(now - ex.started, 6),
             "bytes_in": ex.body_in, "bytes_out": ex.bytes_out, "error": ex.error,
         })
 
@@ -1088,7 +1098,8 @@ class HttpRelay:
         h = self._h11
         if ex is None:
             want = True
-        elif self._request_open():
+        elif not ex.request_done if h is None else h.their_state is h11.SEND_BODY:
+            # (_request_open())
             want = ex.link is not None and not ex.upstream_full
         else:
             pending = len(self._buffer) if h is None else len(h.trailing_data[0])
