@@ -110,13 +110,12 @@ class WebSocketDoor(Protocol):
 class HttpClientProtocol(asyncio.Protocol):
     """The client transport's protocol once its connection carries plain HTTP."""
 
-    __slots__ = ("_relay",)
+    __slots__ = ("_relay", "data_received")
 
     def __init__(self, relay: HttpRelay) -> None:
         self._relay = relay
-
-    def data_received(self, data: bytes) -> None:
-        self._relay.client_data(data)
+        #: The relay's own method: a Python frame less per read.
+        self.data_received = relay.client_data  # type: ignore[method-assign]
 
     def eof_received(self) -> bool:
         self._relay.client_eof()
@@ -221,6 +220,7 @@ class HttpRelay:
         "_first",
         "_h11",
         "_interval",
+        "_keepalive",
         "_pumping",
         "_reading",
         "_template",
@@ -278,6 +278,7 @@ class HttpRelay:
         #: each request moves ``_deadline`` only (the timer re-arms itself).
         http = settings.config.http
         self._interval = min(http.body_timeout, http.response_timeout, http.stream_idle_timeout)
+        self._keepalive = http.keepalive_timeout
         self._timer_span = min(self._interval, http.keepalive_timeout,
                                settings.config.limits.handshake_timeout)
         #: The forwarded heads' additions (http_heads.forward_template()), and the
@@ -670,7 +671,8 @@ class HttpRelay:
                 if ex.sticky is not None:
                     self._sticky_cookie(ex, link, self._template)
             ex.response_left, ex.response_buffer = -1, b""  # a retry starts afresh
-            link.write(ex.wire)
+            if link.transport is not None:  # (link.write(), a call less)
+                link.transport.write(ex.wire)
             ex.upstream_at = ex.client_at = self.ctx.loop.time()
             if not ex.left:  # no body: its end is passed on with the head
                 ex.request_done = True
@@ -786,10 +788,11 @@ class HttpRelay:
     def _relay_plain(self, ex: _Exchange, data: bytes) -> None:
         """Relay what the backend sent to a fast exchange: a plain head rewritten and the
         body as it comes, up to its length; anything else is h11's (_to_h11())."""
-        out: list[bytes] = []
+        head = b""
         if ex.response_left < 0:
             if ex.response_buffer:
                 data = ex.response_buffer + data
+                ex.response_buffer = b""
             read = read_response(data, ex.head.method)
             if read is None:  # not whole yet
                 ex.response_buffer = data
@@ -801,7 +804,6 @@ class HttpRelay:
                 ex.link.h11.receive_data(data)
                 self._pump_upstream(ex)
                 return
-            ex.response_buffer = b""
             ex.status = read.status
             ex.response_started = True
             close = self._close_after or not ex.head.keep_alive or not self.ctx.ready
@@ -815,17 +817,18 @@ class HttpRelay:
             ex.close_sent = close
             ex.response_keep_alive = read.keep_alive
             ex.response_left = read.length
-            out.append(head)
             data = data[read.size:]
         left = ex.response_left
-        if len(data) > left:  # bytes after the answer: the backend is not to be trusted
+        size = len(data)
+        if size > left:  # bytes after the answer: the backend is not to be trusted
             data = data[:left]
+            size = left
             ex.response_keep_alive = False
-        if data:
-            out.append(data)
-            ex.bytes_out += len(data)
-            left = ex.response_left = left - len(data)
-        self._transport.writelines(out)
+        if size:
+            ex.bytes_out += size
+            left = ex.response_left = left - size
+        # One write: a small answer is one segment.
+        self._transport.write(head + data if head else data)
         if not left:
             self._release_link(ex, clean=ex.response_keep_alive and ex.request_done)
             self._finish()
@@ -987,11 +990,14 @@ class HttpRelay:
         else:
             again = False
         if again and not self._close_after:
-            self._arm(_IDLE, self.settings.config.http.keepalive_timeout)
+            self._arm(_IDLE, self._keepalive)
             if self._pumping:
                 pass  # the pump further up the stack reads on
             elif self._h11 is None and not self._buffer and not self._eof:
-                self._update_reading()  # (what _pump_client() comes to, with nothing read)
+                # What _pump_client() comes to with nothing read: _update_reading(), which
+                # between requests resumes reading, if paused.
+                if not self._reading:
+                    self._update_reading()
             else:
                 self._pump_client()  # a pipelined request may be waiting already
         else:
