@@ -18,6 +18,13 @@ the close, obs-folds, bare LFs, two lengths...) returns None and goes to h11 and
 smuggling checks of wsproxy.core.http, whose verdicts stand: the fast path only
 ever takes what h11 would have taken, and writes the bytes h11 would have written
 (tests/unit/test_http_heads.py compares them on generated heads).
+
+What is read of a header block (a request's, a response's head) is remembered by its
+bytes, in bounded caches: a keep-alive client sends the same headers request after
+request, a backend the same head answer after answer. What the proxy adds to a
+forwarded request (Host, X-Forwarded-*, identity, Via) is made once per client
+connection and backend (``forward_template()``) and written around the client's
+kept lines (``forward_request_bytes()``).
 """
 
 from __future__ import annotations
