@@ -57,6 +57,7 @@ _TOKEN_CHARS: Final = (
 #: Bytes no head line may hold (h11's field values exclude NUL and ``\s``: a lone CR
 #: or LF is caught by counting, space and tab may only come between visible bytes).
 _NEVER: Final = b"\x00\x0b\x0c"
+K = TypeVar("K")
 T = TypeVar("T")
 
 
@@ -100,7 +101,7 @@ def _wire(pairs: list[Header]) -> tuple[bytes, ...]:
 #: What was read of header blocks seen before, by their bytes: a keep-alive client
 #: sends the same headers request after request, and backends the same ones answer
 #: after answer. Bounded: blocks of at most _MAX_BLOCK bytes, cleared when
-#: _MAX_ENTRIES are held (at most ~2 MiB each).
+#: _MAX_ENTRIES are held (a few MiB at most each, with what is made of them).
 _MAX_BLOCK: Final = 4096
 _MAX_ENTRIES: Final = 512
 
@@ -109,15 +110,16 @@ _MAX_ENTRIES: Final = 512
 _UNSEEN: Final = object()
 
 
-def _remember(cache: dict[bytes, T], block: bytes, value: T) -> None:
-    if len(block) <= _MAX_BLOCK:
+def _remember(cache: dict[K, T], key: K, size: int, value: T) -> None:
+    """Keep *value* for *key*, a block of *size* bytes (or a key made with one)."""
+    if size <= _MAX_BLOCK:
         if len(cache) >= _MAX_ENTRIES:
             cache.clear()
-        cache[block] = value
+        cache[key] = value
 
 
 class RequestFields:
-    """A plain request's header block, read (request_fields()) and what its forwarded
+    """A plain request's header block, read (_request_fields()) and what its forwarded
     head keeps of it, in h11's wire form (lower-case names)."""
 
     __slots__ = ("headers", "keep_alive", "kept", "kept_names", "length", "length_line",
@@ -140,20 +142,10 @@ class RequestFields:
         self.xfh = b"X-Forwarded-Host: %s\r\n" % host
 
 
+#: read_request()'s readings of header blocks seen before (None: not plain).
 _REQUEST_FIELDS: Final[dict[bytes, RequestFields | None]] = {}
 #: What forward_head() drops of a request besides the hop-by-hop and the proxy's own.
 _DROPPED_REQUEST: Final = frozenset({b"host", b"content-length", b"via"})
-
-
-def request_fields(block: bytes) -> RequestFields | None:
-    """The header *block* of a plain request (one Host, at most one Content-Length of
-    digits, no Transfer-Encoding, Upgrade or Expect); None for h11 to read it."""
-    cache = _REQUEST_FIELDS
-    if block in cache:
-        return cache[block]
-    read = _request_fields(block)
-    _remember(cache, block, read)
-    return read
 
 
 def _request_fields(block: bytes) -> RequestFields | None:
@@ -216,7 +208,7 @@ class PlainRequest:
 
 
 class ResponseFields:
-    """A plain response's header block, read (response_fields()), and what the
+    """A plain response's header block, read (_response_fields()), and what the
     client's head keeps of it, in h11's wire form."""
 
     __slots__ = ("headers", "keep_alive", "kept", "length", "vias")
@@ -231,20 +223,6 @@ class ResponseFields:
         #: them), and the backend's Via lines.
         self.kept = kept
         self.vias = vias
-
-
-_RESPONSE_FIELDS: Final[dict[bytes, ResponseFields | None]] = {}
-
-
-def response_fields(block: bytes) -> ResponseFields | None:
-    """The header *block* of a plain response (at most one Content-Length of digits,
-    no Transfer-Encoding); None for h11 to read it."""
-    cache = _RESPONSE_FIELDS
-    if block in cache:
-        return cache[block]
-    read = _response_fields(block)
-    _remember(cache, block, read)
-    return read
 
 
 def _response_fields(block: bytes) -> ResponseFields | None:
@@ -275,8 +253,8 @@ def _response_fields(block: bytes) -> ResponseFields | None:
 class PlainResponse:
     """A backend's final response head in its plain form (read_response())."""
 
-    __slots__ = ("fields", "headers", "http_version", "keep_alive", "length", "reason",
-                 "size", "status")
+    __slots__ = ("client_heads", "fields", "headers", "http_version", "keep_alive", "length",
+                 "reason", "size", "status")
 
     def __init__(self, status: int, reason: bytes, http_version: bytes,
                  headers: list[Header], length: int, keep_alive: bool, size: int,
@@ -292,6 +270,10 @@ class PlainResponse:
         #: The head's length in bytes.
         self.size = size
         self.fields = fields
+        #: forward_response_bytes() without extra headers once made, keeping the
+        #: client's connection and closing it (read_response() hands out one object
+        #: for a head seen again).
+        self.client_heads: list[bytes | None] = [None, None]
 
 
 def _keep_alive(headers: tuple[Header, ...] | list[Header], http_version: bytes) -> bool:
@@ -317,10 +299,10 @@ def read_request(data: bytes, max_head: int) -> tuple[PlainRequest, int] | None:
     if line is None:
         return None
     block = data[first_end + 2 : end]
-    fields = _REQUEST_FIELDS.get(block, _UNSEEN)  # (request_fields(), inline)
+    fields = _REQUEST_FIELDS.get(block, _UNSEEN)
     if fields is _UNSEEN:
         fields = _request_fields(block)
-        _remember(_REQUEST_FIELDS, block, fields)
+        _remember(_REQUEST_FIELDS, block, len(block), fields)
     if fields is None:
         return None
     assert isinstance(fields, RequestFields)
@@ -331,27 +313,48 @@ def read_request(data: bytes, max_head: int) -> tuple[PlainRequest, int] | None:
 
 #: read_response()'s answer for a head that is whole but h11's to read.
 NOT_PLAIN: Final = "not plain"
+
+
 def read_response(data: bytes, method: bytes) -> PlainResponse | str | None:
     """The plain response head *data* starts with, to a request of *method*.
 
     Returns:
         The head; None while it is not whole (more bytes may make it plain); or
-        ``NOT_PLAIN`` when h11 is to read it.
+        ``NOT_PLAIN`` when h11 is to read it. A head seen before (with the same
+        method) is answered from a bounded cache, the same object: a backend's
+        answers differ mostly in their bodies.
     """
-    end = data.find(b"\r\n\r\n", 0, _MAX_RESPONSE_HEAD)  # (_split(), inline)
+    end = data.find(b"\r\n\r\n", 0, _MAX_RESPONSE_HEAD)
     if end < 0 or end + 4 > _MAX_RESPONSE_HEAD:
         if len(data) >= _MAX_RESPONSE_HEAD or b"\n\n" in data or b"\n\r\n" in data:
             return NOT_PLAIN  # too long, or a blank line h11 reads and we do not
         return None
-    head = data[:end]
-    read = _RESPONSE_HEADS.get(head, _UNSEEN)
-    if read is _UNSEEN:
-        read = _response_head(head)
-        _remember(_RESPONSE_HEADS, head, read)
+    key = (method, data[:end])
+    read = _RESPONSES.get(key)
     if read is None:
+        read = _read_response(key[1], method)
+        _remember(_RESPONSES, key, end, read)
+    return read
+
+
+#: read_response()'s answers to heads seen before, by method and head.
+_RESPONSES: Final[dict[tuple[bytes, bytes], PlainResponse | str]] = {}
+
+
+def _read_response(head: bytes, method: bytes) -> PlainResponse | str:
+    """read_response() of a whole *head* (without its blank line)."""
+    first_end = head.find(b"\r\n")
+    if first_end < 0:
+        first_end = len(head)
+    line = _STATUS_LINE.fullmatch(head, 0, first_end)
+    if line is None:
         return NOT_PLAIN
-    assert isinstance(read, tuple)
-    version, status, reason, fields = read
+    status = int(line[2])
+    if status < 200:  # a 1xx (or a status h11 refuses): h11's
+        return NOT_PLAIN
+    fields = _response_fields(head[first_end + 2 :])
+    if fields is None:
+        return NOT_PLAIN
     length = fields.length
     if method == b"HEAD" or status in _NO_BODY:
         if method == b"HEAD" and length is None:
@@ -361,31 +364,9 @@ def read_response(data: bytes, method: bytes) -> PlainResponse | str | None:
         body = length
     else:
         return NOT_PLAIN  # a body read to the close: h11 re-frames it
-    return PlainResponse(status, reason, version, fields.headers, body,
-                         fields.keep_alive and version == b"1.1", end + 4, fields)
-
-
-#: What was read of response heads seen before (a backend's answers differ mostly in
-#: their body), bounded as the header blocks' cache.
-_RESPONSE_HEADS: Final[dict[bytes, tuple[bytes, int, bytes, ResponseFields] | None]] = {}
-
-
-def _response_head(head: bytes) -> tuple[bytes, int, bytes, ResponseFields] | None:
-    """(version, status, reason, header block) of a final response's *head* (without
-    its blank line) in the plain form; None for h11 to read it."""
-    first_end = head.find(b"\r\n")
-    if first_end < 0:
-        first_end = len(head)
-    line = _STATUS_LINE.fullmatch(head, 0, first_end)
-    if line is None:
-        return None
-    status = int(line[2])
-    if status < 200:  # a 1xx (or a status h11 refuses): h11's
-        return None
-    fields = response_fields(head[first_end + 2 :])
-    if fields is None:
-        return None
-    return line[1], status, line[3] or b"", fields
+    version = line[1]
+    return PlainResponse(status, line[3] or b"", version, fields.headers, body,
+                         fields.keep_alive and version == b"1.1", len(head) + 4, fields)
 
 
 def request_bytes(method: bytes, target: bytes, headers: list[Header]) -> bytes:
@@ -475,8 +456,17 @@ def forward_response_bytes(read: PlainResponse, fields: ResponseFields, *, close
     Raises:
         h11.LocalProtocolError: a header in *extra* is not valid.
     """
-    if extra:
-        check_header_values(extra)
+    if not extra and fields is read.fields:
+        made = read.client_heads[close]
+        if made is None:
+            made = read.client_heads[close] = _response_head_bytes(read, fields, close, ())
+        return made
+    check_header_values(extra)
+    return _response_head_bytes(read, fields, close, extra)
+
+
+def _response_head_bytes(read: PlainResponse, fields: ResponseFields, close: bool,
+                         extra: Sequence[Header]) -> bytes:
     return b"".join([
         b"HTTP/1.1 %d %s\r\n" % (read.status, read.reason), *fields.kept, *fields.vias,
         b"Via: ", read.http_version, b" wsproxy\r\n",

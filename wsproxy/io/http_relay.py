@@ -372,7 +372,9 @@ class HttpRelay:
                 if ex is None:
                     if not self._read_head():
                         break
-                elif ex.link is None or not self._forward_body(ex):
+                elif ex.link is None or (
+                    ex.request_done and self._h11 is None  # (_forward_counted_body()'s end)
+                ) or not self._forward_body(ex):
                     break
         finally:
             self._pumping = False
@@ -380,8 +382,9 @@ class HttpRelay:
 
     def _read_head(self) -> bool:
         """Start the next request if its head is whole; False to wait for bytes."""
-        first, self._first = self._first, None
+        first = self._first
         if first is not None:
+            self._first = None
             return self._read_first(first)
         h = self._h11
         if h is None:
@@ -390,17 +393,15 @@ class HttpRelay:
                 if self._eof:
                     self._close_client()
                 return False
-            limits = self.settings.config.limits
-            read = read_request(buffered, limits.max_request_head) if FAST_HEADS else None
+            max_head = self.settings.config.limits.max_request_head
+            read = read_request(buffered, max_head) if FAST_HEADS else None
             if read is not None:
                 head, size = read
                 self._buffer = buffered[size:]
                 self._begin(head)
                 return True
             # Not plain (or not whole yet): h11 reads it, and the smuggling checks below.
-            h = self._h11 = h11.Connection(
-                h11.SERVER, max_incomplete_event_size=limits.max_request_head
-            )
+            h = self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=max_head)
             h.receive_data(buffered)
             self._buffer = b""
             if self._eof:
