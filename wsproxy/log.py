@@ -227,16 +227,29 @@ def closed_line(f: Mapping[str, Any]) -> str:
     ) + _tail("connection.closed")
 
 
+def seconds_repr(seconds: float) -> str:
+    """``float.__repr__(round(seconds, 6))``, from one C format in the usual case (the
+    two calls cost ~7k instructions a line): the digits of ``.6f`` are round()'s, and
+    below 1e9 no shorter decimal has the same float, so repr() writes them too, but
+    for its exponent form below 1e-4 (left to repr())."""
+    if 0 <= seconds < 1e9:
+        text = f"{seconds:.6f}".rstrip("0")
+        if not text.startswith("0.0000"):
+            return text + "0" if text.endswith(".") else text
+    return float.__repr__(round(seconds, 6))
+
+
 def request_line(request_id: str, client: str, method: str, path: str, status: int | None,
                  backend: str | None, duration_s: float, bytes_in: int, bytes_out: int,
                  error: str | None) -> str:
-    """``http.request`` as json_line renders it (the fields of the HTTP relay's line)."""
+    """``http.request`` as json_line renders it (the fields of the HTTP relay's line),
+    *duration_s* rounded to 6 digits (seconds_repr())."""
     return (
         f'{{"request_id": {_str(request_id)}, "client": {_str(client)}, '
         f'"method": {_str(method)}, "path": {_str(path)}, '
         f'"status": {"null" if status is None else int.__repr__(status)}, '
         f'"backend": {"null" if backend is None else _str(backend)}, '
-        f'"duration_s": {float.__repr__(duration_s)}, '
+        f'"duration_s": {seconds_repr(duration_s)}, '
         f'"bytes_in": {int.__repr__(bytes_in)}, "bytes_out": {int.__repr__(bytes_out)}, '
         f'"error": {"null" if error is None else _str(error)}'
     ) + _tail("http.request")

@@ -33,6 +33,9 @@ from wsproxy.core.http_heads import (
     NOT_PLAIN,
     PlainRequest,
     PlainResponse,
+    forward_request_bytes,
+    forward_response_bytes,
+    forward_template,
     read_request,
     read_response,
     request_bytes,
@@ -40,6 +43,8 @@ from wsproxy.core.http_heads import (
 )
 
 SETTINGS = settings(derandomize=True, max_examples=600, deadline=None)
+#: Names an authenticator owns (forward_head()'s *owned*): one the client sends here.
+OWNED = frozenset({b"accept", b"x-auth-subject"})
 FORWARDING = Forwarding(client_ip="10.0.0.9", forwarded_for="10.0.0.9", proto="http",
                         request_id="abc-1", identity=(("X-Auth-Subject", "alice"),))
 
@@ -153,6 +158,16 @@ def test_a_request_the_fast_path_reads_is_what_h11_reads(data: bytes, max_head: 
                                        authority="backend:8080", path_prefix="/p",
                                        forwarding=FORWARDING))
     assert request_bytes(head.method, target, headers) == sent
+    # The same bytes again from the connection's template, with the proxy's names
+    # (an authenticator's) dropped or not.
+    assert head.fields is not None
+    for owned in (frozenset(), OWNED):
+        target, headers = forward_head(head.http_version, target=head.target,
+                                       headers=head.headers, authority="backend:8080",
+                                       path_prefix="/p", forwarding=FORWARDING, owned=owned)
+        template = forward_template("backend:8080", "/p", FORWARDING, owned)
+        assert forward_request_bytes(head, head.fields, head.target, template,
+                                     b"abc-1") == request_bytes(head.method, target, headers)
 
 
 SMUGGLING = {
@@ -265,6 +280,9 @@ def test_a_response_the_fast_path_reads_is_relayed_as_h11_relays_it(
     headers = forward_response_headers(read.headers, read.http_version,
                                        close=close or not keep, extra=extra)
     assert response_bytes(read.status, read.reason, headers) == expected
+    assert read.fields is not None
+    assert forward_response_bytes(read, read.fields, close=close or not keep,
+                                  extra=extra) == expected
     client.send(h11.Data(data=b"x" * read.length)) if read.length else None
     client.send(h11.EndOfMessage())
     assert (client.our_state is h11.DONE) is (keep and not close)
@@ -312,9 +330,9 @@ def test_a_remembered_check_of_the_proxy_s_values_still_checks_the_request_id(
     request_id: str
 ) -> None:
     from wsproxy.core.handshake import check_own_values
-    from wsproxy.core.http import _check_own
+    from wsproxy.core.http import check_own
 
-    _check_own("backend:8080", FORWARDING)  # remembered from now on
+    check_own("backend:8080", FORWARDING)  # remembered from now on
     forwarding = Forwarding(client_ip="10.0.0.9", forwarded_for="10.0.0.9", proto="http",
                             request_id=request_id, identity=FORWARDING.identity)
     try:
@@ -324,6 +342,6 @@ def test_a_remembered_check_of_the_proxy_s_values_still_checks_the_request_id(
         refused = True
     if refused:
         with pytest.raises(h11.LocalProtocolError):
-            _check_own("backend:8080", forwarding)
+            check_own("backend:8080", forwarding)
     else:
-        _check_own("backend:8080", forwarding)
+        check_own("backend:8080", forwarding)

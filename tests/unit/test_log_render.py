@@ -235,6 +235,13 @@ def test_request_line_is_json_lines(
         assert line == _reference_line("http.request", fields)
 
 
+@settings(derandomize=True, max_examples=2000, deadline=None)
+@given(st.one_of(st.floats(min_value=0, max_value=2e9), st.floats(min_value=0, max_value=1e-3),
+                 st.floats(), st.integers(0, 10**7).map(lambda us: us / 1e6)))
+def test_seconds_are_written_as_rounded_floats_repr(seconds: float) -> None:
+    assert wslog.seconds_repr(seconds) == float.__repr__(round(seconds, 6))
+
+
 def test_direct_put_only_where_json_line_would_write_alone(written: list[str]) -> None:
     """The caller renders only under configure_logging's JSON set-up with INFO on and no
     context variable bound (a worker's pid and index: info_line() merges them)."""

@@ -236,7 +236,7 @@ def forward_head(
     Raises:
         h11.LocalProtocolError: a value of the proxy's own is no valid header value.
     """
-    _check_own(authority, forwarding)
+    check_own(authority, forwarding)
     dropped = _hop_by_hop(headers) | PROXY_OWNED | owned | {b"host", b"content-length", b"via"}
     out: list[Header] = [(b"Host", authority.encode("latin-1"))]
     out += [(n, v) for n, v in headers if n not in dropped]
@@ -264,7 +264,7 @@ _CHECKED_OWN: set[tuple[str, str, str, tuple[tuple[str, str], ...]]] = set()
 _CHECKED_OWN_MAX: Final = 1024
 
 
-def _check_own(authority: str, forwarding: Forwarding) -> None:
+def check_own(authority: str, forwarding: Forwarding) -> None:
     """check_own_values(), remembering the values that passed (its regular expressions
     cost as much as reading the request head)."""
     key = (authority, forwarding.forwarded_for, forwarding.proto, forwarding.identity)

@@ -33,13 +33,13 @@ for what the rule calls live: the balancer and its hash key, the backend TLS con
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Final, Protocol
 
 import h11
 
 from wsproxy.auth import AuthFailed
-from wsproxy.core.handshake import RequestHead, client_address, error_response
+from wsproxy.core.handshake import Forwarding, RequestHead, client_address, error_response
 from wsproxy.core.http import (
     Header,
     HttpRefused,
@@ -47,7 +47,6 @@ from wsproxy.core.http import (
     error_answer,
     forward_head,
     forward_response,
-    forward_response_headers,
     head_length,
     is_upgrade,
     plain_request,
@@ -55,12 +54,15 @@ from wsproxy.core.http import (
 )
 from wsproxy.core.http_heads import (
     NOT_PLAIN,
+    ForwardTemplate,
     PlainRequest,
     PlainResponse,
+    forward_request_bytes,
+    forward_response_bytes,
+    forward_template,
     read_request,
     read_response,
     request_bytes,
-    response_bytes,
 )
 from wsproxy.core.paths import UnsafeTarget, backend_target
 from wsproxy.io.http_pool import BackendLink
@@ -84,6 +86,8 @@ if TYPE_CHECKING:
 log = get_logger()
 
 _RETRY_AFTER: Final = (("Retry-After", "5"),)
+#: What the target of a probe (core.http.probe_target()) starts with.
+_PROBES: Final = (b"/healthz", b"/readyz")
 #: Read and write plain-form heads without h11 (wsproxy.core.http_heads); the tests
 #: turn it off to compare both paths.
 FAST_HEADS = True
@@ -106,13 +110,12 @@ class WebSocketDoor(Protocol):
 class HttpClientProtocol(asyncio.Protocol):
     """The client transport's protocol once its connection carries plain HTTP."""
 
-    __slots__ = ("_relay",)
+    __slots__ = ("_relay", "data_received")
 
     def __init__(self, relay: HttpRelay) -> None:
         self._relay = relay
-
-    def data_received(self, data: bytes) -> None:
-        self._relay.client_data(data)
+        #: The relay's own method: a Python frame less per read.
+        self.data_received = relay.client_data  # type: ignore[method-assign]
 
     def eof_received(self) -> bool:
         self._relay.client_eof()
@@ -136,11 +139,12 @@ class _Exchange:
         "close_sent", "counted", "error", "fast", "forwarded", "head", "left", "link",
         "link_paused", "relay", "request_done", "request_id", "response_buffer",
         "response_keep_alive", "response_left", "response_started", "retried", "sent_body",
-        "set_cookie", "started", "status", "sticky", "upstream_at", "upstream_full", "view",
+        "set_cookie", "started", "status", "sticky", "target", "upstream_at", "upstream_full",
+        "view", "wire",
     )
 
     def __init__(self, relay: HttpRelay, head: PlainRequest, request_id: str,
-                 now: float, *, fast: bool) -> None:
+                 now: float, fast: bool) -> None:
         self.relay = relay
         #: Told to the plain HTTP side as in flight on ``backend`` (a backend drain counts it).
         self.counted = False
@@ -162,10 +166,15 @@ class _Exchange:
         self.response_keep_alive = False
         #: Fast: the client's answer said ``Connection: close``.
         self.close_sent = False
-        #: What auth and hashing read of the request (credentials taken out after auth).
+        #: The target made safe (paths.backend_target()).
+        self.target = head.target
+        #: What auth and hashing read of the request (credentials taken out after auth):
+        #: made only for them (HttpRelay._view()).
         self.view: RequestHead | None = None
-        #: The target and headers of the request to the backend, once made.
+        #: The target and headers of the request to the backend, once made; or its
+        #: head's bytes, made without them (fast, as the client sent it).
         self.forwarded: tuple[bytes, list[Header]] | None = None
+        self.wire: bytes | None = None
         self.candidates: list[BackendState] = []
         self.backend: BackendState | None = None
         self.link: BackendLink | None = None
@@ -210,11 +219,16 @@ class HttpRelay:
         "_ex",
         "_first",
         "_h11",
+        "_interval",
+        "_keepalive",
         "_pumping",
         "_reading",
+        "_template",
+        "_template_for",
         "_timer",
         "_timer_at",
         "_timer_kind",
+        "_timer_span",
         "_transport",
         "client_ip",
         "ctx",
@@ -258,6 +272,19 @@ class HttpRelay:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = self._deadline = 0.0
         self._timer_kind: str | None = None
+        #: The exchange timer's period (_check_interval()), and the shortest delay _arm()
+        #: is given but for the exchange timer's remainders: no timer is set further
+        #: ahead than that, so that no deadline is ever earlier than the timer's, and
+        #: each request moves ``_deadline`` only (the timer re-arms itself).
+        http = settings.config.http
+        self._interval = min(http.body_timeout, http.response_timeout, http.stream_idle_timeout)
+        self._keepalive = http.keepalive_timeout
+        self._timer_span = min(self._interval, http.keepalive_timeout,
+                               settings.config.limits.handshake_timeout)
+        #: The forwarded heads' additions (http_heads.forward_template()), and the
+        #: backend config, X-Forwarded-For chain and identity they were made for.
+        self._template: ForwardTemplate | None = None
+        self._template_for: tuple[object, str, Identity | None] | None = None
         ctx.http.add(self)
         transport.set_protocol(HttpClientProtocol(self))
         self._arm(_HEAD, settings.config.limits.handshake_timeout)
@@ -345,7 +372,9 @@ class HttpRelay:
                 if ex is None:
                     if not self._read_head():
                         break
-                elif ex.link is None or not self._forward_body(ex):
+                elif ex.link is None or (
+                    ex.request_done and self._h11 is None  # (_forward_counted_body()'s end)
+                ) or not self._forward_body(ex):
                     break
         finally:
             self._pumping = False
@@ -353,8 +382,9 @@ class HttpRelay:
 
     def _read_head(self) -> bool:
         """Start the next request if its head is whole; False to wait for bytes."""
-        first, self._first = self._first, None
+        first = self._first
         if first is not None:
+            self._first = None
             return self._read_first(first)
         h = self._h11
         if h is None:
@@ -363,17 +393,15 @@ class HttpRelay:
                 if self._eof:
                     self._close_client()
                 return False
-            limits = self.settings.config.limits
-            read = read_request(buffered, limits.max_request_head) if FAST_HEADS else None
+            max_head = self.settings.config.limits.max_request_head
+            read = read_request(buffered, max_head) if FAST_HEADS else None
             if read is not None:
                 head, size = read
                 self._buffer = buffered[size:]
                 self._begin(head)
                 return True
             # Not plain (or not whole yet): h11 reads it, and the smuggling checks below.
-            h = self._h11 = h11.Connection(
-                h11.SERVER, max_incomplete_event_size=limits.max_request_head
-            )
+            h = self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=max_head)
             h.receive_data(buffered)
             self._buffer = b""
             if self._eof:
@@ -493,11 +521,10 @@ class HttpRelay:
         settings = self.settings
         self._count += 1
         ex = self._ex = _Exchange(self, head, f"{self.id}-{self._count}", ctx.loop.time(),
-                                  fast=self._h11 is None)
+                                  self._h11 is None)
         self._timer_kind = None  # (the handle stays for the next _arm(): _timed_out())
-        headers = head.headers
         target = head.target
-        probe = probe_target(head.method, target)
+        probe = probe_target(head.method, target) if target.startswith(_PROBES) else None
         if probe is not None:
             self._answer(*ctx.probe_answer(probe))
             return
@@ -516,11 +543,14 @@ class HttpRelay:
             ex.error = "bad_request"
             self._answer(400, str(exc), close=True)
             return
-        ex.view = plain_request(head.method, target=target, headers=headers)
-        self.client_ip, self.forwarded_for = client_address(
-            self.peer_ip, ex.view.header(b"x-forwarded-for"), settings.config.trusted_proxies
-        )
-        self._update_reading()  # nothing more from the client until a backend is ready
+        ex.target = target
+        trusted = settings.config.trusted_proxies
+        if trusted:  # (else the client is the peer, as client_address() says)
+            self.client_ip, self.forwarded_for = client_address(
+                self.peer_ip, self._view(ex).header(b"x-forwarded-for"), trusted
+            )
+        # (Nothing more is read from the client until a backend is ready: _begin() runs
+        # in _pump_client(), whose _update_reading() sees to it once routing is done.)
         if settings.authenticator is not None:
             ctx.spawn(lambda: self._authenticate(ex))
         else:
@@ -530,9 +560,8 @@ class HttpRelay:
         settings = self.settings
         authenticator = settings.authenticator
         assert authenticator is not None
-        assert ex.view is not None
         try:
-            admitted = await authenticate(authenticator, settings.config.auth, ex.view,
+            admitted = await authenticate(authenticator, settings.config.auth, self._view(ex),
                                           client_ip=self.client_ip, conn_id=self.id)
         except AuthFailed as exc:
             if self._ex is ex and not self._closed:
@@ -545,13 +574,21 @@ class HttpRelay:
         ex.view = admitted.request
         self._route(ex)
 
+    def _view(self, ex: _Exchange) -> RequestHead:
+        """What auth and balancing read of the request in flight, made when first asked."""
+        if ex.view is None:
+            ex.view = plain_request(ex.head.method, target=ex.target, headers=ex.head.headers)
+        return ex.view
+
     def _route(self, ex: _Exchange) -> None:
         config = self.ctx.config  # balance.* and sticky_cookie.* are live: each pick
-        if config.balance.policy == "cookie" and ex.view is not None:
+        policy = config.balance
+        if policy.policy == "cookie":
             # The proxy's cookie: read here, and never seen by the backend.
-            ex.view, ex.sticky = take_sticky(ex.view, config.sticky_cookie.name)
-        ex.candidates = candidates(self.ctx.balancer, ex.view, config.balance.hash_key,
-                                   ex.sticky or ())
+            ex.view, ex.sticky = take_sticky(self._view(ex), config.sticky_cookie.name)
+        # Only a hash key reads the request (balance.request_key()).
+        view = ex.view if policy.hash_key is None else self._view(ex)
+        ex.candidates = candidates(self.ctx.balancer, view, policy.hash_key, ex.sticky or ())
         if not ex.candidates:
             ex.error = "no_backend"
             self._answer(*NO_BACKEND)
@@ -605,7 +642,6 @@ class HttpRelay:
 
     def _attach(self, ex: _Exchange, link: BackendLink) -> None:
         """Send the request head on *link*; the body follows as the client sends it."""
-        assert ex.view is not None
         ex.link = link
         if ex.counted and ex.backend is not link.backend:  # a retry went elsewhere
             ex.counted = False
@@ -618,19 +654,45 @@ class HttpRelay:
             if ex.link is not link:  # a drain of that backend ended it at once
                 return
         head = ex.head
+        view = ex.view
+        fields = head.fields
+        if ex.fast and fields is not None and (view is None or (
+            view.headers is head.headers and view.target is ex.target
+        )):  # the client's head as read: its forwarded bytes from the connection's template
+            if ex.wire is None:
+                made_for = self._template_for
+                template = self._template
+                if (
+                    template is None or made_for is None or made_for[0] is not link.backend.config
+                    or made_for[1] != self.forwarded_for or made_for[2] is not self.identity
+                ):
+                    template = self._new_template(ex, link)
+                ex.wire = forward_request_bytes(head, fields, ex.target, template,
+                                                ex.request_id.encode("latin-1"))
+                if ex.sticky is not None:
+                    self._sticky_cookie(ex, link, self._template)
+            ex.response_left, ex.response_buffer = -1, b""  # a retry starts afresh
+            if link.transport is not None:  # (link.write(), a call less)
+                link.transport.write(ex.wire)
+            ex.upstream_at = ex.client_at = self.ctx.loop.time()
+            if not ex.left:  # no body: its end is passed on with the head
+                ex.request_done = True
+            self._arm(_EXCHANGE, self._interval)
+            if not self._pumping:  # (a dial's or auth's task: else the pump goes on)
+                self._pump_client()
+            return
         if ex.forwarded is None:
+            view = self._view(ex)
             forwarding = self.ctx.forwarding(self.client_ip, self.forwarded_for,
                                              ex.request_id, self.identity)
             ex.forwarded = forward_head(
-                head.http_version, target=ex.view.target, headers=ex.view.headers,
+                head.http_version, target=view.target, headers=view.headers,
                 authority=link.backend.config.authority,
                 path_prefix=link.backend.config.path,
                 forwarding=forwarding,
                 owned=self.settings.owned_headers,
             )
-            if ex.sticky is not None:
-                ex.set_cookie = sticky_header(self.ctx.config.sticky_cookie, link.backend.name,
-                                              ex.sticky, https=forwarding.proto == "https")
+            self._sticky_cookie(ex, link, forwarding)
         target, headers = ex.forwarded
         try:
             if ex.fast:
@@ -648,8 +710,28 @@ class HttpRelay:
             self._answer(400, f"request not forwardable: {exc}", close=True)
             return
         ex.upstream_at = ex.client_at = self.ctx.loop.time()
-        self._arm(_EXCHANGE, self._check_interval())
+        self._arm(_EXCHANGE, self._interval)
         self._pump_client()
+
+    def _new_template(self, ex: _Exchange, link: BackendLink) -> ForwardTemplate:
+        """The connection's template of forwarded heads, made anew (_attach()): its
+        backend, client chain or identity changed."""
+        config = link.backend.config
+        forwarding = self.ctx.forwarding(self.client_ip, self.forwarded_for, ex.request_id,
+                                         self.identity)
+        template = self._template = forward_template(
+            config.authority, config.path, forwarding, self.settings.owned_headers)
+        self._template_for = (config, self.forwarded_for, self.identity)
+        return template
+
+    def _sticky_cookie(self, ex: _Exchange, link: BackendLink,
+                       forwarding: Forwarding | ForwardTemplate | None) -> None:
+        """balance: cookie: the Set-Cookie the answer gets, when the backend is not the
+        one the request's cookie names (*forwarding*: what says the client's protocol)."""
+        if ex.sticky is not None:
+            assert forwarding is not None
+            ex.set_cookie = sticky_header(self.ctx.config.sticky_cookie, link.backend.name,
+                                          ex.sticky, https=forwarding.proto == "https")
 
     # The backend's side…
 
@@ -707,10 +789,11 @@ class HttpRelay:
     def _relay_plain(self, ex: _Exchange, data: bytes) -> None:
         """Relay what the backend sent to a fast exchange: a plain head rewritten and the
         body as it comes, up to its length; anything else is h11's (_to_h11())."""
-        out: list[bytes] = []
+        head = b""
         if ex.response_left < 0:
             if ex.response_buffer:
                 data = ex.response_buffer + data
+                ex.response_buffer = b""
             read = read_response(data, ex.head.method)
             if read is None:  # not whole yet
                 ex.response_buffer = data
@@ -722,30 +805,31 @@ class HttpRelay:
                 ex.link.h11.receive_data(data)
                 self._pump_upstream(ex)
                 return
-            ex.response_buffer = b""
             ex.status = read.status
             ex.response_started = True
-            close = self._closing() or not ex.head.keep_alive
+            close = self._close_after or not ex.head.keep_alive or not self.ctx.ready
+            assert read.fields is not None
             try:
-                headers = forward_response_headers(read.headers, read.http_version,
-                                                   close=close, extra=ex.set_cookie)
+                head = forward_response_bytes(read, read.fields, close=close,
+                                              extra=ex.set_cookie)
             except h11.LocalProtocolError as exc:
                 self._bad_response(ex, exc)
                 return
             ex.close_sent = close
             ex.response_keep_alive = read.keep_alive
             ex.response_left = read.length
-            out.append(response_bytes(read.status, read.reason, headers))
             data = data[read.size:]
         left = ex.response_left
-        if len(data) > left:  # bytes after the answer: the backend is not to be trusted
+        size = len(data)
+        if size > left:  # bytes after the answer: the backend is not to be trusted
             data = data[:left]
+            size = left
             ex.response_keep_alive = False
-        if data:
-            out.append(data)
-            ex.bytes_out += len(data)
-            left = ex.response_left = left - len(data)
-        self._transport.writelines(out)
+        if size:
+            ex.bytes_out += size
+            left = ex.response_left = left - size
+        # One write: a small answer is one segment.
+        self._transport.write(head + data if head else data)
         if not left:
             self._release_link(ex, clean=ex.response_keep_alive and ex.request_done)
             self._finish()
@@ -838,8 +922,9 @@ class HttpRelay:
         h11's states say)."""
         link = ex.link
         assert link is not None
+        if ex.link_paused:
+            self._pause_link(ex, False)
         ex.link = None
-        self._pause_link(ex, False)
         self.ctx.http.pool.give(link, clean=clean)
 
     def _pause_link(self, ex: _Exchange, paused: bool) -> None:
@@ -889,8 +974,9 @@ class HttpRelay:
             self.ctx.http.exchange_ended(ex)
         now = self.ctx.loop.time()
         self.ctx.metrics.http_request(ex.status, now - ex.started)
-        if info_enabled():  # the access log line costs ~10 µs to build
-            self._log_request(ex, now)
+        put = direct_put()
+        if put is not None or info_enabled():  # the access log line costs ~10 µs to build
+            self._log_request(ex, now, put)
         if self._closed:
             return
         h = self._h11
@@ -905,24 +991,33 @@ class HttpRelay:
         else:
             again = False
         if again and not self._close_after:
-            self._arm(_IDLE, self.settings.config.http.keepalive_timeout)
-            self._pump_client()  # a pipelined request may be waiting already
+            self._arm(_IDLE, self._keepalive)
+            if self._pumping:
+                pass  # the pump further up the stack reads on
+            elif self._h11 is None and not self._buffer and not self._eof:
+                # What _pump_client() comes to with nothing read: _update_reading(), which
+                # between requests resumes reading, if paused.
+                if not self._reading:
+                    self._update_reading()
+            else:
+                self._pump_client()  # a pipelined request may be waiting already
         else:
             self._close_client()
 
-    def _log_request(self, ex: _Exchange, now: float) -> None:
+    def _log_request(self, ex: _Exchange, now: float, put: Callable[[str], None] | None
+                     ) -> None:
+        """*put*: log.direct_put()'s."""
         method = ex.head.method.decode("latin-1")
         path = ex.head.target.split(b"?", 1)[0].decode("latin-1")
         backend = ex.backend.name if ex.backend else None
-        duration = round(now - ex.started, 6)
-        put = direct_put()
         if put is not None:  # the same line, rendered here (wsproxy.log.request_line)
             put(request_line(ex.request_id, self.client_ip, method, path, ex.status, backend,
-                             duration, ex.body_in, ex.bytes_out, ex.error))
+                             now - ex.started, ex.body_in, ex.bytes_out, ex.error))
             return
         info_line("http.request", {
             "request_id": ex.request_id, "client": self.client_ip, "method": method,
-            "path": path, "status": ex.status, "backend": backend, "duration_s": duration,
+            "path": path, "status": ex.status, "backend": backend,
+            "duration_s": round(now - ex.started, 6),
             "bytes_in": ex.body_in, "bytes_out": ex.bytes_out, "error": ex.error,
         })
 
@@ -1010,7 +1105,8 @@ class HttpRelay:
         h = self._h11
         if ex is None:
             want = True
-        elif self._request_open():
+        elif not ex.request_done if h is None else h.their_state is h11.SEND_BODY:
+            # (_request_open())
             want = ex.link is not None and not ex.upstream_full
         else:
             pending = len(self._buffer) if h is None else len(h.trailing_data[0])
@@ -1028,12 +1124,13 @@ class HttpRelay:
         parsing; a timer that fires before the deadline arms itself again."""
         loop = self.ctx.loop
         self._timer_kind = kind
-        at = self._deadline = loop.time() + delay
+        now = loop.time()
+        at = self._deadline = now + delay
         if self._timer is not None:
             if self._timer_at <= at:
                 return
             self._timer.cancel()
-        self._timer_at = at
+        at = self._timer_at = min(at, now + self._timer_span)
         self._timer = loop.call_at(at, self._timed_out)
 
     def _cancel_timer(self) -> None:
@@ -1043,17 +1140,17 @@ class HttpRelay:
         self._timer_kind = None
 
     def _check_interval(self) -> float:
-        http = self.settings.config.http
-        return min(http.body_timeout, http.response_timeout, http.stream_idle_timeout)
+        return self._interval
 
     def _timed_out(self) -> None:
         self._timer = None
         if self._timer_kind is None:
             return  # disarmed meanwhile
-        if self._deadline > self.ctx.loop.time() + 0.001:  # re-armed for later meanwhile
+        now = self.ctx.loop.time()
+        if self._deadline > now + 0.001:  # re-armed for later meanwhile
             # (a millisecond's slack: the loop's clock may lag the timer's by that)
-            self._timer_at = self._deadline
-            self._timer = self.ctx.loop.call_at(self._deadline, self._timed_out)
+            at = self._timer_at = min(self._deadline, now + self._timer_span)
+            self._timer = self.ctx.loop.call_at(at, self._timed_out)
             return
         kind, self._timer_kind = self._timer_kind, None
         if kind == _IDLE:
