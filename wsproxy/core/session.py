@@ -170,17 +170,17 @@ class _Flow(_FlowState):
     )
 
     def __init__(self, src: Side, src_leg: _Leg, dst_leg: _Leg, max_size: int) -> None:
+        # Module globals rather than Side.CLIENT and min()/max() calls (Session clamps
+        # max_size once for both flows): a flow is made twice a connection.
         self.src = src
         self.dst = dst_leg.side
         #: The legs themselves, to spare the hot loop a lookup per chunk.
         self.src_leg = src_leg
         self.dst_leg = dst_leg
         #: RFC 6455 §5.1: client frames are masked, server frames are not.
-        self.masked = src is Side.CLIENT
-        self.mask_bit = 0x80 if self.masked else 0
-        # Within the C twin's range: no frame is longer than 2^63 - 1 (§5.2), so a
-        # larger limit or a more negative one decides the same.
-        self.max_size = max(-1, min(max_size, (1 << 63) - 1))
+        self.masked = masked = src is _CLIENT
+        self.mask_bit = 0x80 if masked else 0
+        self.max_size = max_size
         self.rsv_allowed = 0
         self.remaining = 0
         self.partial = b""
@@ -196,6 +196,12 @@ class _Flow(_FlowState):
         #: flow.
         self.pending = ()
         self.pending_close = None
+
+
+def _flow_limit(max_size: int) -> int:
+    """*max_size* within the C twin's range: no frame is longer than 2^63 - 1 (§5.2),
+    so a larger limit or a more negative one decides the same."""
+    return max(-1, min(max_size, (1 << 63) - 1))
 
 
 class Session:
@@ -243,15 +249,12 @@ class Session:
         )
         self.state = _S_AWAIT_REQUEST
         self.max_message_size = max_message_size
-        self._client_leg = _Leg(_CLIENT)
-        self._upstream_leg = _Leg(_UPSTREAM)
+        self._client_leg = client_leg = _Leg(_CLIENT)
+        self._upstream_leg = upstream_leg = _Leg(_UPSTREAM)
         #: The frames read from each side (see _flow()).
-        self._client_flow = _Flow(
-            _CLIENT, self._client_leg, self._upstream_leg, max_message_size
-        )
-        self._upstream_flow = _Flow(
-            _UPSTREAM, self._upstream_leg, self._client_leg, max_message_size
-        )
+        limit = _flow_limit(max_message_size)
+        self._client_flow = _Flow(_CLIENT, client_leg, upstream_leg, limit)
+        self._upstream_flow = _Flow(_UPSTREAM, upstream_leg, client_leg, limit)
         #: Which side closed first: "client", "upstream" or "proxy".
         self.initiator: str | None = None
         self.close_reason: str | None = None
@@ -626,6 +629,17 @@ class Session:
             "client": client[0] if client else None,
             "upstream": upstream[0] if upstream else None,
         }
+
+    def close_codes_received(self) -> tuple[int | None, int | None]:
+        """close_codes() as a tuple: (the client's, the backend's)."""
+        client, upstream = self._client_leg.close_received, self._upstream_leg.close_received
+        return client[0] if client else None, upstream[0] if upstream else None
+
+    def flows_to(self) -> tuple[_Flow, _Flow]:
+        """The counters of what went (to the client, to the backend): ``messages``,
+        ``bytes`` and ``undelivered`` (as messages(), bytes_relayed(), undelivered()),
+        read in one call at the end of a connection."""
+        return self._upstream_flow, self._client_flow
 
     def close_code_sent(self, side: Side) -> int | None:
         """The code of the close frame *side* was sent (relayed or ours), if any."""

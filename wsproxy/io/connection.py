@@ -49,7 +49,7 @@ from wsproxy.io.upstream import (
     sticky_header,
     take_sticky,
 )
-from wsproxy.log import get_logger
+from wsproxy.log import closed_line_of, get_logger
 
 if TYPE_CHECKING:
     from wsproxy.auth import Identity
@@ -889,6 +889,22 @@ class Connection:
             **({"resume": "held" if self.held else "attached"}
                if isinstance(self._resume, ResumeState) else {}),
         }
+
+    def closed_line(self) -> str:
+        """``connection.closed`` rendered (wsproxy.log.closed_line_of) from the session
+        directly: the fields of summary(), without the dict."""
+        s = self.session
+        client_code, upstream_code = s.close_codes_received()
+        to_client, to_backend = s.flows_to()
+        backend = self.backend
+        identity = self.identity
+        return closed_line_of(
+            self.id, self.client_ip, None if backend is None else backend.name,
+            None if identity is None else identity.subject, s.state.value,
+            round(time.monotonic() - self.started, 3), client_code, upstream_code,
+            s.initiator, s.close_reason, to_backend.messages, to_client.messages,
+            to_backend.bytes, to_client.bytes, to_client.undelivered, to_backend.undelivered,
+        )
 
     def summary(self) -> dict[str, Any]:
         """The fields of the canonical ``connection.closed`` log line."""
