@@ -334,10 +334,11 @@ def upstream_request_bytes(
     if pass_extensions:
         for value in upgrade.extensions:
             parts += (b"\r\nSec-WebSocket-Extensions: ", value)
+    # One set to test each header against: the usual one, or one made for this request.
+    skipped = _SKIPPED if listed is _ONLY_UPGRADE and not owned else _SKIPPED | listed | owned
     for name, value in upgrade.headers:
-        if name in _NOT_FORWARDED or name in PROXY_OWNED or name in listed or name in owned:
-            continue
-        parts += (b"\r\n", name, b": ", value)
+        if name not in skipped:
+            parts += (b"\r\n", name, b": ", value)
     parts += (
         b"\r\nX-Forwarded-For: ", forwarding.forwarded_for.encode("latin-1"),
         b"\r\nX-Forwarded-Proto: ", forwarding.proto.encode("latin-1"),
@@ -362,6 +363,8 @@ def _connection_listed(upgrade: UpgradeRequest) -> set[bytes] | frozenset[bytes]
 
 
 _ONLY_UPGRADE: Final = frozenset({b"upgrade"})
+#: What upstream_request_bytes() never forwards (with "upgrade", which Connection names).
+_SKIPPED: Final = _NOT_FORWARDED | PROXY_OWNED | _ONLY_UPGRADE
 
 
 def check_own_values(

@@ -33,7 +33,7 @@ backend whose client went away, 1014 to a client whose backend did.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Final
 
 from wsproxy.core import frames
@@ -65,14 +65,14 @@ from wsproxy.core.states import (
     LEG_CAN_RECEIVE,
     LEG_CAN_SEND,
     LEG_FINISHED,
+    LEG_TRANSITIONS,
     TERMINAL,
+    TRANSITIONS,
     LegState,
     LegTrigger,
     SessionState,
     Side,
     Trigger,
-    next_leg_state,
-    next_state,
 )
 from wsproxy.core.upgrade import Opened, Upgrade
 from wsproxy.errors import HandshakeRejected, InvalidTransition, UpstreamHandshakeFailed
@@ -127,6 +127,9 @@ _T_TRANSPORT_LOST: Final = Trigger.TRANSPORT_LOST
 #: Side.value, and Side.other, without their Python-level descriptors.
 _SIDE_NAME: Final = {Side.CLIENT: "client", Side.UPSTREAM: "upstream"}
 _OTHER_SIDE: Final = {Side.CLIENT: Side.UPSTREAM, Side.UPSTREAM: Side.CLIENT}
+#: The transition tables' get, for _fire and _Leg.fire.
+_NEXT: Final = TRANSITIONS.get
+_LEG_NEXT: Final = LEG_TRANSITIONS.get
 
 
 class _Leg:
@@ -147,7 +150,11 @@ class _Leg:
 
     def fire(self, trigger: LegTrigger) -> None:
         """Move this leg by its table (wsproxy.core.states): the only way it moves."""
-        self.state = next_leg_state(self.state, trigger)
+        # next_leg_state()'s look-up, without its call (several fires a connection).
+        state = _LEG_NEXT((self.state, trigger))
+        if state is None:
+            raise InvalidTransition(self.state, trigger)
+        self.state = state
 
 
 class _Flow(_FlowState):
@@ -234,12 +241,13 @@ class Session:
         max_message_size: int = 1 << 20,
         max_request_head: int = 16 << 10,
         restart_code: int | None = None,
-        restart_reason: str = "",
+        restart_reason: str | Callable[[], str] = "",
         plain_http: bool = False,
     ) -> None:
         self.conn_id = conn_id
         #: A backend closing with 1001/1012 is restarting: its client gets this code
-        #: (SPEC: drain.backend_close_code) and reason instead of the backend's close.
+        #: (SPEC: drain.backend_close_code) and reason instead of the backend's close;
+        #: the reason may be given as a function, called only then.
         self.restart_code = restart_code
         self.restart_reason = restart_reason
         self.backend_restarting = False
@@ -270,7 +278,10 @@ class Session:
         return f"<Session {self.conn_id} {self.state.name}>"
 
     def _fire(self, trigger: Trigger) -> None:
-        self.state = next_state(self.state, trigger)
+        state = _NEXT((self.state, trigger))  # next_state()'s look-up (see _Leg.fire)
+        if state is None:
+            raise InvalidTransition(self.state, trigger)
+        self.state = state
 
     def _leg(self, side: Side) -> _Leg:
         return self._client_leg if side is _CLIENT else self._upstream_leg
@@ -854,7 +865,9 @@ class Session:
             # once, and we answer the backend ourselves.
             self.backend_restarting = True
             self._send_close(f.src, code, reason, initiator=None)
-            self._send_close(f.dst, self.restart_code, self.restart_reason, initiator=None)
+            restart = self.restart_reason  # made when needed: it may carry a random hint
+            reason = restart if isinstance(restart, str) else restart()
+            self._send_close(f.dst, self.restart_code, reason, initiator=None)
         elif dst.state in LEG_CAN_SEND:
             # Relay the close as it came; its answer comes back the same way.
             dst.out.append(frame)
