@@ -443,6 +443,11 @@ def _upstream_head(
     return join(path_prefix, upgrade.target), headers
 
 
+#: The lines of a fresh key and of its answer, as most peers write them.
+_KEY_LINE: Final = b"Sec-WebSocket-Key: "
+_KEY_START: Final = len(_KEY_LINE)
+_ACCEPT_LINE: Final = b"Sec-WebSocket-Accept: "
+_ACCEPT_START: Final = len(_ACCEPT_LINE)
 #: The headers read_upgrade() looks at, by what it does with them (see there).
 _FRAMING, _HOST, _UPGRADE, _CONNECTION, _VERSION, _KEY, _PROTOCOL, _ORIGIN, _EXTENSIONS = range(9)
 _WATCHED_REQUEST: Final = {
@@ -493,9 +498,14 @@ def read_upgrade(data: bytes, max_head: int) -> tuple[UpgradeRequest, bytes] | N
     for text in lines[1:]:
         header = cached(text)
         if header is None:
-            header = _header_line(text)
-            if header is None:
-                return None
+            if text.startswith(_KEY_LINE) and _key_is_valid(text[_KEY_START:]):
+                # A new key every request: a line the cache would only churn on. A
+                # valid key is base64, a value as _HEADER_LINE reads it.
+                header = (b"sec-websocket-key", text[_KEY_START:])
+            else:
+                header = _header_line(text)
+                if header is None:
+                    return None
         headers.append(header)
         kind = watched(header[0])
         if kind is None:
@@ -607,12 +617,17 @@ def read_accept(
     odd = False  # a watched header more than once: check_upstream_response() decides
     cached = _LINES.get
     watched = _WATCHED_ACCEPT.get
+    expected = accept_key(key)
     for line in lines[1:]:
         header = cached(line)
         if header is None:
-            header = _header_line(line)
-            if header is None:
-                return None
+            if line.startswith(_ACCEPT_LINE) and line[_ACCEPT_START:] == expected:
+                # A new one every upgrade (see read_upgrade()'s key line); base64.
+                header = (b"sec-websocket-accept", expected)
+            else:
+                header = _header_line(line)
+                if header is None:
+                    return None
         headers.append(header)
         name = header[0]
         kind = watched(name)
@@ -643,7 +658,7 @@ def read_accept(
     if (
         odd or upgrade is None or upgrade.lower() != b"websocket" or connection is None
         or connection.lower() != b"upgrade" or accept is None
-        or accept.strip() != accept_key(key)
+        or accept.strip() != expected
         or (subprotocol is not None and subprotocol not in offered)
         or (extensions and not _extension_names(extensions) <= _extension_names(
             b", ".join(offered_extensions)))

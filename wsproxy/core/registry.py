@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -35,7 +34,9 @@ class Registry(Generic[T]):
         self._admitted: dict[str, str] = {}  # conn id -> client address
         #: TLS handshakes in progress; their addresses are counted in _per_ip.
         self.handshakes = 0
-        self._per_ip: Counter[str] = Counter()
+        #: Count by address, only of addresses counted in (a plain dict: a Counter's
+        #: missing key goes through Python code, twice a connection).
+        self._per_ip: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self.connections)
@@ -48,7 +49,7 @@ class Registry(Generic[T]):
         applied), if it would."""
         if len(self._admitted) + self.handshakes >= self.max_connections:
             return "too many connections"
-        if ip is not None and self.max_per_ip and self._per_ip[ip] >= self.max_per_ip:
+        if ip is not None and self.max_per_ip and self._per_ip.get(ip, 0) >= self.max_per_ip:
             return "too many connections from this address"
         return None
 
@@ -57,7 +58,8 @@ class Registry(Generic[T]):
         reason = self._refusal(ip)
         if reason is None:
             self._admitted[conn_id] = ip
-            self._per_ip[ip] += 1
+            per_ip = self._per_ip
+            per_ip[ip] = per_ip.get(ip, 0) + 1
         return reason
 
     def handshake_started(self, ip: str | None) -> str | None:
@@ -71,7 +73,7 @@ class Registry(Generic[T]):
         if reason is None:
             self.handshakes += 1
             if ip is not None:
-                self._per_ip[ip] += 1
+                self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
         return reason
 
     def handshake_ended(self, ip: str | None) -> None:
@@ -101,6 +103,9 @@ class Registry(Generic[T]):
             self._forget_ip(ip)
 
     def _forget_ip(self, ip: str) -> None:
-        self._per_ip[ip] -= 1
-        if self._per_ip[ip] <= 0:
-            del self._per_ip[ip]
+        per_ip = self._per_ip
+        left = per_ip.get(ip, 0) - 1
+        if left <= 0:
+            per_ip.pop(ip, None)
+        else:
+            per_ip[ip] = left
