@@ -54,6 +54,8 @@ BATCH: Final = 512
 FLUSH_TIMEOUT: Final = 5.0
 #: How long a woken writer lets lines gather before it writes them (module doc).
 BATCH_WAIT: Final = 0.005
+#: The writer's wait while lines gather (a test holds it).
+_gather = time.sleep
 
 
 class LineBuffer:
@@ -124,7 +126,7 @@ class LineBuffer:
         while True:
             self._gate.acquire()
             if len(lines) < BATCH and not self._closing:
-                time.sleep(BATCH_WAIT)  # let more lines gather: put() does not signal
+                _gather(BATCH_WAIT)  # let more lines come: put() does not signal meanwhile
             self._signalled = False
             while lines:
                 batch = [lines.popleft() for _ in range(min(len(lines), BATCH))]
