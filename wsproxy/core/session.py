@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
+from operator import xor as _xor
 from typing import TYPE_CHECKING, Final
 
 from wsproxy.core import frames
@@ -827,7 +828,10 @@ class Session:
             return False
         payload = frame[head:]
         if f.masked:
-            payload = frames.unmask(payload, frame[head - 4 : head])
+            if length <= 4:  # a close code, a short ping: XOR in one C call (~2k less)
+                payload = bytes(map(_xor, payload, frame[head - 4 : head]))
+            else:
+                payload = frames.unmask(payload, frame[head - 4 : head])
         if opcode == frames.CLOSE:
             return self._receive_close(f, frame, payload)
         if opcode == frames.PONG and payload.startswith(PING_PREFIX):

@@ -195,11 +195,10 @@ class Connection(asyncio.Protocol):
         self.id = ctx.new_conn_id()
         self.started = time.monotonic()
         peer = client.get_extra_info("peername")
-        self.peer_ip: str = peer[0] if peer else "unknown"
-        if ":" in self.peer_ip:  # IPv6, or an IPv4 client of a dual-stack listener
-            self.peer_ip = plain_ip(self.peer_ip)
-        self.client_ip = self.peer_ip
-        self._forwarded_for = self.peer_ip
+        peer_ip: str = peer[0] if peer else "unknown"
+        if ":" in peer_ip:  # IPv6, or an IPv4 client of a dual-stack listener
+            peer_ip = plain_ip(peer_ip)
+        self.peer_ip = self.client_ip = self._forwarded_for = peer_ip
         self.identity: Identity | None = None
         self.backend: BackendState | None = None
         self.session = Session(
