@@ -9,9 +9,13 @@ fresh random examples instead, for a hunt rather than a check.
 
 from __future__ import annotations
 
+import faulthandler
 import fcntl
+import hashlib
 import os
+import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -44,9 +48,17 @@ EXCLUSIVE = "exclusive"
 #: at least this one (four workers, a CPU-heavy job and other suites on 2 cores made a
 #: ~10 s one run past 120 s).
 PROPERTY_TEST_TIMEOUT = 240.0
+#: Beyond twice its timeout, a test is stuck for good: its worker ends (_watchdog).
+HANG_GRACE = 60.0
+
+
+#: The run's config, in xdist's controller (pytest_handlecrashitem has none).
+_controller: list[pytest.Config] = []
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        _controller.append(config)
     config.addinivalue_line(
         "markers",
         f"{EXCLUSIVE}: runs alone, no other test beside it in a parallel run (it measures "
@@ -103,11 +115,54 @@ def _run_lock_dir(config: pytest.Config) -> Path | None:
     return Path(config._tmp_path_factory.getbasetemp()).parent  # type: ignore[attr-defined]
 
 
+def _stuck_after(item: pytest.Item) -> float:
+    """How long *item* may run before its worker is presumed stuck (see _watchdog)."""
+    own = item.get_closest_marker("timeout")
+    timeout = (own.args or [own.kwargs.get("timeout", 0)])[0] if own else 0
+    return 2 * float(timeout or item.config.getini("timeout") or 0) + HANG_GRACE
+
+
+def _stacks_file(run_dir: Path, nodeid: str) -> Path:
+    return run_dir / f"stuck-{hashlib.sha1(nodeid.encode()).hexdigest()[:16]}.txt"
+
+
+@contextmanager
+def _watchdog(item: pytest.Item, run_dir: Path | None) -> Iterator[None]:
+    """A test past pytest-timeout's signal that still runs (a task that ignores
+    cancellation can keep an event loop's teardown waiting for ever) ends its
+    process with every thread's stack: xdist reports the worker crashed on that
+    test, with the stacks (pytest_handlecrashitem), instead of the run hanging
+    until CI kills it. Outside xdist the stacks go to stderr."""
+    stacks = None if run_dir is None else _stacks_file(run_dir, item.nodeid).open("w")
+    faulthandler.dump_traceback_later(_stuck_after(item), exit=True,
+                                      file=stacks or sys.stderr)
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+        if stacks is not None:
+            stacks.close()
+            Path(stacks.name).unlink()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_handlecrashitem(crashitem: str, report: pytest.TestReport) -> None:
+    """xdist's controller: a worker crashed on *crashitem*; its stacks, if the
+    watchdog wrote them, go into the report."""
+    config = _controller[0]
+    run_dir = Path(config._tmp_path_factory.getbasetemp())  # type: ignore[attr-defined]
+    stacks = _stacks_file(run_dir, crashitem)
+    if stacks.exists():
+        report.longrepr = f"{report.longrepr}\n\nStuck; every thread's stack:\n" \
+                          f"{stacks.read_text(errors='replace')}"
+
+
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)
 def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
     lock_dir = _run_lock_dir(item.config)
     if lock_dir is None:
-        yield
+        with _watchdog(item, None):
+            yield
         return
     exclusive = item.get_closest_marker(EXCLUSIVE) is not None
     with (lock_dir / "exclusive.gate").open("a") as gate, \
@@ -119,7 +174,8 @@ def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
             if not exclusive:
                 fcntl.flock(gate, fcntl.LOCK_UN)
         try:
-            yield
+            with _watchdog(item, lock_dir):  # armed once the lock is ours: waiting is no hang
+                yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
             if exclusive:

@@ -85,6 +85,8 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--report-fd", type=int, required=True)
     worker.add_argument("--counts-fd", type=int, required=True)
     worker.add_argument("--parent", type=int, required=True)
+    # Where the workers' sockets for handing a resume to its session's worker are.
+    worker.add_argument("--handoff-dir", required=True)
     # What the operator drained before this worker (a replacement) started.
     worker.add_argument("--drained-proxy", action="store_true")
     worker.add_argument("--drained-backend", action="append", default=[])
@@ -153,7 +155,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     drained = Drained(args.drained_proxy, frozenset(args.drained_backend))
     return _run_async(_serve_until_signal, adapt(config), args.config, report,
                       {"sockets": sockets, "adapt": adapt, "on_count": on_count,
-                       "drained": drained})
+                       "drained": drained, "handoff": (args.handoff_dir, args.index)})
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

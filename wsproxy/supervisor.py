@@ -53,9 +53,11 @@ from wsproxy.core.states import Side
 from wsproxy.errors import ConfigError
 from wsproxy.io.connection import Connection
 from wsproxy.io.front import ClientProtocol, FrontDoor, ProxiedClientProtocol
+from wsproxy.io.handoff import Handoff
 from wsproxy.io.listen_socket import CAPACITY_ERRNOS, dual_stack_socket, listening_sockets
 from wsproxy.io.plain_http import PlainHttp
 from wsproxy.io.ports import DRAINING, CloseRefusal, ConnectionSettings, Refusal
+from wsproxy.io.resume import resumed_slot
 from wsproxy.io.tls_accept import EndHandshake, accept_tls
 from wsproxy.log import (
     direct_put,
@@ -100,6 +102,8 @@ class ProxyContext:
         on_count: Callable[[int], None] | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
+        #: A worker's way to hand a resume to the sibling that holds its session.
+        self.handoff: Handoff | None = None
         self._task_group = task_group
         #: The running tasks of spawn().
         self._tasks: set[asyncio.Task[None]] = set()
@@ -288,7 +292,8 @@ class ProxyContext:
                 return CloseRefusal("rate_limited", with_hint(TRY_AGAIN, hint))
             retry = str(self.admission.retry_after())
             return "rate_limited", 503, "upgrade rate limit", (("Retry-After", retry),)
-        reason = self.registry.admit(conn.id, conn.client_ip)  # last: it counts conn in
+        # Last: it counts conn in (a resume, in the slot of the session it resumes).
+        reason = self.registry.admit(conn.id, conn.client_ip, resumed_slot(self, conn))
         if reason is not None:
             log.warning("connection.limit", conn_id=conn.id, client=conn.client_ip, reason=reason)
             if close:
@@ -317,6 +322,12 @@ class ProxyContext:
             return
         log.info("connection.rejected", conn_id=conn.id, client=conn.client_ip,
                  status=session.rejected_status, reason=session.close_reason)
+
+    def connection_moved(self, conn: Connection) -> None:
+        self.registry.remove(conn.id)
+        if self.on_count is not None:
+            self.on_count(len(self.registry))
+        self.drainer.finished(conn)
 
     def connection_finished(self, conn: Connection) -> None:
         self.registry.remove(conn.id)
@@ -595,6 +606,7 @@ async def serve(
     adapt: Callable[[ProxyConfig], ProxyConfig] | None = None,
     on_count: Callable[[int], None] | None = None,
     drained: Drained | None = None,
+    handoff: tuple[str, int] | None = None,
     task_status: TaskStatus[ProxyContext] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run one proxy until it has stopped (``ctx.shutdown()`` and its drain).
@@ -603,10 +615,13 @@ async def serve(
     worker process (wsproxy.workers) passes the listening *sockets* its parent bound,
     and *adapt*, applied to each config file it reloads (*config* is adapted already);
     *on_count* is told the number of connections at each change; *drained* is what an
-    operator drained before a replaced worker started, in force before it listens.
+    operator drained before a replaced worker started, in force before it listens;
+    *handoff* is a worker's (directory, index) for io.handoff, used with a plain
+    listener (a TLS client cannot move to another process).
     """
     loop = asyncio.get_running_loop()
     tls_sockets: list[socket.socket] = []
+    siblings: Handoff | None = None
     try:
         async with anyio.create_task_group() as tg:
             ctx = ProxyContext(config, task_group=tg, config_path=config_path, adapt=adapt,
@@ -614,6 +629,9 @@ async def serve(
             loop.set_exception_handler(ctx.loop_exception)
             if drained is not None:
                 drained.apply(ctx)
+            if handoff is not None and config.listen.tls is None:
+                siblings = ctx.handoff = Handoff(*handoff, loop)
+                siblings.open(FrontDoor(ctx, proxy_protocol=False).handed_over)
             servers: list[asyncio.Server] = []
             if config.listen.tls is not None:
                 tls_sockets += await _listen_tls(ctx, config, tg, sockets)
@@ -658,4 +676,6 @@ async def serve(
     finally:
         for sock in tls_sockets:  # their accepting tasks have ended with the task group
             sock.close()
+        if siblings is not None:
+            siblings.close()
     log.info("proxy.stopped")

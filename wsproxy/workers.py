@@ -30,6 +30,7 @@ import math
 import mmap
 import os
 import secrets
+import shutil
 import signal
 import socket
 import struct
@@ -195,7 +196,8 @@ class Parent:
         return [sys.executable, "-m", "wsproxy", "_worker", "-c", self.validated.path,
                 "--index", str(index), "--count", str(self.count), "--fds", fds,
                 "--report-fd", str(report_fd), "--counts-fd", str(self.counts.fd),
-                "--parent", str(os.getpid()), *drained]
+                "--parent", str(os.getpid()), "--handoff-dir", self.validated.directory,
+                *drained]
 
     def drains_done(self, method: str, path: str) -> None:
         """Every live worker took the drain or undrain *path* (``/drain``,
@@ -349,21 +351,21 @@ class _ValidatedCopy:
     parent removes at exit), replaced whole each time the parent validates the file."""
 
     def __init__(self, source: str) -> None:
-        self._dir = tempfile.mkdtemp(prefix="wsproxy-config-")
-        self.path = os.path.join(self._dir, os.path.basename(source))
+        #: Mode 0700 (mkdtemp): also where the workers' hand-over sockets are
+        #: (io.handoff), which only the proxy's own user may reach.
+        self.directory = tempfile.mkdtemp(prefix="wsproxy-")
+        self.path = os.path.join(self.directory, os.path.basename(source))
         with open(source, encoding="utf-8") as file:
             self.write(file.read())
 
     def write(self, text: str) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self._dir)
+        fd, tmp = tempfile.mkstemp(dir=self.directory)
         with os.fdopen(fd, "w", encoding="utf-8") as file:
             file.write(text)
         os.replace(tmp, self.path)
 
     def remove(self) -> None:
-        with contextlib.suppress(OSError):
-            os.unlink(self.path)
-            os.rmdir(self._dir)
+        shutil.rmtree(self.directory, ignore_errors=True)
 
 
 def _read_line(fd: int) -> str:

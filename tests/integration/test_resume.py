@@ -599,3 +599,25 @@ async def test_a_resumed_session_counts_under_the_address_it_resumed_from():
         assert await ws.recv() == "\x00still here"
         assert rec.connections == 2
         await ws.close()
+
+
+async def test_a_resume_takes_the_slot_of_its_session_at_the_limits():
+    """max_connections 1 and max_connections_per_ip 1, both taken by the held
+    session: its resume, from the address it left, gets in; anyone else does not."""
+    overrides = {"limits": {"max_connections": 1, "max_connections_per_ip": 1}}
+    async with setup(overrides=overrides) as (rec, _b, ctx, url):
+        ws = await connect(f"{url}/?wsproxy_resume=1", local_addr=("127.0.0.2", 0))
+        sid = (await _control(ws))["id"]
+        _reset(ws)
+        await _wait_held(ctx, 1)
+        ws = await connect(f"{url}/?wsproxy_resume={sid}.0", local_addr=("127.0.0.2", 0))
+        assert (await _control(ws))["type"] == "resumed"
+        for source in ("127.0.0.2", "127.0.0.3"):
+            with pytest.raises(InvalidStatus) as refused:
+                async with connect(url + "/", local_addr=(source, 0)):
+                    pass
+            assert refused.value.response.status_code == 503
+        await rec.streams[0].send("still here")
+        assert await ws.recv() == "\x00still here"
+        assert rec.connections == 1
+        await ws.close()

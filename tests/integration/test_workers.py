@@ -28,6 +28,8 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.integration.peers import Backend, backend, closed_by_proxy
 from tests.integration.proxy_process import Running, proxy_process, run_cli_async
+from tests.integration.test_resume import Events, cut
+from wsproxy_client.resume import ResumableSession, Resumed, ResumeFailed
 
 pytestmark = pytest.mark.anyio
 
@@ -401,3 +403,37 @@ async def test_a_replaced_worker_runs_the_config_last_validated(tmp_path: Path) 
         proxy.signal(signal.SIGHUP)
         refused = await proxy.wait_for_event("config.reload_refused")
         assert "max_connections" in " ".join(refused["errors"])
+
+
+async def test_a_resume_reaches_the_worker_that_holds_its_session(tmp_path: Path) -> None:
+    """The client's socket is cut; it comes back while the worker that holds its
+    session is stopped (SIGSTOP), so the other one accepts it and hands it over."""
+    async with workers(tmp_path, resume="{enabled: true}") as (proxy, admin, _):
+        gate = anyio.Event()
+        events = Events()
+        session = ResumableSession(proxy.url, before_resume=gate.wait, on_event=events)
+        async with session:
+            await session.send("one")
+            assert await session.recv() == "one"
+            [held] = await admin.connections()
+            cut(session)
+            with anyio.fail_after(WAIT):
+                # Nothing to wait on but the parent's view: no line marks a hold.
+                while [c.get("resume") for c in await admin.connections()] != ["held"]:  # noqa: ASYNC110
+                    await anyio.sleep(0.05)
+            os.kill(held["pid"], signal.SIGSTOP)
+            try:
+                gate.set()
+                await proxy.wait_for(lambda: proxy.count("resume.handed_over") == 1,
+                                     "the other worker hands it over")
+            finally:
+                os.kill(held["pid"], signal.SIGCONT)
+            await events.until(Resumed)
+            [line] = proxy.events("resume.handed_over")
+            assert line["pid"] != held["pid"]
+            assert line["to_worker"] == held["worker"]
+            await session.send("two")
+            assert await session.recv() == "two"
+            [now] = await admin.connections()
+            assert (now["pid"], now["resume"]) == (held["pid"], "attached")
+        assert not events.of(ResumeFailed)

@@ -10,7 +10,9 @@ from hypothesis import strategies as st
 
 from tests.helpers import FrameReader, build_raw
 from wsproxy.core import frames as fr
-from wsproxy.core.resume import Replay, Total, control, take_param
+from wsproxy.core.resume import Replay, Total, control, request_bytes, take_param
+from wsproxy.core.upgrade import Upgrade
+from wsproxy.io.resume import ResumeTable, worker_of
 
 HEAD = b"HTTP/1.1 101 Switching Protocols\r\n\r\n"
 SESSION = control(type="session", id="abc", window=30)
@@ -157,3 +159,32 @@ def test_max_total_bounds_all_sessions_together():
             replay.feed(server(fr.TEXT, b"x" * 40))
     assert total.bytes <= 150
     assert total.bytes == a.kept_bytes + b.kept_bytes
+
+
+_KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
+
+
+@pytest.mark.parametrize("head", [
+    b"GET /chat?wsproxy_resume=abc.3 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+    b"Connection: Upgrade\r\nSec-WebSocket-Key: " + _KEY + b"\r\n"
+    b"Sec-WebSocket-Version: 13\r\n\r\n",
+    b"GET /a/b?q=1&wsproxy_resume=zz.0 HTTP/1.1\r\nhost: example.com:8080\r\n"
+    b"upgrade: WebSocket\r\nconnection: keep-alive, Upgrade\r\nsec-websocket-key: " + _KEY
+    + b"\r\nsec-websocket-version: 13\r\nsec-websocket-protocol: chat, v2\r\n"
+    b"Origin: https://app\r\nCookie: a=1\r\nCookie: b=2\r\nX-Forwarded-For: 10.0.0.1\r\n\r\n",
+])
+def test_a_request_handed_to_a_sibling_reads_as_the_same_request(head):
+    first = Upgrade(max_request_head=8192, plain_http=False)
+    first.receive_request(head)
+    assert first.request is not None
+    again = Upgrade(max_request_head=8192, plain_http=False)
+    again.receive_request(request_bytes(first.request) + b"early")
+    assert again.request == first.request
+    assert again.early_client == b"early"
+
+
+def test_a_sessions_worker_is_in_its_id():
+    ids = [ResumeTable(worker).new_id() for worker in (0, 7, 63)]
+    assert [worker_of(sid) for sid in ids] == [0, 7, 63]
+    assert worker_of("short") is None
+    assert worker_of("01234567zz" + "x" * 20) is None

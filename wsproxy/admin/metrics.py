@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from wsproxy.core.registry import Registry
     from wsproxy.core.session import Session
     from wsproxy.io.connection import Connection
+    from wsproxy.io.handoff import Handoff
     from wsproxy.io.plain_http import PlainHttp
 
 #: Close codes with a series of their own; any other is counted as "other".
@@ -93,6 +94,9 @@ class MetricsSource(Protocol):
 
     @property
     def rebalancer(self) -> Rebalancer: ...
+
+    @property
+    def handoff(self) -> Handoff | None: ...
 
 
 class Metrics:

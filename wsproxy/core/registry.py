@@ -24,6 +24,12 @@ class Registry(Generic[T]):
       CPU and a socket, so a flood of them must not go uncounted. A handshake's slot
       is given back (``handshake_ended()``) before its connection can be admitted,
       so that one connection never holds two.
+
+    A resume attempt (wsproxy.io.resume) may be admitted *in place of* the session
+    it resumes: counted as if that session's slot were given back first, it shares
+    the slot until it takes it over (``take_over()``) or ends. One attempt at a
+    time per session, so the limits are exceeded by at most one short-lived attempt
+    per held session.
     """
 
     def __init__(self, *, max_connections: int, max_per_ip: int) -> None:
@@ -37,6 +43,8 @@ class Registry(Generic[T]):
         #: Count by address, only of addresses counted in (a plain dict: a Counter's
         #: missing key goes through Python code, twice a connection).
         self._per_ip: dict[str, int] = {}
+        #: Attempts admitted in place of a session: attempt id -> (session id, address).
+        self._sharing: dict[str, tuple[str, str]] = {}
 
     def __len__(self) -> int:
         return len(self.connections)
@@ -44,17 +52,30 @@ class Registry(Generic[T]):
     def add(self, conn_id: str, conn: T) -> None:
         self.connections[conn_id] = conn
 
-    def _refusal(self, ip: str | None) -> str | None:
+    def _refusal(self, ip: str | None, given_back: str | None = None) -> str | None:
         """Why one more connection from *ip* would be one too many (None: per-IP not
-        applied), if it would."""
-        if len(self._admitted) + self.handshakes >= self.max_connections:
+        applied), if it would; *given_back*: the address of a slot counted as free."""
+        total = len(self._admitted) + self.handshakes - (given_back is not None)
+        if total >= self.max_connections:
             return "too many connections"
-        if ip is not None and self.max_per_ip and self._per_ip.get(ip, 0) >= self.max_per_ip:
+        if ip is not None and self.max_per_ip and (
+            self._per_ip.get(ip, 0) - (given_back == ip) >= self.max_per_ip
+        ):
             return "too many connections from this address"
         return None
 
-    def admit(self, conn_id: str, ip: str) -> str | None:
-        """Count *conn_id* in, or say why it would be one too many (then it is not)."""
+    def admit(self, conn_id: str, ip: str, in_place_of: str | None = None) -> str | None:
+        """Count *conn_id* in, or say why it would be one too many (then it is not).
+
+        *in_place_of*: the session a resume attempt resumes, whose slot it may share
+        (see the class doc); ignored while another attempt shares it.
+        """
+        if (in_place_of is not None and in_place_of in self._admitted
+                and all(held != in_place_of for held, _ in self._sharing.values())):
+            reason = self._refusal(ip, given_back=self._admitted[in_place_of])
+            if reason is None:
+                self._sharing[conn_id] = (in_place_of, ip)
+            return reason
         reason = self._refusal(ip)
         if reason is None:
             self._admitted[conn_id] = ip
@@ -88,9 +109,16 @@ class Registry(Generic[T]):
         in the slot its resume attempt was admitted to (so that attempt was refused
         if that address was at its limit). The total does not change for *conn_id*;
         *taker_id* is no longer counted."""
-        ip = self._admitted.pop(taker_id, None)
-        if ip is None:
-            return
+        shared = self._sharing.pop(taker_id, None)
+        if shared is None:
+            ip = self._admitted.pop(taker_id, None)
+            if ip is None:
+                return
+        else:
+            ip = shared[1]
+            if conn_id not in self._admitted:
+                return  # the session ended meanwhile, and its slot with it
+            self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
         old = self._admitted.get(conn_id)
         self._admitted[conn_id] = ip
         if old is not None:
@@ -98,6 +126,7 @@ class Registry(Generic[T]):
 
     def remove(self, conn_id: str) -> None:
         self.connections.pop(conn_id, None)
+        self._sharing.pop(conn_id, None)
         ip = self._admitted.pop(conn_id, None)
         if ip is not None:
             self._forget_ip(ip)

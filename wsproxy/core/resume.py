@@ -25,6 +25,7 @@ from collections import deque
 from typing import Final
 
 from wsproxy.core import frames
+from wsproxy.core.handshake import RequestHead
 
 #: The query parameter of the opt-in.
 PARAM: Final = "wsproxy_resume"
@@ -82,6 +83,14 @@ def take_param(target: bytes) -> tuple[bytes, ResumeAsk | None, bool]:
     if not dot or not sid or not count.isdigit() or len(count) > 18 or len(sid) > 128:
         return stripped, None, True
     return stripped, ResumeAsk(sid.decode("ascii", "replace"), int(count)), False
+
+
+def request_bytes(request: RequestHead) -> bytes:
+    """*request*'s head as a client could have sent it: what a worker hands to the
+    sibling that holds the session, which reads and checks it again."""
+    lines = [request.method + b" " + request.target + b" HTTP/1.1"]
+    lines += [name + b": " + value for name, value in request.headers]
+    return b"\r\n".join(lines) + b"\r\n\r\n"
 
 
 def control(**fields: object) -> bytes:

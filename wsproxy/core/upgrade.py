@@ -122,6 +122,11 @@ class Upgrade:
         self._early_upstream = b""
 
     @property
+    def early_client(self) -> bytes:
+        """What the client sent after its request, kept until there is a backend."""
+        return self._early_client
+
+    @property
     def upstream_key(self) -> bytes:
         """The Sec-WebSocket-Key of the handshake out to the current backend."""
         return self._key

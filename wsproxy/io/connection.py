@@ -38,7 +38,7 @@ from wsproxy.core.resume import ResumeAsk, take_param
 from wsproxy.core.session import Session
 from wsproxy.core.states import TERMINAL, LegState, SessionState, Side
 from wsproxy.io.ports import DRAINING, CloseRefusal
-from wsproxy.io.resume import ResumeState, resume_into
+from wsproxy.io.resume import ResumeState, hand_over, resume_into
 from wsproxy.io.upstream import (
     NO_BACKEND,
     OUT_OF_DESCRIPTORS,
@@ -573,8 +573,8 @@ class Connection(asyncio.Protocol):
         else:  # what client_address() says without a trusted proxy, without the look-ups
             self.client_ip = self._forwarded_for = self.peer_ip
         self._cancel_timer()  # the client's part is done; backend_timeout bounds the rest
-        if self.settings.config.resume.enabled:
-            self._take_resume_param()
+        if self.settings.config.resume.enabled and self._take_resume_param():
+            return  # handed to the worker that holds the session (io.handoff)
         refusal = self.ctx.refusal(self)
         if refusal is not None and not isinstance(refusal, CloseRefusal):
             self._reject(*refusal)
@@ -593,14 +593,16 @@ class Connection(asyncio.Protocol):
         else:  # auth before any 101: a client that fails it gets its 401/403
             self.ctx.spawn(lambda: self._authenticate_refused(refusal))
 
-    def _take_resume_param(self) -> None:
+    def _take_resume_param(self) -> bool:
         """``wsproxy_resume`` (wsproxy.core.resume): taken out of the request before
-        auth, logs and the backend see it."""
+        auth, logs and the backend see it. True: the client went to a sibling worker."""
         request = self.session.request
         assert request is not None
         target, ask, malformed = take_param(request.target)
         if ask is None and not malformed:
-            return
+            return False
+        if ask is not None and ask.session_id and hand_over(self, ask.session_id):
+            return True
         self.session.request = dataclasses.replace(request, target=target)
         if ask is not None and ask.session_id is None:
             client = self._client
@@ -609,6 +611,30 @@ class Connection(asyncio.Protocol):
             self._client = state.link  # type: ignore[assignment]
         else:
             self._resume = ask or ResumeAsk("", 0)
+        return False
+
+    @property
+    def resuming(self) -> str | None:
+        """The session this upgrade asks to resume, if it is a resume attempt."""
+        ask = self._resume
+        return ask.session_id if isinstance(ask, ResumeAsk) else None
+
+    @property
+    def client_transport(self) -> asyncio.Transport | None:
+        return self._client
+
+    def forget(self) -> None:
+        """The client went to another process (io.handoff) with the bytes it sent:
+        this connection ends without a trace, closing only its own descriptor."""
+        transport = self._client
+        assert transport is not None
+        self._client = None
+        self._open_transports -= 1
+        self._cancel_timer()
+        self.session.abort()
+        self.ctx.connection_moved(self)
+        transport.set_protocol(asyncio.Protocol())  # its connection_lost is no news
+        transport.abort()
 
     @property
     def held(self) -> bool:

@@ -24,6 +24,8 @@ The listener's protocol is the client's Connection itself (``ClientProtocol``): 
 from __future__ import annotations
 
 import asyncio
+import socket
+from functools import partial
 from typing import TYPE_CHECKING
 
 from wsproxy.core.http import ParsedRequest
@@ -69,6 +71,20 @@ class FrontDoor:
         HttpRelay(self.ctx, transport, conn_id=conn_id, peer_ip=peer_ip, first=parsed,
                   door=self, settings=settings)
 
+    def handed_over(self, sock: socket.socket, peer_ip: str, first: bytes) -> None:
+        """A client whose resume a sibling worker read, for a session held here
+        (io.handoff): served as if accepted here, from the bytes the sibling read."""
+
+        async def adopt() -> None:
+            try:
+                await self.ctx.loop.connect_accepted_socket(
+                    partial(HandedOverProtocol, self, peer_ip, first), sock
+                )
+            except OSError:  # gone on the way
+                sock.close()
+
+        self.ctx.spawn(adopt)
+
     def to_websocket(
         self, transport: asyncio.Transport, parsed: ParsedRequest, *, peer_ip: str,
         settings: ConnectionSettings,
@@ -95,6 +111,25 @@ class ClientProtocol(Connection):
         """*transport*: given when the client comes from elsewhere (TLS, a hand-back),
         else the listener's connection_made() gives it."""
         super().__init__(door.ctx, transport, door=door, deadline=deadline, settings=settings)
+
+
+class HandedOverProtocol(ClientProtocol):
+    """A client handed over by a sibling worker (FrontDoor.handed_over): its
+    Connection reads *first*, what the sibling read, before anything else."""
+
+    __slots__ = ("_first", "_handed_peer_ip")
+
+    def __init__(self, door: FrontDoor, peer_ip: str, first: bytes) -> None:
+        self._handed_peer_ip = peer_ip
+        self._first = first
+        super().__init__(door)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if self._handed_peer_ip != self.peer_ip:  # it came with a PROXY header
+            self.set_peer(self._handed_peer_ip)
+        first, self._first = self._first, b""
+        self.receive(CLIENT, first)
 
 
 class ProxiedClientProtocol(ClientProtocol):

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from wsproxy.core.handshake import Forwarding
     from wsproxy.core.registry import Registry
     from wsproxy.core.states import Side
+    from wsproxy.io.handoff import Handoff
     from wsproxy.io.http_pool import BackendPool
 
 #: (failure label, status, reason, headers) of an upgrade refused before any backend.
@@ -221,6 +222,10 @@ class ConnectionOwner(HttpRelayOwner, Protocol[ConnT]):
 
     def new_conn_id(self) -> str: ...
 
+    @property
+    def handoff(self) -> Handoff | None:
+        """This worker's way to its siblings (``workers: N`` without TLS), else None."""
+
     def close_reason(self, text: str, hint: bool) -> str:
         """*text* as a close reason, with a reconnect hint when *hint* (the
         connection's ``drain.reconnect_hint``)."""
@@ -242,3 +247,6 @@ class ConnectionOwner(HttpRelayOwner, Protocol[ConnT]):
     def connection_rejected(self, conn: ConnT) -> None: ...
 
     def connection_finished(self, conn: ConnT) -> None: ...
+
+    def connection_moved(self, conn: ConnT) -> None:
+        """*conn*'s client went to another worker (io.handoff), which counts it."""

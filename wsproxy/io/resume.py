@@ -24,16 +24,20 @@ import os
 import secrets
 import weakref
 from collections import Counter, OrderedDict
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from wsproxy.core import resume as proto
 from wsproxy.core.closes import ProxyClose
 from wsproxy.core.handshake import UpstreamAccepted, accept_response
 from wsproxy.core.states import LegState, SessionState, Side
 from wsproxy.io.ports import CloseRefusal
+from wsproxy.log import get_logger
 
 if TYPE_CHECKING:
     from wsproxy.io.connection import Connection
+    from wsproxy.io.handoff import Handoff
+
+log = get_logger()
 
 CLIENT: Final = Side.CLIENT
 UPSTREAM: Final = Side.UPSTREAM
@@ -42,11 +46,15 @@ TOMBSTONES: Final = 10_000
 
 
 class ResumeTable:
-    """The resumable sessions of one proxy (one per ConnectionOwner)."""
+    """The resumable sessions of one proxy (one per ConnectionOwner).
 
-    def __init__(self) -> None:
+    *worker*: this process's index among ``workers: N`` (None: the only one); it is
+    in every id (``worker_of``), so that a sibling knows where to hand a resume.
+    """
+
+    def __init__(self, worker: int | None = None) -> None:
         #: Every id starts with this: a resume of another process's id is "restarted".
-        self.boot = os.urandom(4).hex()
+        self.boot = os.urandom(4).hex() + ("" if worker is None else f"{worker:02x}")
         self.sessions: dict[str, ResumeState] = {}
         self.ended: OrderedDict[str, str] = OrderedDict()
         #: Resume attempts by outcome ("resumed" or the failure).
@@ -75,12 +83,63 @@ class ResumeTable:
 _TABLES: weakref.WeakKeyDictionary[Any, ResumeTable] = weakref.WeakKeyDictionary()
 
 
-def table_for(owner: object) -> ResumeTable:
-    """The table of the proxy *owner* (its ConnectionOwner)."""
+class TableOwner(Protocol):
+    """A proxy, as its resume table is made (the ConnectionOwner)."""
+
+    @property
+    def handoff(self) -> Handoff | None: ...
+
+
+def table_for(owner: TableOwner) -> ResumeTable:
+    """The table of the proxy *owner*."""
     table = _TABLES.get(owner)
     if table is None:
-        table = _TABLES[owner] = ResumeTable()
+        handoff = owner.handoff
+        table = _TABLES[owner] = ResumeTable(None if handoff is None else handoff.index)
     return table
+
+
+def worker_of(sid: str) -> int | None:
+    """The worker whose table made id *sid* (ResumeTable under ``workers: N``)."""
+    index = sid[8:10]
+    return int(index, 16) if len(index) == 2 and all(c in _HEX for c in index) else None
+
+
+_HEX: Final = frozenset("0123456789abcdef")
+
+
+def resumed_slot(owner: TableOwner, conn: Connection) -> str | None:
+    """The session whose limit slot *conn*, a resume attempt, may take (Registry
+    .admit's *in_place_of*): the one it resumes, while this proxy has it."""
+    sid = conn.resuming
+    state = table_for(owner).sessions.get(sid) if sid else None
+    return None if state is None or state.ended else state.conn.id
+
+
+def hand_over(conn: Connection, sid: str) -> bool:
+    """A resume of session *sid*, which a sibling worker holds: send it the client
+    (io.handoff), to serve as if it had accepted it. False when it cannot (a TLS
+    client, a sibling not running): the resume goes on here, and fails."""
+    handoff = conn.ctx.handoff
+    owner = worker_of(sid)
+    if handoff is None or owner is None or owner == handoff.index:
+        return False
+    transport = conn.client_transport
+    if transport is None or transport.get_extra_info("sslcontext") is not None:
+        return False
+    request = conn.session.request
+    upgrade = conn.session.upgrade
+    assert request is not None
+    assert upgrade is not None
+    sock = transport.get_extra_info("socket")
+    transport.pause_reading()
+    data = proto.request_bytes(request) + upgrade.early_client
+    if not handoff.send(owner, sock.fileno(), conn.peer_ip, data):
+        transport.resume_reading()
+        return False
+    log.info("resume.handed_over", conn_id=conn.id, to_worker=owner)
+    conn.forget()
+    return True
 
 
 class ResumeState:
