@@ -53,7 +53,7 @@ BATCH: Final = 512
 #: How long exit waits for the queue to be written.
 FLUSH_TIMEOUT: Final = 5.0
 #: How long a woken writer lets lines gather before it writes them (module doc).
-BATCH_WAIT: Final = 0.005
+BATCH_WAIT: Final = 0.002
 #: The writer's wait while lines gather (a test holds it).
 _gather = time.sleep
 
