@@ -206,24 +206,41 @@ def closed_line(f: Mapping[str, Any]) -> str:
     """``connection.closed`` of the fields of wsproxy.io.connection's ``summary()`` (in
     its order), as json_line renders them: strs or None, ints (the close codes: or None)
     and the float duration."""
-    backend, subject, initiator, reason = f["backend"], f["subject"], f["initiator"], f["reason"]
-    client_code, upstream_code = f["close_code_client"], f["close_code_upstream"]
+    return closed_line_of(
+        f["conn_id"], f["client"], f["backend"], f["subject"], f["state"], f["duration_s"],
+        f["close_code_client"], f["close_code_upstream"], f["initiator"], f["reason"],
+        f["messages_to_backend"], f["messages_to_client"], f["bytes_to_backend"],
+        f["bytes_to_client"], f["undelivered_to_client"], f["undelivered_to_backend"],
+    )
+
+
+def closed_line_of(
+    conn_id: str, client: str, backend: str | None, subject: str | None, state: str,
+    duration_s: float, close_code_client: int | None, close_code_upstream: int | None,
+    initiator: str | None, reason: str | None, messages_to_backend: int,
+    messages_to_client: int, bytes_to_backend: int, bytes_to_client: int,
+    undelivered_to_client: int, undelivered_to_backend: int,
+) -> str:
+    """closed_line() of its fields as arguments (no dict built and read back). The
+    counters are plain ints (an f-string writes int.__repr__'s digits for those); the close
+    codes may be IntEnums, which JSON writes as ints."""
     return (
-        f'{{"conn_id": {_str(f["conn_id"])}, "client": {_str(f["client"])}, '
+        f'{{"conn_id": {_str(conn_id)}, "client": {_str(client)}, '
         f'"backend": {"null" if backend is None else _str(backend)}, '
         f'"subject": {"null" if subject is None else _str(subject)}, '
-        f'"state": {_str(f["state"])}, "duration_s": {float.__repr__(f["duration_s"])}, '
-        f'"close_code_client": {"null" if client_code is None else int.__repr__(client_code)}, '
+        f'"state": {_str(state)}, "duration_s": {float.__repr__(duration_s)}, '
+        f'"close_code_client": '
+        f'{"null" if close_code_client is None else int.__repr__(close_code_client)}, '
         f'"close_code_upstream": '
-        f'{"null" if upstream_code is None else int.__repr__(upstream_code)}, '
+        f'{"null" if close_code_upstream is None else int.__repr__(close_code_upstream)}, '
         f'"initiator": {"null" if initiator is None else _str(initiator)}, '
         f'"reason": {"null" if reason is None else _str(reason)}, '
-        f'"messages_to_backend": {int.__repr__(f["messages_to_backend"])}, '
-        f'"messages_to_client": {int.__repr__(f["messages_to_client"])}, '
-        f'"bytes_to_backend": {int.__repr__(f["bytes_to_backend"])}, '
-        f'"bytes_to_client": {int.__repr__(f["bytes_to_client"])}, '
-        f'"undelivered_to_client": {int.__repr__(f["undelivered_to_client"])}, '
-        f'"undelivered_to_backend": {int.__repr__(f["undelivered_to_backend"])}'
+        f'"messages_to_backend": {messages_to_backend}, '
+        f'"messages_to_client": {messages_to_client}, '
+        f'"bytes_to_backend": {bytes_to_backend}, '
+        f'"bytes_to_client": {bytes_to_client}, '
+        f'"undelivered_to_client": {undelivered_to_client}, '
+        f'"undelivered_to_backend": {undelivered_to_backend}'
     ) + _tail("connection.closed")
 
 

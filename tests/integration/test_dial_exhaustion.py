@@ -191,6 +191,8 @@ async def test_out_of_descriptors_while_dialling_is_503_and_blames_no_backend(
         assert proxy.count("upstream.failed") == 0, [
             r for r in proxy.records if r.get("event") == "upstream.failed"
         ]
+        # The log thread writes a line up to BATCH_WAIT after it happened (log_buffer).
+        await proxy.wait_for_line(r'"event": "http\.request"', WAIT)
         [rejected] = [r for r in proxy.records if r.get("event") == "connection.rejected"]
         assert rejected["status"] == 503
         [request] = [r for r in proxy.records if r.get("event") == "http.request"]

@@ -25,13 +25,14 @@ from wsproxy.core.handshake import (
     UpgradeRequest,
     accept_key,
     check_upgrade,
+    check_upstream_response,
     client_address,
     error_response,
-    read_switching_response,
+    read_accept,
     upstream_request,
     upstream_request_bytes,
 )
-from wsproxy.errors import HandshakeRejected, InvalidTransition
+from wsproxy.errors import HandshakeRejected, InvalidTransition, UpstreamUnavailable
 
 KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
 
@@ -553,7 +554,19 @@ def h11_switching(data: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
     ],
 )
 def test_a_plain_101_reads_as_h11_reads_it(data: bytes) -> None:
-    assert read_switching_response(data) == h11_switching(data)
+    headers, rest = h11_switching(data)
+    try:
+        accepted = check_upstream_response(101, headers, target="b", key=KEY, offered=(),
+                                           offered_extensions=())
+        expected: object = (accepted.subprotocol, accepted.extensions, accepted.headers, rest)
+    except UpstreamUnavailable as exc:
+        expected = exc.reason
+    try:
+        read: object = read_accept(data, target="b", key=KEY, offered=(),
+                                   offered_extensions=())
+    except UpstreamUnavailable as exc:
+        read = exc.reason
+    assert read == expected
 
 
 @pytest.mark.parametrize(
@@ -573,7 +586,7 @@ def test_a_plain_101_reads_as_h11_reads_it(data: bytes) -> None:
     ],
 )
 def test_anything_but_a_plain_101_is_left_to_h11(data: bytes) -> None:
-    assert read_switching_response(data) is None
+    assert read_accept(data, target="b", key=KEY, offered=(), offered_extensions=()) is None
 
 
 def connecting(**kwargs: object) -> SessionHarness:

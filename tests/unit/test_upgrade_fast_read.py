@@ -1,4 +1,4 @@
-"""The upgrade request read without h11 (handshake.read_upgrade_request) gives the
+"""The upgrade request read without h11 (handshake.read_upgrade) gives the
 verdicts the h11 path gives on the same bytes: the same UpgradeRequest, early bytes
 and probe/plain outcome, or the same refusal (status, reason, headers).
 
@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wsproxy.core.handshake import read_upgrade_request
+from wsproxy.core.handshake import read_upgrade
 from wsproxy.core.upgrade import Upgrade
 from wsproxy.errors import HandshakeRejected
 
@@ -120,11 +120,11 @@ def test_valid_upgrades_with_more_headers_read_the_same(
 
 
 def test_the_plainest_upgrade_is_read_without_h11() -> None:
-    read = read_upgrade_request(GOOD + b"early", 8192)
+    read = read_upgrade(GOOD + b"early", 8192)
     assert read is not None
-    method, target, headers, rest = read
-    assert (method, target, rest) == (b"GET", b"/chat?x=1", b"early")
-    assert headers[0] == (b"host", b"example.com")
+    request, rest = read
+    assert (request.method, request.target, rest) == (b"GET", b"/chat?x=1", b"early")
+    assert request.headers[0] == (b"host", b"example.com")
     upgrade = Upgrade(max_request_head=8192, plain_http=True)
     upgrade.receive_request(GOOD)
     assert upgrade._http_server is None  # no h11 parser was made
@@ -141,9 +141,9 @@ def test_the_plainest_upgrade_is_read_without_h11() -> None:
     GOOD.replace(b"HTTP/1.1", b"HTTP/1.0"),
 ])
 def test_anything_else_goes_to_h11(data: bytes) -> None:
-    assert read_upgrade_request(data, 8192) is None
+    assert read_upgrade(data, 8192) is None
 
 
 def test_a_head_over_the_limit_goes_to_h11_for_its_431() -> None:
-    assert read_upgrade_request(GOOD, len(GOOD) - 1) is None
+    assert read_upgrade(GOOD, len(GOOD) - 1) is None
     assert outcome(Upgrade, GOOD, plain_http=False, head=len(GOOD) - 1)[:2] == ("rejected", 431)

@@ -48,6 +48,7 @@ RTT_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25
 HTTP_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
                        30.0)
 DIRECTIONS: Final = {Side.UPSTREAM: "to_backend", Side.CLIENT: "to_client"}
+_CLIENT: Final = Side.CLIENT  # a global: an Enum class attribute costs ~900 instructions
 
 
 class Histogram:
@@ -127,8 +128,16 @@ class Metrics:
         if not conn.opened:
             return
         session = conn.session
-        _add_traffic(session, self.messages, self.bytes, self.undelivered)
-        code = session.close_code_sent(Side.CLIENT)
+        # _add_traffic() unrolled, once a connection: its counters read in one call.
+        to_client, to_backend = session.flows_to()
+        messages, size, undelivered = self.messages, self.bytes, self.undelivered
+        messages["to_backend"] += to_backend.messages
+        messages["to_client"] += to_client.messages
+        size["to_backend"] += to_backend.bytes
+        size["to_client"] += to_client.bytes
+        undelivered["to_backend"] += to_backend.undelivered
+        undelivered["to_client"] += to_client.undelivered
+        code = session.close_code_sent(_CLIENT)
         label = "none" if code is None else str(code) if code in REGISTERED_CODES else "other"
         self.closes[label, session.initiator or "unknown"] += 1
         self.duration.observe(conn.age())

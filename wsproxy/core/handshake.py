@@ -29,7 +29,7 @@ _TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 #: h11's rules (h11/_abnf.py) for a header value and a request target.
 _FIELD_VALUE: Final = re.compile(rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?")
 _TARGET: Final = re.compile(rb"[\x21-\x7e]+")
-#: A backend's 101 in its plainest form, which read_switching_response() reads itself.
+#: A backend's 101 in its plainest form, which read_accept() reads itself.
 _SWITCHING_LINE: Final = re.compile(rb"HTTP/1\.1 101(?: [\x20-\x7e]*)?")
 _HEADER_LINE: Final = re.compile(
     rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*((?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?)[ \t]*"
@@ -69,7 +69,10 @@ PROXY_OWNED: Final = frozenset(
 )
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+# Not frozen: a frozen dataclass sets each field through object.__setattr__ (~2k
+# instructions a field, ~17k an UpgradeRequest); these are built once per request
+# and never changed in place by convention (dataclasses.replace() makes a new one).
+@dataclass(slots=True, kw_only=True)
 class RequestHead:
     """What auth and balancing read of a client's request, an upgrade or a plain one."""
 
@@ -93,7 +96,7 @@ class RequestHead:
         return [t for key, value in self.headers if key == name for t in _tokens(value)]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class UpgradeRequest(RequestHead):
     """A client's upgrade request that passed the RFC 6455 checks."""
 
@@ -101,7 +104,7 @@ class UpgradeRequest(RequestHead):
     extensions: tuple[bytes, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Forwarding:
     """What the backend is told about the client (the X-Forwarded-* family)."""
 
@@ -112,7 +115,7 @@ class Forwarding:
     identity: tuple[tuple[str, str], ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class UpstreamAccepted:
     """A backend's valid 101: what the client's own 101 must repeat."""
 
@@ -146,7 +149,10 @@ def _key_is_valid(key: bytes) -> bool:
         return False
 
 
-_sha1: Final = hashlib.sha1
+try:  # CPython's own SHA-1: ~1.5k instructions less a digest than OpenSSL's (two an upgrade)
+    from _sha1 import sha1 as _sha1  # type: ignore[import-not-found,unused-ignore]
+except ImportError:  # pragma: no cover (an interpreter built without it)
+    _sha1 = hashlib.sha1
 
 
 def check_upgrade(request: h11.Request) -> UpgradeRequest:
@@ -164,7 +170,7 @@ def check_upgrade(request: h11.Request) -> UpgradeRequest:
 def check_upgrade_head(
     method: bytes, raw_target: bytes, http_version: bytes, headers: tuple[Header, ...]
 ) -> UpgradeRequest:
-    """Check a client's request, as h11 (or read_upgrade_request()) read it, against
+    """Check a client's request, as h11 (or read_upgrade()) read it, against
     §4.2.1: *headers* with their names in lower case and their values stripped.
 
     Raises:
@@ -209,11 +215,7 @@ def check_upgrade_head(
     # Subprotocol names are case-sensitive: split without lower-casing.
     subprotocols: tuple[str, ...] = ()
     if b"sec-websocket-protocol" in values:
-        subprotocols = tuple(
-            p.strip().decode("latin-1")
-            for p in _joined(values, b"sec-websocket-protocol").split(b",")
-            if p.strip()
-        )
+        subprotocols = _offers(_joined(values, b"sec-websocket-protocol"))
         if not all(_TOKEN.fullmatch(p) for p in subprotocols):
             # RFC 6455 §4.1: each offer is an HTTP token (ASCII), so it reaches the
             # backend byte for byte.
@@ -332,10 +334,11 @@ def upstream_request_bytes(
     if pass_extensions:
         for value in upgrade.extensions:
             parts += (b"\r\nSec-WebSocket-Extensions: ", value)
+    # One set to test each header against: the usual one, or one made for this request.
+    skipped = _SKIPPED if listed is _ONLY_UPGRADE and not owned else _SKIPPED | listed | owned
     for name, value in upgrade.headers:
-        if name in _NOT_FORWARDED or name in PROXY_OWNED or name in listed or name in owned:
-            continue
-        parts += (b"\r\n", name, b": ", value)
+        if name not in skipped:
+            parts += (b"\r\n", name, b": ", value)
     parts += (
         b"\r\nX-Forwarded-For: ", forwarding.forwarded_for.encode("latin-1"),
         b"\r\nX-Forwarded-Proto: ", forwarding.proto.encode("latin-1"),
@@ -360,6 +363,8 @@ def _connection_listed(upgrade: UpgradeRequest) -> set[bytes] | frozenset[bytes]
 
 
 _ONLY_UPGRADE: Final = frozenset({b"upgrade"})
+#: What upstream_request_bytes() never forwards (with "upgrade", which Connection names).
+_SKIPPED: Final = _NOT_FORWARDED | PROXY_OWNED | _ONLY_UPGRADE
 
 
 def check_own_values(
@@ -438,11 +443,25 @@ def _upstream_head(
     return join(path_prefix, upgrade.target), headers
 
 
-def read_upgrade_request(
-    data: bytes, max_head: int
-) -> tuple[bytes, bytes, tuple[Header, ...], bytes] | None:
-    """(method, target, headers, the bytes after the head) of the upgrade request that
-    *data* starts with, read as h11 reads it; None when h11 is to read it.
+#: The lines of a fresh key and of its answer, as most peers write them.
+_KEY_LINE: Final = b"Sec-WebSocket-Key: "
+_KEY_START: Final = len(_KEY_LINE)
+_ACCEPT_LINE: Final = b"Sec-WebSocket-Accept: "
+_ACCEPT_START: Final = len(_ACCEPT_LINE)
+#: The headers read_upgrade() looks at, by what it does with them (see there).
+_FRAMING, _HOST, _UPGRADE, _CONNECTION, _VERSION, _KEY, _PROTOCOL, _ORIGIN, _EXTENSIONS = range(9)
+_WATCHED_REQUEST: Final = {
+    b"content-length": _FRAMING, b"transfer-encoding": _FRAMING, b"host": _HOST,
+    b"upgrade": _UPGRADE, b"connection": _CONNECTION, b"sec-websocket-version": _VERSION,
+    b"sec-websocket-key": _KEY, b"sec-websocket-protocol": _PROTOCOL, b"origin": _ORIGIN,
+    b"sec-websocket-extensions": _EXTENSIONS,
+}
+
+
+def read_upgrade(data: bytes, max_head: int) -> tuple[UpgradeRequest, bytes] | None:
+    """The upgrade request that *data* starts with, read as h11 reads it and checked
+    as check_upgrade_head() checks it, in one pass: (the checked request, the bytes
+    after its head), or None when h11 is to read it.
 
     Only for the plainest form of an upgrade: the whole head in *data* and at most
     *max_head* bytes, ``HTTP/1.1``, CRLF line ends, ``token: value`` lines (names
@@ -451,6 +470,16 @@ def read_upgrade_request(
     plain request, a probe, a head in pieces, obs-folds, bare LFs, framing headers,
     more or less than one Host) goes to h11, whose verdicts stand. Running h11 on
     every upgrade request cost about a fifth of an upgrade's CPU.
+
+    The headers §4.2.1 asks about are picked out as the lines are read. The usual
+    upgrade (one each of Upgrade: websocket, Connection: Upgrade, version 13 and a
+    valid key, a GET, a plain target) is built here; anything else, a refusal
+    included, goes to check_upgrade_head() with the same headers, whose verdict (and
+    status, reason and headers) stands. Reading then checking cost two passes and a
+    dict of lists per request.
+
+    Raises:
+        HandshakeRejected: as check_upgrade_head().
     """
     end = data.find(b"\r\n\r\n", 0, max_head)
     if end < 0 or end + 4 > max_head:
@@ -461,54 +490,185 @@ def read_upgrade_request(
         return None
     headers: list[Header] = []
     hosts = 0
-    upgrade = False
+    host = upgrade = connection = version = key = protocol = origin = None
+    extensions: list[bytes] = []
+    odd = False  # a watched header more than once: check_upgrade_head() decides
     cached = _LINES.get
+    watched = _WATCHED_REQUEST.get
     for text in lines[1:]:
         header = cached(text)
         if header is None:
-            header = _header_line(text)
-            if header is None:
-                return None
-        name = header[0]
-        if name in _CHECKED_BY_H11:
-            return None
-        if name == b"host":
-            hosts += 1
-        elif name == b"upgrade":
-            upgrade = True
+            if text.startswith(_KEY_LINE) and _key_is_valid(text[_KEY_START:]):
+                # A new key every request: a line the cache would only churn on. A
+                # valid key is base64, a value as _HEADER_LINE reads it.
+                header = (b"sec-websocket-key", text[_KEY_START:])
+            else:
+                header = _header_line(text)
+                if header is None:
+                    return None
         headers.append(header)
-    if hosts != 1 or not upgrade:
+        kind = watched(header[0])
+        if kind is None:
+            continue
+        value = header[1]
+        if kind == _HOST:
+            hosts += 1
+            host = value
+        elif kind == _UPGRADE:
+            odd = odd or upgrade is not None
+            upgrade = value
+        elif kind == _CONNECTION:
+            odd = odd or connection is not None
+            connection = value
+        elif kind == _VERSION:
+            odd = odd or version is not None
+            version = value
+        elif kind == _KEY:
+            odd = odd or key is not None
+            key = value
+        elif kind == _PROTOCOL:
+            odd = odd or protocol is not None
+            protocol = value
+        elif kind == _ORIGIN:
+            if origin is None:
+                origin = value
+        elif kind == _EXTENSIONS:
+            extensions.append(value)
+        else:  # _FRAMING: h11 checks those
+            return None
+    if hosts != 1 or upgrade is None:
         return None
-    return line[1], line[2], tuple(headers), data[end + 4 :]
+    method, raw_target = line[1], line[2]
+    rest = data[end + 4 :]
+    if (
+        odd or method != b"GET" or upgrade.lower() != b"websocket" or connection is None
+        or connection.lower() != b"upgrade" or version != b"13" or key is None
+        or not _key_is_valid(key)
+    ):
+        return check_upgrade_head(method, raw_target, b"1.1", tuple(headers)), rest
+    try:
+        target = backend_target(raw_target)
+    except UnsafeTarget:
+        return check_upgrade_head(method, raw_target, b"1.1", tuple(headers)), rest
+    subprotocols: tuple[str, ...] = ()
+    if protocol is not None:
+        subprotocols = _offers(protocol)
+        if not all(_TOKEN.fullmatch(p) for p in subprotocols):
+            return check_upgrade_head(method, raw_target, b"1.1", tuple(headers)), rest
+    assert host is not None
+    return UpgradeRequest(
+        target=target, host=host, key=key, subprotocols=subprotocols,
+        extensions=tuple(extensions), origin=None if origin is None else origin.decode("latin-1"),
+        headers=tuple(headers),
+    ), rest
 
 
-def read_switching_response(data: bytes) -> tuple[list[Header], bytes] | None:
-    """The headers of the 101 that *data* starts with, and the bytes after its head.
+def _offers(value: bytes) -> tuple[str, ...]:
+    """The subprotocol offers of a Sec-WebSocket-Protocol value (case kept)."""
+    return tuple(p.strip().decode("latin-1") for p in value.split(b",") if p.strip())
+
+
+#: The headers of a backend's 101 read_accept() looks at, by kind.
+_WATCHED_ACCEPT: Final = {
+    b"content-length": _FRAMING, b"transfer-encoding": _FRAMING, b"upgrade": _UPGRADE,
+    b"connection": _CONNECTION, b"sec-websocket-accept": _KEY,
+    b"sec-websocket-protocol": _PROTOCOL, b"sec-websocket-extensions": _EXTENSIONS,
+}
+_SWITCHING_PROTOCOLS: Final = b"HTTP/1.1 101 Switching Protocols"
+
+#: What read_accept() gives: (the subprotocol, the extensions, the headers the client's
+#: 101 repeats, the bytes after the head).
+Accept = tuple[str | None, bytes | None, tuple[Header, ...], bytes]
+
+
+def read_accept(
+    data: bytes, *, target: str, key: bytes, offered: Sequence[str],
+    offered_extensions: Sequence[bytes],
+) -> Accept | None:
+    """The backend's answer to our handshake with *key*, read as h11 reads it and
+    checked as check_upstream_response() checks it, in one pass; None when h11 is to
+    read it.
 
     Only for the plainest form: a complete head, ``HTTP/1.1 101``, CRLF line ends and
     ``token: value`` lines, which h11 reads the same way (names lower-cased, values
-    without the whitespace around them). None for anything else (an incomplete head,
-    another status, obs-folds, bare LFs, framing headers): h11 reads those. Running
-    h11 on every backend's 101 cost about a tenth of an upgrade's CPU.
+    without the whitespace around them). Anything else (an incomplete head, another
+    status, obs-folds, bare LFs, framing headers) goes to h11. Running h11 on every
+    backend's 101 cost about a tenth of an upgrade's CPU.
+
+    The usual 101 (one each of Upgrade: websocket, Connection: Upgrade and the right
+    Sec-WebSocket-Accept, at most one subprotocol and one extensions header, both
+    offered) is checked here; anything else goes to check_upstream_response() with
+    the same headers, whose verdict stands. No UpstreamAccepted is made: the caller
+    makes the one it keeps.
+
+    Raises:
+        UpstreamUnavailable: as check_upstream_response().
     """
     end = data.find(b"\r\n\r\n", 0, _MAX_PLAIN_HEAD)
     if end < 0:
         return None
     lines = data[:end].split(b"\r\n")
-    if not _SWITCHING_LINE.fullmatch(lines[0]):
+    status = lines[0]
+    if status != _SWITCHING_PROTOCOLS and not _SWITCHING_LINE.fullmatch(status):
         return None
     headers: list[Header] = []
+    extra: list[Header] = []
+    upgrade = connection = accept = protocol = extensions = None
+    odd = False  # a watched header more than once: check_upstream_response() decides
     cached = _LINES.get
+    watched = _WATCHED_ACCEPT.get
+    expected = accept_key(key)
     for line in lines[1:]:
         header = cached(line)
         if header is None:
-            header = _header_line(line)
-            if header is None:
-                return None
-        if header[0] in _CHECKED_BY_H11:
-            return None
+            if line.startswith(_ACCEPT_LINE) and line[_ACCEPT_START:] == expected:
+                # A new one every upgrade (see read_upgrade()'s key line); base64.
+                header = (b"sec-websocket-accept", expected)
+            else:
+                header = _header_line(line)
+                if header is None:
+                    return None
         headers.append(header)
-    return headers, data[end + 4 :]
+        name = header[0]
+        kind = watched(name)
+        if kind is None:
+            if name not in _NOT_FORWARDED and name != b"date":
+                extra.append(header)
+            continue
+        value = header[1]
+        if kind == _UPGRADE:
+            odd = odd or upgrade is not None
+            upgrade = value
+        elif kind == _CONNECTION:
+            odd = odd or connection is not None
+            connection = value
+        elif kind == _KEY:
+            odd = odd or accept is not None
+            accept = value
+        elif kind == _PROTOCOL:
+            odd = odd or protocol is not None
+            protocol = value
+        elif kind == _EXTENSIONS:
+            odd = odd or extensions is not None
+            extensions = value
+        else:  # _FRAMING: h11 checks those
+            return None
+    rest = data[end + 4 :]
+    subprotocol = protocol.strip().decode("latin-1") if protocol else None
+    if (
+        odd or upgrade is None or upgrade.lower() != b"websocket" or connection is None
+        or connection.lower() != b"upgrade" or accept is None
+        or accept.strip() != expected
+        or (subprotocol is not None and subprotocol not in offered)
+        or (extensions and not _extension_names(extensions) <= _extension_names(
+            b", ".join(offered_extensions)))
+    ):
+        accepted = check_upstream_response(
+            101, headers, target=target, key=key, offered=offered,
+            offered_extensions=offered_extensions,
+        )
+        return accepted.subprotocol, accepted.extensions, accepted.headers, rest
+    return subprotocol, extensions, tuple(extra), rest
 
 
 def _header_line(text: bytes) -> Header | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -41,7 +40,9 @@ class Registry(Generic[T]):
         self._admitted: dict[str, str] = {}  # conn id -> client address
         #: TLS handshakes in progress; their addresses are counted in _per_ip.
         self.handshakes = 0
-        self._per_ip: Counter[str] = Counter()
+        #: Count by address, only of addresses counted in (a plain dict: a Counter's
+        #: missing key goes through Python code, twice a connection).
+        self._per_ip: dict[str, int] = {}
         #: Attempts admitted in place of a session: attempt id -> (session id, address).
         self._sharing: dict[str, tuple[str, str]] = {}
 
@@ -58,7 +59,7 @@ class Registry(Generic[T]):
         if total >= self.max_connections:
             return "too many connections"
         if ip is not None and self.max_per_ip and (
-            self._per_ip[ip] - (given_back == ip) >= self.max_per_ip
+            self._per_ip.get(ip, 0) - (given_back == ip) >= self.max_per_ip
         ):
             return "too many connections from this address"
         return None
@@ -78,7 +79,8 @@ class Registry(Generic[T]):
         reason = self._refusal(ip)
         if reason is None:
             self._admitted[conn_id] = ip
-            self._per_ip[ip] += 1
+            per_ip = self._per_ip
+            per_ip[ip] = per_ip.get(ip, 0) + 1
         return reason
 
     def handshake_started(self, ip: str | None) -> str | None:
@@ -92,7 +94,7 @@ class Registry(Generic[T]):
         if reason is None:
             self.handshakes += 1
             if ip is not None:
-                self._per_ip[ip] += 1
+                self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
         return reason
 
     def handshake_ended(self, ip: str | None) -> None:
@@ -116,7 +118,7 @@ class Registry(Generic[T]):
             ip = shared[1]
             if conn_id not in self._admitted:
                 return  # the session ended meanwhile, and its slot with it
-            self._per_ip[ip] += 1
+            self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
         old = self._admitted.get(conn_id)
         self._admitted[conn_id] = ip
         if old is not None:
@@ -130,6 +132,9 @@ class Registry(Generic[T]):
             self._forget_ip(ip)
 
     def _forget_ip(self, ip: str) -> None:
-        self._per_ip[ip] -= 1
-        if self._per_ip[ip] <= 0:
-            del self._per_ip[ip]
+        per_ip = self._per_ip
+        left = per_ip.get(ip, 0) - 1
+        if left <= 0:
+            per_ip.pop(ip, None)
+        else:
+            per_ip[ip] = left

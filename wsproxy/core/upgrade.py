@@ -42,11 +42,10 @@ from wsproxy.core.handshake import (
     accept_response,
     accept_response_of,
     check_upgrade,
-    check_upgrade_head,
     check_upstream_response,
     new_key,
-    read_switching_response,
-    read_upgrade_request,
+    read_accept,
+    read_upgrade,
     upstream_request_bytes,
 )
 from wsproxy.core.http import ParsedRequest, is_upgrade, probe_path
@@ -110,7 +109,7 @@ class Upgrade:
         self.auth_subprotocol: str | None = None
         #: Why the backend being tried failed (dialling or its handshake): try the next.
         self.upstream_failure: str | None = None
-        #: Made when the request is not read by read_upgrade_request() (_server()).
+        #: Made when the request is not read by read_upgrade() (_server()).
         self._http_server: h11.Connection | None = None
         self._head_bytes = 0
         self._http_client: h11.Connection | None = None
@@ -155,20 +154,19 @@ class Upgrade:
         self._read(conn, event)
 
     def _read_plain(self, data: bytes) -> bool:
-        """The request in its plainest form, read without h11 (read_upgrade_request());
+        """The request in its plainest form, read without h11 (read_upgrade());
         False when h11 is to read it.
 
         Raises:
             HandshakeRejected: as receive_request().
         """
-        plain = read_upgrade_request(data, self.max_request_head)
-        if plain is None:
+        self._head_bytes = len(data)  # (a refusal below is final: no h11 read follows)
+        read = read_upgrade(data, self.max_request_head)
+        if read is None:
+            self._head_bytes = 0
             return False
-        method, target, headers, rest = plain
-        self._head_bytes = len(data)
-        self.request = check_upgrade_head(method, target, b"1.1", headers)
+        self.request, self._early_client = read
         self._received = None
-        self._early_client = rest
         return True
 
     def _server(self) -> h11.Connection:
@@ -285,9 +283,18 @@ class Upgrade:
             return None  # no handshake of ours is out, or it has failed already
         conn = self._http_client
         if conn is None:  # the first bytes of the answer: most often a whole plain 101
-            plain = read_switching_response(data)
-            if plain is not None:
-                return self._answered(101, *plain)
+            request = self.request
+            assert request is not None
+            try:
+                read = read_accept(
+                    data, target=self._target, key=self._key, offered=request.subprotocols,
+                    offered_extensions=request.extensions if self._pass_extensions else (),
+                )
+            except UpstreamUnavailable as exc:
+                self.upstream_failure = exc.reason
+                return None
+            if read is not None:
+                return self._opened(*read)
             conn = self._http_client = h11.Connection(h11.CLIENT)
             conn.send(_UPGRADE_SENT)
         try:
@@ -309,7 +316,8 @@ class Upgrade:
     def _answered(
         self, status: int, headers: list[tuple[bytes, bytes]], rest: bytes
     ) -> Opened | None:
-        """The backend's answer is in: *status*, *headers*, and *rest* read after it."""
+        """The backend's answer, read by h11, is in: *status*, *headers*, and *rest*
+        read after it."""
         assert self.request is not None
         try:
             accepted = check_upstream_response(
@@ -320,15 +328,20 @@ class Upgrade:
         except UpstreamUnavailable as exc:
             self.upstream_failure = exc.reason
             return None
-        # No dataclasses.replace(), which costs ~10k instructions a call (it introspects
-        # the fields), and a new UpstreamAccepted only when it differs.
-        subprotocol = accepted.subprotocol
-        if subprotocol is None and self.auth_subprotocol is not None:
+        return self._opened(accepted.subprotocol, accepted.extensions, accepted.headers, rest)
+
+    def _opened(
+        self, subprotocol: str | None, extensions: bytes | None, headers: tuple[Header, ...],
+        rest: bytes,
+    ) -> Opened:
+        """The backend's valid 101 (its choices and the *headers* the client's 101
+        repeats), and *rest* read after it: our 101 and what the relay starts from."""
+        assert self.request is not None
+        if subprotocol is None:
             subprotocol = self.auth_subprotocol
         response = accept_response_of(
-            self.request.key, subprotocol, accepted.extensions,
-            accepted.headers + self._client_headers,
+            self.request.key, subprotocol, extensions, headers + self._client_headers
         )
-        if subprotocol is not accepted.subprotocol or accepted.headers:
-            accepted = UpstreamAccepted(subprotocol, accepted.extensions)  # headers: not kept
-        return Opened(accepted, response, self._early_client, rest)
+        # One UpstreamAccepted, headers not kept (dataclasses.replace() cost ~10k).
+        return Opened(UpstreamAccepted(subprotocol, extensions), response, self._early_client,
+                      rest)

@@ -27,7 +27,7 @@ import dataclasses
 import time
 from collections.abc import Iterator
 from functools import partial
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 
 from wsproxy.auth import AuthFailed
 from wsproxy.core import closes
@@ -49,7 +49,7 @@ from wsproxy.io.upstream import (
     sticky_header,
     take_sticky,
 )
-from wsproxy.log import get_logger
+from wsproxy.log import closed_line_of, get_logger
 
 if TYPE_CHECKING:
     from wsproxy.auth import Identity
@@ -145,8 +145,15 @@ class _Dial:
         self.waiting = False
 
 
-class Connection:
-    """Drives one Session between a client transport and a backend transport."""
+class Connection(asyncio.Protocol):
+    """Drives one Session between a client transport and a backend transport.
+
+    It is the client transport's protocol itself (one object per connection, one
+    Python call fewer on every client callback than a protocol that passes them on):
+    made by the listener before its transport (then ``connection_made`` starts it),
+    or with the transport of a client that comes from elsewhere (TLS, an HTTP relay),
+    whose protocol it is then made.
+    """
 
     # Slots, and a slot per side rather than a dict keyed by side: 10,000 idle
     # connections must stay cheap.
@@ -159,28 +166,39 @@ class Connection:
     )
 
     def __init__(
-        self, ctx: ConnectionOwner[Connection], client: asyncio.Transport, *, door: HttpDoor,
-        deadline: float | None = None, settings: ConnectionSettings | None = None,
+        self, ctx: ConnectionOwner[Connection], client: asyncio.Transport | None = None, *,
+        door: HttpDoor, deadline: float | None = None, settings: ConnectionSettings | None = None,
     ) -> None:
-        """*door*: where a plain HTTP request goes. *deadline*: when the request must be
-        in, on the loop's clock (default: in ``limits.handshake_timeout``; a TLS
-        listener's began before the handshake). *settings*: the ones the client was
-        accepted under (default: ``ctx.settings``, those in force now)."""
+        """*client*: the client's transport, or None for a listener's protocol, which
+        starts at ``connection_made``. *door*: where a plain HTTP request goes.
+        *deadline*: when the request must be in, on the loop's clock (default: in
+        ``limits.handshake_timeout``; a TLS listener's began before the handshake).
+        *settings*: the ones the client was accepted under (default: ``ctx.settings``,
+        those in force now)."""
         self.ctx = ctx
+        self._door = door
+        #: Each side's transport while it is open (see _transport()).
+        self._client: asyncio.Transport | None = None
+        if client is not None:
+            self._start(client, deadline, settings)
+
+    def _start(
+        self, client: asyncio.Transport, deadline: float | None,
+        settings: ConnectionSettings | None,
+    ) -> None:
+        ctx = self.ctx
         if settings is None:
             settings = ctx.settings
         #: What this connection obeys until it ends (taken once: see the module doc).
         self.settings = settings
         cfg = settings.config
-        self._door = door
         self.id = ctx.new_conn_id()
         self.started = time.monotonic()
         peer = client.get_extra_info("peername")
-        self.peer_ip: str = peer[0] if peer else "unknown"
-        if ":" in self.peer_ip:  # IPv6, or an IPv4 client of a dual-stack listener
-            self.peer_ip = plain_ip(self.peer_ip)
-        self.client_ip = self.peer_ip
-        self._forwarded_for = self.peer_ip
+        peer_ip: str = peer[0] if peer else "unknown"
+        if ":" in peer_ip:  # IPv6, or an IPv4 client of a dual-stack listener
+            peer_ip = plain_ip(peer_ip)
+        self.peer_ip = self.client_ip = self._forwarded_for = peer_ip
         self.identity: Identity | None = None
         self.backend: BackendState | None = None
         self.session = Session(
@@ -188,7 +206,10 @@ class Connection:
             max_message_size=cfg.limits.max_message_size,
             max_request_head=cfg.limits.max_request_head,
             restart_code=cfg.drain.backend_close_code,
-            restart_reason=ctx.close_reason(closes.BACKEND_RESTARTING, cfg.drain.reconnect_hint),
+            # Made only if a backend restarts (a random hint cost ~4k an upgrade).
+            restart_reason=partial(
+                ctx.close_reason, closes.BACKEND_RESTARTING, cfg.drain.reconnect_hint
+            ),
             plain_http=cfg.plain_http == "proxy",
         )
         #: Why the upgrade did not open (a metrics label), when it did not.
@@ -197,8 +218,7 @@ class Connection:
         #: The latest heartbeat round-trip time of each leg, in seconds (see rtt).
         self._rtt_client: float | None = None
         self._rtt_upstream: float | None = None
-        #: Each side's transport while it is open (see _transport()).
-        self._client: asyncio.Transport | None = client
+        self._client = client
         self._upstream: asyncio.Transport | None = None
         self._open_transports = 1
         if deadline is None:
@@ -215,6 +235,29 @@ class Connection:
         #: session's state, or the resume it asks for. None for all others.
         self._resume: ResumeState | ResumeAsk | None = None
         ctx.connection_started(self)
+
+    # The client transport's protocol…
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self._client is None:  # a listener's protocol: it starts now
+            # (uvloop's transports implement asyncio.Transport without subclassing it.)
+            self._start(cast(asyncio.Transport, transport), None, None)
+
+    def data_received(self, data: bytes) -> None:
+        self.receive(CLIENT, data)
+
+    def eof_received(self) -> bool:
+        self.receive_eof(CLIENT)
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport_lost(CLIENT)
+
+    def pause_writing(self) -> None:
+        self.pause_reading(UPSTREAM)
+
+    def resume_writing(self) -> None:
+        self.resume_reading(UPSTREAM)
 
     def _transport(self, side: Side) -> asyncio.Transport | None:
         return self._client if side is CLIENT else self._upstream
@@ -522,9 +565,13 @@ class Connection:
         session = self.session
         request = session.request
         assert request is not None
-        self.client_ip, self._forwarded_for = client_address(
-            self.peer_ip, request.header(b"x-forwarded-for"), self.settings.config.trusted_proxies
-        )
+        trusted = self.settings.config.trusted_proxies
+        if trusted:
+            self.client_ip, self._forwarded_for = client_address(
+                self.peer_ip, request.header(b"x-forwarded-for"), trusted
+            )
+        else:  # what client_address() says without a trusted proxy, without the look-ups
+            self.client_ip = self._forwarded_for = self.peer_ip
         self._cancel_timer()  # the client's part is done; backend_timeout bounds the rest
         if self.settings.config.resume.enabled and self._take_resume_param():
             return  # handed to the worker that holds the session (io.handoff)
@@ -915,6 +962,22 @@ class Connection:
             **({"resume": "held" if self.held else "attached"}
                if isinstance(self._resume, ResumeState) else {}),
         }
+
+    def closed_line(self) -> str:
+        """``connection.closed`` rendered (wsproxy.log.closed_line_of) from the session
+        directly: the fields of summary(), without the dict."""
+        s = self.session
+        client_code, upstream_code = s.close_codes_received()
+        to_client, to_backend = s.flows_to()
+        backend = self.backend
+        identity = self.identity
+        return closed_line_of(
+            self.id, self.client_ip, None if backend is None else backend.name,
+            None if identity is None else identity.subject, s.state.value,
+            round(time.monotonic() - self.started, 3), client_code, upstream_code,
+            s.initiator, s.close_reason, to_backend.messages, to_client.messages,
+            to_backend.bytes, to_client.bytes, to_client.undelivered, to_backend.undelivered,
+        )
 
     def summary(self) -> dict[str, Any]:
         """The fields of the canonical ``connection.closed`` log line."""

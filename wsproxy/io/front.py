@@ -1,10 +1,9 @@
 """The front door: the listener's protocols, and WebSocket or plain HTTP, both ways.
 
-Every accepted client starts as a WebSocket ``Connection`` behind a
-``ClientProtocol``: the connection limits, the handshake timer, the metrics and a
-shutdown count it from its first byte, whatever it turns out to want. Its first
-request is parsed once, by the Session's Upgrade (wsproxy.core.upgrade), and that
-parse decides:
+Every accepted client starts as a WebSocket ``Connection`` (a ``ClientProtocol``):
+the connection limits, the handshake timer, the metrics and a shutdown count it from
+its first byte, whatever it turns out to want. Its first request is parsed once, by
+the Session's Upgrade (wsproxy.core.upgrade), and that parse decides:
 
     an upgrade (or a probe, or an error)  the Connection goes on with it
     a request without Upgrade            ``to_http()``: an HttpRelay takes the socket
@@ -18,8 +17,8 @@ neither driver reads it again, and so do the connection's settings (io.ports
 config file whichever driver serves it; the drivers reach this door through one-method ports
 (io.connection.HttpDoor, io.http_relay.WebSocketDoor) and never each other.
 
-The hot path runs through here: ``ClientProtocol.data_received`` is the first call
-of every client read, and does nothing but pass the bytes on.
+The listener's protocol is the client's Connection itself (``ClientProtocol``): its
+``data_received`` is the first call of every client read.
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from functools import partial
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from wsproxy.core.http import ParsedRequest
 from wsproxy.core.proxy_protocol import ProxyHeaderParser, ProxyProtocolError
@@ -61,11 +60,8 @@ class FrontDoor:
         """A TLS client is through its handshake: a Connection takes it (io.tls_accept),
         under the *settings* in force when it was accepted; its request must be in by
         *deadline*."""
-        conn = Connection(self.ctx, transport, door=self, deadline=deadline, settings=settings)
-        transport.set_protocol(
-            ProxiedClientProtocol(self, conn) if self.proxy_protocol
-            else ClientProtocol(self, conn)
-        )
+        kind = ProxiedClientProtocol if self.proxy_protocol else ClientProtocol
+        transport.set_protocol(kind(self, transport, deadline=deadline, settings=settings))
 
     def to_http(
         self, transport: asyncio.Transport, parsed: ParsedRequest, *, conn_id: str, peer_ip: str,
@@ -95,69 +91,45 @@ class FrontDoor:
     ) -> None:
         """A keep-alive connection's request asks for an upgrade: a fresh Connection,
         under the settings the client was accepted with."""
-        conn = Connection(self.ctx, transport, door=self, settings=settings)
+        conn = ClientProtocol(self, transport, settings=settings)
         if peer_ip != conn.peer_ip:  # from a PROXY header
             conn.set_peer(peer_ip)
-        transport.set_protocol(ClientProtocol(self, conn))
+        transport.set_protocol(conn)
         conn.receive_parsed(parsed)
 
 
-class ClientProtocol(asyncio.Protocol):
-    """The listener's protocol: one per accepted client connection."""
+class ClientProtocol(Connection):
+    """The listener's protocol: the client's Connection itself (one object, one call
+    fewer a callback than a protocol that passes each on)."""
 
-    __slots__ = ("_conn", "_door")
+    __slots__ = ()
 
-    def __init__(self, door: FrontDoor, conn: Connection | None = None) -> None:
-        self._door = door
-        #: Given when the Connection was made before this protocol (TLS, a hand-back).
-        self._conn: Connection | None = conn
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports implement asyncio.Transport without subclassing it.
-        if self._conn is None:
-            door = self._door
-            self._conn = Connection(door.ctx, cast(asyncio.Transport, transport), door=door)
-
-    def data_received(self, data: bytes) -> None:
-        assert self._conn is not None
-        self._conn.receive(CLIENT, data)
-
-    def eof_received(self) -> bool:
-        assert self._conn is not None
-        self._conn.receive_eof(CLIENT)
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        assert self._conn is not None
-        self._conn.transport_lost(CLIENT)
-
-    def pause_writing(self) -> None:
-        assert self._conn is not None
-        self._conn.pause_reading(UPSTREAM)
-
-    def resume_writing(self) -> None:
-        assert self._conn is not None
-        self._conn.resume_reading(UPSTREAM)
+    def __init__(
+        self, door: FrontDoor, transport: asyncio.Transport | None = None, *,
+        deadline: float | None = None, settings: ConnectionSettings | None = None,
+    ) -> None:
+        """*transport*: given when the client comes from elsewhere (TLS, a hand-back),
+        else the listener's connection_made() gives it."""
+        super().__init__(door.ctx, transport, door=door, deadline=deadline, settings=settings)
 
 
 class HandedOverProtocol(ClientProtocol):
     """A client handed over by a sibling worker (FrontDoor.handed_over): its
     Connection reads *first*, what the sibling read, before anything else."""
 
-    __slots__ = ("_first", "_peer_ip")
+    __slots__ = ("_first", "_handed_peer_ip")
 
     def __init__(self, door: FrontDoor, peer_ip: str, first: bytes) -> None:
-        super().__init__(door)
-        self._peer_ip = peer_ip
+        self._handed_peer_ip = peer_ip
         self._first = first
+        super().__init__(door)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        assert self._conn is not None
-        if self._peer_ip != self._conn.peer_ip:  # it came with a PROXY header
-            self._conn.set_peer(self._peer_ip)
+        if self._handed_peer_ip != self.peer_ip:  # it came with a PROXY header
+            self.set_peer(self._handed_peer_ip)
         first, self._first = self._first, b""
-        self._conn.receive(CLIENT, first)
+        self.receive(CLIENT, first)
 
 
 class ProxiedClientProtocol(ClientProtocol):
@@ -169,26 +141,28 @@ class ProxiedClientProtocol(ClientProtocol):
 
     __slots__ = ("_parser",)
 
-    def __init__(self, door: FrontDoor, conn: Connection | None = None) -> None:
-        super().__init__(door, conn)
+    def __init__(
+        self, door: FrontDoor, transport: asyncio.Transport | None = None, *,
+        deadline: float | None = None, settings: ConnectionSettings | None = None,
+    ) -> None:
         self._parser: ProxyHeaderParser | None = ProxyHeaderParser()
+        super().__init__(door, transport, deadline=deadline, settings=settings)
 
     def data_received(self, data: bytes) -> None:
-        assert self._conn is not None
         if self._parser is None:
-            self._conn.receive(CLIENT, data)
+            self.receive(CLIENT, data)
             return
         try:
             parsed = self._parser.feed(data)
         except ProxyProtocolError as exc:
             self._parser = None
-            self._conn.refuse("proxy_protocol", str(exc))
+            self.refuse("proxy_protocol", str(exc))
             return
         if parsed is None:
             return
         header, rest = parsed
         self._parser = None
         if header.client_ip is not None:
-            self._conn.set_peer(header.client_ip)
+            self.set_peer(header.client_ip)
         if rest:
-            self._conn.receive(CLIENT, rest)
+            self.receive(CLIENT, rest)
