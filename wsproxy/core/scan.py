@@ -57,6 +57,19 @@ spec of ``whole_read(data, remaining, mask_bit, rsv_allowed, max_size)``:
   ``None``, and the caller's loop reads *data* itself.
 - ValueError for a negative *remaining*, and for *mask_bit* and *rsv_allowed* as
   ``whole_messages``.
+
+A read relayed without the driver
+---------------------------------
+Once a connection is OPEN its transports' reads go to a relay protocol (``Relay``:
+``PyRelay`` below, or ``_scan.Relay``, its C twin, which wants the C ``FlowState``;
+``Session.relay_protocol`` makes one, wsproxy.io.direct puts them on the transports
+and takes them off). Its ``data_received`` is ``Session.relay`` and the driver's
+write in one call: the session's state, the other leg's waiting frames, then
+``take``; a read it does not pass on goes to the protocol it stands in for, the
+driver's, which decides as before. The C twin reads the session's ``state`` and the
+leg's ``out`` at their slots (their offsets found once), so a read costs no Python
+frame at all. tests/unit/test_direct_relay.py holds the two, and the driver alone, to
+the same writes, states and counters, and the two to the same fallbacks.
 """
 
 from __future__ import annotations
