@@ -111,6 +111,9 @@ class Original:
 RELAYS: dict[str, type] = {"python": scan.PyRelay}
 if _scan is not None:
     RELAYS["c"] = _scan.Relay
+#: What io.direct restores: both kinds here, whichever the process picked (with
+#: WSPROXY_NO_SPEEDUPS=1 the process makes no C relays, these tests do).
+restoring_both = mock.patch.object(direct, "_RELAYS", tuple(RELAYS.values()))
 
 
 def run(
@@ -131,7 +134,7 @@ def run(
         session_module, "_whole_messages", _scan.whole_messages if flow == "c" else scan._py_skip
     ), mock.patch.object(session_module, "_HOLD_FIRST", flow != "c"), mock.patch.object(
         frames, "os", no_random
-    ):
+    ), restoring_both:
         session = SessionHarness(max_message_size=max_size).session
         for f in (session._client_flow, session._upstream_flow):
             f.rsv_allowed = rsv_allowed
@@ -257,10 +260,11 @@ def test_the_other_callbacks_are_the_original_protocols(relay: str) -> None:
     protocol.pause_writing()
     protocol.resume_writing()
     assert originals[CLIENT].calls == ["eof", f"lost {error!r}", "pause", "resume"]
-    direct.restore(transports[CLIENT], None, transports[UPSTREAM])  # type: ignore[arg-type]
-    assert transports[CLIENT].protocol is originals[CLIENT]
-    assert transports[UPSTREAM].protocol is originals[UPSTREAM]
-    direct.restore(transports[CLIENT])  # type: ignore[arg-type]
+    with restoring_both:
+        direct.restore(transports[CLIENT], None, transports[UPSTREAM])  # type: ignore[arg-type]
+        assert transports[CLIENT].protocol is originals[CLIENT]
+        assert transports[UPSTREAM].protocol is originals[UPSTREAM]
+        direct.restore(transports[CLIENT])  # type: ignore[arg-type]
     assert transports[CLIENT].protocol is originals[CLIENT]  # restoring twice is harmless
 
 

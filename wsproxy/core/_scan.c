@@ -470,37 +470,57 @@ relay_dealloc(Relay *self)
 
 static struct PyModuleDef module_def;
 
+/* What a Relay's construction looks up, once per module rather than per connection
+   (an upgrade pays for two relays): the FlowState type, the names, and the slot
+   offsets of the last session and leg types seen (strong references: a type cannot
+   go away and another take its address while it is cached). */
+typedef struct {
+    PyObject *flow_type;
+    PyObject *state_name;
+    PyObject *out_name;
+    PyObject *data_received_name;
+    PyObject *session_type;
+    PyObject *leg_type;
+    Py_ssize_t state_offset;
+    Py_ssize_t out_offset;
+} ScanState;
+
+static Py_ssize_t
+cached_offset(PyObject *obj, PyObject *name, PyObject **type, Py_ssize_t *offset)
+{
+    if (*type != (PyObject *)Py_TYPE(obj)) {
+        *offset = slot_offset(obj, name);
+        Py_XSETREF(*type, Py_NewRef((PyObject *)Py_TYPE(obj)));
+    }
+    return *offset;
+}
+
 static int
 relay_init(Relay *self, PyObject *args, PyObject *kwargs)
 {
-    static char *names[] = {"flow", "leg", "session", "open", "write", "original", NULL};
     PyObject *flow, *leg, *session, *open, *write, *original;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOO:Relay", names, &flow, &leg,
-                                     &session, &open, &write, &original))
+    if (kwargs != NULL && PyDict_GET_SIZE(kwargs) != 0) {
+        PyErr_SetString(PyExc_TypeError, "Relay() takes no keyword arguments");
+        return -1;
+    }
+    if (!PyArg_UnpackTuple(args, "Relay", 6, 6, &flow, &leg, &session, &open, &write,
+                           &original))
         return -1;
     PyObject *module = PyType_GetModuleByDef(Py_TYPE(self), &module_def);
     if (module == NULL)
         return -1;
-    PyObject *flow_type = PyObject_GetAttrString(module, "FlowState");
-    if (flow_type == NULL)
-        return -1;
-    int is_flow = PyObject_IsInstance(flow, flow_type);
-    Py_DECREF(flow_type);
-    if (is_flow <= 0) {
-        if (is_flow == 0)
-            PyErr_SetString(PyExc_TypeError, "Relay(): flow must be a _scan.FlowState");
+    ScanState *state = PyModule_GetState(module);
+    int is_flow = PyObject_TypeCheck(flow, (PyTypeObject *)state->flow_type);
+    if (!is_flow) {
+        PyErr_SetString(PyExc_TypeError, "Relay(): flow must be a _scan.FlowState");
         return -1;
     }
-    PyObject *fallback = PyObject_GetAttrString(original, "data_received");
+    PyObject *fallback = PyObject_GetAttr(original, state->data_received_name);
     if (fallback == NULL)
         return -1;
     relay_clear(self);
-    self->state_name = PyUnicode_InternFromString("state");
-    self->out_name = PyUnicode_InternFromString("out");
-    if (self->state_name == NULL || self->out_name == NULL) {
-        Py_DECREF(fallback);
-        return -1;
-    }
+    self->state_name = Py_NewRef(state->state_name);
+    self->out_name = Py_NewRef(state->out_name);
     self->flow = Py_NewRef(flow);
     self->leg = Py_NewRef(leg);
     self->session = Py_NewRef(session);
@@ -508,8 +528,10 @@ relay_init(Relay *self, PyObject *args, PyObject *kwargs)
     self->write = Py_NewRef(write);
     self->original = Py_NewRef(original);
     self->fallback = fallback;
-    self->state_offset = slot_offset(session, self->state_name);
-    self->out_offset = slot_offset(leg, self->out_name);
+    self->state_offset = cached_offset(session, state->state_name, &state->session_type,
+                                       &state->state_offset);
+    self->out_offset = cached_offset(leg, state->out_name, &state->leg_type,
+                                     &state->out_offset);
     return 0;
 }
 
@@ -654,7 +676,48 @@ add_types(PyObject *module)
 {
     if (add_type(module, &flow_spec, "FlowState") < 0)
         return -1;
+    ScanState *state = PyModule_GetState(module);
+    state->flow_type = PyObject_GetAttrString(module, "FlowState");
+    state->state_name = PyUnicode_InternFromString("state");
+    state->out_name = PyUnicode_InternFromString("out");
+    state->data_received_name = PyUnicode_InternFromString("data_received");
+    if (state->flow_type == NULL || state->state_name == NULL || state->out_name == NULL
+        || state->data_received_name == NULL)
+        return -1;
     return add_type(module, &relay_spec, "Relay");
+}
+
+static int
+module_traverse(PyObject *module, visitproc visit, void *arg)
+{
+    ScanState *state = PyModule_GetState(module);
+    if (state == NULL)
+        return 0;
+    Py_VISIT(state->flow_type);
+    Py_VISIT(state->session_type);
+    Py_VISIT(state->leg_type);
+    return 0;
+}
+
+static int
+module_clear(PyObject *module)
+{
+    ScanState *state = PyModule_GetState(module);
+    if (state == NULL)
+        return 0;
+    Py_CLEAR(state->flow_type);
+    Py_CLEAR(state->state_name);
+    Py_CLEAR(state->out_name);
+    Py_CLEAR(state->data_received_name);
+    Py_CLEAR(state->session_type);
+    Py_CLEAR(state->leg_type);
+    return 0;
+}
+
+static void
+module_free(void *module)
+{
+    module_clear((PyObject *)module);
 }
 
 static PyMethodDef methods[] = {
@@ -680,7 +743,10 @@ static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT,
     .m_name = "wsproxy.core._scan",
     .m_doc = "The compiled frame scanner of wsproxy.core.scan (same spec, same answers).",
-    .m_size = 0,
+    .m_size = sizeof(ScanState),
+    .m_traverse = module_traverse,
+    .m_clear = module_clear,
+    .m_free = module_free,
     .m_methods = methods,
     .m_slots = slots,
 };
