@@ -16,7 +16,9 @@ installed: ``apt-get install -y valgrind``) and prints instructions per message.
 
 It uses only the Session API, so it measures any checkout: run it with that
 checkout's venv (``WSPROXY_NO_SPEEDUPS=1`` for the pure-Python scanner). Where the
-checkout has ``Session.relay`` (the driver's hot path), reads go through it.
+checkout has ``Session.relay`` (the driver's hot path), reads go through it; where it
+has ``Session.relay_protocol`` (the relay protocols an OPEN connection's transports
+get, wsproxy/io/direct.py), through those, with a write that does nothing.
 
     python bench/relay_cost.py --target wsproxy|splice [--tree DIR] [--batch 16] [-n 400]
 
@@ -38,6 +40,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import collections
 import contextlib
 import hashlib
 import os
@@ -253,7 +256,25 @@ def main() -> None:
     receive, take = session.receive_data, session.data_to_send
     client, upstream = Side.CLIENT, Side.UPSTREAM
     relay = getattr(session, "relay", None)
-    if relay is not None:  # as the driver calls it, where the checkout has it
+    relay_protocol = getattr(session, "relay_protocol", None)
+    if relay_protocol is not None:  # the driver's relay protocols, where the checkout has them
+        sink = collections.deque(maxlen=0).append  # a transport's write that costs ~nothing
+
+        class Driver:  # Connection.receive, for reads the relays do not take (none here)
+            def __init__(self, side: Side) -> None:
+                self.side = side
+
+            def data_received(self, data: bytes) -> None:
+                assert relay is not None
+                if relay(self.side, data) is None:
+                    take(self.side.other)
+
+        from_client = relay_protocol(client, sink, Driver(client))
+        from_upstream = relay_protocol(upstream, sink, Driver(upstream))
+        for _ in range(a.rounds):
+            from_client.data_received(up)
+            from_upstream.data_received(down)
+    elif relay is not None:  # as the driver calls it, where the checkout has it
         for _ in range(a.rounds):
             if relay(client, up) is None:
                 take(upstream)

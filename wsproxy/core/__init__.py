@@ -3,7 +3,8 @@
 The relay and its handshakes:
     session     one client/backend pair once open: the frame scanner, the close
                 handshakes of both legs (the hot path)
-    scan        the scanner's inner loop (whole messages skipped), in Python and in C
+    scan        the scanner's inner loop (whole messages skipped), and the relay
+                protocol an OPEN session's transports read into, in Python and in C
                 (_scan.c, built when a compiler is there; SPEEDUPS says which runs)
     upgrade     both opening handshakes, until the backend's 101 opens the session
     states      the session's and the legs' transition tables (all moves in one file)

@@ -282,12 +282,13 @@ empty(PyObject *value)
     return 0;
 }
 
-static PyObject *
-flow_take(FlowState *self, PyObject *arg)
+/* take(data) itself: 1 taken (and counted), 0 not (nothing changed), -1 an error. */
+static int
+flow_take_read(FlowState *self, PyObject *arg)
 {
     if (self->in_message || self->pending_close != Py_None || !empty(self->partial)
         || !empty(self->pending))
-        Py_RETURN_FALSE;
+        return 0;
     Py_buffer view = {0};
     const unsigned char *data;
     uint64_t n;
@@ -296,7 +297,7 @@ flow_take(FlowState *self, PyObject *arg)
         n = (uint64_t)PyBytes_GET_SIZE(arg);
     } else {
         if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
-            return NULL;
+            return -1;
         data = (const unsigned char *)view.buf;
         n = (uint64_t)view.len;
     }
@@ -318,6 +319,15 @@ flow_take(FlowState *self, PyObject *arg)
         self->bytes += (long long)n;
     if (view.obj != NULL)
         PyBuffer_Release(&view);
+    return taken;
+}
+
+static PyObject *
+flow_take(FlowState *self, PyObject *arg)
+{
+    int taken = flow_take_read(self, arg);
+    if (taken < 0)
+        return NULL;
     return PyBool_FromLong(taken);
 }
 
@@ -359,15 +369,355 @@ static PyType_Spec flow_spec = {
     .slots = flow_slots,
 };
 
+/*
+ * Relay: a transport's protocol while its session is OPEN (wsproxy.core.scan.PyRelay is
+ * its Python twin and says what it does). data_received is Session.relay and the
+ * driver's write in one C call: the session's state, the other leg's waiting frames
+ * and the flow's take() decide, then the read goes to the other transport's write as
+ * it came; anything else goes to the original protocol's data_received.
+ */
+typedef struct {
+    PyObject_HEAD
+    PyObject *flow;        /* a FlowState: the direction read from this transport */
+    PyObject *leg;         /* the session's leg of the other side: its `out` */
+    PyObject *session;     /* its `state` ... */
+    PyObject *open;        /* ... is this (SessionState.OPEN) */
+    PyObject *write;       /* the other transport's write */
+    PyObject *original;    /* the protocol this one stands in for */
+    PyObject *fallback;    /* original.data_received */
+    PyObject *state_name;  /* "state" and "out": for objects without those slots */
+    PyObject *out_name;
+    /* Where `state` and `out` are held in session and leg (their __slots__), so that
+       a read costs no attribute look-up; -1: look them up by name. */
+    Py_ssize_t state_offset;
+    Py_ssize_t out_offset;
+} Relay;
+
+/* The offset of *obj*'s slot *name* (a member descriptor of an object's kind on its
+   type), or -1. */
+static Py_ssize_t
+slot_offset(PyObject *obj, PyObject *name)
+{
+    PyObject *descr = PyObject_GetAttr((PyObject *)Py_TYPE(obj), name);
+    Py_ssize_t offset = -1;
+    if (descr == NULL) {
+        PyErr_Clear();
+        return -1;
+    }
+    if (Py_IS_TYPE(descr, &PyMemberDescr_Type)) {
+        PyMemberDef *member = ((PyMemberDescrObject *)descr)->d_member;
+        if (member->type == T_OBJECT_EX || member->type == T_OBJECT)
+            offset = member->offset;
+    }
+    Py_DECREF(descr);
+    return offset;
+}
+
+/* *obj*'s attribute: at its slot's offset, or by name; a new reference, or NULL
+   (unset, or the look-up failed: the error is cleared, the read falls back). */
+static PyObject *
+slot_value(PyObject *obj, Py_ssize_t offset, PyObject *name)
+{
+    if (offset >= 0) {
+        PyObject *value = *(PyObject **)((char *)obj + offset);
+        Py_XINCREF(value);
+        return value;
+    }
+    PyObject *value = PyObject_GetAttr(obj, name);
+    if (value == NULL)
+        PyErr_Clear();
+    return value;
+}
+
+static int
+relay_traverse(Relay *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->flow);
+    Py_VISIT(self->leg);
+    Py_VISIT(self->session);
+    Py_VISIT(self->open);
+    Py_VISIT(self->write);
+    Py_VISIT(self->original);
+    Py_VISIT(self->fallback);
+    Py_VISIT(Py_TYPE(self));
+    return 0;
+}
+
+static int
+relay_clear(Relay *self)
+{
+    Py_CLEAR(self->flow);
+    Py_CLEAR(self->leg);
+    Py_CLEAR(self->session);
+    Py_CLEAR(self->open);
+    Py_CLEAR(self->write);
+    Py_CLEAR(self->original);
+    Py_CLEAR(self->fallback);
+    Py_CLEAR(self->state_name);
+    Py_CLEAR(self->out_name);
+    return 0;
+}
+
+static void
+relay_dealloc(Relay *self)
+{
+    PyTypeObject *type = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    relay_clear(self);
+    type->tp_free((PyObject *)self);
+    Py_DECREF(type);
+}
+
+static struct PyModuleDef module_def;
+
+/* What a Relay's construction looks up, once per module rather than per connection
+   (an upgrade pays for two relays): the FlowState type, the names, and the slot
+   offsets of the last session and leg types seen (strong references: a type cannot
+   go away and another take its address while it is cached). */
+typedef struct {
+    PyObject *flow_type;
+    PyObject *state_name;
+    PyObject *out_name;
+    PyObject *data_received_name;
+    PyObject *session_type;
+    PyObject *leg_type;
+    Py_ssize_t state_offset;
+    Py_ssize_t out_offset;
+} ScanState;
+
+static Py_ssize_t
+cached_offset(PyObject *obj, PyObject *name, PyObject **type, Py_ssize_t *offset)
+{
+    if (*type != (PyObject *)Py_TYPE(obj)) {
+        *offset = slot_offset(obj, name);
+        Py_XSETREF(*type, Py_NewRef((PyObject *)Py_TYPE(obj)));
+    }
+    return *offset;
+}
+
+static int
+relay_init(Relay *self, PyObject *args, PyObject *kwargs)
+{
+    PyObject *flow, *leg, *session, *open, *write, *original;
+    if (kwargs != NULL && PyDict_GET_SIZE(kwargs) != 0) {
+        PyErr_SetString(PyExc_TypeError, "Relay() takes no keyword arguments");
+        return -1;
+    }
+    if (!PyArg_UnpackTuple(args, "Relay", 6, 6, &flow, &leg, &session, &open, &write,
+                           &original))
+        return -1;
+    PyObject *module = PyType_GetModuleByDef(Py_TYPE(self), &module_def);
+    if (module == NULL)
+        return -1;
+    ScanState *state = PyModule_GetState(module);
+    int is_flow = PyObject_TypeCheck(flow, (PyTypeObject *)state->flow_type);
+    if (!is_flow) {
+        PyErr_SetString(PyExc_TypeError, "Relay(): flow must be a _scan.FlowState");
+        return -1;
+    }
+    PyObject *fallback = PyObject_GetAttr(original, state->data_received_name);
+    if (fallback == NULL)
+        return -1;
+    relay_clear(self);
+    self->state_name = Py_NewRef(state->state_name);
+    self->out_name = Py_NewRef(state->out_name);
+    self->flow = Py_NewRef(flow);
+    self->leg = Py_NewRef(leg);
+    self->session = Py_NewRef(session);
+    self->open = Py_NewRef(open);
+    self->write = Py_NewRef(write);
+    self->original = Py_NewRef(original);
+    self->fallback = fallback;
+    self->state_offset = cached_offset(session, state->state_name, &state->session_type,
+                                       &state->state_offset);
+    self->out_offset = cached_offset(leg, state->out_name, &state->leg_type,
+                                     &state->out_offset);
+    return 0;
+}
+
+/* Whether a read may go straight through: the session OPEN, nothing waiting for the
+   other side; then take() (which counts it) says whether it holds whole messages. */
+static int
+relay_direct(Relay *self, PyObject *data)
+{
+    if (self->flow == NULL)
+        return 0;  /* never initialised */
+    PyObject *state = slot_value(self->session, self->state_offset, self->state_name);
+    int open = state == self->open;
+    Py_XDECREF(state);
+    if (!open)
+        return 0;
+    PyObject *out = slot_value(self->leg, self->out_offset, self->out_name);
+    if (out == NULL)
+        return 0;
+    int waiting = PyList_CheckExact(out) ? PyList_GET_SIZE(out) != 0 : PyObject_IsTrue(out);
+    Py_DECREF(out);
+    if (waiting)
+        return waiting < 0 ? -1 : 0;
+    return flow_take_read((FlowState *)self->flow, data);
+}
+
+static PyObject *
+relay_data_received(Relay *self, PyObject *data)
+{
+    int direct = relay_direct(self, data);
+    if (direct < 0)
+        return NULL;
+    PyObject *result = PyObject_CallOneArg(direct ? self->write : self->fallback, data);
+    if (result == NULL)
+        return NULL;
+    Py_DECREF(result);
+    Py_RETURN_NONE;
+}
+
+/* The rest of a protocol's callbacks: the original protocol's, as they were. */
+static PyObject *
+forward(Relay *self, const char *name, PyObject *arg)
+{
+    if (self->original == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Relay: not initialised");
+        return NULL;
+    }
+    PyObject *method = PyObject_GetAttrString(self->original, name);
+    if (method == NULL)
+        return NULL;
+    PyObject *result = arg == NULL ? PyObject_CallNoArgs(method)
+                                   : PyObject_CallOneArg(method, arg);
+    Py_DECREF(method);
+    return result;
+}
+
+static PyObject *
+relay_connection_made(Relay *self, PyObject *transport)
+{
+    return forward(self, "connection_made", transport);
+}
+
+static PyObject *
+relay_eof_received(Relay *self, PyObject *unused)
+{
+    (void)unused;
+    return forward(self, "eof_received", NULL);
+}
+
+static PyObject *
+relay_connection_lost(Relay *self, PyObject *exc)
+{
+    return forward(self, "connection_lost", exc);
+}
+
+static PyObject *
+relay_pause_writing(Relay *self, PyObject *unused)
+{
+    (void)unused;
+    return forward(self, "pause_writing", NULL);
+}
+
+static PyObject *
+relay_resume_writing(Relay *self, PyObject *unused)
+{
+    (void)unused;
+    return forward(self, "resume_writing", NULL);
+}
+
+static PyMethodDef relay_methods[] = {
+    {"data_received", (PyCFunction)relay_data_received, METH_O,
+     "A read: straight to the other transport, or to the original protocol."},
+    {"connection_made", (PyCFunction)relay_connection_made, METH_O, NULL},
+    {"eof_received", (PyCFunction)relay_eof_received, METH_NOARGS, NULL},
+    {"connection_lost", (PyCFunction)relay_connection_lost, METH_O, NULL},
+    {"pause_writing", (PyCFunction)relay_pause_writing, METH_NOARGS, NULL},
+    {"resume_writing", (PyCFunction)relay_resume_writing, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef relay_members[] = {
+    {"original", T_OBJECT, offsetof(Relay, original), READONLY, NULL},
+    {"flow", T_OBJECT, offsetof(Relay, flow), READONLY, NULL},
+    {"leg", T_OBJECT, offsetof(Relay, leg), READONLY, NULL},
+    {"session", T_OBJECT, offsetof(Relay, session), READONLY, NULL},
+    {"open", T_OBJECT, offsetof(Relay, open), READONLY, NULL},
+    {"write", T_OBJECT, offsetof(Relay, write), READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyType_Slot relay_slots[] = {
+    {Py_tp_doc, "A transport's protocol while OPEN (wsproxy.core.scan.PyRelay's twin)."},
+    {Py_tp_new, PyType_GenericNew},
+    {Py_tp_init, relay_init},
+    {Py_tp_dealloc, relay_dealloc},
+    {Py_tp_traverse, relay_traverse},
+    {Py_tp_clear, relay_clear},
+    {Py_tp_methods, relay_methods},
+    {Py_tp_members, relay_members},
+    {0, NULL},
+};
+
+static PyType_Spec relay_spec = {
+    .name = "wsproxy.core._scan.Relay",
+    .basicsize = sizeof(Relay),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .slots = relay_slots,
+};
+
+static int
+add_type(PyObject *module, PyType_Spec *spec, const char *name)
+{
+    PyObject *type = PyType_FromModuleAndSpec(module, spec, NULL);
+    if (type == NULL)
+        return -1;
+    int result = PyModule_AddObjectRef(module, name, type);
+    Py_DECREF(type);
+    return result;
+}
+
 static int
 add_types(PyObject *module)
 {
-    PyObject *type = PyType_FromModuleAndSpec(module, &flow_spec, NULL);
-    if (type == NULL)
+    if (add_type(module, &flow_spec, "FlowState") < 0)
         return -1;
-    int result = PyModule_AddObjectRef(module, "FlowState", type);
-    Py_DECREF(type);
-    return result;
+    ScanState *state = PyModule_GetState(module);
+    state->flow_type = PyObject_GetAttrString(module, "FlowState");
+    state->state_name = PyUnicode_InternFromString("state");
+    state->out_name = PyUnicode_InternFromString("out");
+    state->data_received_name = PyUnicode_InternFromString("data_received");
+    if (state->flow_type == NULL || state->state_name == NULL || state->out_name == NULL
+        || state->data_received_name == NULL)
+        return -1;
+    return add_type(module, &relay_spec, "Relay");
+}
+
+static int
+module_traverse(PyObject *module, visitproc visit, void *arg)
+{
+    ScanState *state = PyModule_GetState(module);
+    if (state == NULL)
+        return 0;
+    Py_VISIT(state->flow_type);
+    Py_VISIT(state->session_type);
+    Py_VISIT(state->leg_type);
+    return 0;
+}
+
+static int
+module_clear(PyObject *module)
+{
+    ScanState *state = PyModule_GetState(module);
+    if (state == NULL)
+        return 0;
+    Py_CLEAR(state->flow_type);
+    Py_CLEAR(state->state_name);
+    Py_CLEAR(state->out_name);
+    Py_CLEAR(state->data_received_name);
+    Py_CLEAR(state->session_type);
+    Py_CLEAR(state->leg_type);
+    return 0;
+}
+
+static void
+module_free(void *module)
+{
+    module_clear((PyObject *)module);
 }
 
 static PyMethodDef methods[] = {
@@ -393,7 +743,10 @@ static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT,
     .m_name = "wsproxy.core._scan",
     .m_doc = "The compiled frame scanner of wsproxy.core.scan (same spec, same answers).",
-    .m_size = 0,
+    .m_size = sizeof(ScanState),
+    .m_traverse = module_traverse,
+    .m_clear = module_clear,
+    .m_free = module_free,
     .m_methods = methods,
     .m_slots = slots,
 };

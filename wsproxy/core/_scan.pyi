@@ -1,6 +1,7 @@
 # The compiled twin of wsproxy.core.scan.py_whole_messages and py_whole_read
 # (wsproxy/core/_scan.c).
 import builtins
+from typing import Any
 
 def whole_messages(
     data: bytes, pos: int, mask_bit: int, rsv_allowed: int, max_size: int, /
@@ -22,3 +23,21 @@ class FlowState:
     pending: tuple[builtins.bytes, ...]
     pending_close: tuple[builtins.bytes, int | None, str] | None
     def take(self, data: builtins.bytes, /) -> bool: ...
+
+class Relay:
+    # The twin of wsproxy.core.scan.PyRelay (its doc): a transport's protocol while OPEN.
+    original: Any
+    flow: FlowState
+    leg: Any
+    session: Any
+    open: object
+    write: Any
+    def __init__(
+        self, flow: FlowState, leg: Any, session: Any, open: object, write: Any, original: Any
+    ) -> None: ...
+    def data_received(self, data: builtins.bytes, /) -> None: ...
+    def connection_made(self, transport: object, /) -> None: ...
+    def eof_received(self) -> bool | None: ...
+    def connection_lost(self, exc: Exception | None, /) -> None: ...
+    def pause_writing(self) -> None: ...
+    def resume_writing(self) -> None: ...

@@ -57,6 +57,19 @@ spec of ``whole_read(data, remaining, mask_bit, rsv_allowed, max_size)``:
   ``None``, and the caller's loop reads *data* itself.
 - ValueError for a negative *remaining*, and for *mask_bit* and *rsv_allowed* as
   ``whole_messages``.
+
+A read relayed without the driver
+---------------------------------
+Once a connection is OPEN its transports' reads go to a relay protocol (``Relay``:
+``PyRelay`` below, or ``_scan.Relay``, its C twin, which wants the C ``FlowState``;
+``Session.relay_protocol`` makes one, wsproxy.io.direct puts them on the transports
+and takes them off). Its ``data_received`` is ``Session.relay`` and the driver's
+write in one call: the session's state, the other leg's waiting frames, then
+``take``; a read it does not pass on goes to the protocol it stands in for, the
+driver's, which decides as before. The C twin reads the session's ``state`` and the
+leg's ``out`` at their slots (their offsets found once), so a read costs no Python
+frame at all. tests/unit/test_direct_relay.py holds the two, and the driver alone, to
+the same writes, states and counters, and the two to the same fallbacks.
 """
 
 from __future__ import annotations
@@ -64,7 +77,7 @@ from __future__ import annotations
 import builtins
 import os
 from collections.abc import Callable
-from typing import Final, cast
+from typing import Final, Protocol, cast
 
 #: The signatures both implementations share.
 WholeMessages = Callable[[bytes, int, int, int, int], tuple[int, int]]
@@ -200,8 +213,85 @@ class PyFlowState:
         return True
 
 
-def _pick() -> tuple[WholeMessages, WholeMessages, WholeRead, type[PyFlowState], str]:
-    python = (py_whole_messages, _py_skip, py_whole_read, PyFlowState, "python")
+class _Leg(Protocol):
+    #: The frames waiting to be written to the leg's transport.
+    out: list[builtins.bytes]
+
+
+class _Session(Protocol):
+    @property
+    def state(self) -> object: ...
+
+
+class RelayedProtocol(Protocol):
+    """What a relay stands in for: an asyncio protocol (core imports no asyncio)."""
+
+    def data_received(self, data: builtins.bytes) -> None: ...
+    def eof_received(self) -> bool | None: ...
+    def connection_lost(self, exc: Exception | None) -> None: ...
+    def pause_writing(self) -> None: ...
+    def resume_writing(self) -> None: ...
+
+
+class PyRelay:
+    """A transport's protocol while its session is OPEN: ``Session.relay`` and the
+    driver's write in one call per read (``Session.relay_protocol`` makes them; the
+    driver, wsproxy.io.direct, puts one on each transport and takes it off again).
+
+    ``data_received(data)``: while *session*'s state is *open*, nothing waits in *leg*
+    (the leg of the other side: our pings, a close) and *flow*'s ``take(data)`` says
+    the read holds only whole data messages (and counts it), *data* goes to *write*
+    (the other transport's) as it came. Anything else (control frames, fragments, a
+    cut header, a frame over the limit, our frames waiting, a session no longer
+    OPEN) goes to *original*'s ``data_received``: the driver's own path, which
+    decides on everything else. The other callbacks are *original*'s, unchanged.
+
+    ``_scan.Relay`` is its compiled twin (``Relay`` here is the one in use), which
+    reads the session's ``state`` and the leg's ``out`` at their slots.
+    """
+
+    __slots__ = ("_fallback", "flow", "leg", "open", "original", "session", "write")
+
+    def __init__(
+        self, flow: PyFlowState, leg: _Leg, session: _Session, open: object,
+        write: Callable[[builtins.bytes], object], original: RelayedProtocol,
+    ) -> None:
+        self.flow = flow
+        self.leg = leg
+        self.session = session
+        self.open = open
+        self.write = write
+        self.original = original
+        self._fallback = original.data_received
+
+    def data_received(self, data: builtins.bytes) -> None:
+        # The other leg's frames first: take() counts the read, so it comes last.
+        if self.session.state is self.open and not self.leg.out and self.flow.take(data):
+            self.write(data)
+        else:
+            self._fallback(data)
+
+    def connection_made(self, transport: object) -> None:
+        self.original.connection_made(transport)  # type: ignore[attr-defined]
+
+    def eof_received(self) -> bool | None:
+        return self.original.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.original.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.original.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.original.resume_writing()
+
+
+_Picked = tuple[WholeMessages, WholeMessages, WholeRead, type[PyFlowState], type[PyRelay], str]
+
+
+def _pick() -> _Picked:
+    python = (py_whole_messages, _py_skip, py_whole_read, PyFlowState, PyRelay, "python")
     if os.environ.get("WSPROXY_NO_SPEEDUPS", "") not in ("", "0"):
         return python
     try:
@@ -209,9 +299,12 @@ def _pick() -> tuple[WholeMessages, WholeMessages, WholeRead, type[PyFlowState],
     except ImportError:
         return python
     # In C the checks cost next to nothing: one function serves both.
-    # The C FlowState has PyFlowState's attributes and take() (tested as twins).
+    # The C FlowState has PyFlowState's attributes and take() (tested as twins), and
+    # the C Relay PyRelay's callbacks.
     flow_state = cast(type[PyFlowState], _scan.FlowState)
-    return _scan.whole_messages, _scan.whole_messages, _scan.whole_read, flow_state, "c"
+    relay = cast(type[PyRelay], _scan.Relay)
+    return (_scan.whole_messages, _scan.whole_messages, _scan.whole_read, flow_state, relay,
+            "c")
 
 
 whole_messages: WholeMessages
@@ -222,6 +315,8 @@ session_whole_messages: WholeMessages
 whole_read: WholeRead
 #: The base of the session's flows: PyFlowState or its C twin.
 FlowState: type[PyFlowState]
+#: A transport's protocol while OPEN: PyRelay or its C twin (which takes a C FlowState).
+Relay: type[PyRelay]
 #: "c" when the compiled scanner is in use, "python" when the reference one is.
 SPEEDUPS: str
-whole_messages, session_whole_messages, whole_read, FlowState, SPEEDUPS = _pick()
+whole_messages, session_whole_messages, whole_read, FlowState, Relay, SPEEDUPS = _pick()

@@ -60,7 +60,7 @@ from wsproxy.core.handshake import (
     error_response,
 )
 from wsproxy.core.http import ParsedRequest
-from wsproxy.core.scan import SPEEDUPS, WHOLE_MESSAGE
+from wsproxy.core.scan import SPEEDUPS, WHOLE_MESSAGE, PyRelay, RelayedProtocol
 from wsproxy.core.scan import session_whole_messages as _whole_messages
 from wsproxy.core.states import (
     LEG_CAN_RECEIVE,
@@ -78,10 +78,12 @@ from wsproxy.core.states import (
 from wsproxy.core.upgrade import Opened, Upgrade
 from wsproxy.errors import HandshakeRejected, InvalidTransition, UpstreamHandshakeFailed
 
-if TYPE_CHECKING:  # the C twin is typed as its Python reference
+if TYPE_CHECKING:  # the C twins are typed as their Python references
     from wsproxy.core.scan import PyFlowState as _FlowState
+    from wsproxy.core.scan import PyRelay as _Relay
 else:
     from wsproxy.core.scan import FlowState as _FlowState
+    from wsproxy.core.scan import Relay as _Relay
 
 #: Heartbeat pings carry this prefix (plus a per-process token) so that their pongs
 #: are recognised and not relayed, while a peer's own pings pass end to end.
@@ -329,6 +331,19 @@ class Session:
             return None
         self.receive_data(side, data)
         return None
+
+    def relay_protocol(
+        self, side: Side, write: Callable[[bytes], object], original: RelayedProtocol
+    ) -> PyRelay:
+        """A protocol for *side*'s transport while OPEN: ``relay`` and the write to the
+        other side in one call per read (wsproxy.core.scan.PyRelay, compiled where it
+        can be). *write*: the other transport's write; *original*: the protocol it
+        stands in for, which gets every read the relay does not pass straight on (and
+        every other callback), so the driver's path stays the one that decides.
+        Once the session leaves OPEN every read goes there too.
+        """
+        f = self._client_flow if side is _CLIENT else self._upstream_flow
+        return _Relay(f, f.dst_leg, self, _OPEN, write, original)
 
     def receive_eof(self, side: Side) -> None:
         """*side*'s transport ended (EOF or error). Then call data_to_send()."""

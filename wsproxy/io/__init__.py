@@ -3,6 +3,8 @@
     front        the listener's protocols: the one place that picks WebSocket or plain
                  HTTP for a client, both ways, from one parse of its first request
     connection   a WebSocket client and its backend around one core Session
+    direct       an OPEN connection's transports on relay protocols (one C call per
+                 read of whole messages), and their own protocols back after
     http_relay   a plain HTTP client connection, request by request
     upstream     the steps both take to a backend: credentials, auth, candidates, dial
     plain_http   the proxy's plain HTTP side: its relays and the backend pool

@@ -37,6 +37,7 @@ from wsproxy.core.liveness import Due, Liveness, ping_payload, ping_sent_at
 from wsproxy.core.resume import ResumeAsk, take_param
 from wsproxy.core.session import Session
 from wsproxy.core.states import TERMINAL, LegState, SessionState, Side
+from wsproxy.io import direct
 from wsproxy.io.ports import DRAINING, CloseRefusal
 from wsproxy.io.resume import ResumeState, hand_over, resume_into
 from wsproxy.io.upstream import (
@@ -399,6 +400,8 @@ class Connection(asyncio.Protocol):
             self._timer = self.ctx.loop.call_later(
                 self.settings.config.heartbeat.timeout, self._close_timed_out
             )
+        if session.state is not _OPEN and self.backend is not None and self._resume is None:
+            direct.restore(client, upstream)  # no longer OPEN: every read the driver's
 
     def _close_upstream(self, transport: asyncio.Transport) -> None:
         if transport.is_closing():
@@ -896,6 +899,8 @@ class Connection(asyncio.Protocol):
         self.ctx.connection_opened(self)
         self._flush()
         self.resume_reading(CLIENT)
+        if self._resume is None and self._dial is None:  # reads straight through (io.direct)
+            direct.relay_directly(self.session, self._client, self._upstream)
 
     def _reject(
         self, kind: str, status: int, reason: str, headers: tuple[tuple[str, str], ...] = ()

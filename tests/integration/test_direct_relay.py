@@ -1,0 +1,237 @@
+"""A session relayed by the relay protocols (wsproxy.io.direct), on real sockets, on both
+loops: its transports carry relays while OPEN and get their own protocols back after,
+and everything the driver does still happens (heartbeats, the size limit, drains,
+backpressure, close handshakes)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import anyio
+import anyio.lowlevel
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from tests.integration.peers import (
+    backend,
+    both_loops,  # noqa: F401 (the anyio_backend fixture: asyncio and uvloop)
+    closed_by_proxy,
+    make_config,
+    running_proxy,
+)
+from wsproxy.core.scan import PyRelay, Relay
+from wsproxy.core.states import SessionState
+from wsproxy.io.connection import Connection
+from wsproxy.supervisor import ProxyContext
+
+pytestmark = pytest.mark.anyio
+
+WAIT = 10.0
+RELAYS = (PyRelay, Relay)
+#: Messages of 64 KiB a client sends to a backend that does not read: 32 MiB.
+FLOOD = 512
+
+
+def url_of(ctx: ProxyContext) -> str:
+    host, port = ctx.addresses[0]
+    return f"ws://{host}:{port}"
+
+
+def the_connection(ctx: ProxyContext) -> Connection:
+    (conn,) = ctx.registry.connections.values()
+    return conn
+
+
+def relayed(conn: Connection) -> bool:
+    """Whether both transports have relay protocols (and neither has one half-way)."""
+    kinds = [isinstance(t.get_protocol(), RELAYS)
+             for t in (conn._client, conn._upstream) if t is not None]
+    assert len(set(kinds)) <= 1, kinds
+    return bool(kinds) and kinds[0]
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Until *condition* holds (bounded: a failure, not a hang)."""
+    with anyio.fail_after(WAIT):
+        while not condition():  # noqa: ASYNC110 - transports and rtt have no event to wait on
+            await anyio.sleep(0.01)
+
+
+async def echoed(ws: ClientConnection, messages: list[bytes]) -> None:
+    for m in messages:
+        await ws.send(m)
+    with anyio.fail_after(WAIT):
+        assert [await ws.recv() for _ in messages] == messages
+
+
+async def test_an_open_session_is_relayed_and_its_close_handshake_restores_the_protocols() -> None:
+    async with backend() as b, running_proxy(make_config([b])) as ctx:
+        async with connect(url_of(ctx), ping_interval=None) as ws:
+            await echoed(ws, [b"x" * n for n in (0, 1, 125, 126, 65536)])
+            conn = the_connection(ctx)
+            assert relayed(conn)
+            client, upstream = conn._client, conn._upstream
+            await echoed(ws, [bytes([i]) * 64 for i in range(100)])
+            assert conn.view()["messages_to_backend"] == 5 + 100
+            assert conn.view()["messages_to_client"] == 5 + 100
+            await ws.close(4000, "done")
+        with anyio.fail_after(WAIT):
+            await b.connections[0].wait_closed()
+        assert (b.connections[0].close_code, b.connections[0].close_reason) == (4000, "done")
+        assert ws.close_code == 4000
+        assert conn.session.state is not SessionState.OPEN
+        for transport in (client, upstream):
+            assert transport is not None
+            assert not isinstance(transport.get_protocol(), RELAYS)
+
+
+async def test_heartbeats_go_on_under_the_relay() -> None:
+    """The proxy's pings go out and both peers' pongs (control frames: the driver's)
+    are read while the session is relayed."""
+    async with backend() as b:
+        config = make_config([b], heartbeat={"interval": "100ms", "timeout": "10s"})
+        async with running_proxy(config) as ctx, connect(url_of(ctx), ping_interval=None) as ws:
+            await echoed(ws, [b"first"])
+            conn = the_connection(ctx)
+            assert relayed(conn)
+            await until(lambda: len(conn.rtt) == 2)
+            assert relayed(conn)  # still OPEN: still relayed
+            await echoed(ws, [b"after the pongs"] * 20)
+
+
+@pytest.mark.parametrize("direction", ["to_backend", "to_client"])
+async def test_a_message_over_the_limit_closes_a_relayed_session_with_1009(
+    direction: str
+) -> None:
+    big = os.urandom(5000)
+
+    async def send_big(ws: ServerConnection) -> None:
+        await ws.recv()
+        await ws.send(big)
+        await ws.wait_closed()
+
+    kwargs = {"handler": send_big} if direction == "to_client" else {}
+    async with backend(**kwargs) as b:  # type: ignore[arg-type]
+        config = make_config([b], limits={"max_message_size": 4096})
+        async with running_proxy(config) as ctx, connect(url_of(ctx)) as ws:
+            if direction == "to_backend":
+                await echoed(ws, [b"small"])
+            else:
+                await until(lambda: len(ctx.registry.connections) == 1
+                            and the_connection(ctx).opened)
+            conn = the_connection(ctx)
+            assert relayed(conn)
+            await ws.send(big if direction == "to_backend" else b"go")
+            code, _ = await closed_by_proxy(ws)
+            assert code == 1009
+            assert not relayed(conn)
+        with anyio.fail_after(WAIT):
+            await b.connections[0].wait_closed()
+        assert b.connections[0].close_code == 1009
+
+
+async def test_a_drain_loses_no_accepted_message_of_a_relayed_stream() -> None:
+    received: list[bytes] = []
+    streaming = anyio.Event()
+
+    async def record(ws: ServerConnection) -> None:
+        async for message in ws:
+            received.append(message)  # type: ignore[arg-type]
+            if len(received) == 200:
+                streaming.set()
+
+    attempted: list[bytes] = []
+    sent: list[bytes] = []
+    async with backend(handler=record) as b, running_proxy(make_config([b])) as ctx, \
+            connect(url_of(ctx), ping_interval=None) as ws:
+
+        async def stream() -> None:
+            try:
+                for i in range(1_000_000):
+                    attempted.append(b"%d" % i)
+                    await ws.send(b"%d" % i)
+                    sent.append(b"%d" % i)
+                    if i % 16 == 0:
+                        await anyio.lowlevel.checkpoint()
+            except ConnectionClosed:
+                pass
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(stream)
+            with anyio.fail_after(WAIT):
+                await streaming.wait()
+            conn = the_connection(ctx)
+            assert relayed(conn)
+            ctx.drain(spread=0)
+            code, _ = await closed_by_proxy(ws)
+        with anyio.fail_after(WAIT):
+            await b.connections[0].wait_closed()
+    assert code == 1001
+    assert b.connections[0].close_code == 1001
+    assert received == attempted[: len(received)]
+    assert len(received) >= len(sent) > 200
+    assert not relayed(conn)
+
+
+async def test_a_backend_restarting_under_the_relay_gives_its_client_1012() -> None:
+    async def restart(ws: ServerConnection) -> None:
+        async for message in ws:
+            await ws.send(message)
+            if message == b"last":
+                await ws.close(1012, "restarting")
+
+    async with backend(handler=restart) as b, running_proxy(make_config([b])) as ctx, \
+            connect(url_of(ctx), ping_interval=None) as ws:
+        await echoed(ws, [b"a" * 64] * 50)
+        conn = the_connection(ctx)
+        assert relayed(conn)
+        await ws.send(b"last")
+        assert await ws.recv() == b"last"  # accepted before the close: not lost
+        code, _ = await closed_by_proxy(ws)
+    assert code == 1012
+    assert not relayed(conn)
+
+
+async def test_a_backend_that_does_not_read_stalls_a_relayed_client() -> None:
+    """Backpressure: the backend's full socket pauses reading the client (through the
+    relay's pause_writing), and resumes it once the backend reads again."""
+    reading = anyio.Event()
+    received: list[bytes] = []
+
+    async def slow(ws: ServerConnection) -> None:
+        received.append(await ws.recv())  # type: ignore[arg-type]
+        await reading.wait()
+        async for message in ws:
+            received.append(message)  # type: ignore[arg-type]
+
+    message = os.urandom(1 << 16)  # uncompressed: every byte on the wire
+    async with backend(handler=slow, max_size=None, compression=None) as b, \
+            running_proxy(make_config([b])) as ctx, \
+            connect(url_of(ctx), ping_interval=None, max_size=None, compression=None) as ws:
+        await ws.send(b"hello")
+        await until(lambda: len(received) == 1)
+        conn = the_connection(ctx)
+        assert relayed(conn)
+        client = conn._client
+        assert client is not None
+        sent = 0
+
+        async def flood() -> None:
+            nonlocal sent
+            for _ in range(FLOOD):  # far past every buffer on the way
+                await ws.send(message)
+                sent += 1
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(flood)
+            await until(lambda: not client.is_reading())  # type: ignore[attr-defined]
+            assert sent < FLOOD
+            assert relayed(conn)
+            reading.set()
+            await until(lambda: sent == FLOOD and len(received) == FLOOD + 1)
+        assert client.is_reading()  # type: ignore[attr-defined]
+        assert received[1:] == [message] * FLOOD
+        assert relayed(conn)
