@@ -280,8 +280,9 @@ class Connection(asyncio.Protocol):
     def receive(self, side: Side, data: bytes) -> None:
         session = self.session
         if session.state is _OPEN and self._dial is None:
-            # The hottest path: a read of whole data messages goes on as it came, one
-            # call to the session and one write (Session.relay).
+            # A read of whole data messages goes on as it came, one call to the session
+            # and one write (Session.relay): where io.direct's relay protocols are not
+            # on (a resumable session), or a read they handed back.
             through = session.relay(side, data)
             if through is not None:
                 transport = self._upstream if side is CLIENT else self._client

@@ -18,7 +18,9 @@ config file whichever driver serves it; the drivers reach this door through one-
 (io.connection.HttpDoor, io.http_relay.WebSocketDoor) and never each other.
 
 The listener's protocol is the client's Connection itself (``ClientProtocol``): its
-``data_received`` is the first call of every client read.
+``data_received`` is the first call of every client read until the session is OPEN;
+then a compiled relay protocol stands in front of it (wsproxy.io.direct) and hands
+it only the reads that are not whole data messages.
 """
 
 from __future__ import annotations
