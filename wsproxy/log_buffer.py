@@ -20,13 +20,6 @@ releases (C calls only: a threading.Event's set() and wait() run a Condition's P
 code on both threads, several thousand instructions a line). The writer takes up to
 ``BATCH`` lines per write.
 
-Wake-ups are batched: once woken, the writer lets ``BATCH_WAIT`` pass before it takes
-the queue (unless a batch is already there, or the buffer is closing), and the
-pending wake-up keeps ``put`` from signalling meanwhile. A busy proxy then pays one
-wake-up, one thread switch and one write for every few dozen lines instead of one
-for every line (~10k instructions a line before, two lines per connection); a line
-reaches stdout at most ``BATCH_WAIT`` later, in the same order, none lost.
-
 At exit (``close``, registered with ``atexit`` by wsproxy.log) the writer gets up to
 ``FLUSH_TIMEOUT`` seconds to write what is queued, the final ``proxy.stopped`` among
 it; a reader that is stuck cannot hold the process longer than that. The writer
@@ -41,7 +34,6 @@ import os
 import select
 import sys
 import threading
-import time
 from collections import deque
 from collections.abc import Callable
 from typing import Final
@@ -52,10 +44,6 @@ MAX_LINES: Final = 10_000
 BATCH: Final = 512
 #: How long exit waits for the queue to be written.
 FLUSH_TIMEOUT: Final = 5.0
-#: How long a woken writer lets lines gather before it writes them (module doc).
-BATCH_WAIT: Final = 0.002
-#: The writer's wait while lines gather (a test holds it).
-_gather = time.sleep
 
 
 class LineBuffer:
@@ -125,8 +113,6 @@ class LineBuffer:
         lines = self._lines
         while True:
             self._gate.acquire()
-            if len(lines) < BATCH and not self._closing:
-                _gather(BATCH_WAIT)  # let more lines come: put() does not signal meanwhile
             self._signalled = False
             while lines:
                 batch = [lines.popleft() for _ in range(min(len(lines), BATCH))]

@@ -13,7 +13,6 @@ import time
 
 import pytest
 
-from wsproxy import log_buffer
 from wsproxy.log_buffer import LineBuffer, fd_writer
 
 #: Bound on waits for the writer thread (normally microseconds).
@@ -138,28 +137,3 @@ def test_lines_from_several_threads_all_get_written_in_each_threads_order() -> N
     for n in range(4):
         assert [line for line in lines if line.startswith(f"t{n} ")] == [
             f"t{n} {i}" for i in range(5_000)]
-
-
-def test_lines_that_come_while_the_writer_gathers_go_out_in_one_write(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """One wake-up for many lines: the first put wakes the writer, the lines put while
-    it lets them gather (BATCH_WAIT, held here) wake nothing more and go out with it,
-    in order, in one write."""
-    gathering, go = threading.Event(), threading.Event()
-
-    def gather(seconds: float) -> None:
-        assert seconds == log_buffer.BATCH_WAIT
-        gathering.set()
-        assert go.wait(WAIT)
-
-    monkeypatch.setattr(log_buffer, "_gather", gather)
-    writes: list[bytes] = []
-    buffer = LineBuffer(writes.append)
-    buffer.put("0")
-    assert gathering.wait(WAIT)
-    for i in range(1, 100):
-        buffer.put(str(i))
-    go.set()
-    assert buffer.close()
-    assert writes == ["".join(f"{i}\n" for i in range(100)).encode()]
