@@ -130,16 +130,17 @@ class _Outbox:
     def send(self, message: bytes, fd: int) -> bool:
         if self._waiting:
             return self._wait(message, fd)
-        for _attempt in range(2):  # a replaced sibling: connect to its new inbox
+        for _attempt in range(2):
             try:
-                sock = self._connected()
-                socket.send_fds(sock, [message], [fd])
+                socket.send_fds(self._connected(), [message], [fd])
                 return True
             except BlockingIOError:
                 return self._wait(message, fd)
-            except (ConnectionRefusedError, FileNotFoundError, OSError) as exc:
+            except OSError as exc:
                 self._reset()
-                if isinstance(exc, FileNotFoundError) or exc.errno == errno.EMSGSIZE:
+                # Refused: the sibling that was connected to died; its replacement's
+                # inbox (the same path) gets one more try. Anything else: no way.
+                if exc.errno != errno.ECONNREFUSED:
                     return False
         return False
 
