@@ -75,9 +75,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if not _is_property_test(item):
             continue
-        own = item.get_closest_marker("timeout")
-        own_timeout = (own.args or [own.kwargs.get("timeout", 0)])[0] if own else 0
-        if own_timeout < PROPERTY_TEST_TIMEOUT:
+        if _own_timeout(item) < PROPERTY_TEST_TIMEOUT:
             item.add_marker(pytest.mark.timeout(PROPERTY_TEST_TIMEOUT), append=False)
 
 
@@ -117,9 +115,14 @@ def _run_lock_dir(config: pytest.Config) -> Path | None:
 
 def _stuck_after(item: pytest.Item) -> float:
     """How long *item* may run before its worker is presumed stuck (see _watchdog)."""
+    timeout = _own_timeout(item) or item.config.getini("timeout") or 0
+    return 2 * float(timeout) + HANG_GRACE
+
+
+def _own_timeout(item: pytest.Item) -> float:
+    """*item*'s ``timeout`` marker (0: none)."""
     own = item.get_closest_marker("timeout")
-    timeout = (own.args or [own.kwargs.get("timeout", 0)])[0] if own else 0
-    return 2 * float(timeout or item.config.getini("timeout") or 0) + HANG_GRACE
+    return float((own.args or [own.kwargs.get("timeout", 0)])[0]) if own else 0.0
 
 
 def _stacks_file(run_dir: Path, nodeid: str) -> Path:

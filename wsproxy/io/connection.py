@@ -630,15 +630,20 @@ class Connection(asyncio.Protocol):
     def forget(self) -> None:
         """The client went to another process (io.handoff) with the bytes it sent:
         this connection ends without a trace, closing only its own descriptor."""
+        transport = self._let_client_go()
+        self.ctx.connection_moved(self)
+        transport.set_protocol(asyncio.Protocol())  # its connection_lost is no news
+        transport.abort()
+
+    def _let_client_go(self) -> asyncio.Transport:
+        """The client's transport, no longer this connection's (it goes elsewhere)."""
         transport = self._client
         assert transport is not None
         self._client = None
         self._open_transports -= 1
-        self._cancel_timer()
         self.session.abort()
-        self.ctx.connection_moved(self)
-        transport.set_protocol(asyncio.Protocol())  # its connection_lost is no news
-        transport.abort()
+        self._cancel_timer()
+        return transport
 
     @property
     def held(self) -> bool:
@@ -648,13 +653,8 @@ class Connection(asyncio.Protocol):
     def take_client(self) -> asyncio.Transport:
         """A resume attempt hands its socket to the session it resumes; this
         connection ends (its outcome: failed, "resumed")."""
-        transport = self._client
-        assert transport is not None
-        self._client = None
-        self._open_transports -= 1
         self.failure = "resumed"
-        self.session.abort()
-        self._cancel_timer()
+        transport = self._let_client_go()
         if self._open_transports == 0:
             self._finished()
         return transport
