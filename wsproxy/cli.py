@@ -151,10 +151,11 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         os.write(args.report_fd, f"{ctx.admin_address[1]}\n".encode())
         os.close(args.report_fd)
 
-    on_count = CountSlots(args.count, args.counts_fd).setter(args.index)
+    slots = CountSlots(args.count, args.counts_fd)
     drained = Drained(args.drained_proxy, frozenset(args.drained_backend))
     return _run_async(_serve_until_signal, adapt(config), args.config, report,
-                      {"sockets": sockets, "adapt": adapt, "on_count": on_count,
+                      {"sockets": sockets, "adapt": adapt, "on_count": slots.setter(args.index),
+                       "pool": slots.pool(args.index),
                        "drained": drained, "handoff": (args.handoff_dir, args.index)})
 
 

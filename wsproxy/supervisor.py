@@ -48,7 +48,7 @@ from wsproxy.control.rebalance import Rebalancer
 from wsproxy.core.admission import TokenBucket, limit_retry_ms
 from wsproxy.core.closes import PROXY_STOPPED, TRY_AGAIN, with_hint
 from wsproxy.core.handshake import Forwarding
-from wsproxy.core.registry import Registry
+from wsproxy.core.registry import Pool, Registry
 from wsproxy.core.states import Side
 from wsproxy.errors import ConfigError
 from wsproxy.io.connection import Connection
@@ -99,7 +99,7 @@ class ProxyContext:
     def __init__(
         self, config: ProxyConfig, *, task_group: TaskGroup, config_path: str | None = None,
         adapt: Callable[[ProxyConfig], ProxyConfig] | None = None,
-        on_count: Callable[[int], None] | None = None,
+        on_count: Callable[[int], None] | None = None, pool: Pool | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
         #: A worker's way to hand a resume to the sibling that holds its session.
@@ -121,6 +121,8 @@ class ProxyContext:
         #: X-Forwarded-Proto: the listener's scheme, fixed at startup as listen.* is.
         self.forwarded_proto = forwarded_proto(config)
         self.registry: Registry[Connection] = Registry(max_connections=0, max_per_ip=0)
+        #: A worker's: max_connections counted over all the workers (wsproxy.workers).
+        self.registry.pool = pool
         self.addresses: list[tuple[str, int]] = []
         self.admin_address: tuple[str, int] | None = None
         self._last_accept_warning = float("-inf")
@@ -605,6 +607,7 @@ async def serve(
     sockets: list[socket.socket] | None = None,
     adapt: Callable[[ProxyConfig], ProxyConfig] | None = None,
     on_count: Callable[[int], None] | None = None,
+    pool: Pool | None = None,
     drained: Drained | None = None,
     handoff: tuple[str, int] | None = None,
     task_status: TaskStatus[ProxyContext] = anyio.TASK_STATUS_IGNORED,
@@ -614,7 +617,8 @@ async def serve(
     ``task_status`` gets the ProxyContext, whose ``addresses`` are the bound ones. A
     worker process (wsproxy.workers) passes the listening *sockets* its parent bound,
     and *adapt*, applied to each config file it reloads (*config* is adapted already);
-    *on_count* is told the number of connections at each change; *drained* is what an
+    *on_count* is told the number of connections at each change; *pool* counts
+    ``max_connections`` over the workers (core.registry.Pool); *drained* is what an
     operator drained before a replaced worker started, in force before it listens;
     *handoff* is a worker's (directory, index) for io.handoff, used with a plain
     listener (a TLS client cannot move to another process).
@@ -625,7 +629,7 @@ async def serve(
     try:
         async with anyio.create_task_group() as tg:
             ctx = ProxyContext(config, task_group=tg, config_path=config_path, adapt=adapt,
-                               on_count=on_count)
+                               on_count=on_count, pool=pool)
             loop.set_exception_handler(ctx.loop_exception)
             if drained is not None:
                 drained.apply(ctx)

@@ -8,6 +8,7 @@ lines and close frames; timing checks are lower bounds only.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -15,7 +16,7 @@ import signal
 import ssl
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -196,7 +197,7 @@ async def test_one_proxy_admin_metrics_and_a_drain_spread_over_both(tmp_path: Pa
         assert proxy.count("worker.exited") == 0
 
 
-async def test_limits_are_the_proxys_shares(tmp_path: Path) -> None:
+async def test_limits_are_the_proxys(tmp_path: Path) -> None:
     async with workers(tmp_path, limits="{max_connections: 4, max_connections_per_ip: 2}"
                        ) as (proxy, admin, path), AsyncExitStack() as stack:
         admitted: list[ClientConnection] = []
@@ -214,12 +215,11 @@ async def test_limits_are_the_proxys_shares(tmp_path: Path) -> None:
         for _ in range(6):  # one address: 2 for the proxy (1 for each worker)
             await attempt("127.0.0.1")
         assert 1 <= len(admitted) <= 2, len(admitted)
-        for last_byte in range(2, 10):  # 4 for the proxy (2 for each worker)
+        for last_byte in range(2, 10):  # 4 for the proxy, wherever they land
             await attempt(f"127.0.0.{last_byte}")
         conns = await admin.connections()
-        assert 2 <= len(conns) == len(admitted) <= 4
-        assert all(sum(c["worker"] == w for c in conns) <= 2 for w in (0, 1))
-        assert refused == [503] * (14 - len(admitted))
+        assert len(conns) == len(admitted) == 4
+        assert refused == [503] * 10
         for ws in admitted:
             await ws.close()
         await proxy.wait_for(lambda: proxy.count("connection.closed") == len(admitted),
@@ -235,6 +235,44 @@ async def test_limits_are_the_proxys_shares(tmp_path: Path) -> None:
             await attempt(f"127.0.0.{last_byte}")
         elapsed = anyio.current_time() - started
         assert 1 <= len(admitted) <= 2 + elapsed * 1, (len(admitted), elapsed)
+
+
+async def test_max_connections_counts_every_workers_connections(tmp_path: Path) -> None:
+    """Whichever worker the kernel hands them to: one worker alone takes all of the
+    limit, and a worker counts what the other one holds."""
+    async with workers(tmp_path, limits="{max_connections: 3}") as (proxy, _, _), \
+            AsyncExitStack() as stack:
+        first, second = (r["pid"] for r in proxy.events("worker.ready"))
+        opened: list[ClientConnection] = []
+
+        async def attempt(source: str) -> int:
+            try:
+                ws = await stack.enter_async_context(
+                    connect(proxy.url, local_addr=(source, 0)))
+            except InvalidStatus as exc:
+                return exc.response.status_code
+            await echo(ws)
+            opened.append(ws)
+            return 101
+
+        with stopped(first):  # the second worker takes these
+            assert [await attempt(f"127.0.0.{n}") for n in (2, 3)] == [101, 101]
+        with stopped(second):  # the first one: one slot left for the proxy
+            assert [await attempt(f"127.0.0.{n}") for n in (4, 5)] == [101, 503]
+        await opened[0].close()  # the second worker's
+        await proxy.wait_for(lambda: proxy.count("connection.closed") == 1, "a slot back")
+        with stopped(second):
+            assert [await attempt(f"127.0.0.{n}") for n in (6, 7)] == [101, 503]
+
+
+@contextlib.contextmanager
+def stopped(pid: int) -> Iterator[None]:
+    """The worker *pid* stopped (SIGSTOP) for the block: the other one accepts."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
 
 
 async def test_killed_worker_replaced_sighup_and_sigterm(tmp_path: Path) -> None:

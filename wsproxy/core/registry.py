@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 T = TypeVar("T")
+
+
+class Pool(Protocol):
+    """``max_connections`` shared by several processes (``workers: N``): each one
+    publishes what it holds, and a slot is claimed against the sum of all of them."""
+
+    def claim(self, held: int, limit: int) -> bool:
+        """One slot more for a process that holds *held*: published (*held* + 1) if
+        all the processes together hold fewer than *limit*, else refused."""
+        ...
+
+    def publish(self, held: int) -> None:
+        """This process now holds *held*."""
+        ...
 
 
 class Registry(Generic[T]):
@@ -30,6 +44,10 @@ class Registry(Generic[T]):
     the slot until it takes it over (``take_over()``) or ends. One attempt at a
     time per session, so the limits are exceeded by at most one short-lived attempt
     per held session.
+
+    With a *pool* (``workers: N``), ``max_connections`` is the proxy's, counted
+    over every worker: this registry claims each slot from the pool, and publishes
+    its count at each change.
     """
 
     def __init__(self, *, max_connections: int, max_per_ip: int) -> None:
@@ -45,6 +63,8 @@ class Registry(Generic[T]):
         self._per_ip: dict[str, int] = {}
         #: Attempts admitted in place of a session: attempt id -> (session id, address).
         self._sharing: dict[str, tuple[str, str]] = {}
+        #: None: max_connections is this process's alone.
+        self.pool: Pool | None = None
 
     def __len__(self) -> int:
         return len(self.connections)
@@ -54,14 +74,20 @@ class Registry(Generic[T]):
 
     def _refusal(self, ip: str | None, given_back: str | None = None) -> str | None:
         """Why one more connection from *ip* would be one too many (None: per-IP not
-        applied), if it would; *given_back*: the address of a slot counted as free."""
+        applied), if it would; *given_back*: the address of a slot counted as free.
+        None means the slot is counted in: with a pool, it has been claimed."""
         total = len(self._admitted) + self.handshakes - (given_back is not None)
-        if total >= self.max_connections:
+        pool = self.pool
+        if pool is None and total >= self.max_connections:
             return "too many connections"
         if ip is not None and self.max_per_ip and (
             self._per_ip.get(ip, 0) - (given_back == ip) >= self.max_per_ip
         ):
             return "too many connections from this address"
+        # A shared slot (given back) adds nothing to what the pool counts.
+        if pool is not None and given_back is None and not pool.claim(
+                total, self.max_connections):
+            return "too many connections"
         return None
 
     def admit(self, conn_id: str, ip: str, in_place_of: str | None = None) -> str | None:
@@ -102,6 +128,7 @@ class Registry(Generic[T]):
         self.handshakes -= 1
         if ip is not None:
             self._forget_ip(ip)
+        self._publish()
 
     def take_over(self, conn_id: str, taker_id: str) -> None:
         """*conn_id* goes on in *taker_id*'s slot, under its address, and gives its own
@@ -123,6 +150,7 @@ class Registry(Generic[T]):
         self._admitted[conn_id] = ip
         if old is not None:
             self._forget_ip(old)
+        self._publish()
 
     def remove(self, conn_id: str) -> None:
         self.connections.pop(conn_id, None)
@@ -130,6 +158,12 @@ class Registry(Generic[T]):
         ip = self._admitted.pop(conn_id, None)
         if ip is not None:
             self._forget_ip(ip)
+            self._publish()
+
+    def _publish(self) -> None:
+        """Tell the pool what this process holds now (a slot was given back)."""
+        if self.pool is not None:
+            self.pool.publish(len(self._admitted) + self.handshakes)
 
     def _forget_ip(self, ip: str) -> None:
         per_ip = self._per_ip
