@@ -133,8 +133,9 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
     import structlog
 
+    from wsproxy.io.shared_counts import SharedCounts
     from wsproxy.supervisor import Drained
-    from wsproxy.workers import TOKEN_ENV, CountSlots, die_with_parent, worker_config
+    from wsproxy.workers import TOKEN_ENV, die_with_parent, worker_config
 
     die_with_parent(args.parent)
     token = os.environ.pop(TOKEN_ENV)
@@ -151,7 +152,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         os.write(args.report_fd, f"{ctx.admin_address[1]}\n".encode())
         os.close(args.report_fd)
 
-    slots = CountSlots(args.count, args.counts_fd)
+    slots = SharedCounts(args.count, fd=args.counts_fd)
     drained = Drained(args.drained_proxy, frozenset(args.drained_backend))
     return _run_async(_serve_until_signal, adapt(config), args.config, report,
                       {"sockets": sockets, "adapt": adapt, "on_count": slots.setter(args.index),

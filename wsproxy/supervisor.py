@@ -48,7 +48,7 @@ from wsproxy.control.rebalance import Rebalancer
 from wsproxy.core.admission import TokenBucket, limit_retry_ms
 from wsproxy.core.closes import PROXY_STOPPED, TRY_AGAIN, with_hint
 from wsproxy.core.handshake import Forwarding
-from wsproxy.core.registry import Pool, Registry
+from wsproxy.core.registry import Pool, Registry, SharedRegistry
 from wsproxy.core.states import Side
 from wsproxy.errors import ConfigError
 from wsproxy.io.connection import Connection
@@ -120,9 +120,10 @@ class ProxyContext:
         self.startup_config = config
         #: X-Forwarded-Proto: the listener's scheme, fixed at startup as listen.* is.
         self.forwarded_proto = forwarded_proto(config)
-        self.registry: Registry[Connection] = Registry(max_connections=0, max_per_ip=0)
-        #: A worker's: max_connections counted over all the workers (wsproxy.workers).
-        self.registry.pool = pool
+        #: A worker's (a pool): the limits count every worker's connections.
+        self.registry: Registry[Connection] = (
+            Registry(max_connections=0, max_per_ip=0) if pool is None
+            else SharedRegistry(max_connections=0, max_per_ip=0, pool=pool))
         self.addresses: list[tuple[str, int]] = []
         self.admin_address: tuple[str, int] | None = None
         self._last_accept_warning = float("-inf")
@@ -151,6 +152,7 @@ class ProxyContext:
         self.balancer.policy = config.balance.policy
         self.registry.max_connections = config.limits.max_connections
         self.registry.max_per_ip = config.limits.max_connections_per_ip
+        self.registry.limits_changed()
         self.http.pool.size = config.http.pool_size
         self.backend_ssl = backend_ssl
         rate = config.admission.max_upgrade_rate
@@ -618,7 +620,7 @@ async def serve(
     worker process (wsproxy.workers) passes the listening *sockets* its parent bound,
     and *adapt*, applied to each config file it reloads (*config* is adapted already);
     *on_count* is told the number of connections at each change; *pool* counts
-    ``max_connections`` over the workers (core.registry.Pool); *drained* is what an
+    the connection limits over the workers (core.registry.Pool); *drained* is what an
     operator drained before a replaced worker started, in force before it listens;
     *handoff* is a worker's (directory, index) for io.handoff, used with a plain
     listener (a TLS client cannot move to another process).

@@ -5,9 +5,9 @@ descriptors, not ``SO_REUSEPORT``): one accept queue that every worker takes fro
 a worker that dies loses no connection waiting in its own queue, and the port stays
 bound while it is replaced. Each worker is ``wsproxy _worker``, a process of its own
 (spawned, not forked: nothing of the parent's event loop or threads is inherited)
-that runs today's ``serve()`` on those sockets with its share of the per-address
-and rate limits (``worker_config``), ``max_connections`` counted over all of them
-(``SharedPool``), and its own admin listener on 127.0.0.1, private to the parent
+that runs today's ``serve()`` on those sockets with its share of the rate limits
+(``worker_config``), the connection limits counted over all of them
+(wsproxy.io.shared_counts), and its own admin listener on 127.0.0.1, private to the parent
 (a random token that only the parent knows).
 
 The parent serves the admin API on ``admin.host:admin.port`` (``ParentAdmin``): it
@@ -26,22 +26,19 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
-import fcntl
 import json
 import math
-import mmap
 import os
 import secrets
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any, Final
 from urllib.parse import urlencode
 
@@ -57,6 +54,7 @@ from wsproxy.auth.factory import build_authenticator
 from wsproxy.config import ProxyConfig, parse_config_text, read_config_text
 from wsproxy.errors import ConfigError
 from wsproxy.io.listen_socket import listening_sockets
+from wsproxy.io.shared_counts import SharedCounts, table_size
 from wsproxy.log import get_logger
 from wsproxy.supervisor import LISTEN_BACKLOG, STARTUP_ONLY, Drained, log_restart_needed
 from wsproxy.tls import backend_context, server_context
@@ -90,17 +88,13 @@ def _share(total: int, index: int, count: int) -> int:
 
 
 def worker_config(config: ProxyConfig, index: int, count: int, token: str) -> ProxyConfig:
-    """What worker *index* of *count* runs under: its share of the proxy's per-address
-    and rate limits and close rate (max_connections is the proxy's: SharedPool), and
-    its private admin listener."""
-    limits, admission, drain = config.limits, config.admission, config.drain
+    """What worker *index* of *count* runs under: its share of the proxy's upgrade
+    rate and close rate (the connection limits are the proxy's, counted over all the
+    workers: wsproxy.io.shared_counts), and its private admin listener."""
+    admission, drain = config.admission, config.drain
     return dataclasses.replace(
         config,
         admin=dataclasses.replace(config.admin, host="127.0.0.1", port=0, token=token),
-        limits=dataclasses.replace(
-            limits,
-            max_connections_per_ip=_share(limits.max_connections_per_ip, index, count),
-        ),
         admission=dataclasses.replace(
             admission,
             max_upgrade_rate=admission.max_upgrade_rate / count,
@@ -109,76 +103,6 @@ def worker_config(config: ProxyConfig, index: int, count: int, token: str) -> Pr
         drain=dataclasses.replace(drain, max_close_rate=drain.max_close_rate / count),
         workers=1,
     )
-
-
-class CountSlots:
-    """Each worker's numbers, in memory shared with the parent (a memfd of two 8-byte
-    slots per worker): its connections, what a worker that dies took with it, and
-    the connections it counts against ``max_connections`` (its ``SharedPool``)."""
-
-    SLOT: Final = struct.Struct("<q")
-
-    def __init__(self, count: int, fd: int | None = None) -> None:
-        if fd is None:
-            fd = os.memfd_create("wsproxy-workers")  # close-on-exec: only pass_fds hands it on
-            os.ftruncate(fd, self.SLOT.size * 2 * count)
-        self.fd = fd
-        self.count = count
-        self.memory = mmap.mmap(fd, self.SLOT.size * 2 * count)
-
-    def setter(self, index: int) -> Callable[[int], None]:
-        """What worker *index* calls with its count."""
-        memory, offset, pack = self.memory, index * self.SLOT.size, self.SLOT.pack_into
-        return lambda value: pack(memory, offset, value)
-
-    def pool(self, index: int) -> SharedPool:
-        """Worker *index*'s side of ``max_connections``, shared by all the workers."""
-        return SharedPool(self, index)
-
-    def take(self, index: int) -> int:
-        """Worker *index*'s last count, and its slots back to 0 (it has exited)."""
-        (value,) = self.SLOT.unpack_from(self.memory, index * self.SLOT.size)
-        self.SLOT.pack_into(self.memory, index * self.SLOT.size, 0)
-        self.SLOT.pack_into(self.memory, (self.count + index) * self.SLOT.size, 0)
-        return int(value)
-
-
-class SharedPool:
-    """``limits.max_connections`` over every worker (core.registry.Pool).
-
-    Each worker publishes what it counts in its own slot; a claim adds up all the
-    slots and publishes one more if the sum is under the limit. The sum and the
-    publication happen under a POSIX record lock on the shared memory (``lockf``:
-    one holder among the processes, given back by the kernel if its holder dies),
-    so two workers never both take the last slot. Giving back needs no lock: a
-    smaller count never lets anyone over the limit.
-    """
-
-    def __init__(self, slots: CountSlots, index: int) -> None:
-        self._fd = slots.fd
-        self._memory = slots.memory
-        self._all = struct.Struct(f"<{slots.count}q")
-        self._offset = self._all.size + index * CountSlots.SLOT.size
-
-    def claim(self, held: int, limit: int) -> bool:
-        fcntl.lockf(self._fd, fcntl.LOCK_EX)
-        try:
-            # Everyone's count, this worker's as it is now (its slot may lag by the
-            # slot it gives back without the lock, never by more).
-            others = sum(self._all.unpack_from(self._memory, self._all.size)) - self._mine()
-            if others + held >= limit:
-                return False
-            CountSlots.SLOT.pack_into(self._memory, self._offset, held + 1)
-            return True
-        finally:
-            fcntl.lockf(self._fd, fcntl.LOCK_UN)
-
-    def publish(self, held: int) -> None:
-        CountSlots.SLOT.pack_into(self._memory, self._offset, held)
-
-    def _mine(self) -> int:
-        (value,) = CountSlots.SLOT.unpack_from(self._memory, self._offset)
-        return int(value)
 
 
 def die_with_parent(parent: int) -> None:
@@ -227,7 +151,7 @@ class Parent:
         self.exits: Counter[str] = Counter()
         #: Connections that workers held when they exited unasked (their clients cut).
         self.cut = 0
-        self.counts = CountSlots(self.count)
+        self.counts = SharedCounts(self.count, table_size(config.limits.max_connections))
         self.started_once = [anyio.Event() for _ in range(self.count)]
         self._pids: dict[int, int] = {}
         #: The operator's drains that every worker took: a replacement starts with them.

@@ -212,9 +212,9 @@ async def test_limits_are_the_proxys(tmp_path: Path) -> None:
             else:
                 admitted.append(ws)
 
-        for _ in range(6):  # one address: 2 for the proxy (1 for each worker)
+        for _ in range(6):  # one address: 2 for the proxy, wherever they land
             await attempt("127.0.0.1")
-        assert 1 <= len(admitted) <= 2, len(admitted)
+        assert len(admitted) == 2
         for last_byte in range(2, 10):  # 4 for the proxy, wherever they land
             await attempt(f"127.0.0.{last_byte}")
         conns = await admin.connections()
@@ -237,11 +237,12 @@ async def test_limits_are_the_proxys(tmp_path: Path) -> None:
         assert 1 <= len(admitted) <= 2 + elapsed * 1, (len(admitted), elapsed)
 
 
-async def test_max_connections_counts_every_workers_connections(tmp_path: Path) -> None:
-    """Whichever worker the kernel hands them to: one worker alone takes all of the
+async def test_the_connection_limits_count_every_workers_connections(
+        tmp_path: Path) -> None:
+    """Whichever worker the kernel hands them to: one worker alone takes all of a
     limit, and a worker counts what the other one holds."""
-    async with workers(tmp_path, limits="{max_connections: 3}") as (proxy, _, _), \
-            AsyncExitStack() as stack:
+    async with workers(tmp_path, limits="{max_connections: 3, max_connections_per_ip: 2}"
+                       ) as (proxy, _, _), AsyncExitStack() as stack:
         first, second = (r["pid"] for r in proxy.events("worker.ready"))
         opened: list[ClientConnection] = []
 
@@ -256,13 +257,13 @@ async def test_max_connections_counts_every_workers_connections(tmp_path: Path) 
             return 101
 
         with stopped(first):  # the second worker takes these
-            assert [await attempt(f"127.0.0.{n}") for n in (2, 3)] == [101, 101]
-        with stopped(second):  # the first one: one slot left for the proxy
-            assert [await attempt(f"127.0.0.{n}") for n in (4, 5)] == [101, 503]
+            assert [await attempt("127.0.0.2") for _ in range(2)] == [101, 101]
+        with stopped(second):  # the first one: the address is full, one slot is left
+            assert [await attempt(f"127.0.0.{n}") for n in (2, 3, 4)] == [503, 101, 503]
         await opened[0].close()  # the second worker's
         await proxy.wait_for(lambda: proxy.count("connection.closed") == 1, "a slot back")
         with stopped(second):
-            assert [await attempt(f"127.0.0.{n}") for n in (6, 7)] == [101, 503]
+            assert [await attempt(f"127.0.0.{n}") for n in (2, 4)] == [101, 503]
 
 
 @contextlib.contextmanager

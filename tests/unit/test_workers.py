@@ -56,15 +56,16 @@ def test_a_workers_shares_sum_to_the_proxys_limits() -> None:
                    admission={"max_upgrade_rate": 10, "burst": 3},
                    drain={"max_close_rate": 8}, admin={"token": "operator"})
     shares = [worker_config(config, i, 2, "private") for i in range(2)]
-    assert {s.limits.max_connections for s in shares} == {5}  # counted over all (SharedPool)
-    assert [s.limits.max_connections_per_ip for s in shares] == [1, 1]  # at least 1 each
+    # The connection limits are counted over all the workers (io.shared_counts).
+    assert {(s.limits.max_connections, s.limits.max_connections_per_ip)
+            for s in shares} == {(5, 1)}
     assert [s.admission.burst for s in shares] == [2, 1]
     assert {s.admission.max_upgrade_rate for s in shares} == {5.0}
     assert {s.drain.max_close_rate for s in shares} == {4.0}
     assert {(s.admin.host, s.admin.port, s.admin.token) for s in shares} == {
         ("127.0.0.1", 0, "private")}
     unlimited = worker_config(parse(), 0, 2, "t")
-    assert (unlimited.limits.max_connections_per_ip, unlimited.drain.max_close_rate) == (0, 0)
+    assert (unlimited.admission.burst, unlimited.drain.max_close_rate) == (0, 0)
 
 
 SCRAPE = """\

@@ -2,23 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Generic, Protocol, TypeVar
 
 T = TypeVar("T")
-
-
-class Pool(Protocol):
-    """``max_connections`` shared by several processes (``workers: N``): each one
-    publishes what it holds, and a slot is claimed against the sum of all of them."""
-
-    def claim(self, held: int, limit: int) -> bool:
-        """One slot more for a process that holds *held*: published (*held* + 1) if
-        all the processes together hold fewer than *limit*, else refused."""
-        ...
-
-    def publish(self, held: int) -> None:
-        """This process now holds *held*."""
-        ...
 
 
 class Registry(Generic[T]):
@@ -45,9 +32,8 @@ class Registry(Generic[T]):
     time per session, so the limits are exceeded by at most one short-lived attempt
     per held session.
 
-    With a *pool* (``workers: N``), ``max_connections`` is the proxy's, counted
-    over every worker: this registry claims each slot from the pool, and publishes
-    its count at each change.
+    With ``workers: N`` each worker has a SharedRegistry: the limits count the
+    connections of every worker.
     """
 
     def __init__(self, *, max_connections: int, max_per_ip: int) -> None:
@@ -63,8 +49,6 @@ class Registry(Generic[T]):
         self._per_ip: dict[str, int] = {}
         #: Attempts admitted in place of a session: attempt id -> (session id, address).
         self._sharing: dict[str, tuple[str, str]] = {}
-        #: None: max_connections is this process's alone.
-        self.pool: Pool | None = None
 
     def __len__(self) -> int:
         return len(self.connections)
@@ -72,22 +56,21 @@ class Registry(Generic[T]):
     def add(self, conn_id: str, conn: T) -> None:
         self.connections[conn_id] = conn
 
-    def _refusal(self, ip: str | None, given_back: str | None = None) -> str | None:
+    def limits_changed(self) -> None:
+        """``max_connections`` or ``max_per_ip`` were set anew (a reload)."""
+
+    def _refusal(self, ip: str | None, given_back: str | None = None,
+                 elsewhere: int = 0, elsewhere_at_ip: int = 0) -> str | None:
         """Why one more connection from *ip* would be one too many (None: per-IP not
-        applied), if it would; *given_back*: the address of a slot counted as free.
-        None means the slot is counted in: with a pool, it has been claimed."""
+        applied), if it would; *given_back*: the address of a slot counted as free;
+        *elsewhere*, *elsewhere_at_ip*: what other workers count, in all and at *ip*."""
         total = len(self._admitted) + self.handshakes - (given_back is not None)
-        pool = self.pool
-        if pool is None and total >= self.max_connections:
+        if total + elsewhere >= self.max_connections:
             return "too many connections"
         if ip is not None and self.max_per_ip and (
-            self._per_ip.get(ip, 0) - (given_back == ip) >= self.max_per_ip
+            self._per_ip.get(ip, 0) - (given_back == ip) + elsewhere_at_ip >= self.max_per_ip
         ):
             return "too many connections from this address"
-        # A shared slot (given back) adds nothing to what the pool counts.
-        if pool is not None and given_back is None and not pool.claim(
-                total, self.max_connections):
-            return "too many connections"
         return None
 
     def admit(self, conn_id: str, ip: str, in_place_of: str | None = None) -> str | None:
@@ -128,7 +111,6 @@ class Registry(Generic[T]):
         self.handshakes -= 1
         if ip is not None:
             self._forget_ip(ip)
-        self._publish()
 
     def take_over(self, conn_id: str, taker_id: str) -> None:
         """*conn_id* goes on in *taker_id*'s slot, under its address, and gives its own
@@ -150,7 +132,6 @@ class Registry(Generic[T]):
         self._admitted[conn_id] = ip
         if old is not None:
             self._forget_ip(old)
-        self._publish()
 
     def remove(self, conn_id: str) -> None:
         self.connections.pop(conn_id, None)
@@ -158,12 +139,6 @@ class Registry(Generic[T]):
         ip = self._admitted.pop(conn_id, None)
         if ip is not None:
             self._forget_ip(ip)
-            self._publish()
-
-    def _publish(self) -> None:
-        """Tell the pool what this process holds now (a slot was given back)."""
-        if self.pool is not None:
-            self.pool.publish(len(self._admitted) + self.handshakes)
 
     def _forget_ip(self, ip: str) -> None:
         per_ip = self._per_ip
@@ -172,3 +147,104 @@ class Registry(Generic[T]):
             per_ip.pop(ip, None)
         else:
             per_ip[ip] = left
+
+
+class Pool(Protocol):
+    """What the workers of ``workers: N`` count together (wsproxy.io.shared_counts):
+    each worker publishes its own counts, and reads the others' under one lock."""
+
+    def lock(self) -> None:
+        """Until unlock(): no other worker reads or publishes."""
+
+    def unlock(self) -> None: ...
+
+    def others(self) -> int:
+        """What the other workers count against max_connections."""
+        ...
+
+    def others_at(self, ip: str) -> int:
+        """What the other workers count under the address *ip*."""
+        ...
+
+    def publish(self, held: int, addresses: Mapping[str, int]) -> None:
+        """This worker now counts *held*, and *addresses* (each address's count,
+        0: none any more) of those under them."""
+
+    def publish_all(self, per_ip: Mapping[str, int]) -> None:
+        """This worker's count by address is *per_ip*, no other (empty: tracks none)."""
+
+
+class SharedRegistry(Registry[T]):
+    """A worker's Registry (``workers: N``): the limits count every worker's
+    connections, read from the *pool* and the check and the count in under its lock
+    (two workers never both take the last slot); each change is published there.
+
+    Addresses are published only while ``max_per_ip`` is on (a reload that turns it
+    on publishes this worker's whole count by address, one that turns it off
+    withdraws it: ``limits_changed()``)."""
+
+    def __init__(self, *, max_connections: int, max_per_ip: int, pool: Pool) -> None:
+        super().__init__(max_connections=max_connections, max_per_ip=max_per_ip)
+        self.pool = pool
+        self._publishing_addresses = False
+
+    def _refusal(self, ip: str | None, given_back: str | None = None,
+                 elsewhere: int = 0, elsewhere_at_ip: int = 0) -> str | None:
+        pool = self.pool
+        at_ip = pool.others_at(ip) if ip is not None and self.max_per_ip else 0
+        return super()._refusal(ip, given_back, pool.others(), at_ip)
+
+    def limits_changed(self) -> None:
+        self.pool.lock()
+        self._publish()
+
+    def admit(self, conn_id: str, ip: str, in_place_of: str | None = None) -> str | None:
+        self.pool.lock()
+        try:
+            return super().admit(conn_id, ip, in_place_of)
+        finally:
+            self._publish(ip)
+
+    def handshake_started(self, ip: str | None) -> str | None:
+        self.pool.lock()
+        try:
+            return super().handshake_started(ip)
+        finally:
+            self._publish(ip)
+
+    def handshake_ended(self, ip: str | None) -> None:
+        self.pool.lock()
+        try:
+            super().handshake_ended(ip)
+        finally:
+            self._publish(ip)
+
+    def take_over(self, conn_id: str, taker_id: str) -> None:
+        before = self._admitted.get(conn_id)
+        self.pool.lock()
+        try:
+            super().take_over(conn_id, taker_id)
+        finally:
+            self._publish(before, self._admitted.get(conn_id))
+
+    def remove(self, conn_id: str) -> None:
+        ip = self._admitted.get(conn_id)
+        self.pool.lock()
+        try:
+            super().remove(conn_id)
+        finally:
+            self._publish(ip)
+
+    def _publish(self, *changed: str | None) -> None:
+        """Publish this worker's counts (those of the *changed* addresses), and let
+        the lock go."""
+        pool, per_ip = self.pool, self._per_ip
+        try:
+            if bool(self.max_per_ip) != self._publishing_addresses:
+                self._publishing_addresses = bool(self.max_per_ip)
+                pool.publish_all(per_ip if self._publishing_addresses else {})
+            addresses = ({ip: per_ip.get(ip, 0) for ip in changed if ip is not None}
+                         if self._publishing_addresses else {})
+            pool.publish(len(self._admitted) + self.handshakes, addresses)
+        finally:
+            pool.unlock()
