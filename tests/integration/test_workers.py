@@ -197,29 +197,33 @@ async def test_one_proxy_admin_metrics_and_a_drain_spread_over_both(tmp_path: Pa
         assert proxy.count("worker.exited") == 0
 
 
+async def upgrade(proxy: Running, source: str, stack: AsyncExitStack,
+                  opened: list[ClientConnection]) -> int:
+    """One upgrade from the address *source*: 101 (the connection echoed once and
+    kept in *opened*, open until *stack* ends) or the status it was refused with."""
+    try:
+        ws = await stack.enter_async_context(connect(proxy.url, local_addr=(source, 0)))
+    except InvalidStatus as exc:
+        return exc.response.status_code
+    await echo(ws)
+    opened.append(ws)
+    return 101
+
+
 async def test_limits_are_the_proxys(tmp_path: Path) -> None:
     async with workers(tmp_path, limits="{max_connections: 4, max_connections_per_ip: 2}"
                        ) as (proxy, admin, path), AsyncExitStack() as stack:
         admitted: list[ClientConnection] = []
-        refused: list[int] = []
 
-        async def attempt(source: str) -> None:
-            try:
-                ws = await stack.enter_async_context(
-                    connect(proxy.url, local_addr=(source, 0)))
-            except InvalidStatus as exc:
-                refused.append(exc.response.status_code)
-            else:
-                admitted.append(ws)
+        async def attempt(source: str) -> int:
+            return await upgrade(proxy, source, stack, admitted)
 
-        for _ in range(6):  # one address: 2 for the proxy, wherever they land
-            await attempt("127.0.0.1")
-        assert len(admitted) == 2
-        for last_byte in range(2, 10):  # 4 for the proxy, wherever they land
-            await attempt(f"127.0.0.{last_byte}")
-        conns = await admin.connections()
-        assert len(conns) == len(admitted) == 4
-        assert refused == [503] * 10
+        # One address: 2 for the proxy, then 4 in all, wherever they land.
+        assert [await attempt("127.0.0.1") for _ in range(6)].count(101) == 2
+        statuses = [await attempt(f"127.0.0.{last_byte}") for last_byte in range(2, 10)]
+        assert statuses.count(101) == 2
+        assert set(statuses) == {101, 503}
+        assert len(await admin.connections()) == 4
         for ws in admitted:
             await ws.close()
         await proxy.wait_for(lambda: proxy.count("connection.closed") == len(admitted),
@@ -247,14 +251,7 @@ async def test_the_connection_limits_count_every_workers_connections(
         opened: list[ClientConnection] = []
 
         async def attempt(source: str) -> int:
-            try:
-                ws = await stack.enter_async_context(
-                    connect(proxy.url, local_addr=(source, 0)))
-            except InvalidStatus as exc:
-                return exc.response.status_code
-            await echo(ws)
-            opened.append(ws)
-            return 101
+            return await upgrade(proxy, source, stack, opened)
 
         with stopped(first):  # the second worker takes these
             assert [await attempt("127.0.0.2") for _ in range(2)] == [101, 101]
