@@ -290,15 +290,37 @@ def _keep_alive(headers: tuple[Header, ...] | list[Header], http_version: bytes)
 
 def read_request(data: bytes, max_head: int) -> tuple[PlainRequest, int] | None:
     """The plain request head *data* starts with and its length; None for h11 to read
-    it (the module doc says which heads are plain)."""
+    it (the module doc says which heads are plain). A head seen before is answered
+    from a bounded cache, the same object: a keep-alive client sends the same head
+    request after request."""
     end = data.find(b"\r\n\r\n", 0, max_head)  # (_split(), inline: a call less)
     if end < 0 or end + 4 > max_head:
         return None
-    first_end = data.find(b"\r\n", 0, end + 2)
-    line = _REQUEST_LINE.fullmatch(data, 0, first_end)
+    head = data[:end] if end + 4 < len(data) else data
+    read = _REQUESTS.get(head, _UNSEEN)
+    if read is _UNSEEN:
+        read = _read_request(data[:end])
+        _remember(_REQUESTS, head, end, read)
+    if read is None:
+        return None
+    assert isinstance(read, PlainRequest)
+    return read, end + 4
+
+
+#: read_request()'s answers to whole heads seen before (None: not plain), by their bytes
+#: up to the blank line (or with it: a buffer holding nothing more is its own key).
+_REQUESTS: Final[dict[bytes, PlainRequest | None]] = {}
+
+
+def _read_request(head: bytes) -> PlainRequest | None:
+    """read_request() of a whole *head* (without its blank line)."""
+    first_end = head.find(b"\r\n")
+    if first_end < 0:
+        first_end = len(head)
+    line = _REQUEST_LINE.fullmatch(head, 0, first_end)
     if line is None:
         return None
-    block = data[first_end + 2 : end]
+    block = head[first_end + 2 :]
     fields = _REQUEST_FIELDS.get(block, _UNSEEN)
     if fields is _UNSEEN:
         fields = _request_fields(block)
@@ -308,7 +330,7 @@ def read_request(data: bytes, max_head: int) -> tuple[PlainRequest, int] | None:
     assert isinstance(fields, RequestFields)
     version = line[3]
     return PlainRequest(line[1], line[2], version, fields.headers, fields.length,
-                        fields.keep_alive and version == b"1.1", fields), end + 4
+                        fields.keep_alive and version == b"1.1", fields)
 
 
 #: read_response()'s answer for a head that is whole but h11's to read.

@@ -587,8 +587,11 @@ class HttpRelay:
             # The proxy's cookie: read here, and never seen by the backend.
             ex.view, ex.sticky = take_sticky(self._view(ex), config.sticky_cookie.name)
         # Only a hash key reads the request (balance.request_key()).
-        view = ex.view if policy.hash_key is None else self._view(ex)
-        ex.candidates = candidates(self.ctx.balancer, view, policy.hash_key, ex.sticky or ())
+        if policy.hash_key is None:  # (upstream.candidates() with no key: a call less)
+            ex.candidates = self.ctx.balancer.candidates(None, ex.sticky or ())
+        else:
+            ex.candidates = candidates(self.ctx.balancer, self._view(ex), policy.hash_key,
+                                       ex.sticky or ())
         if not ex.candidates:
             ex.error = "no_backend"
             self._answer(*NO_BACKEND)
@@ -807,7 +810,7 @@ class HttpRelay:
                 return
             ex.status = read.status
             ex.response_started = True
-            close = self._close_after or not ex.head.keep_alive or not self.ctx.ready
+            close = self._close_after or not ex.head.keep_alive or self._unready()
             assert read.fields is not None
             try:
                 head = forward_response_bytes(read, read.fields, close=close,
@@ -1023,7 +1026,11 @@ class HttpRelay:
 
     def _closing(self) -> bool:
         """Whether the response in flight ends the connection (a drain is on)."""
-        return self._close_after or not self.ctx.ready
+        return self._close_after or self._unready()
+
+    def _unready(self) -> bool:
+        """Not ``ctx.ready`` (a proxy drain is on), asked only while a drain is."""
+        return None in self.ctx.http.drains and not self.ctx.ready
 
     def _refuse(self, status: int, reason: str) -> None:
         """A head h11 cannot or must not parse: an answer, then the end of the connection."""
