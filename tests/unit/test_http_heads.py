@@ -186,12 +186,55 @@ def test_a_head_read_again_from_the_cache_reads_as_the_first_time(data: bytes,
     """read_request() answers a head seen before from its cache: the same verdict and
     head as a cold read, whether the head ends the buffer (its own key) or not."""
     for buffered in (data, data + b"GET / HTTP/1.1\r\n"):
-        http_heads._REQUESTS.clear()
-        http_heads._REQUEST_FIELDS.clear()
+        forget_heads()
         cold = _reading(read_request(buffered, max_head))
-        assert _reading(read_request(buffered, max_head)) == cold  # now from the cache
+        assert _reading(read_request(buffered, max_head)) == cold  # the last head's answer
+        http_heads._last_request = (b"\0", None)  # the caches' answer
+        assert _reading(read_request(buffered, max_head)) == cold
+        http_heads._last_request = (b"\0", None)
         http_heads._REQUEST_FIELDS.clear()  # the head's cache alone
         assert _reading(read_request(buffered, max_head)) == cold
+        # The last head's answer is not another limit's.
+        assert _reading(read_request(buffered, max(len(buffered) - 1, 0))) == (
+            _reading(read_request(buffered, max(len(buffered) - 1, 0))))
+        forget_heads()
+        assert _reading(read_request(buffered, 40)) == (
+            _reading(read_request(buffered, 40)))
+
+
+def forget_heads() -> None:
+    """Empty the caches of read_request() and read_response()."""
+    http_heads._REQUESTS.clear()
+    http_heads._REQUEST_FIELDS.clear()
+    http_heads._RESPONSES.clear()
+    http_heads._last_request = (b"\0", None)
+    http_heads._last_response = (b"\0 no method", b"", None)
+
+
+def _reading_response(read: PlainResponse | str | None) -> object:
+    if not isinstance(read, PlainResponse):
+        return read
+    return (read.status, read.reason, read.http_version, read.headers, read.length,
+            read.keep_alive, read.size)
+
+
+@SETTINGS
+@given(responses(), st.sampled_from([b"GET", b"HEAD", b"POST"]))
+def test_a_response_head_read_again_reads_as_the_first_time(data: bytes,
+                                                              method: bytes) -> None:
+    """read_response()'s last head and its cache answer as a cold read; a head read for
+    one method is read anew for another."""
+    for buffered in (data, data + b"HTTP/1.1 200 OK\r\n"):
+        forget_heads()
+        cold = _reading_response(read_response(buffered, method))
+        assert _reading_response(read_response(buffered, method)) == cold
+        http_heads._last_response = (b"\0 no method", b"", None)
+        assert _reading_response(read_response(buffered, method)) == cold
+        for other in (b"GET", b"HEAD", b"POST"):
+            again = _reading_response(read_response(buffered, other))
+            forget_heads()
+            assert again == _reading_response(read_response(buffered, other))
+            assert _reading_response(read_response(buffered, method)) == cold
 
 
 SMUGGLING = {
