@@ -3,8 +3,8 @@
 What a proxy drain does to them (when new requests are refused, which keep-alive
 connections close when) is decided by control.drains; this side only asks
 (``refusing()``) and lends its relays. A backend drain counts the exchanges in flight
-on that backend (``on()``, and each start and end is told to the owner) and closes its
-idle pooled connections (``pool.close_idle()``).
+on that backend (``on()``, and each start and end is told to the owner while a drain is
+in progress: ``watch()``) and closes its idle pooled connections (``pool.close_idle()``).
 """
 
 from __future__ import annotations
