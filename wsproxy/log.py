@@ -260,14 +260,30 @@ def request_line(request_id: str, client: str, method: str, path: str, status: i
                  backend: str | None, duration_s: float, bytes_in: int, bytes_out: int,
                  error: str | None) -> str:
     """``http.request`` as json_line renders it (the fields of the HTTP relay's line),
-    *duration_s* rounded to 6 digits (seconds_repr())."""
+    *duration_s* rounded to 6 digits (seconds_repr()); the byte counts plain ints."""
+    return request_line_of(request_id, request_fields(client, method, path, status, backend),
+                           duration_s, bytes_in, bytes_out, error)
+
+
+def request_fields(client: str, method: str, path: str, status: int | None,
+                   backend: str | None) -> str:
+    """The fields of request_line() from ``client`` to ``backend`` (and the comma after
+    them): what the lines of a keep-alive connection mostly repeat, which its relay
+    renders once (request_line_of())."""
     return (
-        f'{{"request_id": {_str(request_id)}, "client": {_str(client)}, '
-        f'"method": {_str(method)}, "path": {_str(path)}, '
+        f'"client": {_str(client)}, "method": {_str(method)}, "path": {_str(path)}, '
         f'"status": {"null" if status is None else int.__repr__(status)}, '
         f'"backend": {"null" if backend is None else _str(backend)}, '
+    )
+
+
+def request_line_of(request_id: str, fields: str, duration_s: float, bytes_in: int,
+                    bytes_out: int, error: str | None) -> str:
+    """request_line() with its middle rendered by request_fields() (*fields*)."""
+    return (
+        f'{{"request_id": {_str(request_id)}, {fields}'
         f'"duration_s": {seconds_repr(duration_s)}, '
-        f'"bytes_in": {int.__repr__(bytes_in)}, "bytes_out": {int.__repr__(bytes_out)}, '
+        f'"bytes_in": {bytes_in}, "bytes_out": {bytes_out}, '  # (plain ints: their repr)
         f'"error": {"null" if error is None else _str(error)}'
     ) + _tail("http.request")
 

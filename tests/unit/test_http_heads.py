@@ -18,6 +18,7 @@ from hypothesis import event as tally
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from wsproxy.core import http_heads
 from wsproxy.core.handshake import Forwarding
 from wsproxy.core.http import (
     HttpRefused,
@@ -170,6 +171,72 @@ def test_a_request_the_fast_path_reads_is_what_h11_reads(data: bytes, max_head: 
                                      b"abc-1") == request_bytes(head.method, target, headers)
 
 
+def _reading(read: tuple[PlainRequest, int] | None) -> tuple[object, ...] | None:
+    if read is None:
+        return None
+    head, size = read
+    return (head.method, head.target, head.http_version, head.headers, head.length,
+            head.keep_alive, head.fields is not None, size)
+
+
+@SETTINGS
+@given(requests(), st.sampled_from([60, 200, 8192]))
+def test_a_head_read_again_from_the_cache_reads_as_the_first_time(data: bytes,
+                                                                   max_head: int) -> None:
+    """read_request() answers a head seen before from its cache: the same verdict and
+    head as a cold read, whether the head ends the buffer (its own key) or not."""
+    for buffered in (data, data + b"GET / HTTP/1.1\r\n"):
+        forget_heads()
+        cold = _reading(read_request(buffered, max_head))
+        assert _reading(read_request(buffered, max_head)) == cold  # the last head's answer
+        http_heads._last_request = (b"\0", None)  # the caches' answer
+        assert _reading(read_request(buffered, max_head)) == cold
+        http_heads._last_request = (b"\0", None)
+        http_heads._REQUEST_FIELDS.clear()  # the head's cache alone
+        assert _reading(read_request(buffered, max_head)) == cold
+        # The last head's answer is not another limit's.
+        assert _reading(read_request(buffered, max(len(buffered) - 1, 0))) == (
+            _reading(read_request(buffered, max(len(buffered) - 1, 0))))
+        forget_heads()
+        assert _reading(read_request(buffered, 40)) == (
+            _reading(read_request(buffered, 40)))
+
+
+def forget_heads() -> None:
+    """Empty the caches of read_request() and read_response()."""
+    http_heads._REQUESTS.clear()
+    http_heads._REQUEST_FIELDS.clear()
+    http_heads._RESPONSES.clear()
+    http_heads._last_request = (b"\0", None)
+    http_heads._last_response = (b"\0 no method", b"", None)
+
+
+def _reading_response(read: PlainResponse | str | None) -> object:
+    if not isinstance(read, PlainResponse):
+        return read
+    return (read.status, read.reason, read.http_version, read.headers, read.length,
+            read.keep_alive, read.size)
+
+
+@SETTINGS
+@given(responses(), st.sampled_from([b"GET", b"HEAD", b"POST"]))
+def test_a_response_head_read_again_reads_as_the_first_time(data: bytes,
+                                                              method: bytes) -> None:
+    """read_response()'s last head and its cache answer as a cold read; a head read for
+    one method is read anew for another."""
+    for buffered in (data, data + b"HTTP/1.1 200 OK\r\n"):
+        forget_heads()
+        cold = _reading_response(read_response(buffered, method))
+        assert _reading_response(read_response(buffered, method)) == cold
+        http_heads._last_response = (b"\0 no method", b"", None)
+        assert _reading_response(read_response(buffered, method)) == cold
+        for other in (b"GET", b"HEAD", b"POST"):
+            again = _reading_response(read_response(buffered, other))
+            forget_heads()
+            assert again == _reading_response(read_response(buffered, other))
+            assert _reading_response(read_response(buffered, method)) == cold
+
+
 SMUGGLING = {
     "CL and TE": b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n"
                  b"Transfer-Encoding: chunked\r\n\r\n",
@@ -197,12 +264,15 @@ SMUGGLING = {
 @pytest.mark.parametrize("data", SMUGGLING.values(), ids=SMUGGLING.keys())
 def test_hostile_and_unusual_requests_go_to_h11(data: bytes) -> None:
     assert read_request(data, 8192) is None
+    # Seen again (the cache's answer), or with bytes after it: still h11's.
+    assert read_request(data, 8192) is None
+    assert read_request(data + b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", 8192) is None
 
 
 def test_an_oversize_head_goes_to_h11_for_its_431() -> None:
     data = b"GET / HTTP/1.1\r\nHost: a\r\nX: " + b"a" * 100 + b"\r\n\r\n"
     assert read_request(data, len(data)) is not None
-    assert read_request(data, len(data) - 1) is None
+    assert read_request(data, len(data) - 1) is None  # (though the cache knows the head)
     with pytest.raises(HttpRefused) as info:
         head_length(data, len(data) - 1)
     assert info.value.status == 431

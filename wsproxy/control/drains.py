@@ -77,6 +77,7 @@ class Drains:
         self._loop = loop
         #: Every drain in progress; the key None is the proxy's own.
         self.in_progress: dict[BackendState | None, Drain] = {}
+        http.watch(self.in_progress)  # (while it is empty the plain side asks nothing)
         #: Stop the process once the proxy's drain is done (SIGTERM, not POST /drain).
         self.exit_when_drained = False
         #: Set when the process should stop.

@@ -83,10 +83,21 @@ class Balancer:
     ) -> list[BackendState]:
         """Usable backends, best first. *key* is the hash policy's request value;
         *sticky* the cookie policy's cookie values (``take_sticky()``)."""
-        usable = [b for b in self.backends.values() if b.usable]
+        backends = self.backends
+        policy = "least_connections" if self.least_loaded else self.policy
+        if len(backends) == 1:
+            # One backend (the usual sidecar): every policy's answer is it, if usable;
+            # the turn moves as below, so that a second backend added later starts
+            # from where the rotation would have been.
+            for only in backends.values():
+                if not only.usable:
+                    return []
+                if policy != "hash" or key is None:
+                    self._turn += 1
+                return [only]
+        usable = [b for b in backends.values() if b.usable]
         if not usable:
             return []
-        policy = "least_connections" if self.least_loaded else self.policy
         if policy == "hash" and key is not None:
             # Rendezvous hashing: a key keeps its backend while others come and go.
             return sorted(usable, key=lambda b: _score(key, b.name), reverse=True)

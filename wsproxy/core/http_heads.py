@@ -179,8 +179,8 @@ def _request_fields(block: bytes) -> RequestFields | None:
 class PlainRequest:
     """A client's request head, read by read_request() or taken from h11's event."""
 
-    __slots__ = ("fields", "headers", "http_version", "keep_alive", "length", "method",
-                 "target")
+    __slots__ = ("backend_target", "fields", "headers", "http_version", "keep_alive", "length",
+                 "method", "target")
 
     def __init__(self, method: bytes, target: bytes, http_version: bytes,
                  headers: tuple[Header, ...], length: int, keep_alive: bool,
@@ -196,6 +196,9 @@ class PlainRequest:
         self.keep_alive = keep_alive
         #: Its header block read in the plain form (None: h11 read it).
         self.fields = fields
+        #: paths.backend_target() of its target once a relay made it (None: not yet): a
+        #: head seen again is the same object (read_request()).
+        self.backend_target: bytes | None = None
 
     @classmethod
     def of(cls, event: h11.Request) -> PlainRequest:
@@ -290,15 +293,48 @@ def _keep_alive(headers: tuple[Header, ...] | list[Header], http_version: bytes)
 
 def read_request(data: bytes, max_head: int) -> tuple[PlainRequest, int] | None:
     """The plain request head *data* starts with and its length; None for h11 to read
-    it (the module doc says which heads are plain)."""
+    it (the module doc says which heads are plain). A head seen before is answered
+    from a bounded cache, the same object: a keep-alive client sends the same head
+    request after request."""
+    global _last_request
+    last = _last_request
+    if data.startswith(last[0]) and len(last[0]) <= max_head:
+        # The last plain head read (with its blank line, whose first one it holds): its
+        # answer again, without a slice, a hash and a look-up.
+        return last[1]
     end = data.find(b"\r\n\r\n", 0, max_head)  # (_split(), inline: a call less)
     if end < 0 or end + 4 > max_head:
         return None
-    first_end = data.find(b"\r\n", 0, end + 2)
-    line = _REQUEST_LINE.fullmatch(data, 0, first_end)
+    head = data[:end] if end + 4 < len(data) else data
+    read = _REQUESTS.get(head, _UNSEEN)
+    if read is _UNSEEN:
+        read = _read_request(data[:end])
+        _remember(_REQUESTS, head, end, read)
+    if read is None:
+        return None
+    assert isinstance(read, PlainRequest)
+    answer = read, end + 4
+    _last_request = (data[: end + 4], answer)
+    return answer
+
+
+#: read_request()'s last plain head, with its blank line, and its answer (at first, a
+#: byte no request starts with, and the None read_request() gives such a request).
+_last_request: tuple[bytes, tuple[PlainRequest, int] | None] = (b"\0", None)
+#: read_request()'s answers to whole heads seen before (None: not plain), by their bytes
+#: up to the blank line (or with it: a buffer holding nothing more is its own key).
+_REQUESTS: Final[dict[bytes, PlainRequest | None]] = {}
+
+
+def _read_request(head: bytes) -> PlainRequest | None:
+    """read_request() of a whole *head* (without its blank line)."""
+    first_end = head.find(b"\r\n")
+    if first_end < 0:
+        first_end = len(head)
+    line = _REQUEST_LINE.fullmatch(head, 0, first_end)
     if line is None:
         return None
-    block = data[first_end + 2 : end]
+    block = head[first_end + 2 :]
     fields = _REQUEST_FIELDS.get(block, _UNSEEN)
     if fields is _UNSEEN:
         fields = _request_fields(block)
@@ -308,7 +344,7 @@ def read_request(data: bytes, max_head: int) -> tuple[PlainRequest, int] | None:
     assert isinstance(fields, RequestFields)
     version = line[3]
     return PlainRequest(line[1], line[2], version, fields.headers, fields.length,
-                        fields.keep_alive and version == b"1.1", fields), end + 4
+                        fields.keep_alive and version == b"1.1", fields)
 
 
 #: read_response()'s answer for a head that is whole but h11's to read.
@@ -324,6 +360,10 @@ def read_response(data: bytes, method: bytes) -> PlainResponse | str | None:
         method) is answered from a bounded cache, the same object: a backend's
         answers differ mostly in their bodies.
     """
+    global _last_response
+    last = _last_response
+    if method is last[0] and data.startswith(last[1]):
+        return last[2]  # the last plain head read (as read_request()'s)
     end = data.find(b"\r\n\r\n", 0, _MAX_RESPONSE_HEAD)
     if end < 0 or end + 4 > _MAX_RESPONSE_HEAD:
         if len(data) >= _MAX_RESPONSE_HEAD or b"\n\n" in data or b"\n\r\n" in data:
@@ -334,7 +374,15 @@ def read_response(data: bytes, method: bytes) -> PlainResponse | str | None:
     if read is None:
         read = _read_response(key[1], method)
         _remember(_RESPONSES, key, end, read)
+    if isinstance(read, PlainResponse):
+        _last_response = (method, data[: end + 4], read)
     return read
+
+
+#: read_response()'s last plain head: the method it answered, the head with its blank
+#: line, what was read (the method is compared by identity: a request head seen again
+#: is the same object, read_request()).
+_last_response: tuple[bytes, bytes, PlainResponse | None] = (b"\0 no method", b"", None)
 
 
 #: read_response()'s answers to heads seen before, by method and head.

@@ -76,7 +76,14 @@ from wsproxy.io.upstream import (
     sticky_header,
     take_sticky,
 )
-from wsproxy.log import direct_put, get_logger, info_enabled, info_line, request_line
+from wsproxy.log import (
+    direct_put,
+    get_logger,
+    info_enabled,
+    info_line,
+    request_fields,
+    request_line_of,
+)
 
 if TYPE_CHECKING:
     from wsproxy.auth import Identity
@@ -221,6 +228,7 @@ class HttpRelay:
         "_h11",
         "_interval",
         "_keepalive",
+        "_log_fields",
         "_pumping",
         "_reading",
         "_template",
@@ -285,6 +293,9 @@ class HttpRelay:
         #: backend config, X-Forwarded-For chain and identity they were made for.
         self._template: ForwardTemplate | None = None
         self._template_for: tuple[object, str, Identity | None] | None = None
+        #: The middle of the last access line (log.request_fields()) and what it was
+        #: rendered from: head, status, backend config and client.
+        self._log_fields: tuple[PlainRequest, int | None, object, str, str] | None = None
         ctx.http.add(self)
         transport.set_protocol(HttpClientProtocol(self))
         self._arm(_HEAD, settings.config.limits.handshake_timeout)
@@ -528,7 +539,8 @@ class HttpRelay:
         if probe is not None:
             self._answer(*ctx.probe_answer(probe))
             return
-        if ctx.http.refusing():
+        http = ctx.http
+        if None in http.drains and http.refusing():  # (only the proxy's drain refuses)
             ex.error = "draining"
             self._answer(503, "proxy is draining", _RETRY_AFTER, close=True)
             return
@@ -537,13 +549,15 @@ class HttpRelay:
             ex.error = "body_too_large"
             self._answer(413, "request body too large", close=True)
             return
-        try:
-            target = backend_target(target)
-        except UnsafeTarget as exc:
-            ex.error = "bad_request"
-            self._answer(400, str(exc), close=True)
-            return
-        ex.target = target
+        safe = head.backend_target
+        if safe is None:
+            try:
+                safe = head.backend_target = backend_target(target)
+            except UnsafeTarget as exc:
+                ex.error = "bad_request"
+                self._answer(400, str(exc), close=True)
+                return
+        ex.target = safe
         trusted = settings.config.trusted_proxies
         if trusted:  # (else the client is the peer, as client_address() says)
             self.client_ip, self.forwarded_for = client_address(
@@ -587,8 +601,11 @@ class HttpRelay:
             # The proxy's cookie: read here, and never seen by the backend.
             ex.view, ex.sticky = take_sticky(self._view(ex), config.sticky_cookie.name)
         # Only a hash key reads the request (balance.request_key()).
-        view = ex.view if policy.hash_key is None else self._view(ex)
-        ex.candidates = candidates(self.ctx.balancer, view, policy.hash_key, ex.sticky or ())
+        if policy.hash_key is None:  # (upstream.candidates() with no key: a call less)
+            ex.candidates = self.ctx.balancer.candidates(None, ex.sticky or ())
+        else:
+            ex.candidates = candidates(self.ctx.balancer, self._view(ex), policy.hash_key,
+                                       ex.sticky or ())
         if not ex.candidates:
             ex.error = "no_backend"
             self._answer(*NO_BACKEND)
@@ -807,7 +824,7 @@ class HttpRelay:
                 return
             ex.status = read.status
             ex.response_started = True
-            close = self._close_after or not ex.head.keep_alive or not self.ctx.ready
+            close = self._close_after or not ex.head.keep_alive or self._unready()
             assert read.fields is not None
             try:
                 head = forward_response_bytes(read, read.fields, close=close,
@@ -1007,13 +1024,28 @@ class HttpRelay:
     def _log_request(self, ex: _Exchange, now: float, put: Callable[[str], None] | None
                      ) -> None:
         """*put*: log.direct_put()'s."""
-        method = ex.head.method.decode("latin-1")
-        path = ex.head.target.split(b"?", 1)[0].decode("latin-1")
-        backend = ex.backend.name if ex.backend else None
+        head = ex.head
+        status = ex.status
+        config = ex.backend.config if ex.backend else None
         if put is not None:  # the same line, rendered here (wsproxy.log.request_line)
-            put(request_line(ex.request_id, self.client_ip, method, path, ex.status, backend,
-                             now - ex.started, ex.body_in, ex.bytes_out, ex.error))
+            # Its middle as the last line's, when that was for the same head (a head seen
+            # again is the same object: http_heads.read_request()), answer and backend.
+            memo = self._log_fields
+            if (
+                memo is None or memo[0] is not head or memo[1] != status
+                or memo[2] is not config or memo[3] is not self.client_ip
+            ):
+                memo = self._log_fields = (head, status, config, self.client_ip, request_fields(
+                    self.client_ip, head.method.decode("latin-1"),
+                    head.target.split(b"?", 1)[0].decode("latin-1"), status,
+                    None if config is None else config.name,
+                ))
+            put(request_line_of(ex.request_id, memo[4], now - ex.started, ex.body_in,
+                                ex.bytes_out, ex.error))
             return
+        method = head.method.decode("latin-1")
+        path = head.target.split(b"?", 1)[0].decode("latin-1")
+        backend = None if config is None else config.name
         info_line("http.request", {
             "request_id": ex.request_id, "client": self.client_ip, "method": method,
             "path": path, "status": ex.status, "backend": backend,
@@ -1023,7 +1055,11 @@ class HttpRelay:
 
     def _closing(self) -> bool:
         """Whether the response in flight ends the connection (a drain is on)."""
-        return self._close_after or not self.ctx.ready
+        return self._close_after or self._unready()
+
+    def _unready(self) -> bool:
+        """Not ``ctx.ready`` (a proxy drain is on), asked only while a drain is."""
+        return None in self.ctx.http.drains and not self.ctx.ready
 
     def _refuse(self, status: int, reason: str) -> None:
         """A head h11 cannot or must not parse: an answer, then the end of the connection."""

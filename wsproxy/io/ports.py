@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol, TypeVar
 
@@ -131,6 +131,10 @@ class PlainRequests(Protocol):
 
     @property
     def pool(self) -> BackendPool: ...
+
+    @property
+    def drains(self) -> Mapping[BackendState | None, object]:
+        """The drains in progress, the key None the proxy's (empty: none is)."""
 
     def add(self, relay: Relay) -> None: ...
 
