@@ -683,7 +683,11 @@ class HttpRelay:
                     template is None or made_for is None or made_for[0] is not link.backend.config
                     or made_for[1] != self.forwarded_for or made_for[2] is not self.identity
                 ):
-                    template = self._new_template(ex, link)
+                    try:
+                        template = self._new_template(ex, link)
+                    except h11.LocalProtocolError as exc:  # as forward_head() below
+                        self._not_forwardable(ex, link, exc)
+                        return
                 ex.wire = forward_request_bytes(head, fields, ex.target, template,
                                                 ex.request_id.encode("latin-1"))
                 if ex.sticky is not None:
@@ -698,20 +702,20 @@ class HttpRelay:
             if not self._pumping:  # (a dial's or auth's task: else the pump goes on)
                 self._pump_client()
             return
-        if ex.forwarded is None:
-            view = self._view(ex)
-            forwarding = self.ctx.forwarding(self.client_ip, self.forwarded_for,
-                                             ex.request_id, self.identity)
-            ex.forwarded = forward_head(
-                head.http_version, target=view.target, headers=view.headers,
-                authority=link.backend.config.authority,
-                path_prefix=link.backend.config.path,
-                forwarding=forwarding,
-                owned=self.settings.owned_headers,
-            )
-            self._sticky_cookie(ex, link, forwarding)
-        target, headers = ex.forwarded
         try:
+            if ex.forwarded is None:
+                view = self._view(ex)
+                forwarding = self.ctx.forwarding(self.client_ip, self.forwarded_for,
+                                                 ex.request_id, self.identity)
+                ex.forwarded = forward_head(
+                    head.http_version, target=view.target, headers=view.headers,
+                    authority=link.backend.config.authority,
+                    path_prefix=link.backend.config.path,
+                    forwarding=forwarding,
+                    owned=self.settings.owned_headers,
+                )
+                self._sticky_cookie(ex, link, forwarding)
+            target, headers = ex.forwarded
             if ex.fast:
                 ex.response_left, ex.response_buffer = -1, b""  # a retry starts afresh
                 link.write(request_bytes(head.method, target, headers))
@@ -720,15 +724,20 @@ class HttpRelay:
                     h11.Request(method=head.method, target=target, headers=headers,
                                 _parsed=True)
                 ))
-        except h11.LocalProtocolError as exc:  # a header value h11 will not write
-            ex.link = None
-            link.close()
-            ex.error = "bad_request"
-            self._answer(400, f"request not forwardable: {exc}", close=True)
+        except h11.LocalProtocolError as exc:  # a header value h11 will not write, or ours
+            self._not_forwardable(ex, link, exc)
             return
         ex.upstream_at = ex.client_at = self.ctx.loop.time()
         self._arm(_EXCHANGE, self._interval)
         self._pump_client()
+
+    def _not_forwardable(self, ex: _Exchange, link: BackendLink,
+                         exc: h11.LocalProtocolError) -> None:
+        """A value the request would carry is no valid header value: 400, nothing sent."""
+        ex.link = None
+        link.close()
+        ex.error = "bad_request"
+        self._answer(400, f"request not forwardable: {exc}", close=True)
 
     def _new_template(self, ex: _Exchange, link: BackendLink) -> ForwardTemplate:
         """The connection's template of forwarded heads, made anew (_attach()): its
