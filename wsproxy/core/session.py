@@ -60,7 +60,7 @@ from wsproxy.core.handshake import (
     error_response,
 )
 from wsproxy.core.http import ParsedRequest
-from wsproxy.core.scan import SPEEDUPS, WHOLE_MESSAGE, PyRelay, RelayedProtocol
+from wsproxy.core.scan import SPEEDUPS, WHOLE_MESSAGE, PyFlowState, PyRelay, RelayedProtocol
 from wsproxy.core.scan import session_whole_messages as _whole_messages
 from wsproxy.core.states import (
     LEG_CAN_RECEIVE,
@@ -108,6 +108,9 @@ _MESSAGE_TOO_BIG: Final = int(CloseCode.MESSAGE_TOO_BIG)
 #: from the second: on the Python fallback, where a call costs more than the loop's
 #: take on one frame (ping-pong has one a read); not in C, which takes them all.
 _HOLD_FIRST = SPEEDUPS != "c"
+#: Whether a new _Flow's counters and flags are 0 already: the C FlowState's are
+#: (PyType_GenericNew zeroes it), the Python twin's slots start unset.
+_ZEROED: Final = _FlowState is not PyFlowState
 #: The first byte of a final close frame without RSV bits (Session._lone_close).
 _CLOSE_B0: Final = bytes((0x88,))
 # The opening's and the closing's states and triggers as plain globals: an Enum class's
@@ -193,15 +196,16 @@ class _Flow(_FlowState):
         self.masked = masked = src is _CLIENT
         self.mask_bit = 0x80 if masked else 0
         self.max_size = max_size
-        self.rsv_allowed = 0
-        self.remaining = 0
+        if not _ZEROED:  # the C FlowState's numbers start at 0 (~1k instructions a flow)
+            self.rsv_allowed = 0
+            self.remaining = 0
+            self.in_message = False
+            self.messages = 0
+            self.bytes = 0
         self.partial = b""
-        self.in_message = False
         #: Wire bytes the current message may still take (the size limit, less its
         #: frames so far).
         self.message_room = 0
-        self.messages = 0
-        self.bytes = 0
         #: Data messages that could not be delivered: dst was already sent a close.
         self.undelivered = 0
         #: Rare: a tuple, so that the usual empty one is shared rather than a list per
