@@ -38,6 +38,10 @@ class OptionalBuildExt(build_ext):
 
 
 setup(
-    ext_modules=[Extension("wsproxy.core._scan", ["wsproxy/core/_scan.c"], optional=True)],
+    ext_modules=[
+        Extension("wsproxy.core._scan", ["wsproxy/core/_scan.c"], optional=True),
+        # The heads of an upgrade and of a backend's 101 (wsproxy.core.handshake).
+        Extension("wsproxy.core._heads", ["wsproxy/core/_heads.c"], optional=True),
+    ],
     cmdclass={"build_ext": OptionalBuildExt},
 )

@@ -179,9 +179,20 @@ def direct_put() -> Callable[[str], None] | None:
     no context variable is bound (a worker's are: its lines take ``info_line()``, which
     merges them in); else None."""
     direct = _ours()
-    if direct is None or direct.level > logging.INFO or merge_contextvars(None, "info", {}):
+    if direct is None or direct.level > logging.INFO:
+        return None
+    # No structlog context variable made yet (bind_contextvars() registers each in
+    # _CONTEXT_VARS): none can be bound, and the look-up through a copy of the
+    # context (~2k instructions a line) is skipped.
+    if (_STRUCTLOG_VARS is None or _STRUCTLOG_VARS) and merge_contextvars(None, "info", {}):
         return None
     return direct.put
+
+
+#: structlog's registry of its context variables (private: None if it moves).
+_STRUCTLOG_VARS: Final[dict[str, Any] | None] = getattr(
+    structlog.contextvars, "_CONTEXT_VARS", None
+)
 
 
 #: The C function json writes a str with (ensure_ascii).

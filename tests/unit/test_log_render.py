@@ -251,6 +251,7 @@ def test_direct_put_only_where_json_line_would_write_alone(written: list[str]) -
         assert wslog.direct_put() is None
     finally:
         structlog.contextvars.clear_contextvars()
+    assert wslog.direct_put() is not None  # the variable made, no longer bound
     with structlog.testing.capture_logs():
         assert wslog.direct_put() is None
     wslog.configure_logging("warning")

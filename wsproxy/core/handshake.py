@@ -13,7 +13,7 @@ import ipaddress
 import os
 import re
 from binascii import a2b_base64, b2a_base64
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Final
@@ -145,6 +145,14 @@ def new_key() -> bytes:
 def _key_is_valid(key: bytes) -> bool:
     try:
         return len(a2b_base64(key, strict_mode=True)) == 16
+    except ValueError:
+        return False
+
+
+def _is_base64(value: bytes) -> bool:
+    """Whether *value* is non-empty strict base64 (no whitespace, no NUL)."""
+    try:
+        return bool(a2b_base64(value, strict_mode=True))
     except ValueError:
         return False
 
@@ -458,28 +466,24 @@ _WATCHED_REQUEST: Final = {
 }
 
 
-def read_upgrade(data: bytes, max_head: int) -> tuple[UpgradeRequest, bytes] | None:
-    """The upgrade request that *data* starts with, read as h11 reads it and checked
-    as check_upgrade_head() checks it, in one pass: (the checked request, the bytes
-    after its head), or None when h11 is to read it.
+#: What scan_request() gives: (method, target, headers, where the rest starts, a
+#: watched header more than once, Host, Upgrade, Connection, Sec-WebSocket-Version,
+#: Sec-WebSocket-Key, Sec-WebSocket-Protocol, the first Origin, every
+#: Sec-WebSocket-Extensions).
+ScannedRequest = tuple[
+    bytes, bytes, tuple[Header, ...], int, bool, bytes, bytes, bytes | None, bytes | None,
+    bytes | None, bytes | None, bytes | None, tuple[bytes, ...],
+]
 
-    Only for the plainest form of an upgrade: the whole head in *data* and at most
-    *max_head* bytes, ``HTTP/1.1``, CRLF line ends, ``token: value`` lines (names
-    lower-cased, values without the whitespace around them, as h11 gives them), one
-    Host, an Upgrade header, no Content-Length or Transfer-Encoding. Anything else (a
-    plain request, a probe, a head in pieces, obs-folds, bare LFs, framing headers,
-    more or less than one Host) goes to h11, whose verdicts stand. Running h11 on
-    every upgrade request cost about a fifth of an upgrade's CPU.
 
-    The headers §4.2.1 asks about are picked out as the lines are read. The usual
-    upgrade (one each of Upgrade: websocket, Connection: Upgrade, version 13 and a
-    valid key, a GET, a plain target) is built here; anything else, a refusal
-    included, goes to check_upgrade_head() with the same headers, whose verdict (and
-    status, reason and headers) stands. Reading then checking cost two passes and a
-    dict of lists per request.
+def py_scan_request(data: bytes, max_head: int) -> ScannedRequest | None:
+    """The head of the upgrade request *data* starts with, read line by line as h11
+    reads it, with the headers §4.2.1 asks about picked out as the lines are read;
+    None when it is not in the plainest form (see read_upgrade()), or has no single
+    Host or no Upgrade header.
 
-    Raises:
-        HandshakeRejected: as check_upgrade_head().
+    The readable reference, and the fallback, of ``_heads.scan_request`` (C):
+    tests/unit/test_heads_twins.py holds the two to the same answers.
     """
     end = data.find(b"\r\n\r\n", 0, max_head)
     if end < 0 or end + 4 > max_head:
@@ -538,28 +542,61 @@ def read_upgrade(data: bytes, max_head: int) -> tuple[UpgradeRequest, bytes] | N
             return None
     if hosts != 1 or upgrade is None:
         return None
-    method, raw_target = line[1], line[2]
-    rest = data[end + 4 :]
+    assert host is not None
+    return (
+        line[1], line[2], tuple(headers), end + 4, odd, host, upgrade, connection, version,
+        key, protocol, origin, tuple(extensions),
+    )
+
+
+def read_upgrade(data: bytes, max_head: int) -> tuple[UpgradeRequest, bytes] | None:
+    """The upgrade request that *data* starts with, read as h11 reads it and checked
+    as check_upgrade_head() checks it, in one pass: (the checked request, the bytes
+    after its head), or None when h11 is to read it.
+
+    Only for the plainest form of an upgrade: the whole head in *data* and at most
+    *max_head* bytes, ``HTTP/1.1``, CRLF line ends, ``token: value`` lines (names
+    lower-cased, values without the whitespace around them, as h11 gives them), one
+    Host, an Upgrade header, no Content-Length or Transfer-Encoding. Anything else (a
+    plain request, a probe, a head in pieces, obs-folds, bare LFs, framing headers,
+    more or less than one Host) goes to h11, whose verdicts stand. Running h11 on
+    every upgrade request cost about a fifth of an upgrade's CPU.
+
+    The lines are read by ``scan_request`` (C where it was built, else
+    py_scan_request()), which picks out the headers §4.2.1 asks about. The usual
+    upgrade (one each of Upgrade: websocket, Connection: Upgrade, version 13 and a
+    valid key, a GET, a plain target) is built here; anything else, a refusal
+    included, goes to check_upgrade_head() with the same headers, whose verdict (and
+    status, reason and headers) stands.
+
+    Raises:
+        HandshakeRejected: as check_upgrade_head().
+    """
+    scanned = scan_request(data, max_head)
+    if scanned is None:
+        return None
+    (method, raw_target, headers, rest_at, odd, host, upgrade, connection, version, key,
+     protocol, origin, extensions) = scanned
+    rest = data[rest_at:]
     if (
         odd or method != b"GET" or upgrade.lower() != b"websocket" or connection is None
         or connection.lower() != b"upgrade" or version != b"13" or key is None
         or not _key_is_valid(key)
     ):
-        return check_upgrade_head(method, raw_target, b"1.1", tuple(headers)), rest
+        return check_upgrade_head(method, raw_target, b"1.1", headers), rest
     try:
         target = backend_target(raw_target)
     except UnsafeTarget:
-        return check_upgrade_head(method, raw_target, b"1.1", tuple(headers)), rest
+        return check_upgrade_head(method, raw_target, b"1.1", headers), rest
     subprotocols: tuple[str, ...] = ()
     if protocol is not None:
         subprotocols = _offers(protocol)
         if not all(_TOKEN.fullmatch(p) for p in subprotocols):
-            return check_upgrade_head(method, raw_target, b"1.1", tuple(headers)), rest
-    assert host is not None
+            return check_upgrade_head(method, raw_target, b"1.1", headers), rest
     return UpgradeRequest(
         target=target, host=host, key=key, subprotocols=subprotocols,
-        extensions=tuple(extensions), origin=None if origin is None else origin.decode("latin-1"),
-        headers=tuple(headers),
+        extensions=extensions, origin=None if origin is None else origin.decode("latin-1"),
+        headers=headers,
     ), rest
 
 
@@ -581,59 +618,49 @@ _SWITCHING_PROTOCOLS: Final = b"HTTP/1.1 101 Switching Protocols"
 Accept = tuple[str | None, bytes | None, tuple[Header, ...], bytes]
 
 
-def read_accept(
-    data: bytes, *, target: str, key: bytes, offered: Sequence[str],
-    offered_extensions: Sequence[bytes],
-) -> Accept | None:
-    """The backend's answer to our handshake with *key*, read as h11 reads it and
-    checked as check_upstream_response() checks it, in one pass; None when h11 is to
-    read it.
+#: What scan_response() gives: (headers, where the rest starts, a watched header more
+#: than once, Upgrade, Connection, Sec-WebSocket-Accept, Sec-WebSocket-Protocol,
+#: Sec-WebSocket-Extensions).
+ScannedResponse = tuple[
+    tuple[Header, ...], int, bool, bytes | None, bytes | None, bytes | None, bytes | None,
+    bytes | None,
+]
 
-    Only for the plainest form: a complete head, ``HTTP/1.1 101``, CRLF line ends and
-    ``token: value`` lines, which h11 reads the same way (names lower-cased, values
-    without the whitespace around them). Anything else (an incomplete head, another
-    status, obs-folds, bare LFs, framing headers) goes to h11. Running h11 on every
-    backend's 101 cost about a tenth of an upgrade's CPU.
 
-    The usual 101 (one each of Upgrade: websocket, Connection: Upgrade and the right
-    Sec-WebSocket-Accept, at most one subprotocol and one extensions header, both
-    offered) is checked here; anything else goes to check_upstream_response() with
-    the same headers, whose verdict stands. No UpstreamAccepted is made: the caller
-    makes the one it keeps.
+def py_scan_response(data: bytes, max_head: int) -> ScannedResponse | None:
+    """The head of the backend's 101 that *data* starts with (within *max_head*
+    bytes), read line by line as h11 reads it, with the headers §4.1 asks about
+    picked out; None when it is not a 101 in the plainest form (see read_accept()).
 
-    Raises:
-        UpstreamUnavailable: as check_upstream_response().
+    The readable reference, and the fallback, of ``_heads.scan_response`` (C):
+    tests/unit/test_heads_twins.py holds the two to the same answers.
     """
-    end = data.find(b"\r\n\r\n", 0, _MAX_PLAIN_HEAD)
-    if end < 0:
+    end = data.find(b"\r\n\r\n", 0, max_head)
+    if end < 0 or end + 4 > max_head:
         return None
     lines = data[:end].split(b"\r\n")
     status = lines[0]
     if status != _SWITCHING_PROTOCOLS and not _SWITCHING_LINE.fullmatch(status):
         return None
     headers: list[Header] = []
-    extra: list[Header] = []
     upgrade = connection = accept = protocol = extensions = None
     odd = False  # a watched header more than once: check_upstream_response() decides
     cached = _LINES.get
     watched = _WATCHED_ACCEPT.get
-    expected = accept_key(key)
     for line in lines[1:]:
         header = cached(line)
         if header is None:
-            if line.startswith(_ACCEPT_LINE) and line[_ACCEPT_START:] == expected:
-                # A new one every upgrade (see read_upgrade()'s key line); base64.
-                header = (b"sec-websocket-accept", expected)
+            if line.startswith(_ACCEPT_LINE) and _is_base64(line[_ACCEPT_START:]):
+                # A new one every upgrade (see py_scan_request()'s key line); base64 is
+                # a value as _HEADER_LINE reads it.
+                header = (b"sec-websocket-accept", line[_ACCEPT_START:])
             else:
                 header = _header_line(line)
                 if header is None:
                     return None
         headers.append(header)
-        name = header[0]
-        kind = watched(name)
+        kind = watched(header[0])
         if kind is None:
-            if name not in _NOT_FORWARDED and name != b"date":
-                extra.append(header)
             continue
         value = header[1]
         if kind == _UPGRADE:
@@ -653,7 +680,39 @@ def read_accept(
             extensions = value
         else:  # _FRAMING: h11 checks those
             return None
-    rest = data[end + 4 :]
+    return tuple(headers), end + 4, odd, upgrade, connection, accept, protocol, extensions
+
+
+def read_accept(
+    data: bytes, *, target: str, key: bytes, offered: Sequence[str],
+    offered_extensions: Sequence[bytes],
+) -> Accept | None:
+    """The backend's answer to our handshake with *key*, read as h11 reads it and
+    checked as check_upstream_response() checks it, in one pass; None when h11 is to
+    read it.
+
+    Only for the plainest form: a complete head, ``HTTP/1.1 101``, CRLF line ends and
+    ``token: value`` lines, which h11 reads the same way (names lower-cased, values
+    without the whitespace around them). Anything else (an incomplete head, another
+    status, obs-folds, bare LFs, framing headers) goes to h11. Running h11 on every
+    backend's 101 cost about a tenth of an upgrade's CPU.
+
+    The lines are read by ``scan_response`` (C where it was built, else
+    py_scan_response()). The usual 101 (one each of Upgrade: websocket, Connection:
+    Upgrade and the right Sec-WebSocket-Accept, at most one subprotocol and one
+    extensions header, both offered) is checked here; anything else goes to
+    check_upstream_response() with the same headers, whose verdict stands. No
+    UpstreamAccepted is made: the caller makes the one it keeps.
+
+    Raises:
+        UpstreamUnavailable: as check_upstream_response().
+    """
+    scanned = scan_response(data, _MAX_PLAIN_HEAD)
+    if scanned is None:
+        return None
+    headers, rest_at, odd, upgrade, connection, accept, protocol, extensions = scanned
+    rest = data[rest_at:]
+    expected = accept_key(key)
     subprotocol = protocol.strip().decode("latin-1") if protocol else None
     if (
         odd or upgrade is None or upgrade.lower() != b"websocket" or connection is None
@@ -668,7 +727,9 @@ def read_accept(
             offered_extensions=offered_extensions,
         )
         return accepted.subprotocol, accepted.extensions, accepted.headers, rest
-    return subprotocol, extensions, tuple(extra), rest
+    # The headers the client's 101 repeats (the watched ones are all _NOT_FORWARDED).
+    extra = tuple(h for h in headers if h[0] not in _NOT_FORWARDED and h[0] != b"date")
+    return subprotocol, extensions, extra, rest
 
 
 def _header_line(text: bytes) -> Header | None:
@@ -787,3 +848,22 @@ def error_response(
         *(f"{name}: {value}" for name, value in headers),
     ]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+def _pick_scanners() -> tuple[
+    Callable[[bytes, int], ScannedRequest | None], Callable[[bytes, int], ScannedResponse | None]
+]:
+    """``_heads``' scanners (C) where they were built, unless ``WSPROXY_NO_SPEEDUPS=1``;
+    else the Python twins."""
+    if os.environ.get("WSPROXY_NO_SPEEDUPS", "") not in ("", "0"):
+        return py_scan_request, py_scan_response
+    try:
+        from wsproxy.core import _heads
+    except ImportError:
+        return py_scan_request, py_scan_response
+    return _heads.scan_request, _heads.scan_response
+
+
+#: The scanners in use (_pick_scanners()): "c" or "python" in HEADS_SPEEDUPS.
+scan_request, scan_response = _pick_scanners()
+HEADS_SPEEDUPS: Final = "python" if scan_request is py_scan_request else "c"

@@ -60,7 +60,7 @@ from wsproxy.core.handshake import (
     error_response,
 )
 from wsproxy.core.http import ParsedRequest
-from wsproxy.core.scan import SPEEDUPS, WHOLE_MESSAGE, PyRelay, RelayedProtocol
+from wsproxy.core.scan import SPEEDUPS, WHOLE_MESSAGE, PyFlowState, PyRelay, RelayedProtocol
 from wsproxy.core.scan import session_whole_messages as _whole_messages
 from wsproxy.core.states import (
     LEG_CAN_RECEIVE,
@@ -108,6 +108,11 @@ _MESSAGE_TOO_BIG: Final = int(CloseCode.MESSAGE_TOO_BIG)
 #: from the second: on the Python fallback, where a call costs more than the loop's
 #: take on one frame (ping-pong has one a read); not in C, which takes them all.
 _HOLD_FIRST = SPEEDUPS != "c"
+#: Whether a new _Flow's counters and flags are 0 already: the C FlowState's are
+#: (PyType_GenericNew zeroes it), the Python twin's slots start unset.
+_ZEROED: Final = _FlowState is not PyFlowState
+#: The first byte of a final close frame without RSV bits (Session._lone_close).
+_CLOSE_B0: Final = bytes((0x88,))
 # The opening's and the closing's states and triggers as plain globals: an Enum class's
 # attribute goes through EnumType's __getattr__ hook on Python 3.11 (~900 instructions
 # a look-up, a global ~40), and an upgrade took some ninety of them.
@@ -191,15 +196,16 @@ class _Flow(_FlowState):
         self.masked = masked = src is _CLIENT
         self.mask_bit = 0x80 if masked else 0
         self.max_size = max_size
-        self.rsv_allowed = 0
-        self.remaining = 0
+        if not _ZEROED:  # the C FlowState's numbers start at 0 (~1k instructions a flow)
+            self.rsv_allowed = 0
+            self.remaining = 0
+            self.in_message = False
+            self.messages = 0
+            self.bytes = 0
         self.partial = b""
-        self.in_message = False
         #: Wire bytes the current message may still take (the size limit, less its
         #: frames so far).
         self.message_room = 0
-        self.messages = 0
-        self.bytes = 0
         #: Data messages that could not be delivered: dst was already sent a close.
         self.undelivered = 0
         #: Rare: a tuple, so that the usual empty one is shared rather than a list per
@@ -299,7 +305,10 @@ class Session:
         """Feed bytes read from *side*'s transport. Then call data_to_send()."""
         state = self.state
         if state is _S_OPEN or state is _S_CLOSING:
-            self._scan(self._client_flow if side is _CLIENT else self._upstream_flow, data)
+            f = self._client_flow if side is _CLIENT else self._upstream_flow
+            if data[:1] == _CLOSE_B0 and self._lone_close(f, data):
+                return
+            self._scan(f, data)
         elif state is _S_AWAIT_REQUEST and side is _CLIENT and self.request is None:
             self._receive_request(data)
         elif state is _S_CONNECTING and side is _UPSTREAM:
@@ -790,6 +799,29 @@ class Session:
         if pos < n:
             f.partial = data[pos:]
         self._forward(f, data, start, pos, messages, deliver)
+
+    def _lone_close(self, f: _Flow, data: bytes) -> bool:
+        """A read that is one whole close frame and nothing else, where _scan() would
+        read nothing before it (no frame in flight, no partial header, nothing of ours
+        waiting): handled as _scan() and _control() would (the end of every
+        connection, twice; their loop's setup cost ~8k instructions a frame).
+        False: _scan() is to read it."""
+        n = len(data)
+        head = 6 if f.masked else 2
+        length = n - head
+        if not 0 <= length < 126 or data[1] != f.mask_bit | length or f.partial or (
+            f.remaining or f.pending or f.pending_close is not None
+            or f.src_leg.state not in LEG_CAN_RECEIVE
+        ):
+            return False
+        payload = data[head:]
+        if head == 6:
+            if length <= 4:  # as _control()
+                payload = bytes(map(_xor, payload, data[2:6]))
+            else:
+                payload = frames.unmask(payload, data[2:6])
+        self._receive_close(f, data, payload)
+        return True
 
     def _forward(
         self, f: _Flow, data: bytes, start: int, end: int, messages: int, deliver: bool

@@ -38,6 +38,7 @@ from wsproxy.core.resume import ResumeAsk, take_param
 from wsproxy.core.session import Session
 from wsproxy.core.states import TERMINAL, LegState, SessionState, Side
 from wsproxy.io import direct
+from wsproxy.io.deadlines import deadlines_of
 from wsproxy.io.ports import DRAINING, CloseRefusal
 from wsproxy.io.resume import ResumeState, hand_over, resume_into
 from wsproxy.io.upstream import (
@@ -76,6 +77,11 @@ _LEG_CLOSED: Final = LegState.CLOSED
 _OTHER: Final = {CLIENT: UPSTREAM, UPSTREAM: CLIENT}
 #: The failures the session answers by itself, by status.
 _STATUS_FAILURES: Final = {400: "bad_request", 426: "bad_version", 431: "head_too_large"}
+#: SessionState.value without the Enum's Python-level descriptor (~2k instructions).
+_STATE_VALUE: Final = {state: state.value for state in SessionState}
+#: Which of a connection's two timers is armed (Connection._timer).
+_HANDSHAKE: Final = 1
+_CLOSE: Final = 2
 
 
 class HttpDoor(Protocol):
@@ -130,8 +136,8 @@ class UpstreamProtocol(asyncio.Protocol):
 
 class _Dial:
     """One upgrade's search for a backend: the candidates left, the one being tried
-    (its protocol, the task that connects, the timer of limits.backend_timeout), and
-    whether its handshake has gone and its answer is awaited."""
+    (its protocol, the task that connects, the deadline of limits.backend_timeout),
+    and whether its handshake has gone and its answer is awaited."""
 
     __slots__ = ("backend", "backends", "protocol", "sticky", "task", "timer", "waiting")
 
@@ -142,7 +148,8 @@ class _Dial:
         self.backend: BackendState | None = None
         self.protocol: UpstreamProtocol | None = None
         self.task: asyncio.Task[None] | None = None
-        self.timer: asyncio.TimerHandle | None = None
+        #: The deadline armed for ``_dial_timed_out`` (wsproxy.io.deadlines), if one is.
+        self.timer: float | None = None
         self.waiting = False
 
 
@@ -159,9 +166,9 @@ class Connection(asyncio.Protocol):
     # Slots, and a slot per side rather than a dict keyed by side: 10,000 idle
     # connections must stay cheap.
     __slots__ = (
-        "_client", "_close_rounds", "_dial", "_door", "_eof_wait", "_forwarded_for",
-        "_open_transports",
-        "_resume", "_rtt_client", "_rtt_upstream", "_timer", "_upstream", "backend", "client_ip",
+        "_client", "_close_rounds", "_deadlines", "_dial", "_door", "_eof_wait",
+        "_forwarded_for", "_open_transports", "_resume", "_rtt_client", "_rtt_upstream",
+        "_timer", "_timer_at", "_upstream", "backend", "client_ip",
         "ctx", "failure", "id", "identity", "liveness", "peer_ip", "session", "settings",
         "started",
     )
@@ -224,14 +231,19 @@ class Connection(asyncio.Protocol):
         self._open_transports = 1
         if deadline is None:
             deadline = ctx.loop.time() + cfg.limits.handshake_timeout
-        self._timer: asyncio.TimerHandle | None = ctx.loop.call_at(
-            deadline, self._handshake_timed_out
-        )
+        #: The connection's timers (wsproxy.io.deadlines: no loop timer each).
+        self._deadlines = deadlines = deadlines_of(ctx.loop)
+        #: The one of _handshake_timed_out (_HANDSHAKE) or _close_timed_out (_CLOSE)
+        #: armed for ``_timer_at``, or 0.
+        self._timer = _HANDSHAKE
+        self._timer_at = deadline
+        deadlines.arm(deadline, self._handshake_timed_out)
         #: The search for a backend, while it lasts (``_start_dial``).
         self._dial: _Dial | None = None
         self._close_rounds = 0
-        #: The wait for the backend to close its socket first (_close_upstream).
-        self._eof_wait: asyncio.TimerHandle | None = None
+        #: The deadline of the wait for the backend to close its socket first
+        #: (_close_upstream), while it is armed.
+        self._eof_wait: float | None = None
         #: A client that opted in to resumable sessions (wsproxy.io.resume): its
         #: session's state, or the resume it asks for. None for all others.
         self._resume: ResumeState | ResumeAsk | None = None
@@ -396,11 +408,11 @@ class Connection(asyncio.Protocol):
                 )
             if close_upstream:
                 self._close_upstream(upstream)
-        if session.state is _CLOSING and self._timer is None:
+        if session.state is _CLOSING and not self._timer:
             # A close handshake is in flight: a peer that never answers is dead.
-            self._timer = self.ctx.loop.call_later(
-                self.settings.config.heartbeat.timeout, self._close_timed_out
-            )
+            self._timer = _CLOSE
+            self._timer_at = at = self.ctx.loop.time() + self.settings.config.heartbeat.timeout
+            self._deadlines.arm(at, self._close_timed_out)
         if session.state is not _OPEN and self.backend is not None and self._resume is None:
             direct.restore(client, upstream)  # no longer OPEN: every read the driver's
 
@@ -412,10 +424,13 @@ class Connection(asyncio.Protocol):
             # Let the backend close first (§7.1.1), but not for ever. One wait per
             # connection, cancelled when it ends (most backends do close first).
             if self._eof_wait is None:
-                self._eof_wait = self.ctx.loop.call_later(
-                    UPSTREAM_EOF_WAIT, self._close_soon, transport
-                )
+                self._eof_wait = at = self.ctx.loop.time() + UPSTREAM_EOF_WAIT
+                self._deadlines.arm(at, self._eof_waited, transport)
             return
+        self._close_soon(transport)
+
+    def _eof_waited(self, transport: asyncio.Transport) -> None:
+        self._eof_wait = None
         self._close_soon(transport)
 
     def _close_soon(self, transport: asyncio.Transport) -> None:
@@ -514,12 +529,16 @@ class Connection(asyncio.Protocol):
     # Timers…
 
     def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        timer = self._timer
+        if timer:
+            self._timer = 0
+            self._deadlines.disarm(
+                self._timer_at,
+                self._handshake_timed_out if timer == _HANDSHAKE else self._close_timed_out,
+            )
 
     def _handshake_timed_out(self) -> None:
-        self._timer = None
+        self._timer = 0
         if self.session.state in (_AWAIT_REQUEST, _CONNECTING):
             self.failure = "timeout"
             self.session.abort()
@@ -532,7 +551,7 @@ class Connection(asyncio.Protocol):
         other leg gets its close (or the answer it waits for) all the same; if that
         one then hangs too, the next timeout aborts everything.
         """
-        self._timer = None
+        self._timer = 0
         session = self.session
         stuck = [side for side in (CLIENT, UPSTREAM)
                  if session.leg_state(side) is LegState.CLOSE_SENT]
@@ -743,9 +762,8 @@ class Connection(asyncio.Protocol):
             dial.backend = backend
             backend.dialing += 1  # until _end_dial: least_connections counts it
             protocol = dial.protocol = UpstreamProtocol(self)
-            dial.timer = self.ctx.loop.call_later(
-                self.settings.config.limits.backend_timeout, self._dial_timed_out, protocol
-            )
+            dial.timer = at = self.ctx.loop.time() + self.settings.config.limits.backend_timeout
+            self._deadlines.arm(at, self._dial_timed_out, protocol)
             self.ctx.spawn(partial(self._dial_one, dial, protocol))
             return
         self._dial = None
@@ -835,7 +853,7 @@ class Connection(asyncio.Protocol):
         if dial.protocol is not None and dial.backend is not None:  # once per attempt
             dial.backend.dialing -= 1
         if dial.timer is not None:
-            dial.timer.cancel()
+            self._deadlines.disarm(dial.timer, self._dial_timed_out)
             dial.timer = None
         dial.protocol = None
         dial.waiting = False
@@ -925,7 +943,7 @@ class Connection(asyncio.Protocol):
     def _finished(self) -> None:
         self._cancel_timer()
         if self._eof_wait is not None:
-            self._eof_wait.cancel()
+            self._deadlines.disarm(self._eof_wait, self._eof_waited)
             self._eof_wait = None
         if isinstance(self._resume, ResumeState):
             self._resume.finished()
@@ -979,7 +997,7 @@ class Connection(asyncio.Protocol):
         identity = self.identity
         return closed_line_of(
             self.id, self.client_ip, None if backend is None else backend.name,
-            None if identity is None else identity.subject, s.state.value,
+            None if identity is None else identity.subject, _STATE_VALUE[s.state],
             round(time.monotonic() - self.started, 3), client_code, upstream_code,
             s.initiator, s.close_reason, to_backend.messages, to_client.messages,
             to_backend.bytes, to_client.bytes, to_client.undelivered, to_backend.undelivered,
