@@ -105,11 +105,30 @@ def worker_config(config: ProxyConfig, index: int, count: int, token: str) -> Pr
     )
 
 
+#: The signal the kernel sends a worker whose parent died (PR_SET_PDEATHSIG).
+PARENT_DIED: Final = signal.SIGUSR2
+
+
 def die_with_parent(parent: int) -> None:
-    """SIGTERM to this process when its parent dies (Linux); exits if it already has."""
+    """SIGTERM to this process, once, when its parent dies (Linux); exits if it
+    already has.
+
+    The kernel sends the death signal each time the *thread* that is this process's
+    parent exits, and a killed parent's threads exit one by one, each passing its
+    children on to the next: a worker got SIGTERM two or three times. One that came
+    after the drain, once the loop had given SIGTERM back to its default action,
+    killed the worker before it wrote its last lines. So the death signal is
+    PARENT_DIED, which the worker turns into one SIGTERM (a drain) and ignores after.
+    """
+
+    def parent_died(signum: int, frame: object) -> None:
+        signal.signal(PARENT_DIED, signal.SIG_IGN)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    signal.signal(PARENT_DIED, parent_died)
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        libc.prctl(1, PARENT_DIED)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
     if os.getppid() != parent:
