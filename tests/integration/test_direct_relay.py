@@ -1,7 +1,9 @@
 """A session relayed by the relay protocols (wsproxy.io.direct), on real sockets, on both
 loops: its transports carry relays while OPEN and get their own protocols back after,
 and everything the driver does still happens (heartbeats, the size limit, drains,
-backpressure, close handshakes)."""
+backpressure, close handshakes). Each test runs twice: with io.direct's feed (its
+sockets read by pumps) started as it is in service, after a few relayed reads, and
+started at the first one."""
 
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from tests.integration.peers import (
 )
 from wsproxy.core.scan import PyRelay, Relay
 from wsproxy.core.states import SessionState
+from wsproxy.io import direct
 from wsproxy.io.connection import Connection
 from wsproxy.supervisor import ProxyContext
 
@@ -33,6 +36,14 @@ WAIT = 10.0
 RELAYS = (PyRelay, Relay)
 #: Messages of 64 KiB a client sends to a backend that does not read: 32 MiB.
 FLOOD = 512
+
+
+@pytest.fixture(params=["late", "at_once"], autouse=True)
+def feed(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """When io.direct's feed starts: after FEED_AFTER relayed reads, or at the first."""
+    if request.param == "at_once":
+        monkeypatch.setattr(direct, "FEED_AFTER", 1)
+    return str(request.param)
 
 
 def url_of(ctx: ProxyContext) -> str:
@@ -53,6 +64,25 @@ def relayed(conn: Connection) -> bool:
     return bool(kinds) and kinds[0]
 
 
+def client_read(conn: Connection) -> bool:
+    """Whether the client's socket is being read: by its transport, or by the pump of
+    io.direct's feed (which pauses the transport's reading while it reads)."""
+    client, upstream = conn._client, conn._upstream
+    assert client is not None
+    assert upstream is not None
+    if client.is_reading():  # type: ignore[attr-defined]
+        return True
+    feeder = getattr(upstream.get_protocol(), "feeder", None)  # reads the client's socket
+    return feeder is not None and feeder.feed.on and not feeder.paused
+
+
+def fed(conn: Connection) -> bool:
+    """Whether io.direct's feed reads both sockets (plain TCP transports, OPEN)."""
+    protocols = [t.get_protocol() for t in (conn._client, conn._upstream) if t is not None]
+    return len(protocols) == 2 and all(
+        getattr(p, "feeder", None) is not None and p.feeder.feed.on for p in protocols)
+
+
 async def until(condition: Callable[[], bool]) -> None:
     """Until *condition* holds (bounded: a failure, not a hang)."""
     with anyio.fail_after(WAIT):
@@ -67,6 +97,16 @@ async def echoed(ws: ClientConnection, messages: list[bytes]) -> None:
         assert [await ws.recv() for _ in messages] == messages
 
 
+async def feeding(ws: ClientConnection, conn: Connection) -> None:
+    """Echo round trips one at a time (a read each) until io.direct's feed is on: it
+    starts after FEED_AFTER relayed reads."""
+    for _ in range(direct.FEED_AFTER + 1):
+        if fed(conn):
+            return
+        await echoed(ws, [b"one read"])
+    assert fed(conn)
+
+
 async def test_an_open_session_is_relayed_and_its_close_handshake_restores_the_protocols() -> None:
     async with backend() as b, running_proxy(make_config([b])) as ctx:
         async with connect(url_of(ctx), ping_interval=None) as ws:
@@ -77,6 +117,9 @@ async def test_an_open_session_is_relayed_and_its_close_handshake_restores_the_p
             await echoed(ws, [bytes([i]) * 64 for i in range(100)])
             assert conn.view()["messages_to_backend"] == 5 + 100
             assert conn.view()["messages_to_client"] == 5 + 100
+            await feeding(ws, conn)
+            await echoed(ws, [bytes([i]) * 64 for i in range(100)])
+            the_feed = upstream.get_protocol().feeder.feed  # type: ignore[union-attr]
             await ws.close(4000, "done")
         with anyio.fail_after(WAIT):
             await b.connections[0].wait_closed()
@@ -86,6 +129,7 @@ async def test_an_open_session_is_relayed_and_its_close_handshake_restores_the_p
         for transport in (client, upstream):
             assert transport is not None
             assert not isinstance(transport.get_protocol(), RELAYS)
+        assert not the_feed.on  # its pumps stopped, its sockets closed
 
 
 async def test_heartbeats_go_on_under_the_relay() -> None:
@@ -100,6 +144,11 @@ async def test_heartbeats_go_on_under_the_relay() -> None:
             await until(lambda: len(conn.rtt) == 2)
             assert relayed(conn)  # still OPEN: still relayed
             await echoed(ws, [b"after the pongs"] * 20)
+            await feeding(ws, conn)
+            pings = len(conn.rtt)
+            await until(lambda: conn._rtt_client is not None and conn._rtt_upstream is not None)
+            assert pings == 2
+            assert relayed(conn)
 
 
 @pytest.mark.parametrize("direction", ["to_backend", "to_client"])
@@ -124,6 +173,8 @@ async def test_a_message_over_the_limit_closes_a_relayed_session_with_1009(
                             and the_connection(ctx).opened)
             conn = the_connection(ctx)
             assert relayed(conn)
+            if direction == "to_backend":
+                await feeding(ws, conn)
             await ws.send(big if direction == "to_backend" else b"go")
             code, _ = await closed_by_proxy(ws)
             assert code == 1009
@@ -165,6 +216,7 @@ async def test_a_drain_loses_no_accepted_message_of_a_relayed_stream() -> None:
                 await streaming.wait()
             conn = the_connection(ctx)
             assert relayed(conn)
+            assert fed(conn)
             ctx.drain(spread=0)
             code, _ = await closed_by_proxy(ws)
         with anyio.fail_after(WAIT):
@@ -188,6 +240,7 @@ async def test_a_backend_restarting_under_the_relay_gives_its_client_1012() -> N
         await echoed(ws, [b"a" * 64] * 50)
         conn = the_connection(ctx)
         assert relayed(conn)
+        await feeding(ws, conn)
         await ws.send(b"last")
         assert await ws.recv() == b"last"  # accepted before the close: not lost
         code, _ = await closed_by_proxy(ws)
@@ -227,11 +280,12 @@ async def test_a_backend_that_does_not_read_stalls_a_relayed_client() -> None:
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(flood)
-            await until(lambda: not client.is_reading())  # type: ignore[attr-defined]
+            await until(lambda: not client_read(conn))
             assert sent < FLOOD
             assert relayed(conn)
             reading.set()
             await until(lambda: sent == FLOOD and len(received) == FLOOD + 1)
-        assert client.is_reading()  # type: ignore[attr-defined]
+        assert client_read(conn)
         assert received[1:] == [message] * FLOOD
         assert relayed(conn)
+        assert fed(conn)  # late: started during the flood (32 MiB is many reads)
