@@ -53,15 +53,14 @@ def relay_directly(
     to_client = make(_UPSTREAM, client.write, cast(RelayedProtocol, upstream.get_protocol()))
     client.set_protocol(cast(asyncio.BaseProtocol, to_upstream))
     upstream.set_protocol(cast(asyncio.BaseProtocol, to_client))
-    if _plain(client) and _plain(upstream):
-        # The feed once the connection shows it carries messages: an idle or short one
-        # never pays for it (two more descriptors, two loop readers, ~1 KiB).
-        for relay, transport, mate in ((to_upstream, client, to_client),
-                                       (to_client, upstream, to_upstream)):
-            relay.transport = transport
-            relay.mate = mate
-            relay.countdown = FEED_AFTER
-            relay.wake = _start_feed
+    # The feed once the connection shows it carries messages: an idle or short one
+    # never pays for it (two more descriptors, two loop readers, ~1 KiB).
+    to_upstream.transport = client
+    to_upstream.mate = to_client
+    to_upstream.countdown = to_client.countdown = FEED_AFTER
+    to_upstream.wake = to_client.wake = _start_feed
+    to_client.transport = upstream
+    to_client.mate = to_upstream
 
 
 def restore(*transports: asyncio.Transport | None) -> None:
@@ -82,7 +81,8 @@ def _start_feed(relay: PyRelay) -> None:
     mate.wake = None
     transport = cast(asyncio.Transport, relay.transport)
     other = cast(asyncio.Transport, mate.transport)
-    if transport.is_closing() or other.is_closing():
+    if transport.is_closing() or other.is_closing() or not (_plain(transport)
+                                                             and _plain(other)):
         return
     try:
         feed = _Feed(asyncio.get_running_loop(), transport, other, relay, mate)
@@ -165,8 +165,10 @@ class _Feed:
             raise
         reading_a = _Reading(self, a, fd_a)
         reading_b = _Reading(self, b, fd_b)
-        reading_a.pump = Pump(relay_a, fd_a, fd_b, b, reading_a.end)
-        reading_b.pump = Pump(relay_b, fd_b, fd_a, a, reading_b.end)
+        # The C pump takes C relays; the Python one any (tests mix them).
+        pump = Pump if isinstance(relay_a, Relay) else PyPump
+        reading_a.pump = pump(relay_a, fd_a, fd_b, b, reading_a.end)
+        reading_b.pump = pump(relay_b, fd_b, fd_a, a, reading_b.end)
         self.readings = (reading_a, reading_b)
         self.relays = (relay_a, relay_b)
         # Each relay hears of its transport's writing: the pump of the other socket
