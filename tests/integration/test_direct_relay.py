@@ -8,6 +8,8 @@ started at the first one."""
 from __future__ import annotations
 
 import os
+import socket
+import struct
 from collections.abc import Callable
 
 import anyio
@@ -289,3 +291,39 @@ async def test_a_backend_that_does_not_read_stalls_a_relayed_client() -> None:
         assert received[1:] == [message] * FLOOD
         assert relayed(conn)
         assert fed(conn)  # late: started during the flood (32 MiB is many reads)
+
+
+@pytest.mark.parametrize("how", ["eof", "reset"])
+async def test_a_fed_client_that_goes_away_ends_its_session(how: str) -> None:
+    """The client's socket ends under the feed (FIN, or RST: a read error) : the
+    transport gets its reading back (and is aborted after an error), the driver ends
+    the session as it does without the feed, the backend hears of it."""
+    async with backend() as b, running_proxy(make_config([b])) as ctx:
+        ws = await connect(url_of(ctx), ping_interval=None)
+        await echoed(ws, [b"hello"])
+        conn = the_connection(ctx)
+        await feeding(ws, conn)
+        the_feed = conn._upstream.get_protocol().feeder.feed  # type: ignore[union-attr]
+        sock = ws.transport.get_extra_info("socket")
+        if how == "reset":
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        ws.transport.abort()
+        with anyio.fail_after(WAIT):
+            await b.connections[0].wait_closed()
+        await until(lambda: not ctx.registry.connections)
+        assert not the_feed.on
+        assert conn.session.state is not SessionState.OPEN
+
+
+async def test_no_feed_near_the_descriptor_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Too close to the process's descriptor limit, a connection keeps its relay
+    protocols without a feed (and without duplicates held)."""
+    monkeypatch.setattr(direct, "_ceiling", [0])
+    async with backend() as b, running_proxy(make_config([b])) as ctx, \
+            connect(url_of(ctx), ping_interval=None) as ws:
+        for _ in range(direct.FEED_AFTER + 2):
+            await echoed(ws, [b"one read"])
+        conn = the_connection(ctx)
+        assert relayed(conn)
+        assert not fed(conn)
+        await echoed(ws, [b"still relayed"] * 10)

@@ -667,6 +667,10 @@ forward_and_tell(Relay *self, const char *name, PyObject *arg, const char *feede
 static PyObject *
 relay_connection_lost(Relay *self, PyObject *exc)
 {
+    /* No feed now, and no cycle left through `mate` (PyRelay's twin). */
+    Py_XSETREF(self->wake, Py_NewRef(Py_None));
+    Py_XSETREF(self->mate, Py_NewRef(Py_None));
+    Py_XSETREF(self->transport, Py_NewRef(Py_None));
     /* The feed first: its sockets are closed before the driver hears of the loss. */
     if (self->feeder != NULL && self->feeder != Py_None) {
         PyObject *feeder = Py_NewRef(self->feeder);

@@ -296,6 +296,7 @@ class PyRelay:
         return self.original.eof_received()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.wake = self.mate = self.transport = None  # no feed now (and no cycle left)
         if self.feeder is not None:
             self.feeder.stop()
         self.original.connection_lost(exc)

@@ -14,7 +14,9 @@ When the session leaves OPEN, ``restore`` gives each transport its own protocol
 back. Until then a relay reads the session's state on every read anyway, so a read
 can never skip the driver's path once the session is no longer OPEN.
 
-Where both transports are plain TCP (not TLS), a feed (``_Feed``) goes further: each
+Where both transports are plain TCP (not TLS), a feed (``_Feed``) goes further, once
+a relay has passed FEED_AFTER reads straight through (its ``wake``: idle and short
+connections never pay for a feed's descriptors and readers): each
 transport's reading is paused and a duplicate of its socket is read by a loop reader
 whose callback is a pump (``scan.Pump``: ``_scan.Pump`` in C, ``scan.PyPump``
 otherwise). A read then goes from recv() to the relay's checks to send() on the other
@@ -31,7 +33,9 @@ transport's reading still happen: the feed takes the reading back after a resume
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
+import resource
 from typing import Final, cast
 
 from wsproxy.core.scan import Pump, PyPump, PyRelay, Relay, RelayedProtocol
@@ -69,18 +73,27 @@ def restore(*transports: asyncio.Transport | None) -> None:
         if transport is not None:
             protocol = transport.get_protocol()
             if isinstance(protocol, _RELAYS):
-                protocol.wake = None
+                protocol.wake = protocol.mate = protocol.transport = None  # (_unwake)
                 if protocol.feeder is not None:
                     protocol.feeder.stop()
                 transport.set_protocol(cast(asyncio.BaseProtocol, protocol.original))
 
 
+def _unwake(relay: PyRelay) -> None:
+    """No feed to start any more: the relay's references for it dropped (the two relays
+    refer to each other: left, that cycle would wait for the garbage collector)."""
+    relay.wake = None
+    relay.mate = None
+    relay.transport = None
+
+
 def _start_feed(relay: PyRelay) -> None:
     """A relay's ``wake``: the connection carries messages, its sockets get a feed."""
     mate = cast(PyRelay, relay.mate)
-    mate.wake = None
     transport = cast(asyncio.Transport, relay.transport)
     other = cast(asyncio.Transport, mate.transport)
+    _unwake(relay)
+    _unwake(mate)
     if transport.is_closing() or other.is_closing() or not (_plain(transport)
                                                              and _plain(other)):
         return
@@ -163,14 +176,19 @@ class _Feed:
         except OSError:
             os.close(fd_a)
             raise
+        if max(fd_a, fd_b) >= _descriptor_ceiling():
+            # Near the limit: the descriptors are for accepting connections, not this.
+            os.close(fd_a)
+            os.close(fd_b)
+            raise OSError(errno.EMFILE, "too close to the descriptor limit for a feed")
         reading_a = _Reading(self, a, fd_a)
         reading_b = _Reading(self, b, fd_b)
         # The C pump takes C relays; the Python one any (tests mix them).
         pump = Pump if isinstance(relay_a, Relay) else PyPump
         reading_a.pump = pump(relay_a, fd_a, fd_b, b, reading_a.end)
         reading_b.pump = pump(relay_b, fd_b, fd_a, a, reading_b.end)
-        self.readings = (reading_a, reading_b)
-        self.relays = (relay_a, relay_b)
+        self.readings: tuple[_Reading, ...] = (reading_a, reading_b)
+        self.relays: tuple[PyRelay, ...] = (relay_a, relay_b)
         # Each relay hears of its transport's writing: the pump of the other socket
         # writes into it.
         relay_b.feeder = reading_a
@@ -191,12 +209,29 @@ class _Feed:
             relay.feeder = None
         for reading in self.readings:
             cast(PyPump, reading.pump).detach()
+            reading.pump = None  # (pump -> reading.end -> reading: no cycle left for gc)
             if not reading.paused:
                 self.loop.remove_reader(reading.fd)
             os.close(reading.fd)
         for reading in self.readings:
             if not reading.paused and not reading.transport.is_closing():
                 reading.transport.resume_reading()
+        self.readings = ()
+        self.relays = ()
+
+
+_ceiling: list[int] = []
+
+
+def _descriptor_ceiling() -> int:
+    """The highest descriptor a feed may hold (its duplicates are the lowest free ones,
+    so their numbers tell how many are open): an eighth of the process's limit (at
+    least 64) stays for connections. Read once."""
+    if not _ceiling:
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        _ceiling.append(soft - max(64, soft // 8) if soft != resource.RLIM_INFINITY
+                        else 1 << 30)
+    return _ceiling[0]
 
 
 #: Reads passed straight through by a relay before its connection gets a feed: the feed
