@@ -42,7 +42,9 @@ FLOOD = 512
 
 @pytest.fixture(params=["late", "at_once"], autouse=True)
 def feed(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """When io.direct's feed starts: after FEED_AFTER relayed reads, or at the first."""
+    """When io.direct's feed starts: after FEED_AFTER relayed reads, or at the first
+    (with the Python pump too: off in service, where it does not pay)."""
+    monkeypatch.setattr(direct, "FEEDING", True)
     if request.param == "at_once":
         monkeypatch.setattr(direct, "FEED_AFTER", 1)
     return str(request.param)
