@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import struct
 from collections.abc import Callable
+from pathlib import Path
 
 import anyio
 import anyio.lowlevel
@@ -329,3 +331,31 @@ async def test_no_feed_near_the_descriptor_limit(monkeypatch: pytest.MonkeyPatch
         assert relayed(conn)
         assert not fed(conn)
         await echoed(ws, [b"still relayed"] * 10)
+
+
+async def test_tls_transports_keep_their_reads(tmp_path: Path) -> None:
+    """A TLS client (and so a TLS transport) gets relay protocols but never a feed: its
+    socket carries records, not frames."""
+    import trustme  # the TLS tests' throwaway CA
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    certfile, keyfile = tmp_path / "proxy.pem", tmp_path / "proxy.key"
+    for blob in cert.cert_chain_pems:
+        blob.write_to_path(str(certfile), append=True)
+    cert.private_key_pem.write_to_path(str(keyfile))
+    client_context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    ca.configure_trust(client_context)
+    async with backend() as b:
+        config = make_config(
+            [b], listen={"tls": {"certfile": str(certfile), "keyfile": str(keyfile)}})
+        async with running_proxy(config) as ctx:
+            host, port = ctx.addresses[0]
+            async with connect(f"wss://{host}:{port}", ssl=client_context,
+                               ping_interval=None) as ws:
+                for i in range(direct.FEED_AFTER + 2):
+                    await echoed(ws, [b"%d" % i])
+                conn = the_connection(ctx)
+                assert relayed(conn)
+                assert not fed(conn)
+                await echoed(ws, [bytes([i]) * 64 for i in range(50)])
