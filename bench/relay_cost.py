@@ -44,6 +44,7 @@ import collections
 import contextlib
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -207,6 +208,10 @@ def live(a: argparse.Namespace) -> float:
                                                       key=lambda p: int(p.suffix[1:]))]
             if len(counts) < 2:
                 raise RuntimeError(f"expected two dumps, got {len(counts)}")
+            if a.keep:  # for callgrind_annotate: the dumps of the N and 2N windows
+                Path(a.keep).mkdir(parents=True, exist_ok=True)
+                for dump in tmp.glob("callgrind.out.*"):
+                    shutil.copy(dump, Path(a.keep) / dump.name)
             return (counts[1] - counts[0]) / (2 * n * a.batch)
     finally:
         procs.stop_all()
@@ -234,6 +239,7 @@ def main() -> None:
                    help="with --target: the checkout whose .venv runs it")
     p.add_argument("--python-of-tree", help="with --target: another interpreter")
     p.add_argument("-n", type=int, default=400, help="with --target: rounds measured")
+    p.add_argument("--keep", help="with --target: copy callgrind's dumps to this directory")
     a = p.parse_args()
     if a.target:
         cost = live(a)

@@ -1,12 +1,18 @@
 """A session relayed by the relay protocols (wsproxy.io.direct), on real sockets, on both
 loops: its transports carry relays while OPEN and get their own protocols back after,
 and everything the driver does still happens (heartbeats, the size limit, drains,
-backpressure, close handshakes)."""
+backpressure, close handshakes). Each test runs twice: with io.direct's feed (its
+sockets read by pumps) started as it is in service, after a few relayed reads, and
+started at the first one."""
 
 from __future__ import annotations
 
 import os
+import socket
+import ssl
+import struct
 from collections.abc import Callable
+from pathlib import Path
 
 import anyio
 import anyio.lowlevel
@@ -24,6 +30,7 @@ from tests.integration.peers import (
 )
 from wsproxy.core.scan import PyRelay, Relay
 from wsproxy.core.states import SessionState
+from wsproxy.io import direct
 from wsproxy.io.connection import Connection
 from wsproxy.supervisor import ProxyContext
 
@@ -33,6 +40,16 @@ WAIT = 10.0
 RELAYS = (PyRelay, Relay)
 #: Messages of 64 KiB a client sends to a backend that does not read: 32 MiB.
 FLOOD = 512
+
+
+@pytest.fixture(params=["late", "at_once"], autouse=True)
+def feed(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """When io.direct's feed starts: after FEED_AFTER relayed reads, or at the first
+    (with the Python pump too: off in service, where it does not pay)."""
+    monkeypatch.setattr(direct, "FEEDING", True)
+    if request.param == "at_once":
+        monkeypatch.setattr(direct, "FEED_AFTER", 1)
+    return str(request.param)
 
 
 def url_of(ctx: ProxyContext) -> str:
@@ -53,6 +70,25 @@ def relayed(conn: Connection) -> bool:
     return bool(kinds) and kinds[0]
 
 
+def client_read(conn: Connection) -> bool:
+    """Whether the client's socket is being read: by its transport, or by the pump of
+    io.direct's feed (which pauses the transport's reading while it reads)."""
+    client, upstream = conn._client, conn._upstream
+    assert client is not None
+    assert upstream is not None
+    if client.is_reading():  # type: ignore[attr-defined]
+        return True
+    feeder = getattr(upstream.get_protocol(), "feeder", None)  # reads the client's socket
+    return feeder is not None and feeder.feed.on and not feeder.paused
+
+
+def fed(conn: Connection) -> bool:
+    """Whether io.direct's feed reads both sockets (plain TCP transports, OPEN)."""
+    protocols = [t.get_protocol() for t in (conn._client, conn._upstream) if t is not None]
+    return len(protocols) == 2 and all(
+        getattr(p, "feeder", None) is not None and p.feeder.feed.on for p in protocols)
+
+
 async def until(condition: Callable[[], bool]) -> None:
     """Until *condition* holds (bounded: a failure, not a hang)."""
     with anyio.fail_after(WAIT):
@@ -67,6 +103,16 @@ async def echoed(ws: ClientConnection, messages: list[bytes]) -> None:
         assert [await ws.recv() for _ in messages] == messages
 
 
+async def feeding(ws: ClientConnection, conn: Connection) -> None:
+    """Echo round trips one at a time (a read each) until io.direct's feed is on: it
+    starts after FEED_AFTER relayed reads."""
+    for _ in range(direct.FEED_AFTER + 1):
+        if fed(conn):
+            return
+        await echoed(ws, [b"one read"])
+    assert fed(conn)
+
+
 async def test_an_open_session_is_relayed_and_its_close_handshake_restores_the_protocols() -> None:
     async with backend() as b, running_proxy(make_config([b])) as ctx:
         async with connect(url_of(ctx), ping_interval=None) as ws:
@@ -77,6 +123,9 @@ async def test_an_open_session_is_relayed_and_its_close_handshake_restores_the_p
             await echoed(ws, [bytes([i]) * 64 for i in range(100)])
             assert conn.view()["messages_to_backend"] == 5 + 100
             assert conn.view()["messages_to_client"] == 5 + 100
+            await feeding(ws, conn)
+            await echoed(ws, [bytes([i]) * 64 for i in range(100)])
+            the_feed = upstream.get_protocol().feeder.feed  # type: ignore[union-attr]
             await ws.close(4000, "done")
         with anyio.fail_after(WAIT):
             await b.connections[0].wait_closed()
@@ -86,6 +135,7 @@ async def test_an_open_session_is_relayed_and_its_close_handshake_restores_the_p
         for transport in (client, upstream):
             assert transport is not None
             assert not isinstance(transport.get_protocol(), RELAYS)
+        assert not the_feed.on  # its pumps stopped, its sockets closed
 
 
 async def test_heartbeats_go_on_under_the_relay() -> None:
@@ -100,6 +150,11 @@ async def test_heartbeats_go_on_under_the_relay() -> None:
             await until(lambda: len(conn.rtt) == 2)
             assert relayed(conn)  # still OPEN: still relayed
             await echoed(ws, [b"after the pongs"] * 20)
+            await feeding(ws, conn)
+            pings = len(conn.rtt)
+            await until(lambda: conn._rtt_client is not None and conn._rtt_upstream is not None)
+            assert pings == 2
+            assert relayed(conn)
 
 
 @pytest.mark.parametrize("direction", ["to_backend", "to_client"])
@@ -124,6 +179,8 @@ async def test_a_message_over_the_limit_closes_a_relayed_session_with_1009(
                             and the_connection(ctx).opened)
             conn = the_connection(ctx)
             assert relayed(conn)
+            if direction == "to_backend":
+                await feeding(ws, conn)
             await ws.send(big if direction == "to_backend" else b"go")
             code, _ = await closed_by_proxy(ws)
             assert code == 1009
@@ -165,6 +222,7 @@ async def test_a_drain_loses_no_accepted_message_of_a_relayed_stream() -> None:
                 await streaming.wait()
             conn = the_connection(ctx)
             assert relayed(conn)
+            assert fed(conn)
             ctx.drain(spread=0)
             code, _ = await closed_by_proxy(ws)
         with anyio.fail_after(WAIT):
@@ -188,6 +246,7 @@ async def test_a_backend_restarting_under_the_relay_gives_its_client_1012() -> N
         await echoed(ws, [b"a" * 64] * 50)
         conn = the_connection(ctx)
         assert relayed(conn)
+        await feeding(ws, conn)
         await ws.send(b"last")
         assert await ws.recv() == b"last"  # accepted before the close: not lost
         code, _ = await closed_by_proxy(ws)
@@ -227,11 +286,76 @@ async def test_a_backend_that_does_not_read_stalls_a_relayed_client() -> None:
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(flood)
-            await until(lambda: not client.is_reading())  # type: ignore[attr-defined]
+            await until(lambda: not client_read(conn))
             assert sent < FLOOD
             assert relayed(conn)
             reading.set()
             await until(lambda: sent == FLOOD and len(received) == FLOOD + 1)
-        assert client.is_reading()  # type: ignore[attr-defined]
+        assert client_read(conn)
         assert received[1:] == [message] * FLOOD
         assert relayed(conn)
+        assert fed(conn)  # late: started during the flood (32 MiB is many reads)
+
+
+@pytest.mark.parametrize("how", ["eof", "reset"])
+async def test_a_fed_client_that_goes_away_ends_its_session(how: str) -> None:
+    """The client's socket ends under the feed (FIN, or RST: a read error) : the
+    transport gets its reading back (and is aborted after an error), the driver ends
+    the session as it does without the feed, the backend hears of it."""
+    async with backend() as b, running_proxy(make_config([b])) as ctx:
+        ws = await connect(url_of(ctx), ping_interval=None)
+        await echoed(ws, [b"hello"])
+        conn = the_connection(ctx)
+        await feeding(ws, conn)
+        the_feed = conn._upstream.get_protocol().feeder.feed  # type: ignore[union-attr]
+        sock = ws.transport.get_extra_info("socket")
+        if how == "reset":
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        ws.transport.abort()
+        with anyio.fail_after(WAIT):
+            await b.connections[0].wait_closed()
+        await until(lambda: not ctx.registry.connections)
+        assert not the_feed.on
+        assert conn.session.state is not SessionState.OPEN
+
+
+async def test_no_feed_near_the_descriptor_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Too close to the process's descriptor limit, a connection keeps its relay
+    protocols without a feed (and without duplicates held)."""
+    monkeypatch.setattr(direct, "_ceiling", [0])
+    async with backend() as b, running_proxy(make_config([b])) as ctx, \
+            connect(url_of(ctx), ping_interval=None) as ws:
+        for _ in range(direct.FEED_AFTER + 2):
+            await echoed(ws, [b"one read"])
+        conn = the_connection(ctx)
+        assert relayed(conn)
+        assert not fed(conn)
+        await echoed(ws, [b"still relayed"] * 10)
+
+
+async def test_tls_transports_keep_their_reads(tmp_path: Path) -> None:
+    """A TLS client (and so a TLS transport) gets relay protocols but never a feed: its
+    socket carries records, not frames."""
+    import trustme  # the TLS tests' throwaway CA
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    certfile, keyfile = tmp_path / "proxy.pem", tmp_path / "proxy.key"
+    for blob in cert.cert_chain_pems:
+        blob.write_to_path(str(certfile), append=True)
+    cert.private_key_pem.write_to_path(str(keyfile))
+    client_context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    ca.configure_trust(client_context)
+    async with backend() as b:
+        config = make_config(
+            [b], listen={"tls": {"certfile": str(certfile), "keyfile": str(keyfile)}})
+        async with running_proxy(config) as ctx:
+            host, port = ctx.addresses[0]
+            async with connect(f"wss://{host}:{port}", ssl=client_context,
+                               ping_interval=None) as ws:
+                for i in range(direct.FEED_AFTER + 2):
+                    await echoed(ws, [b"%d" % i])
+                conn = the_connection(ctx)
+                assert relayed(conn)
+                assert not fed(conn)
+                await echoed(ws, [bytes([i]) * 64 for i in range(50)])

@@ -12,6 +12,9 @@ driver on exactly the reads the Python one does.
 
 from __future__ import annotations
 
+import errno
+import os
+import socket
 from types import SimpleNamespace
 from typing import Any
 from unittest import mock
@@ -37,6 +40,14 @@ class FakeTransport:
     def __init__(self) -> None:
         self.writes: list[bytes] = []
         self.protocol: Any = None
+        self.buffered = 0  # what get_write_buffer_size() says
+        self.closing = False
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+    def is_closing(self) -> bool:
+        return self.closing
 
     def write(self, data: bytes) -> None:
         self.writes.append(bytes(data))
@@ -49,6 +60,9 @@ class FakeTransport:
 
     def set_protocol(self, protocol: Any) -> None:
         self.protocol = protocol
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default  # no socket: io.direct's feed stays off
 
 
 class Driver:
@@ -116,16 +130,71 @@ if _scan is not None:
 restoring_both = mock.patch.object(direct, "_RELAYS", tuple(RELAYS.values()))
 
 
+PUMPS: dict[str, type] = {"python": scan.PyPump}
+if _scan is not None:
+    PUMPS["c"] = _scan.Pump
+
+
+class Sockets:
+    """For each side a socket pair: the peer's end and the proxy's; pumps on the proxy's
+    ends (read from a duplicate, as io.direct's feed does) with the relay protocols."""
+
+    def __init__(self, relay: str, transports: dict[Side, FakeTransport]) -> None:
+        self.peer: dict[Side, socket.socket] = {}
+        self.proxy: dict[Side, socket.socket] = {}
+        for side in (CLIENT, UPSTREAM):
+            self.peer[side], self.proxy[side] = socket.socketpair()
+            for sock in (self.peer[side], self.proxy[side]):
+                sock.setblocking(False)
+        self.ends: list[tuple[Side, int]] = []
+        self.pumps: dict[Side, Any] = {}
+        self.dups: list[int] = []
+        for side, other in ((CLIENT, UPSTREAM), (UPSTREAM, CLIENT)):
+            fd_in = os.dup(self.proxy[side].fileno())
+            self.dups.append(fd_in)
+            self.pumps[side] = PUMPS[relay](
+                transports[side].protocol, fd_in, self.proxy[other].fileno(),
+                transports[other], lambda code, side=side: self.ends.append((side, code)),
+            )
+
+    def feed(self, side: Side, chunk: bytes, transports: dict[Side, FakeTransport]) -> None:
+        """*chunk* from *side*'s peer, one read by its pump; what it sent on to the other
+        peer recorded as one write of the other transport (it sends one read at once)."""
+        self.peer[side].sendall(chunk)
+        self.pumps[side].readable()
+        other = UPSTREAM if side is CLIENT else CLIENT
+        sent = b""
+        while True:
+            try:
+                piece = self.peer[other].recv(1 << 20)
+            except BlockingIOError:
+                break
+            sent += piece
+        if sent:
+            # Never past what the transport holds: that would reorder the stream.
+            assert not transports[other].buffered, "sent while the transport had a buffer"
+            transports[other].writes.append(sent)
+
+    def close(self) -> None:
+        for fd in self.dups:
+            os.close(fd)
+        for sock in (*self.peer.values(), *self.proxy.values()):
+            sock.close()
+
+
 def run(
     ops: list[Op], max_size: int, rsv_allowed: int, relay: str | None,
-    flushes: list[bool] | None = None,
+    flushes: list[bool] | None = None, pumped: list[bool] | None = None,
 ) -> list[object]:
     """Everything a driver and its peers could see of one session fed *ops*, through
     the driver alone (*relay* None) or with the relay protocol *relay* ("python" or
     "c") on both transports while OPEN. *flushes*: whether the driver writes out
     (and restores the protocols) after each op that is not a read, as the
     Connection does; without, the relays' own checks (the session's state, our
-    frames waiting) have to send the next read to the driver."""
+    frames waiting) have to send the next read to the driver. *pumped*: the reads
+    come through the relay's pump (scan.PyPump or ``_scan.Pump``) on real sockets
+    instead, with the other transport's write buffer empty (False: the pump sends)
+    or not (True: it writes) at each op."""
     flow = "c" if relay == "c" else "python"
     no_random = SimpleNamespace(urandom=lambda n: b"\x01" * n)  # our pings' mask keys
     with mock.patch.object(session_module, "_Flow", FLOWS[flow]), mock.patch.object(
@@ -145,13 +214,19 @@ def run(
         if relay is not None:
             direct.relay_directly(session, transports[CLIENT], transports[UPSTREAM])  # type: ignore[arg-type]
             assert all(isinstance(t.protocol, RELAYS[relay]) for t in transports.values())
+        sockets = Sockets(relay, transports) if pumped is not None and relay else None
         trace: list[object] = []
         for i, op in enumerate(ops):
             kind, side = op[0], op[1]
             flush = driver.flush if flushes is None or flushes[i] else lambda: None
             if kind == "feed":
                 for chunk in op[2]:
-                    transports[side].protocol.data_received(chunk)
+                    if sockets is not None and pumped is not None:
+                        for transport in transports.values():
+                            transport.buffered = int(pumped[i])
+                        sockets.feed(side, chunk, transports)
+                    else:
+                        transports[side].protocol.data_received(chunk)
                     trace.append(snapshot(session, transports))
             elif kind == "ping":
                 session.send_ping(side, b"7")
@@ -173,6 +248,9 @@ def run(
             flushes is not None or relayed == (relay is not None and session.state is OPEN),
         ))
         trace.append(("reads", driver.reads) if relay is not None else ())
+        if sockets is not None:
+            sockets.close()
+            assert sockets.ends == []
         return trace
 
 
@@ -323,3 +401,90 @@ def test_the_session_makes_the_relay_the_module_picked() -> None:
     assert relay.flow is session._client_flow
     assert relay.leg is session._upstream_leg
 
+
+
+def nonempty(ops: list[Op]) -> list[Op]:
+    """*ops* without empty reads (a socket has no empty read: a pump sees none)."""
+    return [("feed", op[1], [c for c in op[2] if c]) if op[0] == "feed" else op for op in ops]
+
+
+@given(
+    ops=st.lists(st.tuples(operation(), st.booleans(), st.booleans()), min_size=1,
+                 max_size=8),
+    max_size=SIZES, rsv_allowed=RSV,
+)
+@settings(max_examples=120, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+def test_a_pumped_session_is_the_relayed_session(
+    ops: list[tuple[Op, bool, bool]], max_size: int, rsv_allowed: int
+) -> None:
+    """Reads through a pump on real sockets (sent on, or written when the other
+    transport has something buffered) give the same writes, states, counters and
+    fallbacks as through its relay protocol, with or without the driver's flushes;
+    the C pump and the Python one alike."""
+    plain = nonempty([op for op, _, _ in ops])
+    flushes, busy = [flush for _, flush, _ in ops], [b for _, _, b in ops]
+    reference = run(plain, max_size, rsv_allowed, "python", flushes)
+    assert run(plain, max_size, rsv_allowed, "python", flushes, busy) == reference
+    if _scan is not None:
+        assert run(plain, max_size, rsv_allowed, "c", flushes, busy) == reference
+
+
+@pytest.mark.parametrize("pump", list(PUMPS))
+def test_a_pump_hands_the_end_of_a_stream_and_errors_over(pump: str) -> None:
+    """Nothing read (the peer's EOF) is end(0); an error is end(errno); nothing to read
+    is nothing at all; a detached pump reads nothing."""
+    with mock.patch.object(session_module, "_Relay", RELAYS[pump]), mock.patch.object(
+        session_module, "_Flow", FLOWS[pump]
+    ):
+        session = SessionHarness().session
+    transports = {CLIENT: FakeTransport(), UPSTREAM: FakeTransport()}
+    driver = Driver(session, transports)
+    for side in (CLIENT, UPSTREAM):
+        transports[side].protocol = Original(driver, side)
+    with mock.patch.object(session_module, "_Relay", RELAYS[pump]):
+        direct.relay_directly(session, transports[CLIENT], transports[UPSTREAM])  # type: ignore[arg-type]
+    sockets = Sockets(pump, transports)
+    try:
+        sockets.pumps[CLIENT].readable()  # nothing there yet
+        assert sockets.ends == []
+        sockets.peer[CLIENT].shutdown(socket.SHUT_WR)
+        sockets.pumps[CLIENT].readable()
+        assert sockets.ends == [(CLIENT, 0)]
+        assert driver.reads == []
+        bad = PUMPS[pump](transports[CLIENT].protocol, 1 << 20, 1 << 20, transports[UPSTREAM],
+                          lambda code: sockets.ends.append((UPSTREAM, code)))
+        bad.readable()
+        assert sockets.ends[-1] == (UPSTREAM, errno.EBADF)
+        sockets.pumps[UPSTREAM].detach()
+        sockets.peer[UPSTREAM].sendall(frames.build_frame(frames.BINARY, b"x", mask=False))
+        sockets.pumps[UPSTREAM].readable()
+        assert transports[CLIENT].writes == []
+    finally:
+        sockets.close()
+
+
+@pytest.mark.parametrize("pump", list(PUMPS))
+def test_a_pump_does_not_send_to_a_closing_transport(pump: str) -> None:
+    """A closing transport (its socket maybe closed already) gets the read through its
+    write, never a send() behind its back."""
+    whole = frames.build_frame(frames.BINARY, b"abc", mask=True)
+    with mock.patch.object(session_module, "_Relay", RELAYS[pump]), mock.patch.object(
+        session_module, "_Flow", FLOWS[pump]
+    ):
+        session = SessionHarness().session
+    transports = {CLIENT: FakeTransport(), UPSTREAM: FakeTransport()}
+    driver = Driver(session, transports)
+    for side in (CLIENT, UPSTREAM):
+        transports[side].protocol = Original(driver, side)
+    with mock.patch.object(session_module, "_Relay", RELAYS[pump]):
+        direct.relay_directly(session, transports[CLIENT], transports[UPSTREAM])  # type: ignore[arg-type]
+    sockets = Sockets(pump, transports)
+    try:
+        transports[UPSTREAM].closing = True
+        sockets.feed(CLIENT, whole, transports)
+        assert transports[UPSTREAM].writes == [whole]  # through write(), not the socket
+        transports[UPSTREAM].closing = False
+        sockets.feed(CLIENT, whole, transports)
+        assert transports[UPSTREAM].writes == [whole, whole]
+    finally:
+        sockets.close()

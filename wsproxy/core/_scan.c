@@ -19,6 +19,9 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <structmember.h>
+#include <errno.h>
+#include <sys/socket.h>
+#include <sys/types.h>
 
 static PyObject *scan(const unsigned char *data, const uint64_t n, PyObject *const *args);
 static PyObject *read_whole(const unsigned char *data, const uint64_t n, PyObject *const *args);
@@ -282,43 +285,40 @@ empty(PyObject *value)
     return 0;
 }
 
-/* take(data) itself: 1 taken (and counted), 0 not (nothing changed), -1 an error. */
+/* take() on a read held in C memory: 1 taken (and counted), 0 not (nothing changed). */
 static int
-flow_take_read(FlowState *self, PyObject *arg)
+flow_take_buffer(FlowState *self, const unsigned char *data, uint64_t n)
 {
     if (self->in_message || self->pending_close != Py_None || !empty(self->partial)
         || !empty(self->pending))
         return 0;
-    Py_buffer view = {0};
-    const unsigned char *data;
-    uint64_t n;
-    if (PyBytes_Check(arg)) {
-        data = (const unsigned char *)PyBytes_AS_STRING(arg);
-        n = (uint64_t)PyBytes_GET_SIZE(arg);
-    } else {
-        if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
-            return -1;
-        data = (const unsigned char *)view.buf;
-        n = (uint64_t)view.len;
-    }
-    int taken = 1;
     if (self->remaining >= n) {  /* all of it payload of the frame in flight */
         self->remaining -= n;
     } else {
         Py_ssize_t messages = 0;
         uint64_t end = walk(data, n, self->remaining, self->mask_bit, self->rsv_allowed,
                             self->max_size, &messages);
-        if (end < n) {
-            taken = 0;
-        } else {
-            self->remaining = end - n;
-            self->messages += messages;
-        }
+        if (end < n)
+            return 0;
+        self->remaining = end - n;
+        self->messages += messages;
     }
-    if (taken)
-        self->bytes += (long long)n;
-    if (view.obj != NULL)
-        PyBuffer_Release(&view);
+    self->bytes += (long long)n;
+    return 1;
+}
+
+/* take(data) itself: 1 taken (and counted), 0 not (nothing changed), -1 an error. */
+static int
+flow_take_read(FlowState *self, PyObject *arg)
+{
+    if (PyBytes_Check(arg))
+        return flow_take_buffer(self, (const unsigned char *)PyBytes_AS_STRING(arg),
+                                (uint64_t)PyBytes_GET_SIZE(arg));
+    Py_buffer view = {0};
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
+        return -1;
+    int taken = flow_take_buffer(self, (const unsigned char *)view.buf, (uint64_t)view.len);
+    PyBuffer_Release(&view);
     return taken;
 }
 
@@ -387,6 +387,14 @@ typedef struct {
     PyObject *fallback;    /* original.data_received */
     PyObject *state_name;  /* "state" and "out": for objects without those slots */
     PyObject *out_name;
+    PyObject *transport;   /* this relay's transport, and the other transport's relay: */
+    PyObject *mate;        /* for `wake` (set by wsproxy.io.direct; None otherwise) */
+    PyObject *wake;        /* None, or wake(relay): called once, at the `countdown`th read
+                              passed straight through (io.direct starts its feed) */
+    int countdown;
+    PyObject *feeder;      /* None, or what reads the other socket into this transport
+                              (wsproxy.io.direct's feed): told of this one's pause and
+                              resume of writing and of its loss */
     /* Where `state` and `out` are held in session and leg (their __slots__), so that
        a read costs no attribute look-up; -1: look them up by name. */
     Py_ssize_t state_offset;
@@ -439,6 +447,10 @@ relay_traverse(Relay *self, visitproc visit, void *arg)
     Py_VISIT(self->write);
     Py_VISIT(self->original);
     Py_VISIT(self->fallback);
+    Py_VISIT(self->feeder);
+    Py_VISIT(self->transport);
+    Py_VISIT(self->mate);
+    Py_VISIT(self->wake);
     Py_VISIT(Py_TYPE(self));
     return 0;
 }
@@ -455,6 +467,10 @@ relay_clear(Relay *self)
     Py_CLEAR(self->fallback);
     Py_CLEAR(self->state_name);
     Py_CLEAR(self->out_name);
+    Py_CLEAR(self->feeder);
+    Py_CLEAR(self->transport);
+    Py_CLEAR(self->mate);
+    Py_CLEAR(self->wake);
     return 0;
 }
 
@@ -528,6 +544,11 @@ relay_init(Relay *self, PyObject *args, PyObject *kwargs)
     self->write = Py_NewRef(write);
     self->original = Py_NewRef(original);
     self->fallback = fallback;
+    self->feeder = Py_NewRef(Py_None);
+    self->transport = Py_NewRef(Py_None);
+    self->mate = Py_NewRef(Py_None);
+    self->wake = Py_NewRef(Py_None);
+    self->countdown = 0;
     self->state_offset = cached_offset(session, state->state_name, &state->session_type,
                                        &state->state_offset);
     self->out_offset = cached_offset(leg, state->out_name, &state->leg_type,
@@ -538,7 +559,7 @@ relay_init(Relay *self, PyObject *args, PyObject *kwargs)
 /* Whether a read may go straight through: the session OPEN, nothing waiting for the
    other side; then take() (which counts it) says whether it holds whole messages. */
 static int
-relay_direct(Relay *self, PyObject *data)
+relay_pass(Relay *self, const unsigned char *data, uint64_t n)
 {
     if (self->flow == NULL)
         return 0;  /* never initialised */
@@ -554,7 +575,21 @@ relay_direct(Relay *self, PyObject *data)
     Py_DECREF(out);
     if (waiting)
         return waiting < 0 ? -1 : 0;
-    return flow_take_read((FlowState *)self->flow, data);
+    return flow_take_buffer((FlowState *)self->flow, data, n);
+}
+
+static int
+relay_direct(Relay *self, PyObject *data)
+{
+    if (PyBytes_Check(data))
+        return relay_pass(self, (const unsigned char *)PyBytes_AS_STRING(data),
+                          (uint64_t)PyBytes_GET_SIZE(data));
+    Py_buffer view = {0};
+    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0)
+        return -1;
+    int direct = relay_pass(self, (const unsigned char *)view.buf, (uint64_t)view.len);
+    PyBuffer_Release(&view);
+    return direct;
 }
 
 static PyObject *
@@ -567,6 +602,15 @@ relay_data_received(Relay *self, PyObject *data)
     if (result == NULL)
         return NULL;
     Py_DECREF(result);
+    if (direct && self->wake != NULL && self->wake != Py_None && --self->countdown <= 0) {
+        PyObject *wake = self->wake;  /* once: the reference moves to this call */
+        self->wake = Py_NewRef(Py_None);
+        result = PyObject_CallOneArg(wake, (PyObject *)self);
+        Py_DECREF(wake);
+        if (result == NULL)
+            return NULL;
+        Py_DECREF(result);
+    }
     Py_RETURN_NONE;
 }
 
@@ -600,9 +644,42 @@ relay_eof_received(Relay *self, PyObject *unused)
     return forward(self, "eof_received", NULL);
 }
 
+/* The original protocol's callback *name*, then the feeder's method of the same
+   name (if there is a feeder): a transport's pause and resume of writing and its loss
+   concern what reads the other socket into it (PyRelay's twin). */
+static PyObject *
+forward_and_tell(Relay *self, const char *name, PyObject *arg, const char *feeder_name)
+{
+    PyObject *result = forward(self, name, arg);
+    if (result == NULL || self->feeder == NULL || self->feeder == Py_None)
+        return result;
+    PyObject *feeder = Py_NewRef(self->feeder);
+    PyObject *told = PyObject_CallMethod(feeder, feeder_name, NULL);
+    Py_DECREF(feeder);
+    if (told == NULL) {
+        Py_DECREF(result);
+        return NULL;
+    }
+    Py_DECREF(told);
+    return result;
+}
+
 static PyObject *
 relay_connection_lost(Relay *self, PyObject *exc)
 {
+    /* No feed now, and no cycle left through `mate` (PyRelay's twin). */
+    Py_XSETREF(self->wake, Py_NewRef(Py_None));
+    Py_XSETREF(self->mate, Py_NewRef(Py_None));
+    Py_XSETREF(self->transport, Py_NewRef(Py_None));
+    /* The feed first: its sockets are closed before the driver hears of the loss. */
+    if (self->feeder != NULL && self->feeder != Py_None) {
+        PyObject *feeder = Py_NewRef(self->feeder);
+        PyObject *told = PyObject_CallMethod(feeder, "stop", NULL);
+        Py_DECREF(feeder);
+        if (told == NULL)
+            return NULL;
+        Py_DECREF(told);
+    }
     return forward(self, "connection_lost", exc);
 }
 
@@ -610,14 +687,14 @@ static PyObject *
 relay_pause_writing(Relay *self, PyObject *unused)
 {
     (void)unused;
-    return forward(self, "pause_writing", NULL);
+    return forward_and_tell(self, "pause_writing", NULL, "pause");
 }
 
 static PyObject *
 relay_resume_writing(Relay *self, PyObject *unused)
 {
     (void)unused;
-    return forward(self, "resume_writing", NULL);
+    return forward_and_tell(self, "resume_writing", NULL, "resume");
 }
 
 static PyMethodDef relay_methods[] = {
@@ -638,6 +715,11 @@ static PyMemberDef relay_members[] = {
     {"session", T_OBJECT, offsetof(Relay, session), READONLY, NULL},
     {"open", T_OBJECT, offsetof(Relay, open), READONLY, NULL},
     {"write", T_OBJECT, offsetof(Relay, write), READONLY, NULL},
+    {"feeder", T_OBJECT, offsetof(Relay, feeder), 0, NULL},
+    {"transport", T_OBJECT, offsetof(Relay, transport), 0, NULL},
+    {"mate", T_OBJECT, offsetof(Relay, mate), 0, NULL},
+    {"wake", T_OBJECT, offsetof(Relay, wake), 0, NULL},
+    {"countdown", T_INT, offsetof(Relay, countdown), 0, NULL},
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -658,6 +740,239 @@ static PyType_Spec relay_spec = {
     .basicsize = sizeof(Relay),
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .slots = relay_slots,
+};
+
+/*
+ * Pump: an OPEN connection's socket read in C (wsproxy.core.scan.PyPump is its Python
+ * twin and says what it does; wsproxy.io.direct starts and stops it). readable() is a
+ * loop reader's callback: one recv() into a buffer of the module's, the relay's checks
+ * on it, then send() straight to the other socket when the other transport has nothing
+ * buffered (else, and for what send() did not take, that transport's write); a read
+ * the relay does not pass goes to the original protocol's data_received as bytes, the
+ * end of the stream or an error to `end(errno)`.
+ */
+typedef struct {
+    PyObject_HEAD
+    PyObject *relay;     /* the _scan.Relay on this socket's transport */
+    PyObject *write;     /* the other transport's write, get_write_buffer_size, */
+    PyObject *size;      /* is_closing */
+    PyObject *closing;
+    PyObject *end;       /* end(errno): 0 for the end of the stream */
+    int fd_in;           /* this socket (a duplicate the feed owns) */
+    int fd_out;          /* the other one (likewise) */
+} Pump;
+
+/* One buffer for every pump: a read is passed on or copied before readable() returns,
+   and the GIL is held throughout. */
+static unsigned char pump_buffer[256 * 1024];
+
+static int
+pump_traverse(Pump *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->relay);
+    Py_VISIT(self->write);
+    Py_VISIT(self->size);
+    Py_VISIT(self->closing);
+    Py_VISIT(self->end);
+    Py_VISIT(Py_TYPE(self));
+    return 0;
+}
+
+static int
+pump_clear(Pump *self)
+{
+    Py_CLEAR(self->relay);
+    Py_CLEAR(self->write);
+    Py_CLEAR(self->size);
+    Py_CLEAR(self->closing);
+    Py_CLEAR(self->end);
+    return 0;
+}
+
+static void
+pump_dealloc(Pump *self)
+{
+    PyTypeObject *type = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    pump_clear(self);
+    type->tp_free((PyObject *)self);
+    Py_DECREF(type);
+}
+
+static int
+pump_init(Pump *self, PyObject *args, PyObject *kwargs)
+{
+    PyObject *relay, *sink, *end;
+    int fd_in, fd_out;
+    static char *names[] = {"relay", "fd_in", "fd_out", "sink", "end", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OiiOO:Pump", names, &relay, &fd_in,
+                                     &fd_out, &sink, &end))
+        return -1;
+    PyObject *module = PyType_GetModuleByDef(Py_TYPE(self), &module_def);
+    if (module == NULL)
+        return -1;
+    PyObject *relay_type = PyObject_GetAttrString(module, "Relay");
+    if (relay_type == NULL)
+        return -1;
+    int is_relay = PyObject_TypeCheck(relay, (PyTypeObject *)relay_type);
+    Py_DECREF(relay_type);
+    if (!is_relay || ((Relay *)relay)->flow == NULL) {
+        PyErr_SetString(PyExc_TypeError, "Pump(): relay must be an initialised _scan.Relay");
+        return -1;
+    }
+    PyObject *write = PyObject_GetAttrString(sink, "write");
+    PyObject *size = PyObject_GetAttrString(sink, "get_write_buffer_size");
+    PyObject *closing = PyObject_GetAttrString(sink, "is_closing");
+    if (write == NULL || size == NULL || closing == NULL) {
+        Py_XDECREF(write);
+        Py_XDECREF(size);
+        Py_XDECREF(closing);
+        return -1;
+    }
+    pump_clear(self);
+    self->relay = Py_NewRef(relay);
+    self->write = write;
+    self->size = size;
+    self->closing = closing;
+    self->end = Py_NewRef(end);
+    self->fd_in = fd_in;
+    self->fd_out = fd_out;
+    return 0;
+}
+
+/* Call *callable* with *n* bytes of *data* as a new bytes object. */
+static int
+call_with_bytes(PyObject *callable, const unsigned char *data, Py_ssize_t n)
+{
+    PyObject *chunk = PyBytes_FromStringAndSize((const char *)data, n);
+    if (chunk == NULL)
+        return -1;
+    PyObject *result = PyObject_CallOneArg(callable, chunk);
+    Py_DECREF(chunk);
+    if (result == NULL)
+        return -1;
+    Py_DECREF(result);
+    return 0;
+}
+
+/* Whether the other transport has nothing buffered and is not closing: then nothing of
+   the driver's can be waiting to go before this read. -1: an error. */
+static int
+sink_idle(Pump *self)
+{
+    PyObject *closing = PyObject_CallNoArgs(self->closing);
+    if (closing == NULL)
+        return -1;
+    int is_closing = PyObject_IsTrue(closing);
+    Py_DECREF(closing);
+    if (is_closing)
+        return is_closing < 0 ? -1 : 0;
+    PyObject *size = PyObject_CallNoArgs(self->size);
+    if (size == NULL)
+        return -1;
+    Py_ssize_t buffered = PyLong_AsSsize_t(size);
+    Py_DECREF(size);
+    if (buffered < 0)
+        return PyErr_Occurred() ? -1 : 0;
+    return buffered == 0;
+}
+
+static int
+pump_read(Pump *self)
+{
+    if (self->relay == NULL || self->fd_in < 0)
+        return 0;
+    Py_ssize_t n;
+    do {
+        n = recv(self->fd_in, pump_buffer, sizeof pump_buffer, 0);
+    } while (n < 0 && errno == EINTR);
+    if (n <= 0) {
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return 0;
+        PyObject *code = PyLong_FromLong(n < 0 ? errno : 0);
+        if (code == NULL)
+            return -1;
+        PyObject *result = PyObject_CallOneArg(self->end, code);
+        Py_DECREF(code);
+        if (result == NULL)
+            return -1;
+        Py_DECREF(result);
+        return 0;
+    }
+    Relay *relay = (Relay *)self->relay;
+    int direct = relay_pass(relay, pump_buffer, (uint64_t)n);
+    if (direct < 0)
+        return -1;
+    if (!direct)
+        return call_with_bytes(relay->fallback, pump_buffer, n);
+    int idle = sink_idle(self);
+    if (idle < 0)
+        return -1;
+    Py_ssize_t sent = 0;
+    if (idle) {
+        do {
+            sent = send(self->fd_out, pump_buffer, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
+        } while (sent < 0 && errno == EINTR);
+        if (sent < 0)
+            sent = 0;  /* full, or an error: the transport's write meets it as its own */
+    }
+    if (sent == n)
+        return 0;
+    return call_with_bytes(self->write, pump_buffer + sent, n - sent);
+}
+
+static PyObject *
+pump_readable(Pump *self, PyObject *unused)
+{
+    (void)unused;
+    Py_INCREF(self);  /* what it calls may stop the feed and drop the last reference */
+    int result = pump_read(self);
+    Py_DECREF(self);
+    if (result < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+pump_detach(Pump *self, PyObject *unused)
+{
+    (void)unused;
+    self->fd_in = self->fd_out = -1;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef pump_methods[] = {
+    {"readable", (PyCFunction)pump_readable, METH_NOARGS,
+     "The socket is readable: one read, passed on or handed to the driver."},
+    {"detach", (PyCFunction)pump_detach, METH_NOARGS,
+     "Forget the sockets (they are about to be closed): readable() does nothing after."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef pump_members[] = {
+    {"relay", T_OBJECT, offsetof(Pump, relay), READONLY, NULL},
+    {"fd_in", T_INT, offsetof(Pump, fd_in), READONLY, NULL},
+    {"fd_out", T_INT, offsetof(Pump, fd_out), READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyType_Slot pump_slots[] = {
+    {Py_tp_doc, "An OPEN connection's socket read in C (wsproxy.core.scan.PyPump's twin)."},
+    {Py_tp_new, PyType_GenericNew},
+    {Py_tp_init, pump_init},
+    {Py_tp_dealloc, pump_dealloc},
+    {Py_tp_traverse, pump_traverse},
+    {Py_tp_clear, pump_clear},
+    {Py_tp_methods, pump_methods},
+    {Py_tp_members, pump_members},
+    {0, NULL},
+};
+
+static PyType_Spec pump_spec = {
+    .name = "wsproxy.core._scan.Pump",
+    .basicsize = sizeof(Pump),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .slots = pump_slots,
 };
 
 static int
@@ -684,7 +999,9 @@ add_types(PyObject *module)
     if (state->flow_type == NULL || state->state_name == NULL || state->out_name == NULL
         || state->data_received_name == NULL)
         return -1;
-    return add_type(module, &relay_spec, "Relay");
+    if (add_type(module, &relay_spec, "Relay") < 0)
+        return -1;
+    return add_type(module, &pump_spec, "Pump");
 }
 
 static int

@@ -32,6 +32,11 @@ class Relay:
     session: Any
     open: object
     write: Any
+    feeder: Any
+    transport: Any
+    mate: Any
+    wake: Any
+    countdown: int
     def __init__(
         self, flow: FlowState, leg: Any, session: Any, open: object, write: Any, original: Any
     ) -> None: ...
@@ -41,3 +46,12 @@ class Relay:
     def connection_lost(self, exc: Exception | None, /) -> None: ...
     def pause_writing(self) -> None: ...
     def resume_writing(self) -> None: ...
+
+class Pump:
+    # The twin of wsproxy.core.scan.PyPump (its doc): an OPEN connection's socket read.
+    relay: Relay
+    fd_in: int
+    fd_out: int
+    def __init__(self, relay: Relay, fd_in: int, fd_out: int, sink: Any, end: Any) -> None: ...
+    def readable(self) -> None: ...
+    def detach(self) -> None: ...

@@ -250,7 +250,8 @@ class PyRelay:
     reads the session's ``state`` and the leg's ``out`` at their slots.
     """
 
-    __slots__ = ("_fallback", "flow", "leg", "open", "original", "session", "write")
+    __slots__ = ("_fallback", "countdown", "feeder", "flow", "leg", "mate", "open", "original",
+                 "session", "transport", "wake", "write")
 
     def __init__(
         self, flow: PyFlowState, leg: _Leg, session: _Session, open: object,
@@ -263,11 +264,28 @@ class PyRelay:
         self.write = write
         self.original = original
         self._fallback = original.data_received
+        #: None, or what reads the other socket into this transport (a feed of
+        #: wsproxy.io.direct): told of this transport's pause and resume of writing
+        #: (``pause()``, ``resume()``) and of its loss (``stop()``, before *original*).
+        self.feeder: _Feeder | None = None
+        #: None, or ``wake(relay)``: called once, after the read that made *countdown*
+        #: reads passed straight through (io.direct starts its feed then, so that idle
+        #: and short connections never pay for one). *transport* (this relay's) and
+        #: *mate* (the other transport's relay) are there for it.
+        self.wake: Callable[[PyRelay], object] | None = None
+        self.countdown = 0
+        self.transport: object = None
+        self.mate: PyRelay | None = None
 
     def data_received(self, data: builtins.bytes) -> None:
         # The other leg's frames first: take() counts the read, so it comes last.
         if self.session.state is self.open and not self.leg.out and self.flow.take(data):
             self.write(data)
+            if self.wake is not None:
+                self.countdown -= 1
+                if self.countdown <= 0:
+                    wake, self.wake = self.wake, None
+                    wake(self)
         else:
             self._fallback(data)
 
@@ -278,20 +296,111 @@ class PyRelay:
         return self.original.eof_received()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.wake = self.mate = self.transport = None  # no feed now (and no cycle left)
+        if self.feeder is not None:
+            self.feeder.stop()
         self.original.connection_lost(exc)
 
     def pause_writing(self) -> None:
         self.original.pause_writing()
+        if self.feeder is not None:
+            self.feeder.pause()
 
     def resume_writing(self) -> None:
         self.original.resume_writing()
+        if self.feeder is not None:
+            self.feeder.resume()
 
 
-_Picked = tuple[WholeMessages, WholeMessages, WholeRead, type[PyFlowState], type[PyRelay], str]
+class _Feeder(Protocol):
+    def pause(self) -> None: ...
+    def resume(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+class _Sink(Protocol):
+    """The other transport, as a pump writes to it."""
+
+    def write(self, data: builtins.bytes) -> None: ...
+    def get_write_buffer_size(self) -> int: ...
+    def is_closing(self) -> bool: ...
+
+
+#: How much a pump reads at once (the C pump's buffer).
+PUMP_READ: Final = 256 * 1024
+
+
+class PyPump:
+    """An OPEN connection's socket read without the transport's read callback
+    (wsproxy.io.direct starts one on each plain TCP transport and stops it again).
+
+    ``readable()`` is a loop reader's callback on *fd_in* (a duplicate of this
+    transport's socket): one read. Its end (nothing read) or an error other than "would
+    block" goes to ``end(errno)`` (0 for the end), and nothing else happens. A read
+    *relay* (the relay protocol of this transport) would pass straight through (its
+    checks: the session OPEN, nothing waiting, ``take``) is sent on *fd_out* (the other
+    socket) when *sink* (the other transport) is not closing and has nothing buffered,
+    so it cannot overtake the driver's own frames; what ``send`` did not take, or all of
+    it if *sink* was busy, goes to ``sink.write``. A read the relay would not pass goes
+    to its original protocol's ``data_received``, as a transport's read would.
+
+    ``_scan.Pump`` is its compiled twin (``Pump`` here is the one in use; it takes a C
+    ``Relay`` and reads into one buffer of the module's instead of a new bytes object).
+    """
+
+    __slots__ = ("end", "fd_in", "fd_out", "relay", "sink")
+
+    def __init__(
+        self, relay: PyRelay, fd_in: int, fd_out: int, sink: _Sink,
+        end: Callable[[int], object],
+    ) -> None:
+        self.relay = relay
+        self.fd_in = fd_in
+        self.fd_out = fd_out
+        self.sink = sink
+        self.end = end
+
+    def readable(self) -> None:
+        if self.fd_in < 0:
+            return
+        try:
+            data = os.read(self.fd_in, PUMP_READ)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self.end(exc.errno or 0)
+            return
+        if not data:
+            self.end(0)
+            return
+        relay = self.relay
+        if not (relay.session.state is relay.open and not relay.leg.out
+                and relay.flow.take(data)):
+            relay.original.data_received(data)
+            return
+        sink = self.sink
+        sent = 0
+        if not sink.is_closing() and not sink.get_write_buffer_size():
+            try:
+                sent = os.write(self.fd_out, data)
+            except OSError:  # full, or an error: the transport's write meets it as its own
+                sent = 0
+        if sent < len(data):
+            sink.write(data[sent:])
+
+    def detach(self) -> None:
+        """Forget the sockets (about to be closed): ``readable()`` does nothing after."""
+        self.fd_in = self.fd_out = -1
+
+
+_Picked = tuple[
+    WholeMessages, WholeMessages, WholeRead, type[PyFlowState], type[PyRelay], type[PyPump], str
+]
 
 
 def _pick() -> _Picked:
-    python = (py_whole_messages, _py_skip, py_whole_read, PyFlowState, PyRelay, "python")
+    python = (py_whole_messages, _py_skip, py_whole_read, PyFlowState, PyRelay, PyPump,
+              "python")
     if os.environ.get("WSPROXY_NO_SPEEDUPS", "") not in ("", "0"):
         return python
     try:
@@ -303,8 +412,9 @@ def _pick() -> _Picked:
     # the C Relay PyRelay's callbacks.
     flow_state = cast(type[PyFlowState], _scan.FlowState)
     relay = cast(type[PyRelay], _scan.Relay)
+    pump = cast(type[PyPump], _scan.Pump)
     return (_scan.whole_messages, _scan.whole_messages, _scan.whole_read, flow_state, relay,
-            "c")
+            pump, "c")
 
 
 whole_messages: WholeMessages
@@ -317,6 +427,8 @@ whole_read: WholeRead
 FlowState: type[PyFlowState]
 #: A transport's protocol while OPEN: PyRelay or its C twin (which takes a C FlowState).
 Relay: type[PyRelay]
+#: An OPEN connection's socket read: PyPump or its C twin (which takes a C Relay).
+Pump: type[PyPump]
 #: "c" when the compiled scanner is in use, "python" when the reference one is.
 SPEEDUPS: str
-whole_messages, session_whole_messages, whole_read, FlowState, Relay, SPEEDUPS = _pick()
+whole_messages, session_whole_messages, whole_read, FlowState, Relay, Pump, SPEEDUPS = _pick()
