@@ -28,7 +28,7 @@ from tests.unit.test_scan import FLOWS, Op, _scan, needs_c, operation
 from wsproxy.core import frames, scan
 from wsproxy.core import session as session_module
 from wsproxy.core.states import SessionState, Side
-from wsproxy.io import direct
+from wsproxy.io import direct, pump
 
 CLIENT, UPSTREAM = Side.CLIENT, Side.UPSTREAM
 OPEN = SessionState.OPEN
@@ -130,7 +130,7 @@ if _scan is not None:
 restoring_both = mock.patch.object(direct, "_RELAYS", tuple(RELAYS.values()))
 
 
-PUMPS: dict[str, type] = {"python": scan.PyPump}
+PUMPS: dict[str, type] = {"python": pump.PyPump}
 if _scan is not None:
     PUMPS["c"] = _scan.Pump
 
@@ -192,7 +192,7 @@ def run(
     (and restores the protocols) after each op that is not a read, as the
     Connection does; without, the relays' own checks (the session's state, our
     frames waiting) have to send the next read to the driver. *pumped*: the reads
-    come through the relay's pump (scan.PyPump or ``_scan.Pump``) on real sockets
+    come through the relay's pump (pump.PyPump or ``_scan.Pump``) on real sockets
     instead, with the other transport's write buffer empty (False: the pump sends)
     or not (True: it writes) at each op."""
     flow = "c" if relay == "c" else "python"

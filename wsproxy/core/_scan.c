@@ -743,7 +743,7 @@ static PyType_Spec relay_spec = {
 };
 
 /*
- * Pump: an OPEN connection's socket read in C (wsproxy.core.scan.PyPump is its Python
+ * Pump: an OPEN connection's socket read in C (wsproxy.io.pump.PyPump is its Python
  * twin and says what it does; wsproxy.io.direct starts and stops it). readable() is a
  * loop reader's callback: one recv() into a buffer of the module's, the relay's checks
  * on it, then send() straight to the other socket when the other transport has nothing
@@ -957,7 +957,7 @@ static PyMemberDef pump_members[] = {
 };
 
 static PyType_Slot pump_slots[] = {
-    {Py_tp_doc, "An OPEN connection's socket read in C (wsproxy.core.scan.PyPump's twin)."},
+    {Py_tp_doc, "An OPEN connection's socket read in C (wsproxy.io.pump.PyPump's twin)."},
     {Py_tp_new, PyType_GenericNew},
     {Py_tp_init, pump_init},
     {Py_tp_dealloc, pump_dealloc},

@@ -48,7 +48,7 @@ class Relay:
     def resume_writing(self) -> None: ...
 
 class Pump:
-    # The twin of wsproxy.core.scan.PyPump (its doc): an OPEN connection's socket read.
+    # The twin of wsproxy.io.pump.PyPump (its doc): an OPEN connection's socket read.
     relay: Relay
     fd_in: int
     fd_out: int

@@ -318,89 +318,11 @@ class _Feeder(Protocol):
     def stop(self) -> None: ...
 
 
-class _Sink(Protocol):
-    """The other transport, as a pump writes to it."""
-
-    def write(self, data: builtins.bytes) -> None: ...
-    def get_write_buffer_size(self) -> int: ...
-    def is_closing(self) -> bool: ...
-
-
-#: How much a pump reads at once (the C pump's buffer).
-PUMP_READ: Final = 256 * 1024
-
-
-class PyPump:
-    """An OPEN connection's socket read without the transport's read callback
-    (wsproxy.io.direct starts one on each plain TCP transport and stops it again).
-
-    ``readable()`` is a loop reader's callback on *fd_in* (a duplicate of this
-    transport's socket): one read. Its end (nothing read) or an error other than "would
-    block" goes to ``end(errno)`` (0 for the end), and nothing else happens. A read
-    *relay* (the relay protocol of this transport) would pass straight through (its
-    checks: the session OPEN, nothing waiting, ``take``) is sent on *fd_out* (the other
-    socket) when *sink* (the other transport) is not closing and has nothing buffered,
-    so it cannot overtake the driver's own frames; what ``send`` did not take, or all of
-    it if *sink* was busy, goes to ``sink.write``. A read the relay would not pass goes
-    to its original protocol's ``data_received``, as a transport's read would.
-
-    ``_scan.Pump`` is its compiled twin (``Pump`` here is the one in use; it takes a C
-    ``Relay`` and reads into one buffer of the module's instead of a new bytes object).
-    """
-
-    __slots__ = ("end", "fd_in", "fd_out", "relay", "sink")
-
-    def __init__(
-        self, relay: PyRelay, fd_in: int, fd_out: int, sink: _Sink,
-        end: Callable[[int], object],
-    ) -> None:
-        self.relay = relay
-        self.fd_in = fd_in
-        self.fd_out = fd_out
-        self.sink = sink
-        self.end = end
-
-    def readable(self) -> None:
-        if self.fd_in < 0:
-            return
-        try:
-            data = os.read(self.fd_in, PUMP_READ)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:
-            self.end(exc.errno or 0)
-            return
-        if not data:
-            self.end(0)
-            return
-        relay = self.relay
-        if not (relay.session.state is relay.open and not relay.leg.out
-                and relay.flow.take(data)):
-            relay.original.data_received(data)
-            return
-        sink = self.sink
-        sent = 0
-        if not sink.is_closing() and not sink.get_write_buffer_size():
-            try:
-                sent = os.write(self.fd_out, data)
-            except OSError:  # full, or an error: the transport's write meets it as its own
-                sent = 0
-        if sent < len(data):
-            sink.write(data[sent:])
-
-    def detach(self) -> None:
-        """Forget the sockets (about to be closed): ``readable()`` does nothing after."""
-        self.fd_in = self.fd_out = -1
-
-
-_Picked = tuple[
-    WholeMessages, WholeMessages, WholeRead, type[PyFlowState], type[PyRelay], type[PyPump], str
-]
+_Picked = tuple[WholeMessages, WholeMessages, WholeRead, type[PyFlowState], type[PyRelay], str]
 
 
 def _pick() -> _Picked:
-    python = (py_whole_messages, _py_skip, py_whole_read, PyFlowState, PyRelay, PyPump,
-              "python")
+    python = (py_whole_messages, _py_skip, py_whole_read, PyFlowState, PyRelay, "python")
     if os.environ.get("WSPROXY_NO_SPEEDUPS", "") not in ("", "0"):
         return python
     try:
@@ -412,9 +334,8 @@ def _pick() -> _Picked:
     # the C Relay PyRelay's callbacks.
     flow_state = cast(type[PyFlowState], _scan.FlowState)
     relay = cast(type[PyRelay], _scan.Relay)
-    pump = cast(type[PyPump], _scan.Pump)
     return (_scan.whole_messages, _scan.whole_messages, _scan.whole_read, flow_state, relay,
-            pump, "c")
+            "c")
 
 
 whole_messages: WholeMessages
@@ -427,8 +348,6 @@ whole_read: WholeRead
 FlowState: type[PyFlowState]
 #: A transport's protocol while OPEN: PyRelay or its C twin (which takes a C FlowState).
 Relay: type[PyRelay]
-#: An OPEN connection's socket read: PyPump or its C twin (which takes a C Relay).
-Pump: type[PyPump]
 #: "c" when the compiled scanner is in use, "python" when the reference one is.
 SPEEDUPS: str
-whole_messages, session_whole_messages, whole_read, FlowState, Relay, Pump, SPEEDUPS = _pick()
+whole_messages, session_whole_messages, whole_read, FlowState, Relay, SPEEDUPS = _pick()

@@ -18,7 +18,7 @@ Where both transports are plain TCP (not TLS) and the C pump is there (``FEEDING
 feed (``_Feed``) goes further once a relay has passed FEED_AFTER reads straight through
 (its ``wake``: idle and short connections never pay for a feed's descriptors and
 readers): each transport's reading is paused and a duplicate of its socket is read by a
-loop reader whose callback is a pump (``scan.Pump``: ``_scan.Pump`` in C, ``scan.PyPump``
+loop reader whose callback is a pump (``pump.Pump``: ``_scan.Pump`` in C, ``pump.PyPump``
 otherwise). A read then goes from recv() to the relay's checks to send() on the other
 socket with no bytes object and no transport callbacks, as long as the other transport
 has nothing buffered (otherwise through its write, so nothing overtakes the driver's
@@ -38,9 +38,10 @@ import os
 import resource
 from typing import Final, cast
 
-from wsproxy.core.scan import Pump, PyPump, PyRelay, Relay, RelayedProtocol
+from wsproxy.core.scan import PyRelay, Relay, RelayedProtocol
 from wsproxy.core.session import Session
 from wsproxy.core.states import SessionState, Side
+from wsproxy.io.pump import Pump, PyPump
 
 
 def relay_directly(
