@@ -15,7 +15,7 @@ import anyio
 from wsproxy import __version__, ops
 from wsproxy.auth.factory import build_authenticator
 from wsproxy.config import ProxyConfig, load_config, parse_config
-from wsproxy.core.scan import SPEEDUPS
+from wsproxy.core.speedups import SPEEDUPS
 from wsproxy.errors import ConfigError
 from wsproxy.log import configure_logging, get_logger
 

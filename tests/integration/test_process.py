@@ -28,7 +28,7 @@ from tests.integration.proxy_process import (
     run_cli,
     started,
 )
-from wsproxy.core.scan import SPEEDUPS
+from wsproxy.core.speedups import SPEEDUPS
 
 #: The console script next to this interpreter, as installed by the package.
 SCRIPT = Path(sys.executable).with_name("wsproxy")
@@ -57,7 +57,7 @@ def test_version() -> None:
     result = run_cli("--version")
     assert result.returncode == 0
     assert re.fullmatch(r"wsproxy \d+\.\d+\.\d+\S* \(speedups: (c|python)\)\n", result.stdout)
-    # Which frame scanner runs (issue 18): the one wsproxy.core.scan picked.
+    # Which compiled twins run (issue 18): those wsproxy.core.scan and .handshake picked.
     assert f"(speedups: {SPEEDUPS})" in result.stdout
 
 

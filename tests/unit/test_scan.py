@@ -586,8 +586,9 @@ def test_the_session_uses_the_scanner_the_module_picked() -> None:
 @needs_c
 @pytest.mark.parametrize(("env", "expected"), [("1", "python"), ("0", "c"), ("", "c")])
 def test_wsproxy_no_speedups_forces_python(env: str, expected: str) -> None:
+    """Both compiled twins at once (the frames' and the heads'), as --version says."""
     out = subprocess.run(
-        [sys.executable, "-c", "from wsproxy.core import scan; print(scan.SPEEDUPS)"],
+        [sys.executable, "-c", "from wsproxy.core import speedups; print(speedups.SPEEDUPS)"],
         env={**os.environ, "WSPROXY_NO_SPEEDUPS": env},
         capture_output=True,
         text=True,

@@ -25,7 +25,7 @@ from prometheus_client.registry import Collector
 
 from wsproxy import __version__
 from wsproxy.core import closes
-from wsproxy.core.scan import SPEEDUPS
+from wsproxy.core.speedups import SPEEDUPS
 from wsproxy.core.states import Side
 from wsproxy.io.resume import table_for
 from wsproxy.log import dropped_lines
