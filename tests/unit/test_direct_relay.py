@@ -429,10 +429,9 @@ def test_a_pumped_session_is_the_relayed_session(
         assert run(plain, max_size, rsv_allowed, "c", flushes, busy) == reference
 
 
-@pytest.mark.parametrize("pump", list(PUMPS))
-def test_a_pump_hands_the_end_of_a_stream_and_errors_over(pump: str) -> None:
-    """Nothing read (the peer's EOF) is end(0); an error is end(errno); nothing to read
-    is nothing at all; a detached pump reads nothing."""
+def pumped_session(pump: str) -> tuple[dict[Side, FakeTransport], Driver, Sockets]:
+    """An OPEN session on relays of the kind *pump* and its pumps on real sockets:
+    the transports, the driver (its reads) and the sockets (close() them)."""
     with mock.patch.object(session_module, "_Relay", RELAYS[pump]), mock.patch.object(
         session_module, "_Flow", FLOWS[pump]
     ):
@@ -443,7 +442,14 @@ def test_a_pump_hands_the_end_of_a_stream_and_errors_over(pump: str) -> None:
         transports[side].protocol = Original(driver, side)
     with mock.patch.object(session_module, "_Relay", RELAYS[pump]):
         direct.relay_directly(session, transports[CLIENT], transports[UPSTREAM])  # type: ignore[arg-type]
-    sockets = Sockets(pump, transports)
+    return transports, driver, Sockets(pump, transports)
+
+
+@pytest.mark.parametrize("pump", list(PUMPS))
+def test_a_pump_hands_the_end_of_a_stream_and_errors_over(pump: str) -> None:
+    """Nothing read (the peer's EOF) is end(0); an error is end(errno); nothing to read
+    is nothing at all; a detached pump reads nothing."""
+    transports, driver, sockets = pumped_session(pump)
     try:
         sockets.pumps[CLIENT].readable()  # nothing there yet
         assert sockets.ends == []
@@ -468,17 +474,7 @@ def test_a_pump_does_not_send_to_a_closing_transport(pump: str) -> None:
     """A closing transport (its socket maybe closed already) gets the read through its
     write, never a send() behind its back."""
     whole = frames.build_frame(frames.BINARY, b"abc", mask=True)
-    with mock.patch.object(session_module, "_Relay", RELAYS[pump]), mock.patch.object(
-        session_module, "_Flow", FLOWS[pump]
-    ):
-        session = SessionHarness().session
-    transports = {CLIENT: FakeTransport(), UPSTREAM: FakeTransport()}
-    driver = Driver(session, transports)
-    for side in (CLIENT, UPSTREAM):
-        transports[side].protocol = Original(driver, side)
-    with mock.patch.object(session_module, "_Relay", RELAYS[pump]):
-        direct.relay_directly(session, transports[CLIENT], transports[UPSTREAM])  # type: ignore[arg-type]
-    sockets = Sockets(pump, transports)
+    transports, _, sockets = pumped_session(pump)
     try:
         transports[UPSTREAM].closing = True
         sockets.feed(CLIENT, whole, transports)
