@@ -1,11 +1,11 @@
 // Drives the admin page in headless Chromium with playwright-core (test_admin_page.py).
 //
-//   node admin_page.mjs --url=http://127.0.0.1:PORT/ --backend=b1 [--token=T]
+//   node admin_page.mjs --url=http://127.0.0.1:PORT/ [--backend=b1] [--token=T]
 //                       [--proxy-url=http://127.0.0.1:PORT/ --refuse=N]
 //                       [--screenshot=/tmp/x.png] [--timeout-ms=20000]
 //
 // Loads the page, fills the token form when --token is given, waits for two backend rows,
-// clicks Drain on --backend, waits until its state cell says "draining". With
+// with --backend clicks Drain on it and waits until its state cell says "draining". With
 // --proxy-url: clicks Drain proxy and cancels the confirmation (no POST /drain may go
 // out, the proxy stays ready), then clicks it again and confirms; once the proxy is
 // draining, makes N upgrades to --proxy-url that are refused with 503, and waits for
@@ -63,12 +63,14 @@ await runBrowser(result, timeout, async (browser) => {
   result.backends_before = await rows();
   result.proxy_state_before = await page.getAttribute("#proxy-state", "data-state");
 
-  const row = page.locator(`tr[data-backend="${args.backend}"]`);
-  await row.locator('button[data-action="drain"]').click();
-  await row.locator('td[data-state="draining"]').waitFor();
-  await row.locator('button[data-action="undrain"]').waitFor();
-  // The drain section lists the backend's drain once GET /drain has been read again.
-  await page.locator(`#drain [data-drain="${args.backend}"]`).waitFor();
+  if (args.backend !== undefined) {
+    const row = page.locator(`tr[data-backend="${args.backend}"]`);
+    await row.locator('button[data-action="drain"]').click();
+    await row.locator('td[data-state="draining"]').waitFor();
+    await row.locator('button[data-action="undrain"]').waitFor();
+    // The drain section lists the backend's drain once GET /drain has been read again.
+    await page.locator(`#drain [data-drain="${args.backend}"]`).waitFor();
+  }
 
   result.backends_after = await rows();
   result.proxy_state_after = await page.getAttribute("#proxy-state", "data-state");
