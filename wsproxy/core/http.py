@@ -34,6 +34,8 @@ HOP_BY_HOP: Final = frozenset(
 )
 VIA: Final = b"wsproxy"
 _PROBES: Final = frozenset({"/healthz", "/readyz"})
+#: Their bytes, for the prefix test that turns away every other target at once.
+_PROBE_PREFIXES: Final = tuple(sorted(p.encode("latin-1") for p in _PROBES))
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +158,7 @@ def probe_path(request: h11.Request) -> str | None:
 
 def probe_target(method: bytes, target: bytes) -> str | None:
     """probe_path() of a request without Upgrade, by its *method* and *target*."""
-    if method != b"GET":
+    if method != b"GET" or not target.startswith(_PROBE_PREFIXES):
         return None
     path = target.split(b"?", 1)[0].decode("latin-1")
     return path if path in _PROBES else None

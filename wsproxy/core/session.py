@@ -165,6 +165,14 @@ class _Leg:
         self.state = state
 
 
+def _unmasked(payload: bytes, key: bytes) -> bytes:
+    """A control frame's *payload* unmasked with *key*: a close code or a short ping
+    (up to 4 bytes) XORed in one C call (~2k instructions less than unmask())."""
+    if len(payload) <= 4:
+        return bytes(map(_xor, payload, key))
+    return frames.unmask(payload, key)
+
+
 class _Flow(_FlowState):
     """Frame-boundary tracking for one direction: frames read from *src*, sent to *dst*.
 
@@ -816,10 +824,7 @@ class Session:
             return False
         payload = data[head:]
         if head == 6:
-            if length <= 4:  # as _control()
-                payload = bytes(map(_xor, payload, data[2:6]))
-            else:
-                payload = frames.unmask(payload, data[2:6])
+            payload = _unmasked(payload, data[2:6])
         self._receive_close(f, data, payload)
         return True
 
@@ -875,10 +880,7 @@ class Session:
             return False
         payload = frame[head:]
         if f.masked:
-            if length <= 4:  # a close code, a short ping: XOR in one C call (~2k less)
-                payload = bytes(map(_xor, payload, frame[head - 4 : head]))
-            else:
-                payload = frames.unmask(payload, frame[head - 4 : head])
+            payload = _unmasked(payload, frame[head - 4 : head])
         if opcode == frames.CLOSE:
             return self._receive_close(f, frame, payload)
         if opcode == frames.PONG and payload.startswith(PING_PREFIX):

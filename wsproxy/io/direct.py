@@ -76,7 +76,7 @@ def restore(*transports: asyncio.Transport | None) -> None:
         if transport is not None:
             protocol = transport.get_protocol()
             if isinstance(protocol, _RELAYS):
-                protocol.wake = protocol.mate = protocol.transport = None  # (_unwake)
+                _unwake(protocol)
                 if protocol.feeder is not None:
                     protocol.feeder.stop()
                 transport.set_protocol(cast(asyncio.BaseProtocol, protocol.original))

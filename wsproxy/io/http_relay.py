@@ -93,8 +93,6 @@ if TYPE_CHECKING:
 log = get_logger()
 
 _RETRY_AFTER: Final = (("Retry-After", "5"),)
-#: What the target of a probe (core.http.probe_target()) starts with.
-_PROBES: Final = (b"/healthz", b"/readyz")
 #: Read and write plain-form heads without h11 (wsproxy.core.http_heads); the tests
 #: turn it off to compare both paths.
 FAST_HEADS = True
@@ -534,13 +532,12 @@ class HttpRelay:
         ex = self._ex = _Exchange(self, head, f"{self.id}-{self._count}", ctx.loop.time(),
                                   self._h11 is None)
         self._timer_kind = None  # (the handle stays for the next _arm(): _timed_out())
-        target = head.target
-        probe = probe_target(head.method, target) if target.startswith(_PROBES) else None
+        probe = probe_target(head.method, head.target)
         if probe is not None:
             self._answer(*ctx.probe_answer(probe))
             return
         http = ctx.http
-        if None in http.drains and http.refusing():  # (only the proxy's drain refuses)
+        if http.refusing():
             ex.error = "draining"
             self._answer(503, "proxy is draining", _RETRY_AFTER, close=True)
             return
@@ -552,7 +549,7 @@ class HttpRelay:
         safe = head.backend_target
         if safe is None:
             try:
-                safe = head.backend_target = backend_target(target)
+                safe = head.backend_target = backend_target(head.target)
             except UnsafeTarget as exc:
                 ex.error = "bad_request"
                 self._answer(400, str(exc), close=True)
