@@ -621,3 +621,37 @@ async def test_a_resume_takes_the_slot_of_its_session_at_the_limits():
         assert await ws.recv() == "\x00still here"
         assert rec.connections == 1
         await ws.close()
+
+
+async def test_a_resume_with_its_token_as_a_subprotocol_is_answered_with_that_offer():
+    """A token offered as a subprotocol (``bearer.<token>``) is new on each attempt, and
+    the backend never saw one: the proxy's own 101 to the resume selects the resume's
+    offer, as the first 101 selected the first one's (browsers and Node fail a 101
+    that answers none of their offers)."""
+    overrides = {"auth": {"type": "jwt", "jwt": {"secret": SECRET},
+                          "token_from": ["subprotocol"]}}
+    async with setup(overrides=overrides) as (rec, _b, ctx, url):
+        rec.want = 1
+        first, _ = _jwt("alice", 600)
+        async with connect(f"{url}/?wsproxy_resume=1",
+                           subprotocols=[f"bearer.{first}", "chat"]) as ws:  # type: ignore[list-item]
+            assert ws.subprotocol == f"bearer.{first}"  # the backend chose none
+            hello = await ws.recv()
+            assert isinstance(hello, str)
+            assert hello[0] == "\x01"
+            sid = json.loads(hello[1:])["id"]
+            await ws.send("one")
+            await rec.got.wait()
+            sock = ws.transport.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            ws.transport.abort()
+        await _wait_held(ctx, 1)
+        second, _ = _jwt("alice", 600)
+        async with connect(f"{url}/?wsproxy_resume={sid}.0",
+                           subprotocols=[f"bearer.{second}", "chat"]) as ws:  # type: ignore[list-item]
+            assert ws.subprotocol == f"bearer.{second}"
+            resumed = await ws.recv()
+            assert isinstance(resumed, str)
+            assert json.loads(resumed[1:]) == {"type": "resumed", "acked": 1, "sent": 0}
+        assert table_for(ctx).outcomes == {"resumed": 1}
+        assert rec.connections == 1

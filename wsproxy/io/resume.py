@@ -391,9 +391,15 @@ def resume_into(conn: Connection, ask: proto.ResumeAsk) -> None:
     assert held.session.accepted is not None
     held.resumed_by(conn)
     transport = conn.take_client()
+    # The session's subprotocol if the resume offers it again; else what the first 101
+    # would have chosen without the backend's answer: the resume's own auth offer (a
+    # token as a subprotocol is new on each attempt, and never among the offers the
+    # backend could see), or its first offer. A browser fails a 101 that answers none
+    # of its offers.
     chosen = held.session.accepted.subprotocol
     if chosen not in request.subprotocols:
-        chosen = request.subprotocols[0] if request.subprotocols else None
+        chosen = conn.session.auth_subprotocol or (
+            request.subprotocols[0] if request.subprotocols else None)
     acked = state.acked = held.session.messages(UPSTREAM)
     state.real = transport
     transport.set_protocol(ResumeClientProtocol(state, transport))
