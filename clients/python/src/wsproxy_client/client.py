@@ -315,7 +315,8 @@ class WsproxyClient:
                 raise self._closed_error()
             await self._changed.wait()
         message = self._inbox.popleft()
-        self._notify()  # room in the inbox: the loop may read on
+        if len(self._inbox) == INBOX_KEPT - 1:  # room again: the loop may read on
+            self._notify()
         return message
 
     def __aiter__(self) -> Self:
