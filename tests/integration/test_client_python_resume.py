@@ -249,3 +249,36 @@ async def test_a_proxy_without_resume_ends_the_client() -> None:
     assert b.requests[0][0] == "/?wsproxy_resume=1"  # resume off: the backend's to see
     assert len(b.requests) == 1
     assert [type(e).__name__ for e in events] == ["Failed", "Closed", "Terminated"]
+
+
+@pytest.mark.parametrize("token_in", ["header", "query:access_token", "subprotocol"])
+async def test_a_resume_carries_a_fresh_token_as_any_connect_does(token_in: str) -> None:
+    """The token hook is asked before every attempt; the session is the subject's.
+    (As a subprotocol: the proxy's resume 101 answers none, which `websockets` takes,
+    where browsers do not: see clients/js's README.)"""
+    asked = 0
+
+    async def get_token() -> str:
+        nonlocal asked
+        asked += 1
+        return token("ada", 600 + asked)  # a different token each time
+
+    log = Log()
+    auth = jwt_auth(token_from=["header", "subprotocol", "query:access_token"])
+    async with backend() as b, running_proxy(make_config(
+            [b], auth=auth, resume={"enabled": True})) as ctx:
+        url = f"ws://127.0.0.1:{ctx.addresses[0][1]}/"
+        async with WsproxyClient(url, token=get_token, token_in=token_in, resume=True,
+                                 on_event=log) as client:
+            events = client.events()
+            await client.send("before")
+            with anyio.fail_after(WAIT):
+                assert await client.recv() == "before"
+            cut(client)
+            await next_event(events, Resumed)
+            await client.send("after")
+            with anyio.fail_after(WAIT):
+                assert await client.recv() == "after"
+    assert asked == 2
+    assert len(b.requests) == 1
+    assert kinds(log, SessionStarted, Resumed, ResumeFailed) == ["SessionStarted", "Resumed"]
