@@ -387,7 +387,10 @@ export class WsproxyClient extends EventTarget {
     const generation = ++this.#generation;
     this.#state = CONNECTING;
     const session = this.#session;
-    if (session !== null && session.expired(performance.now())) this.#lost(session.fail("window passed"));
+    if (session !== null && session.expired(performance.now())) {
+      this.#lost(session.fail("window passed"));
+      if (generation !== this.#generation) return; // a listener called close()
+    }
     let token;
     if (this.#token !== undefined) {
       try {

@@ -514,6 +514,27 @@ describe("WsproxyClient with resume (fake socket)", () => {
     client.close();
   });
 
+  test("refused attempts go on until the window passes: resumefailed, then a fresh session", async () => {
+    const { client, events } = fresh({ resume: true, backoff: { baseMs: 10, maxMs: 10 } });
+    FakeSocket.made[0].open();
+    FakeSocket.made[0].message(control({ type: "session", id: "abc", window: 0.06 }));
+    const dropped = performance.now();
+    FakeSocket.made[0].closed(1006, "", false);
+    while (!events.some(([type]) => type === "resumefailed")) {
+      const last = FakeSocket.made.at(-1);
+      if (last.readyState === 0) last.closed(1006, "", false); // refused before it opened
+      await tick(2);
+    }
+    assert.ok(performance.now() - dropped >= 60, "gave up before the window passed");
+    assert.deepEqual(events.find(([type]) => type === "resumefailed"), ["resumefailed", { reason: "window passed", unacked: 0 }]);
+    const param = (socket) => new URL(socket.url).searchParams.get("wsproxy_resume");
+    while (param(FakeSocket.made.at(-1)) !== "1") await tick(); // the fresh session's connect
+    const attempts = FakeSocket.made.slice(1, -1).map(param);
+    assert.ok(attempts.length >= 2, String(attempts));
+    assert.ok(attempts.every((p) => p === "abc.0"), String(attempts));
+    client.close();
+  });
+
   test("a 1008 revoke ends it; a proxy that does not frame ends it with 1002", () => {
     const revoked = fresh({ resume: true });
     FakeSocket.made[0].open();
