@@ -46,6 +46,9 @@ export interface CloseInfo {
   readonly code: number;
   readonly reason: string;
   readonly wasClean: boolean;
+  /** The socket closed before it ever opened (a failed connect; with `resume`, before
+   *  the proxy's session or resumed message). */
+  readonly beforeOpen: boolean;
 }
 
 export interface WsproxyClientOptions {
@@ -65,8 +68,19 @@ export interface WsproxyClientOptions {
    */
   shouldReconnect?: (close: CloseInfo, attempt: number) => boolean | undefined;
   queue?: QueueOptions;
-  /** Set on every socket (default: the WebSocket's own default, "blob" in browsers). */
+  /**
+   * Set on every socket (default: the WebSocket's own default, "blob" in browsers). With
+   * `resume` the sockets are "arraybuffer" and a binary message is an ArrayBuffer, or a
+   * Blob when this is "blob".
+   */
   binaryType?: "blob" | "arraybuffer" | string;
+  /**
+   * Speak wsproxy's resumable sessions (the proxy needs `resume: {enabled: true}`): a
+   * close without a close frame (1006) resumes the session within the proxy's window,
+   * every message once and in order; a real close goes by the rules above, and a
+   * reconnect after it starts a fresh session. Default false.
+   */
+  resume?: boolean;
 }
 
 export interface WsproxyOpenEvent extends Event {
@@ -126,6 +140,28 @@ export interface WsproxyErrorEvent extends Event {
   readonly error: unknown;
 }
 
+/** With `resume`: a fresh session started (a new backend connection), just before `open`. */
+export interface WsproxySessionEvent extends Event {
+  readonly type: "session";
+  readonly sessionId: string;
+}
+
+/** With `resume`: the session went on after a drop, just before `open`. */
+export interface WsproxyResumedEvent extends Event {
+  readonly type: "resumed";
+  /** The app's messages sent again (those the proxy had not acked). */
+  readonly resent: number;
+}
+
+/** With `resume`: the session could not be resumed; a fresh one follows. */
+export interface WsproxyResumeFailedEvent extends Event {
+  readonly type: "resumefailed";
+  /** The proxy's reason (after "resume failed: ") or "window passed". */
+  readonly reason: string;
+  /** The app's messages the old backend may or may not have had (not sent again). */
+  readonly unacked: number;
+}
+
 export interface WsproxyClientEventMap {
   open: WsproxyOpenEvent;
   message: WsproxyMessageEvent;
@@ -134,6 +170,23 @@ export interface WsproxyClientEventMap {
   terminal: WsproxyTerminalEvent;
   drop: WsproxyDropEvent;
   error: WsproxyErrorEvent;
+  session: WsproxySessionEvent;
+  resumed: WsproxyResumedEvent;
+  resumefailed: WsproxyResumeFailedEvent;
+}
+
+/** With `resume`: the session of the moment. */
+export interface SessionInfo {
+  /** Null between sessions. */
+  readonly id: string | null;
+  /** The window the proxy announced, in ms. */
+  readonly windowMs: number;
+  /** Backend messages received in this session. */
+  readonly received: number;
+  /** The app's messages sent in this session. */
+  readonly sent: number;
+  /** The connection dropped and the client is resuming. */
+  readonly resuming: boolean;
 }
 
 export declare class WsproxyClient extends EventTarget {
@@ -153,6 +206,8 @@ export declare class WsproxyClient extends EventTarget {
   readonly socket: WebSocketLike | null;
   /** Messages and bytes held for the next open. */
   readonly queued: { readonly messages: number; readonly bytes: number };
+  /** With `resume`: the session of the moment; null without `resume`. */
+  readonly session: SessionInfo | null;
   /**
    * Sends now when open; else queues (flushed in order before the next `open` event).
    * Returns false, with a `drop` event, when the queue is full (the newest message is
@@ -211,5 +266,41 @@ export declare function defaultRule(
   reason: string,
   hasTokenHook: boolean,
 ): "reconnect" | "refresh" | "stop";
+
+/** The close code of a resume the proxy refused. */
+export declare const RESUME_FAILED: 4410;
+/** The query parameter of the resumable-session protocol. */
+export declare const RESUME_PARAM: "wsproxy_resume";
+
+/** A message that is not the resumable-session protocol's. */
+export declare class FramingError extends Error {}
+
+/** What `Resumption.after` says of a close. */
+export type ResumeStep =
+  | { readonly verdict: "resume"; readonly attempt: number; readonly delayMs: number; readonly hinted: boolean }
+  | { readonly verdict: "failed"; readonly attempt: number; readonly reason: string; readonly unacked: number }
+  | { readonly verdict: "ended" }
+  | { readonly verdict: "none" };
+
+/** A resumable session's state and decisions, without I/O (the client uses it with `resume`). */
+export declare class Resumption {
+  constructor(backoff?: BackoffOptions, random?: () => number);
+  sessionId: string | null;
+  windowMs: number;
+  received: number;
+  sent: number;
+  unacked: Array<[number, SendData]>;
+  deadline: number | null;
+  attempt: number;
+  readonly held: boolean;
+  param(): string;
+  expired(now: number): boolean;
+  opened(first: unknown): SendData[] | null;
+  sending(data: SendData): void;
+  take(data: unknown): { payload: string | ArrayBuffer } | null;
+  after(close: { code: number; reason: string; beforeOpen: boolean }, now: number): ResumeStep;
+  fail(reason: string): ResumeStep;
+  forget(): void;
+}
 
 export default WsproxyClient;

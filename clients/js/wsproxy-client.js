@@ -4,8 +4,11 @@
 // `retry-after-ms=N` hint (clamped), else after full-jitter exponential back-off; stops on
 // 1008 and 4000-4999 (and every other code) unless the app's hook says otherwise; asks
 // the token hook again on 1008 "token expired". A bounded queue holds sends while not
-// open (the newest is refused when full). README.md has the whole contract; the types
-// are in wsproxy-client.d.ts. No dependencies: browsers and Node >= 20.
+// open (the newest is refused when full). With `resume: true` it speaks wsproxy's
+// resumable sessions: a drop without a close frame (1006) resumes the session within the
+// proxy's window (`Resumption` decides, without I/O); a real close goes by the rules
+// above. README.md has the whole contract; the types are in wsproxy-client.d.ts. No
+// dependencies: browsers and Node >= 20.
 
 /** Close codes the default rule reconnects on. */
 export const RECONNECT_CODES = new Set([1001, 1006, 1011, 1012, 1013, 1014]);
@@ -84,6 +87,164 @@ function event(type, fields) {
   return Object.assign(new Event(type), fields);
 }
 
+// Resumable sessions (wsproxy's README, "Resumable sessions") ...
+
+/** The close code of a resume the proxy refused (after its 101). */
+export const RESUME_FAILED = 4410;
+/** The query parameter that opts in ("1") or resumes ("<id>.<R>"). */
+export const RESUME_PARAM = "wsproxy_resume";
+
+/** A message that is not the resumable-session protocol's. */
+export class FramingError extends Error {
+  name = "FramingError";
+}
+
+function firstByte(data) {
+  if (typeof data === "string") return data.length > 0 ? data.charCodeAt(0) : -1;
+  if (data instanceof ArrayBuffer) return data.byteLength > 0 ? new Uint8Array(data)[0] : -1;
+  if (ArrayBuffer.isView(data)) return data.byteLength > 0 ? new Uint8Array(data.buffer, data.byteOffset, 1)[0] : -1;
+  throw new FramingError("a binary message that is not an ArrayBuffer (binaryType must be \"arraybuffer\")");
+}
+
+function controlOf(data) {
+  if (typeof data !== "string" || data.charCodeAt(0) !== 1) throw new FramingError("not a control message of the proxy's");
+  let control;
+  try {
+    control = JSON.parse(data.slice(1));
+  } catch (error) {
+    throw new FramingError(`a control message that is not JSON: ${error.message}`);
+  }
+  if (control === null || typeof control !== "object" || Array.isArray(control)) {
+    throw new FramingError("a control message that is not a JSON object");
+  }
+  return control;
+}
+
+/**
+ * A resumable session's state and decisions, without sockets or timers (the client does
+ * the I/O; the same logic as clients/python's wsproxy_client.resumption). Attached (a
+ * socket is open on it), held (dropped; resuming until `deadline`), or none
+ * (`sessionId` null: the next connect starts a fresh session).
+ */
+export class Resumption {
+  constructor(backoff = {}, random = Math.random) {
+    this.backoff = { ...DEFAULTS.backoff, ...backoff };
+    this.random = random;
+    this.sessionId = null;
+    this.windowMs = 0;
+    /** Backend messages received in this session; the app's messages sent in it. */
+    this.received = 0;
+    this.sent = 0;
+    /** [number, data] of the app's messages not acked yet. */
+    this.unacked = [];
+    /** Set while held: the time (ms, the caller's clock) after which it cannot come back. */
+    this.deadline = null;
+    this.attempt = 0;
+  }
+
+  get held() { return this.deadline !== null; }
+
+  /** The value of wsproxy_resume for the next connect. */
+  param() { return this.held ? `${this.sessionId}.${this.received}` : "1"; }
+
+  /** Held, and past the window: the next attempt is not worth making. */
+  expired(now) { return this.deadline !== null && now >= this.deadline; }
+
+  /** A connection's first message: `session` (null returned) or, while held, `resumed`
+   *  (the messages to send again, in order). Throws FramingError for anything else. */
+  opened(first) {
+    const control = controlOf(first);
+    if (this.held && control.type === "resumed") {
+      this.#acked(Number(control.acked));
+      this.deadline = null;
+      this.attempt = 0;
+      return this.unacked.map(([, data]) => data);
+    }
+    if (!this.held && control.type === "session") {
+      this.sessionId = String(control.id);
+      this.windowMs = Number(control.window) * 1000;
+      this.received = 0;
+      this.sent = 0;
+      this.unacked = [];
+      return null;
+    }
+    throw new FramingError(`expected ${this.held ? "resumed" : "session"}, got ${JSON.stringify(control.type)}`);
+  }
+
+  /** The app's *data* goes on the session now: numbered and kept until acked. */
+  sending(data) {
+    this.sent += 1;
+    this.unacked.push([this.sent, data]);
+  }
+
+  /** A message from the proxy: `{payload}` for the backend's (counted), null for a
+   *  control message (an ack is applied). Throws FramingError without the framing byte. */
+  take(data) {
+    const kind = firstByte(data);
+    if (kind === 0) {
+      this.received += 1;
+      return { payload: data.slice(1) };
+    }
+    if (kind === 1) {
+      const control = controlOf(data);
+      if (control.type === "ack") this.#acked(Number(control.n));
+      return null; // an unknown control (a later version's) is not the app's
+    }
+    throw new FramingError("a message without the resumable session's framing byte");
+  }
+
+  #acked(n) {
+    let drop = 0;
+    while (drop < this.unacked.length && this.unacked[drop][0] <= n) drop += 1;
+    if (drop > 0) this.unacked.splice(0, drop);
+  }
+
+  /**
+   * What a close (`{code, reason, beforeOpen}`: a socket's end, or a failed connect) at
+   * *now* means: `{verdict: "resume", attempt, delayMs, hinted}` (try after delayMs),
+   * `{verdict: "failed", reason, unacked}` (a fresh session at once), `{verdict: "ended"}`
+   * (a real close of an attached session) or `{verdict: "none"}` (no session): for
+   * these two the client's usual rules decide.
+   */
+  after(close, now) {
+    if (this.held) {
+      if (close.code === RESUME_FAILED) return this.fail(String(close.reason).replace(/^resume failed: /, ""));
+      if (now >= this.deadline) return this.fail("window passed");
+      this.attempt += 1;
+      const hint = parseRetryHint(close.reason);
+      const hinted = hint !== null;
+      const wait = hinted ? Math.min(hint, this.backoff.maxHintMs) : backoffDelay(this.attempt, this.backoff, this.random);
+      return { verdict: "resume", attempt: this.attempt, delayMs: Math.min(wait, this.deadline - now), hinted };
+    }
+    if (this.sessionId === null) return { verdict: "none" };
+    if (close.code === 1006 && !close.beforeOpen) {
+      // No close frame: the network went, not an endpoint (no close frame carries 1006).
+      this.deadline = now + this.windowMs;
+      this.attempt = 1;
+      return { verdict: "resume", attempt: 1, delayMs: 0, hinted: false };
+    }
+    this.forget();
+    return { verdict: "ended" };
+  }
+
+  /** The resume failed: the session is forgotten; how many messages it had not acked. */
+  fail(reason) {
+    const unacked = this.unacked.length;
+    const attempt = this.attempt;
+    this.forget();
+    return { verdict: "failed", attempt, reason, unacked };
+  }
+
+  forget() {
+    this.sessionId = null;
+    this.deadline = null;
+    this.attempt = 0;
+    this.received = 0;
+    this.sent = 0;
+    this.unacked = [];
+  }
+}
+
 export class WsproxyClient extends EventTarget {
   static CONNECTING = CONNECTING;
   static OPEN = OPEN;
@@ -100,6 +261,8 @@ export class WsproxyClient extends EventTarget {
   #maxMessages;
   #maxBytes;
   #binaryType;
+  /** With resume: the session's state (null without). */
+  #session = null;
 
   #state = CONNECTING;
   #socket = null;
@@ -148,6 +311,10 @@ export class WsproxyClient extends EventTarget {
     this.#maxMessages = number(queue.maxMessages, "queue.maxMessages", DEFAULTS.queue.maxMessages);
     this.#maxBytes = number(queue.maxBytes, "queue.maxBytes", DEFAULTS.queue.maxBytes);
     this.#binaryType = options.binaryType;
+    if (options.resume !== undefined && typeof options.resume !== "boolean") {
+      throw new TypeError("resume: expected a boolean");
+    }
+    if (options.resume) this.#session = new Resumption(this.#backoff);
     this.#connect();
   }
 
@@ -155,9 +322,18 @@ export class WsproxyClient extends EventTarget {
   get url() { return this.#url; }
   get socket() { return this.#socket; }
   get queued() { return { messages: this.#queue.length, bytes: this.#queuedBytes }; }
+  /** With resume: the session of the moment (`id` null between sessions); else null. */
+  get session() {
+    const s = this.#session;
+    if (s === null) return null;
+    return Object.freeze({ id: s.sessionId, windowMs: s.windowMs, received: s.received, sent: s.sent, resuming: s.held });
+  }
 
   send(data) {
     if (this.#state === OPEN && this.#socket !== null) {
+      // With resume the message is kept until the proxy acks it, and sent again after a
+      // resume; without, a socket that closes now loses it (see README.md).
+      this.#session?.sending(data);
       this.#socket.send(data);
       return true;
     }
@@ -210,6 +386,11 @@ export class WsproxyClient extends EventTarget {
   async #connect() {
     const generation = ++this.#generation;
     this.#state = CONNECTING;
+    const session = this.#session;
+    if (session !== null && session.expired(performance.now())) {
+      this.#lost(session.fail("window passed"));
+      if (generation !== this.#generation) return; // a listener called close()
+    }
     let token;
     if (this.#token !== undefined) {
       try {
@@ -223,6 +404,11 @@ export class WsproxyClient extends EventTarget {
       if (generation !== this.#generation) return; // close() came while the hook ran
     }
     let url = this.#url;
+    if (session !== null) {
+      const parsed = new URL(url);
+      parsed.searchParams.set(RESUME_PARAM, session.param());
+      url = parsed.href;
+    }
     const protocols = [...this.#protocols];
     if (token !== undefined && token !== null && token !== "") {
       if (this.#placement.kind === "query") {
@@ -242,24 +428,56 @@ export class WsproxyClient extends EventTarget {
       this.#end(1006, String(error?.message ?? error), false);
       return;
     }
-    if (this.#binaryType !== undefined) socket.binaryType = this.#binaryType;
+    // With resume the framing byte of binary messages is read at once: an ArrayBuffer.
+    if (session !== null) socket.binaryType = "arraybuffer";
+    else if (this.#binaryType !== undefined) socket.binaryType = this.#binaryType;
     this.#socket = socket;
+    // Without resume a socket is open at its open event; with it, at the proxy's first
+    // message (session or resumed).
     let opened = false;
-    socket.addEventListener("open", () => {
-      if (generation !== this.#generation) return;
+    const open = (resent) => {
       opened = true;
       this.#openedAt = Date.now();
+      if (resent !== null) for (const data of resent) socket.send(data);
       this.#state = OPEN;
       const queue = this.#queue;
       this.#discardQueue();
-      for (const data of queue) socket.send(data);
+      for (const data of queue) {
+        session?.sending(data);
+        socket.send(data);
+      }
+      if (session !== null) {
+        if (resent === null) this.dispatchEvent(event("session", { sessionId: session.sessionId }));
+        else this.dispatchEvent(event("resumed", { resent: resent.length }));
+        if (generation !== this.#generation || this.#state !== OPEN) return; // a listener closed it
+      }
       const protocol = socket.protocol.startsWith(this.#placement.name) && this.#placement.kind === "subprotocol"
         ? "" : socket.protocol;
       this.dispatchEvent(event("open", { protocol, flushed: queue.length }));
+    };
+    socket.addEventListener("open", () => {
+      if (generation !== this.#generation) return;
+      if (session === null) open(null);
     });
     socket.addEventListener("message", (e) => {
       if (generation !== this.#generation) return;
-      this.dispatchEvent(event("message", { data: e.data }));
+      if (session === null) {
+        this.dispatchEvent(event("message", { data: e.data }));
+        return;
+      }
+      try {
+        if (!opened) {
+          open(session.opened(e.data));
+          return;
+        }
+        const taken = session.take(e.data);
+        if (taken === null) return;
+        const data = this.#binaryType === "blob" && typeof taken.payload !== "string" ? new Blob([taken.payload]) : taken.payload;
+        this.dispatchEvent(event("message", { data }));
+      } catch (error) {
+        if (!(error instanceof FramingError)) throw error;
+        this.#notResumable(generation, socket, error, opened);
+      }
     });
     // A socket ends once: by its close event, or by an error event, which per the
     // WebSocket spec always means a close with 1006 (some implementations, such as Node
@@ -281,6 +499,38 @@ export class WsproxyClient extends EventTarget {
     });
   }
 
+  /** The proxy does not speak the resumable-session protocol: retrying cannot help. */
+  #notResumable(generation, socket, error, opened) {
+    this.#generation += 1; // the socket's own close is not looked at
+    this.#socket = null;
+    const reason = `resume: ${error.message}`.slice(0, 123);
+    try {
+      socket.close(1002, "not a resumable session");
+    } catch {
+      // already closing
+    }
+    this.dispatchEvent(event("error", { error }));
+    this.dispatchEvent(event("close", { code: 1002, reason, wasClean: false, beforeOpen: !opened, terminal: true }));
+    this.#end(1002, reason, false);
+  }
+
+  #lost(step) {
+    this.dispatchEvent(event("resumefailed", { reason: step.reason, unacked: step.unacked }));
+  }
+
+  /** Schedule the next connect after *delayMs*, with its close and reconnecting events. */
+  #retry(base, delayMs, hinted, after) {
+    this.#state = CONNECTING;
+    this.#timer = setTimeout(() => {
+      this.#timer = null;
+      this.#connect();
+    }, delayMs);
+    this.dispatchEvent(event("close", { ...base, retryInMs: delayMs, hinted }));
+    // A close listener may have called close(): then no reconnect follows.
+    if (this.#ending !== null || this.#state === CLOSED) return;
+    after();
+  }
+
   #onClose(generation, close, opened) {
     if (generation !== this.#generation) return;
     this.#socket = null;
@@ -290,6 +540,22 @@ export class WsproxyClient extends EventTarget {
       this.#end(this.#ending.code, this.#ending.reason, true);
       return;
     }
+    if (this.#session !== null) {
+      const step = this.#session.after(base, performance.now());
+      if (step.verdict === "resume") {
+        this.#retry(base, step.delayMs, step.hinted, () => this.dispatchEvent(event("reconnecting",
+          { attempt: step.attempt, delayMs: step.delayMs, hinted: step.hinted, tokenRefresh: false })));
+        return;
+      }
+      if (step.verdict === "failed") { // a fresh session, at once
+        this.#retry(base, 0, false, () => {
+          this.#lost(step);
+          if (this.#ending !== null || this.#state === CLOSED) return;
+          this.dispatchEvent(event("reconnecting", { attempt: step.attempt, delayMs: 0, hinted: false, tokenRefresh: false }));
+        });
+        return;
+      }
+    }
     if (opened && Date.now() - this.#openedAt >= this.#backoff.resetAfterMs) this.#attempt = 0;
     const attempt = this.#attempt + 1;
     let rule = defaultRule(close.code, close.reason, this.#token !== undefined);
@@ -297,7 +563,8 @@ export class WsproxyClient extends EventTarget {
     if (this.#shouldReconnect !== undefined) {
       this.#deciding = true;
       try {
-        verdict = this.#shouldReconnect({ code: close.code, reason: close.reason, wasClean: close.wasClean }, attempt);
+        verdict = this.#shouldReconnect(
+          { code: close.code, reason: close.reason, wasClean: close.wasClean, beforeOpen: !opened }, attempt);
       } catch (error) {
         this.dispatchEvent(event("error", { error })); // and the default rule decides
       } finally {
@@ -318,15 +585,8 @@ export class WsproxyClient extends EventTarget {
     const hinted = hint !== null;
     const delayMs = hinted ? Math.min(hint, this.#backoff.maxHintMs) : backoffDelay(attempt, this.#backoff);
     this.#attempt = attempt;
-    this.#state = CONNECTING;
-    this.#timer = setTimeout(() => {
-      this.#timer = null;
-      this.#connect();
-    }, delayMs);
-    this.dispatchEvent(event("close", { ...base, retryInMs: delayMs, hinted }));
-    // A close listener may have called close(): then no reconnect follows.
-    if (this.#ending !== null || this.#state === CLOSED) return;
-    this.dispatchEvent(event("reconnecting", { attempt, delayMs, hinted, tokenRefresh: rule === "refresh" }));
+    this.#retry(base, delayMs, hinted, () => this.dispatchEvent(event("reconnecting",
+      { attempt, delayMs, hinted, tokenRefresh: rule === "refresh" })));
   }
 
   #end(code, reason, requested) {

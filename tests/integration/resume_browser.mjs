@@ -1,16 +1,20 @@
-// clients/js's ResumableSession in headless Chromium (test_resume_browser.py).
+// clients/js's resumable sessions in headless Chromium (test_resume_browser.py).
 //
-//   node resume_browser.mjs --page=http://127.0.0.1:PORT/healthz --module-file=PATH
-//        --ws=ws://127.0.0.1:PORT/ --count=N [--timeout-ms=20000]
+//   node resume_browser.mjs --page=http://127.0.0.1:PORT/healthz --module-dir=DIR
+//        --api=session|client --ws=ws://127.0.0.1:PORT/ --count=N [--timeout-ms=20000]
 //
-// Loads --page with clients/js/wsproxy-resume.js served from --module-file at
-// /__wsproxy-resume.js (a route of the browser's), opens a ResumableSession to --ws,
-// sends "up-1".."up-N" at about 1,000 a second and reads until it has N backend
-// messages. The test cuts the TCP connections under the page meanwhile. Reports
-// {ok, got (the backend messages, in order), events ({type, reason, resent, unacked}),
-// page_errors, console_errors}. The launch and the report are browser.mjs's.
+// Loads --page with clients/js's two modules served from --module-dir at
+// /wsproxy-resume.js and /wsproxy-client.js (routes of the browser's; the first imports
+// the second), opens a ResumableSession (--api=session) or a WsproxyClient with
+// {resume: true} (--api=client) to --ws, sends "up-1".."up-N" at about 1,000 a second and
+// reads until it has N backend messages, then closes (the client: until its terminal
+// event). The test cuts the TCP connections under the page meanwhile. Reports {ok, got
+// (the backend messages, in order), events ({type, reason, resent, unacked}; the
+// client's terminal event as "close"), page_errors, console_errors}. The launch and the
+// report are browser.mjs's.
 
 import { readFileSync } from "node:fs";
+import { join } from "node:path";
 
 import { parseArgs, runBrowser, timeoutOf, watchErrors } from "./browser.mjs";
 
@@ -22,19 +26,33 @@ await runBrowser(result, timeout, async (browser) => {
   const page = await browser.newPage();
   page.setDefaultTimeout(timeout);
   watchErrors(page, result);
-  const moduleUrl = new URL(args.page).origin + "/__wsproxy-resume.js";
-  const moduleText = readFileSync(args["module-file"], "utf-8");
-  await page.route(moduleUrl, (route) =>
-    route.fulfill({ status: 200, contentType: "text/javascript", body: moduleText }));
+  const origin = new URL(args.page).origin;
+  for (const name of ["wsproxy-resume.js", "wsproxy-client.js"]) {
+    const body = readFileSync(join(args["module-dir"], name), "utf-8");
+    await page.route(`${origin}/${name}`, (route) =>
+      route.fulfill({ status: 200, contentType: "text/javascript", body }));
+  }
   await page.goto(args.page);
-  Object.assign(result, await page.evaluate(async ([moduleUrl, url, count, ms]) => {
-    const { ResumableSession } = await import(moduleUrl);
+  Object.assign(result, await page.evaluate(async ([origin, api, url, count, ms]) => {
     const got = []; const events = [];
-    const session = new ResumableSession(url);
-    for (const type of ["session", "resumed", "resumefailed", "close"]) {
-      session.addEventListener(type, (e) => events.push(
-        { type, reason: e.reason ?? null, resent: e.resent ?? null, unacked: e.unacked ?? null }));
+    let session;
+    if (api === "client") {
+      const { WsproxyClient } = await import(`${origin}/wsproxy-client.js`);
+      session = new WsproxyClient(url, { resume: true });
+    } else {
+      const { ResumableSession } = await import(`${origin}/wsproxy-resume.js`);
+      session = new ResumableSession(url);
     }
+    const ended = new Promise((resolve) => {
+      for (const type of ["session", "resumed", "resumefailed", "close", "terminal"]) {
+        session.addEventListener(type, (e) => {
+          if (api === "client" && type === "close") return; // drops; its end is "terminal"
+          events.push({ type: type === "terminal" ? "close" : type, reason: e.reason ?? null,
+                        resent: e.resent ?? null, unacked: e.unacked ?? null });
+          if (type === "terminal" || (api !== "client" && type === "close")) resolve();
+        });
+      }
+    });
     const done = new Promise((resolve, reject) => {
       const bound = setTimeout(() => reject(new Error(
         `${got.length} of ${count} messages in ${ms} ms; events: ${JSON.stringify(events)}`)), ms);
@@ -49,7 +67,8 @@ await runBrowser(result, timeout, async (browser) => {
       if (i % 10 === 0) await new Promise((resolve) => setTimeout(resolve, 10));
     }
     await done;
-    session.close();
+    session.close(1000);
+    await ended;
     return { got, events };
-  }, [moduleUrl, args.ws, Number(args.count), timeout]));
+  }, [origin, args.api ?? "session", args.ws, Number(args.count), timeout]));
 });

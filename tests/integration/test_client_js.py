@@ -1,7 +1,8 @@
 """clients/js against a real ``wsproxy run``: ``node --test clients/js/test/`` (issue 17).
 
 The proxy runs as its users run it (a ``wsproxy run`` subprocess), with JWT auth
-(``close_on_expiry``, a 200 ms sweep) in front of two `websockets` backends in this
+(``close_on_expiry``, a 200 ms sweep) and resumable sessions (for the clients that
+opt in) in front of two `websockets` backends in this
 process, ``b1`` and ``b2``. Each echoes, answers ``whoami`` with its name, and on the
 paths ``/close/CODE?reason=R`` closes every connection with that code and reason as
 soon as it is open, ``/close-once/CODE/KEY?reason=R`` only the first connection per KEY
@@ -101,6 +102,8 @@ async def test_the_js_client_against_a_running_wsproxy(tmp_path: Path) -> None:
             # The expiry sweep visits connections a few times a second.
             "heartbeat": {"interval": "200ms", "timeout": "10s"},
             "drain": {"spread": "0s"},
+            # For the clients that opt in ({resume: true}); the others see no difference.
+            "resume": {"enabled": True},
             "logging": {"level": "info"},
         }
         async with proxy_process(config, tmp_path) as proxy:

@@ -1,4 +1,6 @@
-"""clients/js's ResumableSession in headless Chromium, through a TCP relay the test cuts.
+"""clients/js's resumable sessions in headless Chromium, through a TCP relay the test cuts:
+``ResumableSession`` and ``WsproxyClient`` with ``{resume: true}`` (the first is a thin
+wrapper over the second).
 
 The browser connects to a relay of this process's, which forwards to the proxy (in
 process, ``resume.enabled``); the backend streams "down-1".."down-N" at about 1,000 a
@@ -27,7 +29,7 @@ from tests.integration.peers import backend, make_config, running_proxy
 pytestmark = pytest.mark.anyio
 
 SCRIPT: Final = Path(__file__).with_name("resume_browser.mjs")
-MODULE: Final = Path(__file__).resolve().parents[2] / "clients" / "js" / "wsproxy-resume.js"
+MODULES: Final = Path(__file__).resolve().parents[2] / "clients" / "js"
 COUNT: Final = 2000
 
 
@@ -79,7 +81,8 @@ class Relay:
 
 
 @pytest.mark.timeout(120)
-async def test_the_js_client_resumes_in_a_browser_exactly_once_in_order_both_ways():
+@pytest.mark.parametrize("api", ["session", "client"])
+async def test_the_js_client_resumes_in_a_browser_exactly_once_in_order_both_ways(api: str):
     browser.skip_unless_available()
     received: list[str] = []
     closes: list[int | None] = []
@@ -120,7 +123,8 @@ async def test_the_js_client_resumes_in_a_browser_exactly_once_in_order_both_way
         relay_port = await relay.start()
         result = await browser.run_script(SCRIPT, [
             f"--page=http://{host}:{port}/healthz",
-            f"--module-file={MODULE}",
+            f"--module-dir={MODULES}",
+            f"--api={api}",
             f"--ws=ws://127.0.0.1:{relay_port}/",
             f"--count={COUNT}",
         ])

@@ -1,6 +1,6 @@
 // WsproxyClient against a running wsproxy (tests/integration/test_client_js.py starts it).
 //
-// Environment: WSPROXY_URL (ws://host:port of the proxy), WSPROXY_ADMIN (its admin API),
+// Environment: WSPROXY_URL (ws://host:port of the proxy, with resume enabled), WSPROXY_ADMIN (its admin API),
 // WSPROXY_JWT_SECRET (the HS256 secret of its jwt auth). The backends behind it echo,
 // answer "whoami" with their name, and close on demand: /close/CODE?reason=R closes
 // every connection, /close-once/CODE/KEY?reason=R the first one per KEY. Without
@@ -9,6 +9,7 @@
 
 import assert from "node:assert/strict";
 import { createHmac, randomUUID } from "node:crypto";
+import net from "node:net";
 import { describe, test } from "node:test";
 
 import { WsproxyClient } from "../wsproxy-client.js";
@@ -307,5 +308,148 @@ describe("WsproxyClient through wsproxy", { skip }, () => {
     assert.deepEqual(events.filter((e) => e.type === "terminal").map((e) => e.requested), [true]);
     assert.equal(events.some((e) => e.type === "reconnecting"), false);
     assert.equal(made.length, 1);
+  });
+});
+
+/**
+ * A TCP relay to the proxy whose connections can all be reset at once (an RST each way,
+ * no close frame: what a phone changing cell looks like to both ends).
+ */
+async function relay() {
+  const target = new URL(PROXY);
+  const pairs = [];
+  const server = net.createServer((client) => {
+    const upstream = net.connect(Number(target.port), target.hostname);
+    pairs.push([client, upstream]);
+    const end = () => { client.destroy(); upstream.destroy(); };
+    client.on("error", end);
+    upstream.on("error", end);
+    client.pipe(upstream);
+    upstream.pipe(client);
+  });
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return {
+    url: `ws://127.0.0.1:${server.address().port}`,
+    cut() {
+      for (const pair of pairs.splice(0)) for (const socket of pair) if (!socket.destroyed) socket.resetAndDestroy();
+    },
+    close() {
+      this.cut();
+      return new Promise((resolve) => server.close(resolve));
+    },
+  };
+}
+
+function kinds(events, ...types) {
+  return events.filter((e) => types.includes(e.type)).map((e) => e.type);
+}
+
+function recordSession(client) {
+  const events = record(client);
+  for (const type of ["session", "resumed", "resumefailed", "error"]) {
+    client.addEventListener(type, (e) => events.push({ type, at: performance.now(), ...e }));
+  }
+  return events;
+}
+
+describe("WsproxyClient with resume through wsproxy", { skip }, () => {
+  test("a reset connection resumes: every message once and in order, both ways", async () => {
+    const count = 600;
+    const path = await relay();
+    // The token in the query: see the todo test below for the subprotocol.
+    const client = new WsproxyClient(`${path.url}/`, {
+      resume: true, token: () => jwt("resume", 600), tokenIn: "query:access_token",
+    });
+    const events = recordSession(client);
+    try {
+      await next(client, "open");
+      const backend = await roundTrip(client, "whoami");
+      const got = [];
+      const all = new Promise((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error(`${got.length} of ${count} echoes; ${JSON.stringify(events.filter((e) => e.type !== "message").map((e) => [e.type, e.code, e.reason, e.error?.message]))}`)), WAIT_MS);
+        client.addEventListener("message", (e) => {
+          got.push(e.data);
+          if (got.length === count) { clearTimeout(timer); resolve(); }
+        });
+      });
+      for (let i = 1; i <= count; i += 1) {
+        assert.equal(client.send(`up-${i}`), true);
+        if (i % 10 === 0) await new Promise((resolve) => setTimeout(resolve, 5));
+        if (i === 150 || i === 400) path.cut();
+      }
+      await all;
+      // The backend echoes: each of ours reached it once and in order, and each echo came back once, in order.
+      assert.deepEqual(got, Array.from({ length: count }, (_, i) => `up-${i + 1}`));
+      assert.deepEqual(kinds(events, "session", "resumed", "resumefailed"), ["session", "resumed", "resumed"]);
+      assert.deepEqual(events.filter((e) => e.type === "close").map((e) => [e.code, e.retryInMs]), [[1006, 0], [1006, 0]]);
+      assert.equal(await roundTrip(client, "whoami"), backend); // the same backend connection
+      assert.equal(client.session.received, count + 2);
+    } finally {
+      client.close();
+      await path.close();
+    }
+  });
+
+  test("a resume with the token as a subprotocol (the default tokenIn)", {
+    todo: "wsproxy/io/resume.py's own 101 selects the session's first token entry, or the resume's "
+      + "first non-auth offer, never the resume's auth offer: undici and browsers fail a handshake "
+      + "whose offer gets no answer, so every attempt fails until the window passes",
+  }, async () => {
+    const path = await relay();
+    const client = new WsproxyClient(`${path.url}/`, { resume: true, token: () => jwt("resume-sub", 600) });
+    try {
+      await next(client, "open");
+      const outcome = Promise.race([next(client, "resumed"), next(client, "error")]);
+      path.cut();
+      const { event } = await outcome;
+      assert.equal(event.type, "resumed", String(event.error?.message ?? event.error));
+    } finally {
+      client.close();
+      await path.close();
+    }
+  });
+
+  test("a drain of its backend: the hint honoured, then a fresh session on the other backend", async () => {
+    const { WebSocket, made } = counting();
+    const client = new WsproxyClient(`${PROXY}/`, { WebSocket, resume: true, token: () => jwt("drain-resume", 600) });
+    const events = recordSession(client);
+    const opened = next(client, "open");
+    const { event: started } = await next(client, "session");
+    await opened;
+    const first = await roundTrip(client, "whoami");
+    const closing = next(client, "close");
+    await admin(`/backends/${first}/drain`, { spread: "0s" });
+    try {
+      const closed = await closing;
+      assert.equal(closed.event.code, 1012);
+      const hint = /retry-after-ms=(\d+)/.exec(closed.event.reason);
+      assert.ok(hint, closed.event.reason);
+      assert.equal(closed.event.retryInMs, Number(hint[1]));
+      const { event: fresh } = await next(client, "session");
+      assert.notEqual(fresh.sessionId, started.sessionId);
+      assert.ok(made[1].at - made[0].closed >= Number(hint[1]),
+        `reconnected ${made[1].at - made[0].closed} ms after a close hinting ${hint[1]} ms`);
+      assert.match(made[1].url, /[?&]wsproxy_resume=1(&|$)/);
+      assert.notEqual(await roundTrip(client, "whoami"), first);
+      assert.deepEqual(kinds(events, "session", "resumed", "resumefailed"), ["session", "session"]);
+    } finally {
+      await admin(`/backends/${first}/undrain`);
+      client.close();
+    }
+  });
+
+  test("1008 revocation ends it: no resume, no reconnect", async () => {
+    const { WebSocket, made } = counting();
+    const subject = `revoked-resume-${randomUUID()}`;
+    const client = new WsproxyClient(`${PROXY}/`, { WebSocket, resume: true, token: () => jwt(subject, 600) });
+    const events = recordSession(client);
+    await next(client, "open");
+    const terminal = next(client, "terminal");
+    await admin("/connections/close", { subject });
+    const { event } = await terminal;
+    assert.deepEqual(pick(event, "code", "reason", "requested"), { code: 1008, reason: "connection revoked", requested: false });
+    assert.deepEqual(kinds(events, "session", "resumed", "resumefailed", "reconnecting"), ["session"]);
+    assert.equal(made.length, 1);
+    assert.equal(client.session.id, null);
   });
 });

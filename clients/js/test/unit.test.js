@@ -6,7 +6,8 @@ import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 
 import {
-  DEFAULTS, RECONNECT_CODES, WsproxyClient, backoffDelay, defaultRule, parseRetryHint,
+  DEFAULTS, FramingError, RECONNECT_CODES, RESUME_FAILED, Resumption, WsproxyClient, backoffDelay,
+  defaultRule, parseRetryHint,
 } from "../wsproxy-client.js";
 
 describe("parseRetryHint", () => {
@@ -111,7 +112,8 @@ class FakeSocket extends EventTarget {
 
 function recorder(client) {
   const events = [];
-  for (const type of ["open", "message", "close", "reconnecting", "terminal", "drop", "error"]) {
+  for (const type of ["open", "message", "close", "reconnecting", "terminal", "drop", "error",
+    "session", "resumed", "resumefailed"]) {
     client.addEventListener(type, (e) => {
       const { type: _t, ...fields } = Object.fromEntries(Object.entries(e));
       events.push([type, fields]);
@@ -237,7 +239,7 @@ describe("WsproxyClient with a fake socket", () => {
     FakeSocket.made[0].open();
     FakeSocket.made[0].closed(4001, "again");
     assert.equal(events.at(-1)[0], "reconnecting");
-    assert.deepEqual(seen, [[{ code: 4001, reason: "again", wasClean: true }, 1]]);
+    assert.deepEqual(seen, [[{ code: 4001, reason: "again", wasClean: true, beforeOpen: false }, 1]]);
     client.close(); // while waiting: ends at once
     assert.equal(client.readyState, WsproxyClient.CLOSED);
     assert.deepEqual(events.at(-1), ["terminal", { code: 1000, reason: "", requested: true }]);
@@ -381,5 +383,171 @@ describe("WsproxyClient edge cases", () => {
     assert.equal(client.send("still"), true);
     client.close(4000);
     assert.equal(client.readyState, WsproxyClient.CLOSING);
+  });
+});
+
+const control = (fields) => "\x01" + JSON.stringify(fields);
+const tick = (ms = 5) => new Promise((r) => setTimeout(r, ms));
+
+/** A Resumption the proxy has started: id "abc", a 30 s window. */
+function started(backoff = {}) {
+  const session = new Resumption(backoff, () => 0.5);
+  assert.equal(session.param(), "1");
+  assert.equal(session.opened(control({ type: "session", id: "abc", window: 30 })), null);
+  return session;
+}
+
+describe("Resumption (no sockets)", () => {
+  test("framing: payloads counted, acks applied, anything else refused", () => {
+    const session = started();
+    assert.deepEqual(session.take("\x00one"), { payload: "one" });
+    const binary = session.take(new Uint8Array([0, 7, 8]).buffer);
+    assert.deepEqual([...new Uint8Array(binary.payload)], [7, 8]);
+    assert.equal(session.received, 2);
+    for (const data of ["a", "b", "c"]) session.sending(data);
+    assert.equal(session.take(control({ type: "ack", n: 2 })), null);
+    assert.deepEqual(session.unacked, [[3, "c"]]);
+    assert.equal(session.take(control({ type: "later" })), null);
+    for (const bad of ["", "plain", "\x01not json", "\x01[1]", new Uint8Array([1, 123, 125]).buffer, new ArrayBuffer(0)]) {
+      assert.throws(() => session.take(bad), FramingError, String(bad));
+    }
+    assert.throws(() => new Resumption().opened("\x00hello"), FramingError);
+    assert.throws(() => new Resumption().opened(control({ type: "resumed", acked: 0 })), FramingError);
+  });
+
+  test("a drop resumes at once within the window; what was not acked goes again, in order", () => {
+    const session = started({ baseMs: 1000, maxMs: 8000 });
+    for (const data of ["m1", "m2", "m3"]) session.sending(data);
+    session.take("\x00x");
+    session.take(control({ type: "ack", n: 1 }));
+    assert.deepEqual(session.after({ code: 1006, reason: "", beforeOpen: false }, 100),
+      { verdict: "resume", attempt: 1, delayMs: 0, hinted: false });
+    assert.equal(session.param(), "abc.1");
+    // Attempts that fail back off (random() is 0.5), a hint wins, never past the deadline.
+    assert.deepEqual(session.after({ code: 1006, reason: "HTTP 503", beforeOpen: true }, 100),
+      { verdict: "resume", attempt: 2, delayMs: 1000, hinted: false });
+    assert.deepEqual(session.after({ code: 1013, reason: "try again later; retry-after-ms=700", beforeOpen: false }, 200),
+      { verdict: "resume", attempt: 3, delayMs: 700, hinted: true });
+    assert.equal(session.after({ code: 1006, reason: "", beforeOpen: true }, 30_000 + 100 - 250).delayMs, 250);
+    assert.equal(session.expired(30_100), true);
+    assert.deepEqual(session.opened(control({ type: "resumed", acked: 2, sent: 1 })), ["m3"]);
+    assert.equal(session.held, false);
+    session.sending("m4");
+    assert.deepEqual(session.unacked.map(([n]) => n), [3, 4]);
+  });
+
+  test("4410 and the window fail the resume; a real close ends the session; no session: none", () => {
+    const session = started();
+    session.sending("lost?");
+    session.after({ code: 1006, reason: "", beforeOpen: false }, 0);
+    assert.deepEqual(session.after({ code: RESUME_FAILED, reason: "resume failed: buffer overrun", beforeOpen: true }, 1),
+      { verdict: "failed", attempt: 1, reason: "buffer overrun", unacked: 1 });
+    assert.equal(session.sessionId, null);
+    assert.deepEqual(session.after({ code: 1006, reason: "", beforeOpen: true }, 2), { verdict: "none" });
+    const late = started();
+    late.after({ code: 1006, reason: "", beforeOpen: false }, 0);
+    assert.equal(late.after({ code: 1006, reason: "", beforeOpen: true }, 30_000).reason, "window passed");
+    for (const code of [1001, 1012, 1008, 4000, 1000]) {
+      const real = started();
+      real.sending("gone");
+      assert.deepEqual(real.after({ code, reason: "", beforeOpen: false }, 0), { verdict: "ended" });
+      assert.deepEqual([real.sessionId, real.param(), real.unacked.length], [null, "1", 0]);
+    }
+  });
+});
+
+describe("WsproxyClient with resume (fake socket)", () => {
+  test("a session, a drop resumed with what was not acked, then a real close starts afresh", async () => {
+    const { client, events } = fresh({ resume: true });
+    const [first] = FakeSocket.made;
+    assert.equal(first.url, "ws://example.test/x?wsproxy_resume=1");
+    assert.equal(first.binaryType, "arraybuffer");
+    assert.equal(client.send("queued"), true);
+    first.open();
+    assert.equal(client.readyState, WsproxyClient.CONNECTING); // until the proxy's session
+    first.message(control({ type: "session", id: "abc", window: 30 }));
+    assert.deepEqual(events.slice(-2), [
+      ["session", { sessionId: "abc" }], ["open", { protocol: "", flushed: 1 }]]);
+    assert.deepEqual(first.sent, ["queued"]);
+    first.message("\x00hello");
+    assert.deepEqual(events.at(-1), ["message", { data: "hello" }]);
+    client.send("two");
+    first.message(control({ type: "ack", n: 1 }));
+    assert.equal(events.at(-1)[0], "message"); // the ack is not the app's
+    first.closed(1006, "", false);
+    assert.deepEqual(events.slice(-2), [
+      ["close", { code: 1006, reason: "", wasClean: false, beforeOpen: false, retryInMs: 0, hinted: false }],
+      ["reconnecting", { attempt: 1, delayMs: 0, hinted: false, tokenRefresh: false }]]);
+    assert.equal(client.send("while away"), true);
+    assert.deepEqual(client.session, { id: "abc", windowMs: 30_000, received: 1, sent: 2, resuming: true });
+    while (FakeSocket.made.length < 2) await tick();
+    const second = FakeSocket.made[1];
+    assert.equal(second.url, "ws://example.test/x?wsproxy_resume=abc.1");
+    second.open();
+    second.message(control({ type: "resumed", acked: 1, sent: 1 }));
+    assert.deepEqual(second.sent, ["two", "while away"]);
+    assert.deepEqual(events.slice(-2), [["resumed", { resent: 1 }], ["open", { protocol: "", flushed: 1 }]]);
+    // A drain: a close frame with a hint. The rules decide; the next connect is fresh.
+    second.closed(1012, "backend draining; retry-after-ms=20");
+    assert.deepEqual(events.at(-1), ["reconnecting", { attempt: 1, delayMs: 20, hinted: true, tokenRefresh: false }]);
+    assert.equal(client.session.id, null);
+    while (FakeSocket.made.length < 3) await tick();
+    assert.equal(FakeSocket.made[2].url, "ws://example.test/x?wsproxy_resume=1");
+    client.close();
+  });
+
+  test("a failed resume: resumefailed, then a fresh session at once", async () => {
+    const { client, events } = fresh({ resume: true });
+    const [first] = FakeSocket.made;
+    first.open();
+    first.message(control({ type: "session", id: "abc", window: 30 }));
+    client.send("unacked");
+    first.closed(1006, "", false);
+    while (FakeSocket.made.length < 2) await tick();
+    FakeSocket.made[1].open();
+    FakeSocket.made[1].closed(4410, "resume failed: window passed");
+    assert.deepEqual(events.slice(-2), [
+      ["resumefailed", { reason: "window passed", unacked: 1 }],
+      ["reconnecting", { attempt: 1, delayMs: 0, hinted: false, tokenRefresh: false }]]);
+    while (FakeSocket.made.length < 3) await tick();
+    assert.equal(FakeSocket.made[2].url, "ws://example.test/x?wsproxy_resume=1");
+    client.close();
+  });
+
+  test("refused attempts go on until the window passes: resumefailed, then a fresh session", async () => {
+    const { client, events } = fresh({ resume: true, backoff: { baseMs: 10, maxMs: 10 } });
+    FakeSocket.made[0].open();
+    FakeSocket.made[0].message(control({ type: "session", id: "abc", window: 0.06 }));
+    const dropped = performance.now();
+    FakeSocket.made[0].closed(1006, "", false);
+    while (!events.some(([type]) => type === "resumefailed")) {
+      const last = FakeSocket.made.at(-1);
+      if (last.readyState === 0) last.closed(1006, "", false); // refused before it opened
+      await tick(2);
+    }
+    assert.ok(performance.now() - dropped >= 60, "gave up before the window passed");
+    assert.deepEqual(events.find(([type]) => type === "resumefailed"), ["resumefailed", { reason: "window passed", unacked: 0 }]);
+    const param = (socket) => new URL(socket.url).searchParams.get("wsproxy_resume");
+    while (param(FakeSocket.made.at(-1)) !== "1") await tick(); // the fresh session's connect
+    const attempts = FakeSocket.made.slice(1, -1).map(param);
+    assert.ok(attempts.length >= 2, String(attempts));
+    assert.ok(attempts.every((p) => p === "abc.0"), String(attempts));
+    client.close();
+  });
+
+  test("a 1008 revoke ends it; a proxy that does not frame ends it with 1002", () => {
+    const revoked = fresh({ resume: true });
+    FakeSocket.made[0].open();
+    FakeSocket.made[0].message(control({ type: "session", id: "abc", window: 30 }));
+    FakeSocket.made[0].closed(1008, "connection revoked");
+    assert.deepEqual(revoked.events.at(-1), ["terminal", { code: 1008, reason: "connection revoked", requested: false }]);
+    const plain = fresh({ resume: true });
+    FakeSocket.made[0].open();
+    FakeSocket.made[0].message("hello");
+    assert.deepEqual(plain.events.map(([t]) => t), ["error", "close", "terminal"]);
+    assert.equal(plain.events.at(-1)[1].code, 1002);
+    assert.deepEqual(FakeSocket.made[0].closedWith, [1002, "not a resumable session"]);
+    assert.equal(plain.client.readyState, WsproxyClient.CLOSED);
+    assert.throws(() => new WsproxyClient("ws://example.test/", { WebSocket: FakeSocket, resume: "yes" }), TypeError);
   });
 });

@@ -1,9 +1,10 @@
 // Type-checked, never run (test_client_js.py runs `tsc -p` here): the API as README.md
 // shows it must compile under `strict` against wsproxy-client.d.ts, and misuse must not.
 import WsproxyClientDefault, {
-  DEFAULTS, RECONNECT_CODES, WsproxyClient, backoffDelay, defaultRule, parseRetryHint,
+  DEFAULTS, RECONNECT_CODES, RESUME_FAILED, Resumption, WsproxyClient, backoffDelay, defaultRule,
+  parseRetryHint,
 } from "../../wsproxy-client.js";
-import type { CloseInfo, WsproxyCloseEvent } from "../../wsproxy-client.js";
+import type { CloseInfo, SessionInfo, WsproxyCloseEvent } from "../../wsproxy-client.js";
 
 const client = new WsproxyClient("wss://example.com/chat", {
   protocols: ["chat"],
@@ -41,6 +42,23 @@ const hint: number | null = parseRetryHint("service restart; retry-after-ms=5");
 const rule: "reconnect" | "refresh" | "stop" = defaultRule(1012, "", false);
 console.log(hint, rule, backoffDelay(2, { baseMs: 10 }), RECONNECT_CODES.has(1012), DEFAULTS.queue.maxBytes);
 new WsproxyClientDefault(new URL("ws://example.com/"), { token: () => undefined, tokenIn: "subprotocol:auth." });
+
+// Resumable sessions as an option of the client.
+const resuming = new WsproxyClient("wss://example.com/chat", {
+  resume: true,
+  shouldReconnect: (close) => (close.beforeOpen ? undefined : close.code !== 4000),
+});
+resuming.addEventListener("session", (e) => console.log(e.sessionId.length));
+resuming.addEventListener("resumed", (e) => console.log(e.resent + 1));
+resuming.addEventListener("resumefailed", (e) => console.log(e.reason, e.unacked + 1));
+const info: SessionInfo | null = resuming.session;
+if (info !== null) console.log(info.id, info.windowMs, info.received, info.sent, info.resuming);
+const step = new Resumption({ baseMs: 10 }).after({ code: 1006, reason: "", beforeOpen: false }, 0);
+if (step.verdict === "resume") console.log(step.delayMs, step.attempt, step.hinted);
+const failed: 4410 = RESUME_FAILED;
+console.log(failed);
+// @ts-expect-error: resume is a boolean
+new WsproxyClient("ws://example.com/", { resume: "yes" });
 
 // @ts-expect-error: a token cannot travel in a header from a browser
 new WsproxyClient("ws://example.com/", { tokenIn: "header" });

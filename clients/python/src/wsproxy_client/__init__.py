@@ -1,13 +1,14 @@
 """A reconnecting asyncio WebSocket client that honours wsproxy's closes (README.md).
 
 ``WsproxyClient`` is the client; ``policy`` holds its decisions without I/O (the hint
-parser, the back-off, the reconnect rule, the send queue); ``events`` its events and
-exceptions.
+parser, the back-off, the reconnect rule, the send queue); ``resumption`` those of a
+resumable session (``WsproxyClient(resume=True)``); ``events`` its events and
+exceptions. ``resume.ResumableSession`` is the single-purpose form of ``resume=True``.
 """
 
 from __future__ import annotations
 
-from .client import EVENTS_KEPT, UNREAD_CONNECTIONS_KEPT, ClientState, WsproxyClient
+from .client import EVENTS_KEPT, INBOX_KEPT, UNREAD_CONNECTIONS_KEPT, ClientState, WsproxyClient
 from .events import (
     ClientClosed,
     Closed,
@@ -17,6 +18,10 @@ from .events import (
     Opened,
     QueueFull,
     Reconnecting,
+    Resumed,
+    ResumeEvent,
+    ResumeFailed,
+    SessionStarted,
     Terminated,
     WsproxyClientError,
 )
@@ -34,18 +39,14 @@ from .policy import (
     parse_retry_after,
     parse_retry_hint,
 )
-from .resume import (
-    ResumableSession,
-    Resumed,
-    ResumeEvent,
-    ResumeFailed,
-    SessionClosed,
-    SessionStarted,
-)
+from .resume import ResumableSession, SessionClosed
+from .resumption import RESUME_FAILED, FramingError, Resumption, SessionInfo
 
 __all__ = [
     "EVENTS_KEPT",
+    "INBOX_KEPT",
     "RECONNECT_CODES",
+    "RESUME_FAILED",
     "UNREAD_CONNECTIONS_KEPT",
     "Action",
     "Backoff",
@@ -58,6 +59,7 @@ __all__ = [
     "Dropped",
     "Event",
     "Failed",
+    "FramingError",
     "Opened",
     "QueueFull",
     "Reconnecting",
@@ -66,8 +68,10 @@ __all__ = [
     "ResumeEvent",
     "ResumeFailed",
     "Resumed",
+    "Resumption",
     "SendQueue",
     "SessionClosed",
+    "SessionInfo",
     "SessionStarted",
     "Terminated",
     "WsproxyClient",

@@ -6,6 +6,12 @@ next, wait, and again, until the policy says stop or the app calls ``close()``. 
 reads messages with ``async for`` / ``recv()`` (from each connection in turn, to its
 end, so nothing a connection delivered is skipped), sends with ``send()`` (queued
 while not connected), and follows the lifecycle through ``on_event`` or ``events()``.
+
+With ``resume=True`` the client speaks wsproxy's resumable sessions (README.md
+"Resumable sessions"; ``resumption`` holds the decisions): the loop reads each
+connection itself, takes the proxy's framing and acks off, and keeps the backend's
+payloads in an inbox for ``recv()``; a drop without a close frame resumes the session
+instead of asking ``policy``, and a real close goes to ``policy`` as without resume.
 """
 
 from __future__ import annotations
@@ -38,6 +44,9 @@ from .events import (
     Opened,
     QueueFull,
     Reconnecting,
+    Resumed,
+    ResumeFailed,
+    SessionStarted,
     Terminated,
 )
 from .policy import (
@@ -49,6 +58,7 @@ from .policy import (
     ShouldReconnect,
     parse_retry_after,
 )
+from .resumption import RESUME_PARAM, FramingError, Resumption, SessionInfo, Step, Verdict
 
 log = logging.getLogger("wsproxy_client")
 
@@ -62,6 +72,9 @@ EVENTS_KEPT: Final = 1000
 #: Connections whose messages ``recv()`` has yet to reach; past this many (an app that
 #: does not read, over many reconnects) the oldest is forgotten with what it held.
 UNREAD_CONNECTIONS_KEPT: Final = 8
+#: With ``resume``: backend messages the loop reads ahead of ``recv()``; past this many
+#: it stops reading, so that ``websockets``' flow control holds the backend back.
+INBOX_KEPT: Final = 64
 
 
 class ClientState(Enum):
@@ -101,6 +114,11 @@ class WsproxyClient:
         connect_kwargs: more keyword arguments for ``websockets.asyncio.client.connect``
             (``ssl``, ``max_size``, ``ping_interval``, ...).
         random: the source of the back-off's jitter, ``() -> float`` in [0, 1).
+        resume: speak wsproxy's resumable sessions (the proxy needs
+            ``resume: {enabled: true}``): a drop without a close frame resumes the
+            session within the proxy's window; a real close follows the rules above.
+        before_resume: with *resume*, awaited after a drop before the first attempt to
+            resume (the app may wait for the network to come back).
     """
 
     def __init__(
@@ -119,6 +137,8 @@ class WsproxyClient:
         open_timeout: float | None = 10.0,
         connect_kwargs: Mapping[str, Any] | None = None,
         random: Callable[[], float] = _random.random,
+        resume: bool = False,
+        before_resume: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         parse_uri(url)  # a bad URL is the caller's error, now, not a retried connect
         if not _TOKEN_IN.fullmatch(token_in):
@@ -143,6 +163,12 @@ class WsproxyClient:
             backoff or Backoff(), has_token_hook=token is not None,
             should_reconnect=self._ask_app if should_reconnect is not None else None,
             random=random)
+        self._session = Resumption(backoff or Backoff(), random) if resume else None
+        self._before_resume = before_resume
+        #: With resume: what a ``resumed`` asks to send again, for ``_serve``.
+        self._resend: list[Data] | None = None
+        #: With resume: the backend's payloads read by the loop, for recv().
+        self._inbox: deque[Data] = deque()
         self._state = ClientState.CONNECTING
         self._task: asyncio.Task[None] | None = None
         #: The open connection (or the one that just closed), for send() and close().
@@ -174,6 +200,12 @@ class WsproxyClient:
         if ws is None or ws.subprotocol == self._token_entry:
             return None
         return ws.subprotocol
+
+    @property
+    def session(self) -> SessionInfo | None:
+        """With ``resume``: the session of the moment (``id`` None between sessions);
+        None without ``resume``."""
+        return self._session.info() if self._session is not None else None
 
     @property
     def queued(self) -> tuple[int, int]:
@@ -219,6 +251,7 @@ class WsproxyClient:
                               before_open=False, terminal=True))
         self._reading = None
         self._unread.clear()
+        self._inbox.clear()
         self._end(code, reason, requested=True)
 
     # Sending …
@@ -240,7 +273,10 @@ class WsproxyClient:
         ws = self._connection
         if self._state is ClientState.OPEN and ws is not None and ws.protocol.state is State.OPEN:
             # Handed to the socket: if it closes now, the message is not sent again
-            # (whether the server got it is unknown; resending could deliver it twice).
+            # (whether the server got it is unknown; resending could deliver it twice),
+            # unless a resumable session keeps it until the proxy acks it.
+            if self._session is not None:
+                self._session.sending(message)
             with contextlib.suppress(ConnectionClosed):
                 await ws.send(message)
             return
@@ -256,6 +292,8 @@ class WsproxyClient:
         Raises:
             ClientClosed: the client has ended and every message was read.
         """
+        if self._session is not None:
+            return await self._recv_inbox()
         while True:
             ws = self._reading
             if ws is None:
@@ -270,6 +308,16 @@ class WsproxyClient:
                 return await ws.recv()
             except ConnectionClosed:
                 self._reading = None
+
+    async def _recv_inbox(self) -> Data:
+        while not self._inbox:
+            if self.terminated is not None:
+                raise self._closed_error()
+            await self._changed.wait()
+        message = self._inbox.popleft()
+        if len(self._inbox) == INBOX_KEPT - 1:  # room again: the loop may read on
+            self._notify()
+        return message
 
     def __aiter__(self) -> Self:
         return self
@@ -352,17 +400,36 @@ class WsproxyClient:
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
+        session = self._session
         while True:
             self._state = ClientState.CONNECTING
             self._notify()
-            ws, failure = await self._connect_once()
+            if session is not None and session.expired(loop.time()):
+                self._lost(session.fail("window passed"))
+            try:
+                ws, failure = await self._connect_once()
+            except FramingError as exc:  # resume asked of a proxy that does not speak it
+                self._emit(Failed(exc))
+                close = Close(1002, f"resume: {exc}"[:123], before_open=True)
+                self._emit(_closed_event(close, terminal=True))
+                self._end(close.code, close.reason, requested=False)
+                return
             if ws is not None:
                 self._reconnects.opened(loop.time())
-                await self._serve(ws)
-                close = _close_of(ws)
+                close = await self._serve(ws)
             else:
                 assert failure is not None
                 close = failure
+            if session is not None:
+                step = session.after(close, loop.time())
+                if step.verdict is Verdict.RESUME:
+                    await self._resume_after(close, step)
+                    continue
+                if step.verdict is Verdict.FAILED:
+                    self._emit(_closed_event(close, retry_in=0.0))
+                    self._lost(step)
+                    self._emit(Reconnecting(step.attempt, 0.0, False, False))
+                    continue  # a fresh session, at once
             decision = self._reconnects.decide(close, loop.time())
             if not decision.reconnects:
                 self._emit(_closed_event(close, terminal=True))
@@ -373,8 +440,28 @@ class WsproxyClient:
                                     decision.token_refresh))
             await asyncio.sleep(decision.delay)
 
+    async def _resume_after(self, close: Close, step: Step) -> None:
+        """Report the drop (or the failed attempt) and wait before the next attempt."""
+        self._emit(_closed_event(close, retry_in=step.delay, hinted=step.hinted))
+        self._emit(Reconnecting(step.attempt, step.delay, step.hinted, False))
+        if step.attempt == 1 and self._before_resume is not None:
+            try:
+                await self._before_resume()
+            except Exception as exc:  # the app's hook must not end the session
+                log.exception("wsproxy_client: before_resume raised")
+                self._emit(Failed(exc))
+        await asyncio.sleep(step.delay)
+
+    def _lost(self, step: Step) -> None:
+        self._emit(ResumeFailed(step.reason, step.unacked))
+
     async def _connect_once(self) -> tuple[ClientConnection | None, Close | None]:
-        """One connect: the open connection, or how it failed."""
+        """One connect: the open connection, or how it failed. With resume, open means
+        the proxy's first control message was taken too.
+
+        Raises:
+            FramingError: with resume, the proxy's first message was not the protocol's.
+        """
         token: str | None = None
         if self._token is not None:
             try:
@@ -383,6 +470,8 @@ class WsproxyClient:
                 self._emit(Failed(exc))
                 return None, Close(1006, "token hook failed", before_open=True)
         url, headers, subprotocols = self._request(token)
+        if self._session is not None:
+            url = _with_query(url, RESUME_PARAM, self._session.param())
         try:
             ws = await connect(
                 url, additional_headers=headers,
@@ -398,21 +487,91 @@ class WsproxyClient:
         except (OSError, TimeoutError, InvalidHandshake) as exc:
             self._emit(Failed(exc))
             return None, Close(1006, f"connect failed: {exc}"[:123], before_open=True)
+        if self._session is None:
+            return ws, None
+        return await self._session_opened(ws)
+
+    async def _session_opened(
+            self, ws: ClientConnection) -> tuple[ClientConnection | None, Close | None]:
+        """Read the proxy's first message on *ws*: ``session`` or ``resumed``."""
+        assert self._session is not None
+        try:
+            async with asyncio.timeout(self._open_timeout):
+                first = await ws.recv()
+        except ConnectionClosed as exc:  # 4410, or a refusal after the 101 (1013)
+            rcvd = exc.rcvd
+            return None, Close(rcvd.code if rcvd else 1006, rcvd.reason if rcvd else "",
+                               was_clean=rcvd is not None and exc.sent is not None,
+                               before_open=True)
+        except TimeoutError:
+            await ws.close(1002, "no session from the proxy")
+            return None, Close(1006, "resume: no session from the proxy", before_open=True)
+        try:
+            self._resend = self._session.opened(first)
+        except FramingError:
+            await ws.close(1002, "not a resumable session")
+            raise
         return ws, None
 
-    async def _serve(self, ws: ClientConnection) -> None:
-        """Send the queue on *ws*, report it open, and wait until it closes."""
+    async def _serve(self, ws: ClientConnection) -> Close:
+        """Send the queue on *ws*, report it open, and wait until it closes: how it did."""
         self._connection = ws
-        self._unread.append(ws)
+        session = self._session
+        if session is None:
+            self._unread.append(ws)
+        else:
+            resend, self._resend = self._resend, None
+            if resend is not None:  # resumed: what the proxy had not acked, again
+                with contextlib.suppress(ConnectionClosed):
+                    for again in resend:
+                        await ws.send(again)
         flushed = 0
         while ws.protocol.state is State.OPEN and (message := self._queue.pop()) is not None:
             flushed += 1
+            if session is not None:
+                session.sending(message)
             with contextlib.suppress(ConnectionClosed):  # handed over: not sent again
                 await ws.send(message)
         self._state = ClientState.OPEN
+        if session is not None:
+            assert session.session_id is not None
+            self._emit(Resumed(len(resend)) if resend is not None
+                       else SessionStarted(session.session_id))
         self._emit(Opened(self.subprotocol, flushed))
-        await ws.wait_closed()
+        if session is None:
+            await ws.wait_closed()
+        else:
+            await self._read_session(ws, session)
         self._state = ClientState.CONNECTING
+        return _close_of(ws)
+
+    async def _read_session(self, ws: ClientConnection, session: Resumption) -> None:
+        """Read *ws* to its end: the payloads to the inbox, the controls to *session*."""
+        closed = asyncio.ensure_future(ws.wait_closed())
+        try:
+            async for message in ws:
+                try:
+                    payload = session.take(message)
+                except FramingError as exc:
+                    log.warning("wsproxy_client: %s; closing", exc)
+                    await ws.close(1002, "not a resumable session")
+                    break
+                if payload is None:
+                    continue
+                self._inbox.append(payload)
+                self._notify()
+                while len(self._inbox) >= INBOX_KEPT and not closed.done():
+                    changed = asyncio.ensure_future(self._changed.wait())
+                    try:
+                        await asyncio.wait({changed, closed},
+                                           return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        changed.cancel()
+        except ConnectionClosed:
+            pass
+        finally:
+            closed.cancel()
+        await ws.wait_closed()
 
     def _request(self, token: str | None) -> tuple[str, list[tuple[str, str]], list[str]]:
         """The URL, headers and subprotocols of one connect, with *token* in its place."""

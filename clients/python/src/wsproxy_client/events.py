@@ -3,7 +3,8 @@
 The events are those of clients/js, with Python names: ``Opened``, ``Closed``,
 ``Reconnecting``, ``Terminated``, ``Dropped``, ``Failed``. Every close (failed connects
 too) is a ``Closed``; a reconnect follows it (``Reconnecting``, with the wait) or the
-end (``Terminated``, once).
+end (``Terminated``, once). With ``resume=True``, ``SessionStarted`` or ``Resumed``
+comes just before each ``Opened``, and ``ResumeFailed`` when a session is lost.
 """
 
 from __future__ import annotations
@@ -84,8 +85,35 @@ class Failed:
     error: BaseException
 
 
+@dataclass(frozen=True, slots=True)
+class SessionStarted:
+    """A fresh resumable session (``resume=True``): a new backend connection."""
+
+    session_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Resumed:
+    """The connection dropped and the session went on: *resent* messages of ours
+    sent again, the proxy replaying what we had missed."""
+
+    resent: int
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeFailed:
+    """The session could not be resumed (*reason*, the proxy's or "window passed");
+    a fresh one follows. *unacked*: our messages the old backend may not have had."""
+
+    reason: str
+    unacked: int
+
+
+#: The events of a resumable session.
+ResumeEvent = SessionStarted | Resumed | ResumeFailed
+
 #: Every event the client reports.
-Event = Opened | Closed | Reconnecting | Terminated | Dropped | Failed
+Event = Opened | Closed | Reconnecting | Terminated | Dropped | Failed | ResumeEvent
 
 
 class WsproxyClientError(Exception):

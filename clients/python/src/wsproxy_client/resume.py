@@ -1,65 +1,52 @@
-"""``ResumableSession``: one session through wsproxy that survives a dropped connection.
+"""``ResumableSession``: one session through wsproxy that survives a dropped connection,
+and ends at the first real close.
 
-The protocol is wsproxy's README "Resumable sessions" (the proxy needs
-``resume: {enabled: true}``). The session opts in with ``?wsproxy_resume=1``; every
-message the proxy sends starts with one byte: 0x00 before the backend's payload,
-0x01 before a JSON control message (``session``, ``ack``, ``resumed``). When the
-connection dies without a close frame, the session reconnects with
-``?wsproxy_resume=<id>.<received>`` within the window the proxy announced, re-sends
-what the proxy had not acked and goes on: every message once, in order, both ways.
-A failed resume (close 4410, or the window gone) is reported as a ``ResumeFailed``
-event, and the session starts afresh with a new backend connection; messages the
-old one had not acked are dropped (the event says how many).
+The single-purpose form of ``WsproxyClient(resume=True)`` (README.md), kept for the
+code written against it: the same protocol, by the same code (``resumption`` decides,
+``WsproxyClient`` connects), with these differences. Any close frame ends the session
+for good (``recv()`` raises ``SessionClosed``), where ``WsproxyClient`` reconnects after
+a drain's 1001/1012 and its hint; a connect that fails before a session has started is
+retried after *retry_delay*, as a resume attempt is; sends are never refused (no queue
+bound); ``on_event`` and ``events`` see only the session's events (``SessionStarted``,
+``Resumed``, ``ResumeFailed``); keyword arguments other than its own go to
+``websockets``' ``connect()``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
-import time
-from collections import deque
+import sys
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, Final
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake
+from websockets.asyncio.client import ClientConnection
 
-from .policy import Data
+from .client import WsproxyClient
+from .events import (
+    ClientClosed,
+    Closed,
+    Event,
+    Opened,
+    Resumed,
+    ResumeEvent,
+    ResumeFailed,
+    SessionStarted,
+)
+from .policy import Backoff, Data
+from .resumption import RESUME_FAILED
 
-#: The close code of a resume the proxy refused.
-RESUME_FAILED: Final = 4410
-_APP: Final = 0
-_CONTROL: Final = 1
+__all__ = [
+    "RESUME_FAILED",
+    "ResumableSession",
+    "ResumeEvent",
+    "ResumeFailed",
+    "Resumed",
+    "SessionClosed",
+    "SessionStarted",
+]
 
-
-@dataclass(frozen=True, slots=True)
-class SessionStarted:
-    """A fresh session: a new backend connection."""
-
-    session_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class Resumed:
-    """The connection dropped and the session went on: *resent* messages of ours
-    sent again, the proxy replaying what we had missed."""
-
-    resent: int
-
-
-@dataclass(frozen=True, slots=True)
-class ResumeFailed:
-    """The session could not be resumed (*reason*, the proxy's or "window passed");
-    a fresh one follows. *unacked*: our messages the old backend may not have had."""
-
-    reason: str
-    unacked: int
-
-
-ResumeEvent = SessionStarted | Resumed | ResumeFailed
+#: The ``connect()`` arguments that ``WsproxyClient`` takes as its own.
+_OWN: Final = {"additional_headers": "headers", "subprotocols": "subprotocols",
+               "open_timeout": "open_timeout"}
 
 
 class SessionClosed(Exception):
@@ -71,14 +58,6 @@ class SessionClosed(Exception):
         self.reason = reason
 
 
-def _url(url: str, value: str) -> str:
-    parts = urlsplit(url)
-    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
-             if k != "wsproxy_resume"]
-    query.append(("wsproxy_resume", value))
-    return urlunsplit(parts._replace(query=urlencode(query)))
-
-
 class ResumableSession:
     """``async with ResumableSession(url) as s``: ``send()``, ``recv()``, ``events``."""
 
@@ -87,202 +66,89 @@ class ResumableSession:
         retry_delay: float = 0.05,
         before_resume: Callable[[], Awaitable[None]] | None = None, **connect_kwargs: Any,
     ) -> None:
-        """*retry_delay*: between two attempts to reconnect; *before_resume*: awaited
-        before the first (the app may wait for the network to come back)."""
-        self.url = url
+        """*retry_delay*: the most between two attempts to connect or resume (full
+        jitter below it); *before_resume*: awaited before the first attempt to resume
+        (the app may wait for the network to come back)."""
         self.on_event = on_event
         self.events: list[ResumeEvent] = []
-        self.retry_delay = retry_delay
-        self.before_resume = before_resume
-        self._connect_kwargs = connect_kwargs
-        self.session_id: str | None = None
-        self.window = 0.0
-        #: Our messages the proxy has not acked: (number, message), numbered from 1.
-        self._unacked: deque[tuple[int, Data]] = deque()
-        self._sent = 0
-        #: Backend messages received (delivered to the inbox).
-        self.received = 0
-        self._inbox: asyncio.Queue[Data | SessionClosed] = asyncio.Queue()
-        self._ws: ClientConnection | None = None
-        self._send_lock = asyncio.Lock()
-        self._task: asyncio.Task[None] | None = None
-        self._closing = False
-        self._opened = asyncio.Event()
+        own = {_OWN[key]: connect_kwargs.pop(key) for key in list(connect_kwargs)
+               if key in _OWN}
+        self._client = WsproxyClient(
+            url, on_event=self._on_event, resume=True, before_resume=before_resume,
+            backoff=Backoff(base=retry_delay, max=retry_delay, max_hint=retry_delay),
+            should_reconnect=self._should_reconnect,
+            max_queued_messages=sys.maxsize, max_queued_bytes=sys.maxsize,
+            connect_kwargs=connect_kwargs, **own)
+        #: Whether the connection of the moment opened (set by the client's events).
+        self._open = False
+
+    def _on_event(self, event: Event) -> None:
+        if isinstance(event, Opened | Closed):
+            self._open = isinstance(event, Opened)
+        if isinstance(event, SessionStarted | Resumed | ResumeFailed):
+            self.events.append(event)
+            if self.on_event is not None:
+                self.on_event(event)
+
+    def _should_reconnect(self, code: int, reason: str, attempt: int) -> bool:
+        """Asked (before its ``Closed`` event) of a close that does not resume: a
+        connect that failed before a session opened is retried; a real close of an open
+        session is the end."""
+        del code, reason, attempt
+        return not self._open
 
     async def __aenter__(self) -> ResumableSession:
-        self._task = asyncio.create_task(self._run())
-        opened = asyncio.create_task(self._opened.wait())
-        done, _ = await asyncio.wait({opened, self._task}, return_when=asyncio.FIRST_COMPLETED)
-        if self._task in done:
-            opened.cancel()
-            self._task.result()
+        self._client.start()
+        await self._client.wait_open()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
     @property
+    def url(self) -> str:
+        """The URL of the next connect (an app may change it, say with a new token)."""
+        return self._client.url
+
+    @url.setter
+    def url(self, value: str) -> None:
+        self._client.url = value
+
+    @property
     def connection(self) -> ClientConnection | None:
         """The connection of the moment (None while reconnecting)."""
-        return self._ws
+        return self._client.connection
 
-    def _emit(self, event: ResumeEvent) -> None:
-        self.events.append(event)
-        if self.on_event is not None:
-            self.on_event(event)
+    @property
+    def session_id(self) -> str | None:
+        session = self._client.session
+        return session.id if session is not None else None
+
+    @property
+    def window(self) -> float:
+        session = self._client.session
+        return session.window if session is not None else 0.0
+
+    @property
+    def received(self) -> int:
+        """Backend messages received in this session."""
+        session = self._client.session
+        return session.received if session is not None else 0
 
     async def send(self, message: Data) -> None:
         """Send *message*: at once if connected, else when the session is back."""
-        async with self._send_lock:
-            self._sent += 1
-            self._unacked.append((self._sent, message))
-            ws = self._ws
-            if ws is not None:
-                with contextlib.suppress(ConnectionClosed):
-                    await ws.send(message)
+        try:
+            await self._client.send(message)
+        except ClientClosed as exc:
+            raise SessionClosed(exc.code, exc.reason) from None
 
     async def recv(self) -> Data:
         """The next backend message. Raises SessionClosed once the session ended."""
-        item = await self._inbox.get()
-        if isinstance(item, SessionClosed):
-            self._inbox.put_nowait(item)
-            raise item
-        return item
+        try:
+            return await self._client.recv()
+        except ClientClosed as exc:
+            reason = exc.reason or ("closed by the app" if exc.requested else "")
+            raise SessionClosed(exc.code, reason) from None
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
-        self._closing = True
-        ws = self._ws
-        if ws is not None:
-            await ws.close(code, reason)
-        task = self._task
-        if task is not None:
-            if ws is None:
-                task.cancel()  # reconnecting: nothing to close
-            with contextlib.suppress(asyncio.CancelledError, SessionClosed, TimeoutError):
-                await asyncio.wait_for(task, 10)
-            if not task.cancelled() and task.done():
-                task.result()
-            self._inbox.put_nowait(SessionClosed(code, reason or "closed by the app"))
-
-    # The loop…
-
-    async def _run(self) -> None:
-        ws = await self._fresh()
-        while True:
-            closed = await self._read(ws)
-            if closed is not None:
-                self._inbox.put_nowait(closed)
-                return
-            if self._closing:
-                self._inbox.put_nowait(SessionClosed(1006, "closed"))
-                return
-            ws = await self._resume()
-
-    async def _fresh(self) -> ClientConnection:
-        """A new session (the first, or after a failed resume)."""
-        while True:
-            try:
-                ws = await connect(_url(self.url, "1"), **self._connect_kwargs)
-            except (OSError, InvalidHandshake):
-                await asyncio.sleep(self.retry_delay)
-                continue
-            try:
-                control = await self._control(ws)
-            except ConnectionClosed:
-                await asyncio.sleep(self.retry_delay)
-                continue
-            if control.get("type") != "session":
-                raise RuntimeError(f"unexpected control message {control}")
-            async with self._send_lock:
-                self.session_id = str(control["id"])
-                self.window = float(control["window"])
-                self.received = 0
-                # What was sent meanwhile belongs to this session: numbered from 1.
-                queued = [message for _, message in self._unacked]
-                self._unacked = deque(enumerate(queued, 1))
-                self._sent = len(queued)
-                with contextlib.suppress(ConnectionClosed):
-                    for message in queued:
-                        await ws.send(message)
-                self._ws = ws
-            self._emit(SessionStarted(self.session_id))
-            self._opened.set()
-            return ws
-
-    async def _control(self, ws: ClientConnection) -> dict[str, Any]:
-        message = await ws.recv()
-        raw = message.encode() if isinstance(message, str) else message
-        if raw[:1] != b"\x01":
-            raise RuntimeError("the proxy did not speak the resume protocol")
-        result: dict[str, Any] = json.loads(raw[1:])
-        return result
-
-    async def _read(self, ws: ClientConnection) -> SessionClosed | None:
-        """Read until the connection ends: a SessionClosed if by a close frame."""
-        try:
-            async for message in ws:
-                self._take(message)
-        except ConnectionClosed:
-            pass
-        self._ws = None
-        rcvd = ws.protocol.close_rcvd
-        if rcvd is not None:
-            return SessionClosed(rcvd.code, rcvd.reason)
-        return None
-
-    def _take(self, message: Data) -> None:
-        kind = message[0] if isinstance(message, bytes) else ord(message[0])
-        if kind == _APP:
-            self.received += 1
-            self._inbox.put_nowait(message[1:])
-        elif kind == _CONTROL:
-            raw = message[1:].encode() if isinstance(message, str) else message[1:]
-            control = json.loads(raw)
-            if control.get("type") == "ack":
-                self._acked(int(control["n"]))
-
-    def _acked(self, n: int) -> None:
-        unacked = self._unacked
-        while unacked and unacked[0][0] <= n:
-            unacked.popleft()
-
-    async def _resume(self) -> ClientConnection:
-        """Reconnect within the window; a fresh session if that fails."""
-        deadline = time.monotonic() + self.window
-        if self.before_resume is not None:
-            await self.before_resume()
-        reason = "window passed"
-        while time.monotonic() < deadline:
-            try:
-                ws = await connect(_url(self.url, f"{self.session_id}.{self.received}"),
-                                   **self._connect_kwargs)
-            except (OSError, InvalidHandshake):
-                await asyncio.sleep(self.retry_delay)
-                continue
-            try:
-                control = await self._control(ws)
-            except ConnectionClosed:
-                rcvd = ws.protocol.close_rcvd
-                if rcvd is not None and rcvd.code == RESUME_FAILED:
-                    reason = rcvd.reason.removeprefix("resume failed: ")
-                    break
-                await asyncio.sleep(self.retry_delay)
-                continue
-            if control.get("type") != "resumed":
-                raise RuntimeError(f"unexpected control message {control}")
-            async with self._send_lock:
-                self._acked(int(control["acked"]))
-                pending = [m for _, m in self._unacked]
-                try:
-                    for message in pending:
-                        await ws.send(message)
-                except ConnectionClosed:
-                    pass
-                self._ws = ws
-            self._emit(Resumed(len(pending)))
-            return ws
-        async with self._send_lock:
-            unacked = len(self._unacked)
-            self._unacked.clear()  # the old backend may or may not have had them
-        self._emit(ResumeFailed(reason, unacked))
-        return await self._fresh()
+        await self._client.close(code, reason)
