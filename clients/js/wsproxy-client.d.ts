@@ -81,6 +81,12 @@ export interface WsproxyClientOptions {
    * reconnect after it starts a fresh session. Default false.
    */
   resume?: boolean;
+  /**
+   * Bound on one connect and its handshake, in ms (with `resume`: up to the proxy's
+   * `session` or `resumed` message); past it the attempt ends as a 1006 with the reason
+   * "open timed out", and the reconnect rules decide. 0: no bound. Default 10000.
+   */
+  openTimeoutMs?: number;
 }
 
 export interface WsproxyOpenEvent extends Event {
@@ -245,6 +251,7 @@ export declare const RECONNECT_CODES: ReadonlySet<number>;
 export declare const DEFAULTS: {
   readonly backoff: Required<BackoffOptions>;
   readonly queue: Required<QueueOptions>;
+  readonly openTimeoutMs: number;
 };
 
 /** The `retry-after-ms=N` hint in a close reason, in ms (not clamped), or null. */

@@ -16,6 +16,8 @@ export const RECONNECT_CODES = new Set([1001, 1006, 1011, 1012, 1013, 1014]);
 export const DEFAULTS = Object.freeze({
   backoff: Object.freeze({ baseMs: 500, maxMs: 30_000, maxHintMs: 60_000, resetAfterMs: 5_000 }),
   queue: Object.freeze({ maxMessages: 1000, maxBytes: 1 << 20 }),
+  /** A connect and its handshake (with resume: up to the proxy's first message). */
+  openTimeoutMs: 10_000,
 });
 
 const CONNECTING = 0;
@@ -261,6 +263,7 @@ export class WsproxyClient extends EventTarget {
   #maxMessages;
   #maxBytes;
   #binaryType;
+  #openTimeoutMs;
   /** With resume: the session's state (null without). */
   #session = null;
 
@@ -311,6 +314,7 @@ export class WsproxyClient extends EventTarget {
     this.#maxMessages = number(queue.maxMessages, "queue.maxMessages", DEFAULTS.queue.maxMessages);
     this.#maxBytes = number(queue.maxBytes, "queue.maxBytes", DEFAULTS.queue.maxBytes);
     this.#binaryType = options.binaryType;
+    this.#openTimeoutMs = number(options.openTimeoutMs, "openTimeoutMs", DEFAULTS.openTimeoutMs);
     if (options.resume !== undefined && typeof options.resume !== "boolean") {
       throw new TypeError("resume: expected a boolean");
     }
@@ -435,8 +439,25 @@ export class WsproxyClient extends EventTarget {
     // Without resume a socket is open at its open event; with it, at the proxy's first
     // message (session or resumed).
     let opened = false;
+    // A peer that takes the connection and never answers (or, with resume, never sends
+    // the session) would hold the client forever: past openTimeoutMs the attempt is a
+    // 1006 like any failed connect, and the rules above decide.
+    let openTimer = null;
+    if (this.#openTimeoutMs > 0) {
+      openTimer = setTimeout(() => {
+        openTimer = null;
+        if (generation !== this.#generation || opened) return;
+        end({ code: 1006, reason: "open timed out", wasClean: false }); // first: the
+        try { //                       socket's own events are not looked at after it
+          socket.close();
+        } catch {
+          // already closing
+        }
+      }, this.#openTimeoutMs);
+    }
     const open = (resent) => {
       opened = true;
+      clearTimeout(openTimer);
       this.#openedAt = Date.now();
       if (resent !== null) for (const data of resent) socket.send(data);
       this.#state = OPEN;
@@ -486,6 +507,7 @@ export class WsproxyClient extends EventTarget {
     const end = (close) => {
       if (ended) return;
       ended = true;
+      clearTimeout(openTimer);
       this.#onClose(generation, close, opened);
     };
     socket.addEventListener("error", (e) => {

@@ -3,7 +3,7 @@
 // beyond a few ms). Run: node --test test/unit.test.js
 
 import assert from "node:assert/strict";
-import { describe, test } from "node:test";
+import { after, describe, test } from "node:test";
 
 import {
   DEFAULTS, FramingError, RECONNECT_CODES, RESUME_FAILED, Resumption, WsproxyClient, backoffDelay,
@@ -77,8 +77,11 @@ describe("defaultRule", () => {
 /** A WebSocket stand-in the test drives: every instance is kept in `FakeSocket.made`. */
 class FakeSocket extends EventTarget {
   static made = [];
+  /** Every socket of the file, for the end (``after``). */
+  static all = [];
   constructor(url, protocols) {
     super();
+    FakeSocket.all.push(this);
     this.url = url;
     this.protocols = protocols;
     this.readyState = 0;
@@ -122,9 +125,21 @@ function recorder(client) {
   return events;
 }
 
+/** Every client of the file: a client left connecting would retry forever (each attempt
+ *  ends at openTimeoutMs), so ``after`` closes them all. */
+const clients = [];
+function track(client) {
+  clients.push(client);
+  return client;
+}
+after(() => {
+  for (const client of clients) client.close();
+  for (const socket of FakeSocket.all) if (socket.readyState !== 3) socket.closed(1006, "", false);
+});
+
 function fresh(options = {}) {
   FakeSocket.made = [];
-  const client = new WsproxyClient("ws://example.test/x", { WebSocket: FakeSocket, ...options });
+  const client = track(new WsproxyClient("ws://example.test/x", { WebSocket: FakeSocket, ...options }));
   return { client, events: recorder(client) };
 }
 
@@ -318,9 +333,9 @@ describe("WsproxyClient edge cases", () => {
   test("close() from shouldReconnect: close, then terminal (requested), once", () => {
     let client = null;
     FakeSocket.made = [];
-    client = new WsproxyClient("ws://example.test/", {
+    client = track(new WsproxyClient("ws://example.test/", {
       WebSocket: FakeSocket, shouldReconnect: () => { client.close(4000, "app"); return true; },
-    });
+    }));
     const events = recorder(client);
     FakeSocket.made[0].open();
     FakeSocket.made[0].closed(1012, "service restart; retry-after-ms=1");
@@ -359,7 +374,7 @@ describe("WsproxyClient edge cases", () => {
       }
     }
     FakeSocket.made = [];
-    const client = new WsproxyClient("ws://example.test/", { WebSocket: Eager });
+    const client = track(new WsproxyClient("ws://example.test/", { WebSocket: Eager }));
     const events = recorder(client);
     client.close();
     assert.deepEqual(events.map(([t]) => t), ["close", "terminal"]);
@@ -376,7 +391,7 @@ describe("WsproxyClient edge cases", () => {
       }
     }
     FakeSocket.made = [];
-    const client = new WsproxyClient("ws://example.test/", { WebSocket: Picky });
+    const client = track(new WsproxyClient("ws://example.test/", { WebSocket: Picky }));
     FakeSocket.made[0].open();
     assert.throws(() => client.close(1005), /bad code/);
     assert.equal(client.readyState, WsproxyClient.OPEN);
@@ -549,5 +564,30 @@ describe("WsproxyClient with resume (fake socket)", () => {
     assert.deepEqual(FakeSocket.made[0].closedWith, [1002, "not a resumable session"]);
     assert.equal(plain.client.readyState, WsproxyClient.CLOSED);
     assert.throws(() => new WsproxyClient("ws://example.test/", { WebSocket: FakeSocket, resume: "yes" }), TypeError);
+  });
+
+  test("an open that does not come within openTimeoutMs is a 1006, and the rules decide", { timeout: 10_000 }, async () => {
+    assert.equal(DEFAULTS.openTimeoutMs, 10_000);
+    assert.throws(() => new WsproxyClient("ws://x/", { WebSocket: FakeSocket, openTimeoutMs: -1 }), /openTimeoutMs/);
+    // A socket that never opens, and (with resume) one that opens but gets no session.
+    for (const [options, opens] of [[{}, false], [{ resume: true }, true]]) {
+      const { client, events } = fresh({ ...options, openTimeoutMs: 20, backoff: { baseMs: 1, maxMs: 1 } });
+      if (opens) FakeSocket.made[0].open();
+      while (FakeSocket.made.length < 2) await tick();
+      assert.deepEqual(events.find(([type]) => type === "close"), ["close",
+        { code: 1006, reason: "open timed out", wasClean: false, beforeOpen: true, retryInMs: 0, hinted: false }]);
+      assert.notEqual(FakeSocket.made[0].closedWith, null); // the attempt's socket closed
+      FakeSocket.made[0].closed(1006, "", false); // its late close event changes nothing
+      assert.equal(events.filter(([type]) => type === "close").length, 1);
+      client.close();
+    }
+    // An open in time is not cut later.
+    const { client, events } = fresh({ resume: true, openTimeoutMs: 20 });
+    FakeSocket.made[0].open();
+    FakeSocket.made[0].message(control({ type: "session", id: "abc", window: 30 }));
+    await tick(60);
+    assert.deepEqual(events.map(([type]) => type), ["session", "open"]);
+    assert.equal(FakeSocket.made.length, 1);
+    client.close();
   });
 });

@@ -46,6 +46,7 @@ new WsproxyClientDefault(new URL("ws://example.com/"), { token: () => undefined,
 // Resumable sessions as an option of the client.
 const resuming = new WsproxyClient("wss://example.com/chat", {
   resume: true,
+  openTimeoutMs: DEFAULTS.openTimeoutMs * 2,
   shouldReconnect: (close) => (close.beforeOpen ? undefined : close.code !== 4000),
 });
 resuming.addEventListener("session", (e) => console.log(e.sessionId.length));
@@ -57,6 +58,8 @@ const step = new Resumption({ baseMs: 10 }).after({ code: 1006, reason: "", befo
 if (step.verdict === "resume") console.log(step.delayMs, step.attempt, step.hinted);
 const failed: 4410 = RESUME_FAILED;
 console.log(failed);
+// @ts-expect-error: openTimeoutMs is a number of ms
+new WsproxyClient("ws://example.com/", { openTimeoutMs: "10s" });
 // @ts-expect-error: resume is a boolean
 new WsproxyClient("ws://example.com/", { resume: "yes" });
 
