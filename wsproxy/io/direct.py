@@ -41,6 +41,7 @@ from typing import Final, cast
 from wsproxy.core.scan import PyRelay, Relay, RelayedProtocol
 from wsproxy.core.session import Session
 from wsproxy.core.states import SessionState, Side
+from wsproxy.io import hub
 from wsproxy.io.pump import Pump, PyPump
 
 
@@ -119,13 +120,15 @@ class _Reading:
     """One socket of a feed, read by its pump: what the relay on the *other* transport
     tells of that transport's writing (``PyRelay.feeder``)."""
 
-    __slots__ = ("fd", "feed", "paused", "pump", "transport")
+    __slots__ = ("fd", "feed", "hub", "paused", "pump", "transport")
 
     def __init__(self, feed: _Feed, transport: asyncio.Transport, fd: int) -> None:
         self.feed = feed
         self.transport = transport
         self.fd = fd
         self.pump: PyPump | None = None
+        #: The loop's hub that reads the socket, once it has.
+        self.hub: hub.AnyHub | None = None
         #: The other transport's writing is paused: this socket is not read meanwhile.
         self.paused = False
 
@@ -135,12 +138,17 @@ class _Reading:
             self.paused = True  # flow control got there first: its resume starts us
             return
         self.transport.pause_reading()
-        self.feed.loop.add_reader(self.fd, cast(PyPump, self.pump).readable)
+        self.hub = hub.join(self.feed.loop, cast(PyPump, self.pump))
 
     def pause(self) -> None:
         if self.feed.on and not self.paused:
             self.paused = True
-            self.feed.loop.remove_reader(self.fd)
+            self.leave()
+
+    def leave(self) -> None:
+        """The socket out of the hub (before it is closed: see io.hub)."""
+        if self.hub is not None:
+            self.hub.remove(cast(PyPump, self.pump))
 
     def resume(self) -> None:
         # After the driver's resume_reading: the reading is taken back from the transport.
@@ -211,11 +219,12 @@ class _Feed:
         for relay in self.relays:
             relay.feeder = None
         for reading in self.readings:
+            reading.leave()
             cast(PyPump, reading.pump).detach()
             reading.pump = None  # (pump -> reading.end -> reading: no cycle left for gc)
-            if not reading.paused:
-                self.loop.remove_reader(reading.fd)
+            reading.hub = None
             os.close(reading.fd)
+        hub.release(self.loop)
         for reading in self.readings:
             if not reading.paused and not reading.transport.is_closing():
                 reading.transport.resume_reading()

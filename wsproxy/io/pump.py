@@ -26,6 +26,12 @@ class _Sink(Protocol):
     def is_closing(self) -> bool: ...
 
 
+class _Hub(Protocol):
+    """What reads a pump's socket (wsproxy.io.hub), as the pump leaves it."""
+
+    def remove(self, pump: PyPump) -> None: ...
+
+
 #: How much a pump reads at once (the C pump's buffer).
 PUMP_READ: Final = 256 * 1024
 
@@ -48,7 +54,7 @@ class PyPump:
     ``Relay`` and reads into one buffer of the module's instead of a new bytes object).
     """
 
-    __slots__ = ("end", "fd_in", "fd_out", "relay", "sink")
+    __slots__ = ("end", "fd_in", "fd_out", "hub", "relay", "sink")
 
     def __init__(
         self, relay: PyRelay, fd_in: int, fd_out: int, sink: _Sink,
@@ -59,6 +65,8 @@ class PyPump:
         self.fd_out = fd_out
         self.sink = sink
         self.end = end
+        #: The hub that reads *fd_in* (wsproxy.io.hub), while it does.
+        self.hub: _Hub | None = None
 
     def readable(self) -> None:
         if self.fd_in < 0:
@@ -89,7 +97,10 @@ class PyPump:
             sink.write(data[sent:])
 
     def detach(self) -> None:
-        """Forget the sockets (about to be closed): ``readable()`` does nothing after."""
+        """Forget the sockets (about to be closed), out of the hub first:
+        ``readable()`` does nothing after."""
+        if self.hub is not None:
+            self.hub.remove(self)
         self.fd_in = self.fd_out = -1
 
 
