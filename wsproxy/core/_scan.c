@@ -759,8 +759,9 @@ typedef struct {
     PyObject_HEAD
     PyObject *relay;     /* the _scan.Relay on this socket's transport */
     PyObject *write;     /* the other transport's write, get_write_buffer_size, */
-    PyObject *size;      /* is_closing */
-    PyObject *closing;
+    PyObject *size;      /* is_closing (the last two as functions, called with */
+    PyObject *closing;   /* `sink` when it is set: a bound method's own call costs ~50) */
+    PyObject *sink;
     PyObject *end;       /* end(errno): 0 for the end of the stream */
     PyObject *hub;       /* the Hub that reads fd_in (it holds this pump), or NULL */
     int fd_in;           /* this socket (a duplicate the feed owns) */
@@ -778,6 +779,7 @@ pump_traverse(Pump *self, visitproc visit, void *arg)
     Py_VISIT(self->write);
     Py_VISIT(self->size);
     Py_VISIT(self->closing);
+    Py_VISIT(self->sink);
     Py_VISIT(self->end);
     Py_VISIT(Py_TYPE(self));
     return 0;
@@ -790,6 +792,7 @@ pump_clear(Pump *self)
     Py_CLEAR(self->write);
     Py_CLEAR(self->size);
     Py_CLEAR(self->closing);
+    Py_CLEAR(self->sink);
     Py_CLEAR(self->end);
     return 0;
 }
@@ -837,8 +840,18 @@ pump_init(Pump *self, PyObject *args, PyObject *kwargs)
     pump_clear(self);
     self->relay = Py_NewRef(relay);
     self->write = write;
-    self->size = size;
-    self->closing = closing;
+    if (PyMethod_Check(size) && PyMethod_Check(closing)
+            && PyMethod_GET_SELF(size) == sink && PyMethod_GET_SELF(closing) == sink) {
+        self->size = Py_NewRef(PyMethod_GET_FUNCTION(size));
+        self->closing = Py_NewRef(PyMethod_GET_FUNCTION(closing));
+        self->sink = Py_NewRef(sink);
+        Py_DECREF(size);
+        Py_DECREF(closing);
+    }
+    else {
+        self->size = size;
+        self->closing = closing;
+    }
     self->end = Py_NewRef(end);
     self->fd_in = fd_in;
     self->fd_out = fd_out;
@@ -862,17 +875,25 @@ call_with_bytes(PyObject *callable, const unsigned char *data, Py_ssize_t n)
 
 /* Whether the other transport has nothing buffered and is not closing: then nothing of
    the driver's can be waiting to go before this read. -1: an error. */
+static PyObject *
+sink_call(Pump *self, PyObject *callable)
+{
+    if (self->sink == NULL)
+        return PyObject_CallNoArgs(callable);
+    return PyObject_Vectorcall(callable, &self->sink, 1, NULL);
+}
+
 static int
 sink_idle(Pump *self)
 {
-    PyObject *closing = PyObject_CallNoArgs(self->closing);
+    PyObject *closing = sink_call(self, self->closing);
     if (closing == NULL)
         return -1;
     int is_closing = PyObject_IsTrue(closing);
     Py_DECREF(closing);
     if (is_closing)
         return is_closing < 0 ? -1 : 0;
-    PyObject *size = PyObject_CallNoArgs(self->size);
+    PyObject *size = sink_call(self, self->size);
     if (size == NULL)
         return -1;
     Py_ssize_t buffered = PyLong_AsSsize_t(size);
