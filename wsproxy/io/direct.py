@@ -17,17 +17,21 @@ can never skip the driver's path once the session is no longer OPEN.
 Where both transports are plain TCP (not TLS) and the C pump is there (``FEEDING``), a
 feed (``_Feed``) goes further once a relay has passed FEED_AFTER reads straight through
 (its ``wake``: idle and short connections never pay for a feed's descriptors and
-readers): each transport's reading is paused and a duplicate of its socket is read by a
-loop reader whose callback is a pump (``pump.Pump``: ``_scan.Pump`` in C, ``pump.PyPump``
-otherwise). A read then goes from recv() to the relay's checks to send() on the other
-socket with no bytes object and no transport callbacks, as long as the other transport
+pumps): each transport's reading is paused and a duplicate of its socket is read by a
+pump (``pump.Pump``: ``_scan.Pump`` in C, ``pump.PyPump`` otherwise) through the loop's
+hub (wsproxy.io.hub: one epoll descriptor for every fed socket of the loop, one loop
+reader for all of them, each ready socket's pump called from C). A read then goes from
+recv() to the relay's checks to send() on the other socket with no bytes object, no
+transport callbacks and no loop dispatch of its own, as long as the other transport
 has nothing buffered (otherwise through its write, so nothing overtakes the driver's
 own frames). Reads the relay would not pass go to the driver as before. The end of a
 stream or a read error gives the reading back to the transport (after an error the
 transport is aborted, as its own read error would have it), and so does ``restore``
 and the loss of either transport; a pause of writing on one transport stops the pump
 that writes into it until its resume (the driver's pause and resume of the other
-transport's reading still happen: the feed takes the reading back after a resume).
+transport's reading still happen: the feed takes the reading back after a resume):
+that socket leaves the hub meanwhile. A feed's end takes its sockets out of the hub
+before it closes them, and the hub is closed once no feed of its loop is left.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The pump: an OPEN connection's socket read without its transport's read callback.
 
 wsproxy.io.direct starts one on each plain TCP transport of a busy OPEN connection
-(its *feed*) and stops it again. ``Pump`` is ``_scan.Pump``, compiled in the core's C
+(its *feed*) and stops it again; the loop's hub (wsproxy.io.hub) calls it when its
+socket is readable. ``Pump`` is ``_scan.Pump``, compiled in the core's C
 module next to the C ``Relay`` whose fields it reads, where that was built and the
 speedups are on (wsproxy.core.scan.SPEEDUPS), and ``PyPump`` below otherwise: the same
 logic, tested as twins in tests/unit/test_direct_relay.py. The pump does system calls
@@ -40,8 +41,8 @@ class PyPump:
     """An OPEN connection's socket read without the transport's read callback
     (wsproxy.io.direct starts one on each plain TCP transport and stops it again).
 
-    ``readable()`` is a loop reader's callback on *fd_in* (a duplicate of this
-    transport's socket): one read. Its end (nothing read) or an error other than "would
+    ``readable()`` is called when *fd_in* (a duplicate of this transport's socket) is
+    readable, by the hub that holds the pump (``hub``; wsproxy.io.hub): one read. Its end (nothing read) or an error other than "would
     block" goes to ``end(errno)`` (0 for the end), and nothing else happens. A read
     *relay* (the relay protocol of this transport) would pass straight through (its
     checks: the session OPEN, nothing waiting, ``take``) is sent on *fd_out* (the other
