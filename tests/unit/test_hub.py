@@ -13,6 +13,7 @@ driver reads, hand-backs, session states and memberships after every step.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import select
 import socket
@@ -314,3 +315,76 @@ def test_the_hub_in_use_is_the_c_one_with_the_c_pump() -> None:
         assert hub.Hub is hub.PyHub
     else:
         assert hub.Hub is _scan.Hub  # type: ignore[union-attr]
+
+
+def arrived(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> bytes:
+    """The first bytes *sock* receives, read when its loop says it is readable."""
+    got: asyncio.Future[bytes] = loop.create_future()
+    loop.add_reader(sock.fileno(), lambda: got.done() or got.set_result(sock.recv(1 << 16)))
+    try:
+        return loop.run_until_complete(asyncio.wait_for(got, 10))
+    finally:
+        loop.remove_reader(sock.fileno())
+
+
+@pytest.mark.parametrize("kind", list(HUBS))
+def test_join_makes_the_loops_hub_and_release_closes_it_once_empty(kind: str) -> None:
+    """join() puts a pump in its loop's one hub (made with a loop reader on the
+    first), whose ready() the loop calls; release() closes only a hub with no pump
+    left, and the next join makes a new one."""
+    loop = asyncio.new_event_loop()
+    pair = Pair(kind)
+    in_use = mock.patch.object(hub, "Hub", HUBS[kind])  # the C one even where it is off
+    try:
+        in_use.start()
+        a, b = pair.pumps[CLIENT], pair.pumps[UPSTREAM]
+        the_hub = hub.join(loop, a)
+        assert hub.join(loop, b) is the_hub
+        assert hub.hubs(loop) == [the_hub]
+        assert isinstance(the_hub, HUBS[kind])
+        message = frames.build_frame(frames.BINARY, b"through the hub", mask=True)
+        pair.peer[CLIENT].sendall(message)
+        assert arrived(loop, pair.peer[UPSTREAM]) == message
+        the_hub.remove(a)
+        hub.release(loop)
+        assert hub.hubs(loop) == [the_hub]
+        the_hub.remove(b)
+        hub.release(loop)
+        assert hub.hubs(loop) == []
+        assert a.hub is None
+        assert hub.join(loop, a) is not the_hub
+        hub.hubs(loop)[0].remove(a)
+        hub.release(loop)
+    finally:
+        in_use.stop()
+        pair.close()
+        loop.close()
+
+
+def test_without_epoll_each_pump_is_a_loop_reader() -> None:
+    """ReaderHub (no epoll: not Linux): a pump's socket read by a loop reader of its
+    own while it is in, and not after."""
+    loop = asyncio.new_event_loop()
+    pair = Pair("python")
+    try:
+        with mock.patch.object(hub, "_EPOLL", False):
+            readers = hub.join(loop, pair.pumps[CLIENT])
+        assert isinstance(readers, hub.ReaderHub)
+        message = frames.build_frame(frames.BINARY, b"through a reader", mask=True)
+        pair.peer[CLIENT].sendall(message)
+        assert arrived(loop, pair.peer[UPSTREAM]) == message
+        readers.add(pair.pumps[CLIENT])
+        assert len(readers) == 1
+        readers.remove(pair.pumps[CLIENT])
+        readers.remove(pair.pumps[CLIENT])
+        assert len(readers) == 0
+        assert not loop.remove_reader(pair.pumps[CLIENT].fd_in)  # none left
+        readers.add(pair.pumps[UPSTREAM])
+        hub.release(loop)  # not empty: kept
+        readers.close()
+        assert not loop.remove_reader(pair.pumps[UPSTREAM].fd_in)
+        hub.release(loop)
+        assert hub.hubs(loop) == []
+    finally:
+        pair.close()
+        loop.close()

@@ -42,12 +42,13 @@ class PyPump:
     (wsproxy.io.direct starts one on each plain TCP transport and stops it again).
 
     ``readable()`` is called when *fd_in* (a duplicate of this transport's socket) is
-    readable, by the hub that holds the pump (``hub``; wsproxy.io.hub): one read. Its end (nothing read) or an error other than "would
-    block" goes to ``end(errno)`` (0 for the end), and nothing else happens. A read
-    *relay* (the relay protocol of this transport) would pass straight through (its
-    checks: the session OPEN, nothing waiting, ``take``) is sent on *fd_out* (the other
-    socket) when *sink* (the other transport) is not closing and has nothing buffered,
-    so it cannot overtake the driver's own frames; what ``send`` did not take, or all of
+    readable, by the hub that holds the pump (``hub``; wsproxy.io.hub): one read. Its
+    end (nothing read) or an error other than "would block" goes to ``end(errno)`` (0
+    for the end), and nothing else happens. A read *relay* (the relay protocol of this
+    transport) would pass straight through (its checks: the session OPEN, nothing
+    waiting, ``take``) is sent on *fd_out* (the other socket) when *sink* (the other
+    transport) is not closing and has nothing buffered, so it cannot overtake the
+    driver's own frames; what ``send`` did not take, or all of
     it if *sink* was busy, goes to ``sink.write``. A read the relay would not pass goes
     to its original protocol's ``data_received``, as a transport's read would.
 
