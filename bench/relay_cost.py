@@ -26,13 +26,14 @@ The whole process instead, with its sockets: the target (``wsproxy run`` of DIR'
 venv, default config with INFO logs, or bench/splice.py, the no-work splice: the
 floor of a Python proxy on asyncio Protocols + uvloop) runs under ``valgrind
 --tool=callgrind --instr-atstart=no``; this process is its client and its backend
-(127.0.0.1). One connection; a round is the client's one write of ``--batch`` masked
-64 B frames and the backend's one write of as many unmasked ones once it has them
-all. After a warm-up, instrumentation is switched on for N rounds and dumped, then
-2N rounds and dumped; the difference per message (both directions) is what one
-relayed message costs the target: its Python, the loop's C and the system calls'
-user-space side (callgrind sees no kernel). Set ``WSPROXY_NO_SPEEDUPS=1`` for the
-fallback. Every process started is stopped by its PID.
+(127.0.0.1). One connection (``--connections C``: C of them, their rounds in step,
+so that the target finds several sockets ready at once, as under load); a round is
+the client's one write of ``--batch`` masked 64 B frames and the backend's one write
+of as many unmasked ones once it has them all. After a warm-up, instrumentation is
+switched on for N rounds and dumped, then 2N rounds and dumped; the difference per
+message (both directions) is what one relayed message costs the target: its Python,
+the loop's C and the system calls' user-space side (callgrind sees no kernel). Set
+``WSPROXY_NO_SPEEDUPS=1`` for the fallback. Every process started is stopped by its PID.
 """
 
 from __future__ import annotations
@@ -138,20 +139,32 @@ async def _backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
 
 
 async def _client(port: int, batch: int, size: int, windows: list[int],
-                  between: Callable[[int], None]) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(_UPGRADE)
-    head = await reader.readuntil(b"\r\n\r\n")
-    if not head.startswith(b"HTTP/1.1 101"):
-        raise RuntimeError(f"no 101: {head[:80]!r}")
+                  between: Callable[[int], None], connections: int = 1) -> None:
+    """*connections* clients, each a round at a time; every window ends when all of
+    them have done its rounds."""
+    async def opened() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(_UPGRADE)
+        head = await reader.readuntil(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 101"):
+            raise RuntimeError(f"no 101: {head[:80]!r}")
+        return reader, writer
+
     up = frame(bytes(size), masked=True) * batch
     down_len = (2 + size) * batch
-    for i, rounds in enumerate(windows):
+
+    async def rounds_of(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                        rounds: int) -> None:
         for _ in range(rounds):
             writer.write(up)
             await reader.readexactly(down_len)
+
+    pairs = [await opened() for _ in range(connections)]
+    for i, rounds in enumerate(windows):
+        await asyncio.gather(*(rounds_of(r, w, rounds) for r, w in pairs))
         between(i)
-    writer.close()
+    for _, writer in pairs:
+        writer.close()
 
 
 def live(a: argparse.Namespace) -> float:
@@ -198,7 +211,8 @@ def live(a: argparse.Namespace) -> float:
 
             n = a.n
             loop.run_until_complete(_client(port, a.batch, a.size,
-                                            [max(n // 4, 10), n, 2 * n], between))
+                                            [max(n // 4, 10), n, 2 * n], between,
+                                            a.connections))
             procs.stop(proc, timeout=60)
             server.close()
             backends = asyncio.all_tasks(loop)  # each ends at the EOF of the target's exit
@@ -212,7 +226,7 @@ def live(a: argparse.Namespace) -> float:
                 Path(a.keep).mkdir(parents=True, exist_ok=True)
                 for dump in tmp.glob("callgrind.out.*"):
                     shutil.copy(dump, Path(a.keep) / dump.name)
-            return (counts[1] - counts[0]) / (2 * n * a.batch)
+            return (counts[1] - counts[0]) / (2 * n * a.batch * a.connections)
     finally:
         procs.stop_all()
         loop.close()
@@ -239,12 +253,14 @@ def main() -> None:
                    help="with --target: the checkout whose .venv runs it")
     p.add_argument("--python-of-tree", help="with --target: another interpreter")
     p.add_argument("-n", type=int, default=400, help="with --target: rounds measured")
+    p.add_argument("--connections", type=int, default=1,
+                   help="with --target: connections relaying at once (their rounds in step)")
     p.add_argument("--keep", help="with --target: copy callgrind's dumps to this directory")
     a = p.parse_args()
     if a.target:
         cost = live(a)
         print(f"{cost:,.0f} instructions per relayed {a.size} B message ({a.batch} per read; "
-              f"{a.target}, {a.tree}, WSPROXY_NO_SPEEDUPS="
+              f"{a.connections} connection(s); {a.target}, {a.tree}, WSPROXY_NO_SPEEDUPS="
               f"{os.environ.get('WSPROXY_NO_SPEEDUPS', '')!r})")
         return
     if a.callgrind:

@@ -7,6 +7,8 @@ started at the first one."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import socket
 import ssl
@@ -30,7 +32,7 @@ from tests.integration.peers import (
 )
 from wsproxy.core.scan import PyRelay, Relay
 from wsproxy.core.states import SessionState
-from wsproxy.io import direct
+from wsproxy.io import direct, hub
 from wsproxy.io.connection import Connection
 from wsproxy.supervisor import ProxyContext
 
@@ -359,3 +361,123 @@ async def test_tls_transports_keep_their_reads(tmp_path: Path) -> None:
                 assert relayed(conn)
                 assert not fed(conn)
                 await echoed(ws, [bytes([i]) * 64 for i in range(50)])
+
+
+#: Connections fed at once in the hub tests.
+MANY = 12
+
+
+def fed_pumps(conns: list[Connection]) -> list[object]:
+    """The pumps of these connections' feeds (two each, while fed)."""
+    pumps = []
+    for conn in conns:
+        for t in (conn._client, conn._upstream):
+            feeder = getattr(t.get_protocol(), "feeder", None) if t is not None else None
+            if feeder is not None and feeder.pump is not None:
+                pumps.append(feeder.pump)
+    return pumps
+
+
+def the_hub() -> hub.AnyHub:
+    """The one hub of this loop (io.hub: every feed's pumps read through it)."""
+    (only,) = hub.hubs(asyncio.get_running_loop())
+    return only
+
+
+async def test_many_fed_connections_share_one_hub_and_one_can_leave() -> None:
+    """MANY connections fed at once: all their sockets in the loop's one hub, messages
+    streamed on all of them at once come back whole and in order; one connection that
+    closes leaves the hub while the others go on; the last one's end closes the hub."""
+    async with backend() as b, running_proxy(make_config([b])) as ctx, \
+            contextlib.AsyncExitStack() as stack:
+        clients = [await stack.enter_async_context(connect(url_of(ctx), ping_interval=None))
+                   for _ in range(MANY)]
+        for ws in clients:
+            await echoed(ws, [b"hello"])
+        conns = list(ctx.registry.connections.values())
+        assert len(conns) == MANY
+        for _ in range(direct.FEED_AFTER + 1):
+            async with anyio.create_task_group() as tg:
+                for ws in clients:
+                    tg.start_soon(echoed, ws, [b"one read"])
+        await until(lambda: all(fed(conn) for conn in conns))
+        shared = the_hub()
+        assert len(shared) == 2 * MANY
+        assert all(p.hub is shared for p in fed_pumps(conns))  # type: ignore[attr-defined]
+
+        async def stream(i: int, ws: ClientConnection) -> None:
+            messages = [b"%d:%d" % (i, n) + bytes(n % 64) for n in range(300)]
+            for start in range(0, len(messages), 30):  # windows of 30, as a load would
+                await echoed(ws, messages[start:start + 30])
+
+        async with anyio.create_task_group() as tg:
+            for i, ws in enumerate(clients):
+                tg.start_soon(stream, i, ws)
+        leaving = clients.pop()
+        await leaving.close()
+        await until(lambda: len(shared) == 2 * (MANY - 1))
+        assert hub.hubs(asyncio.get_running_loop()) == [shared]
+        async with anyio.create_task_group() as tg:
+            for i, ws in enumerate(clients):
+                tg.start_soon(stream, i, ws)
+        for ws in clients:
+            await ws.close()
+        await until(lambda: not ctx.registry.connections)
+        await until(lambda: not hub.hubs(asyncio.get_running_loop()))
+
+
+async def test_a_drain_loses_no_accepted_message_of_many_fed_streams() -> None:
+    """MANY fed connections streaming to a backend that records: a drain closes each
+    with 1001, and each stream's recorded messages are the first ones it sent, all
+    those whose send returned among them."""
+    received: dict[int, list[bytes]] = {i: [] for i in range(MANY)}
+    streaming = anyio.Event()
+
+    async def record(ws: ServerConnection) -> None:
+        async for message in ws:
+            i = int(bytes(message).split(b":", 1)[0])  # type: ignore[arg-type]
+            received[i].append(bytes(message))  # type: ignore[arg-type]
+            if all(len(r) >= 100 for r in received.values()):
+                streaming.set()
+
+    attempted: dict[int, list[bytes]] = {i: [] for i in range(MANY)}
+    sent: dict[int, list[bytes]] = {i: [] for i in range(MANY)}
+    codes: list[int] = []
+    async with backend(handler=record) as b, running_proxy(make_config([b])) as ctx, \
+            contextlib.AsyncExitStack() as stack:
+        clients = [await stack.enter_async_context(connect(url_of(ctx), ping_interval=None))
+                   for _ in range(MANY)]
+
+        async def stream(i: int, ws: ClientConnection) -> None:
+            try:
+                for n in range(1_000_000):
+                    message = b"%d:%d" % (i, n)
+                    attempted[i].append(message)
+                    await ws.send(message)
+                    sent[i].append(message)
+                    if n % 16 == 0:
+                        await anyio.lowlevel.checkpoint()
+            except ConnectionClosed:
+                pass
+
+        async with anyio.create_task_group() as tg:
+            for i, ws in enumerate(clients):
+                tg.start_soon(stream, i, ws)
+            with anyio.fail_after(WAIT):
+                await streaming.wait()
+            conns = list(ctx.registry.connections.values())
+            await until(lambda: all(fed(conn) for conn in conns))  # their reads are whole
+            assert len(the_hub()) == 2 * MANY
+            ctx.drain(spread=0)
+            for ws in clients:
+                code, _ = await closed_by_proxy(ws)
+                codes.append(code)
+        with anyio.fail_after(WAIT):
+            for c in b.connections:
+                await c.wait_closed()
+    assert codes == [1001] * MANY
+    assert [c.close_code for c in b.connections] == [1001] * MANY
+    for i in range(MANY):
+        assert received[i] == attempted[i][: len(received[i])]
+        assert len(received[i]) >= len(sent[i]) > 100
+    assert not hub.hubs(asyncio.get_running_loop())

@@ -22,6 +22,10 @@
 #include <errno.h>
 #include <sys/socket.h>
 #include <sys/types.h>
+#ifdef __linux__
+#include <sys/epoll.h>
+#include <unistd.h>
+#endif
 
 static PyObject *scan(const unsigned char *data, const uint64_t n, PyObject *const *args);
 static PyObject *read_whole(const unsigned char *data, const uint64_t n, PyObject *const *args);
@@ -755,9 +759,11 @@ typedef struct {
     PyObject_HEAD
     PyObject *relay;     /* the _scan.Relay on this socket's transport */
     PyObject *write;     /* the other transport's write, get_write_buffer_size, */
-    PyObject *size;      /* is_closing */
-    PyObject *closing;
+    PyObject *size;      /* is_closing (the last two as functions, called with */
+    PyObject *closing;   /* `sink` when it is set: a bound method's own call costs ~50) */
+    PyObject *sink;
     PyObject *end;       /* end(errno): 0 for the end of the stream */
+    PyObject *hub;       /* the Hub that reads fd_in (it holds this pump), or NULL */
     int fd_in;           /* this socket (a duplicate the feed owns) */
     int fd_out;          /* the other one (likewise) */
 } Pump;
@@ -773,6 +779,7 @@ pump_traverse(Pump *self, visitproc visit, void *arg)
     Py_VISIT(self->write);
     Py_VISIT(self->size);
     Py_VISIT(self->closing);
+    Py_VISIT(self->sink);
     Py_VISIT(self->end);
     Py_VISIT(Py_TYPE(self));
     return 0;
@@ -785,6 +792,7 @@ pump_clear(Pump *self)
     Py_CLEAR(self->write);
     Py_CLEAR(self->size);
     Py_CLEAR(self->closing);
+    Py_CLEAR(self->sink);
     Py_CLEAR(self->end);
     return 0;
 }
@@ -832,8 +840,18 @@ pump_init(Pump *self, PyObject *args, PyObject *kwargs)
     pump_clear(self);
     self->relay = Py_NewRef(relay);
     self->write = write;
-    self->size = size;
-    self->closing = closing;
+    if (PyMethod_Check(size) && PyMethod_Check(closing)
+            && PyMethod_GET_SELF(size) == sink && PyMethod_GET_SELF(closing) == sink) {
+        self->size = Py_NewRef(PyMethod_GET_FUNCTION(size));
+        self->closing = Py_NewRef(PyMethod_GET_FUNCTION(closing));
+        self->sink = Py_NewRef(sink);
+        Py_DECREF(size);
+        Py_DECREF(closing);
+    }
+    else {
+        self->size = size;
+        self->closing = closing;
+    }
     self->end = Py_NewRef(end);
     self->fd_in = fd_in;
     self->fd_out = fd_out;
@@ -857,17 +875,25 @@ call_with_bytes(PyObject *callable, const unsigned char *data, Py_ssize_t n)
 
 /* Whether the other transport has nothing buffered and is not closing: then nothing of
    the driver's can be waiting to go before this read. -1: an error. */
+static PyObject *
+sink_call(Pump *self, PyObject *callable)
+{
+    if (self->sink == NULL)
+        return PyObject_CallNoArgs(callable);
+    return PyObject_Vectorcall(callable, &self->sink, 1, NULL);
+}
+
 static int
 sink_idle(Pump *self)
 {
-    PyObject *closing = PyObject_CallNoArgs(self->closing);
+    PyObject *closing = sink_call(self, self->closing);
     if (closing == NULL)
         return -1;
     int is_closing = PyObject_IsTrue(closing);
     Py_DECREF(closing);
     if (is_closing)
         return is_closing < 0 ? -1 : 0;
-    PyObject *size = PyObject_CallNoArgs(self->size);
+    PyObject *size = sink_call(self, self->size);
     if (size == NULL)
         return -1;
     Py_ssize_t buffered = PyLong_AsSsize_t(size);
@@ -933,10 +959,26 @@ pump_readable(Pump *self, PyObject *unused)
     Py_RETURN_NONE;
 }
 
+#ifdef __linux__
+struct Hub;
+static int hub_leave(struct Hub *hub, Pump *pump);
+#endif
+
 static PyObject *
 pump_detach(Pump *self, PyObject *unused)
 {
     (void)unused;
+#ifdef __linux__
+    if (self->hub != NULL) {
+        PyObject *hub = Py_NewRef(self->hub);
+        Py_INCREF(self);
+        int left = hub_leave((struct Hub *)hub, self);
+        Py_DECREF(self);
+        Py_DECREF(hub);
+        if (left < 0)
+            return NULL;
+    }
+#endif
     self->fd_in = self->fd_out = -1;
     Py_RETURN_NONE;
 }
@@ -953,6 +995,7 @@ static PyMemberDef pump_members[] = {
     {"relay", T_OBJECT, offsetof(Pump, relay), READONLY, NULL},
     {"fd_in", T_INT, offsetof(Pump, fd_in), READONLY, NULL},
     {"fd_out", T_INT, offsetof(Pump, fd_out), READONLY, NULL},
+    {"hub", T_OBJECT, offsetof(Pump, hub), READONLY, NULL},
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -974,6 +1017,277 @@ static PyType_Spec pump_spec = {
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .slots = pump_slots,
 };
+
+#ifdef __linux__
+/*
+ * Hub: the pumps of every feed of a loop read through one epoll descriptor of its own
+ * (wsproxy.io.hub.PyHub is its Python twin and says what it does). The loop has one
+ * reader, on the hub's descriptor (an epoll descriptor is itself readable while one of
+ * its sockets is), whose callback is ready(): one epoll_wait() that does not wait, for
+ * at most `limit` sockets, and each one's pump read in C, with no loop handle and no
+ * Python call per socket. Level-triggered: a socket still readable after its read (or
+ * past the limit) is ready again at the next wake, so one busy socket cannot keep the
+ * others or the loop waiting.
+ */
+#define HUB_MAX_EVENTS 1024
+
+typedef struct Hub {
+    PyObject_HEAD
+    PyObject *members;   /* {fd: Pump}: holds each pump while it is read */
+    int epfd;            /* -1 once closed */
+    int limit;           /* sockets read per ready() */
+} Hub;
+
+static int
+hub_traverse(Hub *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->members);
+    Py_VISIT(Py_TYPE(self));
+    return 0;
+}
+
+/* Every pump out (their `hub` cleared: it is a borrowed pointer), the descriptor closed.
+   Nothing before __init__ (members NULL: epfd is still the 0 of a new object). */
+static void
+hub_close_members(Hub *self)
+{
+    if (self->members == NULL)
+        return;
+    PyObject *key, *value;
+    Py_ssize_t pos = 0;
+    while (PyDict_Next(self->members, &pos, &key, &value))
+        ((Pump *)value)->hub = NULL;
+    PyDict_Clear(self->members);
+    if (self->epfd >= 0) {
+        close(self->epfd);
+        self->epfd = -1;
+    }
+}
+
+static int
+hub_clear(Hub *self)
+{
+    hub_close_members(self);
+    Py_CLEAR(self->members);
+    return 0;
+}
+
+static void
+hub_dealloc(Hub *self)
+{
+    PyTypeObject *type = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    hub_clear(self);
+    type->tp_free((PyObject *)self);
+    Py_DECREF(type);
+}
+
+static int
+hub_init(Hub *self, PyObject *args, PyObject *kwargs)
+{
+    int limit = 64;
+    static char *names[] = {"limit", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|i:Hub", names, &limit))
+        return -1;
+    if (limit < 1 || limit > HUB_MAX_EVENTS) {
+        PyErr_Format(PyExc_ValueError, "Hub(): limit must be within 1..%d", HUB_MAX_EVENTS);
+        return -1;
+    }
+    hub_clear(self);
+    self->epfd = -1;
+    self->members = PyDict_New();
+    if (self->members == NULL)
+        return -1;
+    self->epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (self->epfd < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    self->limit = limit;
+    return 0;
+}
+
+static int
+hub_open(Hub *self)
+{
+    if (self->epfd >= 0 && self->members != NULL)
+        return 0;
+    PyErr_SetString(PyExc_ValueError, "the hub is closed");
+    return -1;
+}
+
+/* Whether *obj* is a _scan.Pump: 1, 0, or -1 (an error). */
+static int
+is_pump(Hub *self, PyObject *obj)
+{
+    PyObject *module = PyType_GetModuleByDef(Py_TYPE(self), &module_def);
+    if (module == NULL)
+        return -1;
+    PyObject *pump_type = PyObject_GetAttrString(module, "Pump");
+    if (pump_type == NULL)
+        return -1;
+    int result = PyObject_TypeCheck(obj, (PyTypeObject *)pump_type);
+    Py_DECREF(pump_type);
+    return result;
+}
+
+static PyObject *
+hub_add(Hub *self, PyObject *arg)
+{
+    if (hub_open(self) < 0)
+        return NULL;
+    int pump_given = is_pump(self, arg);
+    if (pump_given <= 0) {
+        if (pump_given == 0)
+            PyErr_SetString(PyExc_TypeError, "Hub.add(): a _scan.Pump");
+        return NULL;
+    }
+    Pump *pump = (Pump *)arg;
+    if (pump->hub == (PyObject *)self)
+        Py_RETURN_NONE;
+    if (pump->hub != NULL || pump->fd_in < 0) {
+        PyErr_SetString(PyExc_ValueError, "Hub.add(): the pump is detached or in a hub");
+        return NULL;
+    }
+    PyObject *fd = PyLong_FromLong(pump->fd_in);
+    if (fd == NULL)
+        return NULL;
+    struct epoll_event event = {.events = EPOLLIN, .data.ptr = pump};
+    if (epoll_ctl(self->epfd, EPOLL_CTL_ADD, pump->fd_in, &event) < 0) {
+        Py_DECREF(fd);
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    int stored = PyDict_SetItem(self->members, fd, arg);
+    Py_DECREF(fd);
+    if (stored < 0) {
+        epoll_ctl(self->epfd, EPOLL_CTL_DEL, pump->fd_in, NULL);
+        return NULL;
+    }
+    pump->hub = (PyObject *)self;
+    Py_RETURN_NONE;
+}
+
+/* *pump* out of *hub* (it is a member): 0, or -1 with an error set. */
+static int
+hub_leave(Hub *hub, Pump *pump)
+{
+    /* Before its descriptor is closed: epoll forgets a socket only when every
+       descriptor of it is closed, and the transport holds another. */
+    epoll_ctl(hub->epfd, EPOLL_CTL_DEL, pump->fd_in, NULL);
+    pump->hub = NULL;
+    PyObject *fd = PyLong_FromLong(pump->fd_in);
+    if (fd == NULL)
+        return -1;
+    int removed = PyDict_DelItem(hub->members, fd);  /* may drop the pump's last reference */
+    Py_DECREF(fd);
+    return removed;
+}
+
+static PyObject *
+hub_remove(Hub *self, PyObject *arg)
+{
+    int pump_given = is_pump(self, arg);
+    if (pump_given < 0)
+        return NULL;
+    if (pump_given && ((Pump *)arg)->hub == (PyObject *)self && hub_leave(self, (Pump *)arg) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+hub_ready(Hub *self, PyObject *unused)
+{
+    (void)unused;
+    struct epoll_event events[HUB_MAX_EVENTS];
+    if (self->epfd < 0)
+        Py_RETURN_NONE;
+    int n;
+    do {
+        n = epoll_wait(self->epfd, events, self->limit, 0);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    /* A pump's read may stop feeds (its own or others' of this batch): each pump of the
+       batch is kept alive until the end, and read only while it is still a member. */
+    Py_INCREF(self);
+    for (int i = 0; i < n; i++)
+        Py_INCREF((PyObject *)events[i].data.ptr);
+    int failed = 0;
+    for (int i = 0; i < n && !failed; i++) {
+        Pump *pump = events[i].data.ptr;
+        if (pump->hub == (PyObject *)self)
+            failed = pump_read(pump) < 0;
+    }
+    for (int i = 0; i < n; i++)
+        Py_DECREF((PyObject *)events[i].data.ptr);
+    Py_DECREF(self);
+    if (failed)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+hub_fileno(Hub *self, PyObject *unused)
+{
+    (void)unused;
+    if (hub_open(self) < 0)
+        return NULL;
+    return PyLong_FromLong(self->epfd);
+}
+
+static PyObject *
+hub_close(Hub *self, PyObject *unused)
+{
+    (void)unused;
+    hub_close_members(self);
+    Py_RETURN_NONE;
+}
+
+static Py_ssize_t
+hub_length(Hub *self)
+{
+    return self->members == NULL ? 0 : PyDict_GET_SIZE(self->members);
+}
+
+static PyMethodDef hub_methods[] = {
+    {"add", (PyCFunction)hub_add, METH_O,
+     "add(pump): read the pump's socket (a _scan.Pump) from the hub."},
+    {"remove", (PyCFunction)hub_remove, METH_O,
+     "remove(pump): no longer (nothing if it is not a member); before its socket closes."},
+    {"ready", (PyCFunction)hub_ready, METH_NOARGS,
+     "The hub's descriptor is readable: each ready socket's pump reads (up to the limit)."},
+    {"fileno", (PyCFunction)hub_fileno, METH_NOARGS, "The hub's epoll descriptor."},
+    {"close", (PyCFunction)hub_close, METH_NOARGS,
+     "Every pump out, the descriptor closed: idempotent."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef hub_members[] = {
+    {"limit", T_INT, offsetof(Hub, limit), READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyType_Slot hub_slots[] = {
+    {Py_tp_doc, "The pumps of a loop's feeds read through one epoll descriptor "
+                "(wsproxy.io.hub.PyHub's twin)."},
+    {Py_tp_new, PyType_GenericNew},
+    {Py_tp_init, hub_init},
+    {Py_tp_dealloc, hub_dealloc},
+    {Py_tp_traverse, hub_traverse},
+    {Py_tp_clear, hub_clear},
+    {Py_tp_methods, hub_methods},
+    {Py_tp_members, hub_members},
+    {Py_sq_length, hub_length},
+    {0, NULL},
+};
+
+static PyType_Spec hub_spec = {
+    .name = "wsproxy.core._scan.Hub",
+    .basicsize = sizeof(Hub),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .slots = hub_slots,
+};
+#endif  /* __linux__ */
 
 static int
 add_type(PyObject *module, PyType_Spec *spec, const char *name)
@@ -1001,7 +1315,13 @@ add_types(PyObject *module)
         return -1;
     if (add_type(module, &relay_spec, "Relay") < 0)
         return -1;
-    return add_type(module, &pump_spec, "Pump");
+    if (add_type(module, &pump_spec, "Pump") < 0)
+        return -1;
+#ifdef __linux__
+    if (add_type(module, &hub_spec, "Hub") < 0)
+        return -1;
+#endif
+    return 0;
 }
 
 static int

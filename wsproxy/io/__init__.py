@@ -4,7 +4,9 @@
                  HTTP for a client, both ways, from one parse of its first request
     connection   a WebSocket client and its backend around one core Session
     direct       an OPEN connection's transports on relay protocols (one C call per
-                 read of whole messages), and their own protocols back after
+                 read of whole messages), and their own protocols back after; a busy
+                 plain-TCP connection's sockets read by pumps (pump) through the
+                 loop's hub (hub: one epoll descriptor, one loop reader)
     http_relay   a plain HTTP client connection, request by request
     upstream     the steps both take to a backend: credentials, auth, candidates, dial
     plain_http   the proxy's plain HTTP side: its relays and the backend pool

@@ -17,17 +17,21 @@ can never skip the driver's path once the session is no longer OPEN.
 Where both transports are plain TCP (not TLS) and the C pump is there (``FEEDING``), a
 feed (``_Feed``) goes further once a relay has passed FEED_AFTER reads straight through
 (its ``wake``: idle and short connections never pay for a feed's descriptors and
-readers): each transport's reading is paused and a duplicate of its socket is read by a
-loop reader whose callback is a pump (``pump.Pump``: ``_scan.Pump`` in C, ``pump.PyPump``
-otherwise). A read then goes from recv() to the relay's checks to send() on the other
-socket with no bytes object and no transport callbacks, as long as the other transport
+pumps): each transport's reading is paused and a duplicate of its socket is read by a
+pump (``pump.Pump``: ``_scan.Pump`` in C, ``pump.PyPump`` otherwise) through the loop's
+hub (wsproxy.io.hub: one epoll descriptor for every fed socket of the loop, one loop
+reader for all of them, each ready socket's pump called from C). A read then goes from
+recv() to the relay's checks to send() on the other socket with no bytes object, no
+transport callbacks and no loop dispatch of its own, as long as the other transport
 has nothing buffered (otherwise through its write, so nothing overtakes the driver's
 own frames). Reads the relay would not pass go to the driver as before. The end of a
 stream or a read error gives the reading back to the transport (after an error the
 transport is aborted, as its own read error would have it), and so does ``restore``
 and the loss of either transport; a pause of writing on one transport stops the pump
 that writes into it until its resume (the driver's pause and resume of the other
-transport's reading still happen: the feed takes the reading back after a resume).
+transport's reading still happen: the feed takes the reading back after a resume):
+that socket leaves the hub meanwhile. A feed's end takes its sockets out of the hub
+before it closes them, and the hub is closed once no feed of its loop is left.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from typing import Final, cast
 from wsproxy.core.scan import PyRelay, Relay, RelayedProtocol
 from wsproxy.core.session import Session
 from wsproxy.core.states import SessionState, Side
+from wsproxy.io import hub
 from wsproxy.io.pump import Pump, PyPump
 
 
@@ -119,13 +124,15 @@ class _Reading:
     """One socket of a feed, read by its pump: what the relay on the *other* transport
     tells of that transport's writing (``PyRelay.feeder``)."""
 
-    __slots__ = ("fd", "feed", "paused", "pump", "transport")
+    __slots__ = ("fd", "feed", "hub", "paused", "pump", "transport")
 
     def __init__(self, feed: _Feed, transport: asyncio.Transport, fd: int) -> None:
         self.feed = feed
         self.transport = transport
         self.fd = fd
         self.pump: PyPump | None = None
+        #: The loop's hub that reads the socket, once it has.
+        self.hub: hub.AnyHub | None = None
         #: The other transport's writing is paused: this socket is not read meanwhile.
         self.paused = False
 
@@ -135,12 +142,17 @@ class _Reading:
             self.paused = True  # flow control got there first: its resume starts us
             return
         self.transport.pause_reading()
-        self.feed.loop.add_reader(self.fd, cast(PyPump, self.pump).readable)
+        self.hub = hub.join(self.feed.loop, cast(PyPump, self.pump))
 
     def pause(self) -> None:
         if self.feed.on and not self.paused:
             self.paused = True
-            self.feed.loop.remove_reader(self.fd)
+            self.leave()
+
+    def leave(self) -> None:
+        """The socket out of the hub (before it is closed: see io.hub)."""
+        if self.hub is not None:
+            self.hub.remove(cast(PyPump, self.pump))
 
     def resume(self) -> None:
         # After the driver's resume_reading: the reading is taken back from the transport.
@@ -211,11 +223,12 @@ class _Feed:
         for relay in self.relays:
             relay.feeder = None
         for reading in self.readings:
+            reading.leave()
             cast(PyPump, reading.pump).detach()
             reading.pump = None  # (pump -> reading.end -> reading: no cycle left for gc)
-            if not reading.paused:
-                self.loop.remove_reader(reading.fd)
+            reading.hub = None
             os.close(reading.fd)
+        hub.release(self.loop)
         for reading in self.readings:
             if not reading.paused and not reading.transport.is_closing():
                 reading.transport.resume_reading()

@@ -1,7 +1,8 @@
 """The pump: an OPEN connection's socket read without its transport's read callback.
 
 wsproxy.io.direct starts one on each plain TCP transport of a busy OPEN connection
-(its *feed*) and stops it again. ``Pump`` is ``_scan.Pump``, compiled in the core's C
+(its *feed*) and stops it again; the loop's hub (wsproxy.io.hub) calls it when its
+socket is readable. ``Pump`` is ``_scan.Pump``, compiled in the core's C
 module next to the C ``Relay`` whose fields it reads, where that was built and the
 speedups are on (wsproxy.core.scan.SPEEDUPS), and ``PyPump`` below otherwise: the same
 logic, tested as twins in tests/unit/test_direct_relay.py. The pump does system calls
@@ -26,6 +27,12 @@ class _Sink(Protocol):
     def is_closing(self) -> bool: ...
 
 
+class _Hub(Protocol):
+    """What reads a pump's socket (wsproxy.io.hub), as the pump leaves it."""
+
+    def remove(self, pump: PyPump) -> None: ...
+
+
 #: How much a pump reads at once (the C pump's buffer).
 PUMP_READ: Final = 256 * 1024
 
@@ -34,13 +41,14 @@ class PyPump:
     """An OPEN connection's socket read without the transport's read callback
     (wsproxy.io.direct starts one on each plain TCP transport and stops it again).
 
-    ``readable()`` is a loop reader's callback on *fd_in* (a duplicate of this
-    transport's socket): one read. Its end (nothing read) or an error other than "would
-    block" goes to ``end(errno)`` (0 for the end), and nothing else happens. A read
-    *relay* (the relay protocol of this transport) would pass straight through (its
-    checks: the session OPEN, nothing waiting, ``take``) is sent on *fd_out* (the other
-    socket) when *sink* (the other transport) is not closing and has nothing buffered,
-    so it cannot overtake the driver's own frames; what ``send`` did not take, or all of
+    ``readable()`` is called when *fd_in* (a duplicate of this transport's socket) is
+    readable, by the hub that holds the pump (``hub``; wsproxy.io.hub): one read. Its
+    end (nothing read) or an error other than "would block" goes to ``end(errno)`` (0
+    for the end), and nothing else happens. A read *relay* (the relay protocol of this
+    transport) would pass straight through (its checks: the session OPEN, nothing
+    waiting, ``take``) is sent on *fd_out* (the other socket) when *sink* (the other
+    transport) is not closing and has nothing buffered, so it cannot overtake the
+    driver's own frames; what ``send`` did not take, or all of
     it if *sink* was busy, goes to ``sink.write``. A read the relay would not pass goes
     to its original protocol's ``data_received``, as a transport's read would.
 
@@ -48,7 +56,7 @@ class PyPump:
     ``Relay`` and reads into one buffer of the module's instead of a new bytes object).
     """
 
-    __slots__ = ("end", "fd_in", "fd_out", "relay", "sink")
+    __slots__ = ("end", "fd_in", "fd_out", "hub", "relay", "sink")
 
     def __init__(
         self, relay: PyRelay, fd_in: int, fd_out: int, sink: _Sink,
@@ -59,6 +67,8 @@ class PyPump:
         self.fd_out = fd_out
         self.sink = sink
         self.end = end
+        #: The hub that reads *fd_in* (wsproxy.io.hub), while it does.
+        self.hub: _Hub | None = None
 
     def readable(self) -> None:
         if self.fd_in < 0:
@@ -89,7 +99,10 @@ class PyPump:
             sink.write(data[sent:])
 
     def detach(self) -> None:
-        """Forget the sockets (about to be closed): ``readable()`` does nothing after."""
+        """Forget the sockets (about to be closed), out of the hub first:
+        ``readable()`` does nothing after."""
+        if self.hub is not None:
+            self.hub.remove(self)
         self.fd_in = self.fd_out = -1
 
 

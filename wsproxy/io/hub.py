@@ -1,0 +1,199 @@
+"""The hub: the pumps of a loop's feeds read through one epoll descriptor (issue 18).
+
+wsproxy.io.direct's feeds read a busy connection's sockets with pumps
+(wsproxy.io.pump). Each socket could be a loop reader of its own, but then every
+ready socket costs the loop's dispatch (in uvloop: libuv's poll callback, a handle,
+the GIL, a Python call: ~2.3k instructions a read, more than the pump's own work).
+A hub is one epoll descriptor of our own holding every fed socket of the loop
+(level-triggered); the loop has one reader, on the hub's descriptor (an epoll
+descriptor is readable while one of its sockets is: Linux nests them), and its
+callback ``ready()`` takes the ready sockets with one epoll_wait() that does not wait
+and reads each one's pump. ``Hub`` is ``_scan.Hub`` (C: the pumps' reads are C calls)
+where it was built, ``PyHub`` below otherwise (and for Python pumps): the same logic,
+tested as twins in tests/unit/test_hub.py.
+
+Fairness: ``ready()`` reads at most ``limit`` sockets; level-triggered, a socket still
+readable (or one past the limit) is ready again at the next wake, after the loop's
+other callbacks. Without epoll (not Linux), ``ReaderHub`` gives each pump a loop reader
+of its own, as before the hub.
+
+``join(loop, pump)`` puts a pump in its loop's hub (made, and its reader added, on
+the first) and returns the hub, whose ``remove(pump)`` takes it out (a pause of the
+feed, or its end), and ``release(loop)`` closes the loop's hubs that have no pump
+left (a feed's end: an idle process keeps no hub).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import select
+from typing import Final, Protocol, cast
+
+from wsproxy.core.scan import SPEEDUPS
+from wsproxy.io.pump import PyPump
+
+#: Sockets read per ``ready()`` at most: the loop's other callbacks wait for no more.
+HUB_EVENTS: Final = 64
+
+
+class AnyHub(Protocol):
+    """What a feed asks of a hub."""
+
+    def add(self, pump: PyPump) -> None: ...
+    def remove(self, pump: PyPump) -> None: ...
+    def close(self) -> None: ...
+    def __len__(self) -> int: ...
+
+
+class PyHub:
+    """Pumps read through one epoll descriptor (the module's doc; ``_scan.Hub`` is its
+    compiled twin, for C pumps).
+
+    ``add(pump)`` registers the pump's socket (``fd_in``) for reading and sets its
+    ``hub``; ``remove(pump)`` takes it out (nothing if it is not in), before the socket
+    is closed (epoll forgets a socket only once every descriptor of it is closed, and
+    its transport holds another). ``ready()``, the loop reader's callback on
+    ``fileno()``: one epoll_wait() that does not wait, for at most *limit* sockets;
+    each one's pump reads if it is still in (a pump's read may stop feeds of the same
+    batch). An error of a pump's read ends ``ready()`` (the loop's exception handler
+    hears of it): the sockets not read yet are still ready at the next wake.
+    """
+
+    __slots__ = ("_epoll", "limit", "members")
+
+    def __init__(self, limit: int = HUB_EVENTS) -> None:
+        if not 1 <= limit <= _MAX_EVENTS:
+            raise ValueError(f"Hub(): limit must be within 1..{_MAX_EVENTS}")
+        self.limit = limit
+        self._epoll: select.epoll | None = select.epoll()
+        #: fd -> the pump that reads it.
+        self.members: dict[int, PyPump] = {}
+
+    def add(self, pump: PyPump) -> None:
+        epoll = self._open()
+        if pump.hub is self:
+            return
+        if pump.hub is not None or pump.fd_in < 0:
+            raise ValueError("Hub.add(): the pump is detached or in a hub")
+        epoll.register(pump.fd_in, select.EPOLLIN)
+        self.members[pump.fd_in] = pump
+        pump.hub = self
+
+    def remove(self, pump: PyPump) -> None:
+        if pump.hub is self and self._epoll is not None:
+            self._epoll.unregister(pump.fd_in)
+            pump.hub = None
+            del self.members[pump.fd_in]
+
+    def ready(self) -> None:
+        if self._epoll is None:
+            return
+        members = self.members
+        batch = [members[fd] for fd, _ in self._epoll.poll(0, self.limit)]
+        for pump in batch:
+            if pump.hub is self:
+                pump.readable()
+
+    def fileno(self) -> int:
+        return self._open().fileno()
+
+    def close(self) -> None:
+        """Every pump out, the descriptor closed: idempotent."""
+        for pump in self.members.values():
+            pump.hub = None
+        self.members.clear()
+        if self._epoll is not None:
+            self._epoll.close()
+            self._epoll = None
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def _open(self) -> select.epoll:
+        if self._epoll is None:
+            raise ValueError("the hub is closed")
+        return self._epoll
+
+
+class ReaderHub:
+    """Without epoll: each pump's socket a loop reader of its own (``add``/``remove``
+    as the other hubs'; no descriptor of its own)."""
+
+    __slots__ = ("loop", "members")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.members: dict[int, PyPump] = {}
+
+    def add(self, pump: PyPump) -> None:
+        if self.members.get(pump.fd_in) is not pump:
+            self.loop.add_reader(pump.fd_in, pump.readable)
+            self.members[pump.fd_in] = pump
+
+    def remove(self, pump: PyPump) -> None:
+        if pump.fd_in >= 0 and self.members.get(pump.fd_in) is pump:
+            self.loop.remove_reader(pump.fd_in)
+            del self.members[pump.fd_in]
+
+    def close(self) -> None:
+        for fd in self.members:
+            self.loop.remove_reader(fd)
+        self.members.clear()
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+
+def join(loop: asyncio.AbstractEventLoop, pump: PyPump) -> AnyHub:
+    """*pump*'s socket read by *loop*'s hub for its kind of pump (made on the first)."""
+    kind = _hub_kind(pump)
+    hub = _hubs.get((loop, kind))
+    if hub is None:
+        if kind is ReaderHub:
+            hub = ReaderHub(loop)
+        else:
+            made = cast(PyHub, kind())
+            loop.add_reader(made.fileno(), made.ready)
+            hub = made
+        _hubs[loop, kind] = hub
+    hub.add(pump)
+    return hub
+
+
+def release(loop: asyncio.AbstractEventLoop) -> None:
+    """*loop*'s hubs that read no pump any more: their reader removed, closed."""
+    for key in [key for key, hub in _hubs.items() if key[0] is loop and not len(hub)]:
+        hub = _hubs.pop(key)
+        if not isinstance(hub, ReaderHub):
+            loop.remove_reader(cast(PyHub, hub).fileno())
+        hub.close()
+
+
+def hubs(loop: asyncio.AbstractEventLoop) -> list[AnyHub]:
+    """*loop*'s hubs (for tests)."""
+    return [hub for key, hub in _hubs.items() if key[0] is loop]
+
+
+def _hub_kind(pump: PyPump) -> type:
+    """The hub for *pump*: the C one for a C pump (PyHub sets a pump's ``hub``, which a
+    C pump only lets its C hub set), PyHub for a Python one; ReaderHub without epoll."""
+    if isinstance(pump, PyPump):
+        return PyHub if _EPOLL else ReaderHub
+    return Hub if Hub is not PyHub else ReaderHub
+
+
+def _pick() -> type:
+    if SPEEDUPS != "c" or not _EPOLL:
+        return PyHub
+    from wsproxy.core import _scan
+
+    return cast(type, getattr(_scan, "Hub", PyHub))
+
+
+_EPOLL: Final = hasattr(select, "epoll")
+#: The C hub's bound on *limit* (its events are on the stack).
+_MAX_EVENTS: Final = 1024
+#: The pumps of a loop's feeds read through one epoll descriptor: PyHub or its C twin.
+Hub: Final = _pick()
+#: (loop, hub kind) -> the hub.
+_hubs: dict[tuple[asyncio.AbstractEventLoop, type], AnyHub] = {}
