@@ -58,6 +58,7 @@ from wsproxy.io.listen_socket import CAPACITY_ERRNOS, dual_stack_socket, listeni
 from wsproxy.io.plain_http import PlainHttp
 from wsproxy.io.ports import DRAINING, CloseRefusal, ConnectionSettings, Refusal
 from wsproxy.io.resume import resumed_slot
+from wsproxy.io.steps import Steps
 from wsproxy.io.tls_accept import EndHandshake, accept_tls
 from wsproxy.log import (
     direct_put,
@@ -105,8 +106,8 @@ class ProxyContext:
         #: A worker's way to hand a resume to the sibling that holds its session.
         self.handoff: Handoff | None = None
         self._task_group = task_group
-        #: The running tasks of spawn().
-        self._tasks: set[asyncio.Task[None]] = set()
+        #: The running tasks of spawn(), and the coroutines drive() runs.
+        self._tasks: set[asyncio.Task[None] | Steps] = set()
         self.config_path = config_path
         #: What a worker process makes of each file it loads (wsproxy.workers: its
         #: shares of the limits, its private admin listener); None: the file as it is.
@@ -181,14 +182,33 @@ class ProxyContext:
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and (exc := task.exception()) is not None:
+            self._crashed(exc)
 
-            async def reraise() -> None:
-                raise exc
+    def drive(self, steps: Steps, coro: Coroutine[Any, Any, None]) -> None:
+        """Run *coro*, a connection's dial, on *steps*: by hand, from its first step
+        now (wsproxy.io.steps), since a task per upgrade cost about a tenth of its
+        instructions. The proxy's all the same, as spawn()'s tasks are: kept until
+        done, cancelled when serve() ends, and an exception out of it (a bug) fails
+        the task group."""
+        self._tasks.add(steps)
+        steps.start(coro, self._driven)
 
-            self._task_group.start_soon(reraise)
+    def _driven(self, steps: Steps, exc: BaseException | None) -> None:
+        self._tasks.discard(steps)
+        if exc is not None and not isinstance(exc, asyncio.CancelledError):
+            self._crashed(exc)
+
+    def _crashed(self, exc: BaseException) -> None:
+        """A bug out of a connection's coroutine: the task group fails with it."""
+
+        async def reraise() -> None:
+            raise exc
+
+        self._task_group.start_soon(reraise)
 
     def cancel_tasks(self) -> None:
-        """Cancel the tasks spawn() started that are still running (serve() ends)."""
+        """Cancel the tasks spawn() started and the coroutines drive() runs that are
+        still running (serve() ends)."""
         for task in list(self._tasks):
             task.cancel()
 

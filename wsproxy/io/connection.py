@@ -41,6 +41,7 @@ from wsproxy.io import direct
 from wsproxy.io.deadlines import deadlines_of
 from wsproxy.io.ports import DRAINING, CloseRefusal
 from wsproxy.io.resume import ResumeState, hand_over, resume_into
+from wsproxy.io.steps import Steps
 from wsproxy.io.upstream import (
     NO_BACKEND,
     OUT_OF_DESCRIPTORS,
@@ -96,8 +97,9 @@ class HttpDoor(Protocol):
         under the connection's *settings*."""
 
 
-class UpstreamProtocol(asyncio.Protocol):
-    """The protocol of one connection to a backend.
+class UpstreamProtocol(Steps, asyncio.Protocol):
+    """The protocol of one connection to a backend, and the steps of its dial (the
+    coroutine that connects, run by hand: wsproxy.io.steps): one object an attempt.
 
     A backend given up on during the upgrade is ``detach()``ed, so that its late
     callbacks cannot touch the connection that has moved on to the next backend.
@@ -136,10 +138,11 @@ class UpstreamProtocol(asyncio.Protocol):
 
 class _Dial:
     """One upgrade's search for a backend: the candidates left, the one being tried
-    (its protocol, the task that connects, the deadline of limits.backend_timeout),
-    and whether its handshake has gone and its answer is awaited."""
+    (its protocol, which also runs the connect, and the deadline of
+    limits.backend_timeout), and whether its handshake has gone and its answer is
+    awaited."""
 
-    __slots__ = ("backend", "backends", "protocol", "sticky", "task", "timer", "waiting")
+    __slots__ = ("backend", "backends", "protocol", "sticky", "timer", "waiting")
 
     def __init__(self, backends: Iterator[BackendState], sticky: tuple[str, ...] | None) -> None:
         self.backends = backends
@@ -147,7 +150,6 @@ class _Dial:
         self.sticky = sticky
         self.backend: BackendState | None = None
         self.protocol: UpstreamProtocol | None = None
-        self.task: asyncio.Task[None] | None = None
         #: The deadline armed for ``_dial_timed_out`` (wsproxy.io.deadlines), if one is.
         self.timer: float | None = None
         self.waiting = False
@@ -764,7 +766,8 @@ class Connection(asyncio.Protocol):
             protocol = dial.protocol = UpstreamProtocol(self)
             dial.timer = at = self.ctx.loop.time() + self.settings.config.limits.backend_timeout
             self._deadlines.arm(at, self._dial_timed_out, protocol)
-            self.ctx.spawn(partial(self._dial_one, dial, protocol))
+            # Its first step runs now (no task: wsproxy.io.steps).
+            self.ctx.drive(protocol, self._dial_one(dial, protocol))
             return
         self._dial = None
         if session.state is _CONNECTING:
@@ -776,10 +779,10 @@ class Connection(asyncio.Protocol):
     async def _dial_one(self, dial: _Dial, protocol: UpstreamProtocol) -> None:
         """Open the TCP (TLS) connection to ``dial.backend`` and send it the handshake;
         its answer comes through ``receive()``, which settles the attempt (``_tried``).
-        The only task of an upgrade: the loop's create_connection is a coroutine."""
+        An upgrade's only coroutine (the loop's create_connection is one), run by
+        *protocol* itself (``ctx.drive``), not as a task."""
         if dial.protocol is not protocol:
             return  # given up before it began
-        dial.task = asyncio.current_task()
         ctx = self.ctx
         backend = dial.backend
         assert backend is not None
@@ -801,14 +804,12 @@ class Connection(asyncio.Protocol):
             return
         except OSError as exc:  # ssl.SSLError is an OSError
             if dial.protocol is protocol:
-                dial.task = None
                 self.session.upstream_failed(str(exc) or type(exc).__name__)
                 self._tried()
             return
         if dial.protocol is not protocol:  # timed out as it connected
             transport.close()
             return
-        dial.task = None
         session = self.session
         if session.state is not _CONNECTING:
             transport.close()  # the client went away meanwhile
@@ -843,9 +844,8 @@ class Connection(asyncio.Protocol):
         if dial is None or dial.protocol is not protocol:
             return
         dial.timer = None
-        if dial.task is not None:
-            dial.task.cancel()  # closes the socket being connected
-            dial.task = None
+        if protocol.running:  # still connecting
+            protocol.cancel()  # closes the socket being connected
         self.session.upstream_failed("TimeoutError")  # what asyncio.timeout's said
         self._tried()
 
