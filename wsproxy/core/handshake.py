@@ -20,6 +20,7 @@ from typing import Final
 
 import h11
 
+from wsproxy.core.nonces import random_bytes
 from wsproxy.core.paths import UnsafeTarget, backend_target, join
 from wsproxy.errors import HandshakeRejected, UpstreamHandshakeFailed, UpstreamUnavailable
 
@@ -138,8 +139,9 @@ def accept_key(key: bytes) -> bytes:
 
 
 def new_key() -> bytes:
-    """A fresh Sec-WebSocket-Key for our own handshake with a backend."""
-    return b2a_base64(os.urandom(16), newline=False)
+    """A fresh Sec-WebSocket-Key for our own handshake with a backend (16 bytes of the
+    kernel's CSPRNG, from a batch: wsproxy.core.nonces)."""
+    return b2a_base64(random_bytes(16), newline=False)
 
 
 def _key_is_valid(key: bytes) -> bool:
