@@ -6,10 +6,11 @@ per idle connection (PERF-NOTES.md). Backpressure is the transports' own: when o
 side's write buffer fills (``pause_writing``), the other side stops being read.
 
 A connection holds no task while it relays: only two transports, the session and,
-while a close handshake is in flight, one timer. The only task is the short one that
-connects to a backend during the upgrade (the loop's create_connection is a
-coroutine); it belongs to the supervisor's task group. limits.backend_timeout is a
-timer, and the backend's answer is settled where it is read (``_tried``).
+while a close handshake is in flight, one timer. Not even the upgrade makes a task:
+the coroutine that connects to a backend (the loop's create_connection is one) is
+run by hand by the attempt's UpstreamProtocol (wsproxy.io.steps), and the process
+keeps and cancels it as it does its tasks (``ctx.drive``). limits.backend_timeout
+is a deadline, and the backend's answer is settled where it is read (``_tried``).
 
 The listener's protocols that feed a Connection, and the hand-over to plain HTTP
 and back, are wsproxy.io.front's.
@@ -27,7 +28,7 @@ import dataclasses
 import time
 from collections.abc import Iterator
 from functools import partial
-from typing import TYPE_CHECKING, Any, Final, Protocol, cast
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from wsproxy.auth import AuthFailed
 from wsproxy.core import closes
@@ -255,8 +256,9 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self._client is None:  # a listener's protocol: it starts now
-            # (uvloop's transports implement asyncio.Transport without subclassing it.)
-            self._start(cast(asyncio.Transport, transport), None, None)
+            # (uvloop's transports implement asyncio.Transport without subclassing it;
+            # no typing.cast: a Python call an upgrade.)
+            self._start(transport, None, None)  # type: ignore[arg-type]
 
     def data_received(self, data: bytes) -> None:
         self.receive(CLIENT, data)
