@@ -208,23 +208,3 @@ def test_bad_accepts_are_refused_the_same_with_either(old: bytes, new: bytes) ->
     assert c == _read_accept(data, handshake.py_scan_response)
     assert isinstance(c, tuple)
     assert c[0] == "refused"
-
-
-@SETTINGS
-@given(st.one_of(st.binary(max_size=300), st.just(KEY),
-                 st.binary(min_size=16, max_size=16).map(handshake.b2a_base64)))
-def test_accept_key_twins_agree(key: bytes) -> None:
-    """SHA-1 and base64 in C (_heads.accept_key) against hashlib's: every length
-    around the one-block and two-block paddings (55, 56, 64, 119, 120) included."""
-    assert _heads is not None
-    assert _heads.accept_key(key) == handshake.py_accept_key(key)
-
-
-def test_accept_key_of_the_rfc_example() -> None:
-    assert _heads is not None
-    assert _heads.accept_key(KEY) == b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="  # RFC 6455 §1.3
-    for length in range(300):
-        key = bytes(range(256))[:length] if length < 256 else b"k" * length
-        assert _heads.accept_key(key) == handshake.py_accept_key(key), length
-    with pytest.raises(TypeError):
-        _heads.accept_key("not bytes")

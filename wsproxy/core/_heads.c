@@ -15,16 +15,12 @@
  *   scan_response(data: bytes) -> tuple | None
  *       (headers, rest_at, odd, upgrade, connection, accept, protocol, extensions)
  *
- *   accept_key(key: bytes) -> bytes
- *       Sec-WebSocket-Accept for *key* (handshake.py_accept_key's twin)
- *
  * None: not the plainest form (h11 is to read it). Built by setup.py as an optional
  * extension of its own: without a C compiler the install goes on and the Python
  * twins are used.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
-#include <stdint.h>
 #include <string.h>
 
 /* RFC 9110 tchar, as the regular expressions' [!#$%&'*+\-.^_`|~0-9A-Za-z]. */
@@ -409,104 +405,11 @@ scan_response(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return result;
 }
 
-/* accept_key(key: bytes) -> bytes: Sec-WebSocket-Accept for *key* (RFC 6455 §4.2.2),
- * base64(SHA-1(key + GUID)), as handshake.py_accept_key computes it. Python 3.11's
- * SHA-1 objects cost ~4k instructions a digest (an object, its state, its methods);
- * this one, on the stack, ~1.5k. Two an upgrade: the client's key and our own. */
-static const char ws_guid[] = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
-
-#define ROL32(v, n) (((v) << (n)) | ((v) >> (32 - (n))))
-
-static void
-sha1_block(uint32_t h[5], const unsigned char *p)
-{
-    uint32_t w[80];
-    for (int i = 0; i < 16; i++)
-        w[i] = (uint32_t)p[4 * i] << 24 | (uint32_t)p[4 * i + 1] << 16
-             | (uint32_t)p[4 * i + 2] << 8 | (uint32_t)p[4 * i + 3];
-    for (int i = 16; i < 80; i++)
-        w[i] = ROL32(w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16], 1);
-    uint32_t a = h[0], b = h[1], c = h[2], d = h[3], e = h[4];
-    for (int i = 0; i < 80; i++) {
-        uint32_t f, k;
-        if (i < 20) { f = (b & c) | (~b & d); k = 0x5A827999; }
-        else if (i < 40) { f = b ^ c ^ d; k = 0x6ED9EBA1; }
-        else if (i < 60) { f = (b & c) | (b & d) | (c & d); k = 0x8F1BBCDC; }
-        else { f = b ^ c ^ d; k = 0xCA62C1D6; }
-        uint32_t t = ROL32(a, 5) + f + e + k + w[i];
-        e = d; d = c; c = ROL32(b, 30); b = a; a = t;
-    }
-    h[0] += a; h[1] += b; h[2] += c; h[3] += d; h[4] += e;
-}
-
-static void
-sha1(const unsigned char *data, size_t len, unsigned char out[20])
-{
-    uint32_t h[5] = {0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476, 0xC3D2E1F0};
-    size_t i = 0;
-    for (; i + 64 <= len; i += 64)
-        sha1_block(h, data + i);
-    unsigned char tail[128];
-    size_t rest = len - i;
-    memcpy(tail, data + i, rest);
-    tail[rest] = 0x80;
-    size_t padded = rest + 9 <= 64 ? 64 : 128;
-    memset(tail + rest + 1, 0, padded - rest - 1);
-    uint64_t bits = (uint64_t)len * 8;
-    for (int j = 0; j < 8; j++)
-        tail[padded - 1 - j] = (unsigned char)(bits >> (8 * j));
-    sha1_block(h, tail);
-    if (padded == 128)
-        sha1_block(h, tail + 64);
-    for (int j = 0; j < 5; j++) {
-        out[4 * j] = (unsigned char)(h[j] >> 24);
-        out[4 * j + 1] = (unsigned char)(h[j] >> 16);
-        out[4 * j + 2] = (unsigned char)(h[j] >> 8);
-        out[4 * j + 3] = (unsigned char)h[j];
-    }
-}
-
-static const char b64[] =
-    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-static PyObject *
-accept_key(PyObject *module, PyObject *key)
-{
-    if (!PyBytes_Check(key)) {
-        PyErr_SetString(PyExc_TypeError, "accept_key() wants bytes");
-        return NULL;
-    }
-    Py_ssize_t n = PyBytes_GET_SIZE(key);
-    size_t total = (size_t)n + sizeof(ws_guid) - 1;
-    unsigned char small[256];
-    unsigned char *joined = total <= sizeof(small) ? small : PyMem_Malloc(total);
-    if (joined == NULL)
-        return PyErr_NoMemory();
-    memcpy(joined, PyBytes_AS_STRING(key), (size_t)n);
-    memcpy(joined + n, ws_guid, sizeof(ws_guid) - 1);
-    unsigned char digest[21];
-    sha1(joined, total, digest);
-    if (joined != small)
-        PyMem_Free(joined);
-    digest[20] = 0;
-    char text[28];
-    for (int i = 0, j = 0; i < 21; i += 3, j += 4) {  /* 20 bytes: 6 groups and a pair */
-        uint32_t v = (uint32_t)digest[i] << 16 | (uint32_t)digest[i + 1] << 8 | digest[i + 2];
-        text[j] = b64[v >> 18];
-        text[j + 1] = b64[(v >> 12) & 63];
-        text[j + 2] = b64[(v >> 6) & 63];
-        text[j + 3] = i == 18 ? '=' : b64[v & 63];
-    }
-    return PyBytes_FromStringAndSize(text, 28);
-}
-
 static PyMethodDef methods[] = {
     {"scan_request", (PyCFunction)(void (*)(void))scan_request, METH_FASTCALL,
      "The plainest upgrade request's head, read (see handshake.py_scan_request)."},
     {"scan_response", (PyCFunction)(void (*)(void))scan_response, METH_FASTCALL,
      "The plainest 101's head, read (see handshake.py_scan_response)."},
-    {"accept_key", (PyCFunction)accept_key, METH_O,
-     "Sec-WebSocket-Accept for a key (see handshake.py_accept_key)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -133,10 +133,8 @@ def _tokens(value: bytes) -> list[bytes]:
 # of bytes): a Python frame less each, three or four an upgrade.
 
 
-def py_accept_key(key: bytes) -> bytes:
-    """Sec-WebSocket-Accept for *key* (§4.2.2). The reference, and the fallback, of
-    ``_heads.accept_key`` (C, ~2.5k instructions less a key): ``accept_key`` is the one
-    in use (_pick_scanners())."""
+def accept_key(key: bytes) -> bytes:
+    """Sec-WebSocket-Accept for *key* (§4.2.2)."""
     return b2a_base64(_sha1(key + GUID).digest(), newline=False)
 
 
@@ -855,21 +853,19 @@ def error_response(
 
 
 def _pick_scanners() -> tuple[
-    Callable[[bytes, int], ScannedRequest | None], Callable[[bytes, int], ScannedResponse | None],
-    Callable[[bytes], bytes],
+    Callable[[bytes, int], ScannedRequest | None], Callable[[bytes, int], ScannedResponse | None]
 ]:
-    """``_heads``' scanners and accept_key (C) where they were built, unless
-    ``WSPROXY_NO_SPEEDUPS=1``; else the Python twins."""
-    python = py_scan_request, py_scan_response, py_accept_key
+    """``_heads``' scanners (C) where they were built, unless ``WSPROXY_NO_SPEEDUPS=1``;
+    else the Python twins."""
     if os.environ.get("WSPROXY_NO_SPEEDUPS", "") not in ("", "0"):
-        return python
+        return py_scan_request, py_scan_response
     try:
         from wsproxy.core import _heads
     except ImportError:
-        return python
-    return _heads.scan_request, _heads.scan_response, _heads.accept_key
+        return py_scan_request, py_scan_response
+    return _heads.scan_request, _heads.scan_response
 
 
 #: The scanners in use (_pick_scanners()): "c" or "python" in HEADS_SPEEDUPS.
-scan_request, scan_response, accept_key = _pick_scanners()
+scan_request, scan_response = _pick_scanners()
 HEADS_SPEEDUPS: Final = "python" if scan_request is py_scan_request else "c"
