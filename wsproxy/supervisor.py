@@ -317,7 +317,9 @@ class ProxyContext:
             retry = str(self.admission.retry_after())
             return "rate_limited", 503, "upgrade rate limit", (("Retry-After", retry),)
         # Last: it counts conn in (a resume, in the slot of the session it resumes).
-        reason = self.registry.admit(conn.id, conn.client_ip, resumed_slot(self, conn))
+        # (A resume only where the connection's config enables it: no call else.)
+        in_place_of = resumed_slot(self, conn) if conn.settings.config.resume.enabled else None
+        reason = self.registry.admit(conn.id, conn.client_ip, in_place_of)
         if reason is not None:
             log.warning("connection.limit", conn_id=conn.id, client=conn.client_ip, reason=reason)
             if close:

@@ -919,7 +919,9 @@ class Connection(asyncio.Protocol):
             self.ctx.hold_down(backend)
         self.ctx.connection_opened(self)
         self._flush()
-        self.resume_reading(CLIENT)
+        client = self._client  # resume_reading(CLIENT), without its two calls
+        if client is not None and not client.is_closing():
+            client.resume_reading()
         if self._resume is None and self._dial is None:  # reads straight through (io.direct)
             direct.relay_directly(self.session, self._client, self._upstream)
 
