@@ -184,14 +184,14 @@ class ProxyContext:
         if not task.cancelled() and (exc := task.exception()) is not None:
             self._crashed(exc)
 
-    def drive(self, steps: Steps, coro: Coroutine[Any, Any, None]) -> None:
+    def drive(self, steps: Steps, coro: Coroutine[Any, Any, None], *, soon: bool = False) -> None:
         """Run *coro*, a connection's dial, on *steps*: by hand, from its first step
         now (wsproxy.io.steps), since a task per upgrade cost about a tenth of its
         instructions. The proxy's all the same, as spawn()'s tasks are: kept until
         done, cancelled when serve() ends, and an exception out of it (a bug) fails
-        the task group."""
+        the task group. *soon*: its first step a loop pass later (Steps.start)."""
         self._tasks.add(steps)
-        steps.start(coro, self._driven)
+        steps.start(coro, self._driven, soon=soon)
 
     def _driven(self, steps: Steps, exc: BaseException | None) -> None:
         self._tasks.discard(steps)

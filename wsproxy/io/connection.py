@@ -763,13 +763,17 @@ class Connection(asyncio.Protocol):
         for backend in dial.backends:
             if session.state is not _CONNECTING:
                 break
+            # A retry may be called from inside the failed attempt's own step: its
+            # first step waits a loop pass, so that a run of backends failing at once
+            # (unreachable: connect() refuses in place) does not nest a step in a step.
+            retry = dial.backend is not None
             dial.backend = backend
             backend.dialing += 1  # until _end_dial: least_connections counts it
             protocol = dial.protocol = UpstreamProtocol(self)
             dial.timer = at = self.ctx.loop.time() + self.settings.config.limits.backend_timeout
             self._deadlines.arm(at, self._dial_timed_out, protocol)
-            # Its first step runs now (no task: wsproxy.io.steps).
-            self.ctx.drive(protocol, self._dial_one(dial, protocol))
+            # Its first step runs now, a retry's soon (no task: wsproxy.io.steps).
+            self.ctx.drive(protocol, self._dial_one(dial, protocol), soon=retry)
             return
         self._dial = None
         if session.state is _CONNECTING:
