@@ -2,8 +2,9 @@
 
 An upgrade's only coroutine is its dial (the loop's create_connection is one). As an
 asyncio Task it cost three loop callbacks (the first step, the wake-up, the done
-callback), a context copy and a Task object, about a tenth of an upgrade's
-instructions. ``Steps`` runs it the way a Task would, for what a dial needs:
+callback), a context copy, a Task object and its entry in asyncio's WeakSet of
+tasks: ~8-10k instructions of an upgrade's ~535k (callgrind, bench/cpu_cost.py).
+``Steps`` runs it the way a Task would, for what a dial needs:
 
 - the first step runs at once, in the caller's frame (a Task's waits a loop pass),
   unless the caller asks for it *soon* (the way a Task's does);
