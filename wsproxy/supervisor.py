@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import secrets
 import socket
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
@@ -48,6 +47,7 @@ from wsproxy.control.rebalance import Rebalancer
 from wsproxy.core.admission import TokenBucket, limit_retry_ms
 from wsproxy.core.closes import PROXY_STOPPED, TRY_AGAIN, with_hint
 from wsproxy.core.handshake import Forwarding
+from wsproxy.core.nonces import random_bytes
 from wsproxy.core.registry import Pool, Registry, SharedRegistry
 from wsproxy.core.states import Side
 from wsproxy.errors import ConfigError
@@ -58,6 +58,7 @@ from wsproxy.io.listen_socket import CAPACITY_ERRNOS, dual_stack_socket, listeni
 from wsproxy.io.plain_http import PlainHttp
 from wsproxy.io.ports import DRAINING, CloseRefusal, ConnectionSettings, Refusal
 from wsproxy.io.resume import resumed_slot
+from wsproxy.io.steps import Steps
 from wsproxy.io.tls_accept import EndHandshake, accept_tls
 from wsproxy.log import (
     direct_put,
@@ -105,8 +106,8 @@ class ProxyContext:
         #: A worker's way to hand a resume to the sibling that holds its session.
         self.handoff: Handoff | None = None
         self._task_group = task_group
-        #: The running tasks of spawn().
-        self._tasks: set[asyncio.Task[None]] = set()
+        #: The running tasks of spawn(), and the coroutines drive() runs.
+        self._tasks: set[asyncio.Task[None] | Steps] = set()
         self.config_path = config_path
         #: What a worker process makes of each file it loads (wsproxy.workers: its
         #: shares of the limits, its private admin listener); None: the file as it is.
@@ -163,13 +164,14 @@ class ProxyContext:
     # Small services for connections…
 
     def new_conn_id(self) -> str:
-        return secrets.token_hex(6)
+        return random_bytes(6).hex()  # secrets.token_hex(6) without a system call each
 
     def spawn(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        """Run *fn*, a connection's dial, as a task of the proxy's.
+        """Run *fn* (an upgrade's auth, a plain request's dial, a handed-over client's
+        adoption) as a task of the proxy's; an upgrade's dial is drive()'s.
 
-        There is one per upgrade, so it is a plain asyncio task: anyio's start_soon
-        costs about 30 µs a task, several per cent of an upgrade's CPU. It belongs to
+        It is a plain asyncio task: anyio's start_soon costs about 30 µs a task,
+        several per cent of an upgrade's CPU. It belongs to
         the proxy all the same: kept in ``_tasks`` until done, cancelled when serve()
         ends, and an exception out of it (a bug) fails the task group, as it would
         have out of start_soon.
@@ -181,14 +183,34 @@ class ProxyContext:
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and (exc := task.exception()) is not None:
+            self._crashed(exc)
 
-            async def reraise() -> None:
-                raise exc
+    def drive(self, steps: Steps, coro: Coroutine[Any, Any, None], *, soon: bool = False) -> None:
+        """Run *coro*, a connection's dial, on *steps*: by hand, from its first step
+        now (wsproxy.io.steps): a task per upgrade (the task, its context copy, three
+        loop callbacks) cost ~8-10k instructions of ~535k. The proxy's all the same,
+        as spawn()'s tasks are: kept until done, cancelled when serve() ends, and an
+        exception out of it (a bug) fails the task group. *soon*: its first step a
+        loop pass later (Steps.start)."""
+        self._tasks.add(steps)
+        steps.start(coro, self._driven, soon=soon)
 
-            self._task_group.start_soon(reraise)
+    def _driven(self, steps: Steps, exc: BaseException | None) -> None:
+        self._tasks.discard(steps)
+        if exc is not None and not isinstance(exc, asyncio.CancelledError):
+            self._crashed(exc)
+
+    def _crashed(self, exc: BaseException) -> None:
+        """A bug out of a connection's coroutine: the task group fails with it."""
+
+        async def reraise() -> None:
+            raise exc
+
+        self._task_group.start_soon(reraise)
 
     def cancel_tasks(self) -> None:
-        """Cancel the tasks spawn() started that are still running (serve() ends)."""
+        """Cancel the tasks spawn() started and the coroutines drive() runs that are
+        still running (serve() ends)."""
         for task in list(self._tasks):
             task.cancel()
 
@@ -297,7 +319,9 @@ class ProxyContext:
             retry = str(self.admission.retry_after())
             return "rate_limited", 503, "upgrade rate limit", (("Retry-After", retry),)
         # Last: it counts conn in (a resume, in the slot of the session it resumes).
-        reason = self.registry.admit(conn.id, conn.client_ip, resumed_slot(self, conn))
+        # (A resume only where the connection's config enables it: no call else.)
+        in_place_of = resumed_slot(self, conn) if conn.settings.config.resume.enabled else None
+        reason = self.registry.admit(conn.id, conn.client_ip, in_place_of)
         if reason is not None:
             log.warning("connection.limit", conn_id=conn.id, client=conn.client_ip, reason=reason)
             if close:

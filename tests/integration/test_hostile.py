@@ -466,3 +466,30 @@ async def test_with_only_a_backend_that_never_answers_the_client_gets_502(
     assert status_of(answer) == 502, answer
     assert BACKEND_TIMEOUT <= elapsed < DEFAULT_BACKEND_TIMEOUT, elapsed
     assert silent.accepted == 1
+
+
+async def test_many_backends_failing_in_place_answer_502_without_nesting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each dial's first step runs in place (wsproxy.io.steps), and a connect can fail
+    in place (an unreachable network: simulated, loopback has none): the next
+    backend's is then started a loop pass later, not inside the failed one's, so 400
+    such backends are tried one after another and the client gets its 502."""
+    from wsproxy.io import connection
+
+    tried: list[str] = []
+
+    async def dial(loop: Any, factory: Any, state: Any, context: Any, tls: Any) -> Any:
+        tried.append(state.name)
+        raise OSError(101, "Network is unreachable")
+
+    monkeypatch.setattr(connection, "dial_backend", dial)
+    count = 400
+    config = make_config(
+        [{"name": f"b{i}", "url": f"ws://127.0.0.1:{9 + i}"} for i in range(count)],
+        limits={"handshake_timeout": "30s"},
+    )
+    async with running_proxy(config) as ctx:
+        answer = await raw_exchange(ctx.addresses[0][1], upgrade_request())
+    assert status_of(answer) == 502, answer
+    assert len(tried) == count

@@ -15,6 +15,7 @@ The relay and its handshakes:
     http        plain HTTP requests and answers (``plain_http: proxy``)
     paths       a request target made safe to join to a backend's path prefix
     proxy_protocol  PROXY v1/v2 headers
+    nonces      random bytes for ids and keys, sliced off one urandom read for many
 The decisions the control plane drives, each a pure object with the clock passed in:
     liveness (heartbeats, idle, age), schedule (a drain's pacing), admission (the
     upgrade rate), balance (the backend set and the pick), registry (live connections

@@ -20,6 +20,7 @@ from typing import Final
 
 import h11
 
+from wsproxy.core.nonces import random_bytes
 from wsproxy.core.paths import UnsafeTarget, backend_target, join
 from wsproxy.errors import HandshakeRejected, UpstreamHandshakeFailed, UpstreamUnavailable
 
@@ -102,6 +103,11 @@ class UpgradeRequest(RequestHead):
 
     key: bytes
     extensions: tuple[bytes, ...]
+    #: The ``headers`` whose one Connection header says just "Upgrade", when
+    #: read_upgrade() saw so (else None): while ``headers`` is still that very tuple,
+    #: no other header is hop-by-hop (_connection_listed() need not look). Not part of
+    #: the request's value: two requests alike are equal whichever way they were read.
+    plain_connection: tuple[Header, ...] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(slots=True)
@@ -138,8 +144,9 @@ def accept_key(key: bytes) -> bytes:
 
 
 def new_key() -> bytes:
-    """A fresh Sec-WebSocket-Key for our own handshake with a backend."""
-    return b2a_base64(os.urandom(16), newline=False)
+    """A fresh Sec-WebSocket-Key for our own handshake with a backend (16 bytes of the
+    kernel's CSPRNG, from a batch: wsproxy.core.nonces)."""
+    return b2a_base64(random_bytes(16), newline=False)
 
 
 def _key_is_valid(key: bytes) -> bool:
@@ -329,14 +336,13 @@ def upstream_request_bytes(
             (as building the h11 event would have).
     """
     # _upstream_head()'s lines, written as they are made (a list of pairs first cost
-    # a third more); test_handshake compares the two.
+    # a third more); test_handshake compares the two. The lines of the config's values
+    # (the backend's authority, the listener's proto) come made and checked once
+    # (_own_lines()); test_upstream_bytes holds this to the way it was before them.
     target = join(path_prefix, upgrade.target)
     listed = _connection_listed(upgrade)
-    parts = [
-        b"GET ", target, b" HTTP/1.1\r\nHost: ", authority.encode("latin-1"),
-        b"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ", key,
-        b"\r\nSec-WebSocket-Version: 13",
-    ]
+    host_lines, authority_ok = _own_lines(_HOST_LINES, authority, _AROUND_HOST)
+    parts = [b"GET ", target, host_lines, key, b"\r\nSec-WebSocket-Version: 13"]
     if upgrade.subprotocols:
         parts += (b"\r\nSec-WebSocket-Protocol: ", ", ".join(upgrade.subprotocols).encode())
     if pass_extensions:
@@ -347,23 +353,73 @@ def upstream_request_bytes(
     for name, value in upgrade.headers:
         if name not in skipped:
             parts += (b"\r\n", name, b": ", value)
+    forwarded_for = forwarding.forwarded_for
+    request_id = forwarding.request_id
+    forwarded_for_bytes = forwarded_for.encode("latin-1")  # (encoded in the lines' order)
+    proto_lines, proto_ok = _own_lines(_PROTO_LINES, forwarding.proto, _AROUND_PROTO)
     parts += (
-        b"\r\nX-Forwarded-For: ", forwarding.forwarded_for.encode("latin-1"),
-        b"\r\nX-Forwarded-Proto: ", forwarding.proto.encode("latin-1"),
-        b"\r\nX-Forwarded-Host: ", upgrade.host,
-        b"\r\nX-Request-Id: ", forwarding.request_id.encode("latin-1"),
+        b"\r\nX-Forwarded-For: ", forwarded_for_bytes, proto_lines, upgrade.host,
+        b"\r\nX-Request-Id: ", request_id.encode("latin-1"),
     )
-    for name_text, value_text in forwarding.identity:
+    identity = forwarding.identity
+    for name_text, value_text in identity:
         parts += (b"\r\n", name_text.encode("latin-1"), b": ", value_text.encode("latin-1"))
     parts.append(b"\r\n\r\n")
     if not _TARGET.fullmatch(target):
         raise h11.LocalProtocolError("illegal request target")
-    check_own_values(authority, forwarding)
+    if identity or not (
+        authority_ok and proto_ok and _plain_value(forwarded_for) and _plain_value(request_id)
+    ):
+        check_own_values(authority, forwarding)  # the whole check, as it raises
     return b"".join(parts)
+
+
+def _plain_value(value: str) -> bool:
+    """Printable ASCII without spaces (an address, a hex id): a valid header value
+    (_FIELD_VALUE), told by three C calls instead of the regular expression."""
+    return value.isascii() and value.isprintable() and " " not in value
+
+
+#: The lines of upstream_request_bytes() around a value of the config's (a backend's
+#: authority, the listener's X-Forwarded-Proto), made once per value with whether it
+#: is a valid header value: (the lines, valid). Bounded: emptied at _CACHED_VALUES.
+_HOST_LINES: Final[dict[str, tuple[bytes, bool]]] = {}
+_PROTO_LINES: Final[dict[str, tuple[bytes, bool]]] = {}
+_CACHED_VALUES: Final = 1024
+#: What goes before and after each kind of value in the request.
+_AROUND_HOST: Final = (
+    b" HTTP/1.1\r\nHost: ",
+    b"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ",
+)
+_AROUND_PROTO: Final = (b"\r\nX-Forwarded-Proto: ", b"\r\nX-Forwarded-Host: ")
+
+
+def _own_lines(
+    lines: dict[str, tuple[bytes, bool]], value: str, around: tuple[bytes, bytes]
+) -> tuple[bytes, bool]:
+    """*value*'s lines in *lines* (_HOST_LINES or _PROTO_LINES), between the two of
+    *around*, made if new.
+
+    Raises:
+        UnicodeEncodeError: *value* is not Latin-1 (as its encode() did in place).
+    """
+    made = lines.get(value)
+    if made is None:
+        before, after = around
+        encoded = value.encode("latin-1")
+        made = before + encoded + after, (
+            _plain_value(value) or _FIELD_VALUE.fullmatch(encoded) is not None
+        )
+        if len(lines) >= _CACHED_VALUES:
+            lines.clear()
+        lines[value] = made
+    return made
 
 
 def _connection_listed(upgrade: UpgradeRequest) -> set[bytes] | frozenset[bytes]:
     """The headers the client's Connection header names (hop-by-hop: not forwarded)."""
+    if upgrade.plain_connection is upgrade.headers:
+        return _ONLY_UPGRADE  # as read_upgrade() saw it: the loop below would say so
     for name, value in upgrade.headers:
         if name == b"connection" and value.lower() != b"upgrade":
             return set(upgrade.header_list(b"connection"))
@@ -393,11 +449,7 @@ def check_own_values(
     if identity:
         own += tuple(v for _, v in identity)
     for value in own:
-        # Printable ASCII without spaces (an address, a hex id) matches _FIELD_VALUE:
-        # three C calls instead of the regular expression.
-        if not (value.isascii() and value.isprintable() and " " not in value) and (
-            not _FIELD_VALUE.fullmatch(value.encode("latin-1"))
-        ):
+        if not _plain_value(value) and not _FIELD_VALUE.fullmatch(value.encode("latin-1")):
             raise h11.LocalProtocolError("illegal header value of the proxy's own")
     if identity and not all(_TOKEN.fullmatch(k) for k, _ in identity):
         raise h11.LocalProtocolError("illegal header value of the proxy's own")
@@ -596,7 +648,7 @@ def read_upgrade(data: bytes, max_head: int) -> tuple[UpgradeRequest, bytes] | N
     return UpgradeRequest(
         target=target, host=host, key=key, subprotocols=subprotocols,
         extensions=extensions, origin=None if origin is None else origin.decode("latin-1"),
-        headers=headers,
+        headers=headers, plain_connection=headers,  # (not odd: one Connection header)
     ), rest
 
 

@@ -222,10 +222,14 @@ class _Flow(_FlowState):
         self.pending_close = None
 
 
+#: The longest frame (§5.2).
+_MAX_FLOW: Final = (1 << 63) - 1
+
+
 def _flow_limit(max_size: int) -> int:
     """*max_size* within the C twin's range: no frame is longer than 2^63 - 1 (§5.2),
     so a larger limit or a more negative one decides the same."""
-    return max(-1, min(max_size, (1 << 63) - 1))
+    return max(-1, min(max_size, _MAX_FLOW))
 
 
 class Session:
@@ -277,7 +281,9 @@ class Session:
         self._client_leg = client_leg = _Leg(_CLIENT)
         self._upstream_leg = upstream_leg = _Leg(_UPSTREAM)
         #: The frames read from each side (see _flow()).
-        limit = _flow_limit(max_message_size)
+        limit = max_message_size  # _flow_limit()'s answer, without its call if in range
+        if not -1 <= limit <= _MAX_FLOW:
+            limit = _flow_limit(limit)
         self._client_flow = _Flow(_CLIENT, client_leg, upstream_leg, limit)
         self._upstream_flow = _Flow(_UPSTREAM, upstream_leg, client_leg, limit)
         #: Which side closed first: "client", "upstream" or "proxy".

@@ -12,6 +12,7 @@
     plain_http   the proxy's plain HTTP side: its relays and the backend pool
     http_pool    idle keep-alive connections to the backends
     dialer       one TCP (TLS) connection to a backend
+    steps        a coroutine run by hand, without a Task: an upgrade's dial
     tls_accept   the TLS listener: bounded, counted handshakes before a Connection
     listen_socket  listening sockets as the proxy means ``host`` (``::`` is dual stack)
     ports        what the drivers ask of the process: small ``typing.Protocol`` ports,

@@ -6,10 +6,11 @@ per idle connection (PERF-NOTES.md). Backpressure is the transports' own: when o
 side's write buffer fills (``pause_writing``), the other side stops being read.
 
 A connection holds no task while it relays: only two transports, the session and,
-while a close handshake is in flight, one timer. The only task is the short one that
-connects to a backend during the upgrade (the loop's create_connection is a
-coroutine); it belongs to the supervisor's task group. limits.backend_timeout is a
-timer, and the backend's answer is settled where it is read (``_tried``).
+while a close handshake is in flight, one timer. Not even the upgrade makes a task:
+the coroutine that connects to a backend (the loop's create_connection is one) is
+run by hand by the attempt's UpstreamProtocol (wsproxy.io.steps), and the process
+keeps and cancels it as it does its tasks (``ctx.drive``). limits.backend_timeout
+is a deadline, and the backend's answer is settled where it is read (``_tried``).
 
 The listener's protocols that feed a Connection, and the hand-over to plain HTTP
 and back, are wsproxy.io.front's.
@@ -27,7 +28,7 @@ import dataclasses
 import time
 from collections.abc import Iterator
 from functools import partial
-from typing import TYPE_CHECKING, Any, Final, Protocol, cast
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from wsproxy.auth import AuthFailed
 from wsproxy.core import closes
@@ -41,6 +42,7 @@ from wsproxy.io import direct
 from wsproxy.io.deadlines import deadlines_of
 from wsproxy.io.ports import DRAINING, CloseRefusal
 from wsproxy.io.resume import ResumeState, hand_over, resume_into
+from wsproxy.io.steps import Steps
 from wsproxy.io.upstream import (
     NO_BACKEND,
     OUT_OF_DESCRIPTORS,
@@ -96,8 +98,9 @@ class HttpDoor(Protocol):
         under the connection's *settings*."""
 
 
-class UpstreamProtocol(asyncio.Protocol):
-    """The protocol of one connection to a backend.
+class UpstreamProtocol(Steps, asyncio.Protocol):
+    """The protocol of one connection to a backend, and the steps of its dial (the
+    coroutine that connects, run by hand: wsproxy.io.steps): one object an attempt.
 
     A backend given up on during the upgrade is ``detach()``ed, so that its late
     callbacks cannot touch the connection that has moved on to the next backend.
@@ -136,10 +139,11 @@ class UpstreamProtocol(asyncio.Protocol):
 
 class _Dial:
     """One upgrade's search for a backend: the candidates left, the one being tried
-    (its protocol, the task that connects, the deadline of limits.backend_timeout),
-    and whether its handshake has gone and its answer is awaited."""
+    (its protocol, which also runs the connect, and the deadline of
+    limits.backend_timeout), and whether its handshake has gone and its answer is
+    awaited."""
 
-    __slots__ = ("backend", "backends", "protocol", "sticky", "task", "timer", "waiting")
+    __slots__ = ("backend", "backends", "protocol", "sticky", "timer", "waiting")
 
     def __init__(self, backends: Iterator[BackendState], sticky: tuple[str, ...] | None) -> None:
         self.backends = backends
@@ -147,7 +151,6 @@ class _Dial:
         self.sticky = sticky
         self.backend: BackendState | None = None
         self.protocol: UpstreamProtocol | None = None
-        self.task: asyncio.Task[None] | None = None
         #: The deadline armed for ``_dial_timed_out`` (wsproxy.io.deadlines), if one is.
         self.timer: float | None = None
         self.waiting = False
@@ -253,8 +256,9 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self._client is None:  # a listener's protocol: it starts now
-            # (uvloop's transports implement asyncio.Transport without subclassing it.)
-            self._start(cast(asyncio.Transport, transport), None, None)
+            # (uvloop's transports implement asyncio.Transport without subclassing it;
+            # no typing.cast: a Python call an upgrade.)
+            self._start(transport, None, None)  # type: ignore[arg-type]
 
     def data_received(self, data: bytes) -> None:
         self.receive(CLIENT, data)
@@ -759,12 +763,17 @@ class Connection(asyncio.Protocol):
         for backend in dial.backends:
             if session.state is not _CONNECTING:
                 break
+            # A retry may be called from inside the failed attempt's own step: its
+            # first step waits a loop pass, so that a run of backends failing at once
+            # (unreachable: connect() refuses in place) does not nest a step in a step.
+            retry = dial.backend is not None
             dial.backend = backend
             backend.dialing += 1  # until _end_dial: least_connections counts it
             protocol = dial.protocol = UpstreamProtocol(self)
             dial.timer = at = self.ctx.loop.time() + self.settings.config.limits.backend_timeout
             self._deadlines.arm(at, self._dial_timed_out, protocol)
-            self.ctx.spawn(partial(self._dial_one, dial, protocol))
+            # Its first step runs now, a retry's soon (no task: wsproxy.io.steps).
+            self.ctx.drive(protocol, self._dial_one(dial, protocol), soon=retry)
             return
         self._dial = None
         if session.state is _CONNECTING:
@@ -776,10 +785,10 @@ class Connection(asyncio.Protocol):
     async def _dial_one(self, dial: _Dial, protocol: UpstreamProtocol) -> None:
         """Open the TCP (TLS) connection to ``dial.backend`` and send it the handshake;
         its answer comes through ``receive()``, which settles the attempt (``_tried``).
-        The only task of an upgrade: the loop's create_connection is a coroutine."""
+        An upgrade's only coroutine (the loop's create_connection is one), run by
+        *protocol* itself (``ctx.drive``), not as a task."""
         if dial.protocol is not protocol:
             return  # given up before it began
-        dial.task = asyncio.current_task()
         ctx = self.ctx
         backend = dial.backend
         assert backend is not None
@@ -801,14 +810,12 @@ class Connection(asyncio.Protocol):
             return
         except OSError as exc:  # ssl.SSLError is an OSError
             if dial.protocol is protocol:
-                dial.task = None
                 self.session.upstream_failed(str(exc) or type(exc).__name__)
                 self._tried()
             return
         if dial.protocol is not protocol:  # timed out as it connected
             transport.close()
             return
-        dial.task = None
         session = self.session
         if session.state is not _CONNECTING:
             transport.close()  # the client went away meanwhile
@@ -843,9 +850,8 @@ class Connection(asyncio.Protocol):
         if dial is None or dial.protocol is not protocol:
             return
         dial.timer = None
-        if dial.task is not None:
-            dial.task.cancel()  # closes the socket being connected
-            dial.task = None
+        if protocol.running:  # still connecting
+            protocol.cancel()  # closes the socket being connected
         self.session.upstream_failed("TimeoutError")  # what asyncio.timeout's said
         self._tried()
 
@@ -917,7 +923,9 @@ class Connection(asyncio.Protocol):
             self.ctx.hold_down(backend)
         self.ctx.connection_opened(self)
         self._flush()
-        self.resume_reading(CLIENT)
+        client = self._client  # resume_reading(CLIENT), without its two calls
+        if client is not None and not client.is_closing():
+            client.resume_reading()
         if self._resume is None and self._dial is None:  # reads straight through (io.direct)
             direct.relay_directly(self.session, self._client, self._upstream)
 

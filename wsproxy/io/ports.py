@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from wsproxy.core.states import Side
     from wsproxy.io.handoff import Handoff
     from wsproxy.io.http_pool import BackendPool
+    from wsproxy.io.steps import Steps
 
 #: (failure label, status, reason, headers) of an upgrade refused before any backend.
 Refusal = tuple[str, int, str, tuple[tuple[str, str], ...]]
@@ -243,6 +244,11 @@ class ConnectionOwner(HttpRelayOwner, Protocol[ConnT]):
     def refusal(self, conn: ConnT) -> Refusal | CloseRefusal | None:
         """Why this upgrade is answered with an error (or a close) before any backend
         is asked."""
+
+    def drive(self, steps: Steps, coro: Coroutine[Any, Any, None], *, soon: bool = False) -> None:
+        """Run *coro* (a dial) on *steps* by hand, from its first step now (or *soon*, a
+        loop pass later); the process keeps it and cancels it as it does spawn()'s
+        tasks (wsproxy.io.steps)."""
 
     def connection_started(self, conn: ConnT) -> None: ...
 

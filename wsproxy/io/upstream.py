@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
 from wsproxy.auth import Authenticator, AuthFailed, Identity
 from wsproxy.auth.sources import find_credentials, strip_credentials
@@ -91,15 +91,17 @@ def candidates(
     return balancer.candidates(key, sticky)
 
 
-async def dial_backend(
+def dial_backend(
     loop: asyncio.AbstractEventLoop, factory: Callable[[], asyncio.Protocol],
     backend: BackendState, context: ssl.SSLContext | None, backend_tls: BackendTLSConfig,
-) -> asyncio.Transport:
-    """A connection to *backend* with the protocol *factory* makes (TLS if it is wss).
+) -> Coroutine[Any, Any, asyncio.Transport]:
+    """A connection to *backend* with the protocol *factory* makes (TLS if it is wss):
+    dial()'s coroutine itself (no coroutine of its own around it: a frame less at
+    each of an upgrade's steps).
 
-    Raises:
+    Its await raises:
         OutOfDescriptors: the proxy could not open a socket (not the backend's fault).
         OSError: the backend is unreachable (ssl.SSLError is an OSError).
     """
-    return await dial(loop, factory, backend.config, context,
-                      backend_tls.server_name or backend.server_name)
+    return dial(loop, factory, backend.config, context,
+                backend_tls.server_name or backend.server_name)
