@@ -451,7 +451,10 @@ async def test_a_resume_takes_over_from_a_socket_the_proxy_still_thinks_alive():
 
 async def test_a_token_that_expires_while_held_ends_the_session():
     def token(sub: str, life: float) -> str:
-        return jwt.encode({"sub": sub, "exp": int(time.time() + life)}, SECRET, algorithm="HS256")
+        # Rounded up: int() made a 2 s token a 1.1 s one at worst, which a loaded
+        # machine's first connect could miss (the client then never got a session).
+        return jwt.encode({"sub": sub, "exp": math.ceil(time.time() + life)}, SECRET,
+                          algorithm="HS256")
 
     overrides = {
         "auth": {"type": "jwt", "jwt": {"secret": SECRET, "leeway": 0},
@@ -461,7 +464,7 @@ async def test_a_token_that_expires_while_held_ends_the_session():
     gate = asyncio.Event()
     async with setup(overrides=overrides) as (rec, _b, ctx, url):
         rec.want = 1
-        async with ResumableSession(f"{url}/?token={token('alice', 2)}",
+        async with ResumableSession(f"{url}/?token={token('alice', 3)}",
                                     before_resume=gate.wait) as session:
             await session.send("one")
             await rec.got.wait()
