@@ -987,18 +987,20 @@ class Connection(asyncio.Protocol):
                if isinstance(self._resume, ResumeState) else {}),
         }
 
-    def closed_line(self) -> str:
+    def closed_line(self, age: float | None = None) -> str:
         """``connection.closed`` rendered (wsproxy.log.closed_line_of) from the session
-        directly: the fields of summary(), without the dict."""
+        directly: the fields of summary(), without the dict. *age*: age(), if read."""
         s = self.session
         client_code, upstream_code = s.close_codes_received()
         to_client, to_backend = s.flows_to()
         backend = self.backend
         identity = self.identity
+        if age is None:
+            age = time.monotonic() - self.started
         return closed_line_of(
             self.id, self.client_ip, None if backend is None else backend.name,
             None if identity is None else identity.subject, _STATE_VALUE[s.state],
-            round(time.monotonic() - self.started, 3), client_code, upstream_code,
+            age, client_code, upstream_code,  # (closed_line_of rounds it as summary() does)
             s.initiator, s.close_reason, to_backend.messages, to_client.messages,
             to_backend.bytes, to_client.bytes, to_client.undelivered, to_backend.undelivered,
         )
