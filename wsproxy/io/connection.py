@@ -167,7 +167,8 @@ class Connection(asyncio.Protocol):
     # connections must stay cheap.
     __slots__ = (
         "_client", "_close_rounds", "_deadlines", "_dial", "_door", "_eof_wait",
-        "_forwarded_for", "_open_transports", "_resume", "_rtt_client", "_rtt_upstream",
+        "_forwarded_for", "_open_transports", "_relayed", "_resume", "_rtt_client",
+        "_rtt_upstream",
         "_timer", "_timer_at", "_upstream", "backend", "client_ip",
         "ctx", "failure", "id", "identity", "liveness", "peer_ip", "session", "settings",
         "started",
@@ -187,6 +188,8 @@ class Connection(asyncio.Protocol):
         self._door = door
         #: Each side's transport while it is open (see _transport()).
         self._client: asyncio.Transport | None = None
+        #: Relay protocols may be on the transports (io.direct): until _flush restores.
+        self._relayed = False
         if client is not None:
             self._start(client, deadline, settings)
 
@@ -413,8 +416,10 @@ class Connection(asyncio.Protocol):
             self._timer = _CLOSE
             self._timer_at = at = self.ctx.loop.time() + self.settings.config.heartbeat.timeout
             self._deadlines.arm(at, self._close_timed_out)
-        if session.state is not _OPEN and self.backend is not None and self._resume is None:
-            direct.restore(client, upstream)  # no longer OPEN: every read the driver's
+        if self._relayed and session.state is not _OPEN:
+            # No longer OPEN: every read the driver's (once: nothing puts relays back).
+            self._relayed = False
+            direct.restore(client, upstream)
 
     def _close_upstream(self, transport: asyncio.Transport) -> None:
         if transport.is_closing():
@@ -920,6 +925,7 @@ class Connection(asyncio.Protocol):
         self.resume_reading(CLIENT)
         if self._resume is None and self._dial is None:  # reads straight through (io.direct)
             direct.relay_directly(self.session, self._client, self._upstream)
+            self._relayed = True
 
     def _reject(
         self, kind: str, status: int, reason: str, headers: tuple[tuple[str, str], ...] = ()
