@@ -353,7 +353,19 @@ class Connection(asyncio.Protocol):
             self._to_http(session.plain)
 
     def receive_eof(self, side: Side) -> None:
-        self.session.receive_eof(side)
+        session = self.session
+        session.receive_eof(side)
+        if (self._eof_wait is not None and side is UPSTREAM and session.state in TERMINAL
+                and self._resume is None):
+            # The backend's EOF that _close_upstream waits for, both close handshakes
+            # done: a flush would find nothing to write (a terminal session makes no
+            # more bytes, each flush takes what it made) and the client closing
+            # already (no resumable client to come back), so closing this transport
+            # is all it would do.
+            transport = self._upstream
+            if transport is not None:
+                self._close_upstream(transport)
+            return
         self._flush()
 
     def transport_lost(self, side: Side) -> None:
