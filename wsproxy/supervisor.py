@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import time
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from functools import partial
@@ -361,14 +362,20 @@ class ProxyContext:
         self.registry.remove(conn.id)
         if self.on_count is not None:
             self.on_count(len(self.registry))
-        self.metrics.connection_ended(conn, *conn.outcome())
-        if conn.opened:
+        if conn.backend is not None:  # conn.opened: the usual end, of an upgrade
+            # One clock reading for the metrics and the line (conn.age()).
+            age = time.monotonic() - conn.started
+            self.metrics.upgraded_ended(conn.session, age)
             put = direct_put()
             if put is not None:
-                put(conn.closed_line())
+                put(conn.closed_line(age))
             elif info_enabled():  # a summary costs ~10 µs
                 info_line("connection.closed", conn.summary())
-        self.drainer.finished(conn)
+        else:
+            self.metrics.connection_ended(conn, *conn.outcome())
+        drainer = self.drainer
+        if drainer.in_progress:  # (Drains.finished's loop, over none, costs a call)
+            drainer.finished(conn)
 
     async def sweep(self) -> None:
         """Visit every connection about once a period for its timers (core.liveness).

@@ -137,3 +137,42 @@ def test_lines_from_several_threads_all_get_written_in_each_threads_order() -> N
     for n in range(4):
         assert [line for line in lines if line.startswith(f"t{n} ")] == [
             f"t{n} {i}" for i in range(5_000)]
+
+
+@pytest.mark.parametrize("batch", [1, 2, 7, 600])  # one line, a few, more than BATCH
+def test_batches_are_written_as_utf8_with_replace(batch: int) -> None:
+    """What the writer writes for a batch: the lines joined, each ending in a newline,
+    as ``.encode("utf-8", "replace")`` writes them (a lone surrogate replaced)."""
+    reader = StuckReader()
+    buffer = LineBuffer(reader)
+    buffer.put("first")
+    assert reader.entered.wait(WAIT)  # the writer is stuck: the batch queues behind
+    lines = [f"{i} é \ud800 ü" if i % 3 == 0 else f"{i} plain" for i in range(batch)]
+    for line in lines:
+        buffer.put(line)
+    reader.release.set()
+    assert buffer.close()
+    expected = ("\n".join(["first", *lines]) + "\n").encode("utf-8", "replace")
+    assert bytes(reader.data) == expected
+    assert buffer.written == batch + 1
+
+
+def test_fd_writer_after_a_partial_write() -> None:
+    """A write the pipe takes part of goes on from where it stopped."""
+    r, w = os.pipe()
+    data = bytes(range(256)) * 1000  # more than a pipe's capacity: written in parts
+    received = bytearray()
+
+    def drain() -> None:
+        while chunk := os.read(r, 4096):
+            received.extend(chunk)
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    try:
+        fd_writer(w)(data)
+    finally:
+        os.close(w)
+        reader.join(WAIT)
+        os.close(r)
+    assert bytes(received) == data

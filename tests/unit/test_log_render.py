@@ -256,3 +256,35 @@ def test_direct_put_only_where_json_line_would_write_alone(written: list[str]) -
         assert wslog.direct_put() is None
     wslog.configure_logging("warning")
     assert wslog.direct_put() is None
+
+
+@settings(derandomize=True, max_examples=400, deadline=None)
+@given(st.floats(min_value=0, max_value=2e9) | st.floats(allow_nan=True, allow_infinity=True)
+       | st.integers(min_value=0, max_value=10**9).map(lambda n: n / 1000)
+       | st.integers(min_value=0, max_value=10**9).map(lambda n: n / 1000 + 0.0005))
+def test_millis_repr_is_repr_of_round(seconds: float) -> None:
+    """The closed line's duration: repr(round(x, 3)), also of a value rounded already
+    (summary()'s), half-way cases among them."""
+    expected = float.__repr__(round(seconds, 3))
+    assert wslog.millis_repr(seconds) == expected
+    if seconds == seconds:  # not NaN
+        assert wslog.millis_repr(round(seconds, 3)) == expected
+
+
+@pytest.mark.parametrize("seconds", [0.0, -0.0, 0.0004, 0.0005, 0.0015, 0.001, 12.0, 0.1 + 0.2,
+                                     999_999_999.9996, 1e9, 1e15, 1e17])
+def test_millis_repr_edges(seconds: float) -> None:
+    assert wslog.millis_repr(seconds) == float.__repr__(round(seconds, 3))
+
+
+@settings(derandomize=True, max_examples=150, deadline=None)
+@given(summaries, st.floats(min_value=0, max_value=1e9))
+def test_closed_line_of_an_age_rounds_it(fields: dict[str, Any], age: float) -> None:
+    """Connection.closed_line(age) hands the age unrounded: the line is summary()'s, of
+    round(age, 3)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(wslog, "_clock", _FixedClock())
+        rounded = {**fields, "duration_s": round(age, 3)}
+        args = [fields[key] for key in SUMMARY_KEYS]
+        args[SUMMARY_KEYS.index("duration_s")] = age
+        assert wslog.closed_line_of(*args) == _reference_line("connection.closed", rounded)

@@ -170,7 +170,8 @@ class Connection(asyncio.Protocol):
     # connections must stay cheap.
     __slots__ = (
         "_client", "_close_rounds", "_deadlines", "_dial", "_door", "_eof_wait",
-        "_forwarded_for", "_open_transports", "_resume", "_rtt_client", "_rtt_upstream",
+        "_forwarded_for", "_open_transports", "_relayed", "_resume", "_rtt_client",
+        "_rtt_upstream",
         "_timer", "_timer_at", "_upstream", "backend", "client_ip",
         "ctx", "failure", "id", "identity", "liveness", "peer_ip", "session", "settings",
         "started",
@@ -190,6 +191,8 @@ class Connection(asyncio.Protocol):
         self._door = door
         #: Each side's transport while it is open (see _transport()).
         self._client: asyncio.Transport | None = None
+        #: Relay protocols may be on the transports (io.direct): until _flush restores.
+        self._relayed = False
         if client is not None:
             self._start(client, deadline, settings)
 
@@ -354,7 +357,19 @@ class Connection(asyncio.Protocol):
             self._to_http(session.plain)
 
     def receive_eof(self, side: Side) -> None:
-        self.session.receive_eof(side)
+        session = self.session
+        session.receive_eof(side)
+        if (self._eof_wait is not None and side is UPSTREAM and session.state in TERMINAL
+                and self._resume is None):
+            # The backend's EOF that _close_upstream waits for, both close handshakes
+            # done: a flush would find nothing to write (a terminal session makes no
+            # more bytes, each flush takes what it made) and the client closing
+            # already (no resumable client to come back), so closing this transport
+            # is all it would do.
+            transport = self._upstream
+            if transport is not None:
+                self._close_upstream(transport)
+            return
         self._flush()
 
     def transport_lost(self, side: Side) -> None:
@@ -417,8 +432,10 @@ class Connection(asyncio.Protocol):
             self._timer = _CLOSE
             self._timer_at = at = self.ctx.loop.time() + self.settings.config.heartbeat.timeout
             self._deadlines.arm(at, self._close_timed_out)
-        if session.state is not _OPEN and self.backend is not None and self._resume is None:
-            direct.restore(client, upstream)  # no longer OPEN: every read the driver's
+        if self._relayed and session.state is not _OPEN:
+            # No longer OPEN: every read the driver's (once: nothing puts relays back).
+            self._relayed = False
+            direct.restore(client, upstream)
 
     def _close_upstream(self, transport: asyncio.Transport) -> None:
         if transport.is_closing():
@@ -928,6 +945,7 @@ class Connection(asyncio.Protocol):
             client.resume_reading()
         if self._resume is None and self._dial is None:  # reads straight through (io.direct)
             direct.relay_directly(self.session, self._client, self._upstream)
+            self._relayed = True
 
     def _reject(
         self, kind: str, status: int, reason: str, headers: tuple[tuple[str, str], ...] = ()
@@ -995,18 +1013,20 @@ class Connection(asyncio.Protocol):
                if isinstance(self._resume, ResumeState) else {}),
         }
 
-    def closed_line(self) -> str:
+    def closed_line(self, age: float | None = None) -> str:
         """``connection.closed`` rendered (wsproxy.log.closed_line_of) from the session
-        directly: the fields of summary(), without the dict."""
+        directly: the fields of summary(), without the dict. *age*: age(), if read."""
         s = self.session
         client_code, upstream_code = s.close_codes_received()
         to_client, to_backend = s.flows_to()
         backend = self.backend
         identity = self.identity
+        if age is None:
+            age = time.monotonic() - self.started
         return closed_line_of(
             self.id, self.client_ip, None if backend is None else backend.name,
             None if identity is None else identity.subject, _STATE_VALUE[s.state],
-            round(time.monotonic() - self.started, 3), client_code, upstream_code,
+            age, client_code, upstream_code,  # (closed_line_of rounds it as summary() does)
             s.initiator, s.close_reason, to_backend.messages, to_client.messages,
             to_backend.bytes, to_client.bytes, to_client.undelivered, to_backend.undelivered,
         )
