@@ -16,8 +16,6 @@ Each test runs on asyncio's loop and on uvloop.
 from __future__ import annotations
 
 import asyncio
-import socket
-import struct
 from typing import Any
 
 import anyio
@@ -26,6 +24,7 @@ from websockets.asyncio.server import ServerConnection
 
 from tests.integration.peers import backend, make_config, running_proxy
 from tests.integration.peers import both_loops as anyio_backend  # noqa: F401
+from tests.integration.tcp_cuts import TcpRelay, reset
 from tests.integration.test_client_python import (
     Log,
     jwt_auth,
@@ -59,9 +58,7 @@ def cut(client: WsproxyClient) -> None:
     """Reset the client's TCP connection: an RST, no close frame."""
     ws = client.connection
     assert ws is not None
-    sock = ws.transport.get_extra_info("socket")
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    ws.transport.abort()
+    reset(ws.transport)
 
 
 def kinds(log: Log, *names: type[Any]) -> list[str]:
@@ -118,43 +115,6 @@ async def test_a_dropped_connection_resumes_every_message_once_in_order_both_way
     assert isinstance(log.events[-1][1], Terminated)
 
 
-class Balancer:
-    """A TCP relay standing for a load balancer: new connections go to ``target``."""
-
-    def __init__(self, target: int) -> None:
-        self.target = target
-        self.server: asyncio.Server | None = None
-        self.writers: list[asyncio.StreamWriter] = []
-
-    async def start(self) -> int:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        port: int = self.server.sockets[0].getsockname()[1]
-        return port
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
-        self.writers += [writer, up_writer]
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            try:
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            except OSError:
-                pass
-            finally:
-                dst.close()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-
-    async def stop(self) -> None:
-        for writer in self.writers:
-            writer.transport.abort()
-        if self.server is not None:
-            self.server.close()
-            await self.server.wait_closed()
-
-
 async def test_a_proxy_drain_reconnects_after_the_hint_with_a_fresh_session() -> None:
     log = Log()
     connects: list[float] = []
@@ -168,7 +128,7 @@ async def test_a_proxy_drain_reconnects_after_the_hint_with_a_fresh_session() ->
         running_proxy(make_config([b], **config_of)) as first,
         running_proxy(make_config([b], **config_of)) as second,
     ):
-        balancer = Balancer(first.addresses[0][1])
+        balancer = TcpRelay(first.addresses[0][1])
         port = await balancer.start()
         async with WsproxyClient(f"ws://127.0.0.1:{port}/", resume=True, token=no_token,
                                  on_event=log) as client:

@@ -13,8 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import socket
-import struct
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Callable
@@ -31,6 +29,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.integration.peers import Backend, backend, make_config, running_proxy
+from tests.integration.tcp_cuts import reset
 from wsproxy.io.resume import table_for
 from wsproxy.supervisor import ProxyContext
 from wsproxy_client.resume import (
@@ -110,9 +109,7 @@ def cut(session: ResumableSession) -> None:
     """Reset the client's TCP connection: an RST, no close frame."""
     ws = session.connection
     assert ws is not None
-    sock = ws.transport.get_extra_info("socket")
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    ws.transport.abort()
+    reset(ws.transport)
 
 
 @asynccontextmanager
@@ -550,13 +547,6 @@ async def test_without_a_resume_the_session_still_ends_at_its_token_expiry():
             assert (closed.value.code, closed.value.reason) == (1008, "token expired")
 
 
-def _reset(ws: Any) -> None:
-    """An RST on a raw opted-in client's socket (as cut())."""
-    sock = ws.transport.get_extra_info("socket")
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    ws.transport.abort()
-
-
 async def _control(ws: Any) -> dict[str, Any]:
     """The next message to a raw opted-in client: a control message of the proxy's."""
     message = await ws.recv()
@@ -574,7 +564,7 @@ async def test_a_resumed_session_counts_under_the_address_it_resumed_from():
     async with setup(overrides=overrides) as (rec, _b, ctx, url):
         ws = await connect(f"{url}/?wsproxy_resume=1", local_addr=("127.0.0.2", 0))
         sid = (await _control(ws))["id"]
-        _reset(ws)
+        reset(ws.transport)
         await _wait_held(ctx, 1)
         ws = await connect(f"{url}/?wsproxy_resume={sid}.0", local_addr=("127.0.0.3", 0))
         assert (await _control(ws))["type"] == "resumed"
@@ -586,7 +576,7 @@ async def test_a_resumed_session_counts_under_the_address_it_resumed_from():
                     pass
             assert refused.value.response.status_code == 503
             # Dropped again, the session cannot come back from .2 while .2 is full…
-            _reset(ws)
+            reset(ws.transport)
             await _wait_held(ctx, 1)
             with pytest.raises(InvalidStatus) as refused:
                 async with connect(f"{url}/?wsproxy_resume={sid}.0",
@@ -611,7 +601,7 @@ async def test_a_resume_takes_the_slot_of_its_session_at_the_limits():
     async with setup(overrides=overrides) as (rec, _b, ctx, url):
         ws = await connect(f"{url}/?wsproxy_resume=1", local_addr=("127.0.0.2", 0))
         sid = (await _control(ws))["id"]
-        _reset(ws)
+        reset(ws.transport)
         await _wait_held(ctx, 1)
         ws = await connect(f"{url}/?wsproxy_resume={sid}.0", local_addr=("127.0.0.2", 0))
         assert (await _control(ws))["type"] == "resumed"
@@ -645,9 +635,7 @@ async def test_a_resume_with_its_token_as_a_subprotocol_is_answered_with_that_of
             sid = json.loads(hello[1:])["id"]
             await ws.send("one")
             await rec.got.wait()
-            sock = ws.transport.get_extra_info("socket")
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            ws.transport.abort()
+            reset(ws.transport)
         await _wait_held(ctx, 1)
         second, _ = _jwt("alice", 600)
         async with connect(f"{url}/?wsproxy_resume={sid}.0",

@@ -13,8 +13,6 @@ message once and in order, and the backend saw one connection and no close.
 from __future__ import annotations
 
 import asyncio
-import socket
-import struct
 from pathlib import Path
 from typing import Final
 
@@ -25,59 +23,13 @@ from websockets.exceptions import ConnectionClosed
 
 from tests.integration import browser
 from tests.integration.peers import backend, make_config, running_proxy
+from tests.integration.tcp_cuts import TcpRelay
 
 pytestmark = pytest.mark.anyio
 
 SCRIPT: Final = Path(__file__).with_name("resume_browser.mjs")
 MODULES: Final = Path(__file__).resolve().parents[2] / "clients" / "js"
 COUNT: Final = 2000
-
-
-class Relay:
-    """A TCP relay to *port* whose connections can all be reset at once."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.pairs: list[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = []
-        self.server: asyncio.Server | None = None
-
-    async def start(self) -> int:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        port: int = self.server.sockets[0].getsockname()[1]
-        return port
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.port)
-        self.pairs.append((writer, up_writer))
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            try:
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            except OSError:
-                pass
-            finally:
-                dst.transport.abort()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-
-    async def stop(self) -> None:
-        self.cut()
-        if self.server is not None:
-            self.server.close()
-            await self.server.wait_closed()
-
-    def cut(self) -> None:
-        """Reset both sides of every connection: an RST each way, no close frame."""
-        for pair in self.pairs:
-            for writer in pair:
-                if writer.transport.is_closing():
-                    continue
-                sock = writer.get_extra_info("socket")
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                writer.transport.abort()
-        self.pairs.clear()
 
 
 @pytest.mark.timeout(120)
@@ -87,7 +39,7 @@ async def test_the_js_client_resumes_in_a_browser_exactly_once_in_order_both_way
     received: list[str] = []
     closes: list[int | None] = []
     connections = 0
-    relay: Relay
+    relay: TcpRelay
     done = asyncio.Event()
 
     async def handler(ws: ServerConnection) -> None:
@@ -119,7 +71,7 @@ async def test_the_js_client_resumes_in_a_browser_exactly_once_in_order_both_way
         running_proxy(make_config([b], resume={"enabled": True})) as ctx,
     ):
         host, port = ctx.addresses[0]
-        relay = Relay(port)
+        relay = TcpRelay(port)
         relay_port = await relay.start()
         result = await browser.run_script(SCRIPT, [
             f"--page=http://{host}:{port}/healthz",

@@ -90,15 +90,15 @@ def test_a_broken_output_drops_and_counts_every_line_without_raising() -> None:
     assert buffer.dropped == 4
 
 
-@pytest.mark.skipif(not hasattr(os, "pipe"), reason="needs os.pipe")
-def test_fd_writer_writes_everything_even_to_a_non_blocking_pipe() -> None:
+def _through_a_pipe(data: bytes, *, blocking: bool, read_size: int) -> bytes:
+    """What fd_writer writes of *data* into a pipe that a thread reads, *read_size*
+    bytes at a time."""
     r, w = os.pipe()
-    os.set_blocking(w, False)
-    data = b"x" * 300_000 + b"\n"  # several times a pipe's capacity
+    os.set_blocking(w, blocking)
     received = bytearray()
 
     def drain() -> None:
-        while chunk := os.read(r, 65536):
+        while chunk := os.read(r, read_size):
             received.extend(chunk)
 
     reader = threading.Thread(target=drain)
@@ -109,7 +109,13 @@ def test_fd_writer_writes_everything_even_to_a_non_blocking_pipe() -> None:
         os.close(w)
         reader.join(WAIT)
         os.close(r)
-    assert bytes(received) == data
+    return bytes(received)
+
+
+@pytest.mark.skipif(not hasattr(os, "pipe"), reason="needs os.pipe")
+def test_fd_writer_writes_everything_even_to_a_non_blocking_pipe() -> None:
+    data = b"x" * 300_000 + b"\n"  # several times a pipe's capacity
+    assert _through_a_pipe(data, blocking=False, read_size=65536) == data
 
 
 def test_lines_from_several_threads_all_get_written_in_each_threads_order() -> None:
@@ -159,20 +165,5 @@ def test_batches_are_written_as_utf8_with_replace(batch: int) -> None:
 
 def test_fd_writer_after_a_partial_write() -> None:
     """A write the pipe takes part of goes on from where it stopped."""
-    r, w = os.pipe()
     data = bytes(range(256)) * 1000  # more than a pipe's capacity: written in parts
-    received = bytearray()
-
-    def drain() -> None:
-        while chunk := os.read(r, 4096):
-            received.extend(chunk)
-
-    reader = threading.Thread(target=drain)
-    reader.start()
-    try:
-        fd_writer(w)(data)
-    finally:
-        os.close(w)
-        reader.join(WAIT)
-        os.close(r)
-    assert bytes(received) == data
+    assert _through_a_pipe(data, blocking=True, read_size=4096) == data
