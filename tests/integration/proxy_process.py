@@ -40,6 +40,9 @@ WSPROXY = (sys.executable, "-m", "wsproxy")
 #: Python process importing its dependencies on a loaded machine can take seconds.
 START_TIMEOUT = 20.0
 EXIT_TIMEOUT = 10.0
+#: A short-lived command is a start and an exit: bounded as a start is (twelve
+#: ``--version`` runs at once beside two test suites took 8 s each once).
+CLI_TIMEOUT = START_TIMEOUT + EXIT_TIMEOUT
 #: The longest stdout line read (a log line is far shorter).
 MAX_LINE = 1 << 20
 
@@ -289,7 +292,7 @@ async def proxy_process(
         yield proxy
 
 
-def run_cli(*args: str, command: Sequence[str] = WSPROXY, timeout: float = EXIT_TIMEOUT
+def run_cli(*args: str, command: Sequence[str] = WSPROXY, timeout: float = CLI_TIMEOUT
             ) -> subprocess.CompletedProcess[str]:
     """Run a short-lived ``wsproxy`` command to its end (bounded): its status and output."""
     return subprocess.run(
