@@ -64,6 +64,14 @@ _UPGRADE_SENT: Final = h11.Request(
 _Next = h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]
 
 
+def proxy_subprotocol(offers: tuple[str, ...], auth_offer: str | None) -> str | None:
+    """The subprotocol a 101 of the proxy's own selects (no backend chose one): the
+    auth offer when auth took one, else the client's first offer; None without offers.
+    A browser fails a handshake whose offers all go unanswered (WHATWG WebSockets:
+    "establish a WebSocket connection") and would report 1006 instead of what follows."""
+    return auth_offer or (offers[0] if offers else None)
+
+
 class Opened(NamedTuple):
     """A backend said 101: what the relay starts from (a tuple: one a connection, and
     a frozen dataclass's fields cost ~2k instructions each to set)."""
@@ -229,16 +237,12 @@ class Upgrade:
         """The proxy's own 101 for an upgrade it refuses with a close (no backend is
         asked), and the bytes the client sent early.
 
-        No extension is accepted. A subprotocol is selected when the client offered
-        any, because a browser fails a handshake whose offers all go unanswered
-        (WHATWG WebSockets: "establish a WebSocket connection") and would report 1006
-        instead of the close: the auth offer when auth took one (as the 101 after a
-        backend that selects none does), else the client's first offer. Nothing is
-        spoken in it: the close follows the 101 at once.
+        No extension is accepted; the subprotocol is ``proxy_subprotocol()``'s (the
+        auth offer, as the 101 after a backend that selects none has it, else the
+        first). Nothing is spoken in it: the close follows the 101 at once.
         """
         assert self.request is not None
-        offers = self.request.subprotocols
-        chosen = self.auth_subprotocol or (offers[0] if offers else None)
+        chosen = proxy_subprotocol(self.request.subprotocols, self.auth_subprotocol)
         response = accept_response(self.request.key, UpstreamAccepted(chosen, None))
         return response, self._early_client
 

@@ -30,6 +30,7 @@ from wsproxy.core import resume as proto
 from wsproxy.core.closes import ProxyClose
 from wsproxy.core.handshake import UpstreamAccepted, accept_response
 from wsproxy.core.states import LegState, SessionState, Side
+from wsproxy.core.upgrade import proxy_subprotocol
 from wsproxy.io.ports import CloseRefusal
 from wsproxy.log import get_logger
 
@@ -391,15 +392,12 @@ def resume_into(conn: Connection, ask: proto.ResumeAsk) -> None:
     assert held.session.accepted is not None
     held.resumed_by(conn)
     transport = conn.take_client()
-    # The session's subprotocol if the resume offers it again; else what the first 101
-    # would have chosen without the backend's answer: the resume's own auth offer (a
-    # token as a subprotocol is new on each attempt, and never among the offers the
-    # backend could see), or its first offer. A browser fails a 101 that answers none
-    # of its offers.
+    # The session's subprotocol if the resume offers it again; else the proxy's own
+    # choice, the resume's auth offer first (a token as a subprotocol is new on each
+    # attempt, and never among the offers the backend saw).
     chosen = held.session.accepted.subprotocol
     if chosen not in request.subprotocols:
-        chosen = conn.session.auth_subprotocol or (
-            request.subprotocols[0] if request.subprotocols else None)
+        chosen = proxy_subprotocol(request.subprotocols, conn.session.auth_subprotocol)
     acked = state.acked = held.session.messages(UPSTREAM)
     state.real = transport
     transport.set_protocol(ResumeClientProtocol(state, transport))
