@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 from unittest import mock
@@ -139,7 +140,10 @@ class Sockets:
     """For each side a socket pair: the peer's end and the proxy's; pumps on the proxy's
     ends (read from a duplicate, as io.direct's feed does) with the relay protocols."""
 
-    def __init__(self, relay: str, transports: dict[Side, FakeTransport]) -> None:
+    def __init__(self, relay: str, transports: dict[Side, FakeTransport],
+                 on_end: Callable[[Side, int], None] | None = None) -> None:
+        """*on_end(side, code)*: a pump's end (EOF or error); recorded in ``ends`` if
+        not given."""
         self.peer: dict[Side, socket.socket] = {}
         self.proxy: dict[Side, socket.socket] = {}
         for side in (CLIENT, UPSTREAM):
@@ -149,12 +153,13 @@ class Sockets:
         self.ends: list[tuple[Side, int]] = []
         self.pumps: dict[Side, Any] = {}
         self.dups: list[int] = []
+        ended = on_end or (lambda side, code: self.ends.append((side, code)))
         for side, other in ((CLIENT, UPSTREAM), (UPSTREAM, CLIENT)):
             fd_in = os.dup(self.proxy[side].fileno())
             self.dups.append(fd_in)
             self.pumps[side] = PUMPS[relay](
                 transports[side].protocol, fd_in, self.proxy[other].fileno(),
-                transports[other], lambda code, side=side: self.ends.append((side, code)),
+                transports[other], lambda code, side=side: ended(side, code),
             )
 
     def feed(self, side: Side, chunk: bytes, transports: dict[Side, FakeTransport]) -> None:
@@ -349,11 +354,11 @@ def test_the_other_callbacks_are_the_original_protocols(relay: str) -> None:
 def test_no_switch_unless_open_with_both_transports() -> None:
     session = SessionHarness(opened=False).session
     client, upstream = FakeTransport(), FakeTransport()
-    direct.relay_directly(session, client, upstream)  # type: ignore[arg-type]
+    assert not direct.relay_directly(session, client, upstream)  # type: ignore[arg-type]
     assert client.protocol is None
     assert upstream.protocol is None
     session = SessionHarness().session
-    direct.relay_directly(session, client, None)  # type: ignore[arg-type]
+    assert not direct.relay_directly(session, client, None)  # type: ignore[arg-type]
     assert client.protocol is None
 
 

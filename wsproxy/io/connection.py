@@ -944,8 +944,7 @@ class Connection(asyncio.Protocol):
         if client is not None and not client.is_closing():
             client.resume_reading()
         if self._resume is None and self._dial is None:  # reads straight through (io.direct)
-            direct.relay_directly(self.session, self._client, self._upstream)
-            self._relayed = True
+            self._relayed = direct.relay_directly(self.session, self._client, self._upstream)
 
     def _reject(
         self, kind: str, status: int, reason: str, headers: tuple[tuple[str, str], ...] = ()

@@ -51,11 +51,12 @@ from wsproxy.io.pump import Pump, PyPump
 
 def relay_directly(
     session: Session, client: asyncio.Transport | None, upstream: asyncio.Transport | None
-) -> None:
+) -> bool:
     """Both transports to relay protocols, if the session is OPEN and both are there
-    (once per connection: when it opens)."""
+    (once per connection: when it opens); whether they were (``restore`` then has
+    work to do when the session leaves OPEN)."""
     if session.state is not _OPEN or client is None or upstream is None:
-        return
+        return False
     # The drivers' protocols are asyncio.Protocols: a relay stands in for one, and
     # implements the same callbacks (uvloop and asyncio ask no more of a protocol).
     make = session.relay_protocol
@@ -64,7 +65,7 @@ def relay_directly(
     client.set_protocol(cast(asyncio.BaseProtocol, to_upstream))
     upstream.set_protocol(cast(asyncio.BaseProtocol, to_client))
     if not FEEDING:
-        return
+        return True
     # The feed once the connection shows it carries messages: an idle or short one
     # never pays for it (two more descriptors, two loop readers, ~1 KiB).
     to_upstream.transport = client
@@ -73,6 +74,7 @@ def relay_directly(
     to_upstream.wake = to_client.wake = _start_feed
     to_client.transport = upstream
     to_client.mate = to_upstream
+    return True
 
 
 def restore(*transports: asyncio.Transport | None) -> None:
