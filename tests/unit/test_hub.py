@@ -14,7 +14,6 @@ driver reads, hand-backs, session states and memberships after every step.
 from __future__ import annotations
 
 import asyncio
-import os
 import select
 import socket
 from types import SimpleNamespace
@@ -26,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.helpers import SessionHarness
-from tests.unit.test_direct_relay import RELAYS, Driver, FakeTransport, Original
+from tests.unit.test_direct_relay import RELAYS, Driver, FakeTransport, Original, Sockets
 from tests.unit.test_scan import FLOWS, _scan
 from wsproxy.core import frames
 from wsproxy.core import session as session_module
@@ -36,10 +35,8 @@ from wsproxy.io import direct, hub, pump
 CLIENT, UPSTREAM = Side.CLIENT, Side.UPSTREAM
 
 HUBS: dict[str, type] = {"python": hub.PyHub}
-PUMPS: dict[str, type] = {"python": pump.PyPump}
 if _scan is not None and hasattr(_scan, "Hub"):
-    HUBS["c"] = _scan.Hub
-    PUMPS["c"] = _scan.Pump
+    HUBS["c"] = _scan.Hub  # (the pumps: test_direct_relay.Sockets, of the same kind)
 
 needs_epoll = pytest.mark.skipif(not hasattr(select, "epoll"), reason="epoll is Linux's")
 pytestmark = needs_epoll
@@ -62,22 +59,10 @@ class Pair:
             with mock.patch.object(direct, "_RELAYS", tuple(RELAYS.values())):
                 direct.relay_directly(self.session, self.transports[CLIENT],  # type: ignore[arg-type]
                                       self.transports[UPSTREAM])  # type: ignore[arg-type]
-        self.peer: dict[Side, socket.socket] = {}
-        self.proxy: dict[Side, socket.socket] = {}
-        for side in (CLIENT, UPSTREAM):
-            self.peer[side], self.proxy[side] = socket.socketpair()
-            for sock in (self.peer[side], self.proxy[side]):
-                sock.setblocking(False)
-        self.ends: list[tuple[Side, int]] = []
+        self.sockets = Sockets(kind, self.transports, on_end=self.end)
+        self.peer, self.proxy = self.sockets.peer, self.sockets.proxy
+        self.pumps, self.ends = self.sockets.pumps, self.sockets.ends
         self.received: dict[Side, list[bytes]] = {CLIENT: [], UPSTREAM: []}
-        self.dups: list[int] = []
-        self.pumps: dict[Side, Any] = {}
-        for side in (CLIENT, UPSTREAM):
-            fd_in = os.dup(self.proxy[side].fileno())
-            self.dups.append(fd_in)
-            self.pumps[side] = PUMPS[kind](
-                self.transports[side].protocol, fd_in, self.proxy[side.other].fileno(),
-                self.transports[side.other], lambda code, side=side: self.end(side, code))
 
     def end(self, side: Side, code: int) -> None:
         """Both pumps out of the hub (a feed's end), only this one detached: the other
@@ -116,10 +101,7 @@ class Pair:
     def close(self) -> None:
         for p in self.pumps.values():
             p.detach()
-        for fd in self.dups:
-            os.close(fd)
-        for sock in (*self.peer.values(), *self.proxy.values()):
-            sock.close()
+        self.sockets.close()
 
 
 def chunk_from(side: Side) -> st.SearchStrategy[bytes]:

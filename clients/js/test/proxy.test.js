@@ -103,6 +103,19 @@ function closeReason(text) {
   return encodeURIComponent(text);
 }
 
+/** Drain *backend*, the one *client* is on, and read the client's close: 1012 with
+ *  the proxy's hint, which `retryInMs` carries. The caller undrains. */
+async function drainedClose(client, backend) {
+  const closing = next(client, "close");
+  await admin(`/backends/${backend}/drain`, { spread: "0s" });
+  const { event } = await closing;
+  assert.equal(event.code, 1012);
+  const hint = /retry-after-ms=(\d+)/.exec(event.reason);
+  assert.ok(hint, event.reason);
+  assert.equal(event.retryInMs, Number(hint[1]));
+  return { event, hintMs: Number(hint[1]) };
+}
+
 describe("WsproxyClient through wsproxy", { skip }, () => {
   test("a backend's 1013 with a hint, relayed: the reconnect waits the hint, then echoes", async () => {
     const { WebSocket, made } = counting();
@@ -129,18 +142,12 @@ describe("WsproxyClient through wsproxy", { skip }, () => {
     await next(client, "open");
     const first = await roundTrip(client, "whoami");
     assert.ok(["b1", "b2"].includes(first), first);
-    const closing = next(client, "close");
-    await admin(`/backends/${first}/drain`, { spread: "0s" });
     try {
-      const closed = await closing;
-      assert.equal(closed.event.code, 1012);
-      const hint = /retry-after-ms=(\d+)/.exec(closed.event.reason);
-      assert.ok(hint, closed.event.reason);
-      assert.equal(closed.event.retryInMs, Number(hint[1]));
-      assert.equal(closed.event.hinted, true);
+      const { event, hintMs } = await drainedClose(client, first);
+      assert.equal(event.hinted, true);
       await next(client, "open");
-      assert.ok(made[1].at - made[0].closed >= Number(hint[1]),
-        `reconnected ${made[1].at - made[0].closed} ms after a close hinting ${hint[1]} ms`);
+      assert.ok(made[1].at - made[0].closed >= hintMs,
+        `reconnected ${made[1].at - made[0].closed} ms after a close hinting ${hintMs} ms`);
       const second = await roundTrip(client, "whoami");
       assert.notEqual(second, first);
       assert.equal(await roundTrip(client, "still echoing"), "still echoing");
@@ -413,18 +420,12 @@ describe("WsproxyClient with resume through wsproxy", { skip }, () => {
     const { event: started } = await next(client, "session");
     await opened;
     const first = await roundTrip(client, "whoami");
-    const closing = next(client, "close");
-    await admin(`/backends/${first}/drain`, { spread: "0s" });
     try {
-      const closed = await closing;
-      assert.equal(closed.event.code, 1012);
-      const hint = /retry-after-ms=(\d+)/.exec(closed.event.reason);
-      assert.ok(hint, closed.event.reason);
-      assert.equal(closed.event.retryInMs, Number(hint[1]));
+      const { hintMs } = await drainedClose(client, first);
       const { event: fresh } = await next(client, "session");
       assert.notEqual(fresh.sessionId, started.sessionId);
-      assert.ok(made[1].at - made[0].closed >= Number(hint[1]),
-        `reconnected ${made[1].at - made[0].closed} ms after a close hinting ${hint[1]} ms`);
+      assert.ok(made[1].at - made[0].closed >= hintMs,
+        `reconnected ${made[1].at - made[0].closed} ms after a close hinting ${hintMs} ms`);
       assert.match(made[1].url, /[?&]wsproxy_resume=1(&|$)/);
       assert.notEqual(await roundTrip(client, "whoami"), first);
       assert.deepEqual(kinds(events, "session", "resumed", "resumefailed"), ["session", "session"]);
