@@ -9,6 +9,8 @@ a close frame resumes the session; a real close goes by the client's usual rules
   hint, through the other proxy, with a fresh session (no resume over a draining proxy).
 - A revocation (1008): the end, no resume, no reconnect.
 - A proxy that does not speak the protocol: the end (1002), not a loop of reconnects.
+- An app that does not read: the client reads INBOX_KEPT messages ahead and no more, so
+  the rest wait in the backend (websockets' flow control), not in the client's memory.
 
 Each test runs on asyncio's loop and on uvloop.
 """
@@ -34,6 +36,7 @@ from tests.integration.test_client_python import (
 )
 from tests.integration.test_resume import Recorder, stream
 from wsproxy_client import (
+    INBOX_KEPT,
     Backoff,
     ClientClosed,
     Closed,
@@ -242,3 +245,47 @@ async def test_a_resume_carries_a_fresh_token_as_any_connect_does(token_in: str)
     assert asked == 2
     assert len(b.requests) == 1
     assert kinds(log, SessionStarted, Resumed, ResumeFailed) == ["SessionStarted", "Resumed"]
+
+
+async def test_an_app_that_does_not_read_holds_the_backend_back() -> None:
+    # 80 MiB: more than the inbox's bound plus every buffer on the way (websockets' queue,
+    # four loopback socket buffers of at most 4-6 MiB, the proxy's) could hold, so the
+    # backend cannot finish sending before the app reads.
+    n, size = 320, 256 * 1024
+    rec = Recorder()
+    async with (
+        backend(handler=rec.handler) as b,
+        running_proxy(make_config([b], resume={"enabled": True})) as ctx,
+    ):
+        url = f"ws://127.0.0.1:{ctx.addresses[0][1]}/app"
+        async with WsproxyClient(url, resume=True) as client:
+            await client.wait_open()
+            pad = bytes(size - 4)
+
+            async def down() -> None:
+                for i in range(n):
+                    await rec.streams[0].send(i.to_bytes(4, "big") + pad)
+
+            async def past_the_bound() -> None:
+                while len(client._inbox) <= INBOX_KEPT:
+                    await client._changed.wait()
+
+            sending = asyncio.create_task(down())
+            with anyio.fail_after(WAIT):
+                while len(client._inbox) < INBOX_KEPT:
+                    await client._changed.wait()
+            # Proving that nothing more comes needs a window: a client without the bound
+            # goes past it at once (and the backend finishes); with it, neither happens.
+            past = asyncio.create_task(past_the_bound())
+            await asyncio.wait({past, sending}, timeout=1.0,
+                               return_when=asyncio.FIRST_COMPLETED)
+            past.cancel()
+            assert len(client._inbox) == INBOX_KEPT
+            assert not sending.done()
+            with anyio.fail_after(WAIT * 2):
+                for i in range(n):
+                    message = await client.recv()
+                    assert isinstance(message, bytes)
+                    assert len(message) == size
+                    assert int.from_bytes(message[:4], "big") == i
+                await sending
