@@ -1068,11 +1068,12 @@ static PyType_Spec pump_spec = {
  * Hub: the pumps of every feed of a loop read through one epoll descriptor of its own
  * (wsproxy.io.hub.PyHub is its Python twin and says what it does). The loop has one
  * reader, on the hub's descriptor (an epoll descriptor is itself readable while one of
- * its sockets is), whose callback is ready(): one epoll_wait() that does not wait, for
- * at most `limit` sockets, and each one's pump read in C, with no loop handle and no
- * Python call per socket. Level-triggered: a socket still readable after its read (or
- * past the limit) is ready again at the next wake, so one busy socket cannot keep the
- * others or the loop waiting.
+ * its sockets is), whose callback is ready(): epoll_wait()s that do not wait, each
+ * one's sockets' pumps read in C, with no loop handle and no Python call per socket,
+ * until none is ready or `limit` sockets were read. Level-triggered: a socket still
+ * readable after its read (or past the limit) is ready again at the next epoll_wait()
+ * or wake, after those ready before it, so one busy socket cannot keep the others or
+ * the loop waiting.
  */
 #define HUB_MAX_EVENTS 1024
 
@@ -1239,22 +1240,23 @@ hub_remove(Hub *self, PyObject *arg)
     Py_RETURN_NONE;
 }
 
-static PyObject *
-hub_ready(Hub *self, PyObject *unused)
+/* One epoll_wait() that does not wait, for at most *most* sockets, and each one's pump
+   read (while it is still a member): the sockets read (0: none was ready), or -1 with an
+   error set. */
+static int
+hub_batch(Hub *self, int most)
 {
-    (void)unused;
     struct epoll_event events[HUB_MAX_EVENTS];
-    if (self->epfd < 0)
-        Py_RETURN_NONE;
     int n;
     do {
-        n = epoll_wait(self->epfd, events, self->limit, 0);
+        n = epoll_wait(self->epfd, events, most, 0);
     } while (n < 0 && errno == EINTR);
-    if (n < 0)
-        return PyErr_SetFromErrno(PyExc_OSError);
+    if (n < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
     /* A pump's read may stop feeds (its own or others' of this batch): each pump of the
        batch is kept alive until the end, and read only while it is still a member. */
-    Py_INCREF(self);
     for (int i = 0; i < n; i++)
         Py_INCREF((PyObject *)events[i].data.ptr);
     int failed = 0;
@@ -1265,8 +1267,23 @@ hub_ready(Hub *self, PyObject *unused)
     }
     for (int i = 0; i < n; i++)
         Py_DECREF((PyObject *)events[i].data.ptr);
+    return failed ? -1 : n;
+}
+
+static PyObject *
+hub_ready(Hub *self, PyObject *unused)
+{
+    (void)unused;
+    /* Batches until none is ready or `limit` sockets were read: what became ready
+       during a batch is read in this wake, without another turn of the loop. */
+    Py_INCREF(self);
+    int done = 0, got = 1;
+    while (got > 0 && done < self->limit && self->epfd >= 0) {
+        got = hub_batch(self, self->limit - done);
+        done += got;
+    }
     Py_DECREF(self);
-    if (failed)
+    if (got < 0)
         return NULL;
     Py_RETURN_NONE;
 }
