@@ -2,6 +2,7 @@
 
     python bench/relay_syscalls.py [--targets wsproxy,nginx] [--tree T] [--seconds 4]
                                    [--size 64] [--window 16] [--connections 100]
+                                   [--record PREFIX]
 
 Starts the echo backend (core 1), each target (core 0: nginx, or wsproxy from --tree's
 venv, as bench/run.py does) and the load generator's throughput run (core 1) against it;
@@ -10,6 +11,10 @@ over the load generator's measured interval, `perf stat` counts each side's syst
 (each message crosses the proxy twice: a message here is one round trip). The load core
 (wsload + wsecho) is saturated in this run, so what the proxy makes *it* do (how many
 messages come per read there) bounds the figure as much as the proxy's own cost.
+The host's TCP counters (segments, ACKs) over the same interval, and how much CPU other
+processes took meanwhile (this machine is shared: CPU per message moves a few per cent
+with it, system calls per message do not). perf's tracepoints slow every system call a
+little, for every target alike. ``--window 1`` is the ping-pong figure's load.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import run  # noqa: E402  (bench/run.py: its process handling and targets)
+import run  # bench/run.py: its process handling and targets
 
 EVENTS = [
     "raw_syscalls:sys_enter", "syscalls:sys_enter_epoll_wait", "syscalls:sys_enter_epoll_pwait",
@@ -104,7 +109,8 @@ def measure(ctx: run.Ctx, inst: run.Instance, a: argparse.Namespace) -> dict[str
         counted["tcp"] = {k: v - before[1].get(k, 0) for k, v in net.items()}
 
     counter = None
-    assert proc.stderr is not None and proc.stdout is not None
+    assert proc.stderr is not None
+    assert proc.stdout is not None
     for raw in proc.stderr:
         if raw.decode(errors="replace").strip() == "MEASURE START":
             counter = threading.Thread(target=count)
@@ -121,6 +127,20 @@ def measure(ctx: run.Ctx, inst: run.Instance, a: argparse.Namespace) -> dict[str
     per = {side: {k: v / messages for k, v in c.items()} for side, c in counted.items()}
     per["machine"] = others
     return {"msg_per_s": rate, "per_message": per}
+
+
+def per_side(got: dict[str, object]) -> None:
+    """Print each side's counts per message."""
+    per = got["per_message"]
+    assert isinstance(per, dict)
+    rate = float(got["msg_per_s"])  # type: ignore[arg-type]
+    per.pop("machine")
+    for side, counts in per.items():
+        parts = [f"{k} {v:.4f}" for k, v in counts.items() if v and k != "task-clock"]
+        cpu = counts.get("task-clock", 0.0)  # ms a message
+        if cpu:
+            parts.append(f"CPU {cpu * 1e6:.0f} ns ({cpu * rate / 1e3:.0%} of a core)")
+        print(f"  {side:5} per message: " + ", ".join(parts))
 
 
 def main() -> None:
@@ -152,15 +172,10 @@ def main() -> None:
                 got = measure(ctx, inst, a)
             finally:
                 run.stop_instance(ctx, inst)
-            print(f"{target}: {got['msg_per_s'] / 1000:,.0f}k msg/s "
-                  f"(load {run.machine_load():.0%} of a core besides, after)")
-            per = got["per_message"]
-            assert isinstance(per, dict)
-            for side, counts in per.items():
-                text = ", ".join(f"{k} {v * (1e6 if k == 'task-clock' else 1):.3f}"
-                                 for k, v in counts.items() if v)
-                busy = counts.get("task-clock", 0.0) * got["msg_per_s"] / 1e3
-                print(f"  {side:5} per message: {text}" + (f"; {busy:.0%} of a core" if busy else ""))
+            machine = got["per_message"]["machine"]  # type: ignore[index]
+            print(f"{target}: {got['msg_per_s'] / 1000:,.0f}k msg/s; other processes used "
+                  f"{machine['others-cores']:.2f} cores meanwhile")
+            per_side(got)
     finally:
         procs.stop_all()
 

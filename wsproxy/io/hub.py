@@ -16,8 +16,9 @@ Fairness: ``ready()`` reads at most ``limit`` sockets, batch after batch while a
 ready (sockets that become ready while a batch is read wait for no turn of the loop:
 under load, fewer wakes, each with its epoll_pwait() and the loop's dispatch);
 level-triggered, a socket still readable is ready again after those ready before it,
-and one past the limit at the next wake, after the loop's other callbacks. Without epoll (not Linux), ``ReaderHub`` gives each pump a loop reader
-of its own, as before the hub.
+and one past the limit at the next wake, after the loop's other callbacks. Without
+epoll (not Linux), ``ReaderHub`` gives each pump a loop reader of its own, as before
+the hub.
 
 ``join(loop, pump)`` puts a pump in its loop's hub (made, and its reader added, on
 the first) and returns the hub, whose ``remove(pump)`` takes it out (a pause of the
