@@ -85,6 +85,8 @@ def measure(ctx: run.Ctx, inst: run.Instance, a: argparse.Namespace) -> dict[str
     def count() -> None:
         before = run.cpu_busy_ticks(), snmp(), time.monotonic()
         groups = {"proxy": inst.pids(), "echo": [ctx.echo_proc.pid], "load": [proc.pid]}
+        if not groups["proxy"]:  # the direct target: no proxy between
+            del groups["proxy"]
         threads = []
         for name, pids in groups.items():
             def one(name: str = name, pids: list[int] = pids) -> None:
@@ -145,7 +147,8 @@ def per_side(got: dict[str, object]) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--targets", default="wsproxy,nginx")
+    p.add_argument("--targets", default="wsproxy,nginx",
+                   help="out of direct,nginx,nginx-64k,splice,wsproxy (bench/run.py's)")
     p.add_argument("--tree", default=str(run.ROOT), help="wsproxy's tree (its .venv)")
     p.add_argument("--seconds", type=float, default=4.0)
     p.add_argument("--size", type=int, default=64)
@@ -156,6 +159,7 @@ def main() -> None:
     a = p.parse_args()
     run.build("cc")
     a.wsproxy_cmd = run.DEFAULT_WSPROXY_CMD.replace("{root}", a.tree)
+    a.splice_cmd = run.DEFAULT_SPLICE_CMD.replace("{root}", a.tree)
     procs = run.Procs()
     workdir = Path(tempfile.mkdtemp(prefix="wsproxy-syscalls-"))
     try:
