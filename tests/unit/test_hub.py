@@ -225,6 +225,41 @@ def test_a_hub_reads_ready_sockets_up_to_its_limit_and_the_rest_at_the_next_wake
 
 
 @pytest.mark.parametrize("kind", list(HUBS))
+@pytest.mark.parametrize("limit", [1, 2, 64])
+def test_what_becomes_ready_during_a_batch_is_read_in_the_same_wake_within_the_limit(
+    kind: str, limit: int
+) -> None:
+    """A socket that becomes ready while ready() reads a batch is read by the same
+    ready() (another epoll_wait(), no turn of the loop), as long as fewer than *limit*
+    sockets were read; past the limit it waits for the next wake."""
+    the_hub = HUBS[kind](limit)
+    first, second = Pair(kind), Pair(kind)
+    message = frames.build_frame(frames.BINARY, b"hi", mask=True)
+    receive = Driver.receive
+
+    def receive_and_send(driver: Driver, side: Side, data: bytes) -> None:
+        receive(driver, side, data)
+        if driver is first.driver:  # while the first batch is read
+            second.peer[CLIENT].sendall(message)
+
+    try:
+        the_hub.add(first.pumps[CLIENT])
+        the_hub.add(second.pumps[CLIENT])
+        first.peer[CLIENT].sendall(frames.build_frame(frames.PING, b"p", mask=True))
+        with mock.patch.object(Driver, "receive", receive_and_send):
+            the_hub.ready()
+        second.collect()
+        assert second.received[UPSTREAM] == ([message] if limit > 1 else [])
+        the_hub.ready()
+        second.collect()
+        assert second.received[UPSTREAM] == [message]
+    finally:
+        the_hub.close()
+        first.close()
+        second.close()
+
+
+@pytest.mark.parametrize("kind", list(HUBS))
 def test_membership_add_remove_detach_and_close(kind: str) -> None:
     """add and remove are idempotent; a detached pump leaves its hub; closing a hub
     lets its pumps go; a closed hub reads nothing and takes no pump."""

@@ -7,15 +7,18 @@ the GIL, a Python call: ~2.3k instructions a read, more than the pump's own work
 A hub is one epoll descriptor of our own holding every fed socket of the loop
 (level-triggered); the loop has one reader, on the hub's descriptor (an epoll
 descriptor is readable while one of its sockets is: Linux nests them), and its
-callback ``ready()`` takes the ready sockets with one epoll_wait() that does not wait
-and reads each one's pump. ``Hub`` is ``_scan.Hub`` (C: the pumps' reads are C calls)
+callback ``ready()`` takes the ready sockets with epoll_wait()s that do not wait and
+reads each one's pump. ``Hub`` is ``_scan.Hub`` (C: the pumps' reads are C calls)
 where it was built, ``PyHub`` below otherwise (and for Python pumps): the same logic,
 tested as twins in tests/unit/test_hub.py.
 
-Fairness: ``ready()`` reads at most ``limit`` sockets; level-triggered, a socket still
-readable (or one past the limit) is ready again at the next wake, after the loop's
-other callbacks. Without epoll (not Linux), ``ReaderHub`` gives each pump a loop reader
-of its own, as before the hub.
+Fairness: ``ready()`` reads at most ``limit`` sockets, batch after batch while any is
+ready (sockets that become ready while a batch is read wait for no turn of the loop:
+under load, fewer wakes, each with its epoll_pwait() and the loop's dispatch);
+level-triggered, a socket still readable is ready again after those ready before it,
+and one past the limit at the next wake, after the loop's other callbacks. Without
+epoll (not Linux), ``ReaderHub`` gives each pump a loop reader of its own, as before
+the hub.
 
 ``join(loop, pump)`` puts a pump in its loop's hub (made, and its reader added, on
 the first) and returns the hub, whose ``remove(pump)`` takes it out (a pause of the
@@ -53,10 +56,12 @@ class PyHub:
     ``hub``; ``remove(pump)`` takes it out (nothing if it is not in), before the socket
     is closed (epoll forgets a socket only once every descriptor of it is closed, and
     its transport holds another). ``ready()``, the loop reader's callback on
-    ``fileno()``: one epoll_wait() that does not wait, for at most *limit* sockets;
-    each one's pump reads if it is still in (a pump's read may stop feeds of the same
-    batch). An error of a pump's read ends ``ready()`` (the loop's exception handler
-    hears of it): the sockets not read yet are still ready at the next wake.
+    ``fileno()``: epoll_wait()s that do not wait, each one's sockets' pumps read if
+    they are still in (a pump's read may stop feeds of the same batch), until none is
+    ready or *limit* sockets were read (what became ready during a batch is read in
+    this wake, without another turn of the loop). An error of a pump's read ends
+    ``ready()`` (the loop's exception handler hears of it): the sockets not read yet
+    are still ready at the next wake.
     """
 
     __slots__ = ("_epoll", "limit", "members")
@@ -86,13 +91,16 @@ class PyHub:
             del self.members[pump.fd_in]
 
     def ready(self) -> None:
-        if self._epoll is None:
-            return
-        members = self.members
-        batch = [members[fd] for fd, _ in self._epoll.poll(0, self.limit)]
-        for pump in batch:
-            if pump.hub is self:
-                pump.readable()
+        done = 0
+        while self._epoll is not None and done < self.limit:
+            members = self.members
+            batch = [members[fd] for fd, _ in self._epoll.poll(0, self.limit - done)]
+            if not batch:
+                return
+            done += len(batch)
+            for pump in batch:
+                if pump.hub is self:
+                    pump.readable()
 
     def fileno(self) -> int:
         return self._open().fileno()
