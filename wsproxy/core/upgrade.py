@@ -39,6 +39,7 @@ from wsproxy.core.handshake import (
     Header,
     UpgradeRequest,
     UpstreamAccepted,
+    accept_plain,
     accept_response,
     accept_response_of,
     check_upgrade,
@@ -289,6 +290,13 @@ class Upgrade:
         if conn is None:  # the first bytes of the answer: most often a whole plain 101
             request = self.request
             assert request is not None
+            # The usual 101 (no choices) checked and the client's 101 made in one call.
+            plain = accept_plain(data, self._key, request.key, self.auth_subprotocol,
+                                 self._client_headers)
+            if plain is not None:
+                response, rest_at = plain
+                return Opened(UpstreamAccepted(self.auth_subprotocol, None), response,
+                              self._early_client, data[rest_at:])
             try:
                 read = read_accept(
                     data, target=self._target, key=self._key, offered=request.subprotocols,
