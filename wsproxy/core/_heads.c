@@ -344,6 +344,8 @@ scan_request(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 
 static const char switching[] = "HTTP/1.1 101";
 
+static PyObject *scan_response_of(PyObject *bytes, Py_ssize_t max_head);
+
 static PyObject *
 scan_response(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -354,8 +356,15 @@ scan_response(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t max_head = PyLong_AsSsize_t(args[1]);
     if (max_head == -1 && PyErr_Occurred())
         return NULL;
-    const unsigned char *data = (const unsigned char *)PyBytes_AS_STRING(args[0]);
-    Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
+    return scan_response_of(args[0], max_head);
+}
+
+/* scan_response() of *bytes* (a bytes object) within *max_head*. */
+static PyObject *
+scan_response_of(PyObject *bytes, Py_ssize_t max_head)
+{
+    const unsigned char *data = (const unsigned char *)PyBytes_AS_STRING(bytes);
+    Py_ssize_t n = PyBytes_GET_SIZE(bytes);
     if (max_head < 0)
         Py_RETURN_NONE;
     Py_ssize_t end = head_end(data, n, max_head);
@@ -586,12 +595,13 @@ key_valid(PyObject *v)
     return 1;
 }
 
-/* Whether bytes *v* equal *word* (lower case) in ASCII case-insensitively (bytes.lower()). */
+/* Whether *v* is bytes equal to *word* (lower case) ASCII case-insensitively
+   (bytes.lower()); None is not. */
 static int
 is_word(PyObject *v, const char *word)
 {
     size_t n = strlen(word);
-    if (v == NULL || (size_t)PyBytes_GET_SIZE(v) != n)
+    if (v == NULL || !PyBytes_Check(v) || (size_t)PyBytes_GET_SIZE(v) != n)
         return 0;
     const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(v);
     for (size_t i = 0; i < n; i++) {
@@ -787,12 +797,7 @@ accept_plain(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                         "subprotocol: str | None, client_headers: tuple)");
         return NULL;
     }
-    PyObject *scan_args[2] = {args[0], NULL};
-    scan_args[1] = PyLong_FromLong(16 * 1024); /* handshake._MAX_PLAIN_HEAD */
-    if (scan_args[1] == NULL)
-        return NULL;
-    PyObject *scanned = scan_response(module, scan_args, 2);
-    Py_DECREF(scan_args[1]);
+    PyObject *scanned = scan_response_of(args[0], 16 * 1024); /* handshake._MAX_PLAIN_HEAD */
     if (scanned == NULL || scanned == Py_None)
         return scanned;
     /* (headers, rest_at, odd, upgrade, connection, accept, protocol, extensions) */
