@@ -422,8 +422,9 @@ scan_response_of(PyObject *bytes, Py_ssize_t max_head)
  *   read_request(data: bytes, max_head: int) -> tuple | None
  *       handshake.py_read_request's twin: None (h11 reads it); scan_request's tuple
  *       when the head is read but its verdict is Python's (anything but the plainest
- *       valid upgrade); else the plainest valid upgrade, checked:
- *       (target, host, key, subprotocols, origin, extensions, headers, rest_at).
+ *       valid upgrade); else the plainest valid upgrade, checked and made:
+ *       (the UpgradeRequest, rest_at). set_request_type(UpgradeRequest) first: the
+ *       request is made without its __init__, each of its slots set here.
  *   accept_plain(data, key, client_key, subprotocol, client_headers) -> tuple | None
  *       handshake.py_accept_plain's twin: the backend's plainest valid 101 to our
  *       *key* (no subprotocol, no extensions chosen) and the client's 101 made of it:
@@ -673,6 +674,66 @@ plain_target(PyObject *target)
     return 1;
 }
 
+/* handshake.UpgradeRequest, and the descriptors of its slots in REQUEST_FIELDS' order:
+   read_request() makes the request itself (set_request_type()). */
+static const char *const REQUEST_FIELDS[] = {
+    "method", "target", "host", "origin", "headers", "subprotocols", "key", "extensions",
+    "plain_connection",
+};
+#define N_REQUEST_FIELDS (sizeof(REQUEST_FIELDS) / sizeof(REQUEST_FIELDS[0]))
+static PyTypeObject *request_type = NULL;
+static PyObject *request_slots[N_REQUEST_FIELDS];
+
+static PyObject *
+set_request_type(PyObject *module, PyObject *cls)
+{
+    if (!PyType_Check(cls)) {
+        PyErr_SetString(PyExc_TypeError, "set_request_type(cls: type)");
+        return NULL;
+    }
+    PyObject *slots[N_REQUEST_FIELDS];
+    for (size_t i = 0; i < N_REQUEST_FIELDS; i++) {
+        /* A slot's member descriptor, found on the class or a base (RequestHead's). */
+        PyObject *d = PyObject_GetAttrString(cls, REQUEST_FIELDS[i]);
+        if (d == NULL || Py_TYPE(d) != &PyMemberDescr_Type) {
+            if (d != NULL)
+                PyErr_Format(PyExc_TypeError, "%s is not a slot", REQUEST_FIELDS[i]);
+            Py_XDECREF(d);
+            while (i-- > 0)
+                Py_DECREF(slots[i]);
+            return NULL;
+        }
+        slots[i] = d;
+    }
+    for (size_t i = 0; i < N_REQUEST_FIELDS; i++) {
+        Py_XSETREF(request_slots[i], slots[i]);
+    }
+    Py_INCREF(cls);
+    Py_XSETREF(request_type, (PyTypeObject *)cls);
+    Py_RETURN_NONE;
+}
+
+/* A request_type made without its __init__ (all its fields are set here). */
+static PyObject *
+new_request(PyObject *const values[N_REQUEST_FIELDS])
+{
+    if (request_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "set_request_type() was not called");
+        return NULL;
+    }
+    PyObject *request = request_type->tp_alloc(request_type, 0);
+    if (request == NULL)
+        return NULL;
+    for (size_t i = 0; i < N_REQUEST_FIELDS; i++) {
+        PyObject *d = request_slots[i];
+        if (Py_TYPE(d)->tp_descr_set(d, request, values[i]) < 0) {
+            Py_DECREF(request);
+            return NULL;
+        }
+    }
+    return request;
+}
+
 static PyObject *
 read_request(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -708,9 +769,17 @@ read_request(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         ? Py_NewRef(Py_None)
         : PyUnicode_DecodeLatin1(PyBytes_AS_STRING(item[11]), PyBytes_GET_SIZE(item[11]), NULL);
     PyObject *result = NULL;
-    if (origin != NULL)
-        result = PyTuple_Pack(8, target, item[5], key, subprotocols, origin, item[12], item[2],
-                              item[3]);
+    if (origin != NULL) {
+        /* (REQUEST_FIELDS' order; plain_connection: the headers, one Connection header) */
+        PyObject *values[N_REQUEST_FIELDS] = {
+            method, target, item[5], origin, item[2], subprotocols, key, item[12], item[2],
+        };
+        PyObject *request = new_request(values);
+        if (request != NULL) {
+            result = PyTuple_Pack(2, request, item[3]);
+            Py_DECREF(request);
+        }
+    }
     Py_DECREF(subprotocols);
     Py_XDECREF(origin);
     Py_DECREF(scanned);
@@ -956,6 +1025,8 @@ static PyMethodDef methods[] = {
      "The backend's handshake request (see handshake.py_request_head)."},
     {"accept_key", (PyCFunction)accept_key, METH_O,
      "Sec-WebSocket-Accept for a key (see handshake.py_accept_key)."},
+    {"set_request_type", (PyCFunction)set_request_type, METH_O,
+     "The class read_request() makes (handshake.UpgradeRequest)."},
     {"read_request", (PyCFunction)(void (*)(void))read_request, METH_FASTCALL,
      "The plainest valid upgrade, read and checked (see handshake.py_read_request)."},
     {"accept_plain", (PyCFunction)(void (*)(void))accept_plain, METH_FASTCALL,

@@ -1,4 +1,10 @@
-from wsproxy.core.handshake import Header, PlainUpgrade, ScannedRequest, ScannedResponse
+from wsproxy.core.handshake import (
+    Header,
+    PlainUpgrade,
+    ScannedRequest,
+    ScannedResponse,
+    UpgradeRequest,
+)
 
 def scan_request(data: bytes, max_head: int, /) -> ScannedRequest | None: ...
 def scan_response(data: bytes, max_head: int, /) -> ScannedResponse | None: ...
@@ -14,3 +20,4 @@ def request_head(
     skipped: frozenset[bytes] | set[bytes], forwarded_for: str, proto_lines: bytes,
     host: bytes, request_id: str, /,
 ) -> bytes | None: ...
+def set_request_type(cls: type[UpgradeRequest], /) -> None: ...

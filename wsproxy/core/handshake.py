@@ -676,11 +676,21 @@ def read_upgrade(data: bytes, max_head: int) -> tuple[UpgradeRequest, bytes] | N
     Raises:
         HandshakeRejected: as check_upgrade_head().
     """
-    read = read_request(data, max_head)
+    return upgrade_read(read_request(data, max_head), data)
+
+
+def upgrade_read(
+    read: PlainUpgrade | ScannedRequest | None, data: bytes
+) -> tuple[UpgradeRequest, bytes] | None:
+    """read_upgrade()'s answer from read_request()'s *read* of *data*.
+
+    Raises:
+        HandshakeRejected: as check_upgrade_head().
+    """
     if read is None:
         return None
-    if len(read) == 8:  # the plainest valid upgrade, checked (read_request())
-        return _plain_upgrade(read), data[read[7]:]
+    if len(read) == 2:  # the plainest valid upgrade, checked and made (read_request())
+        return read[0], data[read[1]:]
     (method, raw_target, headers, rest_at, odd, host, upgrade, connection, version, key,
      protocol, origin, extensions) = read
     rest = data[rest_at:]
@@ -706,18 +716,15 @@ def read_upgrade(data: bytes, max_head: int) -> tuple[UpgradeRequest, bytes] | N
     ), rest
 
 
-#: What read_request() gives for the plainest valid upgrade, checked: (the target,
-#: Host, Sec-WebSocket-Key, the subprotocol offers, the first Origin, every
-#: Sec-WebSocket-Extensions, the headers, where the rest starts).
-PlainUpgrade = tuple[
-    bytes, bytes, bytes, tuple[str, ...], str | None, tuple[bytes, ...], tuple[Header, ...], int
-]
+#: What read_request() gives for the plainest valid upgrade, checked: (the request,
+#: where the rest starts).
+PlainUpgrade = tuple[UpgradeRequest, int]
 
 
 def py_read_request(data: bytes, max_head: int) -> PlainUpgrade | ScannedRequest | None:
     """scan_request()'s reading of *data*, and read_upgrade()'s verdict on the usual
-    upgrade in the same call: None (h11 reads it); a PlainUpgrade when the head is the
-    plainest valid upgrade (a GET; one each of Upgrade: websocket, Connection:
+    upgrade in the same call: None (h11 reads it); a PlainUpgrade (the request made)
+    when the head is the plainest valid upgrade (a GET; one each of Upgrade: websocket, Connection:
     Upgrade, version 13 and a valid key; a target with no '.', '%', '\\' or '#' in
     its path; subprotocol offers that are tokens); else scan_request()'s tuple, for
     read_upgrade() to decide in Python.
@@ -741,24 +748,15 @@ def py_read_request(data: bytes, max_head: int) -> PlainUpgrade | ScannedRequest
         subprotocols = _offers(protocol)
         if not all(_TOKEN.fullmatch(p) for p in subprotocols):
             return scanned
-    return (
-        target, host, key, subprotocols, None if origin is None else origin.decode("latin-1"),
-        extensions, headers, rest_at,
-    )
+    return UpgradeRequest(
+        method=method, target=target, host=host, key=key, subprotocols=subprotocols,
+        extensions=extensions, origin=None if origin is None else origin.decode("latin-1"),
+        headers=headers, plain_connection=headers,  # (not odd: one Connection header)
+    ), rest_at
 
 
 #: A target backend_target() gives back as it is, without a look inside.
 _PLAIN_TARGET: Final = re.compile(rb"/[^.%\\#?]*(?:\?.*)?", re.DOTALL)
-
-
-def _plain_upgrade(read: PlainUpgrade) -> UpgradeRequest:
-    """The UpgradeRequest of read_request()'s checked plainest upgrade."""
-    target, host, key, subprotocols, origin, extensions, headers, _ = read
-    return UpgradeRequest(
-        target=target, host=host, key=key, subprotocols=subprotocols, extensions=extensions,
-        origin=origin, headers=headers,
-        plain_connection=headers,  # (one Connection header: it was checked)
-    )
 
 
 def _offers(value: bytes) -> tuple[str, ...]:
@@ -1061,6 +1059,7 @@ if _HEADS is None:
 else:
     scan_request, scan_response = _HEADS.scan_request, _HEADS.scan_response
     read_request, accept_plain = _HEADS.read_request, _HEADS.accept_plain
+    _HEADS.set_request_type(UpgradeRequest)  # read_request() makes the request itself
     accept_key = _HEADS.accept_key
     request_head = _HEADS.request_head
 HEADS_SPEEDUPS: Final = "python" if _HEADS is None else "c"
