@@ -444,38 +444,48 @@ typedef struct {
 
 #define ROTL(x, n) (((x) << (n)) | ((x) >> (32 - (n))))
 
+/* One 64-byte block, its 80 rounds unrolled on a 16-word schedule (the public-domain
+   form of Steve Reid's SHA-1): about half the instructions of a loop over 80 words. */
+#define BLK0(i) (w[i] = (uint32_t)p[4 * (i)] << 24 | (uint32_t)p[4 * (i) + 1] << 16 \
+                        | (uint32_t)p[4 * (i) + 2] << 8 | (uint32_t)p[4 * (i) + 3])
+#define BLK(i) (w[(i) & 15] = ROTL(w[((i) + 13) & 15] ^ w[((i) + 8) & 15] \
+                                   ^ w[((i) + 2) & 15] ^ w[(i) & 15], 1))
+#define R0(v, w_, x, y, z, i) z += ((w_ & (x ^ y)) ^ y) + BLK0(i) + 0x5A827999 + ROTL(v, 5); \
+                              w_ = ROTL(w_, 30);
+#define R1(v, w_, x, y, z, i) z += ((w_ & (x ^ y)) ^ y) + BLK(i) + 0x5A827999 + ROTL(v, 5); \
+                              w_ = ROTL(w_, 30);
+#define R2(v, w_, x, y, z, i) z += (w_ ^ x ^ y) + BLK(i) + 0x6ED9EBA1 + ROTL(v, 5); \
+                              w_ = ROTL(w_, 30);
+#define R3(v, w_, x, y, z, i) z += (((w_ | x) & y) | (w_ & x)) + BLK(i) + 0x8F1BBCDC \
+                                   + ROTL(v, 5); w_ = ROTL(w_, 30);
+#define R4(v, w_, x, y, z, i) z += (w_ ^ x ^ y) + BLK(i) + 0xCA62C1D6 + ROTL(v, 5); \
+                              w_ = ROTL(w_, 30);
+
 static void
 sha1_block(Sha1 *s, const unsigned char *p)
 {
-    uint32_t w[80];
-    for (int i = 0; i < 16; i++)
-        w[i] = (uint32_t)p[4 * i] << 24 | (uint32_t)p[4 * i + 1] << 16
-               | (uint32_t)p[4 * i + 2] << 8 | (uint32_t)p[4 * i + 3];
-    for (int i = 16; i < 80; i++)
-        w[i] = ROTL(w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16], 1);
+    uint32_t w[16];
     uint32_t a = s->h[0], b = s->h[1], c = s->h[2], d = s->h[3], e = s->h[4];
-    for (int i = 0; i < 80; i++) {
-        uint32_t f, k;
-        if (i < 20) {
-            f = (b & c) | (~b & d);
-            k = 0x5A827999;
-        } else if (i < 40) {
-            f = b ^ c ^ d;
-            k = 0x6ED9EBA1;
-        } else if (i < 60) {
-            f = (b & c) | (b & d) | (c & d);
-            k = 0x8F1BBCDC;
-        } else {
-            f = b ^ c ^ d;
-            k = 0xCA62C1D6;
-        }
-        uint32_t t = ROTL(a, 5) + f + e + k + w[i];
-        e = d;
-        d = c;
-        c = ROTL(b, 30);
-        b = a;
-        a = t;
-    }
+    R0(a, b, c, d, e, 0) R0(e, a, b, c, d, 1) R0(d, e, a, b, c, 2) R0(c, d, e, a, b, 3)
+    R0(b, c, d, e, a, 4) R0(a, b, c, d, e, 5) R0(e, a, b, c, d, 6) R0(d, e, a, b, c, 7)
+    R0(c, d, e, a, b, 8) R0(b, c, d, e, a, 9) R0(a, b, c, d, e, 10) R0(e, a, b, c, d, 11)
+    R0(d, e, a, b, c, 12) R0(c, d, e, a, b, 13) R0(b, c, d, e, a, 14) R0(a, b, c, d, e, 15)
+    R1(e, a, b, c, d, 16) R1(d, e, a, b, c, 17) R1(c, d, e, a, b, 18) R1(b, c, d, e, a, 19)
+    R2(a, b, c, d, e, 20) R2(e, a, b, c, d, 21) R2(d, e, a, b, c, 22) R2(c, d, e, a, b, 23)
+    R2(b, c, d, e, a, 24) R2(a, b, c, d, e, 25) R2(e, a, b, c, d, 26) R2(d, e, a, b, c, 27)
+    R2(c, d, e, a, b, 28) R2(b, c, d, e, a, 29) R2(a, b, c, d, e, 30) R2(e, a, b, c, d, 31)
+    R2(d, e, a, b, c, 32) R2(c, d, e, a, b, 33) R2(b, c, d, e, a, 34) R2(a, b, c, d, e, 35)
+    R2(e, a, b, c, d, 36) R2(d, e, a, b, c, 37) R2(c, d, e, a, b, 38) R2(b, c, d, e, a, 39)
+    R3(a, b, c, d, e, 40) R3(e, a, b, c, d, 41) R3(d, e, a, b, c, 42) R3(c, d, e, a, b, 43)
+    R3(b, c, d, e, a, 44) R3(a, b, c, d, e, 45) R3(e, a, b, c, d, 46) R3(d, e, a, b, c, 47)
+    R3(c, d, e, a, b, 48) R3(b, c, d, e, a, 49) R3(a, b, c, d, e, 50) R3(e, a, b, c, d, 51)
+    R3(d, e, a, b, c, 52) R3(c, d, e, a, b, 53) R3(b, c, d, e, a, 54) R3(a, b, c, d, e, 55)
+    R3(e, a, b, c, d, 56) R3(d, e, a, b, c, 57) R3(c, d, e, a, b, 58) R3(b, c, d, e, a, 59)
+    R4(a, b, c, d, e, 60) R4(e, a, b, c, d, 61) R4(d, e, a, b, c, 62) R4(c, d, e, a, b, 63)
+    R4(b, c, d, e, a, 64) R4(a, b, c, d, e, 65) R4(e, a, b, c, d, 66) R4(d, e, a, b, c, 67)
+    R4(c, d, e, a, b, 68) R4(b, c, d, e, a, 69) R4(a, b, c, d, e, 70) R4(e, a, b, c, d, 71)
+    R4(d, e, a, b, c, 72) R4(c, d, e, a, b, 73) R4(b, c, d, e, a, 74) R4(a, b, c, d, e, 75)
+    R4(e, a, b, c, d, 76) R4(d, e, a, b, c, 77) R4(c, d, e, a, b, 78) R4(b, c, d, e, a, 79)
     s->h[0] += a;
     s->h[1] += b;
     s->h[2] += c;
