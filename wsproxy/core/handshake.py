@@ -344,14 +344,22 @@ def upstream_request_bytes(
     # a third more); test_handshake compares the two. The lines of the config's values
     # (the backend's authority, the listener's proto) come made and checked once
     # (_own_lines()); test_upstream_bytes holds this to the way it was before them.
-    target = join(path_prefix, upgrade.target)
-    listed = _connection_listed(upgrade)
-    host_lines, authority_ok = _own_lines(_HOST_LINES, authority, _AROUND_HOST)
+    # The usual calls' answers without their frames: no prefix (join()), the Connection
+    # header read_upgrade() saw (_connection_listed()), lines made before (_own_lines()).
+    target = join(path_prefix, upgrade.target) if path_prefix else upgrade.target
+    listed = (
+        _ONLY_UPGRADE if upgrade.plain_connection is upgrade.headers
+        else _connection_listed(upgrade)
+    )
+    host_made = _HOST_LINES.get(authority)
+    host_lines, authority_ok = host_made or _own_lines(_HOST_LINES, authority, _AROUND_HOST)
     identity = forwarding.identity
     # The usual request: one call (request_head()). (An ASCII X-Forwarded-For encodes,
     # so the proto's lines may be made before it: a refusal is the same either way.)
     if authority_ok and not identity and forwarding.forwarded_for.isascii():
-        proto_lines, proto_ok = _own_lines(_PROTO_LINES, forwarding.proto, _AROUND_PROTO)
+        proto = forwarding.proto
+        proto_made = _PROTO_LINES.get(proto)
+        proto_lines, proto_ok = proto_made or _own_lines(_PROTO_LINES, proto, _AROUND_PROTO)
         if proto_ok:
             made = request_head(
                 target, host_lines, key, upgrade.subprotocols,
