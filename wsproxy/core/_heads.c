@@ -423,8 +423,9 @@ scan_response_of(PyObject *bytes, Py_ssize_t max_head)
  *       handshake.py_read_request's twin: None (h11 reads it); scan_request's tuple
  *       when the head is read but its verdict is Python's (anything but the plainest
  *       valid upgrade); else the plainest valid upgrade, checked and made:
- *       (the UpgradeRequest, rest_at). set_request_type(UpgradeRequest) first: the
- *       request is made without its __init__, each of its slots set here.
+ *       (the UpgradeRequest, rest_at). The request is made without its __init__,
+ *       each of its slots set here: set_request_type(UpgradeRequest), which
+ *       handshake's import calls (or the first read_request(), if it was not).
  *   accept_plain(data, key, client_key, subprotocol, client_headers) -> tuple | None
  *       handshake.py_accept_plain's twin: the backend's plainest valid 101 to our
  *       *key* (no subprotocol, no extensions chosen) and the client's 101 made of it:
@@ -727,9 +728,16 @@ set_request_type(PyObject *module, PyObject *cls)
 static PyObject *
 new_request(PyObject *const values[N_REQUEST_FIELDS])
 {
-    if (request_type == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "set_request_type() was not called");
-        return NULL;
+    if (request_type == NULL) { /* handshake's own import sets it; another user's, here */
+        PyObject *handshake = PyImport_ImportModule("wsproxy.core.handshake");
+        PyObject *cls = handshake == NULL ? NULL
+                                          : PyObject_GetAttrString(handshake, "UpgradeRequest");
+        PyObject *set = cls == NULL ? NULL : set_request_type(NULL, cls);
+        Py_XDECREF(handshake);
+        Py_XDECREF(cls);
+        if (set == NULL)
+            return NULL;
+        Py_DECREF(set);
     }
     PyObject *request = request_type->tp_alloc(request_type, 0);
     if (request == NULL)
