@@ -333,12 +333,14 @@ class ProxyContext:
     def connection_opened(self, conn: Connection) -> None:
         # log.info's line, the cheap ways (wsproxy.log).
         backend = conn.backend.name if conn.backend else None
+        identity = conn.identity  # (conn.subject, without its property's call)
+        subject = None if identity is None else identity.subject
         put = direct_put()
         if put is not None:
-            put(opened_line(conn.id, conn.client_ip, backend, conn.subject))
+            put(opened_line(conn.id, conn.client_ip, backend, subject))
         else:
             info_line("connection.opened", {"conn_id": conn.id, "client": conn.client_ip,
-                                            "backend": backend, "subject": conn.subject})
+                                            "backend": backend, "subject": subject})
         self.drainer.opened(conn)
         self.rebalancer.opened(conn)
 

@@ -1,6 +1,7 @@
-"""A backend's 101 read and checked without h11 (handshake.read_accept) gives the
-verdicts the h11 path gives on the same bytes: the same Opened (our 101, the
-choices, the early bytes), the same upstream_failure, or the same refusal.
+"""A backend's 101 read and checked without h11 (handshake.accept_plain, then
+handshake.read_accept) gives the verdicts the h11 path gives on the same bytes: the
+same Opened (our 101, the choices, the early bytes), the same upstream_failure, or
+the same refusal.
 
 Properties with hypothesis, derandomized (the same inputs every run).
 """
@@ -40,6 +41,7 @@ def outcome(data: bytes, *, fast: bool, pass_extensions: bool, auth: str | None)
     with pytest.MonkeyPatch.context() as patch:
         if not fast:
             patch.setattr(upgrade_module, "read_accept", lambda *a, **k: None)
+            patch.setattr(upgrade_module, "accept_plain", lambda *a, **k: None)
         try:
             opened = upgrade.receive_response(data)
         except UpstreamHandshakeFailed as exc:

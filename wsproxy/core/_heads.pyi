@@ -1,4 +1,23 @@
-from wsproxy.core.handshake import ScannedRequest, ScannedResponse
+from wsproxy.core.handshake import (
+    Header,
+    PlainUpgrade,
+    ScannedRequest,
+    ScannedResponse,
+    UpgradeRequest,
+)
 
 def scan_request(data: bytes, max_head: int, /) -> ScannedRequest | None: ...
 def scan_response(data: bytes, max_head: int, /) -> ScannedResponse | None: ...
+def accept_key(key: bytes, /) -> bytes: ...
+def read_request(data: bytes, max_head: int, /) -> PlainUpgrade | ScannedRequest | None: ...
+def accept_plain(
+    data: bytes, key: bytes, client_key: bytes, subprotocol: str | None,
+    client_headers: tuple[Header, ...], /,
+) -> tuple[bytes, int] | None: ...
+def request_head(
+    target: bytes, host_lines: bytes, key: bytes, subprotocols: tuple[str, ...],
+    extensions: tuple[bytes, ...], headers: tuple[Header, ...],
+    skipped: frozenset[bytes] | set[bytes], forwarded_for: str, proto_lines: bytes,
+    host: bytes, request_id: str, /,
+) -> bytes | None: ...
+def set_request_type(cls: type[UpgradeRequest], /) -> None: ...

@@ -13,9 +13,10 @@ import ipaddress
 import os
 import re
 from binascii import a2b_base64, b2a_base64
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from types import ModuleType
 from typing import Final
 
 import h11
@@ -138,9 +139,13 @@ def _tokens(value: bytes) -> list[bytes]:
 # of bytes): a Python frame less each, three or four an upgrade.
 
 
-def accept_key(key: bytes) -> bytes:
-    """Sec-WebSocket-Accept for *key* (§4.2.2)."""
+def py_accept_key(key: bytes) -> bytes:
+    """Sec-WebSocket-Accept for *key* (§4.2.2): the readable reference, and the
+    fallback, of ``_heads.accept_key`` (C: a fifth of the instructions, two an upgrade)."""
     return b2a_base64(_sha1(key + GUID).digest(), newline=False)
+
+
+accept_key = py_accept_key  # (the C twin where it was built: _pick_scanners())
 
 
 def new_key() -> bytes:
@@ -339,9 +344,31 @@ def upstream_request_bytes(
     # a third more); test_handshake compares the two. The lines of the config's values
     # (the backend's authority, the listener's proto) come made and checked once
     # (_own_lines()); test_upstream_bytes holds this to the way it was before them.
-    target = join(path_prefix, upgrade.target)
-    listed = _connection_listed(upgrade)
-    host_lines, authority_ok = _own_lines(_HOST_LINES, authority, _AROUND_HOST)
+    # The usual calls' answers without their frames: no prefix (join()), the Connection
+    # header read_upgrade() saw (_connection_listed()), lines made before (_own_lines()).
+    target = join(path_prefix, upgrade.target) if path_prefix else upgrade.target
+    listed = (
+        _ONLY_UPGRADE if upgrade.plain_connection is upgrade.headers
+        else _connection_listed(upgrade)
+    )
+    host_made = _HOST_LINES.get(authority)
+    host_lines, authority_ok = host_made or _own_lines(_HOST_LINES, authority, _AROUND_HOST)
+    identity = forwarding.identity
+    # The usual request: one call (request_head()). (An ASCII X-Forwarded-For encodes,
+    # so the proto's lines may be made before it: a refusal is the same either way.)
+    if authority_ok and not identity and forwarding.forwarded_for.isascii():
+        proto = forwarding.proto
+        proto_made = _PROTO_LINES.get(proto)
+        proto_lines, proto_ok = proto_made or _own_lines(_PROTO_LINES, proto, _AROUND_PROTO)
+        if proto_ok:
+            made = request_head(
+                target, host_lines, key, upgrade.subprotocols,
+                upgrade.extensions if pass_extensions else (), upgrade.headers,
+                _SKIPPED if listed is _ONLY_UPGRADE and not owned else _SKIPPED | listed | owned,
+                forwarding.forwarded_for, proto_lines, upgrade.host, forwarding.request_id,
+            )
+            if made is not None:
+                return made
     parts = [b"GET ", target, host_lines, key, b"\r\nSec-WebSocket-Version: 13"]
     if upgrade.subprotocols:
         parts += (b"\r\nSec-WebSocket-Protocol: ", ", ".join(upgrade.subprotocols).encode())
@@ -361,7 +388,6 @@ def upstream_request_bytes(
         b"\r\nX-Forwarded-For: ", forwarded_for_bytes, proto_lines, upgrade.host,
         b"\r\nX-Request-Id: ", request_id.encode("latin-1"),
     )
-    identity = forwarding.identity
     for name_text, value_text in identity:
         parts += (b"\r\n", name_text.encode("latin-1"), b": ", value_text.encode("latin-1"))
     parts.append(b"\r\n\r\n")
@@ -371,6 +397,40 @@ def upstream_request_bytes(
         authority_ok and proto_ok and _plain_value(forwarded_for) and _plain_value(request_id)
     ):
         check_own_values(authority, forwarding)  # the whole check, as it raises
+    return b"".join(parts)
+
+
+def py_request_head(
+    target: bytes, host_lines: bytes, key: bytes, subprotocols: tuple[str, ...],
+    extensions: tuple[bytes, ...], headers: tuple[Header, ...],
+    skipped: frozenset[bytes] | set[bytes], forwarded_for: str, proto_lines: bytes,
+    host: bytes, request_id: str,
+) -> bytes | None:
+    """upstream_request_bytes()'s request without identity headers, of its parts
+    (*host_lines* and *proto_lines*: _own_lines()'s, *extensions*: those passed on,
+    *skipped*: the client's headers not forwarded), in one call; None when the target,
+    *forwarded_for* or *request_id* needs the whole check (upstream_request_bytes()
+    makes it then, and raises what it raises).
+
+    The readable reference, and the fallback, of ``_heads.request_head`` (C):
+    tests/unit/test_heads_twins.py holds the two to the same answers.
+    """
+    if not _TARGET.fullmatch(target) or not (
+        _plain_value(forwarded_for) and _plain_value(request_id)
+    ):
+        return None
+    parts = [b"GET ", target, host_lines, key, b"\r\nSec-WebSocket-Version: 13"]
+    if subprotocols:
+        parts += (b"\r\nSec-WebSocket-Protocol: ", ", ".join(subprotocols).encode())
+    for value in extensions:
+        parts += (b"\r\nSec-WebSocket-Extensions: ", value)
+    for name, value in headers:
+        if name not in skipped:
+            parts += (b"\r\n", name, b": ", value)
+    parts += (
+        b"\r\nX-Forwarded-For: ", forwarded_for.encode(), proto_lines, host,
+        b"\r\nX-Request-Id: ", request_id.encode(), b"\r\n\r\n",
+    )
     return b"".join(parts)
 
 
@@ -624,11 +684,23 @@ def read_upgrade(data: bytes, max_head: int) -> tuple[UpgradeRequest, bytes] | N
     Raises:
         HandshakeRejected: as check_upgrade_head().
     """
-    scanned = scan_request(data, max_head)
-    if scanned is None:
+    return upgrade_read(read_request(data, max_head), data)
+
+
+def upgrade_read(
+    read: PlainUpgrade | ScannedRequest | None, data: bytes
+) -> tuple[UpgradeRequest, bytes] | None:
+    """read_upgrade()'s answer from read_request()'s *read* of *data*.
+
+    Raises:
+        HandshakeRejected: as check_upgrade_head().
+    """
+    if read is None:
         return None
+    if len(read) == 2:  # the plainest valid upgrade, checked and made (read_request())
+        return read[0], data[read[1]:]
     (method, raw_target, headers, rest_at, odd, host, upgrade, connection, version, key,
-     protocol, origin, extensions) = scanned
+     protocol, origin, extensions) = read
     rest = data[rest_at:]
     if (
         odd or method != b"GET" or upgrade.lower() != b"websocket" or connection is None
@@ -650,6 +722,49 @@ def read_upgrade(data: bytes, max_head: int) -> tuple[UpgradeRequest, bytes] | N
         extensions=extensions, origin=None if origin is None else origin.decode("latin-1"),
         headers=headers, plain_connection=headers,  # (not odd: one Connection header)
     ), rest
+
+
+#: What read_request() gives for the plainest valid upgrade, checked: (the request,
+#: where the rest starts).
+PlainUpgrade = tuple[UpgradeRequest, int]
+
+
+def py_read_request(data: bytes, max_head: int) -> PlainUpgrade | ScannedRequest | None:
+    """scan_request()'s reading of *data*, and read_upgrade()'s verdict on the usual
+    upgrade in the same call: None (h11 reads it); a PlainUpgrade (the request made)
+    when the head is the plainest valid upgrade (a GET; one each of Upgrade: websocket, Connection:
+    Upgrade, version 13 and a valid key; a target with no '.', '%', '\\' or '#' in
+    its path; subprotocol offers that are tokens); else scan_request()'s tuple, for
+    read_upgrade() to decide in Python.
+
+    The readable reference, and the fallback, of ``_heads.read_request`` (C):
+    tests/unit/test_heads_twins.py holds the two to the same answers.
+    """
+    scanned = scan_request(data, max_head)
+    if scanned is None:
+        return None
+    (method, target, headers, rest_at, odd, host, upgrade, connection, version, key,
+     protocol, origin, extensions) = scanned
+    if (
+        odd or method != b"GET" or upgrade.lower() != b"websocket" or connection is None
+        or connection.lower() != b"upgrade" or version != b"13" or key is None
+        or not _key_is_valid(key) or _PLAIN_TARGET.fullmatch(target) is None
+    ):
+        return scanned
+    subprotocols: tuple[str, ...] = ()
+    if protocol is not None:
+        subprotocols = _offers(protocol)
+        if not all(_TOKEN.fullmatch(p) for p in subprotocols):
+            return scanned
+    return UpgradeRequest(
+        method=method, target=target, host=host, key=key, subprotocols=subprotocols,
+        extensions=extensions, origin=None if origin is None else origin.decode("latin-1"),
+        headers=headers, plain_connection=headers,  # (not odd: one Connection header)
+    ), rest_at
+
+
+#: A target backend_target() gives back as it is, without a look inside.
+_PLAIN_TARGET: Final = re.compile(rb"/[^.%\\#?]*(?:\?.*)?", re.DOTALL)
 
 
 def _offers(value: bytes) -> tuple[str, ...]:
@@ -784,6 +899,35 @@ def read_accept(
     return subprotocol, extensions, extra, rest
 
 
+def py_accept_plain(
+    data: bytes, key: bytes, client_key: bytes, subprotocol: str | None,
+    client_headers: tuple[Header, ...],
+) -> tuple[bytes, int] | None:
+    """The backend's answer in *data* to our handshake with *key*, when it is the
+    plainest valid 101 that chooses neither a subprotocol nor an extension, and the
+    client's 101 made of it at once: (our 101 to the client's *client_key*, with the
+    *subprotocol* of the proxy's own if not None, the backend's headers it repeats
+    and *client_headers*; where the bytes after the head start). None for any other
+    answer: read_accept() decides it.
+
+    The readable reference, and the fallback, of ``_heads.accept_plain`` (C):
+    tests/unit/test_heads_twins.py holds the two to the same answers, and
+    test_accept_fast_read the verdicts to h11's.
+    """
+    scanned = scan_response(data, _MAX_PLAIN_HEAD)
+    if scanned is None:
+        return None
+    headers, rest_at, odd, upgrade, connection, accept, protocol, extensions = scanned
+    if (
+        odd or upgrade is None or upgrade.lower() != b"websocket" or connection is None
+        or connection.lower() != b"upgrade" or accept != accept_key(key)
+        or protocol is not None or extensions is not None
+    ):
+        return None
+    extra = tuple(h for h in headers if h[0] not in _NOT_FORWARDED and h[0] != b"date")
+    return accept_response_of(client_key, subprotocol, None, extra + client_headers), rest_at
+
+
 def _header_line(text: bytes) -> Header | None:
     """(the lower-cased name, the value) of a ``token: value`` line, as h11 reads it;
     None for any other line. Kept in _LINES when it is short."""
@@ -902,20 +1046,28 @@ def error_response(
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
-def _pick_scanners() -> tuple[
-    Callable[[bytes, int], ScannedRequest | None], Callable[[bytes, int], ScannedResponse | None]
-]:
-    """``_heads``' scanners (C) where they were built, unless ``WSPROXY_NO_SPEEDUPS=1``;
-    else the Python twins."""
+def _compiled_heads() -> ModuleType | None:
+    """``_heads`` (C) where it was built, unless ``WSPROXY_NO_SPEEDUPS=1``; else None
+    (the Python twins)."""
     if os.environ.get("WSPROXY_NO_SPEEDUPS", "") not in ("", "0"):
-        return py_scan_request, py_scan_response
+        return None
     try:
         from wsproxy.core import _heads
     except ImportError:
-        return py_scan_request, py_scan_response
-    return _heads.scan_request, _heads.scan_response
+        return None
+    return _heads
 
 
-#: The scanners in use (_pick_scanners()): "c" or "python" in HEADS_SPEEDUPS.
-scan_request, scan_response = _pick_scanners()
-HEADS_SPEEDUPS: Final = "python" if scan_request is py_scan_request else "c"
+_HEADS: Final = _compiled_heads()
+#: The twins in use: "c" or "python" in HEADS_SPEEDUPS.
+if _HEADS is None:
+    scan_request, scan_response = py_scan_request, py_scan_response
+    read_request, accept_plain = py_read_request, py_accept_plain
+    request_head = py_request_head
+else:
+    scan_request, scan_response = _HEADS.scan_request, _HEADS.scan_response
+    read_request, accept_plain = _HEADS.read_request, _HEADS.accept_plain
+    _HEADS.set_request_type(UpgradeRequest)  # read_request() makes the request itself
+    accept_key = _HEADS.accept_key
+    request_head = _HEADS.request_head
+HEADS_SPEEDUPS: Final = "python" if _HEADS is None else "c"

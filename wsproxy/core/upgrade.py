@@ -39,13 +39,15 @@ from wsproxy.core.handshake import (
     Header,
     UpgradeRequest,
     UpstreamAccepted,
+    accept_plain,
     accept_response,
     accept_response_of,
     check_upgrade,
     check_upstream_response,
     new_key,
     read_accept,
-    read_upgrade,
+    read_request,
+    upgrade_read,
     upstream_request_bytes,
 )
 from wsproxy.core.http import ParsedRequest, is_upgrade, probe_path
@@ -169,11 +171,16 @@ class Upgrade:
             HandshakeRejected: as receive_request().
         """
         self._head_bytes = len(data)  # (a refusal below is final: no h11 read follows)
-        read = read_upgrade(data, self.max_request_head)
+        read = read_request(data, self.max_request_head)
         if read is None:
             self._head_bytes = 0
             return False
-        self.request, self._early_client = read
+        if len(read) == 2:  # the usual: the plainest valid upgrade, checked and made in C
+            self.request, self._early_client = read[0], data[read[1]:]
+        else:  # read_upgrade()'s verdict on the head read
+            made = upgrade_read(read, data)
+            assert made is not None
+            self.request, self._early_client = made
         self._received = None
         return True
 
@@ -289,6 +296,13 @@ class Upgrade:
         if conn is None:  # the first bytes of the answer: most often a whole plain 101
             request = self.request
             assert request is not None
+            # The usual 101 (no choices) checked and the client's 101 made in one call.
+            plain = accept_plain(data, self._key, request.key, self.auth_subprotocol,
+                                 self._client_headers)
+            if plain is not None:
+                response, rest_at = plain
+                return Opened(UpstreamAccepted(self.auth_subprotocol, None), response,
+                              self._early_client, data[rest_at:])
             try:
                 read = read_accept(
                     data, target=self._target, key=self._key, offered=request.subprotocols,
