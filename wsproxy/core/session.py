@@ -124,6 +124,7 @@ _S_OPEN: Final = SessionState.OPEN
 _S_CLOSING: Final = SessionState.CLOSING
 _L_OPEN: Final = LegState.OPEN
 _L_CLOSE_RECEIVED: Final = LegState.CLOSE_RECEIVED
+_L_CLOSE_SENT: Final = LegState.CLOSE_SENT
 _L_CLOSED: Final = LegState.CLOSED
 _LT_SEND_CLOSE: Final = LegTrigger.SEND_CLOSE
 _LT_RECEIVE_CLOSE: Final = LegTrigger.RECEIVE_CLOSE
@@ -965,6 +966,48 @@ class Session:
         return True
 
     # Closing…
+
+    def relay_close(self, side: Side, code: int | None, reason: str) -> int:
+        """A read from *side* that is one whole close frame (*code*, *reason*: what
+        frames.parse_close_payload reads from it), checked by a relay protocol
+        (wsproxy.core.scan.PyRelay._close: nothing of a frame in flight, no partial
+        header, none of our frames waiting). When the session would relay it as it came
+        (``_receive_close``'s usual ways: the first close of the connection, or the
+        answer to the other side's) and nothing waits on either leg, the legs and the
+        state move as they would there, and the driver is to write the frame to the
+        other side itself: the answer is 1, plus 2 if the client's transport is done
+        with and 4 if the backend's is (``should_close``). Else 0, with nothing
+        changed: the read goes the driver's way (``receive_data``)."""
+        state = self.state
+        if state is not _S_OPEN and state is not _S_CLOSING:
+            return 0
+        if side is _CLIENT:
+            src, dst = self._client_leg, self._upstream_leg
+        else:
+            src, dst = self._upstream_leg, self._client_leg
+        before = src.state
+        if (before is not _L_OPEN and before is not _L_CLOSE_SENT) or src.out or dst.out:
+            return 0
+        if dst.fail_close is not None or (
+            dst.state is not _L_OPEN and dst.state is not _L_CLOSE_RECEIVED
+        ):
+            return 0
+        if (side is _UPSTREAM and before is _L_OPEN and code in _RESTART_CODES
+                and self.restart_code is not None):
+            return 0  # a backend going away: its client gets our restart close instead
+        parsed = (code, reason)
+        src.close_received = parsed
+        src.fire(_LT_RECEIVE_CLOSE)
+        if self.initiator is None:
+            self.initiator = _SIDE_NAME[side]
+        dst.close_sent = parsed
+        dst.fire(_LT_SEND_CLOSE)
+        if state is _S_OPEN:  # (both legs were OPEN: _settle()'s one transition)
+            self._fire(_T_CLOSE_STARTED)
+        else:
+            self._settle()
+        return (1 | (2 if self._client_leg.state in LEG_FINISHED else 0)
+                | (4 if self._upstream_leg.state in LEG_FINISHED else 0))
 
     def _send_close(
         self, side: Side, code: int | None, reason: str, *, initiator: str | None

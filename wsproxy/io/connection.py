@@ -124,6 +124,11 @@ class UpstreamProtocol(Steps, asyncio.Protocol):
             self._conn.receive_eof(UPSTREAM)
         return False
 
+    def close_read(self, frame: bytes, code: int | None, reason: str) -> bool:
+        """The backend's close frame, as its relay protocol read it (Connection.close_read)."""
+        conn = self._conn
+        return conn is not None and conn.receive_close(UPSTREAM, frame, code, reason)
+
     def connection_lost(self, exc: Exception | None) -> None:
         if self._conn is not None:
             self._conn.transport_lost(UPSTREAM)
@@ -273,6 +278,11 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport_lost(CLIENT)
 
+    def close_read(self, frame: bytes, code: int | None, reason: str) -> bool:
+        """A read of the client's that is one whole close frame, handed over by its relay
+        protocol (wsproxy.core.scan.PyRelay._close): see receive_close."""
+        return self.receive_close(CLIENT, frame, code, reason)
+
     def pause_writing(self) -> None:
         self.pause_reading(UPSTREAM)
 
@@ -337,6 +347,33 @@ class Connection(asyncio.Protocol):
             state is not _CONNECTING or session.upstream_failure
         ):
             self._tried()
+
+    def receive_close(self, side: Side, frame: bytes, code: int | None, reason: str) -> bool:
+        """A read from *side* that is one whole close frame (*code*, *reason*), checked by
+        its relay protocol: when the session relays it as it came (Session.relay_close),
+        what receive() and _flush() would do with it, without their general path (the
+        end of nearly every connection, twice); False: nothing was done, receive() is to
+        read it."""
+        session = self.session
+        done = session.relay_close(side, code, reason)
+        if not done:
+            return False
+        client, upstream = self._client, self._upstream
+        transport = upstream if side is CLIENT else client
+        if transport is not None:
+            transport.write(frame)
+        if done & 2 and client is not None and not client.is_closing():
+            self._close_soon(client)
+        if done & 4 and upstream is not None:
+            self._close_upstream(upstream)
+        if session.state is _CLOSING and not self._timer:
+            # As _flush(): a peer that never answers is dead.
+            self._timer = _CLOSE
+            self._timer_at = at = self.ctx.loop.time() + self.settings.config.heartbeat.timeout
+            self._deadlines.arm(at, self._close_timed_out)
+        # (The relay protocols stay on: no longer OPEN, they hand every read but such a
+        # close to this driver, and the next _flush() takes them off.)
+        return True
 
     def receive_parsed(self, parsed: ParsedRequest) -> None:
         """The client's request, parsed by the HTTP relay it came back from."""
