@@ -36,7 +36,9 @@ typedef struct {
     Py_ssize_t len;
 } Piece;
 
-#define MAX_PIECES 48
+/* The most a line takes: 17 keys, 7 strings of 3 pieces (quote, text, quote), 9 other
+   values, the stamp and the end: 49. */
+#define MAX_PIECES 64
 #define NUM_ROOM 24
 
 typedef struct {
@@ -72,6 +74,8 @@ digits(char *room, long long n)
 static void
 put(Line *line, const char *text, Py_ssize_t len)
 {
+    if (line->count >= MAX_PIECES) /* (cannot be: see MAX_PIECES) */
+        Py_FatalError("wsproxy._lines: a line of more pieces than MAX_PIECES");
     line->pieces[line->count].text = text;
     line->pieces[line->count].len = len;
     line->count++;

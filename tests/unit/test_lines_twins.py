@@ -39,7 +39,7 @@ class Code(enum.IntEnum):
     GOING_AWAY = 1001
 
 
-texts = st.text(max_size=12) | st.sampled_from(
+texts = st.text(max_size=12) | st.text("abc \"~", max_size=20) | st.sampled_from(
     ["", "127.0.0.1", "é", "\ud800", '"\\\n', "b\x00", "\x7f", "~ ", "\U0001f600", "a" * 300]
 )
 maybe_text = st.none() | texts
@@ -58,6 +58,16 @@ stamps = st.sampled_from(["2026-01-01T00:00:00.000001Z", "2026-01-01T00:00:00Z",
                  maybe_text, maybe_text, counts, counts, counts, counts, counts, counts))
 def test_the_same_line(fields: tuple[Any, ...]) -> None:
     assert _lines.render_closed(*fields) == wslog.py_render_closed(*fields)
+
+
+@needs_c
+def test_every_field_written() -> None:
+    """Every str field there and plain, every number its own digits: the most pieces."""
+    fields = ("2026-01-01T00:00:00.000001Z", "c1", "10.0.0.1", "b2", "drain", "closed", 0.5,
+              1012, 1012, "proxy", "backend draining; retry-after-ms=634", 2**40, 2, 3, 4, 5, 6)
+    assert _lines.render_closed(*fields) == wslog.py_render_closed(*fields)
+    long = tuple(f * 50 if isinstance(f, str) else f for f in fields)
+    assert _lines.render_closed(*long) == wslog.py_render_closed(*long)
 
 
 @needs_c
