@@ -35,7 +35,7 @@ from tests.unit.test_direct_relay import (
 from tests.unit.test_scan import FLOWS, _scan
 from wsproxy.core import frames, scan
 from wsproxy.core import session as session_module
-from wsproxy.core.states import SessionState, Side
+from wsproxy.core.states import LegState, SessionState, Side
 from wsproxy.io import direct
 
 CLIENT, UPSTREAM = Side.CLIENT, Side.UPSTREAM
@@ -50,9 +50,17 @@ class ClosingDriver(Driver):
         self.close_reads: list[tuple[Side, bytes, int | None, str, int]] = []
 
     def close_read(self, side: Side, frame: bytes, code: int | None, reason: str) -> bool:
-        done = self.session.relay_close(side, code, reason)
+        session = self.session
+        done = session.relay_close(side, code, reason)
         self.close_reads.append((side, frame, code, reason, done))
         if done:
+            # Its bits say what should_close() and the backend's leg say.
+            assert bool(done & session_module.CLIENT_DONE) == session.should_close(CLIENT)
+            assert bool(done & session_module.UPSTREAM_DONE) == session.should_close(UPSTREAM)
+            assert bool(done & session_module.EOF_AWAITED) == (
+                session.leg_state(UPSTREAM) is LegState.CLOSED
+                and not session.eof_received(UPSTREAM)
+            )
             self.transports[side.other].write(frame)
         return bool(done)
 
@@ -164,7 +172,7 @@ def test_the_usual_end_goes_through_close_read_both_ways(relay: str) -> None:
     reads, close_reads = trace[-1][1], trace[-1][2]  # type: ignore[index]
     assert reads == []  # the driver's receive() saw neither
     assert close_reads == [(CLIENT, client_close, 1000, "done", 1),
-                           (UPSTREAM, answer, 1000, "", 1 | 2 | 4)]
+                           (UPSTREAM, answer, 1000, "", 1 | 2 | 4 | 8)]
     assert trace[0][1] == [client_close]  # type: ignore[index]  (to the backend as it came)
     assert trace[1][0] == [answer]  # type: ignore[index]
     assert trace[1][2] is SessionState.CLOSED  # type: ignore[index]

@@ -142,6 +142,12 @@ _OTHER_SIDE: Final = {Side.CLIENT: Side.UPSTREAM, Side.UPSTREAM: Side.CLIENT}
 _BARE_CLOSES: Final[dict[bytes, tuple[int | None, str]]] = {
     code.to_bytes(2, "big"): (code, "") for code in range(1000, 1015) if is_sendable(code)
 }
+#: Session.relay_close's answer: the frame is the driver's to write on, and which
+#: transports are done with (and whether the backend's EOF is still to come).
+RELAYED: Final = 1
+CLIENT_DONE: Final = 2
+UPSTREAM_DONE: Final = 4
+EOF_AWAITED: Final = 8
 #: The transition tables' get, for _fire and _Leg.fire.
 _NEXT: Final = TRANSITIONS.get
 _LEG_NEXT: Final = LEG_TRANSITIONS.get
@@ -975,9 +981,11 @@ class Session:
         (``_receive_close``'s usual ways: the first close of the connection, or the
         answer to the other side's) and nothing waits on either leg, the legs and the
         state move as they would there, and the driver is to write the frame to the
-        other side itself: the answer is 1, plus 2 if the client's transport is done
-        with and 4 if the backend's is (``should_close``). Else 0, with nothing
-        changed: the read goes the driver's way (``receive_data``)."""
+        other side itself. The answer is then RELAYED, plus CLIENT_DONE and
+        UPSTREAM_DONE for the transports done with (``should_close``) and EOF_AWAITED
+        if the backend's is done with but has not closed its end yet (§7.1.1: the
+        driver may wait for it). Else 0, with nothing changed: the read goes the
+        driver's way (``receive_data``)."""
         state = self.state
         if state is not _S_OPEN and state is not _S_CLOSING:
             return 0
@@ -988,26 +996,41 @@ class Session:
         before = src.state
         if (before is not _L_OPEN and before is not _L_CLOSE_SENT) or src.out or dst.out:
             return 0
+        dst_before = dst.state
         if dst.fail_close is not None or (
-            dst.state is not _L_OPEN and dst.state is not _L_CLOSE_RECEIVED
+            dst_before is not _L_OPEN and dst_before is not _L_CLOSE_RECEIVED
         ):
             return 0
         if (side is _UPSTREAM and before is _L_OPEN and code in _RESTART_CODES
                 and self.restart_code is not None):
             return 0  # a backend going away: its client gets our restart close instead
         parsed = (code, reason)
+        # Each leg by its table (_Leg.fire's look-up, without its call: the states
+        # checked above have these transitions).
+        src_after = _LEG_NEXT((before, _LT_RECEIVE_CLOSE))
+        dst_after = _LEG_NEXT((dst_before, _LT_SEND_CLOSE))
+        if src_after is None or dst_after is None:  # (the tables changed: as fire() says)
+            raise InvalidTransition(before if src_after is None else dst_before,
+                                    _LT_RECEIVE_CLOSE if src_after is None else _LT_SEND_CLOSE)
         src.close_received = parsed
-        src.fire(_LT_RECEIVE_CLOSE)
+        src.state = src_after
         if self.initiator is None:
             self.initiator = _SIDE_NAME[side]
         dst.close_sent = parsed
-        dst.fire(_LT_SEND_CLOSE)
+        dst.state = dst_after
         if state is _S_OPEN:  # (both legs were OPEN: _settle()'s one transition)
             self._fire(_T_CLOSE_STARTED)
         else:
             self._settle()
-        return (1 | (2 if self._client_leg.state in LEG_FINISHED else 0)
-                | (4 if self._upstream_leg.state in LEG_FINISHED else 0))
+        done = RELAYED
+        if self._client_leg.state in LEG_FINISHED:
+            done |= CLIENT_DONE
+        upstream = self._upstream_leg
+        if upstream.state in LEG_FINISHED:
+            done |= UPSTREAM_DONE
+            if upstream.state is _L_CLOSED and not upstream.eof:
+                done |= EOF_AWAITED
+        return done
 
     def _send_close(
         self, side: Side, code: int | None, reason: str, *, initiator: str | None
