@@ -409,10 +409,12 @@ class Connection(asyncio.Protocol):
             # done: a flush would find nothing to write (a terminal session makes no
             # more bytes, each flush takes what it made) and the client closing
             # already (no resumable client to come back), so closing this transport
-            # is all it would do.
+            # is all it would do, and its eof_received() answering False does that
+            # (UpstreamProtocol's, the only caller with UPSTREAM): only a write buffer
+            # still full needs _close_soon()'s abort if the backend stops reading.
             transport = self._upstream
-            if transport is not None:
-                self._close_upstream(transport)
+            if transport is not None and transport.get_write_buffer_size():
+                self._close_soon(transport)
             return
         self._flush()
 
