@@ -42,6 +42,8 @@ setup(
         Extension("wsproxy.core._scan", ["wsproxy/core/_scan.c"], optional=True),
         # The heads of an upgrade and of a backend's 101 (wsproxy.core.handshake).
         Extension("wsproxy.core._heads", ["wsproxy/core/_heads.c"], optional=True),
+        # The connection.closed line and the log clock (wsproxy.log).
+        Extension("wsproxy._lines", ["wsproxy/_lines.c"], optional=True),
     ],
     cmdclass={"build_ext": OptionalBuildExt},
 )

@@ -421,6 +421,8 @@ typedef struct {
     PyObject *feeder;      /* None, or what reads the other socket into this transport
                               (wsproxy.io.direct's feed): told of this one's pause and
                               resume of writing and of its loss */
+    char closes;           /* a read that is one whole close frame goes to
+                              original.close_read(frame, code, reason) first */
     /* Where `state` and `out` are held in session and leg (their __slots__), so that
        a read costs no attribute look-up; -1: look them up by name. */
     Py_ssize_t state_offset;
@@ -575,6 +577,7 @@ relay_init(Relay *self, PyObject *args, PyObject *kwargs)
     self->mate = Py_NewRef(Py_None);
     self->wake = Py_NewRef(Py_None);
     self->countdown = 0;
+    self->closes = 0;
     self->state_offset = cached_offset(session, state->state_name, &state->session_type,
                                        &state->state_offset);
     self->out_offset = cached_offset(leg, state->out_name, &state->leg_type,
@@ -618,12 +621,102 @@ relay_direct(Relay *self, PyObject *data)
     return direct;
 }
 
+/* Whether *code* may be in a close frame on the wire (wsproxy.core.closes.is_sendable). */
+static int
+sendable(int code)
+{
+    return (code >= 1000 && code <= 1003) || (code >= 1007 && code <= 1014)
+           || (code >= 3000 && code <= 4999);
+}
+
+static PyObject *close_read_name; /* "close_read", interned once */
+
+/* A read that is one whole close frame as this flow expects it (FIN, no reserved bit,
+   its mask bit, a payload under 126 bytes that is empty or a sendable code and a
+   UTF-8 reason), with nothing of a frame in flight, no partial header and none of our
+   frames waiting (Session._lone_close's conditions) and no feed: handed to
+   original.close_read(frame, code, reason) (PyRelay._close's twin). 1: it took it;
+   0: not (nothing changed: the read goes to the fallback); -1: an error. */
+static int
+relay_close(Relay *self, PyObject *data)
+{
+    if (!self->closes || self->flow == NULL || !PyBytes_CheckExact(data)
+        || (self->feeder != NULL && self->feeder != Py_None))
+        return 0;
+    FlowState *flow = (FlowState *)self->flow;
+    const unsigned char *frame = (const unsigned char *)PyBytes_AS_STRING(data);
+    Py_ssize_t head = flow->mask_bit ? 6 : 2;
+    Py_ssize_t length = PyBytes_GET_SIZE(data) - head;
+    if (length < 0 || length >= 126 || length == 1 || frame[0] != 0x88
+        || frame[1] != (flow->mask_bit | length))
+        return 0;
+    if (flow->remaining || flow->pending_close != Py_None || !empty(flow->partial)
+        || !empty(flow->pending))
+        return 0;
+    unsigned char payload[125];
+    for (Py_ssize_t i = 0; i < length; i++)
+        payload[i] = flow->mask_bit ? frame[6 + i] ^ frame[2 + i % 4] : frame[2 + i];
+    PyObject *code, *reason;
+    if (length == 0) {
+        code = Py_NewRef(Py_None);
+        reason = PyUnicode_New(0, 0);
+        if (reason == NULL) {
+            Py_DECREF(code);
+            return -1;
+        }
+    }
+    else {
+        int value = payload[0] << 8 | payload[1];
+        if (!sendable(value))
+            return 0;
+        reason = PyUnicode_DecodeUTF8((const char *)payload + 2, length - 2, "strict");
+        if (reason == NULL) {
+            if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError))
+                return -1;
+            PyErr_Clear(); /* the session's to fail (1007) */
+            return 0;
+        }
+        code = PyLong_FromLong(value);
+        if (code == NULL) {
+            Py_DECREF(reason);
+            return -1;
+        }
+    }
+    if (close_read_name == NULL) {
+        close_read_name = PyUnicode_InternFromString("close_read");
+        if (close_read_name == NULL) {
+            Py_DECREF(code);
+            Py_DECREF(reason);
+            return -1;
+        }
+    }
+    PyObject *original = Py_NewRef(self->original);
+    PyObject *args[5] = {NULL, original, data, code, reason}; /* (args[0]: the offset's) */
+    PyObject *result = PyObject_VectorcallMethod(
+        close_read_name, args + 1, 4 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    Py_DECREF(original);
+    Py_DECREF(code);
+    Py_DECREF(reason);
+    if (result == NULL)
+        return -1;
+    int taken = PyObject_IsTrue(result);
+    Py_DECREF(result);
+    return taken;
+}
+
 static PyObject *
 relay_data_received(Relay *self, PyObject *data)
 {
     int direct = relay_direct(self, data);
     if (direct < 0)
         return NULL;
+    if (!direct && self->closes) {
+        int closed = relay_close(self, data);
+        if (closed < 0)
+            return NULL;
+        if (closed)
+            Py_RETURN_NONE;
+    }
     PyObject *result = PyObject_CallOneArg(direct ? self->write : self->fallback, data);
     if (result == NULL)
         return NULL;
@@ -746,6 +839,7 @@ static PyMemberDef relay_members[] = {
     {"mate", T_OBJECT, offsetof(Relay, mate), 0, NULL},
     {"wake", T_OBJECT, offsetof(Relay, wake), 0, NULL},
     {"countdown", T_INT, offsetof(Relay, countdown), 0, NULL},
+    {"closes", T_BOOL, offsetof(Relay, closes), 0, NULL},
     {NULL, 0, 0, 0, NULL},
 };
 

@@ -79,6 +79,8 @@ import os
 from collections.abc import Callable
 from typing import Final, Protocol, cast
 
+from wsproxy.core.closes import is_sendable
+
 #: The signatures both implementations share.
 WholeMessages = Callable[[bytes, int, int, int, int], tuple[int, int]]
 WholeRead = Callable[[bytes, int, int, int, int], "tuple[int, int] | None"]
@@ -250,8 +252,8 @@ class PyRelay:
     reads the session's ``state`` and the leg's ``out`` at their slots.
     """
 
-    __slots__ = ("_fallback", "countdown", "feeder", "flow", "leg", "mate", "open", "original",
-                 "session", "transport", "wake", "write")
+    __slots__ = ("_fallback", "closes", "countdown", "feeder", "flow", "leg", "mate", "open",
+                 "original", "session", "transport", "wake", "write")
 
     def __init__(
         self, flow: PyFlowState, leg: _Leg, session: _Session, open: object,
@@ -276,6 +278,10 @@ class PyRelay:
         self.countdown = 0
         self.transport: object = None
         self.mate: PyRelay | None = None
+        #: Whether a read that is one whole close frame goes to *original*'s
+        #: ``close_read(frame, code, reason)`` first (``_close``; wsproxy.io.direct
+        #: sets it for a Connection's protocols).
+        self.closes = False
 
     def data_received(self, data: builtins.bytes) -> None:
         # The other leg's frames first: take() counts the read, so it comes last.
@@ -286,8 +292,42 @@ class PyRelay:
                 if self.countdown <= 0:
                     wake, self.wake = self.wake, None
                     wake(self)
-        else:
+        elif not (self.closes and self._close(data)):
             self._fallback(data)
+
+    def _close(self, data: builtins.bytes) -> bool:
+        """A read that is one whole close frame as this flow expects it (FIN, no reserved
+        bit, its mask bit, a payload under 126 bytes that is empty or a sendable code
+        and a UTF-8 reason), nothing of a frame in flight, no partial header and none of
+        our frames waiting (Session._lone_close's conditions), and no feed: handed to
+        *original*'s ``close_read(frame, code, reason)``, which says whether it took it
+        (the session decides). False: nothing changed, the read goes to the driver."""
+        if self.feeder is not None or type(data) is not builtins.bytes:
+            return False
+        flow = self.flow
+        mask_bit = flow.mask_bit
+        head = 6 if mask_bit else 2
+        length = len(data) - head
+        if (not 0 <= length < 126 or length == 1 or data[0] != 0x88
+                or data[1] != mask_bit | length):
+            return False
+        if flow.remaining or flow.pending_close is not None or flow.partial or flow.pending:
+            return False
+        payload = data[2:]
+        if mask_bit:
+            key = data[2:6]
+            payload = builtins.bytes(b ^ key[i % 4] for i, b in enumerate(data[6:]))
+        code: int | None = None
+        reason = ""
+        if payload:
+            code = int.from_bytes(payload[:2], "big")
+            if not is_sendable(code):
+                return False
+            try:
+                reason = payload[2:].decode("utf-8")
+            except UnicodeDecodeError:
+                return False  # the session's to fail (1007)
+        return bool(cast(_Closing, self.original).close_read(data, code, reason))
 
     def connection_made(self, transport: object) -> None:
         self.original.connection_made(transport)  # type: ignore[attr-defined]
@@ -310,6 +350,10 @@ class PyRelay:
         self.original.resume_writing()
         if self.feeder is not None:
             self.feeder.resume()
+
+
+class _Closing(Protocol):
+    def close_read(self, frame: builtins.bytes, code: int | None, reason: str) -> bool: ...
 
 
 class _Feeder(Protocol):

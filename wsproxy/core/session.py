@@ -124,6 +124,7 @@ _S_OPEN: Final = SessionState.OPEN
 _S_CLOSING: Final = SessionState.CLOSING
 _L_OPEN: Final = LegState.OPEN
 _L_CLOSE_RECEIVED: Final = LegState.CLOSE_RECEIVED
+_L_CLOSE_SENT: Final = LegState.CLOSE_SENT
 _L_CLOSED: Final = LegState.CLOSED
 _LT_SEND_CLOSE: Final = LegTrigger.SEND_CLOSE
 _LT_RECEIVE_CLOSE: Final = LegTrigger.RECEIVE_CLOSE
@@ -141,6 +142,12 @@ _OTHER_SIDE: Final = {Side.CLIENT: Side.UPSTREAM, Side.UPSTREAM: Side.CLIENT}
 _BARE_CLOSES: Final[dict[bytes, tuple[int | None, str]]] = {
     code.to_bytes(2, "big"): (code, "") for code in range(1000, 1015) if is_sendable(code)
 }
+#: Session.relay_close's answer: the frame is the driver's to write on, and which
+#: transports are done with (and whether the backend's EOF is still to come).
+RELAYED: Final = 1
+CLIENT_DONE: Final = 2
+UPSTREAM_DONE: Final = 4
+EOF_AWAITED: Final = 8
 #: The transition tables' get, for _fire and _Leg.fire.
 _NEXT: Final = TRANSITIONS.get
 _LEG_NEXT: Final = LEG_TRANSITIONS.get
@@ -915,18 +922,17 @@ class Session:
                 return False
         code, reason = parsed
         src = f.src_leg
+        dst = f.dst_leg
+        as_it_came = self._relays_as_it_came(f.src, src.state, dst, code)
         src.close_received = parsed
         src.fire(_LT_RECEIVE_CLOSE)
         if self.initiator is None:
             self.initiator = _SIDE_NAME[f.src]
-        dst = f.dst_leg
-        if dst.state is _L_OPEN and dst.fail_close is None and (
-            f.src is _CLIENT or src.state is not _L_CLOSE_RECEIVED or code not in _RESTART_CODES
-            or self.restart_code is None
-        ):
-            # The usual close, the first of the connection: relayed as it came (the
-            # last branch below, with _sent_close()'s fire and _settle()'s one
-            # transition from OPEN inline: ~2k instructions a close in calls).
+        if as_it_came:
+            # Relayed as it came, its answer to come back the same way (the first close
+            # of the connection, or the answer to the other side's): _sent_close()'s
+            # fire and _settle()'s one transition from OPEN inline (~2k instructions a
+            # close in calls).
             dst.out.append(frame)
             dst.close_sent = parsed
             dst.fire(_LT_SEND_CLOSE)
@@ -940,31 +946,88 @@ class Session:
             # its own close is not awaited: it broke the protocol.
             self._send_close(f.dst, *dst.fail_close, initiator=None)
             dst.fire(LegTrigger.ABANDON)
-        elif (
-            f.src is _UPSTREAM
-            and src.state is _L_CLOSE_RECEIVED  # the backend closed first
-            and code in _RESTART_CODES
-            and self.restart_code is not None
-            and dst.state in LEG_CAN_SEND
-        ):
-            # The backend is going away: its client gets a restart close of ours at
-            # once, and we answer the backend ourselves.
+        elif dst.state in LEG_CAN_SEND:
+            # The backend is going away (_relays_as_it_came): its client gets a restart
+            # close of ours at once, and we answer the backend ourselves.
             self.backend_restarting = True
             self._send_close(f.src, code, reason, initiator=None)
             restart = self.restart_reason  # made when needed: it may carry a random hint
             reason = restart if isinstance(restart, str) else restart()
             self._send_close(f.dst, self.restart_code, reason, initiator=None)
-        elif dst.state in LEG_CAN_SEND:
-            # Relay the close as it came; its answer comes back the same way.
-            dst.out.append(frame)
-            self._sent_close(dst, code, reason)
         elif src.state is _L_CLOSE_RECEIVED:
             # The other side is gone or closing already: answer this one ourselves.
             self._send_close(f.src, code, reason, initiator=None)
         self._settle()
         return True
 
+    def _relays_as_it_came(
+        self, side: Side, src_before: LegState, dst: _Leg, code: int | None
+    ) -> bool:
+        """Whether a close read from *side* (whose leg was *src_before*) goes on to the
+        other leg *dst* as it came: that leg can still send and waits for no broken
+        peer's answer (see _fail), and it is not a backend going away (1001/1012, the
+        first close, ``restart_code`` set), whose client gets the proxy's restart close
+        instead. The one rule of _receive_close and relay_close."""
+        return dst.fail_close is None and dst.state in LEG_CAN_SEND and not (
+            side is _UPSTREAM and src_before is _L_OPEN and code in _RESTART_CODES
+            and self.restart_code is not None
+        )
+
     # Closing…
+
+    def relay_close(self, side: Side, code: int | None, reason: str) -> int:
+        """A read from *side* that is one whole close frame (*code*, *reason*: what
+        frames.parse_close_payload reads from it), checked by a relay protocol
+        (wsproxy.core.scan.PyRelay._close: nothing of a frame in flight, no partial
+        header, none of our frames waiting). When the session would relay it as it came
+        (``_receive_close``'s usual ways: the first close of the connection, or the
+        answer to the other side's) and nothing waits on either leg, the legs and the
+        state move as they would there, and the driver is to write the frame to the
+        other side itself. The answer is then RELAYED, plus CLIENT_DONE and
+        UPSTREAM_DONE for the transports done with (``should_close``) and EOF_AWAITED
+        if the backend's is done with but has not closed its end yet (§7.1.1: the
+        driver may wait for it). Else 0, with nothing changed: the read goes the
+        driver's way (``receive_data``)."""
+        state = self.state
+        if state is not _S_OPEN and state is not _S_CLOSING:
+            return 0
+        if side is _CLIENT:
+            src, dst = self._client_leg, self._upstream_leg
+        else:
+            src, dst = self._upstream_leg, self._client_leg
+        before = src.state
+        if (before is not _L_OPEN and before is not _L_CLOSE_SENT) or src.out or dst.out:
+            return 0
+        if not self._relays_as_it_came(side, before, dst, code):
+            return 0
+        dst_before = dst.state
+        parsed = (code, reason)
+        # Each leg by its table (_Leg.fire's look-up, without its call: the states
+        # checked above have these transitions).
+        src_after = _LEG_NEXT((before, _LT_RECEIVE_CLOSE))
+        dst_after = _LEG_NEXT((dst_before, _LT_SEND_CLOSE))
+        if src_after is None or dst_after is None:  # (the tables changed: as fire() says)
+            raise InvalidTransition(before if src_after is None else dst_before,
+                                    _LT_RECEIVE_CLOSE if src_after is None else _LT_SEND_CLOSE)
+        src.close_received = parsed
+        src.state = src_after
+        if self.initiator is None:
+            self.initiator = _SIDE_NAME[side]
+        dst.close_sent = parsed
+        dst.state = dst_after
+        if state is _S_OPEN:  # (both legs were OPEN: _settle()'s one transition)
+            self._fire(_T_CLOSE_STARTED)
+        else:
+            self._settle()
+        done = RELAYED
+        if self._client_leg.state in LEG_FINISHED:
+            done |= CLIENT_DONE
+        upstream = self._upstream_leg
+        if upstream.state in LEG_FINISHED:
+            done |= UPSTREAM_DONE
+            if upstream.state is _L_CLOSED and not upstream.eof:
+                done |= EOF_AWAITED
+        return done
 
     def _send_close(
         self, side: Side, code: int | None, reason: str, *, initiator: str | None

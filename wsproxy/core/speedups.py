@@ -1,8 +1,9 @@
 """Which compiled twins run, for ``wsproxy --version`` and ``wsproxy_build_info``.
 
-Two C modules have a Python twin each: the frame scanner and relay (scan, _scan.c)
-and the opening handshakes' head reader (handshake, _heads.c). The install builds
-both or, without a compiler, neither; WSPROXY_NO_SPEEDUPS=1 turns both off.
+Three C modules have a Python twin each: the frame scanner and relay (scan, _scan.c),
+the opening handshakes' head reader (handshake, _heads.c) and the closed line and log
+clock (wsproxy.log, wsproxy/_lines.c). The install builds all or, without a compiler,
+none; WSPROXY_NO_SPEEDUPS=1 turns all off.
 """
 
 from __future__ import annotations
@@ -11,7 +12,10 @@ from typing import Final
 
 from wsproxy.core.handshake import HEADS_SPEEDUPS
 from wsproxy.core.scan import SPEEDUPS as FRAMES_SPEEDUPS
+from wsproxy.log import LINES_SPEEDUPS
 
-#: "c" (both compiled), "python" (neither), else each named (one failed to build).
-SPEEDUPS: Final = (FRAMES_SPEEDUPS if FRAMES_SPEEDUPS == HEADS_SPEEDUPS
-                   else f"frames {FRAMES_SPEEDUPS}, heads {HEADS_SPEEDUPS}")
+#: "c" (all compiled), "python" (none), else each named (one failed to build).
+SPEEDUPS: Final = (
+    FRAMES_SPEEDUPS if FRAMES_SPEEDUPS == HEADS_SPEEDUPS == LINES_SPEEDUPS
+    else f"frames {FRAMES_SPEEDUPS}, heads {HEADS_SPEEDUPS}, lines {LINES_SPEEDUPS}"
+)

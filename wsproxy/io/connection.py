@@ -5,8 +5,11 @@ streams cost about five times more per small message and several times the memor
 per idle connection (PERF-NOTES.md). Backpressure is the transports' own: when one
 side's write buffer fills (``pause_writing``), the other side stops being read.
 
-A connection holds no task while it relays: only two transports, the session and,
-while a close handshake is in flight, one timer. Not even the upgrade makes a task:
+A connection holds no task while it relays: only two transports and the session.
+Its deadlines are entries of wsproxy.io.deadlines (the request's, the dial's) or
+nothing at all (the close handshake's and the wait for the backend's EOF, which the
+sweeper's ``tick`` checks: most closes are answered at once, and a deadline armed and
+disarmed for each cost ~4k instructions). Not even the upgrade makes a task:
 the coroutine that connects to a backend (the loop's create_connection is one) is
 run by hand by the attempt's UpstreamProtocol (wsproxy.io.steps), and the process
 keeps and cancels it as it does its tasks (``ctx.drive``). limits.backend_timeout
@@ -36,7 +39,7 @@ from wsproxy.core.handshake import Forwarding, client_address, plain_ip
 from wsproxy.core.http import ParsedRequest
 from wsproxy.core.liveness import Due, Liveness, ping_payload, ping_sent_at
 from wsproxy.core.resume import ResumeAsk, take_param
-from wsproxy.core.session import Session
+from wsproxy.core.session import CLIENT_DONE, EOF_AWAITED, UPSTREAM_DONE, Session
 from wsproxy.core.states import TERMINAL, LegState, SessionState, Side
 from wsproxy.io import direct
 from wsproxy.io.deadlines import deadlines_of
@@ -123,6 +126,11 @@ class UpstreamProtocol(Steps, asyncio.Protocol):
         if self._conn is not None:
             self._conn.receive_eof(UPSTREAM)
         return False
+
+    def close_read(self, frame: bytes, code: int | None, reason: str) -> bool:
+        """The backend's close frame, as its relay protocol read it (Connection.close_read)."""
+        conn = self._conn
+        return conn is not None and conn.receive_close(UPSTREAM, frame, code, reason)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._conn is not None:
@@ -239,16 +247,17 @@ class Connection(asyncio.Protocol):
             deadline = ctx.loop.time() + cfg.limits.handshake_timeout
         #: The connection's timers (wsproxy.io.deadlines: no loop timer each).
         self._deadlines = deadlines = deadlines_of(ctx.loop)
-        #: The one of _handshake_timed_out (_HANDSHAKE) or _close_timed_out (_CLOSE)
-        #: armed for ``_timer_at``, or 0.
+        #: _HANDSHAKE (_handshake_timed_out armed for ``_timer_at``), _CLOSE (a close
+        #: handshake in flight since before ``_timer_at`` - heartbeat.timeout: tick()
+        #: looks), or 0.
         self._timer = _HANDSHAKE
         self._timer_at = deadline
         deadlines.arm(deadline, self._handshake_timed_out)
         #: The search for a backend, while it lasts (``_start_dial``).
         self._dial: _Dial | None = None
         self._close_rounds = 0
-        #: The deadline of the wait for the backend to close its socket first
-        #: (_close_upstream), while it is armed.
+        #: The end of the wait for the backend to close its socket first
+        #: (_close_upstream; tick() looks), while it lasts.
         self._eof_wait: float | None = None
         #: A client that opted in to resumable sessions (wsproxy.io.resume): its
         #: session's state, or the resume it asks for. None for all others.
@@ -272,6 +281,11 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport_lost(CLIENT)
+
+    def close_read(self, frame: bytes, code: int | None, reason: str) -> bool:
+        """A read of the client's that is one whole close frame, handed over by its relay
+        protocol (wsproxy.core.scan.PyRelay._close): see receive_close."""
+        return self.receive_close(CLIENT, frame, code, reason)
 
     def pause_writing(self) -> None:
         self.pause_reading(UPSTREAM)
@@ -338,6 +352,36 @@ class Connection(asyncio.Protocol):
         ):
             self._tried()
 
+    def receive_close(self, side: Side, frame: bytes, code: int | None, reason: str) -> bool:
+        """A read from *side* that is one whole close frame (*code*, *reason*), checked by
+        its relay protocol: when the session relays it as it came (Session.relay_close),
+        what receive() and _flush() would do with it, without their general path (the
+        end of nearly every connection, twice); False: nothing was done, receive() is to
+        read it."""
+        session = self.session
+        done = session.relay_close(side, code, reason)
+        if not done:
+            return False
+        client, upstream = self._client, self._upstream
+        transport = upstream if side is CLIENT else client
+        if transport is not None:
+            transport.write(frame)
+        if done & CLIENT_DONE and client is not None and not client.is_closing():
+            self._close_soon(client)
+        if done & UPSTREAM_DONE and upstream is not None and not upstream.is_closing():
+            if done & EOF_AWAITED:  # _close_upstream()'s wait, its checks made
+                if self._eof_wait is None:
+                    self._eof_wait = self.ctx.loop.time() + UPSTREAM_EOF_WAIT
+            else:
+                self._close_soon(upstream)
+        if session.state is _CLOSING and not self._timer:
+            # As _flush(): a peer that never answers is dead (tick() looks).
+            self._timer = _CLOSE
+            self._timer_at = self.ctx.loop.time() + self.settings.config.heartbeat.timeout
+        # (The relay protocols stay on: no longer OPEN, they hand every read but such a
+        # close to this driver, and the next _flush() takes them off.)
+        return True
+
     def receive_parsed(self, parsed: ParsedRequest) -> None:
         """The client's request, parsed by the HTTP relay it came back from."""
         self.session.receive_parsed(parsed)
@@ -365,10 +409,12 @@ class Connection(asyncio.Protocol):
             # done: a flush would find nothing to write (a terminal session makes no
             # more bytes, each flush takes what it made) and the client closing
             # already (no resumable client to come back), so closing this transport
-            # is all it would do.
+            # is all it would do, and its eof_received() answering False does that
+            # (UpstreamProtocol's, the only caller with UPSTREAM): only a write buffer
+            # still full needs _close_soon()'s abort if the backend stops reading.
             transport = self._upstream
-            if transport is not None:
-                self._close_upstream(transport)
+            if transport is not None and transport.get_write_buffer_size():
+                self._close_soon(transport)
             return
         self._flush()
 
@@ -428,10 +474,10 @@ class Connection(asyncio.Protocol):
             if close_upstream:
                 self._close_upstream(upstream)
         if session.state is _CLOSING and not self._timer:
-            # A close handshake is in flight: a peer that never answers is dead.
+            # A close handshake is in flight: a peer that never answers is dead (tick()
+            # looks: no deadline armed, and none disarmed when the peer answers).
             self._timer = _CLOSE
-            self._timer_at = at = self.ctx.loop.time() + self.settings.config.heartbeat.timeout
-            self._deadlines.arm(at, self._close_timed_out)
+            self._timer_at = self.ctx.loop.time() + self.settings.config.heartbeat.timeout
         if self._relayed and session.state is not _OPEN:
             # No longer OPEN: every read the driver's (once: nothing puts relays back).
             self._relayed = False
@@ -442,17 +488,19 @@ class Connection(asyncio.Protocol):
             return
         session = self.session
         if session.leg_state(UPSTREAM) is _LEG_CLOSED and not session.eof_received(UPSTREAM):
-            # Let the backend close first (§7.1.1), but not for ever. One wait per
-            # connection, cancelled when it ends (most backends do close first).
+            # Let the backend close first (§7.1.1), but not for ever (tick() looks). One
+            # wait per connection (most backends do close first).
             if self._eof_wait is None:
-                self._eof_wait = at = self.ctx.loop.time() + UPSTREAM_EOF_WAIT
-                self._deadlines.arm(at, self._eof_waited, transport)
+                self._eof_wait = self.ctx.loop.time() + UPSTREAM_EOF_WAIT
             return
         self._close_soon(transport)
 
-    def _eof_waited(self, transport: asyncio.Transport) -> None:
+    def _eof_waited(self) -> None:
+        """The backend did not close its socket within UPSTREAM_EOF_WAIT: we do."""
         self._eof_wait = None
-        self._close_soon(transport)
+        transport = self._upstream
+        if transport is not None and not transport.is_closing():
+            self._close_soon(transport)
 
     def _close_soon(self, transport: asyncio.Transport) -> None:
         """close() flushes what is buffered first; a peer that does not read would
@@ -506,7 +554,14 @@ class Connection(asyncio.Protocol):
             transport.abort()
 
     def tick(self, now: float) -> None:
-        """The sweeper's visit: heartbeats, idle timeout, maximum age."""
+        """The sweeper's visit: the close handshake's timeout and the wait for the
+        backend's EOF (about once a sweep period late at most: their deadlines are not
+        armed, most closes are answered at once), heartbeats, idle timeout, maximum age."""
+        if self._timer == _CLOSE and now >= self._timer_at:
+            self._timer = 0
+            self._close_timed_out()
+        if self._eof_wait is not None and now >= self._eof_wait:
+            self._eof_waited()
         session = self.session
         liveness = self.liveness
         if liveness is None or session.state is not _OPEN:
@@ -553,10 +608,8 @@ class Connection(asyncio.Protocol):
         timer = self._timer
         if timer:
             self._timer = 0
-            self._deadlines.disarm(
-                self._timer_at,
-                self._handshake_timed_out if timer == _HANDSHAKE else self._close_timed_out,
-            )
+            if timer == _HANDSHAKE:  # (the close's is tick()'s: nothing armed)
+                self._deadlines.disarm(self._timer_at, self._handshake_timed_out)
 
     def _handshake_timed_out(self) -> None:
         self._timer = 0
@@ -566,7 +619,7 @@ class Connection(asyncio.Protocol):
             self._flush()
 
     def _close_timed_out(self) -> None:
-        """A close handshake took longer than heartbeat.timeout.
+        """A close handshake took longer than heartbeat.timeout (tick() saw it).
 
         The legs still waiting for their peer's close are given up as lost, so the
         other leg gets its close (or the answer it waits for) all the same; if that
@@ -967,9 +1020,7 @@ class Connection(asyncio.Protocol):
 
     def _finished(self) -> None:
         self._cancel_timer()
-        if self._eof_wait is not None:
-            self._deadlines.disarm(self._eof_wait, self._eof_waited)
-            self._eof_wait = None
+        self._eof_wait = None
         if isinstance(self._resume, ResumeState):
             self._resume.finished()
         if self.backend is not None:

@@ -64,6 +64,9 @@ def relay_directly(
     to_client = make(_UPSTREAM, client.write, cast(RelayedProtocol, upstream.get_protocol()))
     client.set_protocol(cast(asyncio.BaseProtocol, to_upstream))
     upstream.set_protocol(cast(asyncio.BaseProtocol, to_client))
+    # A read that is one whole close frame to the driver's close_read first (the end of
+    # nearly every connection: PyRelay._close).
+    to_upstream.closes = to_client.closes = True
     if not FEEDING:
         return True
     # The feed once the connection shows it carries messages: an idle or short one
