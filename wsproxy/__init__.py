@@ -11,7 +11,8 @@ contracts say so, and ``.ci/run`` checks them):
     core/          the sans-I/O core
     config/, errors, units   leaves (config may use core.closes, which imports nothing)
 
-log, tls and echo are small helpers any layer above the core may use.
+log, tls and echo are small helpers any layer above the core may use; speedups says
+which compiled twins run (the core's two and log's).
 """
 
 __version__ = "0.1.0"

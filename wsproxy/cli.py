@@ -15,9 +15,9 @@ import anyio
 from wsproxy import __version__, ops
 from wsproxy.auth.factory import build_authenticator
 from wsproxy.config import ProxyConfig, load_config, parse_config
-from wsproxy.core.speedups import SPEEDUPS
 from wsproxy.errors import ConfigError
 from wsproxy.log import configure_logging, get_logger
+from wsproxy.speedups import SPEEDUPS
 
 if TYPE_CHECKING:
     from wsproxy.supervisor import ProxyContext

@@ -28,7 +28,7 @@ from tests.integration.test_admin import (
     write_config,
 )
 from wsproxy import __version__
-from wsproxy.core.speedups import SPEEDUPS
+from wsproxy.speedups import SPEEDUPS
 from wsproxy.supervisor import ProxyContext
 
 pytestmark = pytest.mark.anyio

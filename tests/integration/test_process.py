@@ -28,7 +28,7 @@ from tests.integration.proxy_process import (
     run_cli,
     started,
 )
-from wsproxy.core.speedups import SPEEDUPS
+from wsproxy.speedups import SPEEDUPS
 
 #: The console script next to this interpreter, as installed by the package.
 SCRIPT = Path(sys.executable).with_name("wsproxy")

@@ -25,10 +25,10 @@ from prometheus_client.registry import Collector
 
 from wsproxy import __version__
 from wsproxy.core import closes
-from wsproxy.core.speedups import SPEEDUPS
 from wsproxy.core.states import Side
 from wsproxy.io.resume import table_for
 from wsproxy.log import dropped_lines
+from wsproxy.speedups import SPEEDUPS
 
 if TYPE_CHECKING:
     from wsproxy.control.discovery import DiscoveryStatus

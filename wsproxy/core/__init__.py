@@ -10,7 +10,6 @@ The relay and its handshakes:
     states      the session's and the legs' transition tables (all moves in one file)
     closes      every close code (CloseCode) and every close of the proxy's own
     frames      RFC 6455 frame arithmetic, and the few frames the proxy builds
-    speedups    which compiled twins run (scan's and handshake's), for --version
     handshake   the upgrade request: checks, the backend's request, X-Forwarded-*
     http        plain HTTP requests and answers (``plain_http: proxy``)
     paths       a request target made safe to join to a backend's path prefix

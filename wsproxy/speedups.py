@@ -1,7 +1,7 @@
 """Which compiled twins run, for ``wsproxy --version`` and ``wsproxy_build_info``.
 
-Three C modules have a Python twin each: the frame scanner and relay (scan, _scan.c),
-the opening handshakes' head reader (handshake, _heads.c) and the closed line and log
+Three C modules have a Python twin each: the frame scanner and relay (core.scan, _scan.c),
+the opening handshakes' head reader (core.handshake, _heads.c) and the closed line and log
 clock (wsproxy.log, wsproxy/_lines.c). The install builds all or, without a compiler,
 none; WSPROXY_NO_SPEEDUPS=1 turns all off.
 """
