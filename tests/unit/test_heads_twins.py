@@ -387,6 +387,15 @@ def test_accept_key_twins(key: bytes) -> None:
     assert _heads.accept_key(key) == handshake.py_accept_key(key)
 
 
+def test_accept_key_twins_at_every_length_of_a_few_blocks() -> None:
+    # SHA-1's padding differs at each length modulo 64 (the key and the GUID's 36 bytes
+    # ending at 55, 56 or 64 bytes of a block): every length, not a sample.
+    assert _heads is not None
+    for n in range(300):
+        key = bytes((i * 7 + n) & 0xFF for i in range(n))
+        assert _heads.accept_key(key) == handshake.py_accept_key(key), n
+
+
 def test_accept_key_of_the_rfc() -> None:  # RFC 6455 §1.3's example
     assert _heads is not None
     assert _heads.accept_key(KEY) == b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
