@@ -44,7 +44,8 @@ typedef struct {
 typedef struct {
     Piece pieces[MAX_PIECES];
     int count;
-    PyObject *held[16]; /* escaped strings and reprs made for this line */
+    PyObject *held[16]; /* escaped strings and reprs made for this line: at most one for
+                           each of the 16 values (render_closed checks nargs) */
     int nheld;
     char nums[8][NUM_ROOM]; /* counters' digits */
     int nnums;
