@@ -588,7 +588,7 @@ def test_the_session_uses_the_scanner_the_module_picked() -> None:
 def test_wsproxy_no_speedups_forces_python(env: str, expected: str) -> None:
     """Both compiled twins at once (the frames' and the heads'), as --version says."""
     out = subprocess.run(
-        [sys.executable, "-c", "from wsproxy.core import speedups; print(speedups.SPEEDUPS)"],
+        [sys.executable, "-c", "from wsproxy import speedups; print(speedups.SPEEDUPS)"],
         env={**os.environ, "WSPROXY_NO_SPEEDUPS": env},
         capture_output=True,
         text=True,
