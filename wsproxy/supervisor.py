@@ -367,10 +367,13 @@ class ProxyContext:
         if conn.backend is not None:  # conn.opened: the usual end, of an upgrade
             # One clock reading for the metrics and the line (conn.age()).
             age = time.monotonic() - conn.started
-            self.metrics.upgraded_ended(conn.session, age)
+            # The session read once for both (Session.ending()).
+            session = conn.session
+            ending = session.ending()
+            self.metrics.upgraded_ended_with(ending, session.initiator, age)
             put = direct_put()
             if put is not None:
-                put(conn.closed_line(age))
+                put(conn.closed_line(age, ending))
             elif info_enabled():  # a summary costs ~10 µs
                 info_line("connection.closed", conn.summary())
         else:

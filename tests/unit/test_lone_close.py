@@ -117,6 +117,22 @@ def test_the_shortcut_decides_as_the_frame_loop(steps: list[tuple[Side, bytes]])
             assert _state(short) == _state(looped)
 
 
+@settings(max_examples=300, derandomize=True, deadline=None)
+@given(reads())
+def test_ending_reads_what_the_separate_readers_read(steps: list[tuple[Side, bytes]]) -> None:
+    """Session.ending() (the end's metrics and closed line) is flows_to(),
+    close_codes_received() and close_code_sent(CLIENT) in one call, after any reads."""
+    s = _opened(Session)
+    with mock.patch.object(frames.os, "urandom", lambda n: bytes(range(1, n + 1))):
+        for side, data in steps:
+            s.receive_data(side, data)
+            _outputs(s)
+            to_client, to_backend, client_code, upstream_code, sent = s.ending()
+            assert (to_client, to_backend) == s.flows_to()
+            assert (client_code, upstream_code) == s.close_codes_received()
+            assert sent == s.close_code_sent(CLIENT)
+
+
 def test_a_lone_close_goes_through_the_shortcut() -> None:
     calls: list[bytes] = []
 

@@ -60,6 +60,7 @@ upgraded = st.builds(
         opened=True, age=lambda: age, session=SimpleNamespace(
             flows_to=lambda: (to_client, to_backend),
             close_code_sent=lambda side: code if side is Side.CLIENT else None,
+            ending=lambda: (to_client, to_backend, None, None, code),
             initiator=initiator,
         ))),
     flows, flows, sent_codes, st.sampled_from([None, "client", "upstream", "proxy"]),
@@ -80,7 +81,8 @@ def test_ended_connections_count_as_before(ended: list[tuple[str, str | None, An
     for outcome, failure, conn in ended:
         reference.connection_ended(conn, outcome, failure)
         if conn.opened:  # as the supervisor ends them
-            metrics.upgraded_ended(conn.session, conn.age())
+            session = conn.session
+            metrics.upgraded_ended_with(session.ending(), session.initiator, conn.age())
         else:
             metrics.connection_ended(conn, outcome, failure)
     # Series in the same order with the same values (the exposition's order).
@@ -102,7 +104,7 @@ def test_an_opened_connection_through_connection_ended() -> None:
     metrics = Metrics(ctx)
     flow = SimpleNamespace(messages=2, bytes=10, undelivered=0)
     conn = SimpleNamespace(opened=True, age=lambda: 2.0, session=SimpleNamespace(
-        flows_to=lambda: (flow, flow), close_code_sent=lambda side: 1000, initiator="client"))
+        ending=lambda: (flow, flow, None, None, 1000), initiator="client"))
     metrics.connection_ended(conn, "upgraded", None)  # type: ignore[arg-type]
     assert metrics.ended_outcomes() == Counter({"upgraded": 1})
     assert metrics.closes == {("1000", "client"): 1}

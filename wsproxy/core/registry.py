@@ -137,8 +137,13 @@ class Registry(Generic[T]):
         self.connections.pop(conn_id, None)
         self._sharing.pop(conn_id, None)
         ip = self._admitted.pop(conn_id, None)
-        if ip is not None:
-            self._forget_ip(ip)
+        if ip is not None:  # _forget_ip(ip), inline (once a connection)
+            per_ip = self._per_ip
+            left = per_ip.get(ip, 0) - 1
+            if left <= 0:
+                per_ip.pop(ip, None)
+            else:
+                per_ip[ip] = left
 
     def _forget_ip(self, ip: str) -> None:
         per_ip = self._per_ip

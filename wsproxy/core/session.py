@@ -35,7 +35,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from operator import xor as _xor
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, TypeAlias
 
 from wsproxy.core import frames
 from wsproxy.core.closes import (
@@ -233,6 +233,11 @@ class _Flow(_FlowState):
         #: flow.
         self.pending = ()
         self.pending_close = None
+
+
+#: Session.ending()'s answer: (the flow to the client, the flow to the backend, the
+#: close code the client sent, the backend's, the code the client was sent).
+Ending: TypeAlias = tuple[_Flow, _Flow, int | None, int | None, int | None]
 
 
 #: The longest frame (§5.2).
@@ -703,6 +708,20 @@ class Session:
         ``bytes`` and ``undelivered`` (as messages(), bytes_relayed(), undelivered()),
         read in one call at the end of a connection."""
         return self._upstream_flow, self._client_flow
+
+    def ending(self) -> Ending:
+        """What the end of a connection reports, read in one call: flows_to()'s two
+        flows, close_codes_received()'s two codes and close_code_sent(CLIENT) (the
+        metrics and the connection.closed line each read the session once)."""
+        client, upstream = self._client_leg, self._upstream_leg
+        received, sent = client.close_received, client.close_sent
+        upstream_received = upstream.close_received
+        return (
+            self._upstream_flow, self._client_flow,
+            received[0] if received else None,
+            upstream_received[0] if upstream_received else None,
+            sent[0] if sent else None,
+        )
 
     def close_code_sent(self, side: Side) -> int | None:
         """The code of the close frame *side* was sent (relayed or ours), if any."""

@@ -39,7 +39,7 @@ from wsproxy.core.handshake import Forwarding, client_address, plain_ip
 from wsproxy.core.http import ParsedRequest
 from wsproxy.core.liveness import Due, Liveness, ping_payload, ping_sent_at
 from wsproxy.core.resume import ResumeAsk, take_param
-from wsproxy.core.session import CLIENT_DONE, EOF_AWAITED, UPSTREAM_DONE, Session
+from wsproxy.core.session import CLIENT_DONE, EOF_AWAITED, UPSTREAM_DONE, Ending, Session
 from wsproxy.core.states import TERMINAL, LegState, SessionState, Side
 from wsproxy.io import direct
 from wsproxy.io.deadlines import deadlines_of
@@ -1063,12 +1063,14 @@ class Connection(asyncio.Protocol):
                if isinstance(self._resume, ResumeState) else {}),
         }
 
-    def closed_line(self, age: float | None = None) -> str:
+    def closed_line(self, age: float | None = None, ending: Ending | None = None) -> str:
         """``connection.closed`` rendered (wsproxy.log.closed_line_of) from the session
-        directly: the fields of summary(), without the dict. *age*: age(), if read."""
+        directly: the fields of summary(), without the dict. *age*: age(), if read;
+        *ending*: the session's ``ending()``, if read (the metrics read it too)."""
         s = self.session
-        client_code, upstream_code = s.close_codes_received()
-        to_client, to_backend = s.flows_to()
+        to_client, to_backend, client_code, upstream_code, _ = (
+            s.ending() if ending is None else ending
+        )
         backend = self.backend
         identity = self.identity
         if age is None:
