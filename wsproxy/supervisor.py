@@ -307,25 +307,27 @@ class ProxyContext:
         if self.drainer.refusing_upgrades():
             self.drainer.upgrade_refused()
             return DRAINING, 503, "proxy is draining", _RETRY_AFTER
-        request = conn.session.request
-        origins = conn.settings.config.allowed_origins  # the connection's, not live
-        origin = request.origin if request is not None else None
-        if origins and origin is not None and origin.lower() not in origins:
-            return "origin", 403, "origin not allowed", ()
-        close = self.config.admission.reject_with == "close"
-        if self.admission is not None and not self.admission.take(self.loop.time()):
-            if close:
-                hint = self.admission.retry_after_ms()
+        config = conn.settings.config  # the connection's, not live
+        origins = config.allowed_origins
+        if origins:  # (the request, a property, read only then)
+            request = conn.session.request
+            origin = request.origin if request is not None else None
+            if origin is not None and origin.lower() not in origins:
+                return "origin", 403, "origin not allowed", ()
+        admission = self.admission
+        if admission is not None and not admission.take(self.loop.time()):
+            if self.config.admission.reject_with == "close":
+                hint = admission.retry_after_ms()
                 return CloseRefusal("rate_limited", with_hint(TRY_AGAIN, hint))
-            retry = str(self.admission.retry_after())
+            retry = str(admission.retry_after())
             return "rate_limited", 503, "upgrade rate limit", (("Retry-After", retry),)
         # Last: it counts conn in (a resume, in the slot of the session it resumes).
         # (A resume only where the connection's config enables it: no call else.)
-        in_place_of = resumed_slot(self, conn) if conn.settings.config.resume.enabled else None
+        in_place_of = resumed_slot(self, conn) if config.resume.enabled else None
         reason = self.registry.admit(conn.id, conn.client_ip, in_place_of)
         if reason is not None:
             log.warning("connection.limit", conn_id=conn.id, client=conn.client_ip, reason=reason)
-            if close:
+            if self.config.admission.reject_with == "close":
                 return CloseRefusal("connection_limit", with_hint(TRY_AGAIN, limit_retry_ms()))
             return "connection_limit", 503, reason, _RETRY_AFTER
         return None

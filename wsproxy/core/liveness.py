@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from wsproxy.core.states import Side
 
 _RNG = random.Random()
+_DRAW = _RNG.random
 
 
 class Due(enum.Enum):
@@ -72,20 +73,21 @@ class Liveness:
     ) -> None:
         #: When the client's credentials expire, on the same clock as *now*.
         self.expires_at = expires_at
-        rng = rng or _RNG  # one seeded generator: seeding per connection costs a syscall
+        # One seeded generator (seeding per connection costs a syscall), its bound
+        # method at hand.
+        draw = _DRAW if rng is None else rng.random
         self.rules = rules
         # The first ping at a random point of the first interval: pings of connections
         # opened together (after a drain elsewhere) do not stay in lockstep.
-        self._next_ping = now + rules.interval * (0.5 + rng.random() / 2)
+        self._next_ping = now + rules.interval * (0.5 + draw() / 2)
         #: When each leg's unanswered heartbeat ping went (None: none is out). Two
         #: slots rather than a dict: there is one Liveness per open connection.
         self._ping_client: float | None = None
         self._ping_upstream: float | None = None
         self._activity = now
         self._messages = 0
-        self.age_deadline = (
-            now + rules.max_age * (1 + rules.age_jitter * rng.random()) if rules.max_age else None
-        )
+        max_age = rules.max_age
+        self.age_deadline = now + max_age * (1 + rules.age_jitter * draw()) if max_age else None
 
     def pong(self, side: Side, sent_at: float, now: float) -> float | None:
         """A heartbeat pong came back on *side*; returns its round-trip time."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Generic, Protocol, TypeVar
+from typing import ClassVar, Generic, Protocol, TypeVar
 
 T = TypeVar("T")
 
@@ -35,6 +35,10 @@ class Registry(Generic[T]):
     With ``workers: N`` each worker has a SharedRegistry: the limits count the
     connections of every worker.
     """
+
+    #: Whether _refusal() is this class's own (a SharedRegistry's counts the other
+    #: workers too): admit() has it inline then.
+    _counts_here_only: ClassVar[bool] = True
 
     def __init__(self, *, max_connections: int, max_per_ip: int) -> None:
         self.max_connections = max_connections
@@ -85,10 +89,19 @@ class Registry(Generic[T]):
             if reason is None:
                 self._sharing[conn_id] = (in_place_of, ip)
             return reason
+        admitted, per_ip = self._admitted, self._per_ip
+        if self._counts_here_only:  # _refusal(ip), inline: once an upgrade
+            at_ip = per_ip.get(ip, 0)
+            if len(admitted) + self.handshakes >= self.max_connections:
+                return "too many connections"
+            if ip is not None and self.max_per_ip and at_ip >= self.max_per_ip:
+                return "too many connections from this address"
+            admitted[conn_id] = ip
+            per_ip[ip] = at_ip + 1
+            return None
         reason = self._refusal(ip)
         if reason is None:
-            self._admitted[conn_id] = ip
-            per_ip = self._per_ip
+            admitted[conn_id] = ip
             per_ip[ip] = per_ip.get(ip, 0) + 1
         return reason
 
@@ -187,6 +200,8 @@ class SharedRegistry(Registry[T]):
     Addresses are published only while ``max_per_ip`` is on (a reload that turns it
     on publishes this worker's whole count by address, one that turns it off
     withdraws it: ``limits_changed()``)."""
+
+    _counts_here_only: ClassVar[bool] = False
 
     def __init__(self, *, max_connections: int, max_per_ip: int, pool: Pool) -> None:
         super().__init__(max_connections=max_connections, max_per_ip=max_per_ip)

@@ -987,8 +987,11 @@ class Connection(asyncio.Protocol):
         self._cancel_timer()
         self.backend = backend
         backend.active += 1
-        self.liveness = Liveness(self.settings.liveness_rules, self.ctx.loop.time(),
-                                 expires_at=self._expiry())
+        identity = self.identity  # (_expiry()'s call only for credentials that expire)
+        self.liveness = Liveness(
+            self.settings.liveness_rules, self.ctx.loop.time(), None,
+            None if identity is None or identity.expires_at is None else self._expiry(),
+        )
         if self.session.backend_restarting:  # its close came with its 101
             self.ctx.hold_down(backend)
         self.ctx.connection_opened(self)
