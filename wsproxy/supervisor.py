@@ -343,8 +343,14 @@ class ProxyContext:
         else:
             info_line("connection.opened", {"conn_id": conn.id, "client": conn.client_ip,
                                             "backend": backend, "subject": subject})
-        self.drainer.opened(conn)
-        self.rebalancer.opened(conn)
+        # Each one's call only when it has something to look at (a drain in progress,
+        # a rebalancing round): what their opened() tests first.
+        drainer = self.drainer
+        if drainer.in_progress:
+            drainer.opened(conn)
+        rebalancer = self.rebalancer
+        if rebalancer.current is not None:
+            rebalancer.opened(conn)
 
     def connection_rejected(self, conn: Connection) -> None:
         session = conn.session
