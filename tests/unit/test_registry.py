@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from wsproxy.core.registry import Registry
 
 TOTAL = "too many connections"
@@ -116,46 +113,3 @@ def test_a_failed_resume_or_an_ended_session_leaves_nothing_counted() -> None:
     registry.remove("c1")
     assert [registry.admit(c, "10.0.0.1") for c in ("c3", "c4")] == [None, None]
     assert registry.admit("c5", "10.0.0.1") == TOTAL
-
-
-class _ByRefusal(Registry[object]):
-    """admit() through _refusal(), as before its inline check (and as a SharedRegistry)."""
-
-    _counts_here_only = False
-
-
-_ops = st.lists(
-    st.tuples(
-        st.sampled_from(["admit", "remove", "handshake", "handshake_ended"]),
-        st.integers(min_value=0, max_value=5),  # the connection
-        st.sampled_from(["10.0.0.1", "10.0.0.2", "10.0.0.3"]),
-    ),
-    max_size=40,
-)
-
-
-@settings(derandomize=True, max_examples=300, deadline=None)
-@given(_ops, st.integers(min_value=0, max_value=6), st.integers(min_value=0, max_value=3))
-def test_the_inline_admit_decides_as_refusal(
-    ops: list[tuple[str, int, str]], max_connections: int, max_per_ip: int
-) -> None:
-    inline: Registry[object] = Registry(max_connections=max_connections, max_per_ip=max_per_ip)
-    reference = _ByRefusal(max_connections=max_connections, max_per_ip=max_per_ip)
-    handshakes: list[str] = []
-    for op, n, ip in ops:
-        if op == "admit":
-            assert inline.admit(f"c{n}", ip) == reference.admit(f"c{n}", ip)
-        elif op == "remove":
-            inline.remove(f"c{n}")
-            reference.remove(f"c{n}")
-        elif op == "handshake":
-            got = inline.handshake_started(ip)
-            assert got == reference.handshake_started(ip)
-            if got is None:
-                handshakes.append(ip)
-        elif handshakes:
-            ended = handshakes.pop()
-            inline.handshake_ended(ended)
-            reference.handshake_ended(ended)
-        assert inline._admitted == reference._admitted
-        assert inline._per_ip == reference._per_ip

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import ClassVar, Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 T = TypeVar("T")
 
@@ -35,10 +35,6 @@ class Registry(Generic[T]):
     With ``workers: N`` each worker has a SharedRegistry: the limits count the
     connections of every worker.
     """
-
-    #: Whether _refusal() is this class's own (a SharedRegistry's counts the other
-    #: workers too): admit() has it inline then.
-    _counts_here_only: ClassVar[bool] = True
 
     def __init__(self, *, max_connections: int, max_per_ip: int) -> None:
         self.max_connections = max_connections
@@ -89,19 +85,10 @@ class Registry(Generic[T]):
             if reason is None:
                 self._sharing[conn_id] = (in_place_of, ip)
             return reason
-        admitted, per_ip = self._admitted, self._per_ip
-        if self._counts_here_only:  # _refusal(ip), inline: once an upgrade
-            at_ip = per_ip.get(ip, 0)
-            if len(admitted) + self.handshakes >= self.max_connections:
-                return "too many connections"
-            if ip is not None and self.max_per_ip and at_ip >= self.max_per_ip:
-                return "too many connections from this address"
-            admitted[conn_id] = ip
-            per_ip[ip] = at_ip + 1
-            return None
         reason = self._refusal(ip)
         if reason is None:
-            admitted[conn_id] = ip
+            self._admitted[conn_id] = ip
+            per_ip = self._per_ip
             per_ip[ip] = per_ip.get(ip, 0) + 1
         return reason
 
@@ -150,13 +137,8 @@ class Registry(Generic[T]):
         self.connections.pop(conn_id, None)
         self._sharing.pop(conn_id, None)
         ip = self._admitted.pop(conn_id, None)
-        if ip is not None:  # _forget_ip(ip), inline (once a connection)
-            per_ip = self._per_ip
-            left = per_ip.get(ip, 0) - 1
-            if left <= 0:
-                per_ip.pop(ip, None)
-            else:
-                per_ip[ip] = left
+        if ip is not None:
+            self._forget_ip(ip)
 
     def _forget_ip(self, ip: str) -> None:
         per_ip = self._per_ip
@@ -200,8 +182,6 @@ class SharedRegistry(Registry[T]):
     Addresses are published only while ``max_per_ip`` is on (a reload that turns it
     on publishes this worker's whole count by address, one that turns it off
     withdraws it: ``limits_changed()``)."""
-
-    _counts_here_only: ClassVar[bool] = False
 
     def __init__(self, *, max_connections: int, max_per_ip: int, pool: Pool) -> None:
         super().__init__(max_connections=max_connections, max_per_ip=max_per_ip)
