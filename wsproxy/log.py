@@ -91,12 +91,7 @@ class _Clock:
         self._prefix = ""
 
     def stamp(self) -> str:
-        # stamp_at(time.time_ns()), inline: two lines an upgrade are stamped here.
-        second, ns = divmod(time.time_ns(), 1_000_000_000)
-        if second != self._second:
-            return self.stamp_at(second * 1_000_000_000 + ns)
-        micro = ns // 1000
-        return f"{self._prefix}.{micro:06d}Z" if micro else self._prefix + "Z"
+        return self.stamp_at(time.time_ns())
 
     def stamp_at(self, ns: int) -> str:
         """The timestamp of *ns* nanoseconds since the epoch."""
@@ -201,16 +196,8 @@ def direct_put() -> Callable[[str], None] | None:
     the buffer's put, when configure_logging()'s JSON set-up is in force with INFO on and
     no context variable is bound (a worker's are: its lines take ``info_line()``, which
     merges them in); else None."""
-    # _ours(), inline (two lines an upgrade ask).
-    direct = _direct
+    direct = _ours()
     if direct is None or direct.level > logging.INFO:
-        return None
-    config = _STRUCTLOG_CONFIG
-    if config is None:
-        if _ours() is None:
-            return None
-    elif (config.default_wrapper_class is not direct.wrapper
-          or len(procs := config.default_processors) != 1 or procs[0] is not json_line):
         return None
     # No structlog context variable made yet (bind_contextvars() registers each in
     # _CONTEXT_VARS): none can be bound, and the look-up through a copy of the
