@@ -223,14 +223,12 @@ def _tail(event: str) -> str:
 
 
 def opened_line(conn_id: str, client: str, backend: str | None, subject: str | None) -> str:
-    """``connection.opened`` as json_line renders it: one f-string, _tail()'s end
-    included (a call and a concatenation less a line)."""
+    """``connection.opened`` as json_line renders it."""
     return (
         f'{{"conn_id": {_str(conn_id)}, "client": {_str(client)}, '
         f'"backend": {"null" if backend is None else _str(backend)}, '
-        f'"subject": {"null" if subject is None else _str(subject)}, '
-        f'"event": "connection.opened", "level": "info", "timestamp": "{_clock.stamp()}"}}'
-    )
+        f'"subject": {"null" if subject is None else _str(subject)}'
+    ) + _tail("connection.opened")
 
 
 def closed_line(f: Mapping[str, Any]) -> str:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-import time
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from functools import partial
@@ -335,8 +334,7 @@ class ProxyContext:
     def connection_opened(self, conn: Connection) -> None:
         # log.info's line, the cheap ways (wsproxy.log).
         backend = conn.backend.name if conn.backend else None
-        identity = conn.identity  # (conn.subject, without its property's call)
-        subject = None if identity is None else identity.subject
+        subject = conn.subject
         put = direct_put()
         if put is not None:
             put(opened_line(conn.id, conn.client_ip, backend, subject))
@@ -372,9 +370,8 @@ class ProxyContext:
         self.registry.remove(conn.id)
         if self.on_count is not None:
             self.on_count(len(self.registry))
-        if conn.backend is not None:  # conn.opened: the usual end, of an upgrade
-            # One clock reading for the metrics and the line (conn.age()).
-            age = time.monotonic() - conn.started
+        if conn.opened:  # the usual end, of an upgrade
+            age = conn.age()  # one clock reading for the metrics and the line
             # The session read once for both (Session.ending()).
             session = conn.session
             ending = session.ending()

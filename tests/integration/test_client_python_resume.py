@@ -34,7 +34,7 @@ from tests.integration.test_client_python import (
     post,
     token,
 )
-from tests.integration.test_resume import Recorder, stream
+from tests.integration.test_resume import Recorder, send_up, stream
 from wsproxy_client import (
     INBOX_KEPT,
     Backoff,
@@ -94,12 +94,7 @@ async def test_a_dropped_connection_resumes_every_message_once_in_order_both_way
                         return
 
             read = asyncio.create_task(reader())
-            for i in range(1, n + 1):
-                await client.send(f"up-{i}")
-                if i % 10 == 0:
-                    await asyncio.sleep(0.01)
-                if i in (500, 1400):
-                    cut(client)
+            await send_up(client.send, n, {500: lambda: cut(client), 1400: lambda: cut(client)})
             with anyio.fail_after(30):
                 await rec.got.wait()
                 await read

@@ -15,7 +15,7 @@ import json
 import math
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -130,6 +130,19 @@ async def stream(ws: ServerConnection, count: int, start: int = 1, rate: float =
             await asyncio.sleep(10 / rate)
 
 
+async def send_up(
+    send: Callable[[str], Awaitable[None]], count: int, at: dict[int, Callable[[], None]]
+) -> None:
+    """Send up-1..up-*count* ten at a time every 10 ms (as stream() does the other way),
+    calling ``at[i]()`` (a cut, a drop) right after up-*i*."""
+    for i in range(1, count + 1):
+        await send(f"up-{i}")
+        if i % 10 == 0:
+            await asyncio.sleep(0.01)
+        if i in at:
+            at[i]()
+
+
 async def test_a_reset_connection_resumes_exactly_once_in_order_both_ways():
     n = 3000
     async with setup() as (rec, b, ctx, url):
@@ -147,12 +160,8 @@ async def test_a_reset_connection_resumes_exactly_once_in_order_both_ways():
                     got.append(str(await session.recv()))
 
             read = asyncio.create_task(reader())
-            for i in range(1, n + 1):
-                await session.send(f"up-{i}")
-                if i % 10 == 0:
-                    await asyncio.sleep(0.01)
-                if i in (700, 1800):
-                    cut(session)  # twice: a session resumes as often as it drops
+            # Cut twice: a session resumes as often as it drops.
+            await send_up(session.send, n, {700: lambda: cut(session), 1800: lambda: cut(session)})
             with anyio.fail_after(30):
                 await rec.got.wait()
                 await read
@@ -424,14 +433,10 @@ async def test_a_resume_takes_over_from_a_socket_the_proxy_still_thinks_alive():
                     got.append(str(await session.recv()))
 
             read = asyncio.create_task(reader())
-            for i in range(1, n + 1):
-                await session.send(f"up-{i}")
-                if i % 10 == 0:
-                    await asyncio.sleep(0.01)
-                if i == 500:
-                    relay.drop_everything()  # lost both ways from here; nobody told
-                if i == 600:
-                    cut(session)  # the client gives up on its socket; the proxy's lives on
+            # From up-500 everything is lost both ways, and nobody is told; at up-600
+            # the client gives up on its socket (the proxy's lives on).
+            await send_up(session.send, n, {500: relay.drop_everything,
+                                            600: lambda: cut(session)})
             with anyio.fail_after(30):
                 await rec.got.wait()
                 await read

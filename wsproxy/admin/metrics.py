@@ -167,9 +167,7 @@ class Metrics:
         key = (CODE_LABELS.get(sent, "other"), initiator or "unknown")
         closes = self.closes
         closes[key] = closes.get(key, 0) + 1
-        duration = self.duration  # observe(), inline
-        duration.counts[bisect.bisect_left(duration.bounds, age)] += 1
-        duration.total += age
+        self.duration.observe(age)
 
     def ended_outcomes(self) -> Counter[str]:
         """The connections that ended, by outcome."""

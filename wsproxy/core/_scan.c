@@ -635,12 +635,13 @@ static PyObject *close_read_name; /* "close_read", interned once */
    its mask bit, a payload under 126 bytes that is empty or a sendable code and a
    UTF-8 reason), with nothing of a frame in flight, no partial header and none of our
    frames waiting (Session._lone_close's conditions) and no feed: handed to
-   original.close_read(frame, code, reason) (PyRelay._close's twin). 1: it took it;
+   original.close_read(frame, code, reason) (PyRelay._close's twin; called only when
+   `closes` is set, as PyRelay.data_received calls _close). 1: it took it;
    0: not (nothing changed: the read goes to the fallback); -1: an error. */
 static int
 relay_close(Relay *self, PyObject *data)
 {
-    if (!self->closes || self->flow == NULL || !PyBytes_CheckExact(data)
+    if (self->flow == NULL || !PyBytes_CheckExact(data)
         || (self->feeder != NULL && self->feeder != Py_None))
         return 0;
     FlowState *flow = (FlowState *)self->flow;
@@ -989,8 +990,8 @@ call_with_bytes(PyObject *callable, const unsigned char *data, Py_ssize_t n)
     return 0;
 }
 
-/* Whether the other transport has nothing buffered and is not closing: then nothing of
-   the driver's can be waiting to go before this read. -1: an error. */
+/* A call of the other transport's is_closing or get_write_buffer_size: with the
+   transport as its argument when pump_init took the bound methods apart. */
 static PyObject *
 sink_call(Pump *self, PyObject *callable)
 {
@@ -999,6 +1000,8 @@ sink_call(Pump *self, PyObject *callable)
     return PyObject_Vectorcall(callable, &self->sink, 1, NULL);
 }
 
+/* Whether the other transport has nothing buffered and is not closing: then nothing of
+   the driver's can be waiting to go before this read. -1: an error. */
 static int
 sink_idle(Pump *self)
 {

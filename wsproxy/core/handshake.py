@@ -344,39 +344,30 @@ def upstream_request_bytes(
     # a third more); test_handshake compares the two. The lines of the config's values
     # (the backend's authority, the listener's proto) come made and checked once
     # (_own_lines()); test_upstream_bytes holds this to the way it was before them.
-    # The usual calls' answers without their frames: no prefix (join()), the Connection
-    # header read_upgrade() saw (_connection_listed()), lines made before (_own_lines()).
-    target = join(path_prefix, upgrade.target) if path_prefix else upgrade.target
-    listed = (
-        _ONLY_UPGRADE if upgrade.plain_connection is upgrade.headers
-        else _connection_listed(upgrade)
-    )
-    host_made = _HOST_LINES.get(authority)
-    host_lines, authority_ok = host_made or _own_lines(_HOST_LINES, authority, _AROUND_HOST)
+    target = join(path_prefix, upgrade.target)
+    listed = _connection_listed(upgrade)
+    host_lines, authority_ok = _own_lines(_HOST_LINES, authority, _AROUND_HOST)
+    # One set to test each header against: the usual one, or one made for this request.
+    skipped = _SKIPPED if listed is _ONLY_UPGRADE and not owned else _SKIPPED | listed | owned
+    extensions = upgrade.extensions if pass_extensions else ()
     identity = forwarding.identity
     # The usual request: one call (request_head()). (An ASCII X-Forwarded-For encodes,
     # so the proto's lines may be made before it: a refusal is the same either way.)
     if authority_ok and not identity and forwarding.forwarded_for.isascii():
-        proto = forwarding.proto
-        proto_made = _PROTO_LINES.get(proto)
-        proto_lines, proto_ok = proto_made or _own_lines(_PROTO_LINES, proto, _AROUND_PROTO)
+        proto_lines, proto_ok = _own_lines(_PROTO_LINES, forwarding.proto, _AROUND_PROTO)
         if proto_ok:
             made = request_head(
-                target, host_lines, key, upgrade.subprotocols,
-                upgrade.extensions if pass_extensions else (), upgrade.headers,
-                _SKIPPED if listed is _ONLY_UPGRADE and not owned else _SKIPPED | listed | owned,
-                forwarding.forwarded_for, proto_lines, upgrade.host, forwarding.request_id,
+                target, host_lines, key, upgrade.subprotocols, extensions, upgrade.headers,
+                skipped, forwarding.forwarded_for, proto_lines, upgrade.host,
+                forwarding.request_id,
             )
             if made is not None:
                 return made
     parts = [b"GET ", target, host_lines, key, b"\r\nSec-WebSocket-Version: 13"]
     if upgrade.subprotocols:
         parts += (b"\r\nSec-WebSocket-Protocol: ", ", ".join(upgrade.subprotocols).encode())
-    if pass_extensions:
-        for value in upgrade.extensions:
-            parts += (b"\r\nSec-WebSocket-Extensions: ", value)
-    # One set to test each header against: the usual one, or one made for this request.
-    skipped = _SKIPPED if listed is _ONLY_UPGRADE and not owned else _SKIPPED | listed | owned
+    for value in extensions:
+        parts += (b"\r\nSec-WebSocket-Extensions: ", value)
     for name, value in upgrade.headers:
         if name not in skipped:
             parts += (b"\r\n", name, b": ", value)

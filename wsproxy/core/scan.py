@@ -80,6 +80,7 @@ from collections.abc import Callable
 from typing import Final, Protocol, cast
 
 from wsproxy.core.closes import is_sendable
+from wsproxy.core.frames import unmask
 
 #: The signatures both implementations share.
 WholeMessages = Callable[[bytes, int, int, int, int], tuple[int, int]]
@@ -313,10 +314,7 @@ class PyRelay:
             return False
         if flow.remaining or flow.pending_close is not None or flow.partial or flow.pending:
             return False
-        payload = data[2:]
-        if mask_bit:
-            key = data[2:6]
-            payload = builtins.bytes(b ^ key[i % 4] for i, b in enumerate(data[6:]))
+        payload = unmask(data[6:], data[2:6]) if mask_bit else data[2:]
         code: int | None = None
         reason = ""
         if payload:

@@ -949,16 +949,10 @@ class Session:
             self.initiator = _SIDE_NAME[f.src]
         if as_it_came:
             # Relayed as it came, its answer to come back the same way (the first close
-            # of the connection, or the answer to the other side's): _sent_close()'s
-            # fire and _settle()'s one transition from OPEN inline (~2k instructions a
-            # close in calls).
+            # of the connection, or the answer to the other side's).
             dst.out.append(frame)
-            dst.close_sent = parsed
-            dst.fire(_LT_SEND_CLOSE)
-            if self.state is _S_OPEN:
-                self._fire(_T_CLOSE_STARTED)
-            else:
-                self._settle()
+            self._sent_close(dst, code, reason)
+            self._settle()
             return True
         if dst.fail_close is not None and dst.state in LEG_CAN_SEND:
             # The answer we waited for before telling a broken peer why (see _fail);
@@ -1019,25 +1013,12 @@ class Session:
             return 0
         if not self._relays_as_it_came(side, before, dst, code):
             return 0
-        dst_before = dst.state
-        parsed = (code, reason)
-        # Each leg by its table (_Leg.fire's look-up, without its call: the states
-        # checked above have these transitions).
-        src_after = _LEG_NEXT((before, _LT_RECEIVE_CLOSE))
-        dst_after = _LEG_NEXT((dst_before, _LT_SEND_CLOSE))
-        if src_after is None or dst_after is None:  # (the tables changed: as fire() says)
-            raise InvalidTransition(before if src_after is None else dst_before,
-                                    _LT_RECEIVE_CLOSE if src_after is None else _LT_SEND_CLOSE)
-        src.close_received = parsed
-        src.state = src_after
+        src.close_received = (code, reason)
+        src.fire(_LT_RECEIVE_CLOSE)
         if self.initiator is None:
             self.initiator = _SIDE_NAME[side]
-        dst.close_sent = parsed
-        dst.state = dst_after
-        if state is _S_OPEN:  # (both legs were OPEN: _settle()'s one transition)
-            self._fire(_T_CLOSE_STARTED)
-        else:
-            self._settle()
+        self._sent_close(dst, code, reason)
+        self._settle()
         done = RELAYED
         if self._client_leg.state in LEG_FINISHED:
             done |= CLIENT_DONE

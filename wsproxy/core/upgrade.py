@@ -46,8 +46,7 @@ from wsproxy.core.handshake import (
     check_upstream_response,
     new_key,
     read_accept,
-    read_request,
-    upgrade_read,
+    read_upgrade,
     upstream_request_bytes,
 )
 from wsproxy.core.http import ParsedRequest, is_upgrade, probe_path
@@ -171,16 +170,11 @@ class Upgrade:
             HandshakeRejected: as receive_request().
         """
         self._head_bytes = len(data)  # (a refusal below is final: no h11 read follows)
-        read = read_request(data, self.max_request_head)
+        read = read_upgrade(data, self.max_request_head)
         if read is None:
             self._head_bytes = 0
             return False
-        if len(read) == 2:  # the usual: the plainest valid upgrade, checked and made in C
-            self.request, self._early_client = read[0], data[read[1]:]
-        else:  # read_upgrade()'s verdict on the head read
-            made = upgrade_read(read, data)
-            assert made is not None
-            self.request, self._early_client = made
+        self.request, self._early_client = read
         self._received = None
         return True
 

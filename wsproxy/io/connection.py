@@ -374,10 +374,7 @@ class Connection(asyncio.Protocol):
                     self._eof_wait = self.ctx.loop.time() + UPSTREAM_EOF_WAIT
             else:
                 self._close_soon(upstream)
-        if session.state is _CLOSING and not self._timer:
-            # As _flush(): a peer that never answers is dead (tick() looks).
-            self._timer = _CLOSE
-            self._timer_at = self.ctx.loop.time() + self.settings.config.heartbeat.timeout
+        self._watch_close()
         # (The relay protocols stay on: no longer OPEN, they hand every read but such a
         # close to this driver, and the next _flush() takes them off.)
         return True
@@ -473,15 +470,18 @@ class Connection(asyncio.Protocol):
                 )
             if close_upstream:
                 self._close_upstream(upstream)
-        if session.state is _CLOSING and not self._timer:
-            # A close handshake is in flight: a peer that never answers is dead (tick()
-            # looks: no deadline armed, and none disarmed when the peer answers).
-            self._timer = _CLOSE
-            self._timer_at = self.ctx.loop.time() + self.settings.config.heartbeat.timeout
+        self._watch_close()
         if self._relayed and session.state is not _OPEN:
             # No longer OPEN: every read the driver's (once: nothing puts relays back).
             self._relayed = False
             direct.restore(client, upstream)
+
+    def _watch_close(self) -> None:
+        """A close handshake in flight: a peer that never answers is dead (tick() looks
+        at ``_timer_at``: no deadline armed, and none disarmed when the peer answers)."""
+        if self.session.state is _CLOSING and not self._timer:
+            self._timer = _CLOSE
+            self._timer_at = self.ctx.loop.time() + self.settings.config.heartbeat.timeout
 
     def _close_upstream(self, transport: asyncio.Transport) -> None:
         if transport.is_closing():
@@ -987,11 +987,8 @@ class Connection(asyncio.Protocol):
         self._cancel_timer()
         self.backend = backend
         backend.active += 1
-        identity = self.identity  # (_expiry()'s call only for credentials that expire)
-        self.liveness = Liveness(
-            self.settings.liveness_rules, self.ctx.loop.time(), None,
-            None if identity is None or identity.expires_at is None else self._expiry(),
-        )
+        self.liveness = Liveness(self.settings.liveness_rules, self.ctx.loop.time(),
+                                 expires_at=self._expiry())
         if self.session.backend_restarting:  # its close came with its 101
             self.ctx.hold_down(backend)
         self.ctx.connection_opened(self)
