@@ -20,6 +20,15 @@ releases (C calls only: a threading.Event's set() and wait() run a Condition's P
 code on both threads, several thousand instructions a line). The writer takes up to
 ``BATCH`` lines per write.
 
+Wake-ups are gathered: once woken, the writer lets ``GATHER`` pass before it takes the
+queue (unless a batch is there already, or the buffer is closing), and the pending
+wake-up keeps ``put`` from signalling meanwhile. A wake-up is cheap in instructions but
+not in time: the writer runs on the loop's core, and each one costs thread switches and
+a hand-over of the GIL both ways (11 context switches an upgrade, measured, with one
+wake-up a line; 0.5 with the gathering, and 19 % more upgrades a second at INFO). A
+line reaches stdout at most ``GATHER`` later, in the same order; a process killed
+outright (SIGKILL) loses what it queued in that time, as it lost a line in flight before.
+
 At exit (``close``, registered with ``atexit`` by wsproxy.log) the writer gets up to
 ``FLUSH_TIMEOUT`` seconds to write what is queued, the final ``proxy.stopped`` among
 it; a reader that is stuck cannot hold the process longer than that. The writer
@@ -34,6 +43,7 @@ import os
 import select
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Final
@@ -44,6 +54,10 @@ MAX_LINES: Final = 10_000
 BATCH: Final = 512
 #: How long exit waits for the queue to be written.
 FLUSH_TIMEOUT: Final = 5.0
+#: How long a woken writer lets lines gather before it writes them (module doc).
+GATHER: Final = 0.005
+#: The writer's wait while lines gather (a test holds it).
+_gather = time.sleep
 
 
 class LineBuffer:
@@ -120,6 +134,8 @@ class LineBuffer:
         write = self._write
         while True:
             acquire()
+            if len(lines) < BATCH and not self._closing:
+                _gather(GATHER)  # let more lines come: put() does not signal meanwhile
             self._signalled = False
             while lines:
                 count = len(lines)

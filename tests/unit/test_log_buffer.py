@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from wsproxy import log_buffer
 from wsproxy.log_buffer import LineBuffer, fd_writer
 
 #: Bound on waits for the writer thread (normally microseconds).
@@ -167,3 +168,29 @@ def test_fd_writer_after_a_partial_write() -> None:
     """A write the pipe takes part of goes on from where it stopped."""
     data = bytes(range(256)) * 1000  # more than a pipe's capacity: written in parts
     assert _through_a_pipe(data, blocking=True, read_size=4096) == data
+
+
+def test_lines_that_come_while_the_writer_gathers_go_out_in_one_write(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One wake-up for many lines: the first put wakes the writer, the lines put while
+    it lets them gather (GATHER, held here) wake nothing more and go out with it, in
+    order, in one write."""
+    gathering, go = threading.Event(), threading.Event()
+
+    def gather(seconds: float) -> None:
+        assert seconds == log_buffer.GATHER
+        gathering.set()
+        assert go.wait(WAIT)
+
+    monkeypatch.setattr(log_buffer, "_gather", gather)
+    writes: list[bytes] = []
+    buffer = LineBuffer(writes.append)
+    buffer.put("0")
+    assert gathering.wait(WAIT)
+    for i in range(1, 100):
+        buffer.put(str(i))
+    go.set()
+    assert buffer.close()
+    assert writes == ["".join(f"{i}\n" for i in range(100)).encode()]
+
