@@ -331,7 +331,7 @@ def start_wsproxy(ctx: Ctx, target: str) -> Instance:
         f"listen: {{host: {HOST}, port: {port}}}\n"
         f"admin: {{host: {HOST}, port: {admin}}}\n"
         f'backends: [{{name: echo, url: "ws://{HOST}:{ctx.echo_port}"}}]\n'
-        "logging: {level: warning}\n"
+        f"logging: {{level: {ctx.args.wsproxy_level}}}\n"
         "limits: {max_connections: 20000}\n"
         "drain: {spread: 1s, timeout: 2s}\n"
     )
@@ -851,6 +851,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=DEFAULT_WSPROXY_CMD,
         help="command that runs wsproxy; {config} is the generated YAML file and "
         "{root} the repo (default: %(default)s)",
+    )
+    p.add_argument(
+        "--wsproxy-level",
+        default="info",
+        help="wsproxy's logging.level (default %(default)s, the default config's: a "
+        "connection.opened and a connection.closed line per upgrade)",
     )
     p.add_argument(
         "--splice-cmd",
