@@ -11,6 +11,7 @@ not accepted yet (its listening socket, read with a non-blocking accept and recv
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -19,11 +20,17 @@ import pytest
 import uvloop
 
 from wsproxy.config import BackendConfig
-from wsproxy.io.dialer import dial
+from wsproxy.io.dialer import dial, py_dial_send
+
+try:
+    from wsproxy.core import _scan
+except ImportError:  # no compiler at install: the Python twin alone
+    _scan = None  # type: ignore[assignment]
 from wsproxy.io.steps import Steps
 
 HEAD = b"GET / HTTP/1.1\r\nHost: b\r\n\r\n"
 Run = Callable[[Coroutine[Any, Any, None]], None]
+DialSend = Callable[[int, str, int, bytes], tuple[int, int]]
 RUNS: dict[str, Run] = {"uvloop": uvloop.run, "asyncio": asyncio.run}
 on_both_loops = pytest.mark.parametrize("run", RUNS.values(), ids=RUNS.keys())
 
@@ -128,3 +135,64 @@ def test_a_backend_by_name_gets_the_head_from_the_caller(run: Run) -> None:
 
     with listener:
         run(main())
+
+
+# dial_send: _scan.dial_send (C) and py_dial_send, the same answers (twins).
+SENDS = {"python": py_dial_send, **({"c": _scan.dial_send} if _scan is not None else {})}
+both_twins = pytest.mark.parametrize("send", SENDS.values(), ids=SENDS.keys())
+
+
+@both_twins
+@pytest.mark.parametrize("data", [HEAD, b""], ids=["head", "nothing"])
+def test_dial_send_connects_and_sends(send: DialSend, data: bytes) -> None:
+    with listening() as listener:
+        host, port = listener.getsockname()
+        fd, sent = send(socket.AF_INET, host, port, data)
+        with socket.socket(fileno=fd) as sock:
+            assert sent == len(data)
+            assert sock.gettimeout() == 0 or os.get_blocking(fd) is False
+            accepted, _ = listener.accept()
+            with accepted:
+                assert accepted.getpeername() == sock.getsockname()
+                if data:
+                    assert accepted.recv(len(data) + 1, socket.MSG_DONTWAIT) == data
+                else:
+                    with pytest.raises(BlockingIOError):
+                        accepted.recv(1, socket.MSG_DONTWAIT)
+
+
+@both_twins
+def test_dial_send_refused(send: DialSend) -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        host, port = closed.getsockname()
+        with pytest.raises(ConnectionRefusedError):
+            send(socket.AF_INET, host, port, HEAD)
+
+
+@both_twins
+@pytest.mark.parametrize(("family", "host"), [
+    (socket.AF_INET, "localhost"), (socket.AF_INET, "::1"), (socket.AF_INET6, "127.0.0.1"),
+])
+def test_dial_send_wants_a_literal_address_of_its_family(
+    send: DialSend, family: int, host: str,
+) -> None:
+    with pytest.raises(ValueError, match="not a literal address"):
+        send(family, host, 9, HEAD)
+
+
+@both_twins
+def test_dial_send_over_ipv6(send: DialSend) -> None:
+    try:
+        listener = socket.socket(socket.AF_INET6)
+        listener.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    with listener:
+        listener.listen(1)
+        fd, sent = send(socket.AF_INET6, "::1", listener.getsockname()[1], HEAD)
+        os.close(fd)
+        accepted, _ = listener.accept()
+        with accepted:
+            assert sent == len(HEAD)
+            assert accepted.recv(len(HEAD)) == HEAD

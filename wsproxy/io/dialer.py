@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Final, NoReturn
 
 from wsproxy.config import BackendConfig
+from wsproxy.core.scan import SPEEDUPS
 from wsproxy.io.listen_socket import CAPACITY_ERRNOS
 
 
@@ -83,22 +84,16 @@ async def _dial_sending(
     # the time to accept and wait for them, woken a second time all the same.
     data = first()
     try:
-        sock = _Socket(family, _STREAM)
-    except OSError as exc:
+        fd, sent = dial_send(family, address[0], address[1], data)
+        sock = _Socket(family, socket.SOCK_STREAM, 0, fd)
+    except OSError as exc:  # refused (ECONNREFUSED from send: connect() had said EINPROGRESS)
         _raise_failed(exc)
     try:
-        # (connect_ex: no exception made for the EINPROGRESS of nearly every dial)
-        err = sock.connect_ex(address)
-        if err and err != errno.EINPROGRESS:  # on loopback connected all the same
-            raise OSError(err, os.strerror(err))
-        sent = 0
-        if data:
-            try:
-                sent = sock.send(data)
-            except BlockingIOError:  # still connecting: wait as the loop's connect would
-                await loop.sock_connect(sock, address)
+        if data and not sent:  # still connecting: wait as the loop's connect would
+            socket.socket.setblocking(sock, False)
+            await loop.sock_connect(sock, address)
         transport, _ = await loop.create_connection(protocol_factory, sock=sock)
-    except OSError as exc:  # refused (ECONNREFUSED from send: connect() had said EINPROGRESS)
+    except OSError as exc:
         sock.close()
         _raise_failed(exc)
     except BaseException:
@@ -109,17 +104,64 @@ async def _dial_sending(
     return transport
 
 
+def py_dial_send(family: int, host: str, port: int, data: bytes) -> tuple[int, int]:
+    """A TCP socket (non-blocking) to the literal address *host*:*port*, connect()
+    called and *data* sent right after it: its descriptor and how much was sent (0 when
+    the connection is still under way; on loopback it is made by the time connect()
+    returns, though it says EINPROGRESS). OSError for a failure of either call (a
+    refusal on loopback comes from the send), the socket closed; ValueError if *host*
+    is not a literal address of *family*. ``_scan.dial_send`` is its C twin, which
+    keeps the GIL through the calls (this one releases it at each: the log writer
+    thread may take it three times a dial)."""
+    try:
+        socket.inet_pton(family, host)
+    except OSError:
+        raise ValueError(f"not a literal address of family {family}: {host}") from None
+    sock = socket.socket(family, _STREAM)
+    try:
+        err = sock.connect_ex((host, port))  # (no exception made for EINPROGRESS)
+        if err and err != errno.EINPROGRESS:
+            raise OSError(err, os.strerror(err))
+        sent = 0
+        if data:
+            try:
+                sent = sock.send(data)
+            except BlockingIOError:
+                sent = 0
+    except BaseException:
+        sock.close()
+        raise
+    return sock.detach(), sent
+
+
 class _Socket(socket.socket):
-    """A socket whose ``family`` and ``type`` are the plain numbers (``_socket``'s), not
-    socket.socket's enum members: the loop reads both as it takes the socket on, and the
-    conversion cost ~12k instructions a dial (callgrind)."""
+    """The socket of a descriptor made by dial_send, as the loop takes it on: already
+    non-blocking (``setblocking(False)`` would only cost an ioctl and a release of the
+    GIL), its ``family`` and ``type`` the plain numbers (``_socket``'s), not
+    socket.socket's enum members (~12k instructions a dial, callgrind)."""
 
     __slots__ = ()
     family = _socket.socket.family  # type: ignore[assignment]
     type = _socket.socket.type  # type: ignore[assignment]
 
+    def setblocking(self, flag: bool) -> None:
+        if flag:
+            super().setblocking(flag)
+
 
 _STREAM: Final = socket.SOCK_STREAM | socket.SOCK_NONBLOCK
+
+
+def _pick() -> Callable[[int, str, int, bytes], tuple[int, int]]:
+    if SPEEDUPS != "c":
+        return py_dial_send
+    from wsproxy.core import _scan
+
+    return _scan.dial_send
+
+
+#: py_dial_send or its C twin.
+dial_send: Final = _pick()
 
 
 def _raise_failed(exc: OSError) -> NoReturn:
