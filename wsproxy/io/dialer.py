@@ -9,7 +9,9 @@ says EINPROGRESS), so the head arrives with the connection and the backend's
 listener is woken once, for both, instead of once for the connection and again, a
 loop pass later, for the head (the loop's own connect waits for writability first).
 A connection still on its way (a backend further away) is waited for as the loop's
-own connect would, and the bytes go through the transport then.
+own connect would, and the bytes go through the transport then. The socket, connect()
+and send() are ``dial_send``: in C (``_scan.dial_send``) where the speedups are built,
+keeping the GIL through the three calls, else ``py_dial_send``, its twin.
 """
 
 from __future__ import annotations
@@ -85,9 +87,13 @@ async def _dial_sending(
     data = first()
     try:
         fd, sent = dial_send(family, address[0], address[1], data)
-        sock = _Socket(family, socket.SOCK_STREAM, 0, fd)
     except OSError as exc:  # refused (ECONNREFUSED from send: connect() had said EINPROGRESS)
         _raise_failed(exc)
+    try:
+        sock = _Socket(family, socket.SOCK_STREAM, 0, fd)
+    except BaseException:
+        os.close(fd)
+        raise
     try:
         if data and not sent:  # still connecting: wait as the loop's connect would
             socket.socket.setblocking(sock, False)
