@@ -20,6 +20,7 @@ import pytest
 import uvloop
 
 from wsproxy.config import BackendConfig
+from wsproxy.io import dialer
 from wsproxy.io.dialer import dial, py_dial_send
 
 try:
@@ -29,6 +30,8 @@ except ImportError:  # no compiler at install: the Python twin alone
 from wsproxy.io.steps import Steps
 
 HEAD = b"GET / HTTP/1.1\r\nHost: b\r\n\r\n"
+#: Guards against a hang only (a dropped SYN is sent again after ~1 s, then 3 s).
+GUARD = 20.0
 Run = Callable[[Coroutine[Any, Any, None]], None]
 DialSend = Callable[[int, str, int, bytes], tuple[int, int]]
 RUNS: dict[str, Run] = {"uvloop": uvloop.run, "asyncio": asyncio.run}
@@ -135,6 +138,71 @@ def test_a_backend_by_name_gets_the_head_from_the_caller(run: Run) -> None:
 
     with listener:
         run(main())
+
+
+def full_listener() -> tuple[socket.socket, list[socket.socket]]:
+    """A listening socket whose accept queue is full, and the connections that fill
+    it: a further connection stays under way (its SYN dropped, sent again after ~1 s)
+    until the queue has room. (The one that showed the queue full is closed: under
+    way, it would compete for the room with the connection the test makes.)"""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    fillers: list[socket.socket] = []
+    while True:
+        filler = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        fillers.append(filler)
+        filler.connect_ex(listener.getsockname())
+        try:
+            filler.getpeername()
+        except OSError:  # ENOTCONN: this one is still under way, so the queue is full
+            fillers.pop().close()
+            return listener, fillers
+
+
+@on_both_loops
+def test_a_connection_still_under_way_gets_the_head_once_it_is_made(
+    run: Run, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The path of a backend further away than loopback: connect() says EINPROGRESS
+    and the connection is not made yet, so nothing is sent with it; the dial waits for
+    it as the loop's connect would, and the head goes through the transport."""
+    sends: list[int] = []
+
+    def recorded(family: int, host: str, port: int, data: bytes) -> tuple[int, int]:
+        fd, sent = py_dial_send(family, host, port, data)
+        sends.append(sent)
+        return fd, sent
+
+    monkeypatch.setattr(dialer, "dial_send", recorded)
+    listener, fillers = full_listener()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        ended = first_step(dial(loop, asyncio.Protocol, backend_at(*listener.getsockname()),
+                                None, first=lambda: HEAD))
+        assert sends == [0]  # under way: nothing could be sent with it
+        listener.setblocking(False)
+        # Room in the queue: the connections that filled it, then the dial's (its SYN,
+        # sent again, gets in).
+        accepted = []
+        for _ in range(len(fillers) + 1):
+            conn, _ = await asyncio.wait_for(loop.sock_accept(listener), GUARD)
+            accepted.append(conn)
+        transport = await asyncio.wait_for(ended, GUARD)
+        [ours] = [c for c in accepted if c.getpeername() == transport.get_extra_info("sockname")]
+        ours.settimeout(GUARD)
+        assert ours.recv(len(HEAD) + 1) == HEAD  # written by the transport, once made
+        transport.close()
+        for conn in accepted:
+            conn.close()
+
+    with listener:
+        try:
+            run(main())
+        finally:
+            for filler in fillers:
+                filler.close()
 
 
 # dial_send: _scan.dial_send (C) and py_dial_send, the same answers (twins).
