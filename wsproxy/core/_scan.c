@@ -27,9 +27,6 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 #endif
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <string.h>
 
 static PyObject *scan(const unsigned char *data, const uint64_t n, PyObject *const *args);
 static PyObject *read_whole(const unsigned char *data, const uint64_t n, PyObject *const *args);
@@ -1519,92 +1516,7 @@ module_free(void *module)
     module_clear((PyObject *)module);
 }
 
-/* dial_send(family, host, port, data) -> (fd, sent): the twin of wsproxy.io.dialer's
-   py_dial_send (the spec is there): a non-blocking TCP socket to the literal address
-   host:port, connect() called and *data* sent right after it (0 sent: still
-   connecting). OSError with the call's errno otherwise, the socket closed. The GIL is
-   kept through the three calls, none of which blocks: released, it would let another
-   thread of the process (the log writer) take it three times a dial. */
-static PyObject *
-dial_send(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
-{
-    if (nargs != 4) {
-        PyErr_Format(PyExc_TypeError, "dial_send() takes 4 arguments (%zd given)", nargs);
-        return NULL;
-    }
-    int family = _PyLong_AsInt(args[0]);
-    if (family == -1 && PyErr_Occurred())
-        return NULL;
-    const char *host = PyUnicode_AsUTF8(args[1]);
-    if (host == NULL)
-        return NULL;
-    long port = PyLong_AsLong(args[2]);
-    if (port == -1 && PyErr_Occurred())
-        return NULL;
-    if (port < 0 || port > 65535) {
-        PyErr_SetString(PyExc_OverflowError, "port must be 0-65535.");
-        return NULL;
-    }
-    Py_buffer data;
-    if (PyObject_GetBuffer(args[3], &data, PyBUF_SIMPLE) < 0)
-        return NULL;
-    struct sockaddr_storage address;
-    socklen_t length;
-    memset(&address, 0, sizeof(address));
-    int parsed;
-    if (family == AF_INET) {
-        struct sockaddr_in *in = (struct sockaddr_in *)&address;
-        in->sin_family = AF_INET;
-        in->sin_port = htons((uint16_t)port);
-        parsed = inet_pton(AF_INET, host, &in->sin_addr);
-        length = sizeof(*in);
-    } else if (family == AF_INET6) {
-        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&address;
-        in6->sin6_family = AF_INET6;
-        in6->sin6_port = htons((uint16_t)port);
-        parsed = inet_pton(AF_INET6, host, &in6->sin6_addr);
-        length = sizeof(*in6);
-    } else {
-        parsed = 0;
-        length = 0;
-    }
-    if (parsed != 1) {
-        PyBuffer_Release(&data);
-        PyErr_Format(PyExc_ValueError, "not a literal address of family %d: %s", family, host);
-        return NULL;
-    }
-    int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) {
-        PyBuffer_Release(&data);
-        return PyErr_SetFromErrno(PyExc_OSError);
-    }
-    Py_ssize_t sent = 0;
-    if (connect(fd, (struct sockaddr *)&address, length) < 0 && errno != EINPROGRESS)
-        goto failed;
-    if (data.len > 0) {
-        sent = send(fd, data.buf, (size_t)data.len, MSG_NOSIGNAL);
-        if (sent < 0) {
-            if (errno != EAGAIN && errno != EWOULDBLOCK)
-                goto failed;
-            sent = 0;  /* still connecting */
-        }
-    }
-    PyBuffer_Release(&data);
-    return Py_BuildValue("(in)", fd, sent);
-failed:
-    {
-        int err = errno;
-        close(fd);
-        PyBuffer_Release(&data);
-        errno = err;
-        return PyErr_SetFromErrno(PyExc_OSError);
-    }
-}
-
 static PyMethodDef methods[] = {
-    {"dial_send", (PyCFunction)(void (*)(void))dial_send, METH_FASTCALL,
-     "dial_send(family, host, port, data) -> (fd, sent)\n\n"
-     "A TCP connection started and data sent with it (wsproxy.io.dialer.py_dial_send)."},
     {"whole_messages", (PyCFunction)(void (*)(void))whole_messages, METH_FASTCALL,
      "whole_messages(data, pos, mask_bit, rsv_allowed, max_size) -> (pos, messages)\n\n"
      "Skip the whole text and binary messages from pos on (wsproxy.core.scan)."},

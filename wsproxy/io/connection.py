@@ -117,13 +117,6 @@ class UpstreamProtocol(Steps, asyncio.Protocol):
     def detach(self) -> None:
         self._conn = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        conn = self._conn
-        if conn is not None:
-            conn.upstream_made(self, transport)  # type: ignore[arg-type]
-        else:
-            transport.close()  # given up on as it connected
-
     def data_received(self, data: bytes) -> None:
         conn = self._conn
         if conn is not None:
@@ -158,7 +151,7 @@ class _Dial:
     limits.backend_timeout), and whether its handshake has gone and its answer is
     awaited."""
 
-    __slots__ = ("backend", "backends", "protocol", "sent", "sticky", "timer", "waiting")
+    __slots__ = ("backend", "backends", "protocol", "sticky", "timer", "waiting")
 
     def __init__(self, backends: Iterator[BackendState], sticky: tuple[str, ...] | None) -> None:
         self.backends = backends
@@ -169,8 +162,6 @@ class _Dial:
         #: The deadline armed for ``_dial_timed_out`` (wsproxy.io.deadlines), if one is.
         self.timer: float | None = None
         self.waiting = False
-        #: Whether the attempt's handshake went with its connection (``_handshake``).
-        self.sent = False
 
 
 class Connection(asyncio.Protocol):
@@ -847,7 +838,6 @@ class Connection(asyncio.Protocol):
             # (unreachable: connect() refuses in place) does not nest a step in a step.
             retry = dial.backend is not None
             dial.backend = backend
-            dial.sent = False
             backend.dialing += 1  # until _end_dial: least_connections counts it
             protocol = dial.protocol = UpstreamProtocol(self)
             dial.timer = at = self.ctx.loop.time() + self.settings.config.limits.backend_timeout
@@ -863,9 +853,8 @@ class Connection(asyncio.Protocol):
                 self._reject("backend_unreachable", 502, "backend unreachable")
 
     async def _dial_one(self, dial: _Dial, protocol: UpstreamProtocol) -> None:
-        """Open the TCP (TLS) connection to ``dial.backend``: ``upstream_made`` takes it
-        on and sends the handshake (unless the dialer sent it with the connection); its
-        answer comes through ``receive()``, which settles the attempt (``_tried``).
+        """Open the TCP (TLS) connection to ``dial.backend`` and send it the handshake;
+        its answer comes through ``receive()``, which settles the attempt (``_tried``).
         An upgrade's only coroutine (the loop's create_connection is one), run by
         *protocol* itself (``ctx.drive``), not as a task."""
         if dial.protocol is not protocol:
@@ -875,9 +864,8 @@ class Connection(asyncio.Protocol):
         assert backend is not None
         try:
             # backend_tls is live: the context and server name in force now.
-            await dial_backend(
-                ctx.loop, lambda: protocol, backend, ctx.backend_ssl, ctx.config.backend_tls,
-                partial(self._handshake, dial, backend),
+            transport = await dial_backend(
+                ctx.loop, lambda: protocol, backend, ctx.backend_ssl, ctx.config.backend_tls
             )
         except asyncio.CancelledError:
             if dial.protocol is protocol:  # not by _dial_timed_out: the proxy stops
@@ -895,14 +883,7 @@ class Connection(asyncio.Protocol):
                 self.session.upstream_failed(str(exc) or type(exc).__name__)
                 self._tried()
             return
-
-    def upstream_made(self, protocol: UpstreamProtocol, transport: asyncio.Transport) -> None:
-        """The connection of *protocol*'s attempt is up (its ``connection_made``: before
-        anything is read from it, and before ``_dial_one``'s await returns, a loop pass
-        later; the backend's answer may be in already when the dialer sent the
-        handshake with the connection)."""
-        dial = self._dial
-        if dial is None or dial.protocol is not protocol:  # timed out as it connected
+        if dial.protocol is not protocol:  # timed out as it connected
             transport.close()
             return
         session = self.session
@@ -912,23 +893,6 @@ class Connection(asyncio.Protocol):
             return
         self._upstream = transport
         self._open_transports += 1
-        if not dial.sent:
-            backend = dial.backend
-            assert backend is not None
-            transport.write(self._handshake(dial, backend))
-        if session.state is _CONNECTING and session.upstream_failure is None:
-            dial.waiting = True  # for the backend's answer: receive() or transport_lost()
-        else:
-            self._tried()
-
-    def _handshake(self, dial: _Dial, backend: BackendState) -> bytes:
-        """The session's handshake for *backend*, made now: what to send on the new
-        connection, by the dialer with the connection itself where it can (the backend
-        then woken once for both: wsproxy.io.dialer), else by ``upstream_made``;
-        nothing if the client went away meanwhile (``upstream_made`` sees it)."""
-        session = self.session
-        if session.state is not _CONNECTING:
-            return b""
         settings = self.settings
         forwarding = self._forwarding()
         session.connect_upstream(
@@ -940,12 +904,15 @@ class Connection(asyncio.Protocol):
             pass_extensions=settings.config.compression == "passthrough" and self._resume is None,
             owned_headers=settings.owned_headers,
             client_headers=() if dial.sticky is None else sticky_header(
-                self.ctx.config.sticky_cookie, backend.name, dial.sticky,
+                ctx.config.sticky_cookie, backend.name, dial.sticky,
                 https=forwarding.proto == "https",
             ),
         )
-        dial.sent = True
-        return b"".join(session.data_to_send(UPSTREAM))
+        self._flush_upstream_handshake()
+        if session.state is _CONNECTING and session.upstream_failure is None:
+            dial.waiting = True  # for the backend's answer: receive() or transport_lost()
+        else:
+            self._tried()
 
     def _dial_timed_out(self, protocol: UpstreamProtocol) -> None:
         """limits.backend_timeout: the dial, or the backend's answer, took too long."""
@@ -1006,6 +973,12 @@ class Connection(asyncio.Protocol):
             self._upstream = None
             self._open_transports -= 1
             transport.abort()
+
+    def _flush_upstream_handshake(self) -> None:
+        transport = self._upstream
+        assert transport is not None
+        for chunk in self.session.data_to_send(UPSTREAM):
+            transport.write(chunk)
 
     def _forwarding(self) -> Forwarding:
         return self.ctx.forwarding(self.client_ip, self._forwarded_for, self.id, self.identity)

@@ -94,16 +94,14 @@ def candidates(
 def dial_backend(
     loop: asyncio.AbstractEventLoop, factory: Callable[[], asyncio.Protocol],
     backend: BackendState, context: ssl.SSLContext | None, backend_tls: BackendTLSConfig,
-    first: Callable[[], bytes] | None = None,
 ) -> Coroutine[Any, Any, asyncio.Transport]:
     """A connection to *backend* with the protocol *factory* makes (TLS if it is wss):
     dial()'s coroutine itself (no coroutine of its own around it: a frame less at
-    each of an upgrade's steps). *first*: bytes to send with the connection where
-    dial() can (wsproxy.io.dialer).
+    each of an upgrade's steps).
 
     Its await raises:
         OutOfDescriptors: the proxy could not open a socket (not the backend's fault).
         OSError: the backend is unreachable (ssl.SSLError is an OSError).
     """
     return dial(loop, factory, backend.config, context,
-                backend_tls.server_name or backend.server_name, first)
+                backend_tls.server_name or backend.server_name)
