@@ -193,4 +193,3 @@ def test_lines_that_come_while_the_writer_gathers_go_out_in_one_write(
     go.set()
     assert buffer.close()
     assert writes == ["".join(f"{i}\n" for i in range(100)).encode()]
-
