@@ -363,14 +363,8 @@ def upstream_request_bytes(
             )
             if made is not None:
                 return made
-    parts = [b"GET ", target, host_lines, key, b"\r\nSec-WebSocket-Version: 13"]
-    if upgrade.subprotocols:
-        parts += (b"\r\nSec-WebSocket-Protocol: ", ", ".join(upgrade.subprotocols).encode())
-    for value in extensions:
-        parts += (b"\r\nSec-WebSocket-Extensions: ", value)
-    for name, value in upgrade.headers:
-        if name not in skipped:
-            parts += (b"\r\n", name, b": ", value)
+    parts = _head_start(target, host_lines, key, upgrade.subprotocols, extensions,
+                        upgrade.headers, skipped)
     forwarded_for = forwarding.forwarded_for
     request_id = forwarding.request_id
     forwarded_for_bytes = forwarded_for.encode("latin-1")  # (encoded in the lines' order)
@@ -410,6 +404,22 @@ def py_request_head(
         _plain_value(forwarded_for) and _plain_value(request_id)
     ):
         return None
+    parts = _head_start(target, host_lines, key, subprotocols, extensions, headers, skipped)
+    parts += (
+        b"\r\nX-Forwarded-For: ", forwarded_for.encode(), proto_lines, host,
+        b"\r\nX-Request-Id: ", request_id.encode(), b"\r\n\r\n",
+    )
+    return b"".join(parts)
+
+
+def _head_start(
+    target: bytes, host_lines: bytes, key: bytes, subprotocols: tuple[str, ...],
+    extensions: tuple[bytes, ...], headers: tuple[Header, ...],
+    skipped: frozenset[bytes] | set[bytes],
+) -> list[bytes]:
+    """The backend's request up to the proxy's forwarding headers: the request line,
+    Host (*host_lines*), the key, version, offers, extensions passed on and the
+    client's headers not *skipped* (both of upstream_request_bytes()'s ways)."""
     parts = [b"GET ", target, host_lines, key, b"\r\nSec-WebSocket-Version: 13"]
     if subprotocols:
         parts += (b"\r\nSec-WebSocket-Protocol: ", ", ".join(subprotocols).encode())
@@ -418,11 +428,7 @@ def py_request_head(
     for name, value in headers:
         if name not in skipped:
             parts += (b"\r\n", name, b": ", value)
-    parts += (
-        b"\r\nX-Forwarded-For: ", forwarded_for.encode(), proto_lines, host,
-        b"\r\nX-Request-Id: ", request_id.encode(), b"\r\n\r\n",
-    )
-    return b"".join(parts)
+    return parts
 
 
 def _plain_value(value: str) -> bool:

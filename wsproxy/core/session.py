@@ -692,11 +692,8 @@ class Session:
 
     def close_codes(self) -> dict[str, int | None]:
         """The close code each side sent (None: none, or an empty close frame)."""
-        client, upstream = self._client_leg.close_received, self._upstream_leg.close_received
-        return {
-            "client": client[0] if client else None,
-            "upstream": upstream[0] if upstream else None,
-        }
+        client, upstream = self.close_codes_received()
+        return {"client": client, "upstream": upstream}
 
     def close_codes_received(self) -> tuple[int | None, int | None]:
         """close_codes() as a tuple: (the client's, the backend's)."""
@@ -713,15 +710,7 @@ class Session:
         """What the end of a connection reports, read in one call: flows_to()'s two
         flows, close_codes_received()'s two codes and close_code_sent(CLIENT) (the
         metrics and the connection.closed line each read the session once)."""
-        client, upstream = self._client_leg, self._upstream_leg
-        received, sent = client.close_received, client.close_sent
-        upstream_received = upstream.close_received
-        return (
-            self._upstream_flow, self._client_flow,
-            received[0] if received else None,
-            upstream_received[0] if upstream_received else None,
-            sent[0] if sent else None,
-        )
+        return (*self.flows_to(), *self.close_codes_received(), self.close_code_sent(_CLIENT))
 
     def close_code_sent(self, side: Side) -> int | None:
         """The code of the close frame *side* was sent (relayed or ours), if any."""
