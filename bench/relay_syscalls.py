@@ -154,6 +154,8 @@ def main() -> None:
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--window", type=int, default=16)
     p.add_argument("--connections", type=int, default=100)
+    p.add_argument("--wsproxy-level", default="info",
+                   help="wsproxy's logging.level (default: info, the default config's)")
     p.add_argument("--record", metavar="PREFIX",
                    help="also `perf record` (cpu-clock) each side to PREFIX-TARGET-SIDE.data")
     a = p.parse_args()
