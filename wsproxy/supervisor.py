@@ -55,6 +55,7 @@ from wsproxy.io.connection import Connection
 from wsproxy.io.front import ClientProtocol, FrontDoor, ProxiedClientProtocol
 from wsproxy.io.handoff import Handoff
 from wsproxy.io.listen_socket import CAPACITY_ERRNOS, dual_stack_socket, listening_sockets
+from wsproxy.io.loop_tracking import stop_tracking_transports
 from wsproxy.io.plain_http import PlainHttp
 from wsproxy.io.ports import DRAINING, CloseRefusal, ConnectionSettings, Refusal
 from wsproxy.io.resume import resumed_slot
@@ -674,6 +675,7 @@ async def serve(
             ctx = ProxyContext(config, task_group=tg, config_path=config_path, adapt=adapt,
                                on_count=on_count, pool=pool)
             loop.set_exception_handler(ctx.loop_exception)
+            stop_tracking_transports(loop)
             if drained is not None:
                 drained.apply(ctx)
             if handoff is not None and config.listen.tls is None:
