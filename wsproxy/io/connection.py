@@ -338,7 +338,14 @@ class Connection(asyncio.Protocol):
             if session.last_pong:
                 self._pongs()
             return
-        if state is _OPEN or state is _CLOSING:
+        dial = self._dial
+        if dial is not None and dial.waiting and (
+            state is not _CONNECTING or session.upstream_failure
+        ):
+            # The backend's answer settles the attempt; _tried() flushes what it made
+            # (the client's 101, an error): one flush an upgrade, not two (~2k).
+            self._tried()
+        elif state is _OPEN or state is _CLOSING:
             self._flush()
             if session.backend_restarting and self.backend is not None:
                 self.ctx.hold_down(self.backend)
@@ -346,11 +353,6 @@ class Connection(asyncio.Protocol):
             self._request_read()
         elif state is not _CONNECTING:
             self._flush()
-        dial = self._dial
-        if dial is not None and dial.waiting and (
-            state is not _CONNECTING or session.upstream_failure
-        ):
-            self._tried()
 
     def receive_close(self, side: Side, frame: bytes, code: int | None, reason: str) -> bool:
         """A read from *side* that is one whole close frame (*code*, *reason*), checked by
