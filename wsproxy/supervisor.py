@@ -45,7 +45,7 @@ from wsproxy.control.drains import Drains
 from wsproxy.control.health import run_health_checks
 from wsproxy.control.rebalance import Rebalancer
 from wsproxy.core.admission import TokenBucket, limit_retry_ms
-from wsproxy.core.closes import PROXY_STOPPED, TRY_AGAIN, with_hint
+from wsproxy.core.closes import BACKEND_RESTARTING, PROXY_STOPPED, TRY_AGAIN, with_hint
 from wsproxy.core.handshake import Forwarding
 from wsproxy.core.nonces import random_bytes
 from wsproxy.core.registry import Pool, Registry, SharedRegistry
@@ -495,7 +495,9 @@ class ProxyContext:
         authenticator = build_authenticator(config.auth, proto=self.forwarded_proto)
         log_restart_needed(config, self.startup_config)
         gone = self.backends.set_static(config.backends)
-        self._apply(config, backend_ssl, ConnectionSettings.build(config, authenticator))
+        restart_reason = partial(self.close_reason, BACKEND_RESTARTING, config.drain.reconnect_hint)
+        self._apply(config, backend_ssl,
+                    ConnectionSettings.build(config, authenticator, restart_reason))
         for state in gone:  # under the new config's drain settings
             self.drainer.drain_backend(state)
         if not initial:

@@ -30,7 +30,6 @@ import asyncio
 import dataclasses
 import time
 from collections.abc import Iterator
-from functools import partial
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from wsproxy.auth import AuthFailed
@@ -229,9 +228,7 @@ class Connection(asyncio.Protocol):
             max_request_head=cfg.limits.max_request_head,
             restart_code=cfg.drain.backend_close_code,
             # Made only if a backend restarts (a random hint cost ~4k an upgrade).
-            restart_reason=partial(
-                ctx.close_reason, closes.BACKEND_RESTARTING, cfg.drain.reconnect_hint
-            ),
+            restart_reason=settings.restart_reason,
             plain_http=cfg.plain_http == "proxy",
         )
         #: Why the upgrade did not open (a metrics label), when it did not.

@@ -79,14 +79,23 @@ class ConnectionSettings:
     owned_headers: frozenset[bytes]
     #: ``heartbeat.*``, ``limits.idle_timeout`` and ``limits.max_connection_age``.
     liveness_rules: LivenessRules
+    #: The reason of the close a client gets when its backend restarts
+    #: (``drain.backend_close_code``), made only then: it may carry a random hint. One
+    #: per config, not one per connection (a partial each cost ~260 B while it was open).
+    restart_reason: Callable[[], str]
 
     @classmethod
-    def build(cls, config: ProxyConfig, authenticator: Authenticator | None) -> ConnectionSettings:
-        """The settings of *config*, with the authenticator already built from it."""
+    def build(
+        cls, config: ProxyConfig, authenticator: Authenticator | None,
+        restart_reason: Callable[[], str],
+    ) -> ConnectionSettings:
+        """The settings of *config*, with the authenticator already built from it and the
+        maker of its *restart_reason*."""
         owned = authenticator.owned_headers if authenticator is not None else ()
         return cls(
             config=config,
             authenticator=authenticator,
+            restart_reason=restart_reason,
             owned_headers=frozenset(name.lower().encode("latin-1") for name in owned),
             liveness_rules=LivenessRules(
                 interval=config.heartbeat.interval,
