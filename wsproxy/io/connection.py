@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from wsproxy.auth import AuthFailed
 from wsproxy.core import closes
-from wsproxy.core.handshake import Forwarding, client_address, plain_ip
+from wsproxy.core.handshake import UpgradeRequest, client_address, plain_ip
 from wsproxy.core.http import ParsedRequest
 from wsproxy.core.liveness import Due, Liveness, ping_payload, ping_sent_at
 from wsproxy.core.resume import ResumeAsk, take_param
@@ -389,8 +389,9 @@ class Connection(asyncio.Protocol):
     def _request_read(self) -> None:
         """What the client sent while AWAIT_REQUEST: act once its request is in."""
         session = self.session
-        if session.request is not None:
-            self._route()
+        request = session.request
+        if request is not None:
+            self._route(request)
         elif session.probe is not None:
             self._answer_probe(session.probe)
         elif session.plain is not None:
@@ -656,11 +657,9 @@ class Connection(asyncio.Protocol):
         self._door.to_http(transport, parsed, conn_id=self.id, peer_ip=self.peer_ip,
                            settings=self.settings)
 
-    def _route(self) -> None:
-        """The client's request is in: refuse it, or go and find a backend."""
+    def _route(self, request: UpgradeRequest) -> None:
+        """The client's *request* is in: refuse it, or go and find a backend."""
         session = self.session
-        request = session.request
-        assert request is not None
         trusted = self.settings.config.trusted_proxies
         if trusted:
             self.client_ip, self._forwarded_for = client_address(
@@ -681,7 +680,7 @@ class Connection(asyncio.Protocol):
         transport.pause_reading()  # nothing to relay to until a backend said 101
         if refusal is None:
             if self.settings.authenticator is None and self._resume is None:
-                self._start_dial()  # no task until the dial's own
+                self._start_dial(request)  # no task until the dial's own
             else:
                 self.ctx.spawn(self._connect_upstream)
         elif self.settings.authenticator is None:
@@ -809,17 +808,19 @@ class Connection(asyncio.Protocol):
         if isinstance(self._resume, ResumeAsk):
             resume_into(self, self._resume)
             return
-        self._start_dial()
+        request = self.session.request
+        assert request is not None
+        self._start_dial(request)
 
-    def _start_dial(self) -> None:
-        """Try the backends for the request, best first (``_next_backend``)."""
-        session = self.session
+    def _start_dial(self, request: UpgradeRequest) -> None:
+        """Try the backends for *request* (the session's), best first (``_next_backend``)."""
         config = self.ctx.config  # balance.* and sticky_cookie.* are live: each pick
         sticky: tuple[str, ...] | None = None  # not balance: cookie
-        if config.balance.policy == "cookie" and session.request is not None:
+        if config.balance.policy == "cookie":
             # The proxy's cookie: read here, and never seen by the backend.
-            session.request, sticky = take_sticky(session.request, config.sticky_cookie.name)
-        self._dial = _Dial(iter(candidates(self.ctx.balancer, session.request,
+            request, sticky = take_sticky(request, config.sticky_cookie.name)
+            self.session.request = request
+        self._dial = _Dial(iter(candidates(self.ctx.balancer, request,
                                            config.balance.hash_key, sticky or ())), sticky)
         self._next_backend()
 
@@ -893,7 +894,7 @@ class Connection(asyncio.Protocol):
         self._upstream = transport
         self._open_transports += 1
         settings = self.settings
-        forwarding = self._forwarding()
+        forwarding = ctx.forwarding(self.client_ip, self._forwarded_for, self.id, self.identity)
         session.connect_upstream(
             target=backend.name,
             authority=backend.config.authority,
@@ -979,11 +980,9 @@ class Connection(asyncio.Protocol):
         for chunk in self.session.data_to_send(UPSTREAM):
             transport.write(chunk)
 
-    def _forwarding(self) -> Forwarding:
-        return self.ctx.forwarding(self.client_ip, self._forwarded_for, self.id, self.identity)
-
     def _opened(self, backend: BackendState) -> None:
-        self._cancel_timer()
+        # (No _cancel_timer(): _route() disarmed the request's deadline, and nothing
+        # arms one before this flush.)
         self.backend = backend
         backend.active += 1
         self.liveness = Liveness(self.settings.liveness_rules, self.ctx.loop.time(),
