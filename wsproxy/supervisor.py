@@ -224,13 +224,9 @@ class ProxyContext:
             # Header values go out as bytes: the subject's UTF-8, spelled as Latin-1.
             subject = identity.subject.encode("utf-8").decode("latin-1")
             headers = (("X-Auth-Subject", subject), *identity.headers)
-        return Forwarding(
-            client_ip=client_ip,
-            forwarded_for=forwarded_for,
-            proto=self.forwarded_proto,
-            request_id=request_id,
-            identity=headers,
-        )
+        # Its fields in order (client_ip, forwarded_for, proto, request_id, identity):
+        # keywords to a class go through a dict, ~3k instructions more for these five.
+        return Forwarding(client_ip, forwarded_for, self.forwarded_proto, request_id, headers)
 
     def probe_answer(self, path: str) -> tuple[int, str]:
         """The answer to a probe on the main listener: /readyz fails while draining."""
