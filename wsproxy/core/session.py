@@ -273,10 +273,11 @@ class Session:
         "upgrade",
     )
 
+    # Not keyword-only: a driver passes them in order, as keywords to a class go
+    # through a dict (slot_tp_init), ~0.5k instructions each.
     def __init__(
         self,
         conn_id: str,
-        *,
         max_message_size: int = 1 << 20,
         max_request_head: int = 16 << 10,
         restart_code: int | None = None,
@@ -291,9 +292,7 @@ class Session:
         self.restart_reason = restart_reason
         self.backend_restarting = False
         #: The opening handshakes while they last (None once OPEN).
-        self.upgrade: Upgrade | None = Upgrade(
-            max_request_head=max_request_head, plain_http=plain_http
-        )
+        self.upgrade: Upgrade | None = Upgrade(max_request_head, plain_http)
         self.state = _S_AWAIT_REQUEST
         self.max_message_size = max_message_size
         self._client_leg = client_leg = _Leg(_CLIENT)

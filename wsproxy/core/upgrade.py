@@ -105,7 +105,8 @@ class Upgrade:
         "max_request_head", "plain", "probe", "request", "upstream_failure",
     )
 
-    def __init__(self, *, max_request_head: int, plain_http: bool) -> None:
+    # (Not keyword-only: see Session.__init__.)
+    def __init__(self, max_request_head: int, plain_http: bool) -> None:
         self.max_request_head = max_request_head
         #: The upgrade request once it has arrived and passed the checks.
         self.request: UpgradeRequest | None = None

@@ -222,14 +222,12 @@ class Connection(asyncio.Protocol):
         self.peer_ip = self.client_ip = self._forwarded_for = peer_ip
         self.identity: Identity | None = None
         self.backend: BackendState | None = None
+        # In order, without keywords (Session.__init__): conn_id, max_message_size,
+        # max_request_head, restart_code, restart_reason (made only if a backend
+        # restarts: a random hint cost ~4k an upgrade), plain_http.
         self.session = Session(
-            self.id,
-            max_message_size=cfg.limits.max_message_size,
-            max_request_head=cfg.limits.max_request_head,
-            restart_code=cfg.drain.backend_close_code,
-            # Made only if a backend restarts (a random hint cost ~4k an upgrade).
-            restart_reason=settings.restart_reason,
-            plain_http=cfg.plain_http == "proxy",
+            self.id, cfg.limits.max_message_size, cfg.limits.max_request_head,
+            cfg.drain.backend_close_code, settings.restart_reason, cfg.plain_http == "proxy",
         )
         #: Why the upgrade did not open (a metrics label), when it did not.
         self.failure: str | None = None
