@@ -213,7 +213,8 @@ def test_the_clients_101_carries_the_set_cookie() -> None:
               + accept_key(upgrade.upstream_key) + b"\r\n\r\n")
     opened = upgrade.receive_response(answer)
     assert opened is not None
-    head = opened.response.split(b"\r\n")
+    _, response, _, _ = opened
+    head = response.split(b"\r\n")
     assert b"Set-Cookie: " + extra[0][1] in head
     assert head.count(b"Set-Cookie: " + extra[0][1]) == 1
 

@@ -564,7 +564,8 @@ class Session:
     def _open(self, opened: Opened) -> None:
         """The relay takes over from the Upgrade, with what came early on each side."""
         self._fire(_T_UPSTREAM_ACCEPTED)
-        self.accepted = accepted = opened.accepted
+        accepted, response, client_early, upstream_early = opened
+        self.accepted = accepted
         if accepted.extensions and b"permessage-deflate" in accepted.extensions:
             for flow in (self._client_flow, self._upstream_flow):
                 flow.rsv_allowed = frames.RSV1
@@ -572,14 +573,14 @@ class Session:
             # An extension we do not know: its reserved bits are its own business.
             for flow in (self._client_flow, self._upstream_flow):
                 flow.rsv_allowed = frames.RSV_BITS
-        self._client_leg.out.append(opened.response)
+        self._client_leg.out.append(response)
         # The HTTP state machines and headers are done with: an open connection keeps
         # only its legs (10,000 idle connections should cost little).
         self.upgrade = None
-        if opened.client_early:
-            self._scan(self._client_flow, opened.client_early)
-        if opened.upstream_early:
-            self._scan(self._upstream_flow, opened.upstream_early)
+        if client_early:
+            self._scan(self._client_flow, client_early)
+        if upstream_early:
+            self._scan(self._upstream_flow, upstream_early)
 
     # Sending…
 
