@@ -895,7 +895,7 @@ class Connection(asyncio.Protocol):
         forwarding = ctx.forwarding(self.client_ip, self._forwarded_for, self.id, self.identity)
         session.connect_upstream(
             target=backend.name,
-            authority=backend.config.authority,
+            authority=backend.authority,
             path_prefix=backend.config.path,
             forwarding=forwarding,
             # An opted-in client's messages get a byte more: none compressed.
