@@ -33,9 +33,9 @@ backend whose client went away, 1014 to a client whose backend did.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from operator import xor as _xor
-from typing import TYPE_CHECKING, Final, TypeAlias
+from typing import TYPE_CHECKING, Final, TypeAlias, TypeVar
 
 from wsproxy.core import frames
 from wsproxy.core.closes import (
@@ -148,9 +148,27 @@ RELAYED: Final = 1
 CLIENT_DONE: Final = 2
 UPSTREAM_DONE: Final = 4
 EOF_AWAITED: Final = 8
-#: The transition tables' get, for _fire and _Leg.fire.
-_NEXT: Final = TRANSITIONS.get
-_LEG_NEXT: Final = LEG_TRANSITIONS.get
+
+
+_State = TypeVar("_State")
+_Trigger = TypeVar("_Trigger")
+
+
+def _by_state(
+    table: Mapping[tuple[_State, _Trigger], _State], states: Iterable[_State]
+) -> dict[_State, dict[_Trigger, _State]]:
+    """A transition table by state, then trigger (every state there, with no triggers if
+    none moves it): a fire looks up without a (state, trigger) tuple made, hashed and
+    compared (~300 instructions less a fire, eight an upgrade)."""
+    by_state: dict[_State, dict[_Trigger, _State]] = {state: {} for state in states}
+    for (state, trigger), after in table.items():
+        by_state[state][trigger] = after
+    return by_state
+
+
+#: The transition tables by state, then trigger, for _fire and _Leg.fire.
+_NEXT: Final = _by_state(TRANSITIONS, SessionState)
+_LEG_NEXT: Final = _by_state(LEG_TRANSITIONS, LegState)
 
 
 class _Leg:
@@ -172,7 +190,7 @@ class _Leg:
     def fire(self, trigger: LegTrigger) -> None:
         """Move this leg by its table (wsproxy.core.states): the only way it moves."""
         # next_leg_state()'s look-up, without its call (several fires a connection).
-        state = _LEG_NEXT((self.state, trigger))
+        state = _LEG_NEXT[self.state].get(trigger)
         if state is None:
             raise InvalidTransition(self.state, trigger)
         self.state = state
@@ -319,7 +337,7 @@ class Session:
         return f"<Session {self.conn_id} {self.state.name}>"
 
     def _fire(self, trigger: Trigger) -> None:
-        state = _NEXT((self.state, trigger))  # next_state()'s look-up (see _Leg.fire)
+        state = _NEXT[self.state].get(trigger)  # next_state()'s look-up (see _Leg.fire)
         if state is None:
             raise InvalidTransition(self.state, trigger)
         self.state = state
