@@ -728,11 +728,14 @@ class Session:
         """What the end of a connection reports, read in one call: flows_to()'s two
         flows, close_codes_received()'s two codes and close_code_sent(CLIENT) (the
         metrics and the connection.closed line each read the session once)."""
-        return (*self.flows_to(), *self.close_codes_received(), self.close_code_sent(_CLIENT))
+        # (Unpacked and packed again: a display with *-unpacking builds a list first.)
+        to_client, to_backend = self.flows_to()
+        client_code, upstream_code = self.close_codes_received()
+        return to_client, to_backend, client_code, upstream_code, self.close_code_sent(_CLIENT)
 
     def close_code_sent(self, side: Side) -> int | None:
         """The code of the close frame *side* was sent (relayed or ours), if any."""
-        sent = self._leg(side).close_sent
+        sent = (self._client_leg if side is _CLIENT else self._upstream_leg).close_sent
         return sent[0] if sent else None
 
     # The relay: frame boundaries in place…
