@@ -161,13 +161,14 @@ class Metrics:
         if not self.upgraded:  # the first: "upgraded" takes its place among the outcomes
             self.connections["upgraded"] += 0
         self.upgraded += 1
-        to_client, to_backend, _, _, sent = ending
-        self.messages_to_backend += to_backend.messages
-        self.messages_to_client += to_client.messages
-        self.bytes_to_backend += to_backend.bytes
-        self.bytes_to_client += to_client.bytes
-        self.undelivered_to_backend += to_backend.undelivered
-        self.undelivered_to_client += to_client.undelivered
+        (messages_to_backend, messages_to_client, bytes_to_backend, bytes_to_client,
+         undelivered_to_backend, undelivered_to_client, _, _, sent) = ending
+        self.messages_to_backend += messages_to_backend
+        self.messages_to_client += messages_to_client
+        self.bytes_to_backend += bytes_to_backend
+        self.bytes_to_client += bytes_to_client
+        self.undelivered_to_backend += undelivered_to_backend
+        self.undelivered_to_client += undelivered_to_client
         label = CODE_LABELS.get(sent, "other")
         counts = self._closes_by.get(initiator)
         if counts is not None and label in counts:
