@@ -4,7 +4,7 @@ Every upgrade used to make three or four loop timers (the request's deadline, th
 dial's limits.backend_timeout, the close handshake's heartbeat.timeout, the wait for
 the backend's EOF), each nearly always cancelled: with uvloop a timer made and
 cancelled cost ~6k instructions, ~20k an upgrade. Here a deadline is an entry in a
-dict per slot of 1/64 s: armed and disarmed in ~2k, and one loop timer stands for
+dict per slot of 1/64 s: armed and disarmed in ~3.5k, and one loop timer stands for
 the earliest slot that holds any.
 
 A deadline fires once the loop's clock has passed it, at most one slot (~16 ms)
