@@ -126,7 +126,7 @@ class Metrics:
         self.undelivered_to_backend = self.undelivered_to_client = 0
         #: Ended upgraded connections by who closed first (``initiator``), then by the
         #: ``code`` label: counted without a (label, initiator) tuple made, hashed and
-        #: compared twice per connection (~2k instructions; ``closes`` has them by pair).
+        #: compared twice per connection (~1k instructions; ``closes`` has them by pair).
         self._closes_by: dict[str | None, dict[str, int]] = {}
         #: The (initiator, label) pairs in the order first counted: the series' order.
         self._close_pairs: list[tuple[str | None, str]] = []
