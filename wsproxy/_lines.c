@@ -17,12 +17,14 @@
  *       TimeStamper(fmt="iso", utc=True)'s timestamp of time.time_ns() (or of *ns*),
  *       with the date and time of the current second formatted once a second.
  *
- * An f-string of the same line cost ~26k instructions under callgrind, this ~2k
- * (issue 18). tests/unit/test_lines_twins.py holds the two to the same strings.
+ * An f-string of the same line cost ~26k instructions under callgrind, this ~3k
+ * (issue 18; ~4k with the line gathered in pieces first and every duration formatted by
+ * PyOS_double_to_string). tests/unit/test_lines_twins.py holds the two to the same strings.
  * Built by setup.py as an optional extension of its own.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -30,27 +32,60 @@
 static PyObject *encode_ascii;   /* _json.encode_basestring_ascii */
 static PyObject *millis_fallback; /* log.millis_repr, for what ".3f" does not write */
 
-/* One piece of the line: its characters, and the object that holds them, if any. */
-typedef struct {
-    const char *text;
-    Py_ssize_t len;
-} Piece;
-
-/* The most a line takes: 17 keys, 7 strings of 3 pieces (quote, text, quote), 9 other
-   values, the stamp and the end: 49. */
-#define MAX_PIECES 64
+/* Room for a line on the stack: a usual line takes ~450 characters. */
+#define LINE_ROOM 1024
 #define NUM_ROOM 24
 
+/* The line, written as it goes: into `stack` while it fits, else into memory of its
+   own (pieces gathered first and copied into the str in a second pass cost ~1.4k
+   instructions a line). A failed allocation is sticky: `failed` set and the error
+   raised once, later writes do nothing. */
 typedef struct {
-    Piece pieces[MAX_PIECES];
-    int count;
-    PyObject *held[16]; /* escaped strings and reprs made for this line: at most one for
-                           each of the 16 values (render_closed checks nargs) */
-    int nheld;
-    char nums[8][NUM_ROOM]; /* counters' digits */
-    int nnums;
-    char millis[40];
+    char *text;
+    Py_ssize_t len;
+    Py_ssize_t room;
+    int failed;
+    char stack[LINE_ROOM];
 } Line;
+
+static int
+grow(Line *line, Py_ssize_t more)
+{
+    if (line->failed)
+        return -1;
+    Py_ssize_t room = line->room;
+    while (room - line->len < more) {
+        if (room > PY_SSIZE_T_MAX / 2) {
+            line->failed = 1;
+            PyErr_NoMemory();
+            return -1;
+        }
+        room *= 2;
+    }
+    char *text = line->text == line->stack ? PyMem_Malloc((size_t)room)
+                                           : PyMem_Realloc(line->text, (size_t)room);
+    if (text == NULL) {
+        line->failed = 1;
+        PyErr_NoMemory();
+        return -1;
+    }
+    if (line->text == line->stack)
+        memcpy(text, line->stack, (size_t)line->len);
+    line->text = text;
+    line->room = room;
+    return 0;
+}
+
+static inline void
+put(Line *line, const char *text, Py_ssize_t len)
+{
+    if (line->room - line->len < len && grow(line, len) < 0)
+        return;
+    memcpy(line->text + line->len, text, (size_t)len);
+    line->len += len;
+}
+
+#define PUT_LITERAL(line, s) put((line), (s), (Py_ssize_t)sizeof(s) - 1)
 
 /* The decimal digits of *n* written into *room* (NUM_ROOM bytes); their count.
    (snprintf's "%lld" cost ~700 instructions a number.) */
@@ -73,30 +108,22 @@ digits(char *room, long long n)
 }
 
 static void
-put(Line *line, const char *text, Py_ssize_t len)
+put_digits(Line *line, long long n)
 {
-    if (line->count >= MAX_PIECES) /* (cannot be: see MAX_PIECES) */
-        Py_FatalError("wsproxy._lines: a line of more pieces than MAX_PIECES");
-    line->pieces[line->count].text = text;
-    line->pieces[line->count].len = len;
-    line->count++;
+    char room[NUM_ROOM];
+    put(line, room, digits(room, n));
 }
 
-#define PUT_LITERAL(line, s) put((line), (s), (Py_ssize_t)sizeof(s) - 1)
-
+/* An ASCII str made by Python (escaped, or a repr): its characters, and then it goes. */
 static int
-hold(Line *line, PyObject *text)
+put_made(Line *line, PyObject *text)
 {
-    /* An ASCII str made by Python (escaped, or a repr): kept until the line is built. */
     Py_ssize_t len;
     const char *chars = PyUnicode_AsUTF8AndSize(text, &len);
-    if (chars == NULL) {
-        Py_DECREF(text);
-        return -1;
-    }
-    line->held[line->nheld++] = text;
-    put(line, chars, len);
-    return 0;
+    if (chars != NULL)
+        put(line, chars, len);
+    Py_DECREF(text);
+    return chars == NULL ? -1 : 0;
 }
 
 /* A JSON string of *value* as encode_basestring_ascii writes it. */
@@ -127,7 +154,7 @@ put_str(Line *line, PyObject *value)
         PyErr_SetString(PyExc_TypeError, "encode_basestring_ascii() did not return a str");
         return -1;
     }
-    return hold(line, escaped);
+    return put_made(line, escaped);
 }
 
 static int
@@ -158,27 +185,25 @@ put_code(Line *line, PyObject *value)
     long long n = PyLong_AsLongLongAndOverflow(value, &overflow);
     if (n == -1 && PyErr_Occurred())
         return -1;
-    if (!overflow && line->nnums < 8) {
-        char *room = line->nums[line->nnums++];
-        put(line, room, digits(room, n));
+    if (!overflow) {
+        put_digits(line, n);
         return 0;
     }
     PyObject *text = PyLong_Type.tp_repr(value);
-    return text == NULL ? -1 : hold(line, text);
+    return text == NULL ? -1 : put_made(line, text);
 }
 
 /* A counter as an f-string writes it: format(value, ""). */
 static int
 put_count(Line *line, PyObject *value)
 {
-    if (PyLong_CheckExact(value) && line->nnums < 8) {
+    if (PyLong_CheckExact(value)) {
         int overflow = 0;
         long long n = PyLong_AsLongLongAndOverflow(value, &overflow);
         if (n == -1 && PyErr_Occurred())
             return -1;
         if (!overflow) {
-            char *room = line->nums[line->nnums++];
-            put(line, room, digits(room, n));
+            put_digits(line, n);
             return 0;
         }
     }
@@ -194,32 +219,61 @@ put_count(Line *line, PyObject *value)
         PyErr_SetString(PyExc_ValueError, "a counter that is not written in ASCII");
         return -1;
     }
-    return hold(line, text);
+    return put_made(line, text);
 }
 
-/* The duration: log.millis_repr(seconds). */
+/* *x* (0 <= x < 1e9) in thousandths as ".3f" rounds it (the nearest, a tie to even, of
+   its exact value), if the product x * 1000 tells: it is within half an ulp (< 2^-13
+   below 2^40) of the exact one, so when its fraction is not within 1/1024 of a half
+   the nearest whole number is the same for both. Else -1 (PyOS_double_to_string's
+   correctly rounded digits decide: ~600 instructions more). */
+static long long
+thousandths(double x)
+{
+    double scaled = x * 1000.0;
+    double whole = floor(scaled);
+    double fraction = scaled - whole; /* (exact: both below 2^40, less than 1 apart) */
+    if (fabs(fraction - 0.5) < 1.0 / 1024)
+        return -1;
+    return (long long)whole + (fraction > 0.5);
+}
+
+/* The duration: log.millis_repr(seconds): ".3f" without its trailing zeros (one kept
+   after the point). */
 static int
 put_millis(Line *line, PyObject *value)
 {
     if (PyFloat_CheckExact(value)) {
         double x = PyFloat_AS_DOUBLE(value);
-        if (x >= 0 && x < 1e9) {
+        if (x >= 0 && x < 1e9 && !signbit(x)) {
+            long long n = thousandths(x);
+            if (n >= 0) {
+                char text[NUM_ROOM + 4];
+                Py_ssize_t len = digits(text, n / 1000);
+                long long fraction = n % 1000;
+                text[len++] = '.';
+                text[len++] = (char)('0' + fraction / 100);
+                if (fraction % 100) {
+                    text[len++] = (char)('0' + fraction / 10 % 10);
+                    if (fraction % 10)
+                        text[len++] = (char)('0' + fraction % 10);
+                }
+                put(line, text, len);
+                return 0;
+            }
+        }
+        if (x >= 0 && x < 1e9) { /* (-0.0 too: "-0.0") */
             char *text = PyOS_double_to_string(x, 'f', 3, 0, NULL);
             if (text == NULL)
                 return -1;
             size_t n = strlen(text);
-            if (n + 2 > sizeof(line->millis)) {
-                PyMem_Free(text);
-                PyErr_SetString(PyExc_SystemError, "a duration longer than expected");
-                return -1;
-            }
             while (n > 0 && text[n - 1] == '0')
                 n--;
-            memcpy(line->millis, text, n);
+            int point = n > 0 && text[n - 1] == '.';
+            put(line, text, (Py_ssize_t)n);
             PyMem_Free(text);
-            if (n > 0 && line->millis[n - 1] == '.')
-                line->millis[n++] = '0';
-            put(line, line->millis, (Py_ssize_t)n);
+            if (point)
+                PUT_LITERAL(line, "0");
             return 0;
         }
     }
@@ -235,33 +289,19 @@ put_millis(Line *line, PyObject *value)
         PyErr_SetString(PyExc_TypeError, "millis_repr() did not return an ASCII str");
         return -1;
     }
-    return hold(line, text);
+    return put_made(line, text);
 }
 
+/* The line written so far, as a str (NULL: an error, raised). */
 static PyObject *
-build(Line *line, PyObject *stamp)
+build(Line *line)
 {
-    Py_ssize_t total = 0;
-    for (int i = 0; i < line->count; i++)
-        total += line->pieces[i].len;
-    PyObject *result = PyUnicode_New(total, 127);
-    if (result == NULL)
+    if (line->failed)
         return NULL;
-    char *out = (char *)PyUnicode_1BYTE_DATA(result);
-    for (int i = 0; i < line->count; i++) {
-        memcpy(out, line->pieces[i].text, (size_t)line->pieces[i].len);
-        out += line->pieces[i].len;
-    }
-    (void)stamp;
+    PyObject *result = PyUnicode_New(line->len, 127);
+    if (result != NULL)
+        memcpy(PyUnicode_1BYTE_DATA(result), line->text, (size_t)line->len);
     return result;
-}
-
-static void
-release(Line *line)
-{
-    for (int i = 0; i < line->nheld; i++)
-        Py_DECREF(line->held[i]);
-    line->nheld = 0;
 }
 
 static PyObject *
@@ -277,50 +317,55 @@ render_closed(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "render_closed(): the stamp must be a str");
         return NULL;
     }
+    /* A value written, unless the line failed already (before any Python is called). */
+#define WRITE(call) do { if (line.failed || (call) < 0) goto done; } while (0)
     Line line;
-    line.count = line.nheld = line.nnums = 0;
+    line.text = line.stack;
+    line.len = 0;
+    line.room = LINE_ROOM;
+    line.failed = 0;
     PyObject *result = NULL;
     PUT_LITERAL(&line, "{\"conn_id\": ");
-    if (put_str(&line, args[1]) < 0) goto done;
+    WRITE(put_str(&line, args[1]));
     PUT_LITERAL(&line, ", \"client\": ");
-    if (put_str(&line, args[2]) < 0) goto done;
+    WRITE(put_str(&line, args[2]));
     PUT_LITERAL(&line, ", \"backend\": ");
-    if (put_str_or_null(&line, args[3]) < 0) goto done;
+    WRITE(put_str_or_null(&line, args[3]));
     PUT_LITERAL(&line, ", \"subject\": ");
-    if (put_str_or_null(&line, args[4]) < 0) goto done;
+    WRITE(put_str_or_null(&line, args[4]));
     PUT_LITERAL(&line, ", \"state\": ");
-    if (put_str(&line, args[5]) < 0) goto done;
+    WRITE(put_str(&line, args[5]));
     PUT_LITERAL(&line, ", \"duration_s\": ");
-    if (put_millis(&line, args[6]) < 0) goto done;
+    WRITE(put_millis(&line, args[6]));
     PUT_LITERAL(&line, ", \"close_code_client\": ");
-    if (put_code(&line, args[7]) < 0) goto done;
+    WRITE(put_code(&line, args[7]));
     PUT_LITERAL(&line, ", \"close_code_upstream\": ");
-    if (put_code(&line, args[8]) < 0) goto done;
+    WRITE(put_code(&line, args[8]));
     PUT_LITERAL(&line, ", \"initiator\": ");
-    if (put_str_or_null(&line, args[9]) < 0) goto done;
+    WRITE(put_str_or_null(&line, args[9]));
     PUT_LITERAL(&line, ", \"reason\": ");
-    if (put_str_or_null(&line, args[10]) < 0) goto done;
+    WRITE(put_str_or_null(&line, args[10]));
     PUT_LITERAL(&line, ", \"messages_to_backend\": ");
-    if (put_count(&line, args[11]) < 0) goto done;
+    WRITE(put_count(&line, args[11]));
     PUT_LITERAL(&line, ", \"messages_to_client\": ");
-    if (put_count(&line, args[12]) < 0) goto done;
+    WRITE(put_count(&line, args[12]));
     PUT_LITERAL(&line, ", \"bytes_to_backend\": ");
-    if (put_count(&line, args[13]) < 0) goto done;
+    WRITE(put_count(&line, args[13]));
     PUT_LITERAL(&line, ", \"bytes_to_client\": ");
-    if (put_count(&line, args[14]) < 0) goto done;
+    WRITE(put_count(&line, args[14]));
     PUT_LITERAL(&line, ", \"undelivered_to_client\": ");
-    if (put_count(&line, args[15]) < 0) goto done;
+    WRITE(put_count(&line, args[15]));
     PUT_LITERAL(&line, ", \"undelivered_to_backend\": ");
-    if (put_count(&line, args[16]) < 0) goto done;
+    WRITE(put_count(&line, args[16]));
     PUT_LITERAL(&line, ", \"event\": \"connection.closed\", \"level\": \"info\", "
                        "\"timestamp\": \"");
     if (PyUnicode_IS_ASCII(stamp)) {
         put(&line, (const char *)PyUnicode_1BYTE_DATA(stamp), PyUnicode_GET_LENGTH(stamp));
         PUT_LITERAL(&line, "\"}");
-        result = build(&line, stamp);
+        result = build(&line);
     }
     else { /* (a stand-in clock's: the f-string writes it as it is) */
-        PyObject *head = build(&line, stamp);
+        PyObject *head = build(&line);
         if (head != NULL) {
             PyObject *tail = PyUnicode_FromFormat("%U\"}", stamp);
             if (tail != NULL) {
@@ -331,7 +376,9 @@ render_closed(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         }
     }
 done:
-    release(&line);
+#undef WRITE
+    if (line.text != line.stack)
+        PyMem_Free(line.text);
     return result;
 }
 

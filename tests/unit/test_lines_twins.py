@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 import os
 import subprocess
 import sys
@@ -48,7 +49,15 @@ codes = st.none() | st.integers(min_value=-(2**65), max_value=2**65) | st.sample
 durations = (
     st.floats(min_value=0, max_value=2e9) | st.floats(allow_nan=True, allow_infinity=True)
     | st.integers(0, 10**9).map(lambda n: n / 1000 + 0.0005) | st.integers(0, 10**6)
+    # Halfway between two thousandths, or next to it, up to 1e9 (the C writes most
+    # durations from the product x * 1000, and leaves those near a tie to the digits).
+    | st.tuples(st.integers(0, 10**12 - 1), st.sampled_from([-1, 0, 1])).map(
+        lambda t: _next_to((t[0] + 0.5) / 1000, t[1]))
 )
+def _next_to(x: float, step: int) -> float:
+    return x if step == 0 else math.nextafter(x, math.inf * step)
+
+
 stamps = st.sampled_from(["2026-01-01T00:00:00.000001Z", "2026-01-01T00:00:00Z", "", "é"])
 
 

@@ -60,7 +60,9 @@ upgraded = st.builds(
         opened=True, age=lambda: age, session=SimpleNamespace(
             flows_to=lambda: (to_client, to_backend),
             close_code_sent=lambda side: code if side is Side.CLIENT else None,
-            ending=lambda: (to_client, to_backend, None, None, code),
+            ending=lambda: (
+                to_backend.messages, to_client.messages, to_backend.bytes, to_client.bytes,
+                to_backend.undelivered, to_client.undelivered, None, None, code),
             initiator=initiator,
         ))),
     flows, flows, sent_codes, st.sampled_from([None, "client", "upstream", "proxy"]),
@@ -102,9 +104,8 @@ def test_an_opened_connection_through_connection_ended() -> None:
     """connection_ended() of an opened connection still counts it (as upgraded_ended)."""
     ctx = SimpleNamespace(registry=SimpleNamespace(connections={}))
     metrics = Metrics(ctx)
-    flow = SimpleNamespace(messages=2, bytes=10, undelivered=0)
     conn = SimpleNamespace(opened=True, age=lambda: 2.0, session=SimpleNamespace(
-        ending=lambda: (flow, flow, None, None, 1000), initiator="client"))
+        ending=lambda: (2, 2, 10, 10, 0, 0, None, None, 1000), initiator="client"))
     metrics.connection_ended(conn, "upgraded", None)  # type: ignore[arg-type]
     assert metrics.ended_outcomes() == Counter({"upgraded": 1})
     assert metrics.closes == {("1000", "client"): 1}

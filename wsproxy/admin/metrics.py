@@ -124,8 +124,12 @@ class Metrics:
         self.messages_to_backend = self.messages_to_client = 0
         self.bytes_to_backend = self.bytes_to_client = 0
         self.undelivered_to_backend = self.undelivered_to_client = 0
-        #: Ended upgraded connections by (code label, initiator).
-        self.closes: dict[tuple[str, str], int] = {}
+        #: Ended upgraded connections by who closed first (``initiator``), then by the
+        #: ``code`` label: counted without a (label, initiator) tuple made, hashed and
+        #: compared twice per connection (~1k instructions; ``closes`` has them by pair).
+        self._closes_by: dict[str | None, dict[str, int]] = {}
+        #: The (initiator, label) pairs in the order first counted: the series' order.
+        self._close_pairs: list[tuple[str | None, str]] = []
         self.duration = Histogram(DURATION_BUCKETS)
         self.rtt = {side: Histogram(RTT_BUCKETS) for side in Side}
         self.http_requests: Counter[str] = Counter()
@@ -157,17 +161,35 @@ class Metrics:
         if not self.upgraded:  # the first: "upgraded" takes its place among the outcomes
             self.connections["upgraded"] += 0
         self.upgraded += 1
-        to_client, to_backend, _, _, sent = ending
-        self.messages_to_backend += to_backend.messages
-        self.messages_to_client += to_client.messages
-        self.bytes_to_backend += to_backend.bytes
-        self.bytes_to_client += to_client.bytes
-        self.undelivered_to_backend += to_backend.undelivered
-        self.undelivered_to_client += to_client.undelivered
-        key = (CODE_LABELS.get(sent, "other"), initiator or "unknown")
-        closes = self.closes
-        closes[key] = closes.get(key, 0) + 1
+        (messages_to_backend, messages_to_client, bytes_to_backend, bytes_to_client,
+         undelivered_to_backend, undelivered_to_client, _, _, sent) = ending
+        self.messages_to_backend += messages_to_backend
+        self.messages_to_client += messages_to_client
+        self.bytes_to_backend += bytes_to_backend
+        self.bytes_to_client += bytes_to_client
+        self.undelivered_to_backend += undelivered_to_backend
+        self.undelivered_to_client += undelivered_to_client
+        label = CODE_LABELS.get(sent, "other")
+        counts = self._closes_by.get(initiator)
+        if counts is not None and label in counts:
+            counts[label] += 1
+        else:
+            self._first_close(initiator, label)
         self.duration.observe(age)
+
+    def _first_close(self, initiator: str | None, label: str) -> None:
+        self._closes_by.setdefault(initiator, {})[label] = 1
+        self._close_pairs.append((initiator, label))
+
+    @property
+    def closes(self) -> dict[tuple[str, str], int]:
+        """Ended upgraded connections by (code label, initiator), in the order each pair
+        was first counted (an initiator of None is "unknown")."""
+        closes: dict[tuple[str, str], int] = {}
+        for initiator, label in self._close_pairs:
+            key = (label, initiator or "unknown")
+            closes[key] = closes.get(key, 0) + self._closes_by[initiator][label]
+        return closes
 
     def ended_outcomes(self) -> Counter[str]:
         """The connections that ended, by outcome."""

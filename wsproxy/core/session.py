@@ -33,9 +33,9 @@ backend whose client went away, 1014 to a client whose backend did.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from operator import xor as _xor
-from typing import TYPE_CHECKING, Final, TypeAlias
+from typing import TYPE_CHECKING, Final, TypeAlias, TypeVar
 
 from wsproxy.core import frames
 from wsproxy.core.closes import (
@@ -148,9 +148,27 @@ RELAYED: Final = 1
 CLIENT_DONE: Final = 2
 UPSTREAM_DONE: Final = 4
 EOF_AWAITED: Final = 8
-#: The transition tables' get, for _fire and _Leg.fire.
-_NEXT: Final = TRANSITIONS.get
-_LEG_NEXT: Final = LEG_TRANSITIONS.get
+
+
+_State = TypeVar("_State")
+_Trigger = TypeVar("_Trigger")
+
+
+def _by_state(
+    table: Mapping[tuple[_State, _Trigger], _State], states: Iterable[_State]
+) -> dict[_State, dict[_Trigger, _State]]:
+    """A transition table by state, then trigger (every state there, with no triggers if
+    none moves it): a fire looks up without a (state, trigger) tuple made, hashed and
+    compared (~300 instructions less a fire, eight an upgrade)."""
+    by_state: dict[_State, dict[_Trigger, _State]] = {state: {} for state in states}
+    for (state, trigger), after in table.items():
+        by_state[state][trigger] = after
+    return by_state
+
+
+#: The transition tables by state, then trigger, for _fire and _Leg.fire.
+_NEXT: Final = _by_state(TRANSITIONS, SessionState)
+_LEG_NEXT: Final = _by_state(LEG_TRANSITIONS, LegState)
 
 
 class _Leg:
@@ -172,7 +190,7 @@ class _Leg:
     def fire(self, trigger: LegTrigger) -> None:
         """Move this leg by its table (wsproxy.core.states): the only way it moves."""
         # next_leg_state()'s look-up, without its call (several fires a connection).
-        state = _LEG_NEXT((self.state, trigger))
+        state = _LEG_NEXT[self.state].get(trigger)
         if state is None:
             raise InvalidTransition(self.state, trigger)
         self.state = state
@@ -235,9 +253,11 @@ class _Flow(_FlowState):
         self.pending_close = None
 
 
-#: Session.ending()'s answer: (the flow to the client, the flow to the backend, the
-#: close code the client sent, the backend's, the code the client was sent).
-Ending: TypeAlias = tuple[_Flow, _Flow, int | None, int | None, int | None]
+#: Session.ending()'s answer: the data messages, bytes and undelivered messages to the
+#: backend and to the client (messages_to_backend, messages_to_client, bytes_to_backend,
+#: bytes_to_client, undelivered_to_backend, undelivered_to_client: the flows' counters),
+#: the close code the client sent, the backend's, and the code the client was sent.
+Ending: TypeAlias = tuple[int, int, int, int, int, int, int | None, int | None, int | None]
 
 
 #: The longest frame (§5.2).
@@ -318,7 +338,7 @@ class Session:
         return f"<Session {self.conn_id} {self.state.name}>"
 
     def _fire(self, trigger: Trigger) -> None:
-        state = _NEXT((self.state, trigger))  # next_state()'s look-up (see _Leg.fire)
+        state = _NEXT[self.state].get(trigger)  # next_state()'s look-up (see _Leg.fire)
         if state is None:
             raise InvalidTransition(self.state, trigger)
         self.state = state
@@ -707,14 +727,21 @@ class Session:
         return self._upstream_flow, self._client_flow
 
     def ending(self) -> Ending:
-        """What the end of a connection reports, read in one call: flows_to()'s two
-        flows, close_codes_received()'s two codes and close_code_sent(CLIENT) (the
-        metrics and the connection.closed line each read the session once)."""
-        return (*self.flows_to(), *self.close_codes_received(), self.close_code_sent(_CLIENT))
+        """What the end of a connection reports, read in one call: the counters of
+        flows_to()'s two flows, close_codes_received()'s two codes and
+        close_code_sent(CLIENT). The metrics and the connection.closed line both read
+        this, each counter read once (a C flow's costs ~200 instructions a read)."""
+        to_client, to_backend = self.flows_to()
+        client_code, upstream_code = self.close_codes_received()
+        return (
+            to_backend.messages, to_client.messages, to_backend.bytes, to_client.bytes,
+            to_backend.undelivered, to_client.undelivered, client_code, upstream_code,
+            self.close_code_sent(_CLIENT),
+        )
 
     def close_code_sent(self, side: Side) -> int | None:
         """The code of the close frame *side* was sent (relayed or ours), if any."""
-        sent = self._leg(side).close_sent
+        sent = (self._client_leg if side is _CLIENT else self._upstream_leg).close_sent
         return sent[0] if sent else None
 
     # The relay: frame boundaries in place…

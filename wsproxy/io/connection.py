@@ -1067,7 +1067,8 @@ class Connection(asyncio.Protocol):
         directly: the fields of summary(), without the dict. *age*: age(), if read;
         *ending*: the session's ``ending()``, if read (the metrics read it too)."""
         s = self.session
-        to_client, to_backend, client_code, upstream_code, _ = (
+        (messages_to_backend, messages_to_client, bytes_to_backend, bytes_to_client,
+         undelivered_to_backend, undelivered_to_client, client_code, upstream_code, _) = (
             s.ending() if ending is None else ending
         )
         backend = self.backend
@@ -1078,8 +1079,8 @@ class Connection(asyncio.Protocol):
             self.id, self.client_ip, None if backend is None else backend.name,
             None if identity is None else identity.subject, _STATE_VALUE[s.state],
             age, client_code, upstream_code,  # (closed_line_of rounds it as summary() does)
-            s.initiator, s.close_reason, to_backend.messages, to_client.messages,
-            to_backend.bytes, to_client.bytes, to_client.undelivered, to_backend.undelivered,
+            s.initiator, s.close_reason, messages_to_backend, messages_to_client,
+            bytes_to_backend, bytes_to_client, undelivered_to_client, undelivered_to_backend,
         )
 
     def summary(self) -> dict[str, Any]:
