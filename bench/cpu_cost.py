@@ -2,7 +2,7 @@
 """Instructions per WebSocket upgrade and per plain HTTP request, counted by callgrind.
 
     python bench/cpu_cost.py [--tree DIR] [--what upgrades,http] [-n 400] [--level info]
-                             [--annotate N]
+                             [--annotate N] [--in-flight 10] [--main-thread]
 
 Wall-clock figures on a shared 2-core machine swing by tens of per cent; the number
 of instructions the proxy executes for one unit of work hardly moves. This runs
@@ -15,16 +15,20 @@ the ports (INFO logs on, to a file), then:
 - upgrades: against bench/bin/wsecho; a warm-up of ``-n / 4`` upgrades, then
   instrumentation on (``callgrind_control -i on``), ``-n`` upgrades (connect, the
   upgrade request, the 101, a masked close frame, the server's close, the TCP
-  close; 10 in flight), instrumentation off. Reported: instructions per upgrade.
-- http: ``plain_http: proxy`` in front of bench/bin/httpok; 10 keep-alive client
-  connections each send GETs one after another (a warm-up, then ``-n`` measured).
+  close; ``--in-flight``, 10, at once), instrumentation off. Reported: instructions
+  per upgrade.
+- http: ``plain_http: proxy`` in front of bench/bin/httpok; ``--in-flight`` keep-alive
+  client connections each send GETs one after another (a warm-up, then ``-n`` measured).
   Reported: instructions per request.
 
 The whole process is counted (the event loop, uvloop's C, the log writer thread,
-the kernel's share is not: callgrind sees user space only). ``--annotate N`` prints
-the N functions with the most inclusive instructions (``callgrind_annotate``), which
-with Python's frames shows the interpreter's C functions, not Python's: use py-spy
-or cProfile for where in Python the time goes.
+the kernel's share is not: callgrind sees user space only), or with ``--main-thread``
+the event loop's thread only. Counts move by ~±1 % with the machine's load (how many
+events one loop pass finds); ``--in-flight 1 --main-thread`` moves ~±0.2 %, for
+comparing two trees a change apart. ``--annotate N`` prints the N functions with the
+most inclusive instructions (``callgrind_annotate``), which with Python's frames
+shows the interpreter's C functions, not Python's: use py-spy or cProfile for where
+in Python the time goes.
 
 Every process started is stopped by its PID. Traffic goes to 127.0.0.1 only.
 """
@@ -73,7 +77,7 @@ async def one_upgrade(port: int) -> None:
     await writer.wait_closed()
 
 
-async def upgrades(port: int, n: int) -> None:
+async def upgrades(port: int, n: int, in_flight: int) -> None:
     left = n
 
     async def worker() -> None:
@@ -82,11 +86,11 @@ async def upgrades(port: int, n: int) -> None:
             left -= 1
             await one_upgrade(port)
 
-    await asyncio.gather(*(worker() for _ in range(IN_FLIGHT)))
+    await asyncio.gather(*(worker() for _ in range(in_flight)))
 
 
-async def requests(port: int, n: int) -> None:
-    per_conn = max(1, n // IN_FLIGHT)
+async def requests(port: int, n: int, in_flight: int) -> None:
+    per_conn = max(1, n // in_flight)
     request = _GET.format(host=f"{HOST}:{port}").encode()
 
     async def conn() -> None:
@@ -101,7 +105,7 @@ async def requests(port: int, n: int) -> None:
         writer.close()
         await writer.wait_closed()
 
-    await asyncio.gather(*(conn() for _ in range(IN_FLIGHT)))
+    await asyncio.gather(*(conn() for _ in range(in_flight)))
 
 
 def config(port: int, admin: int, backend: int, level: str, http: bool) -> str:
@@ -143,6 +147,7 @@ def measure(a: argparse.Namespace, what: str, procs: Procs, tmp: Path) -> float:
         argv = [*python, "-m", "cProfile", "-o", str(prof)]
     else:
         argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
+                f"--separate-threads={'yes' if a.main_thread else 'no'}",
                 f"--callgrind-out-file={out}", *python]
     if a.cmd:  # the other command in place of the interpreter and its arguments
         argv = argv[: argv.index(python[0])]
@@ -154,11 +159,11 @@ def measure(a: argparse.Namespace, what: str, procs: Procs, tmp: Path) -> float:
     try:
         wait_port(port, proc, 120, "wsproxy under callgrind")
         run = requests if http else upgrades
-        asyncio.run(run(port, max(a.n // 4, IN_FLIGHT)))
+        asyncio.run(run(port, max(a.n // 4, a.in_flight), a.in_flight))
         if not a.cprofile:
             control("-i", "on", str(proc.pid))
         started = time.monotonic()
-        asyncio.run(run(port, a.n))
+        asyncio.run(run(port, a.n, a.in_flight))
         if a.cprofile:
             print(f"{what}: {a.n} in {time.monotonic() - started:.2f} s under cProfile",
                   file=sys.stderr)
@@ -175,6 +180,8 @@ def measure(a: argparse.Namespace, what: str, procs: Procs, tmp: Path) -> float:
             stats.sort_stats("cumulative").print_stats(a.cprofile)
             stats.dump_stats(str(Path(a.keep_profile))) if a.keep_profile else None
     dumps = sorted(tmp.glob(f"{out.name}.*"))
+    if a.main_thread:  # one file per thread, the main one's name ending in -01
+        dumps = [d for d in dumps if d.name.endswith("-01")]
     ir = total_ir(dumps[0])
     if a.annotate:
         report = subprocess.run(["callgrind_annotate", "--inclusive=yes", str(dumps[0])],
@@ -191,6 +198,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-n", type=int, default=400, help="measured upgrades / requests")
     p.add_argument("--level", default="info", help="logging.level (default: info)")
     p.add_argument("--annotate", type=int, default=0)
+    p.add_argument("--in-flight", type=int, default=IN_FLIGHT,
+                   help=f"upgrades / keep-alive connections at once (default {IN_FLIGHT}; "
+                   "1 with --main-thread moves least with the machine's load, ~±0.7k)")
+    p.add_argument("--main-thread", action="store_true",
+                   help="count the main thread only (the event loop: not the log writer)")
     p.add_argument("--keep-profile", help="write the cProfile stats to this file")
     p.add_argument("--cmd", help="measure this command instead of wsproxy: a Python "
                    "interpreter and its arguments, with {port}, {backend} and {config}")
