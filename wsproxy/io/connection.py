@@ -92,6 +92,9 @@ class HttpDoor(Protocol):
     """Where a Connection hands its client over when the first request is plain HTTP
     (``plain_http: proxy``): the front door (wsproxy.io.front)."""
 
+    #: The process its connections belong to (each one's ``ctx``).
+    ctx: ConnectionOwner[Connection]
+
     def to_http(
         self, transport: asyncio.Transport, parsed: ParsedRequest, *, conn_id: str, peer_ip: str,
         settings: ConnectionSettings,
@@ -184,17 +187,22 @@ class Connection(asyncio.Protocol):
         "started",
     )
 
+    # Not keyword-only, and the process taken from *door*: the listener's protocol
+    # (io.front.ClientProtocol) is this class without an __init__ of its own, made
+    # with the door alone (a subclass's __init__ passing on three keywords through
+    # super() cost ~2.3k instructions a connection more, measured end to end).
     def __init__(
-        self, ctx: ConnectionOwner[Connection], client: asyncio.Transport | None = None, *,
-        door: HttpDoor, deadline: float | None = None, settings: ConnectionSettings | None = None,
+        self, door: HttpDoor, client: asyncio.Transport | None = None,
+        deadline: float | None = None, settings: ConnectionSettings | None = None,
     ) -> None:
-        """*client*: the client's transport, or None for a listener's protocol, which
-        starts at ``connection_made``. *door*: where a plain HTTP request goes.
+        """*door*: where a plain HTTP request goes; its ``ctx`` is the process.
+        *client*: the client's transport, or None for a listener's protocol, which
+        starts at ``connection_made``.
         *deadline*: when the request must be in, on the loop's clock (default: in
         ``limits.handshake_timeout``; a TLS listener's began before the handshake).
         *settings*: the ones the client was accepted under (default: ``ctx.settings``,
         those in force now)."""
-        self.ctx = ctx
+        self.ctx = door.ctx
         self._door = door
         #: Each side's transport while it is open (see _transport()).
         self._client: asyncio.Transport | None = None
