@@ -41,7 +41,6 @@ from wsproxy.core.resume import ResumeAsk, take_param
 from wsproxy.core.session import CLIENT_DONE, EOF_AWAITED, UPSTREAM_DONE, Ending, Session
 from wsproxy.core.states import TERMINAL, LegState, SessionState, Side
 from wsproxy.io import direct
-from wsproxy.io.deadlines import deadlines_of
 from wsproxy.io.ports import DRAINING, CloseRefusal
 from wsproxy.io.resume import ResumeState, hand_over, resume_into
 from wsproxy.io.steps import Steps
@@ -179,7 +178,7 @@ class Connection(asyncio.Protocol):
     # Slots, and a slot per side rather than a dict keyed by side: 10,000 idle
     # connections must stay cheap.
     __slots__ = (
-        "_client", "_close_rounds", "_deadlines", "_dial", "_door", "_eof_wait",
+        "_client", "_close_rounds", "_dial", "_door", "_eof_wait",
         "_forwarded_for", "_open_transports", "_relayed", "_resume", "_rtt_client",
         "_rtt_upstream",
         "_timer", "_timer_at", "_upstream", "backend", "client_ip",
@@ -248,14 +247,13 @@ class Connection(asyncio.Protocol):
         self._open_transports = 1
         if deadline is None:
             deadline = ctx.loop.time() + cfg.limits.handshake_timeout
-        #: The connection's timers (wsproxy.io.deadlines: no loop timer each).
-        self._deadlines = deadlines = deadlines_of(ctx.loop)
         #: _HANDSHAKE (_handshake_timed_out armed for ``_timer_at``), _CLOSE (a close
         #: handshake in flight since before ``_timer_at`` - heartbeat.timeout: tick()
         #: looks), or 0.
         self._timer = _HANDSHAKE
         self._timer_at = deadline
-        deadlines.arm(deadline, self._handshake_timed_out)
+        # (The connection's timers: wsproxy.io.deadlines, no loop timer each.)
+        ctx.deadlines.arm(deadline, self._handshake_timed_out)
         #: The search for a backend, while it lasts (``_start_dial``).
         self._dial: _Dial | None = None
         self._close_rounds = 0
@@ -615,7 +613,7 @@ class Connection(asyncio.Protocol):
         if timer:
             self._timer = 0
             if timer == _HANDSHAKE:  # (the close's is tick()'s: nothing armed)
-                self._deadlines.disarm(self._timer_at, self._handshake_timed_out)
+                self.ctx.deadlines.disarm(self._timer_at, self._handshake_timed_out)
 
     def _handshake_timed_out(self) -> None:
         self._timer = 0
@@ -846,10 +844,11 @@ class Connection(asyncio.Protocol):
             dial.backend = backend
             backend.dialing += 1  # until _end_dial: least_connections counts it
             protocol = dial.protocol = UpstreamProtocol(self)
-            dial.timer = at = self.ctx.loop.time() + self.settings.config.limits.backend_timeout
-            self._deadlines.arm(at, self._dial_timed_out, protocol)
+            ctx = self.ctx
+            dial.timer = at = ctx.loop.time() + self.settings.config.limits.backend_timeout
+            ctx.deadlines.arm(at, self._dial_timed_out, protocol)
             # Its first step runs now, a retry's soon (no task: wsproxy.io.steps).
-            self.ctx.drive(protocol, self._dial_one(dial, protocol), soon=retry)
+            ctx.drive(protocol, self._dial_one(dial, protocol), soon=retry)
             return
         self._dial = None
         if session.state is _CONNECTING:
@@ -935,7 +934,7 @@ class Connection(asyncio.Protocol):
         if dial.protocol is not None and dial.backend is not None:  # once per attempt
             dial.backend.dialing -= 1
         if dial.timer is not None:
-            self._deadlines.disarm(dial.timer, self._dial_timed_out)
+            self.ctx.deadlines.disarm(dial.timer, self._dial_timed_out)
             dial.timer = None
         dial.protocol = None
         dial.waiting = False
