@@ -52,6 +52,7 @@ from wsproxy.core.registry import Pool, Registry, SharedRegistry
 from wsproxy.core.states import Side
 from wsproxy.errors import ConfigError
 from wsproxy.io.connection import Connection
+from wsproxy.io.deadlines import deadlines_of
 from wsproxy.io.front import ClientProtocol, FrontDoor, ProxiedClientProtocol
 from wsproxy.io.handoff import Handoff
 from wsproxy.io.listen_socket import CAPACITY_ERRNOS, dual_stack_socket, listening_sockets
@@ -104,6 +105,8 @@ class ProxyContext:
         on_count: Callable[[int], None] | None = None, pool: Pool | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
+        #: The loop's deadlines, for every connection's timers.
+        self.deadlines = deadlines_of(self.loop)
         #: A worker's way to hand a resume to the sibling that holds its session.
         self.handoff: Handoff | None = None
         self._task_group = task_group

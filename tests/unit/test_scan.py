@@ -394,6 +394,34 @@ def test_take_is_whole_read_on_a_clean_flow(from_client: bool, data: st.DataObje
     assert after == [remaining, before[1] + messages, before[2] + len(raw), *before[3:]]
 
 
+#: Every field a FlowState starts (PyFlowState.__init__, the C flow_new and flow_init).
+STARTED_FIELDS = (*FLOW_FIELDS, "max_size", "mask_bit", "rsv_allowed", "message_room",
+                  "undelivered", "src", "dst", "src_leg", "dst_leg", "masked")
+
+
+def started(flow: object) -> list[object]:
+    """*flow*'s fields as it was started; AttributeError for those never set."""
+    return [getattr(flow, name, AttributeError) for name in STARTED_FIELDS]
+
+
+@needs_c
+@given(masked=st.booleans(), max_size=st.integers(-1, (1 << 63) - 1))
+@settings(max_examples=100)
+def test_the_c_flow_state_starts_as_the_python_one(masked: bool, max_size: int) -> None:
+    """A session's flow (sides, legs, limit, masking), and a bare state, alike."""
+    assert _scan is not None
+    src_leg, dst_leg = object(), object()
+    args = (CLIENT, UPSTREAM, src_leg, dst_leg, max_size, masked)
+    assert started(_scan.FlowState(*args)) == started(scan.PyFlowState(*args))
+    assert started(_scan.FlowState()) == started(scan.PyFlowState())
+    fresh = [0, 0, 0, False, b"", (), None]
+    assert started(scan.PyFlowState(*args)) == [
+        *fresh, max_size, 0x80 if masked else 0, 0, 0, 0, CLIENT, UPSTREAM, src_leg, dst_leg,
+        masked,
+    ]
+    assert started(scan.PyFlowState()) == [*fresh, 0, 0, 0, 0, 0, *[AttributeError] * 5]
+
+
 def test_the_longest_frame_in_flight_is_held() -> None:
     """A 2^63 - 1 byte payload (the longest §5.2 allows): all of it remains after its
     header, at the top of a signed 64-bit integer, alike in both states."""

@@ -253,6 +253,10 @@ read_whole(const unsigned char *data, const uint64_t n, PyObject *const *args)
  * FlowState: the frame state of one direction that a read of whole messages touches
  * (wsproxy.core.scan.PyFlowState is its Python twin, the session's _Flow subclasses
  * whichever is in use). take(data) is PyFlowState.take: one call per read.
+ * FlowState(src, dst, src_leg, dst_leg, max_size, masked) also holds the rest of a
+ * session's flow and starts it here: the _Flow subclass has no __init__ of its own
+ * (a Python __init__ called from a class's call cost ~1.2k instructions a flow,
+ * ~2.5k an upgrade end to end).
  */
 typedef struct {
     PyObject_HEAD
@@ -266,6 +270,14 @@ typedef struct {
     PyObject *partial;
     PyObject *pending;
     PyObject *pending_close;
+    /* The rest of the session's _Flow (read by the session only, as slots). */
+    PyObject *src;
+    PyObject *dst;
+    PyObject *src_leg;
+    PyObject *dst_leg;
+    PyObject *masked;
+    PyObject *message_room;
+    PyObject *undelivered;
 } FlowState;
 
 static int
@@ -274,6 +286,13 @@ flow_traverse(FlowState *self, visitproc visit, void *arg)
     Py_VISIT(self->partial);
     Py_VISIT(self->pending);
     Py_VISIT(self->pending_close);
+    Py_VISIT(self->src);
+    Py_VISIT(self->dst);
+    Py_VISIT(self->src_leg);
+    Py_VISIT(self->dst_leg);
+    Py_VISIT(self->masked);
+    Py_VISIT(self->message_room);
+    Py_VISIT(self->undelivered);
     Py_VISIT(Py_TYPE(self));
     return 0;
 }
@@ -284,6 +303,63 @@ flow_clear(FlowState *self)
     Py_CLEAR(self->partial);
     Py_CLEAR(self->pending);
     Py_CLEAR(self->pending_close);
+    Py_CLEAR(self->src);
+    Py_CLEAR(self->dst);
+    Py_CLEAR(self->src_leg);
+    Py_CLEAR(self->dst_leg);
+    Py_CLEAR(self->masked);
+    Py_CLEAR(self->message_room);
+    Py_CLEAR(self->undelivered);
+    return 0;
+}
+
+/* A new state's defaults, as PyFlowState.__init__ starts them: the numbers 0 (zeroed
+   by the allocation), partial b"", pending (), pending_close None, message_room and
+   undelivered 0. */
+static PyObject *
+flow_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    FlowState *self = (FlowState *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->partial = PyBytes_FromStringAndSize(NULL, 0);
+    self->pending = PyTuple_New(0);
+    self->pending_close = Py_NewRef(Py_None);
+    self->message_room = PyLong_FromLong(0);
+    self->undelivered = PyLong_FromLong(0);
+    if (self->partial == NULL || self->pending == NULL || self->message_room == NULL
+        || self->undelivered == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+/* FlowState() (a bare state: the tests set its fields), or FlowState(src, dst, src_leg,
+   dst_leg, max_size, masked): the session's flow from *src* to *dst*, the legs of those
+   sides, its message size limit, and whether its frames are masked (from a client). */
+static int
+flow_init(FlowState *self, PyObject *args, PyObject *kwds)
+{
+    if (kwds != NULL && PyDict_GET_SIZE(kwds) != 0) {
+        PyErr_SetString(PyExc_TypeError, "FlowState() takes no keyword arguments");
+        return -1;
+    }
+    if (PyTuple_GET_SIZE(args) == 0)
+        return 0;
+    PyObject *src, *dst, *src_leg, *dst_leg;
+    long long max_size;
+    int masked;
+    if (!PyArg_ParseTuple(args, "OOOOLp:FlowState", &src, &dst, &src_leg, &dst_leg,
+                          &max_size, &masked))
+        return -1;
+    Py_XSETREF(self->src, Py_NewRef(src));
+    Py_XSETREF(self->dst, Py_NewRef(dst));
+    Py_XSETREF(self->src_leg, Py_NewRef(src_leg));
+    Py_XSETREF(self->dst_leg, Py_NewRef(dst_leg));
+    Py_XSETREF(self->masked, PyBool_FromLong(masked));
+    self->max_size = max_size;
+    self->mask_bit = masked ? 0x80 : 0;
     return 0;
 }
 
@@ -374,12 +450,20 @@ static PyMemberDef flow_members[] = {
     {"partial", T_OBJECT_EX, offsetof(FlowState, partial), 0, NULL},
     {"pending", T_OBJECT_EX, offsetof(FlowState, pending), 0, NULL},
     {"pending_close", T_OBJECT_EX, offsetof(FlowState, pending_close), 0, NULL},
+    {"src", T_OBJECT_EX, offsetof(FlowState, src), 0, NULL},
+    {"dst", T_OBJECT_EX, offsetof(FlowState, dst), 0, NULL},
+    {"src_leg", T_OBJECT_EX, offsetof(FlowState, src_leg), 0, NULL},
+    {"dst_leg", T_OBJECT_EX, offsetof(FlowState, dst_leg), 0, NULL},
+    {"masked", T_OBJECT_EX, offsetof(FlowState, masked), 0, NULL},
+    {"message_room", T_OBJECT_EX, offsetof(FlowState, message_room), 0, NULL},
+    {"undelivered", T_OBJECT_EX, offsetof(FlowState, undelivered), 0, NULL},
     {NULL, 0, 0, 0, NULL},
 };
 
 static PyType_Slot flow_slots[] = {
     {Py_tp_doc, "The frame state of one direction (wsproxy.core.scan.PyFlowState's twin)."},
-    {Py_tp_new, PyType_GenericNew},
+    {Py_tp_new, flow_new},
+    {Py_tp_init, flow_init},
     {Py_tp_dealloc, flow_dealloc},
     {Py_tp_traverse, flow_traverse},
     {Py_tp_clear, flow_clear},

@@ -77,10 +77,11 @@ from __future__ import annotations
 import builtins
 import os
 from collections.abc import Callable
-from typing import Final, Protocol, cast
+from typing import Any, Final, Protocol, cast
 
 from wsproxy.core.closes import is_sendable
 from wsproxy.core.frames import unmask
+from wsproxy.core.states import Side
 
 #: The signatures both implementations share.
 WholeMessages = Callable[[bytes, int, int, int, int], tuple[int, int]]
@@ -173,11 +174,18 @@ class PyFlowState:
     header and none of our own frames waiting (then *data* was counted: messages,
     bytes, what remains of a frame that goes on); False, with nothing changed, when
     the session's loop has to read it.
+
+    ``PyFlowState(src, dst, src_leg, dst_leg, max_size, masked)`` also holds the rest of
+    the session's flow (its sides, their legs, what the session's loop counts) and
+    starts it, as its C twin does in C: ``_Flow`` has no ``__init__`` of its own (a
+    Python one, called from a class's call, cost ~1.2k instructions a flow).
+    ``PyFlowState()`` is a bare state (no sides), for the tests to set.
     """
 
     __slots__ = (
-        "bytes", "in_message", "mask_bit", "max_size", "messages", "partial", "pending",
-        "pending_close", "remaining", "rsv_allowed",
+        "bytes", "dst", "dst_leg", "in_message", "mask_bit", "masked", "max_size",
+        "message_room", "messages", "partial", "pending", "pending_close", "remaining",
+        "rsv_allowed", "src", "src_leg", "undelivered",
     )
 
     #: Payload bytes of the current data frame still to pass through.
@@ -196,6 +204,39 @@ class PyFlowState:
     #: Our own frames for the other side, waiting for the frame in flight to end.
     pending: tuple[builtins.bytes, ...]
     pending_close: tuple[builtins.bytes, int | None, str] | None
+    #: The side the frames are read from, and the side they go to, and their legs.
+    src: Side
+    dst: Side
+    src_leg: Any
+    dst_leg: Any
+    #: RFC 6455 §5.1: client frames are masked, server frames are not.
+    masked: bool
+    #: Wire bytes the current message may still take (the size limit, less its
+    #: frames so far).
+    message_room: int
+    #: Data messages that could not be delivered: dst was already sent a close.
+    undelivered: int
+
+    def __init__(
+        self, src: Side | None = None, dst: Side | None = None, src_leg: Any = None,
+        dst_leg: Any = None, max_size: int = 0, masked: bool = False, /,
+    ) -> None:
+        self.remaining = self.messages = self.bytes = self.rsv_allowed = 0
+        self.in_message = False
+        self.partial = b""
+        #: Rare: a tuple, so that the usual empty one is shared rather than a list per
+        #: flow.
+        self.pending = ()
+        self.pending_close = None
+        self.message_room = self.undelivered = 0
+        self.max_size = max_size
+        self.mask_bit = 0x80 if masked else 0
+        if src is not None:  # (not a bare state)
+            self.src = src
+            self.dst = cast(Side, dst)
+            self.src_leg = src_leg
+            self.dst_leg = dst_leg
+            self.masked = masked
 
     def take(self, data: builtins.bytes) -> bool:
         if self.in_message or self.pending_close is not None or self.partial or self.pending:

@@ -61,7 +61,7 @@ from wsproxy.core.handshake import (
     error_response,
 )
 from wsproxy.core.http import ParsedRequest
-from wsproxy.core.scan import SPEEDUPS, WHOLE_MESSAGE, PyFlowState, PyRelay, RelayedProtocol
+from wsproxy.core.scan import SPEEDUPS, WHOLE_MESSAGE, PyRelay, RelayedProtocol
 from wsproxy.core.scan import session_whole_messages as _whole_messages
 from wsproxy.core.states import (
     LEG_CAN_RECEIVE,
@@ -109,9 +109,6 @@ _MESSAGE_TOO_BIG: Final = int(CloseCode.MESSAGE_TOO_BIG)
 #: from the second: on the Python fallback, where a call costs more than the loop's
 #: take on one frame (ping-pong has one a read); not in C, which takes them all.
 _HOLD_FIRST = SPEEDUPS != "c"
-#: Whether a new _Flow's counters and flags are 0 already: the C FlowState's are
-#: (PyType_GenericNew zeroes it), the Python twin's slots start unset.
-_ZEROED: Final = _FlowState is not PyFlowState
 #: The first byte of a final close frame without RSV bits (Session._lone_close).
 _CLOSE_B0: Final = bytes((0x88,))
 # The opening's and the closing's states and triggers as plain globals: an Enum class's
@@ -211,46 +208,17 @@ class _Flow(_FlowState):
     partial header, a message in progress, our frames waiting, the counters) is the
     base class's: wsproxy.core.scan.FlowState, compiled where it can be, so that the
     hot path is one ``take(data)`` per read (Session.relay).
+
+    The rest of a flow is the base class's too, which starts it all:
+    ``_Flow(src, dst, src_leg, dst_leg, max_size, masked)`` (the order of
+    wsproxy.core.scan.PyFlowState's parameters), no Python ``__init__`` (~1.2k
+    instructions a flow, two a connection).
     """
 
-    __slots__ = (
-        "dst",
-        "dst_leg",
-        "masked",
-        "message_room",
-        "src",
-        "src_leg",
-        "undelivered",
-    )
+    __slots__ = ()
 
-    def __init__(self, src: Side, src_leg: _Leg, dst_leg: _Leg, max_size: int) -> None:
-        # Module globals rather than Side.CLIENT and min()/max() calls (Session clamps
-        # max_size once for both flows): a flow is made twice a connection.
-        self.src = src
-        self.dst = dst_leg.side
-        #: The legs themselves, to spare the hot loop a lookup per chunk.
-        self.src_leg = src_leg
-        self.dst_leg = dst_leg
-        #: RFC 6455 §5.1: client frames are masked, server frames are not.
-        self.masked = masked = src is _CLIENT
-        self.mask_bit = 0x80 if masked else 0
-        self.max_size = max_size
-        if not _ZEROED:  # the C FlowState's numbers start at 0 (~1k instructions a flow)
-            self.rsv_allowed = 0
-            self.remaining = 0
-            self.in_message = False
-            self.messages = 0
-            self.bytes = 0
-        self.partial = b""
-        #: Wire bytes the current message may still take (the size limit, less its
-        #: frames so far).
-        self.message_room = 0
-        #: Data messages that could not be delivered: dst was already sent a close.
-        self.undelivered = 0
-        #: Rare: a tuple, so that the usual empty one is shared rather than a list per
-        #: flow.
-        self.pending = ()
-        self.pending_close = None
+    src_leg: _Leg
+    dst_leg: _Leg
 
 
 #: Session.ending()'s answer: the data messages, bytes and undelivered messages to the
@@ -321,8 +289,9 @@ class Session:
         limit = max_message_size  # _flow_limit()'s answer, without its call if in range
         if not -1 <= limit <= _MAX_FLOW:
             limit = _flow_limit(limit)
-        self._client_flow = _Flow(_CLIENT, client_leg, upstream_leg, limit)
-        self._upstream_flow = _Flow(_UPSTREAM, upstream_leg, client_leg, limit)
+        # (src, dst, src_leg, dst_leg, max_size, masked): a client's frames are masked.
+        self._client_flow = _Flow(_CLIENT, _UPSTREAM, client_leg, upstream_leg, limit, True)
+        self._upstream_flow = _Flow(_UPSTREAM, _CLIENT, upstream_leg, client_leg, limit, False)
         #: Which side closed first: "client", "upstream" or "proxy".
         self.initiator: str | None = None
         self.close_reason: str | None = None
@@ -536,8 +505,9 @@ class Session:
             self._scan(self._client_flow, early)
         self._settle()
 
+    # (Not keyword-only: the driver passes them in order, see Connection._dial_one.)
     def connect_upstream(
-        self, *, target: str, authority: str, path_prefix: str, forwarding: Forwarding,
+        self, target: str, authority: str, path_prefix: str, forwarding: Forwarding,
         pass_extensions: bool,
         owned_headers: frozenset[bytes] = frozenset(),
         client_headers: tuple[Header, ...] = (),
@@ -553,10 +523,10 @@ class Session:
             raise InvalidTransition(self.state, "connect_upstream")
         if upgrade.upstream_failure is not None:
             self._fire(Trigger.UPSTREAM_RETRY)
+        # (connect()'s parameters are these, in this order.)
         request = upgrade.connect(
-            target=target, authority=authority, path_prefix=path_prefix,
-            forwarding=forwarding, pass_extensions=pass_extensions, owned_headers=owned_headers,
-            client_headers=client_headers,
+            target, authority, path_prefix, forwarding, pass_extensions, owned_headers,
+            client_headers,
         )
         upstream = self._upstream_leg
         upstream.out = [request]

@@ -104,15 +104,10 @@ class ClientProtocol(Connection):
     """The listener's protocol: the client's Connection itself (one object, one call
     fewer a callback than a protocol that passes each on)."""
 
+    # Connection's own __init__: ClientProtocol(door, transport=None, deadline=None,
+    # settings=None); *transport* given when the client comes from elsewhere (TLS, a
+    # hand-back), else the listener's connection_made() gives it.
     __slots__ = ()
-
-    def __init__(
-        self, door: FrontDoor, transport: asyncio.Transport | None = None, *,
-        deadline: float | None = None, settings: ConnectionSettings | None = None,
-    ) -> None:
-        """*transport*: given when the client comes from elsewhere (TLS, a hand-back),
-        else the listener's connection_made() gives it."""
-        super().__init__(door.ctx, transport, door=door, deadline=deadline, settings=settings)
 
 
 class HandedOverProtocol(ClientProtocol):
@@ -148,7 +143,7 @@ class ProxiedClientProtocol(ClientProtocol):
         deadline: float | None = None, settings: ConnectionSettings | None = None,
     ) -> None:
         self._parser: ProxyHeaderParser | None = ProxyHeaderParser()
-        super().__init__(door, transport, deadline=deadline, settings=settings)
+        super().__init__(door, transport, deadline, settings)
 
     def data_received(self, data: bytes) -> None:
         if self._parser is None:

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from wsproxy.core.handshake import Forwarding
     from wsproxy.core.registry import Registry
     from wsproxy.core.states import Side
+    from wsproxy.io.deadlines import Deadlines
     from wsproxy.io.handoff import Handoff
     from wsproxy.io.http_pool import BackendPool
     from wsproxy.io.steps import Steps
@@ -233,6 +234,11 @@ class ConnectionOwner(HttpRelayOwner, Protocol[ConnT]):
 
     @property
     def registry(self) -> Registry[ConnT]: ...
+
+    @property
+    def deadlines(self) -> Deadlines:
+        """The deadlines of the loop (wsproxy.io.deadlines), looked up once for all
+        connections: none keeps them in a slot of its own, none calls deadlines_of()."""
 
     def new_conn_id(self) -> str: ...
 
