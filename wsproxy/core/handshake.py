@@ -319,9 +319,9 @@ def upstream_request(
     return h11.Request(method="GET", target=target, headers=headers)
 
 
-# (Not keyword-only: Upgrade.connect passes them in order, an upgrade's every call.)
 def upstream_request_bytes(
     upgrade: UpgradeRequest,
+    *,
     authority: str,
     path_prefix: str,
     key: bytes,

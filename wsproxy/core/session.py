@@ -505,9 +505,8 @@ class Session:
             self._scan(self._client_flow, early)
         self._settle()
 
-    # (Not keyword-only: the driver passes them in order, see Connection._dial_one.)
     def connect_upstream(
-        self, target: str, authority: str, path_prefix: str, forwarding: Forwarding,
+        self, *, target: str, authority: str, path_prefix: str, forwarding: Forwarding,
         pass_extensions: bool,
         owned_headers: frozenset[bytes] = frozenset(),
         client_headers: tuple[Header, ...] = (),
@@ -523,10 +522,10 @@ class Session:
             raise InvalidTransition(self.state, "connect_upstream")
         if upgrade.upstream_failure is not None:
             self._fire(Trigger.UPSTREAM_RETRY)
-        # (connect()'s parameters are these, in this order.)
         request = upgrade.connect(
-            target, authority, path_prefix, forwarding, pass_extensions, owned_headers,
-            client_headers,
+            target=target, authority=authority, path_prefix=path_prefix,
+            forwarding=forwarding, pass_extensions=pass_extensions, owned_headers=owned_headers,
+            client_headers=client_headers,
         )
         upstream = self._upstream_leg
         upstream.out = [request]

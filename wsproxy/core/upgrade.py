@@ -249,9 +249,8 @@ class Upgrade:
 
     # The backend's handshake…
 
-    # (Not keyword-only: Session.connect_upstream passes its own in the same order.)
     def connect(
-        self, target: str, authority: str, path_prefix: str, forwarding: Forwarding,
+        self, *, target: str, authority: str, path_prefix: str, forwarding: Forwarding,
         pass_extensions: bool, owned_headers: frozenset[bytes],
         client_headers: tuple[Header, ...] = (),
     ) -> bytes:
@@ -267,10 +266,10 @@ class Upgrade:
         self._pass_extensions = pass_extensions
         self._client_headers = client_headers
         self._key = new_key()
-        # (request, authority, path_prefix, key, forwarding, pass_extensions, owned)
         request = upstream_request_bytes(
-            self.request, authority, path_prefix, self._key, forwarding, pass_extensions,
-            owned_headers,
+            self.request, authority=authority, path_prefix=path_prefix,
+            key=self._key, forwarding=forwarding, pass_extensions=pass_extensions,
+            owned=owned_headers,
         )
         self._http_client = None  # created if the answer is not a plain 101
         self._early_upstream = b""
