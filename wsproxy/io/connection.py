@@ -126,11 +126,6 @@ class UpstreamProtocol(Steps, asyncio.Protocol):
             self._conn.receive_eof(UPSTREAM)
         return False
 
-    def close_read(self, frame: bytes, code: int | None, reason: str) -> bool:
-        """The backend's close frame, as its relay protocol read it (Connection.close_read)."""
-        conn = self._conn
-        return conn is not None and conn.receive_close(UPSTREAM, frame, code, reason)
-
     def connection_lost(self, exc: Exception | None) -> None:
         if self._conn is not None:
             self._conn.transport_lost(UPSTREAM)
@@ -276,11 +271,6 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport_lost(CLIENT)
-
-    def close_read(self, frame: bytes, code: int | None, reason: str) -> bool:
-        """A read of the client's that is one whole close frame, handed over by its relay
-        protocol (wsproxy.core.scan.PyRelay._close): see receive_close."""
-        return self.receive_close(CLIENT, frame, code, reason)
 
     def pause_writing(self) -> None:
         self.pause_reading(UPSTREAM)
@@ -996,7 +986,8 @@ class Connection(asyncio.Protocol):
         if client is not None and not client.is_closing():
             client.resume_reading()
         if self._resume is None and self._dial is None:  # reads straight through (io.direct)
-            self._relayed = direct.relay_directly(self.session, self._client, self._upstream)
+            self._relayed = direct.relay_directly(self, self.session, self._client,
+                                                  self._upstream)
 
     def _reject(
         self, kind: str, status: int, reason: str, headers: tuple[tuple[str, str], ...] = ()
