@@ -413,8 +413,6 @@ typedef struct {
     PyObject *driver;      /* None, or the driver that `original` calls with `side` (a
                               Connection: wsproxy.io.direct sets both): called directly */
     PyObject *side;
-    PyObject *state_name;  /* "state" and "out": for objects without those slots */
-    PyObject *out_name;
     PyObject *transport;   /* this relay's transport, and the other transport's relay: */
     PyObject *mate;        /* for `wake` (set by wsproxy.io.direct; None otherwise) */
     PyObject *wake;        /* None, or wake(relay): called once, at the `countdown`th read
@@ -449,17 +447,21 @@ slot_offset(PyObject *obj, PyObject *name)
     return offset;
 }
 
-/* *obj*'s attribute: at its slot's offset, or by name; a new reference, or NULL
-   (unset, or the look-up failed: the error is cleared, the read falls back). */
+static PyObject *method_name(PyObject **slot, const char *name);
+
+/* *obj*'s attribute: at its slot's offset, or by *name* (interned into *slot*: a
+   module-wide str, not one a relay); a new reference, or NULL (unset, or the look-up
+   failed: the error is cleared, the read falls back). */
 static PyObject *
-slot_value(PyObject *obj, Py_ssize_t offset, PyObject *name)
+slot_value(PyObject *obj, Py_ssize_t offset, PyObject **slot, const char *name)
 {
     if (offset >= 0) {
         PyObject *value = *(PyObject **)((char *)obj + offset);
         Py_XINCREF(value);
         return value;
     }
-    PyObject *value = PyObject_GetAttr(obj, name);
+    PyObject *attr = method_name(slot, name);
+    PyObject *value = attr == NULL ? NULL : PyObject_GetAttr(obj, attr);
     if (value == NULL)
         PyErr_Clear();
     return value;
@@ -495,8 +497,6 @@ relay_clear(Relay *self)
     Py_CLEAR(self->original);
     Py_CLEAR(self->driver);
     Py_CLEAR(self->side);
-    Py_CLEAR(self->state_name);
-    Py_CLEAR(self->out_name);
     Py_CLEAR(self->feeder);
     Py_CLEAR(self->transport);
     Py_CLEAR(self->mate);
@@ -561,8 +561,6 @@ relay_init(Relay *self, PyObject *args, PyObject *kwargs)
         return -1;
     }
     relay_clear(self);
-    self->state_name = Py_NewRef(state->state_name);
-    self->out_name = Py_NewRef(state->out_name);
     self->flow = Py_NewRef(flow);
     self->leg = Py_NewRef(leg);
     self->session = Py_NewRef(session);
@@ -583,6 +581,8 @@ relay_init(Relay *self, PyObject *args, PyObject *kwargs)
     return 0;
 }
 
+static PyObject *state_attr, *out_attr;
+
 /* Whether a read may go straight through: the session OPEN, nothing waiting for the
    other side; then take() (which counts it) says whether it holds whole messages. */
 static int
@@ -590,12 +590,12 @@ relay_pass(Relay *self, const unsigned char *data, uint64_t n)
 {
     if (self->flow == NULL)
         return 0;  /* never initialised */
-    PyObject *state = slot_value(self->session, self->state_offset, self->state_name);
+    PyObject *state = slot_value(self->session, self->state_offset, &state_attr, "state");
     int open = state == self->open;
     Py_XDECREF(state);
     if (!open)
         return 0;
-    PyObject *out = slot_value(self->leg, self->out_offset, self->out_name);
+    PyObject *out = slot_value(self->leg, self->out_offset, &out_attr, "out");
     if (out == NULL)
         return 0;
     int waiting = PyList_CheckExact(out) ? PyList_GET_SIZE(out) != 0 : PyObject_IsTrue(out);
