@@ -75,6 +75,8 @@ class Driver:
         self.transports = transports
         #: The reads that reached the driver: (side, bytes).
         self.reads: list[tuple[Side, bytes]] = []
+        #: The other callbacks a relay calls directly: (side, what).
+        self.calls: list[tuple[Side, str]] = []
 
     def receive(self, side: Side, data: bytes) -> None:
         self.reads.append((side, data))
@@ -88,6 +90,15 @@ class Driver:
             session.receive_data(side, data)
         self.flush()
 
+    def receive_close(self, side: Side, frame: bytes, code: int | None, reason: str) -> bool:
+        return False  # every read the driver's receive (test_relay_close: the close too)
+
+    def receive_eof(self, side: Side) -> None:
+        self.calls.append((side, "eof"))
+
+    def transport_lost(self, side: Side) -> None:
+        self.calls.append((side, "lost"))
+
     def flush(self) -> None:
         session = self.session
         for side in (CLIENT, UPSTREAM):
@@ -99,7 +110,8 @@ class Driver:
 
 
 class Original:
-    """A driver's protocol: every callback to the driver (and counted)."""
+    """A driver's protocol: every callback to the driver (and counted): the relays call
+    the driver directly for reads, EOF and loss (PyRelay's doc)."""
 
     def __init__(self, driver: Driver, side: Side) -> None:
         self.driver = driver
@@ -217,7 +229,7 @@ def run(
         for side in (CLIENT, UPSTREAM):
             transports[side].protocol = Original(driver, side)
         if relay is not None:
-            direct.relay_directly(session, transports[CLIENT], transports[UPSTREAM])  # type: ignore[arg-type]
+            direct.relay_directly(driver, session, transports[CLIENT], transports[UPSTREAM])  # type: ignore[arg-type]
             assert all(isinstance(t.protocol, RELAYS[relay]) for t in transports.values())
         sockets = Sockets(relay, transports) if pumped is not None and relay else None
         trace: list[object] = []
@@ -334,15 +346,18 @@ def test_the_other_callbacks_are_the_original_protocols(relay: str) -> None:
     ):
         session = SessionHarness().session
         driver.session = session
-        direct.relay_directly(session, transports[CLIENT], transports[UPSTREAM])  # type: ignore[arg-type]
+        direct.relay_directly(driver, session, transports[CLIENT], transports[UPSTREAM])  # type: ignore[arg-type]
     protocol = transports[CLIENT].protocol
     assert protocol.original is originals[CLIENT]
+    assert protocol.driver is driver
     assert protocol.eof_received() is False
-    error = ConnectionResetError()
-    protocol.connection_lost(error)
+    protocol.connection_lost(ConnectionResetError())
     protocol.pause_writing()
     protocol.resume_writing()
-    assert originals[CLIENT].calls == ["eof", f"lost {error!r}", "pause", "resume"]
+    assert driver.calls == [(CLIENT, "eof"), (CLIENT, "lost")]  # the driver's, directly
+    assert originals[CLIENT].calls == ["pause", "resume"]
+    transports[UPSTREAM].protocol.eof_received()
+    assert driver.calls[-1] == (UPSTREAM, "eof")
     with restoring_both:
         direct.restore(transports[CLIENT], None, transports[UPSTREAM])  # type: ignore[arg-type]
         assert transports[CLIENT].protocol is originals[CLIENT]
@@ -354,11 +369,11 @@ def test_the_other_callbacks_are_the_original_protocols(relay: str) -> None:
 def test_no_switch_unless_open_with_both_transports() -> None:
     session = SessionHarness(opened=False).session
     client, upstream = FakeTransport(), FakeTransport()
-    assert not direct.relay_directly(session, client, upstream)  # type: ignore[arg-type]
+    assert not direct.relay_directly(None, session, client, upstream)  # type: ignore[arg-type]
     assert client.protocol is None
     assert upstream.protocol is None
     session = SessionHarness().session
-    assert not direct.relay_directly(session, client, None)  # type: ignore[arg-type]
+    assert not direct.relay_directly(None, session, client, None)  # type: ignore[arg-type]
     assert client.protocol is None
 
 
@@ -446,7 +461,7 @@ def pumped_session(pump: str) -> tuple[dict[Side, FakeTransport], Driver, Socket
     for side in (CLIENT, UPSTREAM):
         transports[side].protocol = Original(driver, side)
     with mock.patch.object(session_module, "_Relay", RELAYS[pump]):
-        direct.relay_directly(session, transports[CLIENT], transports[UPSTREAM])  # type: ignore[arg-type]
+        direct.relay_directly(driver, session, transports[CLIENT], transports[UPSTREAM])  # type: ignore[arg-type]
     return transports, driver, Sockets(pump, transports)
 
 

@@ -57,7 +57,7 @@ class Pair:
             for side in (CLIENT, UPSTREAM):
                 self.transports[side].protocol = Original(self.driver, side)
             with mock.patch.object(direct, "_RELAYS", tuple(RELAYS.values())):
-                direct.relay_directly(self.session, self.transports[CLIENT],  # type: ignore[arg-type]
+                direct.relay_directly(self.driver, self.session, self.transports[CLIENT],  # type: ignore[arg-type]
                                       self.transports[UPSTREAM])  # type: ignore[arg-type]
         self.sockets = Sockets(kind, self.transports, on_end=self.end)
         self.peer, self.proxy = self.sockets.peer, self.sockets.proxy

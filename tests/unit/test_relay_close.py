@@ -1,4 +1,4 @@
-"""A close frame read by a relay protocol goes to the driver's ``close_read`` (issue 18):
+"""A close frame read by a relay protocol goes to the driver's ``receive_close`` (issue 18):
 the relay (wsproxy.core.scan.PyRelay._close and its C twin in _scan.c) checks the frame
 and the flow, the session decides (Session.relay_close), the driver writes the frame
 on. Nothing else changes.
@@ -8,9 +8,9 @@ reads from both sides that are often one whole close frame (codes allowed or not
 reasons UTF-8 or not, empty, one byte, masked the wrong way, not final), with data
 frames, our pings, closes of the proxy's own, EOFs and a backend that restarts in
 between: through the driver alone, and with each relay on both transports (with a
-driver's close_read as wsproxy.io.connection's receive_close does it): the same writes,
-states, close codes, initiator, reason and counters; the two relays hand the same
-reads to the driver and to its close_read.
+driver's receive_close as wsproxy.io.connection's does it): the same writes, states,
+close codes, initiator, reason and counters; the two relays hand the same reads to the
+driver's receive and to its receive_close.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class ClosingDriver(Driver):
         super().__init__(session, transports)
         self.close_reads: list[tuple[Side, bytes, int | None, str, int]] = []
 
-    def close_read(self, side: Side, frame: bytes, code: int | None, reason: str) -> bool:
+    def receive_close(self, side: Side, frame: bytes, code: int | None, reason: str) -> bool:
         session = self.session
         done = session.relay_close(side, code, reason)
         self.close_reads.append((side, frame, code, reason, done))
@@ -61,14 +61,9 @@ class ClosingDriver(Driver):
                 session.leg_state(UPSTREAM) is LegState.CLOSED
                 and not session.eof_received(UPSTREAM)
             )
+            assert bool(done & session_module.CLOSING) == (session.state is SessionState.CLOSING)
             self.transports[side.other].write(frame)
         return bool(done)
-
-
-class ClosingOriginal(Original):
-    def close_read(self, frame: bytes, code: int | None, reason: str) -> bool:
-        assert isinstance(self.driver, ClosingDriver)
-        return self.driver.close_read(self.side, frame, code, reason)
 
 
 CODES = st.sampled_from([1000, 1000, 1001, 1001, 1012, 1012, 4000, 1002, 1005, 1006, 1011,
@@ -123,10 +118,10 @@ def run(ops: list[tuple[Any, ...]], relay: str | None, restarting: bool) -> list
         transports = {CLIENT: FakeTransport(), UPSTREAM: FakeTransport()}
         driver = ClosingDriver(session, transports)
         for side in (CLIENT, UPSTREAM):
-            transports[side].protocol = ClosingOriginal(driver, side)
+            transports[side].protocol = Original(driver, side)
         if relay is not None:
-            assert direct.relay_directly(session, transports[CLIENT], transports[UPSTREAM])  # type: ignore[arg-type]
-            assert all(t.protocol.closes for t in transports.values())
+            assert direct.relay_directly(driver, session, transports[CLIENT], transports[UPSTREAM])  # type: ignore[arg-type]
+            assert all(t.protocol.driver is driver for t in transports.values())
         trace: list[object] = []
         for operation in ops:
             kind, side = operation[0], operation[1]
@@ -165,13 +160,13 @@ def test_a_close_read_by_the_relay_is_the_drivers_close(
 
 
 @pytest.mark.parametrize("relay", list(RELAYS))
-def test_the_usual_end_goes_through_close_read_both_ways(relay: str) -> None:
+def test_the_usual_end_goes_through_receive_close_both_ways(relay: str) -> None:
     client_close = build_raw(frames.CLOSE, (1000).to_bytes(2, "big") + b"done", mask=True)
     answer = build_raw(frames.CLOSE, (1000).to_bytes(2, "big"), mask=False)
     trace = run([("feed", CLIENT, [client_close]), ("feed", UPSTREAM, [answer])], relay, False)
     reads, close_reads = trace[-1][1], trace[-1][2]  # type: ignore[index]
     assert reads == []  # the driver's receive() saw neither
-    assert close_reads == [(CLIENT, client_close, 1000, "done", 1),
+    assert close_reads == [(CLIENT, client_close, 1000, "done", 1 | 16),
                            (UPSTREAM, answer, 1000, "", 1 | 2 | 4 | 8)]
     assert trace[0][1] == [client_close]  # type: ignore[index]  (to the backend as it came)
     assert trace[1][0] == [answer]  # type: ignore[index]
@@ -189,7 +184,7 @@ def test_a_restarting_backend_goes_the_drivers_way(relay: str) -> None:
 
 
 @pytest.mark.parametrize("relay", list(RELAYS))
-def test_no_close_read_unless_asked_or_while_fed(relay: str) -> None:
+def test_no_close_read_without_a_driver_or_while_fed(relay: str) -> None:
     flow_kind = "c" if relay == "c" else "python"
     with mock.patch.object(session_module, "_Flow", FLOWS[flow_kind]), mock.patch.object(
         session_module, "_Relay", RELAYS[relay]
@@ -197,23 +192,26 @@ def test_no_close_read_unless_asked_or_while_fed(relay: str) -> None:
         session = SessionHarness().session
         calls: list[tuple[Any, ...]] = []
         fallbacks: list[bytes] = []
-        original = SimpleNamespace(data_received=fallbacks.append,
-                                   close_read=lambda *args: calls.append(args) or True)
+        reads: list[tuple[Side, bytes]] = []
+        original = SimpleNamespace(data_received=fallbacks.append)
+        driver = SimpleNamespace(receive=lambda *args: reads.append(args),
+                                 receive_close=lambda *args: calls.append(args) or True)
         protocol = session.relay_protocol(CLIENT, print, original)  # type: ignore[arg-type]
     frame = build_raw(frames.CLOSE, (1000).to_bytes(2, "big"), mask=True)
-    protocol.data_received(frame)  # `closes` off: the driver's way
-    protocol.closes = True
-    protocol.feeder = SimpleNamespace()  # a feed: the driver's way
+    protocol.data_received(frame)  # no driver: the original protocol's way
+    protocol.driver, protocol.side = driver, CLIENT
+    protocol.feeder = SimpleNamespace()  # a feed: the driver's receive
     protocol.data_received(frame)
     protocol.feeder = None
-    protocol.data_received(bytearray(frame))  # not bytes: the driver's way
+    protocol.data_received(bytearray(frame))  # not bytes: the driver's receive
     protocol.data_received(frame)
-    assert fallbacks == [frame, frame, frame]
-    assert calls == [(frame, 1000, "")]
+    assert fallbacks == [frame]
+    assert reads == [(CLIENT, frame), (CLIENT, bytearray(frame))]
+    assert calls == [(CLIENT, frame, 1000, "")]
 
 
 def test_the_python_relay_is_the_one_picked_without_speedups() -> None:
     assert hasattr(scan.PyRelay, "_close")
     relay = scan.PyRelay(SimpleNamespace(), SimpleNamespace(out=[]), SimpleNamespace(state=1), 1,  # type: ignore[arg-type]
                          print, SimpleNamespace(data_received=print))  # type: ignore[arg-type]
-    assert relay.closes is False
+    assert relay.driver is None

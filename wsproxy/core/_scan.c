@@ -494,9 +494,9 @@ typedef struct {
     PyObject *open;        /* ... is this (SessionState.OPEN) */
     PyObject *write;       /* the other transport's write */
     PyObject *original;    /* the protocol this one stands in for */
-    PyObject *fallback;    /* original.data_received */
-    PyObject *state_name;  /* "state" and "out": for objects without those slots */
-    PyObject *out_name;
+    PyObject *driver;      /* None, or the driver that `original` calls with `side` (a
+                              Connection: wsproxy.io.direct sets both): called directly */
+    PyObject *side;
     PyObject *transport;   /* this relay's transport, and the other transport's relay: */
     PyObject *mate;        /* for `wake` (set by wsproxy.io.direct; None otherwise) */
     PyObject *wake;        /* None, or wake(relay): called once, at the `countdown`th read
@@ -505,8 +505,6 @@ typedef struct {
     PyObject *feeder;      /* None, or what reads the other socket into this transport
                               (wsproxy.io.direct's feed): told of this one's pause and
                               resume of writing and of its loss */
-    char closes;           /* a read that is one whole close frame goes to
-                              original.close_read(frame, code, reason) first */
     /* Where `state` and `out` are held in session and leg (their __slots__), so that
        a read costs no attribute look-up; -1: look them up by name. */
     Py_ssize_t state_offset;
@@ -533,17 +531,21 @@ slot_offset(PyObject *obj, PyObject *name)
     return offset;
 }
 
-/* *obj*'s attribute: at its slot's offset, or by name; a new reference, or NULL
-   (unset, or the look-up failed: the error is cleared, the read falls back). */
+static PyObject *method_name(PyObject **slot, const char *name);
+
+/* *obj*'s attribute: at its slot's offset, or by *name* (interned into *slot*: a
+   module-wide str, not one a relay); a new reference, or NULL (unset, or the look-up
+   failed: the error is cleared, the read falls back). */
 static PyObject *
-slot_value(PyObject *obj, Py_ssize_t offset, PyObject *name)
+slot_value(PyObject *obj, Py_ssize_t offset, PyObject **slot, const char *name)
 {
     if (offset >= 0) {
         PyObject *value = *(PyObject **)((char *)obj + offset);
         Py_XINCREF(value);
         return value;
     }
-    PyObject *value = PyObject_GetAttr(obj, name);
+    PyObject *attr = method_name(slot, name);
+    PyObject *value = attr == NULL ? NULL : PyObject_GetAttr(obj, attr);
     if (value == NULL)
         PyErr_Clear();
     return value;
@@ -558,7 +560,8 @@ relay_traverse(Relay *self, visitproc visit, void *arg)
     Py_VISIT(self->open);
     Py_VISIT(self->write);
     Py_VISIT(self->original);
-    Py_VISIT(self->fallback);
+    Py_VISIT(self->driver);
+    Py_VISIT(self->side);
     Py_VISIT(self->feeder);
     Py_VISIT(self->transport);
     Py_VISIT(self->mate);
@@ -576,9 +579,8 @@ relay_clear(Relay *self)
     Py_CLEAR(self->open);
     Py_CLEAR(self->write);
     Py_CLEAR(self->original);
-    Py_CLEAR(self->fallback);
-    Py_CLEAR(self->state_name);
-    Py_CLEAR(self->out_name);
+    Py_CLEAR(self->driver);
+    Py_CLEAR(self->side);
     Py_CLEAR(self->feeder);
     Py_CLEAR(self->transport);
     Py_CLEAR(self->mate);
@@ -606,7 +608,6 @@ typedef struct {
     PyObject *flow_type;
     PyObject *state_name;
     PyObject *out_name;
-    PyObject *data_received_name;
     PyObject *session_type;
     PyObject *leg_type;
     Py_ssize_t state_offset;
@@ -643,31 +644,28 @@ relay_init(Relay *self, PyObject *args, PyObject *kwargs)
         PyErr_SetString(PyExc_TypeError, "Relay(): flow must be a _scan.FlowState");
         return -1;
     }
-    PyObject *fallback = PyObject_GetAttr(original, state->data_received_name);
-    if (fallback == NULL)
-        return -1;
     relay_clear(self);
-    self->state_name = Py_NewRef(state->state_name);
-    self->out_name = Py_NewRef(state->out_name);
     self->flow = Py_NewRef(flow);
     self->leg = Py_NewRef(leg);
     self->session = Py_NewRef(session);
     self->open = Py_NewRef(open);
     self->write = Py_NewRef(write);
     self->original = Py_NewRef(original);
-    self->fallback = fallback;
+    self->driver = Py_NewRef(Py_None);
+    self->side = Py_NewRef(Py_None);
     self->feeder = Py_NewRef(Py_None);
     self->transport = Py_NewRef(Py_None);
     self->mate = Py_NewRef(Py_None);
     self->wake = Py_NewRef(Py_None);
     self->countdown = 0;
-    self->closes = 0;
     self->state_offset = cached_offset(session, state->state_name, &state->session_type,
                                        &state->state_offset);
     self->out_offset = cached_offset(leg, state->out_name, &state->leg_type,
                                      &state->out_offset);
     return 0;
 }
+
+static PyObject *state_attr, *out_attr;
 
 /* Whether a read may go straight through: the session OPEN, nothing waiting for the
    other side; then take() (which counts it) says whether it holds whole messages. */
@@ -676,12 +674,12 @@ relay_pass(Relay *self, const unsigned char *data, uint64_t n)
 {
     if (self->flow == NULL)
         return 0;  /* never initialised */
-    PyObject *state = slot_value(self->session, self->state_offset, self->state_name);
+    PyObject *state = slot_value(self->session, self->state_offset, &state_attr, "state");
     int open = state == self->open;
     Py_XDECREF(state);
     if (!open)
         return 0;
-    PyObject *out = slot_value(self->leg, self->out_offset, self->out_name);
+    PyObject *out = slot_value(self->leg, self->out_offset, &out_attr, "out");
     if (out == NULL)
         return 0;
     int waiting = PyList_CheckExact(out) ? PyList_GET_SIZE(out) != 0 : PyObject_IsTrue(out);
@@ -725,14 +723,41 @@ method_name(PyObject **slot, const char *name)
     return *slot;
 }
 
-static PyObject *close_read_name;
+/* Whether the relay has a driver to call directly (wsproxy.io.direct gives it one). */
+static int
+driven(Relay *self)
+{
+    return self->driver != NULL && self->driver != Py_None;
+}
+
+/* driver.<name>(side, *rest) (*name* interned into *slot*): the driver's own method,
+   without the original protocol's one-line call of it (~420 instructions a call). */
+static PyObject *
+drive(Relay *self, PyObject **slot, const char *name, Py_ssize_t n, PyObject *const *rest)
+{
+    PyObject *method = method_name(slot, name);
+    if (method == NULL)
+        return NULL;
+    PyObject *args[6] = {NULL, self->driver, self->side}; /* (args[0]: the offset's) */
+    for (Py_ssize_t i = 0; i < n && i < 3; i++)
+        args[3 + i] = rest[i];
+    Py_INCREF(args[1]);  /* (the call may drop the relay's references) */
+    Py_INCREF(args[2]);
+    PyObject *result = PyObject_VectorcallMethod(
+        method, args + 1, (size_t)(2 + n) | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    Py_DECREF(args[1]);
+    Py_DECREF(args[2]);
+    return result;
+}
+
+static PyObject *receive_close_name;
 
 /* A read that is one whole close frame as this flow expects it (FIN, no reserved bit,
    its mask bit, a payload under 126 bytes that is empty or a sendable code and a
    UTF-8 reason), with nothing of a frame in flight, no partial header and none of our
    frames waiting (Session._lone_close's conditions) and no feed: handed to
-   original.close_read(frame, code, reason) (PyRelay._close's twin; called only when
-   `closes` is set, as PyRelay.data_received calls _close). 1: it took it;
+   driver.receive_close(side, frame, code, reason) (PyRelay._close's twin; called only
+   with a driver, as PyRelay.data_received calls _close). 1: it took it;
    0: not (nothing changed: the read goes to the fallback); -1: an error. */
 static int
 relay_close(Relay *self, PyObject *data)
@@ -779,17 +804,8 @@ relay_close(Relay *self, PyObject *data)
             return -1;
         }
     }
-    PyObject *name = method_name(&close_read_name, "close_read");
-    if (name == NULL) {
-        Py_DECREF(code);
-        Py_DECREF(reason);
-        return -1;
-    }
-    PyObject *original = Py_NewRef(self->original);
-    PyObject *args[5] = {NULL, original, data, code, reason}; /* (args[0]: the offset's) */
-    PyObject *result = PyObject_VectorcallMethod(
-        name, args + 1, 4 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
-    Py_DECREF(original);
+    PyObject *rest[3] = {data, code, reason};
+    PyObject *result = drive(self, &receive_close_name, "receive_close", 3, rest);
     Py_DECREF(code);
     Py_DECREF(reason);
     if (result == NULL)
@@ -799,24 +815,43 @@ relay_close(Relay *self, PyObject *data)
     return taken;
 }
 
+static PyObject *receive_name, *data_received_name;
+
+static PyObject *forward(Relay *self, PyObject **slot, const char *name, PyObject *arg);
+
+/* A read the relay does not pass: driver.receive(side, data), or without a driver
+   original.data_received(data) (the driver's own path either way). */
+static int
+relay_fallback(Relay *self, PyObject *data)
+{
+    PyObject *result = driven(self)
+        ? drive(self, &receive_name, "receive", 1, &data)
+        : forward(self, &data_received_name, "data_received", data);
+    if (result == NULL)
+        return -1;
+    Py_DECREF(result);
+    return 0;
+}
+
 static PyObject *
 relay_data_received(Relay *self, PyObject *data)
 {
     int direct = relay_direct(self, data);
     if (direct < 0)
         return NULL;
-    if (!direct && self->closes) {
-        int closed = relay_close(self, data);
+    if (!direct) {
+        int closed = driven(self) ? relay_close(self, data) : 0;
         if (closed < 0)
             return NULL;
-        if (closed)
+        if (closed || relay_fallback(self, data) == 0)
             Py_RETURN_NONE;
+        return NULL;
     }
-    PyObject *result = PyObject_CallOneArg(direct ? self->write : self->fallback, data);
+    PyObject *result = PyObject_CallOneArg(self->write, data);
     if (result == NULL)
         return NULL;
     Py_DECREF(result);
-    if (direct && self->wake != NULL && self->wake != Py_None && --self->countdown <= 0) {
+    if (self->wake != NULL && self->wake != Py_None && --self->countdown <= 0) {
         PyObject *wake = self->wake;  /* once: the reference moves to this call */
         self->wake = Py_NewRef(Py_None);
         result = PyObject_CallOneArg(wake, (PyObject *)self);
@@ -864,11 +899,20 @@ relay_connection_made(Relay *self, PyObject *transport)
     return forward(self, &connection_made_name, "connection_made", transport);
 }
 
+static PyObject *receive_eof_name, *transport_lost_name;
+
 static PyObject *
 relay_eof_received(Relay *self, PyObject *unused)
 {
     (void)unused;
-    return forward(self, &eof_received_name, "eof_received", NULL);
+    if (!driven(self))
+        return forward(self, &eof_received_name, "eof_received", NULL);
+    /* As the driver's protocols answer: False, the transport closes itself. */
+    PyObject *result = drive(self, &receive_eof_name, "receive_eof", 0, NULL);
+    if (result == NULL)
+        return NULL;
+    Py_DECREF(result);
+    Py_RETURN_FALSE;
 }
 
 /* The original protocol's callback *name*, then the feeder's method *feeder_name* (if
@@ -904,6 +948,8 @@ relay_connection_lost(Relay *self, PyObject *exc)
             return NULL;
         Py_DECREF(told);
     }
+    if (driven(self))
+        return drive(self, &transport_lost_name, "transport_lost", 0, NULL);
     return forward(self, &connection_lost_name, "connection_lost", exc);
 }
 
@@ -945,7 +991,8 @@ static PyMemberDef relay_members[] = {
     {"mate", T_OBJECT, offsetof(Relay, mate), 0, NULL},
     {"wake", T_OBJECT, offsetof(Relay, wake), 0, NULL},
     {"countdown", T_INT, offsetof(Relay, countdown), 0, NULL},
-    {"closes", T_BOOL, offsetof(Relay, closes), 0, NULL},
+    {"driver", T_OBJECT, offsetof(Relay, driver), 0, NULL},
+    {"side", T_OBJECT, offsetof(Relay, side), 0, NULL},
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -1095,6 +1142,18 @@ call_with_bytes(PyObject *callable, const unsigned char *data, Py_ssize_t n)
     return 0;
 }
 
+/* A read the relay does not pass (relay_fallback), as a new bytes object. */
+static int
+relay_fallback_bytes(Relay *relay, const unsigned char *data, Py_ssize_t n)
+{
+    PyObject *chunk = PyBytes_FromStringAndSize((const char *)data, n);
+    if (chunk == NULL)
+        return -1;
+    int done = relay_fallback(relay, chunk);
+    Py_DECREF(chunk);
+    return done;
+}
+
 /* A call of the other transport's is_closing or get_write_buffer_size: with the
    transport as its argument when pump_init took the bound methods apart. */
 static PyObject *
@@ -1177,7 +1236,7 @@ pump_read(Pump *self)
     if (direct < 0)
         return -1;
     if (!direct)
-        return call_with_bytes(relay->fallback, pump_buffer, n);
+        return relay_fallback_bytes(relay, pump_buffer, n);
     int idle = sink_idle(self);
     if (idle < 0)
         return -1;
@@ -1573,9 +1632,7 @@ add_types(PyObject *module)
     state->flow_type = PyObject_GetAttrString(module, "FlowState");
     state->state_name = PyUnicode_InternFromString("state");
     state->out_name = PyUnicode_InternFromString("out");
-    state->data_received_name = PyUnicode_InternFromString("data_received");
-    if (state->flow_type == NULL || state->state_name == NULL || state->out_name == NULL
-        || state->data_received_name == NULL)
+    if (state->flow_type == NULL || state->state_name == NULL || state->out_name == NULL)
         return -1;
     if (add_type(module, &relay_spec, "Relay") < 0)
         return -1;
@@ -1609,7 +1666,6 @@ module_clear(PyObject *module)
     Py_CLEAR(state->flow_type);
     Py_CLEAR(state->state_name);
     Py_CLEAR(state->out_name);
-    Py_CLEAR(state->data_received_name);
     Py_CLEAR(state->session_type);
     Py_CLEAR(state->leg_type);
     return 0;

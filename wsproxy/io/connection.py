@@ -38,7 +38,14 @@ from wsproxy.core.handshake import UpgradeRequest, client_address, plain_ip
 from wsproxy.core.http import ParsedRequest
 from wsproxy.core.liveness import Due, Liveness, ping_payload, ping_sent_at
 from wsproxy.core.resume import ResumeAsk, take_param
-from wsproxy.core.session import CLIENT_DONE, EOF_AWAITED, UPSTREAM_DONE, Ending, Session
+from wsproxy.core.session import (
+    CLIENT_DONE,
+    CLOSING,
+    EOF_AWAITED,
+    UPSTREAM_DONE,
+    Ending,
+    Session,
+)
 from wsproxy.core.states import TERMINAL, LegState, SessionState, Side
 from wsproxy.io import direct
 from wsproxy.io.ports import DRAINING, CloseRefusal
@@ -127,11 +134,6 @@ class UpstreamProtocol(Steps, asyncio.Protocol):
         if self._conn is not None:
             self._conn.receive_eof(UPSTREAM)
         return False
-
-    def close_read(self, frame: bytes, code: int | None, reason: str) -> bool:
-        """The backend's close frame, as its relay protocol read it (Connection.close_read)."""
-        conn = self._conn
-        return conn is not None and conn.receive_close(UPSTREAM, frame, code, reason)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._conn is not None:
@@ -283,11 +285,6 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport_lost(CLIENT)
 
-    def close_read(self, frame: bytes, code: int | None, reason: str) -> bool:
-        """A read of the client's that is one whole close frame, handed over by its relay
-        protocol (wsproxy.core.scan.PyRelay._close): see receive_close."""
-        return self.receive_close(CLIENT, frame, code, reason)
-
     def pause_writing(self) -> None:
         self.pause_reading(UPSTREAM)
 
@@ -377,7 +374,8 @@ class Connection(asyncio.Protocol):
                     self._eof_wait = self.ctx.loop.time() + UPSTREAM_EOF_WAIT
             else:
                 self._close_soon(upstream)
-        self._watch_close()
+        if done & CLOSING:  # (the second close ends the handshake: no call, ~0.4k)
+            self._watch_close()
         # (The relay protocols stay on: no longer OPEN, they hand every read but such a
         # close to this driver, and the next _flush() takes them off.)
         return True
@@ -1003,7 +1001,8 @@ class Connection(asyncio.Protocol):
         if client is not None and not client.is_closing():
             client.resume_reading()
         if self._resume is None and self._dial is None:  # reads straight through (io.direct)
-            self._relayed = direct.relay_directly(self.session, self._client, self._upstream)
+            self._relayed = direct.relay_directly(self, self.session, self._client,
+                                                  self._upstream)
 
     def _reject(
         self, kind: str, status: int, reason: str, headers: tuple[tuple[str, str], ...] = ()

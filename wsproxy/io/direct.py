@@ -6,9 +6,11 @@ puts a relay protocol on each transport (``Session.relay_protocol``: the C
 of whole data messages then goes from one transport's read callback to the other's
 ``write`` in one C call, counted by the session as ``Session.relay`` counts it.
 Every other read, and every other callback (EOF, loss, pause and resume of
-writing), goes to the protocol the transport had before (``get_protocol()``, kept in
-the relay as ``original``): the Connection's own path, which stays the one that
-decides on control frames, fragments, limits, our pings and closes, and losses.
+writing), goes to the Connection's own path, which stays the one that decides on
+control frames, fragments, limits, our pings and closes, and losses: reads, EOF and
+loss to the Connection directly (its ``receive``, ``receive_close``, ``receive_eof``,
+``transport_lost`` with the relay's side), the rest through the protocol the
+transport had before (``get_protocol()``, kept in the relay as ``original``).
 
 When the session leaves OPEN, ``restore`` gives each transport its own protocol
 back. Until then a relay reads the session's state on every read anyway, so a read
@@ -42,7 +44,7 @@ import os
 import resource
 from typing import Final, cast
 
-from wsproxy.core.scan import PyRelay, Relay
+from wsproxy.core.scan import Driver, PyRelay, Relay
 from wsproxy.core.session import Session
 from wsproxy.core.states import SessionState, Side
 from wsproxy.io import hub
@@ -50,11 +52,14 @@ from wsproxy.io.pump import Pump, PyPump
 
 
 def relay_directly(
-    session: Session, client: asyncio.Transport | None, upstream: asyncio.Transport | None
+    driver: Driver, session: Session, client: asyncio.Transport | None,
+    upstream: asyncio.Transport | None,
 ) -> bool:
     """Both transports to relay protocols, if the session is OPEN and both are there
     (once per connection: when it opens); whether they were (``restore`` then has
-    work to do when the session leaves OPEN)."""
+    work to do when the session leaves OPEN). *driver*: the Connection whose
+    protocols the transports have, which each relay calls directly with its side
+    (PyRelay's doc)."""
     if session.state is not _OPEN or client is None or upstream is None:
         return False
     # The drivers' protocols are asyncio.Protocols: a relay stands in for one, and
@@ -65,9 +70,12 @@ def relay_directly(
     to_client = make(_UPSTREAM, client.write, upstream.get_protocol())  # type: ignore[arg-type]
     client.set_protocol(to_upstream)  # type: ignore[arg-type]
     upstream.set_protocol(to_client)  # type: ignore[arg-type]
-    # A read that is one whole close frame to the driver's close_read first (the end of
-    # nearly every connection: PyRelay._close).
-    to_upstream.closes = to_client.closes = True
+    # The driver called without its protocols' one-line callbacks, and a read that is
+    # one whole close frame to its receive_close first (the end of nearly every
+    # connection: PyRelay._close).
+    to_upstream.driver = to_client.driver = driver
+    to_upstream.side = _CLIENT
+    to_client.side = _UPSTREAM
     if not FEEDING:
         return True
     # The feed once the connection shows it carries messages: an idle or short one
@@ -90,7 +98,8 @@ def restore(*transports: asyncio.Transport | None) -> None:
                 _unwake(protocol)
                 if protocol.feeder is not None:
                     protocol.feeder.stop()
-                transport.set_protocol(cast(asyncio.BaseProtocol, protocol.original))
+                # (No typing.cast: a Python call an upgrade.)
+                transport.set_protocol(protocol.original)  # type: ignore[arg-type]
 
 
 def _unwake(relay: PyRelay) -> None:
