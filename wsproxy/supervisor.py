@@ -370,8 +370,7 @@ class ProxyContext:
         self.registry.remove(conn.id)
         if self.on_count is not None:
             self.on_count(len(self.registry))
-        # (conn.opened, without its property's Python call: ~0.4k instructions.)
-        if conn.backend is not None:  # the usual end, of an upgrade
+        if conn.opened:  # the usual end, of an upgrade
             age = conn.age()  # one clock reading for the metrics and the line
             # The session read once for both (Session.ending()).
             session = conn.session

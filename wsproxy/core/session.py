@@ -140,13 +140,11 @@ _BARE_CLOSES: Final[dict[bytes, tuple[int | None, str]]] = {
     code.to_bytes(2, "big"): (code, "") for code in range(1000, 1015) if is_sendable(code)
 }
 #: Session.relay_close's answer: the frame is the driver's to write on, and which
-#: transports are done with (and whether the backend's EOF is still to come), and
-#: whether the session is CLOSING after it (a close handshake in flight).
+#: transports are done with (and whether the backend's EOF is still to come).
 RELAYED: Final = 1
 CLIENT_DONE: Final = 2
 UPSTREAM_DONE: Final = 4
 EOF_AWAITED: Final = 8
-CLOSING: Final = 16
 
 
 _State = TypeVar("_State")
@@ -984,10 +982,9 @@ class Session:
         answer to the other side's) and nothing waits on either leg, the legs and the
         state move as they would there, and the driver is to write the frame to the
         other side itself. The answer is then RELAYED, plus CLIENT_DONE and
-        UPSTREAM_DONE for the transports done with (``should_close``), EOF_AWAITED
+        UPSTREAM_DONE for the transports done with (``should_close``) and EOF_AWAITED
         if the backend's is done with but has not closed its end yet (§7.1.1: the
-        driver may wait for it) and CLOSING if the session is CLOSING now (the driver
-        watches the handshake). Else 0, with nothing changed: the read goes the
+        driver may wait for it). Else 0, with nothing changed: the read goes the
         driver's way (``receive_data``)."""
         state = self.state
         if state is not _S_OPEN and state is not _S_CLOSING:
@@ -1015,8 +1012,6 @@ class Session:
             done |= UPSTREAM_DONE
             if upstream.state is _L_CLOSED and not upstream.eof:
                 done |= EOF_AWAITED
-        if self.state is _S_CLOSING:
-            done |= CLOSING
         return done
 
     def _send_close(

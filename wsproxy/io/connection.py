@@ -38,14 +38,7 @@ from wsproxy.core.handshake import UpgradeRequest, client_address, plain_ip
 from wsproxy.core.http import ParsedRequest
 from wsproxy.core.liveness import Due, Liveness, ping_payload, ping_sent_at
 from wsproxy.core.resume import ResumeAsk, take_param
-from wsproxy.core.session import (
-    CLIENT_DONE,
-    CLOSING,
-    EOF_AWAITED,
-    UPSTREAM_DONE,
-    Ending,
-    Session,
-)
+from wsproxy.core.session import CLIENT_DONE, EOF_AWAITED, UPSTREAM_DONE, Ending, Session
 from wsproxy.core.states import TERMINAL, LegState, SessionState, Side
 from wsproxy.io import direct
 from wsproxy.io.ports import DRAINING, CloseRefusal
@@ -374,8 +367,7 @@ class Connection(asyncio.Protocol):
                     self._eof_wait = self.ctx.loop.time() + UPSTREAM_EOF_WAIT
             else:
                 self._close_soon(upstream)
-        if done & CLOSING:  # (the second close ends the handshake: no call, ~0.4k)
-            self._watch_close()
+        self._watch_close()
         # (The relay protocols stay on: no longer OPEN, they hand every read but such a
         # close to this driver, and the next _flush() takes them off.)
         return True
