@@ -710,7 +710,7 @@ class Session:
 
     def close_code_sent(self, side: Side) -> int | None:
         """The code of the close frame *side* was sent (relayed or ours), if any."""
-        sent = (self._client_leg if side is _CLIENT else self._upstream_leg).close_sent
+        sent = self._leg(side).close_sent
         return sent[0] if sent else None
 
     # The relay: frame boundaries in place…
