@@ -57,6 +57,7 @@ from wsproxy.io.front import ClientProtocol, FrontDoor, ProxiedClientProtocol
 from wsproxy.io.handoff import Handoff
 from wsproxy.io.listen_socket import CAPACITY_ERRNOS, dual_stack_socket, listening_sockets
 from wsproxy.io.loop_tracking import stop_tracking_transports
+from wsproxy.io.pass_end import PassEnd
 from wsproxy.io.plain_http import PlainHttp
 from wsproxy.io.ports import DRAINING, CloseRefusal, ConnectionSettings, Refusal
 from wsproxy.io.resume import resumed_slot
@@ -107,6 +108,9 @@ class ProxyContext:
         self.loop = asyncio.get_running_loop()
         #: The loop's deadlines, for every connection's timers.
         self.deadlines = deadlines_of(self.loop)
+        #: Work put off to the end of the loop's pass (a connection's handshake and
+        #: close writes: wsproxy.io.pass_end).
+        self.pass_end = PassEnd(self.loop)
         #: A worker's way to hand a resume to the sibling that holds its session.
         self.handoff: Handoff | None = None
         self._task_group = task_group

@@ -139,12 +139,6 @@ _OTHER_SIDE: Final = {Side.CLIENT: Side.UPSTREAM, Side.UPSTREAM: Side.CLIENT}
 _BARE_CLOSES: Final[dict[bytes, tuple[int | None, str]]] = {
     code.to_bytes(2, "big"): (code, "") for code in range(1000, 1015) if is_sendable(code)
 }
-#: Session.relay_close's answer: the frame is the driver's to write on, and which
-#: transports are done with (and whether the backend's EOF is still to come).
-RELAYED: Final = 1
-CLIENT_DONE: Final = 2
-UPSTREAM_DONE: Final = 4
-EOF_AWAITED: Final = 8
 
 
 _State = TypeVar("_State")
@@ -973,46 +967,37 @@ class Session:
 
     # Closing…
 
-    def relay_close(self, side: Side, code: int | None, reason: str) -> int:
-        """A read from *side* that is one whole close frame (*code*, *reason*: what
+    def relay_close(self, side: Side, frame: bytes, code: int | None, reason: str) -> bool:
+        """A read from *side* that is one whole close *frame* (*code*, *reason*: what
         frames.parse_close_payload reads from it), checked by a relay protocol
         (wsproxy.core.scan.PyRelay._close: nothing of a frame in flight, no partial
         header, none of our frames waiting). When the session would relay it as it came
         (``_receive_close``'s usual ways: the first close of the connection, or the
         answer to the other side's) and nothing waits on either leg, the legs and the
-        state move as they would there, and the driver is to write the frame to the
-        other side itself. The answer is then RELAYED, plus CLIENT_DONE and
-        UPSTREAM_DONE for the transports done with (``should_close``) and EOF_AWAITED
-        if the backend's is done with but has not closed its end yet (§7.1.1: the
-        driver may wait for it). Else 0, with nothing changed: the read goes the
-        driver's way (``receive_data``)."""
+        state move as they would there and *frame* itself is queued for the other side:
+        True (then call data_to_send() and should_close(), as after receive_data()).
+        Else False, with nothing changed: the read goes the driver's way
+        (``receive_data``)."""
         state = self.state
         if state is not _S_OPEN and state is not _S_CLOSING:
-            return 0
+            return False
         if side is _CLIENT:
             src, dst = self._client_leg, self._upstream_leg
         else:
             src, dst = self._upstream_leg, self._client_leg
         before = src.state
         if (before is not _L_OPEN and before is not _L_CLOSE_SENT) or src.out or dst.out:
-            return 0
+            return False
         if not self._relays_as_it_came(side, before, dst, code):
-            return 0
+            return False
         src.close_received = (code, reason)
         src.fire(_LT_RECEIVE_CLOSE)
         if self.initiator is None:
             self.initiator = _SIDE_NAME[side]
         self._sent_close(dst, code, reason)
+        dst.out.append(frame)
         self._settle()
-        done = RELAYED
-        if self._client_leg.state in LEG_FINISHED:
-            done |= CLIENT_DONE
-        upstream = self._upstream_leg
-        if upstream.state in LEG_FINISHED:
-            done |= UPSTREAM_DONE
-            if upstream.state is _L_CLOSED and not upstream.eof:
-                done |= EOF_AWAITED
-        return done
+        return True
 
     def _send_close(
         self, side: Side, code: int | None, reason: str, *, initiator: str | None

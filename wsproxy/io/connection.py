@@ -38,7 +38,7 @@ from wsproxy.core.handshake import UpgradeRequest, client_address, plain_ip
 from wsproxy.core.http import ParsedRequest
 from wsproxy.core.liveness import Due, Liveness, ping_payload, ping_sent_at
 from wsproxy.core.resume import ResumeAsk, take_param
-from wsproxy.core.session import CLIENT_DONE, EOF_AWAITED, UPSTREAM_DONE, Ending, Session
+from wsproxy.core.session import Ending, Session
 from wsproxy.core.states import TERMINAL, LegState, SessionState, Side
 from wsproxy.io import direct
 from wsproxy.io.ports import DRAINING, CloseRefusal
@@ -173,7 +173,7 @@ class Connection(asyncio.Protocol):
     # Slots, and a slot per side rather than a dict keyed by side: 10,000 idle
     # connections must stay cheap.
     __slots__ = (
-        "_client", "_close_rounds", "_dial", "_door", "_eof_wait",
+        "_client", "_close_rounds", "_dial", "_door", "_eof_wait", "_flush_due",
         "_forwarded_for", "_open_transports", "_relayed", "_resume", "_rtt_client",
         "_rtt_upstream",
         "_timer", "_timer_at", "_upstream", "backend", "client_ip",
@@ -240,6 +240,8 @@ class Connection(asyncio.Protocol):
         self._client = client
         self._upstream: asyncio.Transport | None = None
         self._open_transports = 1
+        #: A flush put off to the end of the loop's pass is due (``_flush_soon``).
+        self._flush_due = False
         if deadline is None:
             deadline = ctx.loop.time() + cfg.limits.handshake_timeout
         #: _HANDSHAKE (_handshake_timed_out armed for ``_timer_at``), _CLOSE (a close
@@ -337,39 +339,25 @@ class Connection(asyncio.Protocol):
             # (the client's 101, an error): one flush an upgrade, not two (~2k).
             self._tried()
         elif state is _OPEN or state is _CLOSING:
-            self._flush()
+            self._flush_soon()
             if session.backend_restarting and self.backend is not None:
                 self.ctx.hold_down(self.backend)
         elif state is _AWAIT_REQUEST:
             self._request_read()
         elif state is not _CONNECTING:
-            self._flush()
+            self._flush_soon()
 
     def receive_close(self, side: Side, frame: bytes, code: int | None, reason: str) -> bool:
         """A read from *side* that is one whole close frame (*code*, *reason*), checked by
-        its relay protocol: when the session relays it as it came (Session.relay_close),
-        what receive() and _flush() would do with it, without their general path (the
-        end of nearly every connection, twice); False: nothing was done, receive() is to
-        read it."""
-        session = self.session
-        done = session.relay_close(side, code, reason)
-        if not done:
+        its relay protocol: when the session relays it as it came (Session.relay_close
+        queues *frame* for the other side), what receive() would do with it, without its
+        general path (the end of nearly every connection, twice); False: nothing was
+        done, receive() is to read it. (The relay protocols stay on: no longer OPEN,
+        they hand every read but such a close to this driver, and the flush takes them
+        off.)"""
+        if not self.session.relay_close(side, frame, code, reason):
             return False
-        client, upstream = self._client, self._upstream
-        transport = upstream if side is CLIENT else client
-        if transport is not None:
-            transport.write(frame)
-        if done & CLIENT_DONE and client is not None and not client.is_closing():
-            self._close_soon(client)
-        if done & UPSTREAM_DONE and upstream is not None and not upstream.is_closing():
-            if done & EOF_AWAITED:  # _close_upstream()'s wait, its checks made
-                if self._eof_wait is None:
-                    self._eof_wait = self.ctx.loop.time() + UPSTREAM_EOF_WAIT
-            else:
-                self._close_soon(upstream)
-        self._watch_close()
-        # (The relay protocols stay on: no longer OPEN, they hand every read but such a
-        # close to this driver, and the next _flush() takes them off.)
+        self._flush_soon()  # the frame, and the closes of the transports done with
         return True
 
     def receive_parsed(self, parsed: ParsedRequest) -> None:
@@ -407,7 +395,7 @@ class Connection(asyncio.Protocol):
             if transport is not None and transport.get_write_buffer_size():
                 self._close_soon(transport)
             return
-        self._flush()
+        self._flush_soon()
 
     def transport_lost(self, side: Side) -> None:
         if side is CLIENT:
@@ -422,7 +410,7 @@ class Connection(asyncio.Protocol):
         session = self.session
         if session.state not in TERMINAL and not session.should_close(side):
             session.receive_eof(side)
-            self._flush()
+            self._flush_soon()
         dial = self._dial
         if dial is not None and dial.waiting and (
             session.state is not _CONNECTING or session.upstream_failure
@@ -442,6 +430,19 @@ class Connection(asyncio.Protocol):
             transport.resume_reading()
 
     # Writing…
+
+    def _flush_soon(self) -> None:
+        """``_flush()`` at the end of the loop's pass (wsproxy.io.pass_end: the writes
+        of a pass together, each peer woken once): for the handshake and the closes,
+        not for an OPEN connection's relaying. Until then what the session made waits
+        in its queues, which any earlier flush or relay takes in order."""
+        if not self._flush_due:
+            self._flush_due = True
+            self.ctx.pass_end.add(self._flush_put_off)
+
+    def _flush_put_off(self) -> None:
+        self._flush_due = False
+        self._flush()
 
     def _flush(self) -> None:
         session = self.session
@@ -903,7 +904,7 @@ class Connection(asyncio.Protocol):
                 https=forwarding.proto == "https",
             ),
         )
-        self._flush_upstream_handshake()
+        self._flush_soon()  # the request
         if session.state is _CONNECTING and session.upstream_failure is None:
             dial.waiting = True  # for the backend's answer: receive() or transport_lost()
         else:
@@ -970,12 +971,6 @@ class Connection(asyncio.Protocol):
             self._open_transports -= 1
             transport.abort()
 
-    def _flush_upstream_handshake(self) -> None:
-        transport = self._upstream
-        assert transport is not None
-        for chunk in self.session.data_to_send(UPSTREAM):
-            transport.write(chunk)
-
     def _opened(self, backend: BackendState) -> None:
         # (No _cancel_timer(): _route() disarmed the request's deadline, and nothing
         # arms one before this flush.)
@@ -988,7 +983,7 @@ class Connection(asyncio.Protocol):
         if self.session.backend_restarting:  # its close came with its 101
             self.ctx.hold_down(backend)
         self.ctx.connection_opened(self)
-        self._flush()
+        self._flush_soon()  # the 101
         client = self._client  # resume_reading(CLIENT), without its two calls
         if client is not None and not client.is_closing():
             client.resume_reading()

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from wsproxy.io.deadlines import Deadlines
     from wsproxy.io.handoff import Handoff
     from wsproxy.io.http_pool import BackendPool
+    from wsproxy.io.pass_end import PassEnd
     from wsproxy.io.steps import Steps
 
 #: (failure label, status, reason, headers) of an upgrade refused before any backend.
@@ -239,6 +240,11 @@ class ConnectionOwner(HttpRelayOwner, Protocol[ConnT]):
     def deadlines(self) -> Deadlines:
         """The deadlines of the loop (wsproxy.io.deadlines), looked up once for all
         connections: none keeps them in a slot of its own, none calls deadlines_of()."""
+
+    @property
+    def pass_end(self) -> PassEnd:
+        """Work put off to the end of the loop's pass (wsproxy.io.pass_end): a
+        connection's handshake and close writes."""
 
     def new_conn_id(self) -> str: ...
 
