@@ -106,7 +106,7 @@ class Driver:
             if out:
                 self.transports[side].writelines(out)
         if session.state is not OPEN:
-            direct.restore(self.transports[CLIENT], self.transports[UPSTREAM])  # type: ignore[arg-type]
+            direct.stop_feed(self.transports[CLIENT])  # type: ignore[arg-type]
 
 
 class Original:
@@ -138,9 +138,9 @@ class Original:
 RELAYS: dict[str, type] = {"python": scan.PyRelay}
 if _scan is not None:
     RELAYS["c"] = _scan.Relay
-#: What io.direct restores: both kinds here, whichever the process picked (with
+#: What io.direct takes for a relay: both kinds here, whichever the process picked (with
 #: WSPROXY_NO_SPEEDUPS=1 the process makes no C relays, these tests do).
-restoring_both = mock.patch.object(direct, "_RELAYS", tuple(RELAYS.values()))
+both_relays = mock.patch.object(direct, "_RELAYS", tuple(RELAYS.values()))
 
 
 PUMPS: dict[str, type] = {"python": pump.PyPump}
@@ -205,8 +205,8 @@ def run(
 ) -> list[object]:
     """Everything a driver and its peers could see of one session fed *ops*, through
     the driver alone (*relay* None) or with the relay protocol *relay* ("python" or
-    "c") on both transports while OPEN. *flushes*: whether the driver writes out
-    (and restores the protocols) after each op that is not a read, as the
+    "c") on both transports once OPEN. *flushes*: whether the driver writes out
+    (and stops a feed) after each op that is not a read, as the
     Connection does; without, the relays' own checks (the session's state, our
     frames waiting) have to send the next read to the driver. *pumped*: the reads
     come through the relay's pump (pump.PyPump or ``_scan.Pump``) on real sockets
@@ -220,7 +220,7 @@ def run(
         session_module, "_whole_messages", _scan.whole_messages if flow == "c" else scan._py_skip
     ), mock.patch.object(session_module, "_HOLD_FIRST", flow != "c"), mock.patch.object(
         frames, "os", no_random
-    ), restoring_both:
+    ), both_relays:
         session = SessionHarness(max_message_size=max_size).session
         for f in (session._client_flow, session._upstream_flow):
             f.rsv_allowed = rsv_allowed
@@ -261,8 +261,8 @@ def run(
             [(session.messages(s), session.bytes_relayed(s), session.undelivered(s),
               session.close_code_sent(s)) for s in (CLIENT, UPSTREAM)],
             dict(session.take_pongs()),
-            # Relays stay while OPEN, and only then (when the driver restores them).
-            flushes is not None or relayed == (relay is not None and session.state is OPEN),
+            # Relays stay on once put on (until the transports are lost).
+            relayed == (relay is not None),
         ))
         trace.append(("reads", driver.reads) if relay is not None else ())
         if sockets is not None:
@@ -358,12 +358,6 @@ def test_the_other_callbacks_are_the_original_protocols(relay: str) -> None:
     assert originals[CLIENT].calls == ["pause", "resume"]
     transports[UPSTREAM].protocol.eof_received()
     assert driver.calls[-1] == (UPSTREAM, "eof")
-    with restoring_both:
-        direct.restore(transports[CLIENT], None, transports[UPSTREAM])  # type: ignore[arg-type]
-        assert transports[CLIENT].protocol is originals[CLIENT]
-        assert transports[UPSTREAM].protocol is originals[UPSTREAM]
-        direct.restore(transports[CLIENT])  # type: ignore[arg-type]
-    assert transports[CLIENT].protocol is originals[CLIENT]  # restoring twice is harmless
 
 
 def test_no_switch_unless_open_with_both_transports() -> None:

@@ -29,7 +29,7 @@ from tests.unit.test_direct_relay import (
     Driver,
     FakeTransport,
     Original,
-    restoring_both,
+    both_relays,
     snapshot,
 )
 from tests.unit.test_scan import FLOWS, _scan
@@ -104,7 +104,7 @@ def run(ops: list[tuple[Any, ...]], relay: str | None, restarting: bool) -> list
     no_random = SimpleNamespace(urandom=lambda n: b"\x01" * n)
     with mock.patch.object(session_module, "_Flow", FLOWS[flow]), mock.patch.object(
         session_module, "_Relay", RELAYS[relay or "python"]
-    ), mock.patch.object(frames, "os", no_random), restoring_both:
+    ), mock.patch.object(frames, "os", no_random), both_relays:
         session = SessionHarness().session
         if restarting:
             session.restart_code, session.restart_reason = 1012, "restarting"

@@ -280,7 +280,7 @@ class RelayedProtocol(Protocol):
 class PyRelay:
     """A transport's protocol while its session is OPEN: ``Session.relay`` and the
     driver's write in one call per read (``Session.relay_protocol`` makes them; the
-    driver, wsproxy.io.direct, puts one on each transport and takes it off again).
+    driver, wsproxy.io.direct, puts one on each transport when the session opens).
 
     ``data_received(data)``: while *session*'s state is *open*, nothing waits in *leg*
     (the leg of the other side: our pings, a close) and *flow*'s ``take(data)`` says

@@ -200,7 +200,8 @@ class Connection(asyncio.Protocol):
         self._door = door
         #: Each side's transport while it is open (see _transport()).
         self._client: asyncio.Transport | None = None
-        #: Relay protocols may be on the transports (io.direct): until _flush restores.
+        #: Relay protocols are on the transports (io.direct), and may feed: until the
+        #: session leaves OPEN (_flush).
         self._relayed = False
         if client is not None:
             self._start(client, deadline, settings)
@@ -353,8 +354,7 @@ class Connection(asyncio.Protocol):
         queues *frame* for the other side), what receive() would do with it, without its
         general path (the end of nearly every connection, twice); False: nothing was
         done, receive() is to read it. (The relay protocols stay on: no longer OPEN,
-        they hand every read but such a close to this driver, and the flush takes them
-        off.)"""
+        they hand every read but such a close to this driver.)"""
         if not self.session.relay_close(side, frame, code, reason):
             return False
         self._flush_soon()  # the frame, and the closes of the transports done with
@@ -438,13 +438,11 @@ class Connection(asyncio.Protocol):
         in its queues, which any earlier flush or relay takes in order."""
         if not self._flush_due:
             self._flush_due = True
-            self.ctx.pass_end.add(self._flush_put_off)
-
-    def _flush_put_off(self) -> None:
-        self._flush_due = False
-        self._flush()
+            self.ctx.pass_end.add(self._flush)
 
     def _flush(self) -> None:
+        # (Any flush takes what a put-off one would: that one then finds nothing.)
+        self._flush_due = False
         session = self.session
         # Both sides at once (Session.outputs), unrolled: four calls a side before.
         client, upstream = self._client, self._upstream
@@ -467,9 +465,9 @@ class Connection(asyncio.Protocol):
                 self._close_upstream(upstream)
         self._watch_close()
         if self._relayed and session.state is not _OPEN:
-            # No longer OPEN: every read the driver's (once: nothing puts relays back).
+            # The relays hand every read to this driver now (io.direct); a feed stops.
             self._relayed = False
-            direct.restore(client, upstream)
+            direct.stop_feed(client if client is not None else upstream)
 
     def _watch_close(self) -> None:
         """A close handshake in flight: a peer that never answers is dead (tick() looks

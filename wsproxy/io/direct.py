@@ -12,9 +12,10 @@ loss to the Connection directly (its ``receive``, ``receive_close``, ``receive_e
 ``transport_lost`` with the relay's side), the rest through the protocol the
 transport had before (``get_protocol()``, kept in the relay as ``original``).
 
-When the session leaves OPEN, ``restore`` gives each transport its own protocol
-back. Until then a relay reads the session's state on every read anyway, so a read
-can never skip the driver's path once the session is no longer OPEN.
+The relays stay on until their transports are lost (their ``connection_lost`` lets go
+of each other): a relay reads the session's state on every read, so once the session
+is no longer OPEN every read goes the driver's way (a whole close frame to its
+``receive_close``, the close handshake's usual answer), as it would without the relay.
 
 Where both transports are plain TCP (not TLS) and the C pump is there (``FEEDING``), a
 feed (``_Feed``) goes further once a relay has passed FEED_AFTER reads straight through
@@ -28,12 +29,13 @@ transport callbacks and no loop dispatch of its own, as long as the other transp
 has nothing buffered (otherwise through its write, so nothing overtakes the driver's
 own frames). Reads the relay would not pass go to the driver as before. The end of a
 stream or a read error gives the reading back to the transport (after an error the
-transport is aborted, as its own read error would have it), and so does ``restore``
-and the loss of either transport; a pause of writing on one transport stops the pump
-that writes into it until its resume (the driver's pause and resume of the other
-transport's reading still happen: the feed takes the reading back after a resume):
-that socket leaves the hub meanwhile. A feed's end takes its sockets out of the hub
-before it closes them, and the hub is closed once no feed of its loop is left.
+transport is aborted, as its own read error would have it), and so does
+``stop_feed`` (the session left OPEN) and the loss of either transport; a pause of
+writing on one transport stops the pump that writes into it until its resume (the
+driver's pause and resume of the other transport's reading still happen: the feed
+takes the reading back after a resume): that socket leaves the hub meanwhile. A feed's
+end takes its sockets out of the hub before it closes them, and the hub is closed once
+no feed of its loop is left.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ def relay_directly(
     upstream: asyncio.Transport | None,
 ) -> bool:
     """Both transports to relay protocols, if the session is OPEN and both are there
-    (once per connection: when it opens); whether they were (``restore`` then has
+    (once per connection: when it opens); whether they were (``stop_feed`` then has
     work to do when the session leaves OPEN). *driver*: the Connection whose
     protocols the transports have, which each relay calls directly with its side
     (PyRelay's doc)."""
@@ -89,17 +91,14 @@ def relay_directly(
     return True
 
 
-def restore(*transports: asyncio.Transport | None) -> None:
-    """Give each transport that has a relay the protocol it had before."""
-    for transport in transports:
-        if transport is not None:
-            protocol = transport.get_protocol()
-            if isinstance(protocol, _RELAYS):
-                _unwake(protocol)
-                if protocol.feeder is not None:
-                    protocol.feeder.stop()
-                # (No typing.cast: a Python call an upgrade.)
-                transport.set_protocol(protocol.original)  # type: ignore[arg-type]
+def stop_feed(transport: asyncio.Transport | None) -> None:
+    """The session left OPEN: the feed of *transport* (of both its connection's
+    transports), if one runs, stops, and the transports read their sockets again.
+    The relays stay on (the module's doc)."""
+    if transport is not None:
+        protocol = transport.get_protocol()
+        if isinstance(protocol, _RELAYS) and protocol.feeder is not None:
+            protocol.feeder.stop()
 
 
 def _unwake(relay: PyRelay) -> None:
