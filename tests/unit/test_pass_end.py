@@ -1,0 +1,132 @@
+"""wsproxy.io.pass_end: callbacks at the end of the loop's pass, in order, each on its own.
+
+On both loops (asyncio's and uvloop's), without sockets: what is added during a pass
+runs once that pass's callbacks are done, before the next pass's; the loop is asked
+for one callback a pass however many are added; an exception goes to the loop's
+exception handler and the others still run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from wsproxy.io.pass_end import PassEnd
+
+LOOPS = ["asyncio"]
+try:
+    import uvloop
+except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+    pass
+else:
+    LOOPS.append("uvloop")
+
+
+def run(loop_kind: str, main: Any) -> Any:
+    loop = uvloop.new_event_loop() if loop_kind == "uvloop" else asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(main(loop))
+    finally:
+        loop.close()
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+def test_callbacks_run_after_the_pass_in_the_order_added(loop_kind: str) -> None:
+    async def main(loop: asyncio.AbstractEventLoop) -> list[str]:
+        order: list[str] = []
+        pass_end = PassEnd(loop)
+        done = loop.create_future()
+
+        def a_pass() -> None:  # stands for one pass's I/O callbacks
+            pass_end.add(lambda: order.append("first"))
+            order.append("the pass goes on")
+            pass_end.add(lambda: order.append("second"))
+            order.append("the pass ends")
+            loop.call_soon(done.set_result, None)
+
+        loop.call_soon(a_pass)
+        await done
+        return order
+
+    assert run(loop_kind, main) == ["the pass goes on", "the pass ends", "first", "second"]
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+def test_one_loop_callback_a_pass_and_what_a_callback_adds_waits_for_the_next(
+    loop_kind: str,
+) -> None:
+    async def main(loop: asyncio.AbstractEventLoop) -> tuple[list[str], list[int]]:
+        order: list[str] = []
+        pass_end = PassEnd(loop)
+        sizes: list[int] = []
+        done = loop.create_future()
+
+        def later() -> None:
+            order.append("added by a callback")
+            done.set_result(None)
+
+        def first() -> None:
+            order.append("first")
+            pass_end.add(later)
+            sizes.append(len(pass_end))  # a new batch of its own
+
+        for _ in range(3):
+            pass_end.add(lambda: order.append("same pass"))
+        sizes.append(len(pass_end))
+        pass_end.add(first)
+        await done
+        sizes.append(len(pass_end))
+        return order, sizes
+
+    order, sizes = run(loop_kind, main)
+    assert order == ["same pass"] * 3 + ["first", "added by a callback"]
+    assert sizes == [3, 1, 0]
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+def test_an_exception_goes_to_the_loop_and_the_others_still_run(loop_kind: str) -> None:
+    async def main(loop: asyncio.AbstractEventLoop) -> tuple[list[str], list[Any]]:
+        heard: list[Any] = []
+        loop.set_exception_handler(lambda _loop, context: heard.append(context["exception"]))
+        order: list[str] = []
+        pass_end = PassEnd(loop)
+        done = loop.create_future()
+
+        def broken() -> None:
+            raise RuntimeError("a bug")
+
+        pass_end.add(broken)
+        pass_end.add(lambda: order.append("after it"))
+        pass_end.add(lambda: done.set_result(None))
+        await done
+        return order, heard
+
+    order, heard = run(loop_kind, main)
+    assert order == ["after it"]
+    assert [type(exc) for exc in heard] == [RuntimeError]
+
+
+class RecordingLoop:
+    """What PassEnd asks of a loop, recording the callbacks it is asked to call soon."""
+
+    def __init__(self) -> None:
+        self.soon: list[Any] = []
+
+    def call_soon(self, callback: Any) -> None:
+        self.soon.append(callback)
+
+
+def test_the_loop_is_asked_once_a_batch() -> None:
+    loop = RecordingLoop()
+    pass_end = PassEnd(loop)  # type: ignore[arg-type]
+    ran: list[int] = []
+    for i in range(3):
+        pass_end.add(lambda i=i: ran.append(i))
+    assert len(loop.soon) == 1
+    loop.soon.pop()()
+    assert ran == [0, 1, 2]
+    assert len(pass_end) == 0
+    pass_end.add(lambda: ran.append(3))
+    assert len(loop.soon) == 1  # the next batch's
