@@ -650,6 +650,19 @@ def test_eof_after_the_close_handshake_changes_nothing() -> None:
     assert h.client_received() == []
 
 
+def test_the_backends_eof_is_awaited_only_after_its_close_handshake() -> None:
+    h = SessionHarness()
+    assert not h.session.upstream_eof_awaited()  # OPEN
+    h.auto_close[UPSTREAM] = False
+    h.client_sends(CloseConnection(code=1000))
+    assert not h.session.upstream_eof_awaited()  # our close sent, no answer yet
+    h.upstream_sends(CloseConnection(code=1000))
+    assert_closed_cleanly(h)
+    assert h.session.upstream_eof_awaited()  # §7.1.1: the backend closes TCP first
+    h.upstream_eof()
+    assert not h.session.upstream_eof_awaited()
+
+
 def _closed(h: SessionHarness) -> None:
     h.client_sends(CloseConnection(code=1000))
     assert h.session.state is SessionState.CLOSED

@@ -614,6 +614,12 @@ class Session:
         """Whether *side*'s peer has closed its end of the transport."""
         return self._leg(side).eof
 
+    def upstream_eof_awaited(self) -> bool:
+        """Whether the backend's close handshake is done and its end of the transport
+        not closed yet (§7.1.1: the driver may wait a little for it to close first)."""
+        leg = self._upstream_leg
+        return leg.state is _L_CLOSED and not leg.eof
+
     def take_pongs(self) -> Mapping[Side, bytes]:
         """The heartbeat pongs that came in (``last_pong``), which is then emptied."""
         pongs, self.last_pong = self.last_pong, _NO_PONGS

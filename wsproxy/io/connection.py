@@ -76,7 +76,6 @@ _AWAIT_REQUEST: Final = SessionState.AWAIT_REQUEST
 _CONNECTING: Final = SessionState.CONNECTING_UPSTREAM
 _CLOSING: Final = SessionState.CLOSING
 _REJECTED: Final = SessionState.REJECTED
-_LEG_CLOSED: Final = LegState.CLOSED
 _OTHER: Final = {CLIENT: UPSTREAM, UPSTREAM: CLIENT}
 #: The failures the session answers by itself, by status.
 _STATUS_FAILURES: Final = {400: "bad_request", 426: "bad_version", 431: "head_too_large"}
@@ -463,24 +462,20 @@ class Connection(asyncio.Protocol):
                 )
             if close_upstream:
                 self._close_upstream(upstream)
-        self._watch_close()
+        if session.state is _CLOSING and not self._timer:
+            # A close handshake in flight: a peer that never answers is dead (tick()
+            # looks at ``_timer_at``: no deadline armed, none disarmed at the answer).
+            self._timer = _CLOSE
+            self._timer_at = self.ctx.loop.time() + self.settings.config.heartbeat.timeout
         if self._relayed and session.state is not _OPEN:
             # The relays hand every read to this driver now (io.direct); a feed stops.
             self._relayed = False
             direct.stop_feed(client if client is not None else upstream)
 
-    def _watch_close(self) -> None:
-        """A close handshake in flight: a peer that never answers is dead (tick() looks
-        at ``_timer_at``: no deadline armed, and none disarmed when the peer answers)."""
-        if self.session.state is _CLOSING and not self._timer:
-            self._timer = _CLOSE
-            self._timer_at = self.ctx.loop.time() + self.settings.config.heartbeat.timeout
-
     def _close_upstream(self, transport: asyncio.Transport) -> None:
         if transport.is_closing():
             return
-        session = self.session
-        if session.leg_state(UPSTREAM) is _LEG_CLOSED and not session.eof_received(UPSTREAM):
+        if self.session.upstream_eof_awaited():
             # Let the backend close first (§7.1.1), but not for ever (tick() looks). One
             # wait per connection (most backends do close first).
             if self._eof_wait is None:
