@@ -49,9 +49,6 @@ class PassEnd:
             self._loop.call_soon(self._run)
         due.append(callback)
 
-    def __len__(self) -> int:
-        return len(self._due)
-
     def _run(self) -> None:
         due = self._due
         self._due = []
