@@ -255,14 +255,11 @@ def run(
                 session.receive_eof(side)
                 flush()
             trace.append(snapshot(session, transports))
-        relayed = any(isinstance(t.protocol, direct._RELAYS) for t in transports.values())
         trace.append((
             session.close_codes(), session.initiator, session.close_reason,
             [(session.messages(s), session.bytes_relayed(s), session.undelivered(s),
               session.close_code_sent(s)) for s in (CLIENT, UPSTREAM)],
             dict(session.take_pongs()),
-            # Relays stay on once put on (until the transports are lost).
-            relayed == (relay is not None),
         ))
         trace.append(("reads", driver.reads) if relay is not None else ())
         if sockets is not None:
@@ -358,6 +355,31 @@ def test_the_other_callbacks_are_the_original_protocols(relay: str) -> None:
     assert originals[CLIENT].calls == ["pause", "resume"]
     transports[UPSTREAM].protocol.eof_received()
     assert driver.calls[-1] == (UPSTREAM, "eof")
+
+
+@pytest.mark.parametrize("relay", list(RELAYS))
+def test_leaving_open_stops_a_feed_and_leaves_the_relays_on(relay: str) -> None:
+    transports = {CLIENT: FakeTransport(), UPSTREAM: FakeTransport()}
+    with mock.patch.object(session_module, "_Relay", RELAYS[relay]), mock.patch.object(
+        session_module, "_Flow", FLOWS["c" if relay == "c" else "python"]
+    ), both_relays:
+        session = SessionHarness().session
+        driver = Driver(session, transports)
+        for side in (CLIENT, UPSTREAM):
+            transports[side].protocol = Original(driver, side)
+        direct.relay_directly(driver, session, transports[CLIENT], transports[UPSTREAM])  # type: ignore[arg-type]
+        relays = {side: transports[side].protocol for side in (CLIENT, UPSTREAM)}
+        stops: list[str] = []
+        relays[CLIENT].feeder = SimpleNamespace(stop=lambda: stops.append("stopped"))
+        direct.stop_feed(transports[CLIENT])  # type: ignore[arg-type]
+        assert stops == ["stopped"]
+        direct.stop_feed(transports[UPSTREAM])  # type: ignore[arg-type]  (no feed: nothing)
+        direct.stop_feed(None)
+        assert stops == ["stopped"]
+        assert all(transports[side].protocol is relays[side] for side in (CLIENT, UPSTREAM))
+    transports[CLIENT].protocol = Original(driver, CLIENT)  # not a relay: nothing to stop
+    direct.stop_feed(transports[CLIENT])  # type: ignore[arg-type]
+    assert stops == ["stopped"]
 
 
 def test_no_switch_unless_open_with_both_transports() -> None:
