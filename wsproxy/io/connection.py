@@ -4,6 +4,10 @@ The data plane runs on asyncio Protocols rather than anyio streams: measured her
 streams cost about five times more per small message and several times the memory
 per idle connection (PERF-NOTES.md). Backpressure is the transports' own: when one
 side's write buffer fills (``pause_writing``), the other side stops being read.
+An OPEN connection's reads are relayed at once (wsproxy.io.direct); what the session
+makes for the handshake and the closes waits in its queues for the end of the loop's
+pass (``_flush_soon``, wsproxy.io.pass_end), so that a pass's writes wake each peer's
+CPU once, not once a write.
 
 A connection holds no task while it relays: only two transports and the session.
 Its deadlines are entries of wsproxy.io.deadlines (the request's, the dial's) or
