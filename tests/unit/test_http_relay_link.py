@@ -36,7 +36,7 @@ def test_a_link_paused_for_a_full_client_is_resumed_before_it_is_pooled() -> Non
     read = read_request(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", 8192)
     assert read is not None
     ex = _Exchange(relay, read[0], "c-1", 0.0, True)
-    link = BackendLink(backend=None)  # type: ignore[arg-type]
+    link = BackendLink(None, None)  # type: ignore[arg-type]
     transport = Transport()
     link.transport = transport  # type: ignore[assignment]
     ex.link = link

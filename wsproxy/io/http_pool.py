@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Final, Protocol, cast
 
 import h11
 
+from wsproxy.io.pass_end import PassEnd, PassEndWriter
+
 if TYPE_CHECKING:
     from wsproxy.core.balance import BackendState
 
@@ -34,11 +36,16 @@ class BackendLink(asyncio.Protocol):
     """One connection to a backend, used by one request at a time."""
 
     __slots__ = (
-        "_idle_timer", "backend", "h11", "idle_until", "pool", "reused", "transport", "user",
+        "_idle_timer", "_out", "_pass_end", "backend", "h11", "idle_until", "pool", "reused",
+        "transport", "user",
     )
 
-    def __init__(self, backend: BackendState) -> None:
+    def __init__(self, backend: BackendState, pass_end: PassEnd) -> None:
+        """*pass_end*: the loop's (its writes go out at the end of the pass)."""
         self.backend = backend
+        self._pass_end = pass_end
+        #: Every write to the backend, and the close, at the end of the loop's pass.
+        self._out: PassEndWriter | None = None
         self.h11 = h11.Connection(h11.CLIENT)
         self.transport: asyncio.Transport | None = None
         self.user: LinkUser | None = None
@@ -52,6 +59,7 @@ class BackendLink(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        self._out = PassEndWriter(self.transport, self._pass_end)
 
     def data_received(self, data: bytes) -> None:
         if self.user is not None:
@@ -83,14 +91,16 @@ class BackendLink(asyncio.Protocol):
 
     def write(self, data: bytes | None) -> None:
         if data and self.transport is not None:
-            self.transport.write(data)
+            assert self._out is not None
+            self._out.write(data)
 
     def close(self, *, abort: bool = False) -> None:
         """End this connection (abort: at once, dropping what is buffered)."""
         self.user = None
         self.leave_pool()
-        if self.transport is not None:
-            self.transport.abort() if abort else self.transport.close()
+        out = self._out
+        if self.transport is not None and out is not None:
+            out.abort() if abort else out.close(None)
 
     def idle_check(self) -> None:
         """The idle timer: close the link if it sat in the pool until ``idle_until``;

@@ -33,7 +33,7 @@ for what the rule calls live: the balancer and its hash key, the backend TLS con
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Final, Protocol
 
 import h11
@@ -66,6 +66,7 @@ from wsproxy.core.http_heads import (
 )
 from wsproxy.core.paths import UnsafeTarget, backend_target
 from wsproxy.io.http_pool import BackendLink
+from wsproxy.io.pass_end import PassEndWriter
 from wsproxy.io.upstream import (
     NO_BACKEND,
     OUT_OF_DESCRIPTORS,
@@ -227,6 +228,7 @@ class HttpRelay:
         "_interval",
         "_keepalive",
         "_log_fields",
+        "_out",
         "_pumping",
         "_reading",
         "_template",
@@ -259,6 +261,8 @@ class HttpRelay:
         self.peer_ip = self.client_ip = self.forwarded_for = peer_ip
         self.identity: Identity | None = None
         self._transport = transport
+        #: Every write to the client, and its close, at the end of the loop's pass.
+        self._out = PassEndWriter(transport, ctx.pass_end)
         self._door = door
         #: The client's parser while h11 reads its requests (the first one's, and any
         #: head that is not plain); None while the relay reads them itself, from
@@ -627,7 +631,7 @@ class HttpRelay:
 
     async def _dial(self, ex: _Exchange, backend: BackendState) -> None:
         ctx = self.ctx
-        link = BackendLink(backend)
+        link = BackendLink(backend, self.ctx.pass_end)
         try:
             async with asyncio.timeout(self.settings.config.limits.backend_timeout):
                 # backend_tls is live: the context and server name in force now.
@@ -690,8 +694,7 @@ class HttpRelay:
                 if ex.sticky is not None:
                     self._sticky_cookie(ex, link, self._template)
             ex.response_left, ex.response_buffer = -1, b""  # a retry starts afresh
-            if link.transport is not None:  # (link.write(), a call less)
-                link.transport.write(ex.wire)
+            link.write(ex.wire)
             ex.upstream_at = ex.client_at = self.ctx.loop.time()
             if not ex.left:  # no body: its end is passed on with the head
                 ex.request_done = True
@@ -852,7 +855,7 @@ class HttpRelay:
             ex.bytes_out += size
             left = ex.response_left = left - size
         # One write: a small answer is one segment.
-        self._transport.write(head + data if head else data)
+        self._out.write(head + data if head else data)
         if not left:
             self._release_link(ex, clean=ex.response_keep_alive and ex.request_done)
             self._finish()
@@ -887,14 +890,14 @@ class HttpRelay:
             if ex.request_done:
                 link.h11.send(h11.EndOfMessage())
 
-    def _bad_response(self, ex: _Exchange, exc: h11.ProtocolError, out: Iterable[bytes] = ()
+    def _bad_response(self, ex: _Exchange, exc: h11.ProtocolError, out: Sequence[bytes] = ()
                       ) -> None:
         """The backend's answer cannot be relayed: a cut if it was begun, else a 502."""
         link = ex.link
         assert link is not None
         log.warning("upstream.bad_response", conn_id=self.id, request_id=ex.request_id,
                     backend=link.backend.name, error=str(exc))
-        self._transport.writelines(out)
+        self._out.writelines(out)
         ex.link = None
         link.close(abort=True)
         ex.error = "bad_response"
@@ -928,7 +931,7 @@ class HttpRelay:
                     )) or b"")
                 elif isinstance(event, h11.EndOfMessage):
                     out.append(h.send(h11.EndOfMessage()) or b"")
-                    self._transport.writelines(out)
+                    self._out.writelines(out)
                     self._release_link(ex)
                     self._finish()
                     return
@@ -938,7 +941,7 @@ class HttpRelay:
             self._bad_response(ex, exc, out)
             return
         if out:
-            self._transport.writelines(out)
+            self._out.writelines(out)
 
     def _release_link(self, ex: _Exchange, *, clean: bool | None = None) -> None:
         """*clean*: whether a fast exchange left the link fit for another request (None:
@@ -1112,6 +1115,7 @@ class HttpRelay:
         self._closed = True
         self._cancel_timer()
         self.ctx.http.remove(self)
+        self._out.flush()  # what is owed to the client first
         self._door.to_websocket(self._transport, parsed, peer_ip=self.peer_ip,
                                 settings=self.settings)
 
@@ -1120,22 +1124,19 @@ class HttpRelay:
             return
         self._closed = True
         self._cancel_timer()
-        transport = self._transport
-        transport.close()
-        if transport.get_write_buffer_size():
-            # close() waits for the buffer to drain: not for ever.
-            self.ctx.loop.call_later(self.settings.config.heartbeat.timeout, transport.abort)
+        # close() waits for the buffer to drain: not for ever.
+        self._out.close(self.settings.config.heartbeat.timeout)
 
     def _abort_client(self) -> None:
         self._closed = True
         self._cancel_timer()
-        self._transport.abort()
+        self._out.abort()
 
     # I/O helpers…
 
     def _write(self, data: bytes | None) -> None:
         if data:
-            self._transport.write(data)
+            self._out.write(data)
 
     def _update_reading(self) -> None:
         """Read the client only while its bytes have somewhere to go; once its request

@@ -191,6 +191,11 @@ class HttpRelayOwner(Protocol):
     def loop(self) -> asyncio.AbstractEventLoop: ...
 
     @property
+    def pass_end(self) -> PassEnd:
+        """Work put off to the end of the loop's pass (wsproxy.io.pass_end): a
+        connection's handshake and close writes, every write of the plain HTTP relay."""
+
+    @property
     def config(self) -> ProxyConfig:
         """The config in force now (replaced whole on reload): only for the decisions
         the rule calls live (``balance``, ``backend_tls``)."""
@@ -240,11 +245,6 @@ class ConnectionOwner(HttpRelayOwner, Protocol[ConnT]):
     def deadlines(self) -> Deadlines:
         """The deadlines of the loop (wsproxy.io.deadlines), looked up once for all
         connections: none keeps them in a slot of its own, none calls deadlines_of()."""
-
-    @property
-    def pass_end(self) -> PassEnd:
-        """Work put off to the end of the loop's pass (wsproxy.io.pass_end): a
-        connection's handshake and close writes."""
 
     def new_conn_id(self) -> str: ...
 
