@@ -95,7 +95,8 @@ class BackendLink(asyncio.Protocol):
             self._out.write(data)
 
     def close(self, *, abort: bool = False) -> None:
-        """End this connection (abort: at once, dropping what is buffered)."""
+        """End this connection, once what this pass wrote is out (abort: at once after
+        that, dropping what the transport still buffers)."""
         self.user = None
         self.leave_pool()
         out = self._out

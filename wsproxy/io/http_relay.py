@@ -631,7 +631,7 @@ class HttpRelay:
 
     async def _dial(self, ex: _Exchange, backend: BackendState) -> None:
         ctx = self.ctx
-        link = BackendLink(backend, self.ctx.pass_end)
+        link = BackendLink(backend, ctx.pass_end)
         try:
             async with asyncio.timeout(self.settings.config.limits.backend_timeout):
                 # backend_tls is live: the context and server name in force now.
