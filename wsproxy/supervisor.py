@@ -109,7 +109,7 @@ class ProxyContext:
         #: The loop's deadlines, for every connection's timers.
         self.deadlines = deadlines_of(self.loop)
         #: Work put off to the end of the loop's pass (a connection's handshake and
-        #: close writes: wsproxy.io.pass_end).
+        #: close writes, the plain HTTP relay's writes: wsproxy.io.pass_end).
         self.pass_end = PassEnd(self.loop)
         #: A worker's way to hand a resume to the sibling that holds its session.
         self.handoff: Handoff | None = None

@@ -45,6 +45,7 @@ from wsproxy.core.resume import ResumeAsk, take_param
 from wsproxy.core.session import Ending, Session
 from wsproxy.core.states import TERMINAL, LegState, SessionState, Side
 from wsproxy.io import direct
+from wsproxy.io.pass_end import close_in_time
 from wsproxy.io.ports import DRAINING, CloseRefusal
 from wsproxy.io.resume import ResumeState, hand_over, resume_into
 from wsproxy.io.steps import Steps
@@ -495,12 +496,9 @@ class Connection(asyncio.Protocol):
             self._close_soon(transport)
 
     def _close_soon(self, transport: asyncio.Transport) -> None:
-        """close() flushes what is buffered first; a peer that does not read would
-        hold that for ever (and the process past drain.timeout), so it gets
-        heartbeat.timeout to take it, then the socket is aborted."""
-        transport.close()
-        if transport.get_write_buffer_size():
-            self.ctx.loop.call_later(self.settings.config.heartbeat.timeout, transport.abort)
+        """Close *transport*, aborted if its peer has not taken what is buffered within
+        heartbeat.timeout (``close_in_time``)."""
+        close_in_time(transport, self.ctx.loop, self.settings.config.heartbeat.timeout)
 
     def set_peer(self, ip: str) -> None:
         """The client's real address, from a PROXY protocol header."""

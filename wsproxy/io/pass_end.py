@@ -36,6 +36,17 @@ import asyncio
 from collections.abc import Callable, Sequence
 
 
+def close_in_time(
+    transport: asyncio.Transport, loop: asyncio.AbstractEventLoop, abort_after: float
+) -> None:
+    """Close *transport*: close() flushes what is buffered first, and a peer that does
+    not read would hold that for ever (and the process past drain.timeout), so it gets
+    *abort_after* seconds to take it, then the socket is aborted."""
+    transport.close()
+    if transport.get_write_buffer_size():
+        loop.call_later(abort_after, transport.abort)
+
+
 class PassEnd:
     """Callbacks for the end of the current pass of one event loop (the module's doc)."""
 
@@ -71,9 +82,8 @@ class PassEndWriter:
     relay's client and backend connections, which have no session queues).
 
     ``write()`` and ``writelines()`` queue; the first of a pass adds ``flush`` to the
-    pass's end. ``close(abort_after)`` closes once what is queued is written (then, if
-    the transport still buffers some and *abort_after* is not None, aborts it after
-    that many seconds: a peer that does not read must not hold it for ever);
+    pass's end. ``close(abort_after)`` closes once what is queued is written
+    (``close_in_time`` unless *abort_after* is None: a plain close);
     ``abort()`` writes what is queued and aborts at once, as a write then an abort did.
     ``flush()`` may be called early (before the transport is handed to another
     driver)."""
@@ -128,6 +138,7 @@ class PassEndWriter:
         transport = self.transport
         if transport.is_closing():
             return
-        transport.close()
-        if abort_after is not None and transport.get_write_buffer_size():
-            self._pass_end.loop.call_later(abort_after, transport.abort)
+        if abort_after is None:
+            transport.close()
+        else:
+            close_in_time(transport, self._pass_end.loop, abort_after)
