@@ -4,7 +4,8 @@
 close frame). ``TcpRelay`` stands between clients and a proxy, as a load balancer or
 a NAT does: it copies bytes both ways, passes an end of stream on as one, can reset
 every connection it carries at once (``cut``), and sends new connections wherever
-``target`` says at the time.
+``target`` says at the time. With ``passing`` set it lets only that many more bytes
+of the clients' through, and drops the rest: a network dying in the middle of a send.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ class TcpRelay:
         self.target = target
         self.server: asyncio.Server | None = None
         self._writers: list[asyncio.StreamWriter] = []
+        #: Bytes from the clients still let through (None: all of them).
+        self.passing: int | None = None
 
     async def start(self) -> int:
         """Listen; the relay's port."""
@@ -41,9 +44,13 @@ class TcpRelay:
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
         self._writers += [writer, up_writer]
 
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter,
+                       from_client: bool) -> None:
             try:
                 while data := await src.read(65536):
+                    if from_client and self.passing is not None:
+                        data = data[:self.passing]
+                        self.passing -= len(data)
                     dst.write(data)
                     await dst.drain()
             except OSError:
@@ -51,7 +58,7 @@ class TcpRelay:
             finally:
                 dst.close()
 
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        await asyncio.gather(pipe(reader, up_writer, True), pipe(up_reader, writer, False))
 
     def cut(self) -> None:
         """Reset both sides of every connection carried: an RST each way."""

@@ -29,7 +29,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.integration.peers import Backend, backend, make_config, running_proxy
-from tests.integration.tcp_cuts import reset
+from tests.integration.tcp_cuts import TcpRelay, reset
 from wsproxy.io.resume import table_for
 from wsproxy.supervisor import ProxyContext
 from wsproxy_client.resume import (
@@ -176,6 +176,59 @@ async def test_a_reset_connection_resumes_exactly_once_in_order_both_ways():
             resumes = await anyio.to_thread.run_sync(
                 _metric, ctx, 'wsproxy_resumes_total{outcome="resumed"}')
             assert resumes == 2
+
+
+async def _wait_mid_message(ctx: ProxyContext) -> None:
+    """Until the proxy has read the start of a client message and not its end."""
+    def mid() -> bool:
+        return any(not c.session.client_at_boundary() for c in ctx.registry.connections.values())
+    with anyio.fail_after(10):
+        while not mid():  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
+
+async def test_a_message_cut_in_its_middle_reaches_the_backend_once_and_whole():
+    """The network dies in the middle of a 20 kB message: the backend has seen nothing
+    of it (the proxy holds an opted-in client's message back until it is whole), the
+    session is held, and the client sends the message again when it resumes."""
+    big = "b" * 20_000
+    async with setup() as (rec, _b, ctx, _url):
+        host, port = ctx.addresses[0]
+        relay = TcpRelay(port)
+        relay_port = await relay.start()
+        try:
+            async with ResumableSession(f"ws://{host}:{relay_port}/") as session:
+                rec.want = 1
+                await session.send("one")
+                await rec.got.wait()
+                relay.passing = 8_000  # the frame's header and the start of its payload
+                await session.send(big)
+                await _wait_mid_message(ctx)
+                relay.cut()
+                relay.passing = None  # the client's next connection goes through
+                await session.send("after")
+                await rec.until(lambda: len(rec.received[0]) >= 3)
+                assert rec.received == [["one", big, "after"]]
+                assert rec.connections == 1
+                assert rec.closes == []
+                assert [type(e) for e in session.events] == [SessionStarted, Resumed]
+        finally:
+            await relay.stop()
+
+
+async def test_a_message_over_the_buffer_goes_on_as_it_comes_and_is_acked():
+    """Only a message that fits in ``resume.buffer`` is held back until it is whole."""
+    big = "m" * 50_000
+    async with setup(buffer="4KiB") as (rec, _b, ctx, url), ResumableSession(url) as session:
+        rec.want = 2
+        await session.send(big)
+        await session.send("small")
+        await rec.got.wait()
+        assert rec.received == [[big, "small"]]
+        state = table_for(ctx).sessions[session.session_id or ""]
+        with anyio.fail_after(10):
+            while state.acked != 2:  # the ack follows the read  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
 
 
 def _admin(ctx: ProxyContext, path: str) -> bytes:

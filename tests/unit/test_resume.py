@@ -10,7 +10,14 @@ from hypothesis import strategies as st
 
 from tests.helpers import FrameReader, build_raw
 from wsproxy.core import frames as fr
-from wsproxy.core.resume import Replay, Total, control, request_bytes, take_param
+from wsproxy.core.resume import (
+    Replay,
+    Total,
+    control,
+    control_frames,
+    request_bytes,
+    take_param,
+)
 from wsproxy.core.upgrade import Upgrade
 from wsproxy.io.resume import ResumeTable, worker_of
 
@@ -188,3 +195,15 @@ def test_a_sessions_worker_is_in_its_id():
     assert [worker_of(sid) for sid in ids] == [0, 7, 63]
     assert worker_of("short") is None
     assert worker_of("01234567zz" + "x" * 20) is None
+
+
+def test_control_frames_keeps_whole_control_frames_and_drops_data():
+    ping = build_raw(fr.PING, b"p1")
+    pong = build_raw(fr.PONG, b"x" * 125)
+    first = build_raw(fr.TEXT, b"a" * 300, fin=False)
+    last = build_raw(fr.CONTINUATION, b"b" * 70_000)
+    stream = first + ping + last[:5000]
+    assert control_frames(stream) == [ping]
+    assert control_frames(pong + first + ping + last) == [pong, ping]
+    assert control_frames(ping[:3]) == []  # (never happens: a control frame goes whole)
+    assert control_frames(b"") == []

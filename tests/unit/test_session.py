@@ -693,3 +693,39 @@ def test_bytes_after_the_end_are_not_kept(side: Side, end) -> None:  # type: ign
         tracemalloc.stop()
     assert h.session.data_to_send(side.other) == []
     assert grown < 1 << 20
+
+
+@pytest.mark.parametrize("fragmented", [False, True])
+def test_a_client_message_cut_in_its_middle_is_rewound_and_comes_again(
+    fragmented: bool,
+) -> None:
+    """A resumable session's client socket dies in a message of which nothing reached
+    the backend (wsproxy.io.resume's gate held it): rewind_client forgets it, keeps our
+    ping that waited behind its frame, and the message sent again arrives once."""
+    h = SessionHarness()
+    h.client_sends(TextMessage(data="one"))
+    assert h.upstream_received() == [TextMessage(data="one")]
+    messages, relayed = h.session.messages(UPSTREAM), h.session.bytes_relayed(UPSTREAM)
+    data = bytes(range(256)) * 8
+    if fragmented:  # a first fragment whole, then the start of the last one
+        stream = h.client.send(BytesMessage(data=data[:100], message_finished=False))
+        stream += h.client.send(BytesMessage(data=data[100:]))
+    else:
+        stream = h.client.send(BytesMessage(data=data))
+    h.session.receive_data(CLIENT, stream[:1000])
+    h.session.send_ping(UPSTREAM, b"mid")  # waits for the frame in flight
+    assert not h.session.client_at_boundary()
+    # Counted from its last frame's header on, but not whole yet.
+    assert h.session.messages(UPSTREAM) == messages + 1
+    assert h.session.client_messages_whole() == messages
+    assert h.session.data_to_send(UPSTREAM)  # what the gate held: dropped
+    h.session.rewind_client(messages, relayed)
+    assert h.session.client_at_boundary()
+    assert (h.session.messages(UPSTREAM), h.session.bytes_relayed(UPSTREAM)) == (
+        messages, relayed)
+    [ping] = h.session.data_to_send(UPSTREAM)
+    assert ping[0] == 0x80 | fr.PING
+    h.sends_raw(CLIENT, h.client.send(BytesMessage(data=data)))  # sent again
+    assert h.upstream_received() == [BytesMessage(data=data)]
+    assert h.session.messages(UPSTREAM) == messages + 1
+    assert h.session.state is SessionState.OPEN

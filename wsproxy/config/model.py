@@ -264,7 +264,8 @@ class ResumeConfig:
     enabled: bool = False
     #: How long the backend leg of a client that vanished stays open, waiting for it.
     window: float = 30.0
-    #: Bytes of backend->client messages kept per session, for replay.
+    #: Bytes of backend->client messages kept per session, for replay; also the most
+    #: of a client message held back until it is whole (wsproxy.io.resume).
     buffer: int = 64 << 10
     #: The ceiling of those bytes across all sessions of the process.
     max_total: int = 256 << 20

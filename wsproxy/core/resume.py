@@ -99,6 +99,33 @@ def control(**fields: object) -> bytes:
     return frames.build_frame(frames.TEXT, payload, mask=False)
 
 
+def control_frames(data: bytes) -> list[bytes]:
+    """The whole control frames in *data*, frames to the backend that begin at a frame
+    boundary, in order: what is kept of a client message held back when the client's
+    socket dies in its middle (wsproxy.io.resume's ``UpstreamGate``). The message's
+    own frames go (the client sends it again), the proxy's pings and the client's
+    control frames between them stay; a frame cut short at the end is a data frame's
+    (a control frame goes on whole: the relay keeps it until it is)."""
+    kept: list[bytes] = []
+    n = len(data)
+    pos = 0
+    while n - pos >= 2:
+        b1 = data[pos + 1]
+        length = b1 & 0x7F
+        head = 2
+        if length == 126:
+            head, length = 4, int.from_bytes(data[pos + 2 : pos + 4], "big")
+        elif length == 127:
+            head, length = 10, int.from_bytes(data[pos + 2 : pos + 10], "big")
+        end = pos + head + (4 if b1 & 0x80 else 0) + length
+        if end > n:
+            break
+        if data[pos] & 0x08:
+            kept.append(data[pos:end])
+        pos = end
+    return kept
+
+
 def _header(b0: int, length: int) -> bytes:
     """An unmasked frame header."""
     if length < 126:

@@ -659,9 +659,32 @@ class Session:
         flow = self._client_flow
         return not flow.remaining and not flow.in_message and not flow.pending
 
+    def client_messages_whole(self) -> int:
+        """The client's data messages relayed whole: ``messages(UPSTREAM)`` less one
+        whose last frame is still on its way (a message counts from that header)."""
+        flow = self._client_flow
+        return flow.messages - 1 if flow.remaining and not flow.in_message else flow.messages
+
     def drop_client_partial(self) -> None:
         """Forget the start of a frame header of a client socket that is gone."""
         self._client_flow.partial = b""
+
+    def rewind_client(self, messages: int, relayed: int) -> None:
+        """The client's socket died in the middle of a message of which nothing has
+        reached the backend (a resumable session holds such a message back until it is
+        whole: wsproxy.io.resume's UpstreamGate, which keeps its bytes): the client's
+        flow goes back to the boundary after its first *messages* messages
+        (*relayed* bytes), as if those after had never come; the client sends them
+        again once it resumes. Our own frames that waited for its frame in flight are
+        queued now, at that boundary."""
+        flow = self._client_flow
+        flow.messages = messages
+        flow.bytes = relayed
+        flow.remaining = 0
+        flow.in_message = False
+        flow.partial = b""
+        if flow.pending:
+            self._flush_pending(flow)
 
     # Accounting…
 

@@ -882,6 +882,8 @@ class Connection(asyncio.Protocol):
             transport.close()  # the client went away meanwhile
             self._tried()
             return
+        if isinstance(self._resume, ResumeState):  # its messages reach the backend whole
+            transport = self._resume.upstream(transport)  # type: ignore[assignment]
         self._upstream = transport
         self._open_transports += 1
         settings = self.settings

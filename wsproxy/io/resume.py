@@ -35,6 +35,7 @@ from wsproxy.io.ports import CloseRefusal
 from wsproxy.log import get_logger
 
 if TYPE_CHECKING:
+    from wsproxy.core.session import Session
     from wsproxy.io.connection import Connection
     from wsproxy.io.handoff import Handoff
 
@@ -147,7 +148,8 @@ class ResumeState:
     """One opted-in connection: its id, its replay buffer, its socket or its hold."""
 
     __slots__ = (
-        "acked", "conn", "ended", "hold_timer", "link", "real", "replay", "sid", "table",
+        "acked", "conn", "ended", "gate", "hold_timer", "link", "real", "replay", "sid",
+        "table",
     )
 
     def __init__(self, conn: Connection, real: asyncio.Transport) -> None:
@@ -162,6 +164,8 @@ class ResumeState:
         )
         self.real: asyncio.Transport | None = real
         self.link = ClientLink(self)
+        #: The backend's transport as the Connection writes to it, once dialled.
+        self.gate: UpstreamGate | None = None
         self.hold_timer: asyncio.TimerHandle | None = None
         self.ended = False
         #: The latest ack sent (or due) to the client.
@@ -178,24 +182,44 @@ class ResumeState:
         if real is not None and pieces:
             real.writelines(pieces)
 
+    def upstream(self, transport: asyncio.Transport) -> UpstreamGate:
+        """The backend's *transport* as the Connection is to write to it."""
+        self.gate = UpstreamGate(
+            transport, self.conn.session, self.conn.settings.config.resume.buffer
+        )
+        return self.gate
+
     def holdable(self) -> bool:
-        """Whether the session can wait for its client: open both ways, between two
-        of the client's messages, not closing."""
+        """Whether the session can wait for its client: open both ways, not closing,
+        and between two of the client's messages, or in the middle of one that the
+        gate holds back whole (``rewind`` forgets it: the client sends it again)."""
         session = self.conn.session
+        gate = self.gate
         return (
             not self.ended and not self.link.closing
             and session.state is SessionState.OPEN
             and session.leg_state(CLIENT) is LegState.OPEN
             and session.leg_state(UPSTREAM) is LegState.OPEN
             and self.conn.opened
-            and session.client_at_boundary()
+            and (session.client_at_boundary() or (gate is not None and gate.clean))
         )
+
+    def rewind(self) -> None:
+        """Before a hold, or a resume: the client's message cut in its middle, if any,
+        is forgotten (holdable() said that nothing of it reached the backend)."""
+        gate = self.gate
+        if gate is not None and not self.conn.session.client_at_boundary():
+            gate.rewind()
 
     # The client's socket…
 
     def client_read(self) -> None:
-        """After a read from the client: ack what reached the backend."""
-        acked = self.conn.session.messages(UPSTREAM)
+        """After a read from the client: ack what reached the backend whole."""
+        gate = self.gate
+        if gate is None:
+            return
+        gate.settle()
+        acked = gate.messages
         if acked != self.acked and self.real is not None:
             self.acked = acked
             self.write(self.replay.ack(proto.control(type="ack", n=acked)))
@@ -211,6 +235,7 @@ class ResumeState:
 
     def hold(self) -> None:
         conn = self.conn
+        self.rewind()
         conn.session.drop_client_partial()
         self.replay.cut_at = self.replay.sent
         self.hold_timer = conn.ctx.loop.call_later(
@@ -318,6 +343,105 @@ class ClientLink:
         return real.get_extra_info(name, default) if real is not None else default
 
 
+class UpstreamGate:
+    """The backend's transport as an opted-in client's Connection writes to it.
+
+    While the session is OPEN and a message of the client's is half relayed, what is
+    written waits here (up to ``resume.buffer`` bytes), and goes on once the message
+    is whole: so when the client's socket dies in the middle of a message, nothing
+    of it has reached the backend, the session can be held, and the client sends the
+    message again when it resumes (``rewind``). A message longer than the limit goes
+    on as it comes, as for any client; a cut in its middle then ends the session.
+
+    ``clean``: everything written so far ends at a boundary of the client's messages
+    (the first ``messages`` of them, ``relayed`` bytes: where ``rewind`` goes back to).
+    ``messages``: the client's messages the backend has whole, what the client is
+    acked (after a message that went on as it came, too).
+    """
+
+    __slots__ = ("clean", "held", "held_bytes", "limit", "messages", "real", "relayed",
+                 "session")
+
+    def __init__(self, real: asyncio.Transport, session: Session, limit: int) -> None:
+        self.real = real
+        self.session = session
+        self.limit = limit
+        self.held: list[bytes] = []
+        self.held_bytes = 0
+        self.clean = True
+        self.messages = session.messages(UPSTREAM)
+        self.relayed = session.bytes_relayed(UPSTREAM)
+
+    def write(self, data: bytes) -> None:
+        self.writelines([data])
+
+    def writelines(self, chunks: list[bytes]) -> None:
+        session = self.session
+        whole = session.client_at_boundary()
+        if not whole and self.clean and session.state is SessionState.OPEN:
+            size = sum(map(len, chunks))
+            if self.held_bytes + size <= self.limit:
+                self.held += chunks
+                self.held_bytes += size
+                return
+        if self.held:
+            chunks = self.held + list(chunks)
+            self.held = []
+            self.held_bytes = 0
+        if chunks:
+            self.real.writelines(chunks)
+        self.clean = whole
+        self.messages = session.client_messages_whole()
+        if whole:
+            self.relayed = session.bytes_relayed(UPSTREAM)
+
+    def settle(self) -> None:
+        """After a read: what is held goes on if the client's message is whole now."""
+        if self.held and self.session.client_at_boundary():
+            self.writelines([])
+
+    def rewind(self) -> None:
+        """The client's socket died in the middle of a held message: the session's
+        flow goes back to the last boundary written (Session.rewind_client), the
+        message's bytes are dropped, and the control frames among them (the proxy's
+        pings, the client's) go on, with our frames that waited behind it."""
+        session = self.session
+        session.rewind_client(self.messages, self.relayed)
+        kept = proto.control_frames(b"".join(self.held))
+        self.held = []
+        self.held_bytes = 0
+        self.writelines(kept + session.data_to_send(UPSTREAM))
+
+    # The rest of a transport, as the Connection uses it.
+
+    def close(self) -> None:
+        if self.held:  # what was written goes first, as on any transport
+            self.real.writelines(self.held)
+            self.held = []
+            self.held_bytes = 0
+        self.real.close()
+
+    def abort(self) -> None:
+        self.held = []
+        self.held_bytes = 0
+        self.real.abort()
+
+    def is_closing(self) -> bool:
+        return self.real.is_closing()
+
+    def get_write_buffer_size(self) -> int:
+        return self.real.get_write_buffer_size()
+
+    def pause_reading(self) -> None:
+        self.real.pause_reading()
+
+    def resume_reading(self) -> None:
+        self.real.resume_reading()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self.real.get_extra_info(name, default)
+
+
 class ResumeClientProtocol(asyncio.Protocol):
     """The protocol of an opted-in client's socket (the first, or a resumed one)."""
 
@@ -377,6 +501,7 @@ def resume_into(conn: Connection, ask: proto.ResumeAsk) -> None:
         state.end(proto.CLOSED)
         _fail(conn, table, proto.CLOSED)
         return
+    state.rewind()
     missed = state.replay.replay(ask.received)
     if missed is None:
         state.end(proto.OVERRUN)
