@@ -712,7 +712,13 @@ def test_a_client_message_cut_in_its_middle_is_rewound_and_comes_again(
         stream += h.client.send(BytesMessage(data=data[100:]))
     else:
         stream = h.client.send(BytesMessage(data=data))
-    h.session.receive_data(CLIENT, stream[:1000])
+    if fragmented:
+        h.session.receive_data(CLIENT, stream[:50])  # in the first fragment
+        assert not h.session.client_last_frame_open()
+        h.session.receive_data(CLIENT, stream[50:1000])
+    else:
+        h.session.receive_data(CLIENT, stream[:1000])
+    assert h.session.client_last_frame_open()
     h.session.send_ping(UPSTREAM, b"mid")  # waits for the frame in flight
     assert not h.session.client_at_boundary()
     # Counted from its last frame's header on, but not whole yet.

@@ -659,9 +659,16 @@ class Session:
         flow = self._client_flow
         return not flow.remaining and not flow.in_message and not flow.pending
 
+    def client_last_frame_open(self) -> bool:
+        """Whether a message of the client's is on its way in its last frame (the only
+        one of a message sent whole, as most clients send them): counted already,
+        from that frame's header, and not whole yet."""
+        flow = self._client_flow
+        return bool(flow.remaining) and not flow.in_message
+
     def client_messages_whole(self) -> int:
-        """The client's data messages relayed whole: ``messages(UPSTREAM)`` less one
-        whose last frame is still on its way (a message counts from that header)."""
+        """The client's data messages relayed whole (``messages(UPSTREAM)`` less one
+        whose last frame is still on its way)."""
         flow = self._client_flow
         return flow.messages - 1 if flow.remaining and not flow.in_message else flow.messages
 

@@ -346,12 +346,16 @@ class ClientLink:
 class UpstreamGate:
     """The backend's transport as an opted-in client's Connection writes to it.
 
-    While the session is OPEN and a message of the client's is half relayed, what is
-    written waits here (up to ``resume.buffer`` bytes), and goes on once the message
-    is whole: so when the client's socket dies in the middle of a message, nothing
-    of it has reached the backend, the session can be held, and the client sends the
-    message again when it resumes (``rewind``). A message longer than the limit goes
-    on as it comes, as for any client; a cut in its middle then ends the session.
+    While the session is OPEN and a message of the client's sent as one frame (as
+    browsers and most clients send them) is half relayed, what is written waits here
+    (up to ``resume.buffer`` bytes), and goes on once the message is whole: so when
+    the client's socket dies in the middle of it, nothing of it has reached the
+    backend, the session can be held, and the client sends the message again when it
+    resumes (``rewind``). Nothing of ours waits longer for it than it would anyway:
+    the proxy's own frames wait for a frame in flight in any case (Session._inject),
+    and a client's own control frames cannot come inside one. A fragmented message,
+    and one longer than the limit, go on as they come, as for any client; a cut in
+    their middle ends the session.
 
     ``clean``: everything written so far ends at a boundary of the client's messages
     (the first ``messages`` of them, ``relayed`` bytes: where ``rewind`` goes back to).
@@ -377,8 +381,9 @@ class UpstreamGate:
 
     def writelines(self, chunks: list[bytes]) -> None:
         session = self.session
-        whole = session.client_at_boundary()
-        if not whole and self.clean and session.state is SessionState.OPEN:
+        if self.clean and session.client_last_frame_open() and (
+            session.state is SessionState.OPEN
+        ):
             size = sum(map(len, chunks))
             if self.held_bytes + size <= self.limit:
                 self.held += chunks
@@ -390,7 +395,7 @@ class UpstreamGate:
             self.held_bytes = 0
         if chunks:
             self.real.writelines(chunks)
-        self.clean = whole
+        self.clean = whole = session.client_at_boundary()
         self.messages = session.client_messages_whole()
         if whole:
             self.relayed = session.bytes_relayed(UPSTREAM)
