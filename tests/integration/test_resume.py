@@ -178,7 +178,7 @@ async def test_a_reset_connection_resumes_exactly_once_in_order_both_ways():
             assert resumes == 2
 
 
-async def _wait_mid_message(ctx: ProxyContext) -> None:
+async def wait_mid_message(ctx: ProxyContext) -> None:
     """Until the proxy has read the start of a client message and not its end."""
     def mid() -> bool:
         return any(not c.session.client_at_boundary() for c in ctx.registry.connections.values())
@@ -203,7 +203,7 @@ async def test_a_message_cut_in_its_middle_reaches_the_backend_once_and_whole():
                 await rec.got.wait()
                 relay.passing = 8_000  # the frame's header and the start of its payload
                 await session.send(big)
-                await _wait_mid_message(ctx)
+                await wait_mid_message(ctx)
                 relay.cut()
                 relay.passing = None  # the client's next connection goes through
                 await session.send("after")

@@ -24,10 +24,13 @@ from websockets.exceptions import ConnectionClosed
 from tests.integration import browser
 from tests.integration.peers import backend, make_config, running_proxy
 from tests.integration.tcp_cuts import TcpRelay
+from tests.integration.test_resume import wait_mid_message
+from wsproxy.supervisor import ProxyContext
 
 pytestmark = pytest.mark.anyio
 
 SCRIPT: Final = Path(__file__).with_name("resume_browser.mjs")
+CUT_SCRIPT: Final = Path(__file__).with_name("resume_cut_browser.mjs")
 MODULES: Final = Path(__file__).resolve().parents[2] / "clients" / "js"
 COUNT: Final = 2000
 
@@ -89,4 +92,63 @@ async def test_the_js_client_resumes_in_a_browser_exactly_once_in_order_both_way
         assert closes in ([], [1000])  # only the page's own close, at the end
         kinds = [e["type"] for e in result["events"]]
         assert kinds == ["session", "resumed", "resumed", "close"], result["events"]
+        await relay.stop()
+
+
+@pytest.mark.timeout(120)
+async def test_the_js_client_sends_again_a_message_cut_in_its_middle():
+    """The TCP connection under the page dies 8 kB into a 20 kB message: the backend
+    gets the message once and whole after the resume, on its one connection."""
+    browser.skip_unless_available()
+    big = "big-" + "x" * 20_000
+    received: list[str] = []
+    closes: list[int | None] = []
+    connections = 0
+    relay: TcpRelay
+    ctx: ProxyContext
+    done = asyncio.Event()
+
+    async def handler(ws: ServerConnection) -> None:
+        nonlocal connections
+        connections += 1
+        try:
+            async for message in ws:
+                assert isinstance(message, str)
+                received.append(message)
+                if message == "one":
+                    relay.passing = 8_000  # the frame's header and the start of its payload
+                    await ws.send("send-big")
+                    await wait_mid_message(ctx)
+                    relay.cut()
+                    relay.passing = None
+                elif message == big:
+                    await ws.send("send-after")
+                elif message == "after":
+                    await ws.send("done")
+                    done.set()
+        except ConnectionClosed:
+            pass
+        closes.append(ws.close_code)
+
+    async with (
+        backend(handler=handler) as b,
+        running_proxy(make_config([b], resume={"enabled": True})) as ctx,
+    ):
+        host, port = ctx.addresses[0]
+        relay = TcpRelay(port)
+        relay_port = await relay.start()
+        result = await browser.run_script(CUT_SCRIPT, [
+            f"--page=http://{host}:{port}/healthz",
+            f"--module-dir={MODULES}",
+            f"--ws=ws://127.0.0.1:{relay_port}/",
+            f"--big={len(big) - 4}",
+        ])
+        with anyio.fail_after(30):
+            await done.wait()
+        assert result["page_errors"] == []
+        assert received == ["one", big, "after"]
+        assert connections == 1
+        assert closes in ([], [1000])  # only the page's own close, at the end
+        kinds = [e["type"] for e in result["events"]]
+        assert kinds == ["session", "resumed", "close"], result["events"]
         await relay.stop()
