@@ -187,33 +187,57 @@ async def wait_mid_message(ctx: ProxyContext) -> None:
             await asyncio.sleep(0.01)
 
 
+@asynccontextmanager
+async def cut_in_a_message(
+    ctx: ProxyContext, rec: Recorder, big: str, **client: Any
+) -> AsyncIterator[ResumableSession]:
+    """A ResumableSession through a relay: "one" goes whole, then the network dies
+    8 kB into *big* (the frame's header and the start of its payload get through)."""
+    host, port = ctx.addresses[0]
+    relay = TcpRelay(port)
+    relay_port = await relay.start()
+    try:
+        async with ResumableSession(f"ws://{host}:{relay_port}/", **client) as session:
+            rec.want = 1
+            await session.send("one")
+            await rec.got.wait()
+            relay.passing = 8_000
+            await session.send(big)
+            await wait_mid_message(ctx)
+            relay.cut()
+            relay.passing = None  # the client's next connection goes through
+            yield session
+    finally:
+        await relay.stop()
+
+
 async def test_a_message_cut_in_its_middle_reaches_the_backend_once_and_whole():
     """The network dies in the middle of a 20 kB message: the backend has seen nothing
     of it (the proxy holds an opted-in client's message back until it is whole), the
     session is held, and the client sends the message again when it resumes."""
     big = "b" * 20_000
-    async with setup() as (rec, _b, ctx, _url):
-        host, port = ctx.addresses[0]
-        relay = TcpRelay(port)
-        relay_port = await relay.start()
-        try:
-            async with ResumableSession(f"ws://{host}:{relay_port}/") as session:
-                rec.want = 1
-                await session.send("one")
-                await rec.got.wait()
-                relay.passing = 8_000  # the frame's header and the start of its payload
-                await session.send(big)
-                await wait_mid_message(ctx)
-                relay.cut()
-                relay.passing = None  # the client's next connection goes through
-                await session.send("after")
-                await rec.until(lambda: len(rec.received[0]) >= 3)
-                assert rec.received == [["one", big, "after"]]
-                assert rec.connections == 1
-                assert rec.closes == []
-                assert [type(e) for e in session.events] == [SessionStarted, Resumed]
-        finally:
-            await relay.stop()
+    async with setup() as (rec, _b, ctx, _url), cut_in_a_message(ctx, rec, big) as session:
+        await session.send("after")
+        await rec.until(lambda: len(rec.received[0]) >= 3)
+        assert rec.received == [["one", big, "after"]]
+        assert rec.connections == 1
+        assert rec.closes == []
+        assert [type(e) for e in session.events] == [SessionStarted, Resumed]
+
+
+async def test_a_message_over_the_buffer_cut_in_its_middle_is_reported_unacked():
+    """Over ``resume.buffer`` a message goes on as it comes: cut in its middle, the
+    session ends, and the client counts it among the messages that may be lost (the
+    proxy acks a message once it is whole, not from its frame's header)."""
+    events = Events()
+    async with (
+        setup(buffer="4KiB") as (rec, _b, ctx, _url),
+        cut_in_a_message(ctx, rec, "b" * 20_000, on_event=events),
+    ):
+        failed = await _failed(events)
+    assert (failed.reason, failed.unacked) == ("session closed", 1)
+    assert rec.received[0] == ["one"]  # and part of the message: the close says so
+    assert rec.connections == 2
 
 
 async def test_a_message_over_the_buffer_goes_on_as_it_comes_and_is_acked():
