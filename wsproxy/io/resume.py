@@ -9,6 +9,10 @@ framing, the replay buffer) is wsproxy.core.resume. Here:
   only into the buffer while no client is attached. The socket's protocol is a
   ``ResumeClientProtocol``, which sends acks after reads and, when the socket dies
   without a close handshake, holds the session instead of telling the Connection.
+  The backend's transport is an ``UpstreamGate`` in front of the real one: a client
+  message sent as one frame reaches the backend only once it is whole, so that a
+  socket that dies in its middle leaves nothing of it there, and the session can be
+  held all the same (the client sends the message again).
 - ``ResumeTable``: the sessions of one proxy by id, the ids of ended ones (so a late
   resume learns why), the outcome counters and the bytes kept.
 - ``resume_into()``: a resume attempt, once auth passed on its own connection,
@@ -373,7 +377,7 @@ class UpstreamGate:
         self.held: list[bytes] = []
         self.held_bytes = 0
         self.clean = True
-        self.messages = session.messages(UPSTREAM)
+        self.messages = session.client_messages_whole()
         self.relayed = session.bytes_relayed(UPSTREAM)
 
     def write(self, data: bytes) -> None:
