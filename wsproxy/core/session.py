@@ -669,8 +669,7 @@ class Session:
     def client_messages_whole(self) -> int:
         """The client's data messages relayed whole (``messages(UPSTREAM)`` less one
         whose last frame is still on its way)."""
-        flow = self._client_flow
-        return flow.messages - 1 if flow.remaining and not flow.in_message else flow.messages
+        return self._client_flow.messages - (1 if self.client_last_frame_open() else 0)
 
     def drop_client_partial(self) -> None:
         """Forget the start of a frame header of a client socket that is gone."""
