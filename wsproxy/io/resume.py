@@ -385,7 +385,8 @@ class UpstreamGate:
 
     def writelines(self, chunks: list[bytes]) -> None:
         session = self.session
-        if self.clean and session.client_last_frame_open() and (
+        whole = session.client_at_boundary()  # the usual case: all goes on
+        if not whole and self.clean and session.client_last_frame_open() and (
             session.state is SessionState.OPEN
         ):
             size = sum(map(len, chunks))
@@ -399,10 +400,12 @@ class UpstreamGate:
             self.held_bytes = 0
         if chunks:
             self.real.writelines(chunks)
-        self.clean = whole = session.client_at_boundary()
-        self.messages = session.client_messages_whole()
+        self.clean = whole
         if whole:
+            self.messages = session.messages(UPSTREAM)
             self.relayed = session.bytes_relayed(UPSTREAM)
+        else:
+            self.messages = session.client_messages_whole()
 
     def settle(self) -> None:
         """After a read: what is held goes on if the client's message is whole now."""
