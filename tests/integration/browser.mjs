@@ -6,6 +6,7 @@
 // playwright-core is loaded from $WSPROXY_PLAYWRIGHT_DIR (npm install --prefix DIR), Chromium
 // from $WSPROXY_CHROMIUM; the defaults are the paths .ci/run installs to.
 
+import { readFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import path from "node:path";
 
@@ -41,6 +42,23 @@ async function launch(timeout) {
 export function watchErrors(page, into) {
   page.on("pageerror", (e) => into.page_errors.push(String(e)));
   page.on("console", (m) => { if (m.type() === "error") into.console_errors.push(m.text()); });
+}
+
+/** A new page of browser at args.page (its errors watched into result), with clients/js's two
+ * modules served from args["module-dir"] at /wsproxy-resume.js and /wsproxy-client.js on the
+ * page's origin (routes of the browser's; the first imports the second): {page, origin}. */
+export async function pageWithClientModules(browser, args, result, timeout) {
+  const page = await browser.newPage();
+  page.setDefaultTimeout(timeout);
+  watchErrors(page, result);
+  const origin = new URL(args.page).origin;
+  for (const name of ["wsproxy-resume.js", "wsproxy-client.js"]) {
+    const body = readFileSync(path.join(args["module-dir"], name), "utf-8");
+    await page.route(`${origin}/${name}`, (route) =>
+      route.fulfill({ status: 200, contentType: "text/javascript", body }));
+  }
+  await page.goto(args.page);
+  return { page, origin };
 }
 
 /** Launch Chromium, await body(browser), close it, print result as one JSON line and exit.

@@ -13,26 +13,14 @@
 // client's terminal event as "close"), page_errors, console_errors}. The launch and the
 // report are browser.mjs's.
 
-import { readFileSync } from "node:fs";
-import { join } from "node:path";
-
-import { parseArgs, runBrowser, timeoutOf, watchErrors } from "./browser.mjs";
+import { pageWithClientModules, parseArgs, runBrowser, timeoutOf } from "./browser.mjs";
 
 const args = parseArgs();
 const timeout = timeoutOf(args);
 const result = { ok: false, page_errors: [], console_errors: [] };
 
 await runBrowser(result, timeout, async (browser) => {
-  const page = await browser.newPage();
-  page.setDefaultTimeout(timeout);
-  watchErrors(page, result);
-  const origin = new URL(args.page).origin;
-  for (const name of ["wsproxy-resume.js", "wsproxy-client.js"]) {
-    const body = readFileSync(join(args["module-dir"], name), "utf-8");
-    await page.route(`${origin}/${name}`, (route) =>
-      route.fulfill({ status: 200, contentType: "text/javascript", body }));
-  }
-  await page.goto(args.page);
+  const { page, origin } = await pageWithClientModules(browser, args, result, timeout);
   Object.assign(result, await page.evaluate(async ([origin, api, url, count, ms]) => {
     const got = []; const events = [];
     let session;

@@ -4,33 +4,21 @@
 //   node resume_cut_browser.mjs --page=http://127.0.0.1:PORT/healthz --module-dir=DIR
 //        --ws=ws://127.0.0.1:PORT/ --big=N [--timeout-ms=20000]
 //
-// Loads --page with clients/js's two modules served from --module-dir (as
-// resume_browser.mjs does), opens a ResumableSession to --ws and sends "one"; then it
+// Loads --page with clients/js's two modules served from --module-dir (browser.mjs's
+// pageWithClientModules), opens a ResumableSession to --ws and sends "one"; then it
 // does what the backend says: "send-big" sends "big-" and N "x"s, "send-after" sends
 // "after", "done" closes the session. The test cuts the TCP connection under the
 // page in the middle of the big message. Reports {ok, events ({type, reason, resent,
 // unacked}), page_errors, console_errors}. The launch and the report are browser.mjs's.
 
-import { readFileSync } from "node:fs";
-import { join } from "node:path";
-
-import { parseArgs, runBrowser, timeoutOf, watchErrors } from "./browser.mjs";
+import { pageWithClientModules, parseArgs, runBrowser, timeoutOf } from "./browser.mjs";
 
 const args = parseArgs();
 const timeout = timeoutOf(args);
 const result = { ok: false, page_errors: [], console_errors: [] };
 
 await runBrowser(result, timeout, async (browser) => {
-  const page = await browser.newPage();
-  page.setDefaultTimeout(timeout);
-  watchErrors(page, result);
-  const origin = new URL(args.page).origin;
-  for (const name of ["wsproxy-resume.js", "wsproxy-client.js"]) {
-    const body = readFileSync(join(args["module-dir"], name), "utf-8");
-    await page.route(`${origin}/${name}`, (route) =>
-      route.fulfill({ status: 200, contentType: "text/javascript", body }));
-  }
-  await page.goto(args.page);
+  const { page, origin } = await pageWithClientModules(browser, args, result, timeout);
   Object.assign(result, await page.evaluate(async ([origin, url, big, ms]) => {
     const { ResumableSession } = await import(`${origin}/wsproxy-resume.js`);
     const session = new ResumableSession(url);

@@ -13,6 +13,9 @@ message once and in order, and the backend saw one connection and no close.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
@@ -35,6 +38,35 @@ MODULES: Final = Path(__file__).resolve().parents[2] / "clients" / "js"
 COUNT: Final = 2000
 
 
+@dataclass
+class Stage:
+    """The proxy (resume on) in front of a backend, and the relay the page goes through
+    (``staged``): a handler reaches them here, made after it."""
+
+    relay: TcpRelay | None = None
+    ctx: ProxyContext | None = None
+    #: The scripts' --page, --module-dir and --ws.
+    args: list[str] = field(default_factory=list)
+
+
+@asynccontextmanager
+async def staged(handler: Callable[[ServerConnection], Awaitable[None]]) -> AsyncIterator[Stage]:
+    stage = Stage()
+    async with (
+        backend(handler=handler) as b,
+        running_proxy(make_config([b], resume={"enabled": True})) as ctx,
+    ):
+        host, port = ctx.addresses[0]
+        stage.relay, stage.ctx = TcpRelay(port), ctx
+        relay_port = await stage.relay.start()
+        stage.args = [f"--page=http://{host}:{port}/healthz", f"--module-dir={MODULES}",
+                      f"--ws=ws://127.0.0.1:{relay_port}/"]
+        try:
+            yield stage
+        finally:
+            await stage.relay.stop()
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("api", ["session", "client"])
 async def test_the_js_client_resumes_in_a_browser_exactly_once_in_order_both_ways(api: str):
@@ -42,7 +74,7 @@ async def test_the_js_client_resumes_in_a_browser_exactly_once_in_order_both_way
     received: list[str] = []
     closes: list[int | None] = []
     connections = 0
-    relay: TcpRelay
+    stage: Stage
     done = asyncio.Event()
 
     async def handler(ws: ServerConnection) -> None:
@@ -61,7 +93,8 @@ async def test_the_js_client_resumes_in_a_browser_exactly_once_in_order_both_way
                 assert isinstance(message, str)
                 received.append(message)
                 if len(received) in (300, 1200):
-                    relay.cut()
+                    assert stage.relay is not None
+                    stage.relay.cut()
                 if len(received) == COUNT:
                     done.set()
         except ConnectionClosed:
@@ -69,20 +102,9 @@ async def test_the_js_client_resumes_in_a_browser_exactly_once_in_order_both_way
         closes.append(ws.close_code)
         sending.cancel()
 
-    async with (
-        backend(handler=handler) as b,
-        running_proxy(make_config([b], resume={"enabled": True})) as ctx,
-    ):
-        host, port = ctx.addresses[0]
-        relay = TcpRelay(port)
-        relay_port = await relay.start()
-        result = await browser.run_script(SCRIPT, [
-            f"--page=http://{host}:{port}/healthz",
-            f"--module-dir={MODULES}",
-            f"--api={api}",
-            f"--ws=ws://127.0.0.1:{relay_port}/",
-            f"--count={COUNT}",
-        ])
+    async with staged(handler) as stage:
+        result = await browser.run_script(
+            SCRIPT, [*stage.args, f"--api={api}", f"--count={COUNT}"])
         with anyio.fail_after(30):
             await done.wait()
         assert result["page_errors"] == []
@@ -92,7 +114,6 @@ async def test_the_js_client_resumes_in_a_browser_exactly_once_in_order_both_way
         assert closes in ([], [1000])  # only the page's own close, at the end
         kinds = [e["type"] for e in result["events"]]
         assert kinds == ["session", "resumed", "resumed", "close"], result["events"]
-        await relay.stop()
 
 
 @pytest.mark.timeout(120)
@@ -104,8 +125,7 @@ async def test_the_js_client_sends_again_a_message_cut_in_its_middle():
     received: list[str] = []
     closes: list[int | None] = []
     connections = 0
-    relay: TcpRelay
-    ctx: ProxyContext
+    stage: Stage
     done = asyncio.Event()
 
     async def handler(ws: ServerConnection) -> None:
@@ -116,6 +136,9 @@ async def test_the_js_client_sends_again_a_message_cut_in_its_middle():
                 assert isinstance(message, str)
                 received.append(message)
                 if message == "one":
+                    relay, ctx = stage.relay, stage.ctx
+                    assert relay is not None
+                    assert ctx is not None
                     relay.passing = 8_000  # the frame's header and the start of its payload
                     await ws.send("send-big")
                     await wait_mid_message(ctx)
@@ -130,19 +153,8 @@ async def test_the_js_client_sends_again_a_message_cut_in_its_middle():
             pass
         closes.append(ws.close_code)
 
-    async with (
-        backend(handler=handler) as b,
-        running_proxy(make_config([b], resume={"enabled": True})) as ctx,
-    ):
-        host, port = ctx.addresses[0]
-        relay = TcpRelay(port)
-        relay_port = await relay.start()
-        result = await browser.run_script(CUT_SCRIPT, [
-            f"--page=http://{host}:{port}/healthz",
-            f"--module-dir={MODULES}",
-            f"--ws=ws://127.0.0.1:{relay_port}/",
-            f"--big={len(big) - 4}",
-        ])
+    async with staged(handler) as stage:
+        result = await browser.run_script(CUT_SCRIPT, [*stage.args, f"--big={len(big) - 4}"])
         with anyio.fail_after(30):
             await done.wait()
         assert result["page_errors"] == []
@@ -151,4 +163,3 @@ async def test_the_js_client_sends_again_a_message_cut_in_its_middle():
         assert closes in ([], [1000])  # only the page's own close, at the end
         kinds = [e["type"] for e in result["events"]]
         assert kinds == ["session", "resumed", "close"], result["events"]
-        await relay.stop()
