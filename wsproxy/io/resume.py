@@ -222,7 +222,6 @@ class ResumeState:
         gate = self.gate
         if gate is None:
             return
-        gate.settle()
         acked = gate.messages
         if acked != self.acked and self.real is not None:
             self.acked = acked
@@ -352,7 +351,8 @@ class UpstreamGate:
 
     While the session is OPEN and a message of the client's sent as one frame (as
     browsers and most clients send them) is half relayed, what is written waits here
-    (up to ``resume.buffer`` bytes), and goes on once the message is whole: so when
+    (up to ``resume.buffer`` bytes), and goes on once the message is whole (with the
+    write of its last bytes, which the read that ends a frame always has): so when
     the client's socket dies in the middle of it, nothing of it has reached the
     backend, the session can be held, and the client sends the message again when it
     resumes (``rewind``). Nothing of ours waits longer for it than it would anyway:
@@ -406,11 +406,6 @@ class UpstreamGate:
             self.relayed = session.bytes_relayed(UPSTREAM)
         else:
             self.messages = session.client_messages_whole()
-
-    def settle(self) -> None:
-        """After a read: what is held goes on if the client's message is whole now."""
-        if self.held and self.session.client_at_boundary():
-            self.writelines([])
 
     def rewind(self) -> None:
         """The client's socket died in the middle of a held message: the session's
