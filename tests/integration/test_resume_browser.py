@@ -40,20 +40,41 @@ COUNT: Final = 2000
 
 @dataclass
 class Stage:
-    """The proxy (resume on) in front of a backend, and the relay the page goes through
-    (``staged``): a handler reaches them here, made after it."""
+    """The proxy (resume on) in front of a backend, the relay the page goes through,
+    and what the backend saw (``staged``)."""
 
+    #: Each message the backend received, what it answers (the test's).
+    on_message: Callable[[ServerConnection, str], Awaitable[None]]
+    #: Run beside the backend's reading of each connection (cancelled at its end).
+    beside: Callable[[ServerConnection], Awaitable[None]] | None = None
     relay: TcpRelay | None = None
     ctx: ProxyContext | None = None
     #: The scripts' --page, --module-dir and --ws.
     args: list[str] = field(default_factory=list)
+    received: list[str] = field(default_factory=list)
+    closes: list[int | None] = field(default_factory=list)
+    connections: int = 0
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def handler(self, ws: ServerConnection) -> None:
+        self.connections += 1
+        task = asyncio.create_task(self.beside(ws)) if self.beside is not None else None
+        try:
+            async for message in ws:
+                assert isinstance(message, str)
+                self.received.append(message)
+                await self.on_message(ws, message)
+        except ConnectionClosed:
+            pass
+        self.closes.append(ws.close_code)
+        if task is not None:
+            task.cancel()
 
 
 @asynccontextmanager
-async def staged(handler: Callable[[ServerConnection], Awaitable[None]]) -> AsyncIterator[Stage]:
-    stage = Stage()
+async def staged(stage: Stage) -> AsyncIterator[Stage]:
     async with (
-        backend(handler=handler) as b,
+        backend(handler=stage.handler) as b,
         running_proxy(make_config([b], resume={"enabled": True})) as ctx,
     ):
         host, port = ctx.addresses[0]
@@ -71,47 +92,30 @@ async def staged(handler: Callable[[ServerConnection], Awaitable[None]]) -> Asyn
 @pytest.mark.parametrize("api", ["session", "client"])
 async def test_the_js_client_resumes_in_a_browser_exactly_once_in_order_both_ways(api: str):
     browser.skip_unless_available()
-    received: list[str] = []
-    closes: list[int | None] = []
-    connections = 0
-    stage: Stage
-    done = asyncio.Event()
 
-    async def handler(ws: ServerConnection) -> None:
-        nonlocal connections
-        connections += 1
+    async def stream(ws: ServerConnection) -> None:
+        for i in range(1, COUNT + 1):
+            await ws.send(f"down-{i}")
+            if i % 10 == 0:
+                await asyncio.sleep(0.01)
 
-        async def stream() -> None:
-            for i in range(1, COUNT + 1):
-                await ws.send(f"down-{i}")
-                if i % 10 == 0:
-                    await asyncio.sleep(0.01)
+    async def on_message(ws: ServerConnection, message: str) -> None:
+        if len(stage.received) in (300, 1200):
+            assert stage.relay is not None
+            stage.relay.cut()
+        if len(stage.received) == COUNT:
+            stage.done.set()
 
-        sending = asyncio.create_task(stream())
-        try:
-            async for message in ws:
-                assert isinstance(message, str)
-                received.append(message)
-                if len(received) in (300, 1200):
-                    assert stage.relay is not None
-                    stage.relay.cut()
-                if len(received) == COUNT:
-                    done.set()
-        except ConnectionClosed:
-            pass
-        closes.append(ws.close_code)
-        sending.cancel()
-
-    async with staged(handler) as stage:
+    async with staged(Stage(on_message, beside=stream)) as stage:
         result = await browser.run_script(
             SCRIPT, [*stage.args, f"--api={api}", f"--count={COUNT}"])
         with anyio.fail_after(30):
-            await done.wait()
+            await stage.done.wait()
         assert result["page_errors"] == []
         assert result["got"] == [f"down-{i}" for i in range(1, COUNT + 1)]
-        assert received == [f"up-{i}" for i in range(1, COUNT + 1)]
-        assert connections == 1
-        assert closes in ([], [1000])  # only the page's own close, at the end
+        assert stage.received == [f"up-{i}" for i in range(1, COUNT + 1)]
+        assert stage.connections == 1
+        assert stage.closes in ([], [1000])  # only the page's own close, at the end
         kinds = [e["type"] for e in result["events"]]
         assert kinds == ["session", "resumed", "resumed", "close"], result["events"]
 
@@ -122,44 +126,30 @@ async def test_the_js_client_sends_again_a_message_cut_in_its_middle():
     gets the message once and whole after the resume, on its one connection."""
     browser.skip_unless_available()
     big = "big-" + "x" * 20_000
-    received: list[str] = []
-    closes: list[int | None] = []
-    connections = 0
-    stage: Stage
-    done = asyncio.Event()
 
-    async def handler(ws: ServerConnection) -> None:
-        nonlocal connections
-        connections += 1
-        try:
-            async for message in ws:
-                assert isinstance(message, str)
-                received.append(message)
-                if message == "one":
-                    relay, ctx = stage.relay, stage.ctx
-                    assert relay is not None
-                    assert ctx is not None
-                    relay.passing = 8_000  # the frame's header and the start of its payload
-                    await ws.send("send-big")
-                    await wait_mid_message(ctx)
-                    relay.cut()
-                    relay.passing = None
-                elif message == big:
-                    await ws.send("send-after")
-                elif message == "after":
-                    await ws.send("done")
-                    done.set()
-        except ConnectionClosed:
-            pass
-        closes.append(ws.close_code)
+    async def on_message(ws: ServerConnection, message: str) -> None:
+        if message == "one":
+            relay, ctx = stage.relay, stage.ctx
+            assert relay is not None
+            assert ctx is not None
+            relay.passing = 8_000  # the frame's header and the start of its payload
+            await ws.send("send-big")
+            await wait_mid_message(ctx)
+            relay.cut()
+            relay.passing = None
+        elif message == big:
+            await ws.send("send-after")
+        elif message == "after":
+            await ws.send("done")
+            stage.done.set()
 
-    async with staged(handler) as stage:
+    async with staged(Stage(on_message)) as stage:
         result = await browser.run_script(CUT_SCRIPT, [*stage.args, f"--big={len(big) - 4}"])
         with anyio.fail_after(30):
-            await done.wait()
+            await stage.done.wait()
         assert result["page_errors"] == []
-        assert received == ["one", big, "after"]
-        assert connections == 1
-        assert closes in ([], [1000])  # only the page's own close, at the end
+        assert stage.received == ["one", big, "after"]
+        assert stage.connections == 1
+        assert stage.closes in ([], [1000])  # only the page's own close, at the end
         kinds = [e["type"] for e in result["events"]]
         assert kinds == ["session", "resumed", "close"], result["events"]
