@@ -240,6 +240,46 @@ async def test_a_message_over_the_buffer_cut_in_its_middle_is_reported_unacked()
     assert rec.connections == 2
 
 
+async def test_a_fragmented_message_goes_on_as_it_comes():
+    """Only a message sent as one frame is held back: a fragment reaches the backend at
+    once, so nothing that may come between fragments (a pong) waits for the last."""
+    first = asyncio.Event()
+    got: list[str] = []
+    whole = asyncio.Event()
+
+    async def handler(ws: ServerConnection) -> None:
+        parts = []
+        async for part in ws.recv_streaming():
+            assert isinstance(part, str)
+            parts.append(part)
+            first.set()
+        got.append("".join(parts))
+        whole.set()
+        await ws.wait_closed()
+
+    release = asyncio.Event()
+
+    async def fragments() -> AsyncIterator[str]:
+        yield "part-1 "
+        await release.wait()  # until the backend has the first
+        yield "part-2"
+
+    async with backend(handler=handler) as b:
+        config = make_config([b], resume={"enabled": True})
+        async with running_proxy(config) as ctx:
+            host, port = ctx.addresses[0]
+            async with connect(f"ws://{host}:{port}/?wsproxy_resume=1") as ws:
+                await ws.recv()  # the session's control message
+                sending = asyncio.create_task(ws.send(fragments()))
+                with anyio.fail_after(10):
+                    await first.wait()
+                release.set()
+                with anyio.fail_after(10):
+                    await sending
+                    await whole.wait()
+    assert got == ["part-1 part-2"]
+
+
 async def test_a_message_over_the_buffer_goes_on_as_it_comes_and_is_acked():
     """Only a message that fits in ``resume.buffer`` is held back until it is whole."""
     big = "m" * 50_000
