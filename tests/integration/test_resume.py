@@ -28,8 +28,10 @@ from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from tests.helpers import build_raw
 from tests.integration.peers import Backend, backend, make_config, running_proxy
 from tests.integration.tcp_cuts import TcpRelay, reset
+from wsproxy.core import frames as fr
 from wsproxy.io.resume import table_for
 from wsproxy.supervisor import ProxyContext
 from wsproxy_client.resume import (
@@ -225,13 +227,17 @@ async def test_a_message_cut_in_its_middle_reaches_the_backend_once_and_whole():
         assert [type(e) for e in session.events] == [SessionStarted, Resumed]
 
 
-async def test_a_message_over_the_buffer_cut_in_its_middle_is_reported_unacked():
-    """Over ``resume.buffer`` a message goes on as it comes: cut in its middle, the
+@pytest.mark.parametrize("limit", [{"buffer": "4KiB"}, {"max_total": "4KiB"}])
+async def test_a_message_over_the_buffer_cut_in_its_middle_is_reported_unacked(
+    limit: dict[str, str],
+) -> None:
+    """Over ``resume.buffer``, or where holding it would take all sessions' bytes past
+    ``resume.max_total``, a message goes on as it comes: cut in its middle, the
     session ends, and the client counts it among the messages that may be lost (the
     proxy acks a message once it is whole, not from its frame's header)."""
     events = Events()
     async with (
-        setup(buffer="4KiB") as (rec, _b, ctx, _url),
+        setup(**limit) as (rec, _b, ctx, _url),
         cut_in_a_message(ctx, rec, "b" * 20_000, on_event=events),
     ):
         failed = await _failed(events)
@@ -278,6 +284,26 @@ async def test_a_fragmented_message_goes_on_as_it_comes():
                     await sending
                     await whole.wait()
     assert got == ["part-1 part-2"]
+
+
+async def test_a_message_held_back_counts_in_the_buffered_bytes_until_it_goes():
+    """What the proxy holds of a client's message counts against ``max_total`` (and
+    shows in wsproxy_resume_buffered_bytes) until the message goes on whole."""
+    frame = build_raw(fr.TEXT, b"h" * 20_000)
+    async with setup() as (rec, _b, ctx, url), connect(url + "/?wsproxy_resume=1") as ws:
+        await ws.recv()  # the session's control message
+        rec.want = 1
+        ws.transport.write(frame[:8_000])
+        await wait_mid_message(ctx)
+        held = await anyio.to_thread.run_sync(
+            _metric, ctx, "wsproxy_resume_buffered_bytes")
+        assert held > 7_000
+        ws.transport.write(frame[8_000:])
+        with anyio.fail_after(10):
+            await rec.got.wait()
+        assert rec.received == [["h" * 20_000]]
+        assert await anyio.to_thread.run_sync(
+            _metric, ctx, "wsproxy_resume_buffered_bytes") == 0
 
 
 async def test_a_message_over_the_buffer_goes_on_as_it_comes_and_is_acked():

@@ -302,7 +302,8 @@ class _Collector(Collector):
                                     "whose client is away (the backend leg waits).",
                                     value=resume.held())
             yield GaugeMetricFamily("wsproxy_resume_buffered_bytes", "Backend->client bytes "
-                                    "kept for replay, across resumable sessions.",
+                                    "kept for replay and client bytes held back until "
+                                    "their message is whole, across resumable sessions.",
                                     value=resume.total.bytes)
             yield _counter("wsproxy_resumes", "Resume attempts by outcome (resumed, or why "
                            "not).", "outcome", resume.outcomes.items())

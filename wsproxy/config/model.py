@@ -267,7 +267,7 @@ class ResumeConfig:
     #: Bytes of backend->client messages kept per session, for replay; also the most
     #: of a client message held back until it is whole (wsproxy.io.resume).
     buffer: int = 64 << 10
-    #: The ceiling of those bytes across all sessions of the process.
+    #: The ceiling of those bytes (both kinds) across all sessions of the process.
     max_total: int = 256 << 20
 
 

@@ -189,7 +189,8 @@ class ResumeState:
     def upstream(self, transport: asyncio.Transport) -> UpstreamGate:
         """The backend's *transport* as the Connection is to write to it."""
         self.gate = UpstreamGate(
-            transport, self.conn.session, self.conn.settings.config.resume.buffer
+            transport, self.conn.session, self.conn.settings.config.resume.buffer,
+            self.table.total,
         )
         return self.gate
 
@@ -274,6 +275,8 @@ class ResumeState:
 
     def finished(self) -> None:
         """The Connection is over."""
+        if self.gate is not None:
+            self.gate.let_go()  # what it held never goes now
         if not self.ended:
             self.ended = True
             if self.hold_timer is not None:
@@ -361,6 +364,10 @@ class UpstreamGate:
     and one longer than the limit, go on as they come, as for any client; a cut in
     their middle ends the session.
 
+    What is held counts against ``resume.max_total`` (*total*) beside the replay
+    buffers: a message that would take the bytes of all sessions past it goes on as
+    it comes too.
+
     ``clean``: everything written so far ends at a boundary of the client's messages
     (the first ``messages`` of them, ``relayed`` bytes: where ``rewind`` goes back to).
     ``messages``: the client's messages the backend has whole, what the client is
@@ -368,12 +375,15 @@ class UpstreamGate:
     """
 
     __slots__ = ("clean", "held", "held_bytes", "limit", "messages", "real", "relayed",
-                 "session")
+                 "session", "total")
 
-    def __init__(self, real: asyncio.Transport, session: Session, limit: int) -> None:
+    def __init__(
+        self, real: asyncio.Transport, session: Session, limit: int, total: proto.Total
+    ) -> None:
         self.real = real
         self.session = session
         self.limit = limit
+        self.total = total
         self.held: list[bytes] = []
         self.held_bytes = 0
         self.clean = True
@@ -390,14 +400,14 @@ class UpstreamGate:
             session.state is SessionState.OPEN
         ):
             size = sum(map(len, chunks))
-            if self.held_bytes + size <= self.limit:
+            total = self.total
+            if self.held_bytes + size <= self.limit and total.bytes + size <= total.limit:
                 self.held += chunks
                 self.held_bytes += size
+                total.bytes += size
                 return
         if self.held:
-            chunks = self.held + list(chunks)
-            self.held = []
-            self.held_bytes = 0
+            chunks = self.let_go() + list(chunks)
         if chunks:
             self.real.writelines(chunks)
         self.clean = whole
@@ -414,23 +424,26 @@ class UpstreamGate:
         pings, the client's) go on, with our frames that waited behind it."""
         session = self.session
         session.rewind_client(self.messages, self.relayed)
-        kept = proto.control_frames(b"".join(self.held))
+        kept = proto.control_frames(b"".join(self.let_go()))
+        self.writelines(kept + session.data_to_send(UPSTREAM))
+
+    def let_go(self) -> list[bytes]:
+        """What is held, no longer held (nor counted against ``max_total``)."""
+        held = self.held
+        self.total.bytes -= self.held_bytes
         self.held = []
         self.held_bytes = 0
-        self.writelines(kept + session.data_to_send(UPSTREAM))
+        return held
 
     # The rest of a transport, as the Connection uses it.
 
     def close(self) -> None:
         if self.held:  # what was written goes first, as on any transport
-            self.real.writelines(self.held)
-            self.held = []
-            self.held_bytes = 0
+            self.real.writelines(self.let_go())
         self.real.close()
 
     def abort(self) -> None:
-        self.held = []
-        self.held_bytes = 0
+        self.let_go()
         self.real.abort()
 
     def is_closing(self) -> bool:
