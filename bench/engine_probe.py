@@ -10,12 +10,10 @@ copies bytes both ways and, at the end, calls Python again (the bookkeeping): on
 object per connection that reads and writes its own sockets, with Python for policy,
 as README "Benchmarks" proposes. ``--python-us`` is the Python work of an upgrade, in
 microseconds of this process's time, half in each call (0: two calls that do
-nothing): how much policy an upgrade can afford at a given ratio to nginx. Run it as
-bench/run.py's splice target:
+nothing): how much policy an upgrade can afford at a given ratio to nginx. It is
+bench/run.py's ``probe`` target (the upgrade figure only):
 
-    python bench/run.py --targets nginx,splice --figures upgrades --reps 3 \\
-        --splice-cmd "{root}/.venv/bin/python {root}/bench/engine_probe.py \\
-                      --port {port} --backend {backend} --python-us 25"
+    python bench/run.py --targets nginx,probe --figures upgrades --reps 3 --probe-python-us 25
 
 Only for measuring, like bench/splice.py: no WebSocket frame is read, both peers are
 trusted, it listens on 127.0.0.1 and runs until a signal stops it.

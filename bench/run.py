@@ -47,11 +47,19 @@ HOST = "127.0.0.1"
 PROXY_CORE = "0"
 LOAD_CORE = "1"
 ALL_TARGETS = ["direct", "nginx", "nginx-64k", "splice", "wsproxy"]
+#: Targets run only when named: the engine probe (bench/engine_probe.py: the usual
+#: upgrade in C, --probe-python-us of Python an upgrade), for the upgrade figure only
+#: (it knows no WebSocket frame, and ends a connection whose write does not go whole).
+EXTRA_TARGETS = {"probe": {"upgrades"}}
 DEFAULT_WSPROXY_CMD = "{root}/.venv/bin/wsproxy run -c {config}"
 #: The no-work ceiling: a Python byte splice on asyncio Protocols + uvloop, run by the
 #: repo's venv (which has uvloop).
 DEFAULT_SPLICE_CMD = (
     "{root}/.venv/bin/python {root}/bench/splice.py --port {port} --backend {backend}"
+)
+PROBE_CMD = (
+    "{root}/.venv/bin/python {root}/bench/engine_probe.py --port {port} --backend {backend}"
+    " --python-us {python_us}"
 )
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -350,10 +358,12 @@ def start_wsproxy(ctx: Ctx, target: str) -> Instance:
     return Instance(target, f"ws://{HOST}:{port}/", proc, log)
 
 
-def start_splice(ctx: Ctx, target: str) -> Instance:
+def start_splice(ctx: Ctx, target: str, template: str) -> Instance:
+    """A Python proxy of the bench's own (splice, probe) from its command *template*."""
     port = free_port()
-    cmd = ctx.args.splice_cmd.format(
-        root=ROOT, port=port, backend=f"{HOST}:{ctx.echo_port}"
+    cmd = template.format(
+        root=ROOT, port=port, backend=f"{HOST}:{ctx.echo_port}",
+        python_us=ctx.args.probe_python_us,
     )
     argv = shlex.split(cmd)
     exe = shutil.which(argv[0]) if argv else None
@@ -377,7 +387,9 @@ def start_target(ctx: Ctx, target: str) -> Instance:
     if target == "wsproxy":
         return start_wsproxy(ctx, target)
     if target == "splice":
-        return start_splice(ctx, target)
+        return start_splice(ctx, target, ctx.args.splice_cmd)
+    if target == "probe":
+        return start_splice(ctx, target, PROBE_CMD)
     raise BenchError(f"unknown target {target}")
 
 
@@ -678,6 +690,7 @@ def render(results: dict[str, Any], targets: list[str]) -> str:
         "nginx-64k": "nginx, proxy_buffer_size 64k",
         "splice": "splice (Python, no work)",
         "wsproxy": "wsproxy",
+        "probe": f"engine probe (C, {results['meta'].get('probe_python_us', 0):g} µs Python)",
     }
 
     def row(t: str) -> list[str]:
@@ -838,7 +851,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--targets",
         default=",".join(ALL_TARGETS),
-        help=f"comma list out of {','.join(ALL_TARGETS)} (default: all)",
+        help=f"comma list out of {','.join([*ALL_TARGETS, *EXTRA_TARGETS])} (default: "
+        f"{','.join(ALL_TARGETS)})",
     )
     p.add_argument(
         "--figures",
@@ -865,6 +879,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "echo server's HOST:PORT, {root} the repo (default: %(default)s)",
     )
     p.add_argument(
+        "--probe-python-us",
+        type=float,
+        default=35.0,
+        help="the probe target's Python work an upgrade, in µs (default %(default)s: "
+        "what leaves it at half of nginx's upgrades on the machine of issue 18)",
+    )
+    p.add_argument(
         "--quiet-wait",
         type=float,
         default=15.0,
@@ -882,7 +903,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a.idle_hold = 2.0
     a.targets = [t.strip() for t in a.targets.split(",") if t.strip()]
     a.figures = [f.strip() for f in a.figures.split(",") if f.strip()]
-    bad = [t for t in a.targets if t not in ALL_TARGETS]
+    bad = [t for t in a.targets if t not in ALL_TARGETS and t not in EXTRA_TARGETS]
     bad += [f for f in a.figures if f not in {x.key for x in FIGURES}]
     if bad:
         p.error(f"unknown target or figure: {', '.join(bad)}")
@@ -971,6 +992,7 @@ def main(argv: list[str] | None = None) -> int:
             "seconds": a.seconds,
             "warmup": a.warmup,
             "idle_conns": a.idle_conns,
+            "probe_python_us": a.probe_python_us,
             "fd_limit": nofile,
             "argv": sys.argv[1:],
         },
@@ -1018,6 +1040,8 @@ def main(argv: list[str] | None = None) -> int:
                 for fig in figures:
                     for t, inst in instances.items():
                         if fig.skip_direct and t == "direct":
+                            continue
+                        if fig.key not in EXTRA_TARGETS.get(t, {fig.key}):
                             continue
                         label = f"rep {rep + 1}/{a.reps} {fig.key:9} {t:10}"
                         fresh = None
