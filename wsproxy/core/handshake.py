@@ -13,7 +13,7 @@ import ipaddress
 import os
 import re
 from binascii import a2b_base64, b2a_base64
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from types import ModuleType
@@ -573,6 +573,10 @@ _WATCHED_REQUEST: Final = {
     b"sec-websocket-key": _KEY, b"sec-websocket-protocol": _PROTOCOL, b"origin": _ORIGIN,
     b"sec-websocket-extensions": _EXTENSIONS,
 }
+#: A kind no header of a head had: its first and its last value are None.
+_NONE: Final[list[bytes | None]] = [None]
+#: The request headers that count once (a second one: check_upgrade_head() decides).
+_SINGLE_REQUEST: Final = (_UPGRADE, _CONNECTION, _VERSION, _KEY, _PROTOCOL)
 
 
 #: What scan_request() gives: (method, target, headers, where the rest starts, a
@@ -594,67 +598,28 @@ def py_scan_request(data: bytes, max_head: int) -> ScannedRequest | None:
     The readable reference, and the fallback, of ``_heads.scan_request`` (C):
     tests/unit/test_heads_twins.py holds the two to the same answers.
     """
-    end = data.find(b"\r\n\r\n", 0, max_head)
-    if end < 0 or end + 4 > max_head:
+    head = _head_lines(data, max_head)
+    if head is None:
         return None
-    lines = data[:end].split(b"\r\n")
+    lines, rest_at = head
     line = _REQUEST_LINE.fullmatch(lines[0])
     if line is None:
         return None
-    headers: list[Header] = []
-    hosts = 0
-    host = upgrade = connection = version = key = protocol = origin = None
-    extensions: list[bytes] = []
-    odd = False  # a watched header more than once: check_upgrade_head() decides
-    cached = _LINES.get
-    watched = _WATCHED_REQUEST.get
-    for text in lines[1:]:
-        header = cached(text)
-        if header is None:
-            if text.startswith(_KEY_LINE) and _key_is_valid(text[_KEY_START:]):
-                # A new key every request: a line the cache would only churn on. A
-                # valid key is base64, a value as _HEADER_LINE reads it.
-                header = (b"sec-websocket-key", text[_KEY_START:])
-            else:
-                header = _header_line(text)
-                if header is None:
-                    return None
-        headers.append(header)
-        kind = watched(header[0])
-        if kind is None:
-            continue
-        value = header[1]
-        if kind == _HOST:
-            hosts += 1
-            host = value
-        elif kind == _UPGRADE:
-            odd = odd or upgrade is not None
-            upgrade = value
-        elif kind == _CONNECTION:
-            odd = odd or connection is not None
-            connection = value
-        elif kind == _VERSION:
-            odd = odd or version is not None
-            version = value
-        elif kind == _KEY:
-            odd = odd or key is not None
-            key = value
-        elif kind == _PROTOCOL:
-            odd = odd or protocol is not None
-            protocol = value
-        elif kind == _ORIGIN:
-            if origin is None:
-                origin = value
-        elif kind == _EXTENSIONS:
-            extensions.append(value)
-        else:  # _FRAMING: h11 checks those
-            return None
-    if hosts != 1 or upgrade is None:
+    read = _headers(lines, _KEY_LINE, b"sec-websocket-key", _key_is_valid, _WATCHED_REQUEST)
+    if read is None:
         return None
-    assert host is not None
+    headers, picked = read
+    hosts, upgrade = picked.get(_HOST, ()), picked.get(_UPGRADE)
+    if len(hosts) != 1 or upgrade is None:
+        return None
+    # A watched header more than once: check_upgrade_head() decides (the last counts).
+    odd = any(len(picked.get(kind, ())) > 1 for kind in _SINGLE_REQUEST)
+    last = picked.get
     return (
-        line[1], line[2], tuple(headers), end + 4, odd, host, upgrade, connection, version,
-        key, protocol, origin, tuple(extensions),
+        line[1], line[2], headers, rest_at, odd, hosts[0], upgrade[-1],
+        last(_CONNECTION, _NONE)[-1], last(_VERSION, _NONE)[-1], last(_KEY, _NONE)[-1],
+        last(_PROTOCOL, _NONE)[-1], picked.get(_ORIGIN, _NONE)[0],
+        tuple(picked.get(_EXTENSIONS, ())),
     )
 
 
@@ -799,52 +764,67 @@ def py_scan_response(data: bytes, max_head: int) -> ScannedResponse | None:
     The readable reference, and the fallback, of ``_heads.scan_response`` (C):
     tests/unit/test_heads_twins.py holds the two to the same answers.
     """
-    end = data.find(b"\r\n\r\n", 0, max_head)
-    if end < 0 or end + 4 > max_head:
+    head = _head_lines(data, max_head)
+    if head is None:
         return None
-    lines = data[:end].split(b"\r\n")
+    lines, rest_at = head
     status = lines[0]
     if status != _SWITCHING_PROTOCOLS and not _SWITCHING_LINE.fullmatch(status):
         return None
+    read = _headers(lines, _ACCEPT_LINE, b"sec-websocket-accept", _is_base64, _WATCHED_ACCEPT)
+    if read is None:
+        return None
+    headers, picked = read
+    # A watched header more than once: check_upstream_response() decides.
+    odd = any(len(values) > 1 for values in picked.values())
+    last = picked.get
+    return (
+        headers, rest_at, odd, last(_UPGRADE, _NONE)[-1], last(_CONNECTION, _NONE)[-1],
+        last(_KEY, _NONE)[-1], last(_PROTOCOL, _NONE)[-1], last(_EXTENSIONS, _NONE)[-1],
+    )
+
+
+def _head_lines(data: bytes, max_head: int) -> tuple[list[bytes], int] | None:
+    """The lines of the head *data* starts with (within *max_head* bytes), and where
+    the rest starts; None while its blank line is not in."""
+    end = data.find(b"\r\n\r\n", 0, max_head)
+    if end < 0 or end + 4 > max_head:
+        return None
+    return data[:end].split(b"\r\n"), end + 4
+
+
+def _headers(
+    lines: list[bytes], fresh_line: bytes, fresh_name: bytes,
+    fresh_valid: Callable[[bytes], bool], watched: dict[bytes, int],
+) -> tuple[tuple[Header, ...], dict[int, list[bytes]]] | None:
+    """The header lines after the first, as h11 reads them, and the values of the
+    *watched* ones in order, by what the reader does with them; None at any other
+    line, or at a framing header (Content-Length, Transfer-Encoding: h11 checks those).
+    *fresh_line* starts a header that is new in every head (the key, or its answer):
+    a line the cache would only churn on, taken as it is when *fresh_valid* says its
+    value is (base64: a value as _HEADER_LINE reads it)."""
     headers: list[Header] = []
-    upgrade = connection = accept = protocol = extensions = None
-    odd = False  # a watched header more than once: check_upstream_response() decides
+    picked: dict[int, list[bytes]] = {}
     cached = _LINES.get
-    watched = _WATCHED_ACCEPT.get
-    for line in lines[1:]:
-        header = cached(line)
+    kind_of = watched.get
+    start = len(fresh_line)
+    for text in lines[1:]:
+        header = cached(text)
         if header is None:
-            if line.startswith(_ACCEPT_LINE) and _is_base64(line[_ACCEPT_START:]):
-                # A new one every upgrade (see py_scan_request()'s key line); base64 is
-                # a value as _HEADER_LINE reads it.
-                header = (b"sec-websocket-accept", line[_ACCEPT_START:])
+            if text.startswith(fresh_line) and fresh_valid(text[start:]):
+                header = (fresh_name, text[start:])
             else:
-                header = _header_line(line)
+                header = _header_line(text)
                 if header is None:
                     return None
         headers.append(header)
-        kind = watched(header[0])
-        if kind is None:
-            continue
-        value = header[1]
-        if kind == _UPGRADE:
-            odd = odd or upgrade is not None
-            upgrade = value
-        elif kind == _CONNECTION:
-            odd = odd or connection is not None
-            connection = value
-        elif kind == _KEY:
-            odd = odd or accept is not None
-            accept = value
-        elif kind == _PROTOCOL:
-            odd = odd or protocol is not None
-            protocol = value
-        elif kind == _EXTENSIONS:
-            odd = odd or extensions is not None
-            extensions = value
-        else:  # _FRAMING: h11 checks those
-            return None
-    return tuple(headers), end + 4, odd, upgrade, connection, accept, protocol, extensions
+        kind = kind_of(header[0])
+        if kind is not None:
+            if kind == _FRAMING:
+                return None
+            picked.setdefault(kind, []).append(header[1])
+    return tuple(headers), picked
+
 
 
 def read_accept(
