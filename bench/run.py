@@ -330,6 +330,22 @@ def start_nginx(ctx: Ctx, target: str) -> Instance:
     return inst
 
 
+def start_command(ctx: Ctx, target: str, cmd: str, port: int) -> Instance:
+    """Run *cmd* on the proxy's core, and wait until it listens on *port*."""
+    argv = shlex.split(cmd)
+    exe = shutil.which(argv[0]) if argv else None
+    if not exe:
+        raise BenchError(f"cannot run {argv[0] if argv else '(empty command)'!r}: not found")
+    log = OUT / "logs" / f"{target}.log"
+    proc = ctx.procs.start(target, ["taskset", "-c", PROXY_CORE, *argv], log=log)
+    try:
+        wait_port(port, proc, 20, target)
+    except BenchError as exc:
+        ctx.procs.stop(proc)
+        raise BenchError(f"{exc} (command: {cmd})\n{tail(log)}") from None
+    return Instance(target, f"ws://{HOST}:{port}/", proc, log)
+
+
 def start_wsproxy(ctx: Ctx, target: str) -> Instance:
     tmp = ctx.scratch(target)
     port, admin = free_port(), free_port()
@@ -344,18 +360,7 @@ def start_wsproxy(ctx: Ctx, target: str) -> Instance:
         "drain: {spread: 1s, timeout: 2s}\n"
     )
     cmd = ctx.args.wsproxy_cmd.format(root=ROOT, config=config)
-    argv = shlex.split(cmd)
-    exe = shutil.which(argv[0]) if argv else None
-    if not exe:
-        raise BenchError(f"cannot run {argv[0] if argv else '(empty command)'!r}: not found")
-    log = OUT / "logs" / f"{target}.log"
-    proc = ctx.procs.start(target, ["taskset", "-c", PROXY_CORE, *argv], log=log)
-    try:
-        wait_port(port, proc, 20, target)
-    except BenchError as exc:
-        ctx.procs.stop(proc)
-        raise BenchError(f"{exc} (command: {cmd})\n{tail(log)}") from None
-    return Instance(target, f"ws://{HOST}:{port}/", proc, log)
+    return start_command(ctx, target, cmd, port)
 
 
 def start_splice(ctx: Ctx, target: str, template: str) -> Instance:
@@ -365,18 +370,7 @@ def start_splice(ctx: Ctx, target: str, template: str) -> Instance:
         root=ROOT, port=port, backend=f"{HOST}:{ctx.echo_port}",
         python_us=ctx.args.probe_python_us,
     )
-    argv = shlex.split(cmd)
-    exe = shutil.which(argv[0]) if argv else None
-    if not exe:
-        raise BenchError(f"cannot run {argv[0] if argv else '(empty command)'!r}: not found")
-    log = OUT / "logs" / f"{target}.log"
-    proc = ctx.procs.start(target, ["taskset", "-c", PROXY_CORE, *argv], log=log)
-    try:
-        wait_port(port, proc, 20, target)
-    except BenchError as exc:
-        ctx.procs.stop(proc)
-        raise BenchError(f"{exc} (command: {cmd})\n{tail(log)}") from None
-    return Instance(target, f"ws://{HOST}:{port}/", proc, log)
+    return start_command(ctx, target, cmd, port)
 
 
 def start_target(ctx: Ctx, target: str) -> Instance:
