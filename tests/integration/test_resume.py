@@ -145,6 +145,31 @@ async def send_up(
             at[i]()
 
 
+async def both_ways(
+    rec: Recorder, session: ResumableSession, n: int, at: dict[int, Callable[[], None]]
+) -> None:
+    """up-1..*n* from the client (``at`` the cuts, as send_up() has them) while the
+    backend streams down-1..*n*: each arrives once and in order, over the one backend
+    connection, which never saw a close."""
+    down = asyncio.create_task(stream(rec.streams[0], n))
+    got: list[str] = []
+
+    async def reader() -> None:
+        while len(got) < n:
+            got.append(str(await session.recv()))
+
+    read = asyncio.create_task(reader())
+    await send_up(session.send, n, at)
+    with anyio.fail_after(30):
+        await rec.got.wait()
+        await read
+        await down
+    assert rec.received == [[f"up-{i}" for i in range(1, n + 1)]]
+    assert got == [f"down-{i}" for i in range(1, n + 1)]
+    assert rec.connections == 1
+    assert rec.closes == []
+
+
 async def test_a_reset_connection_resumes_exactly_once_in_order_both_ways():
     n = 3000
     async with setup() as (rec, b, ctx, url):
@@ -154,24 +179,9 @@ async def test_a_reset_connection_resumes_exactly_once_in_order_both_ways():
             assert session.session_id
             # The backend never sees the parameter.
             assert b.requests[0][0] == "/app?x=1"
-            down = asyncio.create_task(stream(rec.streams[0], n))
-            got: list[str] = []
-
-            async def reader() -> None:
-                while len(got) < n:
-                    got.append(str(await session.recv()))
-
-            read = asyncio.create_task(reader())
             # Cut twice: a session resumes as often as it drops.
-            await send_up(session.send, n, {700: lambda: cut(session), 1800: lambda: cut(session)})
-            with anyio.fail_after(30):
-                await rec.got.wait()
-                await read
-                await down
-            assert rec.received == [[f"up-{i}" for i in range(1, n + 1)]]
-            assert got == [f"down-{i}" for i in range(1, n + 1)]
-            assert rec.connections == 1
-            assert rec.closes == []  # the backend never saw a close
+            await both_ways(rec, session, n, {700: lambda: cut(session),
+                                              1800: lambda: cut(session)})
             resumed = [e for e in session.events if isinstance(e, Resumed)]
             assert len(resumed) == 2
             assert not [e for e in session.events if isinstance(e, ResumeFailed)]
@@ -568,26 +578,10 @@ async def test_a_resume_takes_over_from_a_socket_the_proxy_still_thinks_alive():
         relay_port = await relay.start()
         events = Events()
         async with ResumableSession(f"ws://127.0.0.1:{relay_port}", on_event=events) as session:
-            down = asyncio.create_task(stream(rec.streams[0], n))
-            got: list[str] = []
-
-            async def reader() -> None:
-                while len(got) < n:
-                    got.append(str(await session.recv()))
-
-            read = asyncio.create_task(reader())
             # From up-500 everything is lost both ways, and nobody is told; at up-600
             # the client gives up on its socket (the proxy's lives on).
-            await send_up(session.send, n, {500: relay.drop_everything,
-                                            600: lambda: cut(session)})
-            with anyio.fail_after(30):
-                await rec.got.wait()
-                await read
-                await down
-            assert rec.received == [[f"up-{i}" for i in range(1, n + 1)]]
-            assert got == [f"down-{i}" for i in range(1, n + 1)]
-            assert rec.connections == 1
-            assert rec.closes == []
+            await both_ways(rec, session, n, {500: relay.drop_everything,
+                                              600: lambda: cut(session)})
             assert len(events.of(Resumed)) == 1
             assert events.of(Resumed)[0].resent >= 100  # what went into the hole
             assert table_for(ctx).outcomes == {"resumed": 1}
