@@ -8,7 +8,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 
@@ -22,13 +22,20 @@ from wsproxy.speedups import SPEEDUPS
 if TYPE_CHECKING:
     from wsproxy.supervisor import ProxyContext
 
+#: The command a parent runs each worker of `workers: N` with (wsproxy.workers
+#: spells it too: it imports nothing of the command line).
+WORKER: Final = "_worker"
 #: Exit status for a configuration the user has to fix (SPEC.md).
 EXIT_CONFIG = 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``wsproxy`` command; returns the exit status."""
-    args = _parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == [WORKER]:  # not among the commands a user is offered
+        args = _worker_parser().parse_args(argv[1:])
+    else:
+        args = _parser().parse_args(argv)
     try:
         result: int = args.func(args)
     except ConfigError as exc:
@@ -76,8 +83,17 @@ def _parser() -> argparse.ArgumentParser:
         ops.add_arguments(command)
         command.set_defaults(func=partial(_cmd_ops, name))
 
-    # A worker of `workers: N` (wsproxy.workers), started by its parent: not for users.
-    worker = sub.add_parser("_worker")
+    echo = sub.add_parser("echo-backend", help="a built-in echo WebSocket server")
+    echo.add_argument("--port", type=int, required=True)
+    echo.add_argument("--host", default="127.0.0.1")
+    echo.set_defaults(func=_cmd_echo)
+    return parser
+
+
+def _worker_parser() -> argparse.ArgumentParser:
+    """``wsproxy _worker``: a worker of `workers: N` (wsproxy.workers), started by its
+    parent; kept out of the commands ``_parser()`` offers users."""
+    worker = argparse.ArgumentParser(prog=f"wsproxy {WORKER}")
     worker.add_argument("-c", "--config", required=True)
     worker.add_argument("--index", type=int, required=True)
     worker.add_argument("--count", type=int, required=True)
@@ -91,12 +107,7 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--drained-proxy", action="store_true")
     worker.add_argument("--drained-backend", action="append", default=[])
     worker.set_defaults(func=_cmd_worker)
-
-    echo = sub.add_parser("echo-backend", help="a built-in echo WebSocket server")
-    echo.add_argument("--port", type=int, required=True)
-    echo.add_argument("--host", default="127.0.0.1")
-    echo.set_defaults(func=_cmd_echo)
-    return parser
+    return worker
 
 
 def _cmd_ops(name: str, args: argparse.Namespace) -> int:

@@ -61,6 +61,14 @@ def test_version() -> None:
     assert f"(speedups: {SPEEDUPS})" in result.stdout
 
 
+def test_an_unknown_command_exits_2_offering_only_the_users_commands() -> None:
+    result = run_cli("chek-config")
+    assert result.returncode == 2
+    assert "invalid choice: 'chek-config'" in result.stderr
+    assert "'check-config'" in result.stderr
+    assert "_worker" not in result.stderr  # the workers' own, not offered
+
+
 def test_check_config_accepts_a_good_file(tmp_path: Path) -> None:
     config = write_config(tmp_path / "good.yaml", "ws://127.0.0.1:8001")
     command = [str(SCRIPT)] if SCRIPT.exists() else WSPROXY
