@@ -34,7 +34,7 @@ from tests.integration.test_client_python import (
     post,
     token,
 )
-from tests.integration.test_resume import Recorder, send_up, stream
+from tests.integration.test_resume import Recorder, both_ways
 from wsproxy_client import (
     INBOX_KEPT,
     Backoff,
@@ -84,23 +84,8 @@ async def test_a_dropped_connection_resumes_every_message_once_in_order_both_way
             assert session is not None
             assert session.id is not None
             assert b.requests[0][0] == "/app?x=1"  # the backend never sees the parameter
-            down = asyncio.create_task(stream(rec.streams[0], n))
-            got: list[str] = []
-
-            async def reader() -> None:
-                async for message in client:
-                    got.append(str(message))
-                    if len(got) == n:
-                        return
-
-            read = asyncio.create_task(reader())
-            await send_up(client.send, n, {500: lambda: cut(client), 1400: lambda: cut(client)})
-            with anyio.fail_after(30):
-                await rec.got.wait()
-                await read
-                await down
-            assert rec.received == [[f"up-{i}" for i in range(1, n + 1)]]
-            assert got == [f"down-{i}" for i in range(1, n + 1)]
+            await both_ways(rec, client.send, client.recv, n,
+                            {500: lambda: cut(client), 1400: lambda: cut(client)})
             again = client.session
             assert again is not None
             assert (again.id, again.received, again.resuming) == (session.id, n, False)

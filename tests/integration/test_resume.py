@@ -146,28 +146,26 @@ async def send_up(
 
 
 async def both_ways(
-    rec: Recorder, session: ResumableSession, n: int, at: dict[int, Callable[[], None]]
+    rec: Recorder, send: Callable[[str], Awaitable[None]], recv: Callable[[], Awaitable[Any]],
+    n: int, at: dict[int, Callable[[], None]],
 ) -> None:
-    """up-1..*n* from the client (``at`` the cuts, as send_up() has them) while the
-    backend streams down-1..*n*: each arrives once and in order, over the one backend
-    connection, which never saw a close."""
+    """up-1..*n* sent with *send* (``at`` the cuts, as send_up() has them) while the
+    backend streams down-1..*n* to *recv*: each arrives once and in order."""
     down = asyncio.create_task(stream(rec.streams[0], n))
     got: list[str] = []
 
     async def reader() -> None:
         while len(got) < n:
-            got.append(str(await session.recv()))
+            got.append(str(await recv()))
 
     read = asyncio.create_task(reader())
-    await send_up(session.send, n, at)
+    await send_up(send, n, at)
     with anyio.fail_after(30):
         await rec.got.wait()
         await read
         await down
     assert rec.received == [[f"up-{i}" for i in range(1, n + 1)]]
     assert got == [f"down-{i}" for i in range(1, n + 1)]
-    assert rec.connections == 1
-    assert rec.closes == []
 
 
 async def test_a_reset_connection_resumes_exactly_once_in_order_both_ways():
@@ -180,8 +178,10 @@ async def test_a_reset_connection_resumes_exactly_once_in_order_both_ways():
             # The backend never sees the parameter.
             assert b.requests[0][0] == "/app?x=1"
             # Cut twice: a session resumes as often as it drops.
-            await both_ways(rec, session, n, {700: lambda: cut(session),
-                                              1800: lambda: cut(session)})
+            await both_ways(rec, session.send, session.recv, n,
+                            {700: lambda: cut(session), 1800: lambda: cut(session)})
+            assert rec.connections == 1
+            assert rec.closes == []  # the backend never saw a close
             resumed = [e for e in session.events if isinstance(e, Resumed)]
             assert len(resumed) == 2
             assert not [e for e in session.events if isinstance(e, ResumeFailed)]
@@ -582,8 +582,10 @@ async def test_a_resume_takes_over_from_a_socket_the_proxy_still_thinks_alive():
         async with ResumableSession(f"ws://127.0.0.1:{relay_port}", on_event=events) as session:
             # From up-500 everything is lost both ways, and nobody is told; at up-600
             # the client gives up on its socket (the proxy's lives on).
-            await both_ways(rec, session, n, {500: relay.drop_everything,
-                                              600: lambda: cut(session)})
+            await both_ways(rec, session.send, session.recv, n,
+                            {500: relay.drop_everything, 600: lambda: cut(session)})
+            assert rec.connections == 1
+            assert rec.closes == []
             assert len(events.of(Resumed)) == 1
             assert events.of(Resumed)[0].resent >= 100  # what went into the hole
             assert table_for(ctx).outcomes == {"resumed": 1}
