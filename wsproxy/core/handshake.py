@@ -574,7 +574,7 @@ _WATCHED_REQUEST: Final = {
     b"sec-websocket-extensions": _EXTENSIONS,
 }
 #: A kind no header of a head had: its first and its last value are None.
-_NONE: Final[list[bytes | None]] = [None]
+_NONE: Final = (None,)
 #: The request headers that count once (a second one: check_upgrade_head() decides).
 _SINGLE_REQUEST: Final = (_UPGRADE, _CONNECTION, _VERSION, _KEY, _PROTOCOL)
 
@@ -614,12 +614,11 @@ def py_scan_request(data: bytes, max_head: int) -> ScannedRequest | None:
         return None
     # A watched header more than once: check_upgrade_head() decides (the last counts).
     odd = any(len(picked.get(kind, ())) > 1 for kind in _SINGLE_REQUEST)
-    last = picked.get
+    get = picked.get
     return (
         line[1], line[2], headers, rest_at, odd, hosts[0], upgrade[-1],
-        last(_CONNECTION, _NONE)[-1], last(_VERSION, _NONE)[-1], last(_KEY, _NONE)[-1],
-        last(_PROTOCOL, _NONE)[-1], picked.get(_ORIGIN, _NONE)[0],
-        tuple(picked.get(_EXTENSIONS, ())),
+        get(_CONNECTION, _NONE)[-1], get(_VERSION, _NONE)[-1], get(_KEY, _NONE)[-1],
+        get(_PROTOCOL, _NONE)[-1], get(_ORIGIN, _NONE)[0], tuple(get(_EXTENSIONS, ())),
     )
 
 
@@ -777,10 +776,10 @@ def py_scan_response(data: bytes, max_head: int) -> ScannedResponse | None:
     headers, picked = read
     # A watched header more than once: check_upstream_response() decides.
     odd = any(len(values) > 1 for values in picked.values())
-    last = picked.get
+    get = picked.get
     return (
-        headers, rest_at, odd, last(_UPGRADE, _NONE)[-1], last(_CONNECTION, _NONE)[-1],
-        last(_KEY, _NONE)[-1], last(_PROTOCOL, _NONE)[-1], last(_EXTENSIONS, _NONE)[-1],
+        headers, rest_at, odd, get(_UPGRADE, _NONE)[-1], get(_CONNECTION, _NONE)[-1],
+        get(_KEY, _NONE)[-1], get(_PROTOCOL, _NONE)[-1], get(_EXTENSIONS, _NONE)[-1],
     )
 
 
