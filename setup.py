@@ -44,6 +44,8 @@ setup(
         Extension("wsproxy.core._heads", ["wsproxy/core/_heads.c"], optional=True),
         # The connection.closed line and the log clock (wsproxy.log).
         Extension("wsproxy._lines", ["wsproxy/_lines.c"], optional=True),
+        # The engine's socket layer: links (wsproxy.io.links).
+        Extension("wsproxy.io._links", ["wsproxy/io/_links.c"], optional=True),
     ],
     cmdclass={"build_ext": OptionalBuildExt},
 )
