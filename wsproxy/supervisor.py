@@ -55,6 +55,7 @@ from wsproxy.io.connection import Connection
 from wsproxy.io.deadlines import deadlines_of
 from wsproxy.io.front import ClientProtocol, FrontDoor, ProxiedClientProtocol
 from wsproxy.io.handoff import Handoff
+from wsproxy.io.links import LinkEngine, LinkServer, close_engine, open_engine
 from wsproxy.io.listen_socket import CAPACITY_ERRNOS, dual_stack_socket, listening_sockets
 from wsproxy.io.loop_tracking import stop_tracking_transports
 from wsproxy.io.pass_end import PassEnd
@@ -111,6 +112,10 @@ class ProxyContext:
         #: Work put off to the end of the loop's pass (a connection's handshake and
         #: close writes, the plain HTTP relay's writes: wsproxy.io.pass_end).
         self.pass_end = PassEnd(self.loop)
+        #: The process's links (wsproxy.io.links: its plain listener's clients and its
+        #: ws:// dials), opened by serve(); None where they are not built (the loop's
+        #: transports then).
+        self.engine: LinkEngine | None = None
         #: A worker's way to hand a resume to the sibling that holds its session.
         self.handoff: Handoff | None = None
         self._task_group = task_group
@@ -613,12 +618,17 @@ class TlsHandshakes:
 
 
 async def _listen(ctx: ProxyContext, config: ProxyConfig, backlog: int,
-                  inherited: list[socket.socket] | None) -> list[asyncio.Server]:
+                  inherited: list[socket.socket] | None) -> list[asyncio.Server | LinkServer]:
     """The plain client listener; ``host: "::"`` serves IPv4 too (io.listen_socket).
-    A worker process serves the sockets its parent bound (*inherited*)."""
+    A worker process serves the sockets its parent bound (*inherited*). Its clients
+    are links where the process has them (io.links), else the loop's transports."""
     proxied = config.listen.proxy_protocol
     factory = partial(ProxiedClientProtocol if proxied else ClientProtocol,
                       FrontDoor(ctx, proxy_protocol=proxied))
+    if ctx.engine is not None:
+        sockets = inherited if inherited is not None else await listening_sockets(
+            config.listen.host, config.listen.port, LISTEN_BACKLOG)
+        return [LinkServer(ctx.engine, sockets, factory)]
     if inherited is not None:
         return [await ctx.loop.create_server(factory, sock=sock, backlog=backlog)
                 for sock in inherited]
@@ -675,10 +685,12 @@ async def serve(
     loop = asyncio.get_running_loop()
     tls_sockets: list[socket.socket] = []
     siblings: Handoff | None = None
+    engine: LinkEngine | None = None
     try:
         async with anyio.create_task_group() as tg:
             ctx = ProxyContext(config, task_group=tg, config_path=config_path, adapt=adapt,
                                on_count=on_count, pool=pool)
+            engine = ctx.engine = open_engine(loop)
             loop.set_exception_handler(ctx.loop_exception)
             stop_tracking_transports(loop)
             if drained is not None:
@@ -686,7 +698,7 @@ async def serve(
             if handoff is not None and config.listen.tls is None:
                 siblings = ctx.handoff = Handoff(*handoff, loop)
                 siblings.open(FrontDoor(ctx, proxy_protocol=False).handed_over)
-            servers: list[asyncio.Server] = []
+            servers: list[asyncio.Server | LinkServer] = []
             if config.listen.tls is not None:
                 tls_sockets += await _listen_tls(ctx, config, tg, sockets)
                 ctx.addresses = [sock.getsockname()[:2] for sock in tls_sockets]
@@ -696,7 +708,7 @@ async def serve(
                 uvloop = type(loop).__module__.startswith("uvloop")
                 servers = await _listen(ctx, config, LISTEN_BACKLOG if uvloop else 16, sockets)
                 listening_now = [sock for server in servers for sock in server.sockets]
-                if not uvloop:
+                if not uvloop and ctx.engine is None:
                     for sock in listening_now:
                         with sock.dup() as listening:
                             listening.listen(LISTEN_BACKLOG)
@@ -732,4 +744,6 @@ async def serve(
             sock.close()
         if siblings is not None:
             siblings.close()
+        if engine is not None:  # what is left of the links is aborted
+            close_engine(engine)
     log.info("proxy.stopped")

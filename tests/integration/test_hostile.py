@@ -383,9 +383,11 @@ async def test_a_connect_that_hangs_is_cancelled_after_backend_timeout_and_the_n
     hung: list[str] = []
     cancelled = anyio.Event()
 
-    async def dial(loop: Any, factory: Any, state: Any, context: Any, tls: Any) -> Any:
+    async def dial(
+        loop: Any, factory: Any, state: Any, context: Any, tls: Any, engine: Any = None
+    ) -> Any:
         if state.name != "b0":
-            return await real_dial(loop, factory, state, context, tls)
+            return await real_dial(loop, factory, state, context, tls, engine)
         hung.append(state.name)
         try:
             await asyncio.Event().wait()  # never set
@@ -425,7 +427,9 @@ async def test_a_dial_cancelled_as_the_proxy_stops_tries_no_other_backend(
     dials: list[str] = []
     dialling = anyio.Event()
 
-    async def dial(loop: Any, factory: Any, state: Any, context: Any, tls: Any) -> Any:
+    async def dial(
+        loop: Any, factory: Any, state: Any, context: Any, tls: Any, engine: Any = None
+    ) -> Any:
         dials.append(state.name)
         dialling.set()
         await asyncio.Event().wait()  # never set
@@ -479,7 +483,9 @@ async def test_many_backends_failing_in_place_answer_502_without_nesting(
 
     tried: list[str] = []
 
-    async def dial(loop: Any, factory: Any, state: Any, context: Any, tls: Any) -> Any:
+    async def dial(
+        loop: Any, factory: Any, state: Any, context: Any, tls: Any, engine: Any = None
+    ) -> Any:
         tried.append(state.name)
         raise OSError(101, "Network is unreachable")
 

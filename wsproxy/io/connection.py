@@ -856,7 +856,8 @@ class Connection(asyncio.Protocol):
         try:
             # backend_tls is live: the context and server name in force now.
             transport = await dial_backend(
-                ctx.loop, lambda: protocol, backend, ctx.backend_ssl, ctx.config.backend_tls
+                ctx.loop, lambda: protocol, backend, ctx.backend_ssl, ctx.config.backend_tls,
+                ctx.engine,
             )
         except asyncio.CancelledError:
             if dial.protocol is protocol:  # not by _dial_timed_out: the proxy stops

@@ -1,4 +1,5 @@
-"""Opening the TCP (and TLS) transport to one backend."""
+"""Opening the TCP (and TLS) transport to one backend: a link (wsproxy.io.links) for
+a plain one at a numeric address where the process has links, else the loop's."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import ssl
 from collections.abc import Callable
 
 from wsproxy.config import BackendConfig
+from wsproxy.io.links import LinkEngine, dial_link
 from wsproxy.io.listen_socket import CAPACITY_ERRNOS
 
 
@@ -23,8 +25,10 @@ async def dial(
     backend: BackendConfig,
     tls: ssl.SSLContext | None,
     server_name: str | None = None,
+    engine: LinkEngine | None = None,
 ) -> asyncio.Transport:
-    """Connect to *backend*; the caller bounds the time (limits.backend_timeout).
+    """Connect to *backend*, through *engine* if given and the backend is plain TCP at
+    a numeric address; the caller bounds the time (limits.backend_timeout).
 
     Raises:
         OutOfDescriptors: the proxy's own trouble (EMFILE, ENFILE, ENOBUFS, ENOMEM).
@@ -32,6 +36,11 @@ async def dial(
     """
     use_tls = backend.scheme == "wss"
     try:
+        if engine is not None and not use_tls:
+            try:
+                return await dial_link(engine, protocol_factory, backend.host, backend.port)
+            except ValueError:  # a name, not an address: the loop resolves it
+                pass
         transport, _ = await loop.create_connection(
             protocol_factory,
             backend.host,

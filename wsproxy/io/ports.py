@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from wsproxy.io.deadlines import Deadlines
     from wsproxy.io.handoff import Handoff
     from wsproxy.io.http_pool import BackendPool
+    from wsproxy.io.links import LinkEngine
     from wsproxy.io.pass_end import PassEnd
     from wsproxy.io.steps import Steps
 
@@ -189,6 +190,11 @@ class HttpRelayOwner(Protocol):
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop: ...
+
+    @property
+    def engine(self) -> LinkEngine | None:
+        """The process's links (wsproxy.io.links), which its ws:// dials use, if it
+        has them."""
 
     @property
     def pass_end(self) -> PassEnd:

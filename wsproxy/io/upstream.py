@@ -35,6 +35,7 @@ from wsproxy.log import get_logger
 if TYPE_CHECKING:
     from wsproxy.config import AuthConfig, BackendTLSConfig
     from wsproxy.core.balance import BackendState, Balancer
+    from wsproxy.io.links import LinkEngine
 
 __all__ = [
     "NO_BACKEND", "OUT_OF_DESCRIPTORS", "Admitted", "OutOfDescriptors", "authenticate",
@@ -94,14 +95,16 @@ def candidates(
 def dial_backend(
     loop: asyncio.AbstractEventLoop, factory: Callable[[], asyncio.Protocol],
     backend: BackendState, context: ssl.SSLContext | None, backend_tls: BackendTLSConfig,
+    engine: LinkEngine | None = None,
 ) -> Coroutine[Any, Any, asyncio.Transport]:
-    """A connection to *backend* with the protocol *factory* makes (TLS if it is wss):
-    dial()'s coroutine itself (no coroutine of its own around it: a frame less at
-    each of an upgrade's steps).
+    """A connection to *backend* with the protocol *factory* makes (TLS if it is wss;
+    a link of *engine*, if given, for a ws:// one at a numeric address): dial()'s
+    coroutine itself (no coroutine of its own around it: a frame less at each of an
+    upgrade's steps).
 
     Its await raises:
         OutOfDescriptors: the proxy could not open a socket (not the backend's fault).
         OSError: the backend is unreachable (ssl.SSLError is an OSError).
     """
     return dial(loop, factory, backend.config, context,
-                backend_tls.server_name or backend.server_name)
+                backend_tls.server_name or backend.server_name, engine)
