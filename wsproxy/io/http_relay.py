@@ -636,7 +636,7 @@ class HttpRelay:
             async with asyncio.timeout(self.settings.config.limits.backend_timeout):
                 # backend_tls is live: the context and server name in force now.
                 await dial_backend(ctx.loop, lambda: link, backend, ctx.backend_ssl,
-                                   ctx.config.backend_tls)
+                                   ctx.config.backend_tls, ctx.engine)
         except OutOfDescriptors:
             # The proxy's own trouble: no backend is blamed, none other tried.
             if self._ex is ex and not self._closed:
