@@ -481,6 +481,23 @@ async def test_accepts_one_link_per_connection(kit: Kit) -> None:
     assert [bytes(rec.received) for _, rec in pairs] == [b"0", b"1", b"2"]
 
 
+@pytest.mark.parametrize("kind", LINK_KINDS)  # (asyncio's accepted sockets have it off)
+async def test_every_connection_has_tcp_nodelay(kit: Kit) -> None:
+    """Small frames go out at once, as on uvloop's transports: accepted connections (the
+    first, which shows whether the listener's TCP_NODELAY was inherited, and the next
+    ones) and dialled ones."""
+    served = await kit.listen()
+    pairs = [await kit.connect_peer(served) for _ in range(3)]
+    far = kit.listening_socket()
+    dialled = await kit.dial(lambda: Recorder(kit), *far.getsockname()[:2])
+    for transport in [*(rec.transport for _, rec in pairs), dialled]:
+        sock = socket.socket(fileno=transport.get_extra_info("socket").fileno())
+        try:
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        finally:
+            sock.detach()
+
+
 async def test_a_large_stream_is_read_whole_and_in_order(kit: Kit) -> None:
     peer, rec = await kit.pair()
     sent = b"".join(chunk(i) for i in range(64))  # 4 MiB: many reads of at most 256 KiB

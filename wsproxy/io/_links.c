@@ -90,6 +90,7 @@ typedef struct Listener {
     MEMBER_HEAD
     PyObject *factory;
     int closed, resting;
+    int nodelay; /* its clients' TCP_NODELAY: 0 not known yet, 1 inherited, -1 set each */
 } Listener;
 
 struct Engine {
@@ -525,11 +526,13 @@ connect_failed(Link *link, int err)
 }
 
 static int
-connect_done(Link *link)
+connect_done(Link *link, uint32_t events)
 {
     int err = 0;
     socklen_t len = sizeof err;
-    if (getsockopt(link->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+    /* Writable without an error reported: connected (no getsockopt() to ask). */
+    if ((events & (EPOLLERR | EPOLLHUP))
+        && getsockopt(link->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
         err = errno;
     if (err == EINPROGRESS || err == EALREADY)
         return 0;
@@ -760,11 +763,11 @@ static PyObject *
 link_pause_reading(Link *self, PyObject *unused)
 {
     (void)unused;
-    if (!self->closing && self->reading) {
+    /* Lazily: the socket stays in the epoll set for reading until it is ready (then
+       ready() takes it out). The usual pause, the client's between its request and
+       the backend's 101, sees no byte: no epoll_ctl() for it, nor for its resume. */
+    if (!self->closing)
         self->reading = 0;
-        if (link_update(self) < 0)
-            return PyErr_SetFromErrno(PyExc_OSError);
-    }
     Py_RETURN_NONE;
 }
 
@@ -957,7 +960,8 @@ static PyType_Spec link_spec = {
 
 /* A new link of *engine* on *fd* (owned from now on, closed if this fails). */
 static Link *
-link_new(Engine *engine, int fd, const struct sockaddr *peer, socklen_t peer_len)
+link_new(Engine *engine, int fd, const struct sockaddr *peer, socklen_t peer_len,
+         int nodelay)
 {
     LinksState *state = PyType_GetModuleState(Py_TYPE(engine));
     PyTypeObject *type = (PyTypeObject *)state->link_type;
@@ -976,7 +980,8 @@ link_new(Engine *engine, int fd, const struct sockaddr *peer, socklen_t peer_len
     memcpy(&link->peer, peer, peer_len);
     link->peer_len = peer_len;
     static const int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (nodelay)
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     list_add(engine, (Member *)link);
     return link;
 }
@@ -1060,11 +1065,25 @@ listener_rest(Listener *self)
     return 0;
 }
 
+/* Whether the accepted *fd* needs TCP_NODELAY set: Linux's accepted sockets inherit it
+   from the listener (listen() set it there), which the first client shows (a
+   getsockopt() once, a setsockopt() an upgrade saved). */
+static int
+needs_nodelay(Listener *self, int fd)
+{
+    if (self->nodelay == 0) {
+        int on = 0;
+        socklen_t len = sizeof on;
+        self->nodelay = getsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, &len) == 0 && on ? 1 : -1;
+    }
+    return self->nodelay < 0;
+}
+
 /* One accepted client: its link, its protocol, connection_made. */
 static int
 listener_serve(Listener *self, int fd, const struct sockaddr *peer, socklen_t peer_len)
 {
-    Link *link = link_new(self->engine, fd, peer, peer_len);
+    Link *link = link_new(self->engine, fd, peer, peer_len, needs_nodelay(self, fd));
     if (link == NULL)
         return -1;
     int result = 0;
@@ -1343,11 +1362,14 @@ engine_dispatch(Member *member, uint32_t events)
     }
     Link *link = (Link *)member;
     if (link->connecting)
-        return connect_done(link);
+        return connect_done(link, events);
     int failed = 0;
-    if ((events & (EPOLLIN | EPOLLERR | EPOLLHUP)) && link->reading && !link->closing
-        && !link->peer_eof)
-        failed = link_read(link) < 0;
+    if ((events & (EPOLLIN | EPOLLERR | EPOLLHUP)) && !link->closing && !link->peer_eof) {
+        if (link->reading)
+            failed = link_read(link) < 0;
+        else if (link_update(link) < 0)  /* paused (lazily, see pause_reading): now out */
+            failed = link_fatal(link, errno) < 0;
+    }
     if (!failed && link->fd >= 0 && (events & (EPOLLOUT | EPOLLERR | EPOLLHUP))
         && link->buffered)
         failed = link_flush(link) < 0;
@@ -1421,6 +1443,9 @@ engine_listen(Engine *self, PyObject *args)
     listener->fd = fd;
     listener->engine = (Engine *)Py_NewRef(self);
     listener->factory = Py_NewRef(factory);
+    /* Its clients' TCP_NODELAY, inherited (needs_nodelay); an error: set on each. */
+    static const int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     /* Non-blocking, or the second accept() of a round would wait for a client. */
     int flags = fcntl(fd, F_GETFL);
     if (flags < 0 || (!(flags & O_NONBLOCK) && fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0)
@@ -1466,7 +1491,7 @@ engine_connect(Engine *self, PyObject *args)
     int fd = socket(address.sin6_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return PyErr_SetFromErrno(PyExc_OSError);
-    Link *link = link_new(self, fd, (struct sockaddr *)&address, len);
+    Link *link = link_new(self, fd, (struct sockaddr *)&address, len, 1);
     if (link == NULL)
         return NULL;
     link->protocol = Py_NewRef(protocol);

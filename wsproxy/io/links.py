@@ -271,7 +271,8 @@ class PyListener:
     """
 
     __slots__ = (
-        "_engine", "_family", "_fd", "_mask", "_proto", "_timer", "_type", "factory", "seen",
+        "_engine", "_family", "_fd", "_mask", "_nodelay", "_proto", "_timer", "_type",
+        "factory", "seen",
     )
 
     def __init__(
@@ -282,8 +283,13 @@ class PyListener:
         probe = socket.socket(fileno=sock_fd)
         try:
             self._family, self._type, self._proto = probe.family, probe.type, probe.proto
+            # Its clients' TCP_NODELAY, inherited (_serve); an error: set on each.
+            with contextlib.suppress(OSError):
+                probe.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         finally:
             probe.detach()
+        #: The clients' TCP_NODELAY: 0 not known yet, 1 inherited, -1 set on each.
+        self._nodelay = 0
         self._engine: PyEngine | None = engine
         self._fd = sock_fd
         self._mask = 0
@@ -331,7 +337,13 @@ class PyListener:
         engine = cast(PyEngine, self._engine)
         sock.setblocking(False)  # Python's accept4() has no SOCK_NONBLOCK
         with contextlib.suppress(OSError):  # (as the C twin: no reason to refuse one)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # Linux's accepted sockets inherit TCP_NODELAY from the listener (__init__
+            # set it there), which the first client shows: a setsockopt() a client saved.
+            if self._nodelay == 0:
+                inherited = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+                self._nodelay = 1 if inherited else -1
+            if self._nodelay < 0:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             protocol = self.factory()
         except BaseException as exc:
@@ -441,16 +453,21 @@ class PyLink:
 
     def event(self, events: int) -> None:
         if self._connecting:
-            self._connected()
+            self._connected(events)
             return
-        if self._reading and events & (_IN | _ERR | _HUP):
-            self._readable()
+        if events & (_IN | _ERR | _HUP) and not self._closing and not self._read_eof:
+            if self._reading:
+                self._readable()
+            else:
+                self._arm()  # paused (lazily, see pause_reading): now out
         if self._buffer and events & (_OUT | _ERR | _HUP):  # no buffer once closed
             self._writable()
 
-    def _connected(self) -> None:
-        try:
-            err = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    def _connected(self, events: int) -> None:
+        err = 0
+        try:  # writable without an error reported: connected (no getsockopt() to ask)
+            if events & (_ERR | _HUP):
+                err = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         except OSError as exc:
             err = exc.errno or errno.EIO
         if err in (errno.EINPROGRESS, errno.EALREADY):  # not yet (a spurious wake)
@@ -612,10 +629,11 @@ class PyLink:
         return self._reading
 
     def pause_reading(self) -> None:
-        if self._closing or not self._reading:
-            return
-        self._reading = False
-        self._arm()
+        # Lazily: the socket stays in the epoll set for reading until it is ready (then
+        # event() takes it out). The usual pause, the client's between its request and
+        # the backend's 101, sees no byte: no epoll_ctl() for it, nor for its resume.
+        if not self._closing:
+            self._reading = False
 
     def resume_reading(self) -> None:
         if self._closing or self._reading or self._read_eof:
