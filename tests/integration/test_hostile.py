@@ -18,8 +18,10 @@ default they must be told apart from: a loaded machine makes things later, not s
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import os
+import socket
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -46,6 +48,7 @@ from tests.integration.peers import (
 )
 from tests.integration.proxy_process import EXIT_TIMEOUT, Running, proxy_process
 from wsproxy.config import LimitsConfig
+from wsproxy.io.links import LINKS
 
 pytestmark = pytest.mark.anyio
 
@@ -397,6 +400,7 @@ async def test_a_connect_that_hangs_is_cancelled_after_backend_timeout_and_the_n
         raise AssertionError("unreachable")
 
     monkeypatch.setattr(connection, "dial_backend", dial)
+    monkeypatch.setattr(connection, "start_link", lambda *_: None)  # every dial the loop's
     async with backend() as unused, backend() as good:
         config = make_config(
             [{"name": "b0", "url": unused.url}, {"name": "b1", "url": good.url}],
@@ -417,6 +421,101 @@ async def test_a_connect_that_hangs_is_cancelled_after_backend_timeout_and_the_n
     assert BACKEND_TIMEOUT <= max(times) < DEFAULT_BACKEND_TIMEOUT, times
 
 
+NEEDS_LINKS = pytest.mark.skipif(
+    not LINKS, reason="no links without the C speedups (WSPROXY_NO_SPEEDUPS=1): the loop dials"
+)
+
+
+def _refuse_the_loops_dial(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tests of a link's dial (io.links): a dial through the loop fails them."""
+    from wsproxy.io import connection
+
+    async def dial(*_: Any) -> Any:
+        raise AssertionError("a link's dial was expected, not the loop's")
+
+    monkeypatch.setattr(connection, "dial_backend", dial)
+
+
+@NEEDS_LINKS
+async def test_a_link_connect_that_hangs_is_given_up_after_backend_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A link's connect stuck in its SYN (a backend whose accept queue is full drops
+    it: a real hang, on loopback): at limits.backend_timeout the connecting socket is
+    closed and the next backend serves the upgrade."""
+    _refuse_the_loops_dial(monkeypatch)
+    full = socket.socket()
+    full.bind(("127.0.0.1", 0))
+    full.listen(0)
+    queued = []
+    full.setblocking(False)
+    with full:
+        # Its queue filled with connections nobody accepts: the next SYN is dropped.
+        for _ in range(4):
+            peer = socket.socket()
+            peer.setblocking(False)
+            peer.connect_ex(full.getsockname())
+            queued.append(peer)
+        async with backend() as good:
+            config = make_config(
+                [{"name": "b0", "url": f"ws://127.0.0.1:{full.getsockname()[1]}"},
+                 {"name": "b1", "url": good.url}],
+                limits={"backend_timeout": f"{BACKEND_TIMEOUT}s"}, balance="round_robin",
+            )
+            async with running_proxy(config) as ctx:
+                url = f"ws://127.0.0.1:{ctx.addresses[0][1]}/"
+                times = []
+                for _ in range(2):  # round robin: one of the two tries b0 first
+                    started = anyio.current_time()
+                    await echo_round_trip(url)
+                    times.append(anyio.current_time() - started)
+        for peer in queued:
+            peer.close()
+    assert len(good.requests) == 2
+    assert BACKEND_TIMEOUT <= max(times) < DEFAULT_BACKEND_TIMEOUT, times
+
+
+@NEEDS_LINKS
+async def test_many_links_refused_in_place_answer_502_without_nesting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A link's connect to a port nobody listens on is refused within the connect()
+    itself (loopback): the next backend's is then started a loop pass later, not
+    inside the refused one's, so 400 such backends are tried one after another and the
+    client gets its 502."""
+    from wsproxy.io.connection import Connection
+
+    _refuse_the_loops_dial(monkeypatch)
+    refusals: list[OSError] = []
+    told = Connection.dial_failed
+
+    def dial_failed(self: Connection, protocol: Any, exc: Any) -> None:
+        refusals.append(exc)
+        told(self, protocol, exc)
+
+    monkeypatch.setattr(Connection, "dial_failed", dial_failed)
+    count = 400
+    closed = []  # bound, not listening: each one's port refuses, and nobody takes it
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            closed.append(sock)
+        config = make_config(
+            [{"name": f"b{i}", "url": f"ws://127.0.0.1:{sock.getsockname()[1]}"}
+             for i, sock in enumerate(closed)],
+            limits={"handshake_timeout": "30s"},
+        )
+        async with running_proxy(config) as ctx:
+            answer = await raw_exchange(ctx.addresses[0][1], upgrade_request())
+    finally:
+        for sock in closed:
+            sock.close()
+    assert status_of(answer) == 502, answer
+    assert len(refusals) == count
+    assert {exc.errno for exc in refusals} == {errno.ECONNREFUSED}
+
+
 async def test_a_dial_cancelled_as_the_proxy_stops_tries_no_other_backend(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -435,6 +534,7 @@ async def test_a_dial_cancelled_as_the_proxy_stops_tries_no_other_backend(
         await asyncio.Event().wait()  # never set
 
     monkeypatch.setattr(connection, "dial_backend", dial)
+    monkeypatch.setattr(connection, "start_link", lambda *_: None)  # every dial the loop's
     timeout = 0.3
     async with backend() as one, backend() as two:
         config = make_config(
@@ -490,6 +590,7 @@ async def test_many_backends_failing_in_place_answer_502_without_nesting(
         raise OSError(101, "Network is unreachable")
 
     monkeypatch.setattr(connection, "dial_backend", dial)
+    monkeypatch.setattr(connection, "start_link", lambda *_: None)  # every dial the loop's
     count = 400
     config = make_config(
         [{"name": f"b{i}", "url": f"ws://127.0.0.1:{9 + i}"} for i in range(count)],

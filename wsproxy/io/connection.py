@@ -13,10 +13,13 @@ A connection holds no task while it relays: only two transports and the session.
 Its deadlines are entries of wsproxy.io.deadlines (the request's, the dial's) or
 nothing at all (the close handshake's and the wait for the backend's EOF, which the
 sweeper's ``tick`` checks: most closes are answered at once, and a deadline armed and
-disarmed for each cost ~4k instructions). Not even the upgrade makes a task:
-the coroutine that connects to a backend (the loop's create_connection is one) is
-run by hand by the attempt's UpstreamProtocol (wsproxy.io.steps), and the process
-keeps and cancels it as it does its tasks (``ctx.drive``). limits.backend_timeout
+disarmed for each cost ~4k instructions). Not even the upgrade makes a task: a
+backend's link (wsproxy.io.links: plain, at a numeric address) is connected with no
+coroutine at all, the engine telling the attempt's UpstreamProtocol as it would tell
+a future; and the coroutine that connects through the loop otherwise (TLS, a name;
+the loop's create_connection is one) is run by hand by that UpstreamProtocol
+(wsproxy.io.steps), which the process keeps and cancels as it does its tasks
+(``ctx.drive``). limits.backend_timeout
 is a deadline, and the backend's answer is settled where it is read (``_tried``).
 
 The listener's protocols that feed a Connection, and the hand-over to plain HTTP
@@ -56,6 +59,7 @@ from wsproxy.io.upstream import (
     authenticate,
     candidates,
     dial_backend,
+    start_link,
     sticky_header,
     take_sticky,
 )
@@ -107,20 +111,56 @@ class HttpDoor(Protocol):
 
 
 class UpstreamProtocol(Steps, asyncio.Protocol):
-    """The protocol of one connection to a backend, and the steps of its dial (the
-    coroutine that connects, run by hand: wsproxy.io.steps): one object an attempt.
+    """The protocol of one connection to a backend, and its dial: one object an attempt.
+
+    The dial is either a link's connect (io.links, ``start_link``: no coroutine, the
+    engine tells this object as it would tell a future: ``done``, ``set_result``,
+    ``set_exception``) or the coroutine that connects through the loop (TLS, a backend
+    by name, no links), run by hand (the steps: wsproxy.io.steps).
 
     A backend given up on during the upgrade is ``detach()``ed, so that its late
     callbacks cannot touch the connection that has moved on to the next backend.
     """
 
-    __slots__ = ("_conn",)
+    __slots__ = ("_conn", "link")
 
     def __init__(self, conn: Connection) -> None:
         self._conn: Connection | None = conn
+        #: The link being connected, while it is (a link's dial).
+        self.link: asyncio.Transport | None = None
+        self._coro = None  # (Steps': ``running`` is false until a coroutine is started)
 
     def detach(self) -> None:
         self._conn = None
+
+    def give_up(self) -> None:
+        """The dial is abandoned (limits.backend_timeout): its socket closes."""
+        link, self.link = self.link, None
+        if link is not None:
+            link.abort()
+        elif self.running:
+            self.cancel()
+
+    # The link's dial, as the engine tells a future (io.links).
+
+    def done(self) -> bool:
+        """Whether nobody waits for this link any more (given up on: closed unused)."""
+        conn = self._conn
+        return conn is None or conn.dialling is not self
+
+    def set_result(self, link: asyncio.Transport) -> None:
+        self.link = None
+        conn = self._conn
+        if conn is not None:
+            conn.dialled(self, link)
+
+    def set_exception(self, exc: OSError | OutOfDescriptors) -> None:
+        self.link = None
+        conn = self._conn
+        if conn is not None:
+            # Never within the attempt's own call (a refusal in place: ECONNREFUSED),
+            # so that a run of backends failing at once does not nest one in another.
+            conn.ctx.loop.call_soon(conn.dial_failed, self, exc)
 
     def data_received(self, data: bytes) -> None:
         conn = self._conn
@@ -833,6 +873,15 @@ class Connection(asyncio.Protocol):
             ctx = self.ctx
             dial.timer = at = ctx.loop.time() + self.settings.config.limits.backend_timeout
             ctx.deadlines.arm(at, self._dial_timed_out, protocol)
+            engine = ctx.engine
+            if engine is not None:
+                try:  # a link's connect: no coroutine (UpstreamProtocol's doc)
+                    protocol.link = start_link(engine, backend.config, protocol)
+                except (OSError, OutOfDescriptors) as exc:  # no socket to be had
+                    protocol.set_exception(exc)  # (told a loop pass later, as any failure)
+                    return
+                if protocol.link is not None:
+                    return
             # Its first step runs now, a retry's soon (no task: wsproxy.io.steps).
             ctx.drive(protocol, self._dial_one(dial, protocol), soon=retry)
             return
@@ -863,21 +912,43 @@ class Connection(asyncio.Protocol):
             if dial.protocol is protocol:  # not by _dial_timed_out: the proxy stops
                 self._end_dial(dial)
             raise
-        except OutOfDescriptors:
+        except OSError as exc:  # ssl.SSLError is an OSError; OutOfDescriptors is not
+            self.dial_failed(protocol, exc)
+            return
+        except OutOfDescriptors as exc:
+            self.dial_failed(protocol, exc)
+            return
+        self.dialled(protocol, transport)
+
+    @property
+    def dialling(self) -> UpstreamProtocol | None:
+        """The attempt whose dial or answer is awaited, if one is."""
+        dial = self._dial
+        return None if dial is None else dial.protocol
+
+    def dial_failed(self, protocol: UpstreamProtocol, exc: OSError | OutOfDescriptors) -> None:
+        """*protocol*'s dial failed: the next backend, or the client's answer."""
+        dial = self._dial
+        if dial is None or dial.protocol is not protocol:
+            return  # given up on already
+        if isinstance(exc, OutOfDescriptors):
             # The proxy's own trouble: no backend is blamed, none other tried.
-            if dial.protocol is protocol:
-                self._end_dial(dial)
-                if self.session.state is _CONNECTING:
-                    self._reject("out_of_descriptors", *OUT_OF_DESCRIPTORS)
+            self._end_dial(dial)
+            if self.session.state is _CONNECTING:
+                self._reject("out_of_descriptors", *OUT_OF_DESCRIPTORS)
             return
-        except OSError as exc:  # ssl.SSLError is an OSError
-            if dial.protocol is protocol:
-                self.session.upstream_failed(str(exc) or type(exc).__name__)
-                self._tried()
-            return
-        if dial.protocol is not protocol:  # timed out as it connected
+        self.session.upstream_failed(str(exc) or type(exc).__name__)
+        self._tried()
+
+    def dialled(self, protocol: UpstreamProtocol, transport: asyncio.Transport) -> None:
+        """*protocol*'s dial connected *transport*: the backend's handshake goes."""
+        dial = self._dial
+        if dial is None or dial.protocol is not protocol:  # timed out as it connected
             transport.close()
             return
+        ctx = self.ctx
+        backend = dial.backend
+        assert backend is not None
         session = self.session
         if session.state is not _CONNECTING:
             transport.close()  # the client went away meanwhile
@@ -914,8 +985,7 @@ class Connection(asyncio.Protocol):
         if dial is None or dial.protocol is not protocol:
             return
         dial.timer = None
-        if protocol.running:  # still connecting
-            protocol.cancel()  # closes the socket being connected
+        protocol.give_up()  # still connecting: the socket closes
         self.session.upstream_failed("TimeoutError")  # what asyncio.timeout's said
         self._tried()
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Callable
+from typing import Any, cast
 
 from wsproxy.config import BackendConfig
 from wsproxy.io.links import LinkEngine, dial_link
@@ -55,3 +56,28 @@ async def dial(
             raise OutOfDescriptors(str(exc)) from exc
         raise
     return transport
+
+
+def start_link(
+    engine: LinkEngine, backend: BackendConfig, attempt: Any,
+) -> asyncio.Transport | None:
+    """A link's connect to *backend* started, with *attempt* as its protocol and told as
+    a future would be (``done()``, ``set_result(link)``, ``set_exception(OSError)``:
+    never from within this call): the link while it connects, or None when *backend*
+    is no plain one at a numeric address (the caller dials with ``dial()``).
+
+    Raises:
+        OutOfDescriptors: the proxy's own trouble (EMFILE, ENFILE, ENOBUFS, ENOMEM).
+        OSError: no socket of the address's family to be had.
+    """
+    if backend.scheme != "ws":
+        return None
+    try:
+        link = engine.connect(backend.host, backend.port, attempt, attempt)
+    except ValueError:  # a name, not an address: the loop resolves it
+        return None
+    except OSError as exc:
+        if exc.errno in CAPACITY_ERRNOS:
+            raise OutOfDescriptors(str(exc)) from exc
+        raise
+    return cast(asyncio.Transport, link)

@@ -29,7 +29,7 @@ from wsproxy.auth import Authenticator, AuthFailed, Identity
 from wsproxy.auth.sources import find_credentials, strip_credentials
 from wsproxy.core.balance import request_key, sticky_header, take_sticky
 from wsproxy.core.handshake import RequestHead
-from wsproxy.io.dialer import OutOfDescriptors, dial
+from wsproxy.io.dialer import OutOfDescriptors, dial, start_link
 from wsproxy.log import get_logger
 
 if TYPE_CHECKING:
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "NO_BACKEND", "OUT_OF_DESCRIPTORS", "Admitted", "OutOfDescriptors", "authenticate",
-    "candidates", "dial_backend", "sticky_header", "take_sticky",
+    "candidates", "dial_backend", "start_link", "sticky_header", "take_sticky",
 ]
 
 log = get_logger()
