@@ -374,6 +374,17 @@ async def test_a_backend_that_never_answers_is_left_for_the_next_after_backend_t
     assert BACKEND_TIMEOUT <= max(times) < DEFAULT_BACKEND_TIMEOUT, times
 
 
+async def round_robin_pair(port: int) -> list[float]:
+    """Two echo round trips through the proxy on *port*, each one's time: under
+    round_robin one of the two tries the first backend first."""
+    times = []
+    for _ in range(2):
+        started = anyio.current_time()
+        await echo_round_trip(f"ws://127.0.0.1:{port}/")
+        times.append(anyio.current_time() - started)
+    return times
+
+
 async def test_a_connect_that_hangs_is_cancelled_after_backend_timeout_and_the_next_tried(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -407,12 +418,7 @@ async def test_a_connect_that_hangs_is_cancelled_after_backend_timeout_and_the_n
             limits={"backend_timeout": f"{BACKEND_TIMEOUT}s"}, balance="round_robin",
         )
         async with running_proxy(config) as ctx:
-            url = f"ws://127.0.0.1:{ctx.addresses[0][1]}/"
-            times = []
-            for _ in range(2):  # round robin: one of the two tries b0 first
-                started = anyio.current_time()
-                await echo_round_trip(url)
-                times.append(anyio.current_time() - started)
+            times = await round_robin_pair(ctx.addresses[0][1])
             with anyio.fail_after(5):
                 await cancelled.wait()
     assert hung == ["b0"]
@@ -463,12 +469,7 @@ async def test_a_link_connect_that_hangs_is_given_up_after_backend_timeout(
                 limits={"backend_timeout": f"{BACKEND_TIMEOUT}s"}, balance="round_robin",
             )
             async with running_proxy(config) as ctx:
-                url = f"ws://127.0.0.1:{ctx.addresses[0][1]}/"
-                times = []
-                for _ in range(2):  # round robin: one of the two tries b0 first
-                    started = anyio.current_time()
-                    await echo_round_trip(url)
-                    times.append(anyio.current_time() - started)
+                times = await round_robin_pair(ctx.addresses[0][1])
         for peer in queued:
             peer.close()
     assert len(good.requests) == 2

@@ -32,6 +32,7 @@ from typing import Any
 
 import pytest
 
+from tests.integration.peers import both_loops as anyio_backend  # noqa: F401
 from wsproxy.io import links
 
 pytestmark = pytest.mark.anyio
@@ -48,17 +49,6 @@ SMALL_RCVBUF = 64 * 1024
 
 KINDS = ["loop", "python", "c"]
 LINK_KINDS = ["python", "c"]
-
-
-@pytest.fixture(
-    name="anyio_backend",
-    params=[
-        pytest.param(("asyncio", {"use_uvloop": False}), id="asyncio"),
-        pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"),
-    ],
-)
-def both_loops(request: pytest.FixtureRequest) -> tuple[str, dict[str, bool]]:
-    return request.param  # type: ignore[no-any-return]
 
 
 @pytest.fixture(params=KINDS)
@@ -528,6 +518,16 @@ async def test_pause_reading_from_connection_made_holds_the_first_data(kit: Kit)
     await kit.until(lambda: rec.received == b"early", "data")
 
 
+async def ended_with_nothing_sent(kit: Kit, peer: socket.socket, rec: Recorder) -> None:
+    """*rec*'s transport ends (connection_lost(None) after connection_made, nothing
+    else) and its peer reads the end of the stream, or a reset, with no byte before."""
+    await kit.until(lambda: rec.lost, "connection_lost")
+    assert rec.names() == ["made", "lost"]
+    assert rec.lost_exc is None
+    got, _end = await kit.read_to_end(peer)
+    assert got == b""
+
+
 async def test_close_from_connection_made(kit: Kit) -> None:
     def factory() -> Recorder:
         rec = Recorder(kit)
@@ -536,11 +536,7 @@ async def test_close_from_connection_made(kit: Kit) -> None:
 
     served = await kit.listen(factory)
     peer, rec = await kit.connect_peer(served)
-    await kit.until(lambda: rec.lost, "connection_lost")
-    assert rec.names() == ["made", "lost"]
-    assert rec.lost_exc is None
-    got, _end = await kit.read_to_end(peer)
-    assert got == b""
+    await ended_with_nothing_sent(kit, peer, rec)
 
 
 # -- 2. dial
@@ -813,11 +809,7 @@ async def test_abort_drops_the_buffer(kit: Kit) -> None:
 async def test_abort_with_nothing_buffered(kit: Kit) -> None:
     peer, rec = await kit.pair()
     rec.transport.abort()
-    await kit.until(lambda: rec.lost, "connection_lost")
-    assert rec.names() == ["made", "lost"]
-    assert rec.lost_exc is None
-    got, _end = await kit.read_to_end(peer)
-    assert got == b""
+    await ended_with_nothing_sent(kit, peer, rec)
 
 
 # -- 8. pause_reading / resume_reading
