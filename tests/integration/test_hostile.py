@@ -517,6 +517,28 @@ async def test_many_links_refused_in_place_answer_502_without_nesting(
     assert {exc.errno for exc in refusals} == {errno.ECONNREFUSED}
 
 
+@NEEDS_LINKS
+async def test_a_backend_by_name_is_dialled_by_the_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Links connect to numeric addresses only: a plain backend named by its host name
+    goes to the loop's dial (which resolves it), and the upgrade is relayed as usual."""
+    from wsproxy.io import connection
+
+    real_dial = connection.dial_backend
+    dialled: list[str] = []
+
+    def dial(loop: Any, factory: Any, state: Any, *rest: Any) -> Any:
+        dialled.append(state.name)
+        return real_dial(loop, factory, state, *rest)
+
+    monkeypatch.setattr(connection, "dial_backend", dial)
+    async with backend() as named:
+        config = make_config([{"name": "by-name", "url": f"ws://localhost:{named.port}"}])
+        async with running_proxy(config) as ctx:
+            await echo_round_trip(f"ws://127.0.0.1:{ctx.addresses[0][1]}/")
+    assert dialled == ["by-name"]
+    assert len(named.requests) == 1
+
+
 async def test_a_dial_cancelled_as_the_proxy_stops_tries_no_other_backend(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -66,7 +66,7 @@ def _engine_type(kind: str) -> type:
     """The Engine class of *kind* (the C one directly: links.Engine is the pick, None
     under WSPROXY_NO_SPEEDUPS=1, and the C twin is to be tested anyway when built)."""
     if kind == "python":
-        return links.PyEngine  # type: ignore[no-any-return]
+        return links.PyEngine
     try:
         c_links = importlib.import_module("wsproxy.io._links")
     except ImportError as exc:
@@ -395,6 +395,23 @@ async def kit(kind: str, engine_limit: int) -> AsyncIterator[Kit]:
     assert not the_kit.reports, f"unexpected reports to the exception handler: {the_kit.reports}"
 
 
+def recording(
+    kit: Kit, on_made: Callable[[Any], object] | None = None
+) -> tuple[list[Recorder], Callable[[], Recorder]]:
+    """A protocol factory, and the list of the Recorders it made; each runs *on_made*
+    (given the transport) from its connection_made, if given."""
+    made: list[Recorder] = []
+
+    def factory() -> Recorder:
+        rec = Recorder(kit)
+        if on_made is not None:
+            rec.on["made"] = on_made
+        made.append(rec)
+        return rec
+
+    return made, factory
+
+
 def raising(exc: Exception) -> Callable[..., None]:
     """A hook for ``Recorder.on`` that raises *exc*."""
 
@@ -503,11 +520,7 @@ async def test_pause_reading_from_connection_made_holds_the_first_data(kit: Kit)
             "paused reading there (asyncio's does not, nor does a link)"
         )
 
-    def factory() -> Recorder:
-        rec = Recorder(kit)
-        rec.on["made"] = lambda t: t.pause_reading()
-        return rec
-
+    _, factory = recording(kit, lambda t: t.pause_reading())
     served = await kit.listen(factory)
     peer, rec = await kit.connect_peer(served)
     await kit.send(peer, b"early")
@@ -529,11 +542,7 @@ async def ended_with_nothing_sent(kit: Kit, peer: socket.socket, rec: Recorder) 
 
 
 async def test_close_from_connection_made(kit: Kit) -> None:
-    def factory() -> Recorder:
-        rec = Recorder(kit)
-        rec.on["made"] = lambda t: t.close()
-        return rec
-
+    _, factory = recording(kit, lambda t: t.close())
     served = await kit.listen(factory)
     peer, rec = await kit.connect_peer(served)
     await ended_with_nothing_sent(kit, peer, rec)
@@ -591,11 +600,7 @@ async def test_serve_ipv6_tells_four_tuples(kit: Kit) -> None:
 async def test_dial_refused_raises_and_calls_nothing(kit: Kit) -> None:
     bound = kit.new_socket()
     bound.bind(("127.0.0.1", 0))  # bound, not listening: a SYN to it gets a reset
-    made: list[Recorder] = []
-
-    def factory() -> Recorder:
-        made.append(Recorder(kit))
-        return made[-1]
+    made, factory = recording(kit)
 
     with pytest.raises(ConnectionRefusedError) as caught:  # OSError(ECONNREFUSED, ...) is one
         await kit.dial(factory, *bound.getsockname())
@@ -1133,11 +1138,7 @@ async def test_a_closed_listener_accepts_nothing_more(kit: Kit) -> None:
     await kit.settle()  # the witness's listener and link, first
     members = len(kit.engine)
     sock = kit.listening_socket()  # the caller's: the listener never closes it
-    made: list[Recorder] = []
-
-    def factory() -> Recorder:
-        made.append(Recorder(kit))
-        return made[-1]
+    made, factory = recording(kit)
 
     listener = kit.engine.listen(sock.fileno(), factory)
     assert len(kit.engine) == members + 1
@@ -1179,13 +1180,7 @@ async def test_connection_made_raising_is_reported_and_the_link_aborted(kit: Kit
     # (The loops' transports report it as an exception in a callback and stay open; a
     # link, by the spec, is aborted, and connection_lost follows as for any link made.)
     boom = RuntimeError("boom")
-    made: list[Recorder] = []
-
-    def factory() -> Recorder:
-        rec = Recorder(kit)
-        rec.on["made"] = raising(boom)
-        made.append(rec)
-        return rec
+    made, factory = recording(kit, raising(boom))
 
     served = await kit.listen(factory)
     peer = kit.new_socket()
@@ -1250,11 +1245,7 @@ async def test_open_engine_adds_its_reader_and_close_engine_aborts(kit: Kit) -> 
     engine = links.open_engine(kit.loop, kit.engine_type)
     assert isinstance(engine, kit.engine_type)
     try:
-        made: list[Recorder] = []
-
-        def factory() -> Recorder:
-            made.append(Recorder(kit))
-            return made[-1]
+        made, factory = recording(kit)
 
         sock = kit.listening_socket()
         links.LinkServer(engine, [sock], factory)

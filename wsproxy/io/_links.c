@@ -731,6 +731,15 @@ link_close(Link *self, PyObject *unused)
     Py_RETURN_NONE;
 }
 
+/* The link ends now, its buffer dropped: one still connecting fails its dial
+   (ECONNABORTED: nothing is called on its protocol), any other is finished
+   (connection_lost follows). The caller holds a reference. */
+static int
+link_drop(Link *link)
+{
+    return link->connecting ? connect_failed(link, ECONNABORTED) : link_finish(link);
+}
+
 static PyObject *
 link_abort(Link *self, PyObject *unused)
 {
@@ -738,7 +747,7 @@ link_abort(Link *self, PyObject *unused)
     if (self->fd < 0 && self->lost_due)
         Py_RETURN_NONE;
     Py_INCREF(self);
-    int result = self->connecting ? connect_failed(self, ECONNABORTED) : link_finish(self);
+    int result = link_drop(self);
     Py_DECREF(self);
     if (result < 0)
         return NULL;
@@ -1209,7 +1218,7 @@ engine_close_members(Engine *self)
         Py_INCREF(member);
         if (member->kind == LINK) {
             Link *link = (Link *)member;
-            if ((link->connecting ? connect_failed(link, ECONNABORTED) : link_finish(link)) < 0)
+            if (link_drop(link) < 0)
                 PyErr_WriteUnraisable((PyObject *)self);
         } else {
             Py_XDECREF(listener_close((Listener *)member, NULL));

@@ -903,19 +903,17 @@ class Connection(asyncio.Protocol):
         backend = dial.backend
         assert backend is not None
         try:
-            # backend_tls is live: the context and server name in force now.
+            # backend_tls is live: the context and server name in force now. (No engine:
+            # a backend a link can reach never gets here, _next_backend's start_link
+            # took it.)
             transport = await dial_backend(
-                ctx.loop, lambda: protocol, backend, ctx.backend_ssl, ctx.config.backend_tls,
-                ctx.engine,
+                ctx.loop, lambda: protocol, backend, ctx.backend_ssl, ctx.config.backend_tls
             )
         except asyncio.CancelledError:
             if dial.protocol is protocol:  # not by _dial_timed_out: the proxy stops
                 self._end_dial(dial)
             raise
-        except OSError as exc:  # ssl.SSLError is an OSError; OutOfDescriptors is not
-            self.dial_failed(protocol, exc)
-            return
-        except OutOfDescriptors as exc:
+        except (OSError, OutOfDescriptors) as exc:  # (ssl.SSLError is an OSError)
             self.dial_failed(protocol, exc)
             return
         self.dialled(protocol, transport)
