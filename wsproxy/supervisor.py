@@ -198,15 +198,14 @@ class ProxyContext:
         if not task.cancelled() and (exc := task.exception()) is not None:
             self._crashed(exc)
 
-    def drive(self, steps: Steps, coro: Coroutine[Any, Any, None], *, soon: bool = False) -> None:
+    def drive(self, steps: Steps, coro: Coroutine[Any, Any, None]) -> None:
         """Run *coro*, a connection's dial, on *steps*: by hand, from its first step
         now (wsproxy.io.steps): a task per upgrade (the task, its context copy, three
         loop callbacks) cost ~8-10k instructions of ~535k. The proxy's all the same,
         as spawn()'s tasks are: kept until done, cancelled when serve() ends, and an
-        exception out of it (a bug) fails the task group. *soon*: its first step a
-        loop pass later (Steps.start)."""
+        exception out of it (a bug) fails the task group."""
         self._tasks.add(steps)
-        steps.start(coro, self._driven, soon=soon)
+        steps.start(coro, self._driven)
 
     def _driven(self, steps: Steps, exc: BaseException | None) -> None:
         self._tasks.discard(steps)

@@ -153,25 +153,3 @@ async def test_a_yield_asyncio_cannot_wait_on_is_a_bug_reported_to_done() -> Non
     Steps().start(body(), ended)
     [exc] = ended.outcomes
     assert isinstance(exc, RuntimeError)
-
-
-async def test_soon_waits_a_loop_pass_and_a_cancel_before_it_ends_the_run() -> None:
-    seen: list[str] = []
-
-    async def body() -> None:
-        seen.append("ran")
-
-    ended = Ended()
-    steps = Steps()
-    steps.start(body(), ended, soon=True)
-    assert seen == []
-    await ended.event.wait()
-    assert seen == ["ran"]
-    assert ended.outcomes == [None]
-
-    cancelled = Ended()
-    steps.start(body(), cancelled, soon=True)
-    steps.cancel()
-    await cancelled.event.wait()
-    assert seen == ["ran"]  # the body never started
-    assert isinstance(cancelled.outcomes[0], asyncio.CancelledError)

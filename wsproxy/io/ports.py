@@ -272,10 +272,9 @@ class ConnectionOwner(HttpRelayOwner, Protocol[ConnT]):
         """Why this upgrade is answered with an error (or a close) before any backend
         is asked."""
 
-    def drive(self, steps: Steps, coro: Coroutine[Any, Any, None], *, soon: bool = False) -> None:
-        """Run *coro* (a dial) on *steps* by hand, from its first step now (or *soon*, a
-        loop pass later); the process keeps it and cancels it as it does spawn()'s
-        tasks (wsproxy.io.steps)."""
+    def drive(self, steps: Steps, coro: Coroutine[Any, Any, None]) -> None:
+        """Run *coro* (a dial) on *steps* by hand, from its first step now; the process
+        keeps it and cancels it as it does spawn()'s tasks (wsproxy.io.steps)."""
 
     def connection_started(self, conn: ConnT) -> None: ...
 

@@ -6,8 +6,7 @@ callback), a context copy, a Task object and its entry in asyncio's WeakSet of
 tasks: ~8-10k instructions of an upgrade's ~535k (callgrind, bench/cpu_cost.py).
 ``Steps`` runs it the way a Task would, for what a dial needs:
 
-- the first step runs at once, in the caller's frame (a Task's waits a loop pass),
-  unless the caller asks for it *soon* (the way a Task's does);
+- the first step runs at once, in the caller's frame (a Task's waits a loop pass);
 - each future the coroutine waits on wakes it with a done callback, and the next
   step sees the future's outcome, as under a Task (``await`` reads it);
 - a bare ``yield`` (``asyncio.sleep(0)``) is a step deferred by one loop pass;
@@ -39,18 +38,13 @@ class Steps:
 
     __slots__ = ("_cancelling", "_coro", "_done", "_waiting")
 
-    def start(self, coro: Coroutine[Any, Any, None], done: Done, *, soon: bool = False) -> None:
-        """Run *coro*'s first step now, or *soon* (a loop pass later, as a Task's: for a
-        caller that may itself be inside a step, so that runs do not nest without end);
-        *done* is told how it ended."""
+    def start(self, coro: Coroutine[Any, Any, None], done: Done) -> None:
+        """Run *coro*'s first step now; *done* is told how it ended."""
         self._coro: Coroutine[Any, Any, None] | None = coro
         self._done = done
         self._waiting: asyncio.Future[Any] | None = None
         self._cancelling = False
-        if soon:
-            asyncio.get_running_loop().call_soon(self._step)
-        else:
-            self._step()
+        self._step()
 
     @property
     def running(self) -> bool:
