@@ -224,6 +224,98 @@ def test_a_hub_reads_ready_sockets_up_to_its_limit_and_the_rest_at_the_next_wake
             pair.close()
 
 
+def unread(sock: socket.socket) -> bool:
+    """Whether *sock* has bytes its pump has not read yet."""
+    try:
+        return bool(sock.recv(1, socket.MSG_PEEK))
+    except BlockingIOError:
+        return False
+
+
+@pytest.mark.parametrize("kind", list(HUBS))
+def test_a_batchs_reads_are_all_made_before_the_first_of_their_sends(kind: str) -> None:
+    """What a batch's reads pass straight through is sent at the batch's end: the
+    peers see the writes of a busy pass back to back (wsproxy.io.hub's doc)."""
+    the_hub = HUBS[kind]()
+    seen_at_sends: list[list[bool]] = []
+
+    def is_closing(_: FakeTransport) -> bool:  # asked by each send (the C pump: at once)
+        seen_at_sends.append([unread(pair.proxy[CLIENT]) for pair in pairs])
+        return False
+
+    with mock.patch.object(FakeTransport, "is_closing", is_closing):
+        pairs = [Pair(kind) for _ in range(3)]
+    message = frames.build_frame(frames.BINARY, b"hi", mask=True)
+    try:
+        for pair in pairs:
+            the_hub.add(pair.pumps[CLIENT])
+            pair.peer[CLIENT].sendall(message)
+        with mock.patch.object(FakeTransport, "is_closing", is_closing):
+            the_hub.ready()
+        assert seen_at_sends == [[False] * 3] * 3
+        for pair in pairs:
+            pair.collect()
+            assert pair.received[UPSTREAM] == [message]
+    finally:
+        the_hub.close()
+        for pair in pairs:
+            pair.close()
+
+
+@pytest.mark.parametrize("kind", list(HUBS))
+@pytest.mark.parametrize("ending", ["ping", "eof"])
+def test_what_a_batch_holds_is_sent_before_the_driver_hears_of_anything(
+    kind: str, ending: str
+) -> None:
+    """A read for the driver (a ping), or a pump's end, in the middle of a batch: every
+    read made before it has been sent on by then, so nothing the driver writes can
+    overtake it."""
+    the_hub = HUBS[kind]()
+    held_then: list[bool] = []
+    original_end = Pair.end
+
+    def end_and_look(pair: Pair, side: Side, code: int) -> None:
+        held_then.append(held())
+        original_end(pair, side, code)
+
+    with mock.patch.object(Pair, "end", end_and_look):
+        passing = [Pair(kind) for _ in range(2)]
+        other = Pair(kind)
+    pairs = [*passing, other]
+    message = frames.build_frame(frames.BINARY, b"hi", mask=True)
+
+    def held() -> bool:  # read from a passing pair's client, not at its backend yet
+        for pair in passing:
+            pair.collect()
+        return any(not unread(pair.proxy[CLIENT]) and not pair.received[UPSTREAM]
+                   for pair in passing)
+
+    receive = Driver.receive
+
+    def receive_and_look(driver: Driver, side: Side, data: bytes) -> None:
+        held_then.append(held())
+        receive(driver, side, data)
+
+    try:
+        for pair in pairs:
+            the_hub.add(pair.pumps[CLIENT])
+        for pair in passing:
+            pair.peer[CLIENT].sendall(message)
+        if ending == "eof":
+            other.peer[CLIENT].shutdown(socket.SHUT_WR)
+        else:
+            other.peer[CLIENT].sendall(frames.build_frame(frames.PING, b"p", mask=True))
+        with mock.patch.object(Driver, "receive", receive_and_look):
+            the_hub.ready()
+        assert held_then == [False]
+        for pair in passing:
+            assert pair.received[UPSTREAM] == [message]
+    finally:
+        the_hub.close()
+        for pair in pairs:
+            pair.close()
+
+
 @pytest.mark.parametrize("kind", list(HUBS))
 @pytest.mark.parametrize("limit", [1, 2, 64])
 def test_what_becomes_ready_during_a_batch_is_read_in_the_same_wake_within_the_limit(

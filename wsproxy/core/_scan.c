@@ -1037,9 +1037,12 @@ typedef struct {
     int fd_out;          /* the other one (likewise) */
 } Pump;
 
-/* One buffer for every pump: a read is passed on or copied before readable() returns,
-   and the GIL is held throughout. */
-static unsigned char pump_buffer[256 * 1024];
+/* How much a pump reads at once. */
+#define PUMP_READ (256 * 1024)
+
+/* One buffer for every pump read outside a hub (readable()): a read is passed on or
+   copied before readable() returns, and the GIL is held throughout. */
+static unsigned char pump_buffer[PUMP_READ];
 
 static int
 pump_traverse(Pump *self, visitproc visit, void *arg)
@@ -1209,19 +1212,64 @@ socket_send(int fd, const void *data, size_t size)
 #endif
 }
 
+/* What a read passed straight through, on its way to the other transport: sent on the
+   other socket while that transport has nothing buffered and is not closing (so it
+   cannot overtake the driver's own frames), the rest (all of it if it was busy, or the
+   pump was detached meanwhile) to the transport's write. */
 static int
-pump_read(Pump *self)
+pump_send(Pump *self, const unsigned char *data, Py_ssize_t n)
+{
+    Py_ssize_t sent = 0;
+    if (self->fd_out >= 0) {
+        int idle = sink_idle(self);
+        if (idle < 0)
+            return -1;
+        if (idle) {
+            do {
+                sent = socket_send(self->fd_out, data, (size_t)n);
+            } while (sent < 0 && errno == EINTR);
+            if (sent < 0)
+                sent = 0;  /* full, or an error: the transport's write meets it as its own */
+        }
+    }
+    if (sent == n)
+        return 0;
+    return call_with_bytes(self->write, data + sent, n - sent);
+}
+
+#ifdef __linux__
+struct Hub;
+static unsigned char *hub_room(struct Hub *hub);
+static int hub_hold(struct Hub *hub, Pump *pump, Py_ssize_t n);
+static int hub_send(struct Hub *hub);
+#else
+#define hub_room(hub) NULL
+#define hub_hold(hub, pump, n) 0
+#define hub_send(hub) 0
+#endif
+
+/* One read. With *hub* (the Hub whose batch this read is in), what passes straight
+   through is held and sent at the batch's end, and what was held is sent before the
+   driver hears of anything (its read, the end); without, it is sent at once. */
+static int
+pump_read(Pump *self, struct Hub *hub)
 {
     if (self->relay == NULL || self->fd_in < 0)
         return 0;
+    unsigned char *buffer = pump_buffer;
+    if (hub != NULL && (buffer = hub_room(hub)) == NULL)
+        return -1;
     Py_ssize_t n;
     do {
-        n = socket_recv(self->fd_in, pump_buffer, sizeof pump_buffer);
+        n = socket_recv(self->fd_in, buffer, PUMP_READ);
     } while (n < 0 && errno == EINTR);
     if (n <= 0) {
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
             return 0;
-        PyObject *code = PyLong_FromLong(n < 0 ? errno : 0);
+        int err = n < 0 ? errno : 0;
+        if (hub != NULL && hub_send(hub) < 0)
+            return -1;
+        PyObject *code = PyLong_FromLong(err);
         if (code == NULL)
             return -1;
         PyObject *result = PyObject_CallOneArg(self->end, code);
@@ -1232,25 +1280,19 @@ pump_read(Pump *self)
         return 0;
     }
     Relay *relay = (Relay *)self->relay;
-    int direct = relay_pass(relay, pump_buffer, (uint64_t)n);
+    int direct = relay_pass(relay, buffer, (uint64_t)n);
     if (direct < 0)
         return -1;
-    if (!direct)
-        return relay_fallback_bytes(relay, pump_buffer, n);
-    int idle = sink_idle(self);
-    if (idle < 0)
-        return -1;
-    Py_ssize_t sent = 0;
-    if (idle) {
-        do {
-            sent = socket_send(self->fd_out, pump_buffer, (size_t)n);
-        } while (sent < 0 && errno == EINTR);
-        if (sent < 0)
-            sent = 0;  /* full, or an error: the transport's write meets it as its own */
+    if (!direct) {
+        /* (What was held is sent from the hub's buffer without writing into it: this
+           read is still there after.) */
+        if (hub != NULL && hub_send(hub) < 0)
+            return -1;
+        return relay_fallback_bytes(relay, buffer, n);
     }
-    if (sent == n)
-        return 0;
-    return call_with_bytes(self->write, pump_buffer + sent, n - sent);
+    if (hub != NULL)
+        return hub_hold(hub, self, n);
+    return pump_send(self, buffer, n);
 }
 
 static PyObject *
@@ -1258,7 +1300,7 @@ pump_readable(Pump *self, PyObject *unused)
 {
     (void)unused;
     Py_INCREF(self);  /* what it calls may stop the feed and drop the last reference */
-    int result = pump_read(self);
+    int result = pump_read(self, NULL);
     Py_DECREF(self);
     if (result < 0)
         return NULL;
@@ -1334,21 +1376,41 @@ static PyType_Spec pump_spec = {
  * until none is ready or `limit` sockets were read. Level-triggered: a socket still
  * readable after its read (or past the limit) is ready again at the next epoll_wait()
  * or wake, after those ready before it, so one busy socket cannot keep the others or
- * the loop waiting.
+ * the loop waiting. A batch's reads go to the hub's buffer, and what they pass straight
+ * through is sent at the batch's end (or before the driver hears of anything): the
+ * peers see the sends back to back (fewer wake-ups across CPUs: wsproxy.io.hub).
  */
 #define HUB_MAX_EVENTS 1024
+
+/* The bytes a hub holds at most: a batch's reads stop being held (what is held is sent
+   first) when a whole read might not fit any more. */
+#define HUB_HELD (2 * PUMP_READ)
+
+/* A read held until the end of its batch: *size* bytes of the hub's buffer from *offset*
+   on, for *pump* to send. */
+typedef struct {
+    Pump *pump;
+    size_t offset;
+    Py_ssize_t size;
+} Held;
 
 typedef struct Hub {
     PyObject_HEAD
     PyObject *members;   /* {fd: Pump}: holds each pump while it is read */
     int epfd;            /* -1 once closed */
     int limit;           /* sockets read per ready() */
+    unsigned char *buffer; /* HUB_HELD bytes: this hub's reads (NULL before __init__) */
+    size_t used;
+    Held *held;          /* `limit` of them: the reads of a batch, in order */
+    int held_count;
 } Hub;
 
 static int
 hub_traverse(Hub *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->members);
+    for (int i = 0; i < self->held_count; i++)
+        Py_VISIT(self->held[i].pump);
     Py_VISIT(Py_TYPE(self));
     return 0;
 }
@@ -1379,12 +1441,25 @@ hub_clear(Hub *self)
     return 0;
 }
 
+/* The held reads' buffers freed (nothing is held between batches). */
+static void
+hub_free_buffers(Hub *self)
+{
+    PyMem_Free(self->buffer);
+    PyMem_Free(self->held);
+    self->buffer = NULL;
+    self->held = NULL;
+    self->used = 0;
+    self->held_count = 0;
+}
+
 static void
 hub_dealloc(Hub *self)
 {
     PyTypeObject *type = Py_TYPE(self);
     PyObject_GC_UnTrack(self);
     hub_clear(self);
+    hub_free_buffers(self);
     type->tp_free((PyObject *)self);
     Py_DECREF(type);
 }
@@ -1401,10 +1476,17 @@ hub_init(Hub *self, PyObject *args, PyObject *kwargs)
         return -1;
     }
     hub_clear(self);
+    hub_free_buffers(self);
     self->epfd = -1;
     self->members = PyDict_New();
     if (self->members == NULL)
         return -1;
+    self->buffer = PyMem_Malloc(HUB_HELD);
+    self->held = PyMem_Malloc(sizeof(Held) * (size_t)limit);
+    if (self->buffer == NULL || self->held == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
     self->epfd = epoll_create1(EPOLL_CLOEXEC);
     if (self->epfd < 0) {
         PyErr_SetFromErrno(PyExc_OSError);
@@ -1501,6 +1583,59 @@ hub_remove(Hub *self, PyObject *arg)
     Py_RETURN_NONE;
 }
 
+/* Where a pump of this hub's batch reads to: after what is held, which is sent first
+   when a whole read might not fit after it (or no more reads can be held). NULL with
+   an error set if that send failed. */
+static unsigned char *
+hub_room(Hub *hub)
+{
+    if ((HUB_HELD - hub->used < PUMP_READ || hub->held_count == hub->limit)
+            && hub_send(hub) < 0)
+        return NULL;
+    return hub->buffer + hub->used;
+}
+
+/* The *n* bytes *pump* just read to hub_room()'s place, held for hub_send(). */
+static int
+hub_hold(Hub *hub, Pump *pump, Py_ssize_t n)
+{
+    Held *held = &hub->held[hub->held_count++];
+    held->pump = (Pump *)Py_NewRef(pump);
+    held->offset = hub->used;
+    held->size = n;
+    hub->used += (size_t)n;
+    return 0;
+}
+
+/* What the batch's reads passed straight through, each sent by its pump, in the order
+   read (each pump writes to a transport of its own: no two of them share one). A
+   failure of one does not keep the others' bytes back: the first error is set, -1. */
+static int
+hub_send(Hub *hub)
+{
+    PyObject *type = NULL, *value = NULL, *traceback = NULL;
+    /* Taken whole before any is sent: a send may call Python (a transport's write),
+       which takes nothing of a hub's batch (ready() does not nest), but is left an
+       empty one all the same. */
+    int count = hub->held_count;
+    hub->held_count = 0;
+    for (int i = 0; i < count; i++) {
+        Held *held = &hub->held[i];
+        if (pump_send(held->pump, hub->buffer + held->offset, held->size) < 0) {
+            if (type == NULL)
+                PyErr_Fetch(&type, &value, &traceback);
+            else
+                PyErr_Clear();
+        }
+        Py_DECREF(held->pump);
+    }
+    hub->used = 0;
+    if (type == NULL)
+        return 0;
+    PyErr_Restore(type, value, traceback);
+    return -1;
+}
+
 /* One epoll_wait() that does not wait, for at most *most* sockets, and each one's pump
    read (while it is still a member): the sockets read (0: none was ready), or -1 with an
    error set. */
@@ -1524,8 +1659,18 @@ hub_batch(Hub *self, int most)
     for (int i = 0; i < n && !failed; i++) {
         Pump *pump = events[i].data.ptr;
         if (pump->hub == (PyObject *)self)
-            failed = pump_read(pump) < 0;
+            failed = pump_read(pump, self) < 0;
     }
+    /* What the reads held goes now, after an error too (its bytes were taken). */
+    if (failed) {
+        PyObject *type, *value, *traceback;
+        PyErr_Fetch(&type, &value, &traceback);
+        if (hub_send(self) < 0)
+            PyErr_Clear();  /* the first error is the one told */
+        PyErr_Restore(type, value, traceback);
+    }
+    else if (hub_send(self) < 0)
+        failed = 1;
     for (int i = 0; i < n; i++)
         Py_DECREF((PyObject *)events[i].data.ptr);
     return failed ? -1 : n;

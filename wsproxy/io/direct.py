@@ -24,8 +24,9 @@ pumps): each transport's reading is paused and a duplicate of its socket is read
 pump (``pump.Pump``: ``_scan.Pump`` in C, ``pump.PyPump`` otherwise) through the loop's
 hub (wsproxy.io.hub: one epoll descriptor for every fed socket of the loop, one loop
 reader for all of them, each ready socket's pump called from C). A read then goes from
-recv() to the relay's checks to send() on the other socket with no bytes object, no
-transport callbacks and no loop dispatch of its own, as long as the other transport
+recv() to the relay's checks to send() on the other socket (at the end of the hub's
+batch) with no bytes object, no transport callbacks and no loop dispatch of its own,
+as long as the other transport
 has nothing buffered (otherwise through its write, so nothing overtakes the driver's
 own frames). Reads the relay would not pass go to the driver as before. The end of a
 stream or a read error gives the reading back to the transport (after an error the

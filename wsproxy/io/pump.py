@@ -41,19 +41,22 @@ class PyPump:
     """An OPEN connection's socket read without the transport's read callback
     (wsproxy.io.direct starts one on each plain TCP transport and stops it again).
 
-    ``readable()`` is called when *fd_in* (a duplicate of this transport's socket) is
-    readable, by the hub that holds the pump (``hub``; wsproxy.io.hub): one read. Its
-    end (nothing read) or an error other than "would block" goes to ``end(errno)`` (0
-    for the end), and nothing else happens. A read *relay* (the relay protocol of this
-    transport) would pass straight through (its checks: the session OPEN, nothing
-    waiting, ``take``) is sent on *fd_out* (the other socket) when *sink* (the other
-    transport) is not closing and has nothing buffered, so it cannot overtake the
-    driver's own frames; what ``send`` did not take, or all of
-    it if *sink* was busy, goes to ``sink.write``. A read the relay would not pass goes
-    to its original protocol's ``data_received``, as a transport's read would.
+    ``read(held)`` is called when *fd_in* (a duplicate of this transport's socket) is
+    readable, by the hub that holds the pump (``hub``; wsproxy.io.hub), with its batch
+    (``Held``): one read, and what passes straight through is held for ``send()`` at
+    the batch's end (``readable()``: sent at once). Its end (nothing read) or an
+    error other than "would block" goes to ``end(errno)`` (0 for the end), and nothing
+    else happens. A read *relay* (the relay protocol of this transport) would pass
+    straight through (its checks: the session OPEN, nothing waiting, ``take``) is sent
+    on *fd_out* (the other socket) when *sink* (the other transport) is not closing and
+    has nothing buffered, so it cannot overtake the driver's own frames; what the send
+    did not take, or all of it if *sink* was busy, goes to ``sink.write``. A read the
+    relay would not pass goes to its original protocol's ``data_received``, as a
+    transport's read would.
 
     ``_scan.Pump`` is its compiled twin (``Pump`` below is the one in use; it takes a C
-    ``Relay`` and reads into one buffer of the module's instead of a new bytes object).
+    ``Relay`` and reads into a buffer, one of the module's or its hub's, instead of a
+    new bytes object).
     """
 
     __slots__ = ("end", "fd_in", "fd_out", "hub", "relay", "sink")
@@ -71,6 +74,13 @@ class PyPump:
         self.hub: _Hub | None = None
 
     def readable(self) -> None:
+        self.read(None)
+
+    def read(self, held: Held | None) -> None:
+        """One read (``readable()``'s). With *held* (the batch of the hub that reads
+        it), what passes straight through is held and sent at the batch's end
+        (``Held.send``), and what was held is sent before the driver hears of anything
+        (this read, the end); without, it is sent at once."""
         if self.fd_in < 0:
             return
         try:
@@ -78,19 +88,35 @@ class PyPump:
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
+            if held is not None:
+                held.send()
             self.end(exc.errno or 0)
             return
         if not data:
+            if held is not None:
+                held.send()
             self.end(0)
             return
         relay = self.relay
         if not (relay.session.state is relay.open and not relay.leg.out
                 and relay.flow.take(data)):
+            if held is not None:
+                held.send()
             relay.original.data_received(data)
             return
+        if held is None:
+            self.send(data)
+        else:
+            held.reads.append((self, data))
+
+    def send(self, data: bytes) -> None:
+        """*data*, which a read passed straight through, on its way to the other
+        transport: sent on the other socket while that transport has nothing buffered
+        and is not closing (so it cannot overtake the driver's own frames), the rest
+        (all of it if it was busy, or the pump was detached meanwhile) to its write."""
         sink = self.sink
         sent = 0
-        if not sink.is_closing() and not sink.get_write_buffer_size():
+        if self.fd_out >= 0 and not sink.is_closing() and not sink.get_write_buffer_size():
             try:
                 sent = os.write(self.fd_out, data)
             except OSError:  # full, or an error: the transport's write meets it as its own
@@ -104,6 +130,32 @@ class PyPump:
         if self.hub is not None:
             self.hub.remove(self)
         self.fd_in = self.fd_out = -1
+
+
+class Held:
+    """A hub's batch of reads (wsproxy.io.hub): what they passed straight through, held
+    until ``send()``, at the batch's end or before the driver hears of anything. The C
+    hub holds them in a buffer of its own (``_scan.Hub``)."""
+
+    __slots__ = ("reads",)
+
+    def __init__(self) -> None:
+        #: (pump, bytes) in the order read.
+        self.reads: list[tuple[PyPump, bytes]] = []
+
+    def send(self) -> None:
+        """Each held read sent by its pump, in order (each pump writes to a transport of
+        its own). A failure of one does not keep the others' bytes back: the first is
+        raised after."""
+        reads, self.reads = self.reads, []
+        failure: Exception | None = None
+        for pump, data in reads:
+            try:
+                pump.send(data)
+            except Exception as exc:
+                failure = failure or exc
+        if failure is not None:
+            raise failure
 
 
 def _pick() -> type[PyPump]:
