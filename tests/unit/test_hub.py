@@ -14,8 +14,10 @@ driver reads, hand-backs, session states and memberships after every step.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import select
 import socket
+from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 from unittest import mock
@@ -232,11 +234,25 @@ def unread(sock: socket.socket) -> bool:
         return False
 
 
+@contextlib.contextmanager
+def client_pumps_in_a_hub(kind: str, pairs: list[Pair]) -> Iterator[Any]:
+    """A hub of *kind* reading the client side of each of *pairs*; the hub and the
+    pairs closed after."""
+    the_hub = HUBS[kind]()
+    try:
+        for pair in pairs:
+            the_hub.add(pair.pumps[CLIENT])
+        yield the_hub
+    finally:
+        the_hub.close()
+        for pair in pairs:
+            pair.close()
+
+
 @pytest.mark.parametrize("kind", list(HUBS))
 def test_a_batchs_reads_are_all_made_before_the_first_of_their_sends(kind: str) -> None:
     """What a batch's reads pass straight through is sent at the batch's end: the
     peers see the writes of a busy pass back to back (wsproxy.io.hub's doc)."""
-    the_hub = HUBS[kind]()
     seen_at_sends: list[list[bool]] = []
 
     def is_closing(_: FakeTransport) -> bool:  # asked by each send (the C pump: at once)
@@ -246,9 +262,8 @@ def test_a_batchs_reads_are_all_made_before_the_first_of_their_sends(kind: str) 
     with mock.patch.object(FakeTransport, "is_closing", is_closing):
         pairs = [Pair(kind) for _ in range(3)]
     message = frames.build_frame(frames.BINARY, b"hi", mask=True)
-    try:
+    with client_pumps_in_a_hub(kind, pairs) as the_hub:
         for pair in pairs:
-            the_hub.add(pair.pumps[CLIENT])
             pair.peer[CLIENT].sendall(message)
         with mock.patch.object(FakeTransport, "is_closing", is_closing):
             the_hub.ready()
@@ -256,10 +271,6 @@ def test_a_batchs_reads_are_all_made_before_the_first_of_their_sends(kind: str) 
         for pair in pairs:
             pair.collect()
             assert pair.received[UPSTREAM] == [message]
-    finally:
-        the_hub.close()
-        for pair in pairs:
-            pair.close()
 
 
 @pytest.mark.parametrize("kind", list(HUBS))
@@ -270,7 +281,6 @@ def test_what_a_batch_holds_is_sent_before_the_driver_hears_of_anything(
     """A read for the driver (a ping), or a pump's end, in the middle of a batch: every
     read made before it has been sent on by then, so nothing the driver writes can
     overtake it."""
-    the_hub = HUBS[kind]()
     held_then: list[bool] = []
     original_end = Pair.end
 
@@ -296,9 +306,7 @@ def test_what_a_batch_holds_is_sent_before_the_driver_hears_of_anything(
         held_then.append(held())
         receive(driver, side, data)
 
-    try:
-        for pair in pairs:
-            the_hub.add(pair.pumps[CLIENT])
+    with client_pumps_in_a_hub(kind, pairs) as the_hub:
         for pair in passing:
             pair.peer[CLIENT].sendall(message)
         if ending == "eof":
@@ -310,10 +318,6 @@ def test_what_a_batch_holds_is_sent_before_the_driver_hears_of_anything(
         assert held_then == [False]
         for pair in passing:
             assert pair.received[UPSTREAM] == [message]
-    finally:
-        the_hub.close()
-        for pair in pairs:
-            pair.close()
 
 
 @pytest.mark.parametrize("kind", list(HUBS))
