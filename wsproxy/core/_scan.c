@@ -1614,9 +1614,9 @@ static int
 hub_send(Hub *hub)
 {
     PyObject *type = NULL, *value = NULL, *traceback = NULL;
-    /* Taken whole before any is sent: a send may call Python (a transport's write),
-       which takes nothing of a hub's batch (ready() does not nest), but is left an
-       empty one all the same. */
+    /* The count taken and reset before any send: a send may call Python (a transport's
+       write), which never reads into this hub (ready() does not nest); were it to, it
+       would find an empty batch, not one half sent. */
     int count = hub->held_count;
     hub->held_count = 0;
     for (int i = 0; i < count; i++) {
