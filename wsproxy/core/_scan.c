@@ -1263,36 +1263,30 @@ pump_read(Pump *self, struct Hub *hub)
     do {
         n = socket_recv(self->fd_in, buffer, PUMP_READ);
     } while (n < 0 && errno == EINTR);
-    if (n <= 0) {
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-            return 0;
-        int err = n < 0 ? errno : 0;
-        if (hub != NULL && hub_send(hub) < 0)
-            return -1;
-        PyObject *code = PyLong_FromLong(err);
-        if (code == NULL)
-            return -1;
-        PyObject *result = PyObject_CallOneArg(self->end, code);
-        Py_DECREF(code);
-        if (result == NULL)
-            return -1;
-        Py_DECREF(result);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
         return 0;
-    }
+    int err = n < 0 ? errno : 0;
     Relay *relay = (Relay *)self->relay;
-    int direct = relay_pass(relay, buffer, (uint64_t)n);
+    int direct = n > 0 ? relay_pass(relay, buffer, (uint64_t)n) : 0;
     if (direct < 0)
         return -1;
-    if (!direct) {
-        /* (What was held is sent from the hub's buffer without writing into it: this
-           read is still there after.) */
-        if (hub != NULL && hub_send(hub) < 0)
-            return -1;
+    if (direct)
+        return hub != NULL ? hub_hold(hub, self, n) : pump_send(self, buffer, n);
+    /* The driver hears of this read, or of the end: what was held goes first (sent
+       from the hub's buffer without writing into it: this read is still there after). */
+    if (hub != NULL && hub_send(hub) < 0)
+        return -1;
+    if (n > 0)
         return relay_fallback_bytes(relay, buffer, n);
-    }
-    if (hub != NULL)
-        return hub_hold(hub, self, n);
-    return pump_send(self, buffer, n);
+    PyObject *code = PyLong_FromLong(err);
+    if (code == NULL)
+        return -1;
+    PyObject *result = PyObject_CallOneArg(self->end, code);
+    Py_DECREF(code);
+    if (result == NULL)
+        return -1;
+    Py_DECREF(result);
+    return 0;
 }
 
 static PyObject *
@@ -1387,7 +1381,8 @@ static PyType_Spec pump_spec = {
 #define HUB_HELD (2 * PUMP_READ)
 
 /* A read held until the end of its batch: *size* bytes of the hub's buffer from *offset*
-   on, for *pump* to send. */
+   on, for *pump* to send. *pump* is borrowed: hub_batch() keeps each pump of its batch
+   alive until after its last hub_send(), the only place held reads are made and sent. */
 typedef struct {
     Pump *pump;
     size_t offset;
@@ -1409,8 +1404,6 @@ static int
 hub_traverse(Hub *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->members);
-    for (int i = 0; i < self->held_count; i++)
-        Py_VISIT(self->held[i].pump);
     Py_VISIT(Py_TYPE(self));
     return 0;
 }
@@ -1600,7 +1593,7 @@ static int
 hub_hold(Hub *hub, Pump *pump, Py_ssize_t n)
 {
     Held *held = &hub->held[hub->held_count++];
-    held->pump = (Pump *)Py_NewRef(pump);
+    held->pump = pump;
     held->offset = hub->used;
     held->size = n;
     hub->used += (size_t)n;
@@ -1627,7 +1620,6 @@ hub_send(Hub *hub)
             else
                 PyErr_Clear();
         }
-        Py_DECREF(held->pump);
     }
     hub->used = 0;
     if (type == NULL)

@@ -83,31 +83,27 @@ class PyPump:
         (this read, the end); without, it is sent at once."""
         if self.fd_in < 0:
             return
+        code = 0
         try:
             data = os.read(self.fd_in, PUMP_READ)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
-            if held is not None:
-                held.send()
-            self.end(exc.errno or 0)
-            return
-        if not data:
-            if held is not None:
-                held.send()
-            self.end(0)
-            return
+            data, code = b"", exc.errno or 0
         relay = self.relay
-        if not (relay.session.state is relay.open and not relay.leg.out
-                and relay.flow.take(data)):
-            if held is not None:
-                held.send()
-            relay.original.data_received(data)
+        if data and (relay.session.state is relay.open and not relay.leg.out
+                     and relay.flow.take(data)):
+            if held is None:
+                self.send(data)
+            else:
+                held.reads.append((self, data))
             return
-        if held is None:
-            self.send(data)
+        if held is not None:
+            held.send()  # the driver hears of this read, or of the end: what was held first
+        if data:
+            relay.original.data_received(data)
         else:
-            held.reads.append((self, data))
+            self.end(code)
 
     def send(self, data: bytes) -> None:
         """*data*, which a read passed straight through, on its way to the other
