@@ -26,6 +26,8 @@ from collections.abc import Callable
 from math import ceil
 from typing import Any, Final
 
+from wsproxy.io.pass_end import report_failed_callback
+
 #: Slots per second.
 RATE: Final = 64.0
 #: The argument of a callback called without one.
@@ -100,11 +102,8 @@ class Deadlines:
                 arg = entries.pop(callback)
                 try:
                     callback() if arg is NO_ARG else callback(arg)
-                except Exception as exc:  # as the loop does for its own callbacks
-                    loop.call_exception_handler({
-                        "message": f"Exception in deadline callback {callback!r}",
-                        "exception": exc,
-                    })
+                except Exception as exc:
+                    report_failed_callback(loop, "deadline", callback, exc)
             del due[slot]
 
 

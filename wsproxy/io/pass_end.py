@@ -47,6 +47,18 @@ def close_in_time(
         loop.call_later(abort_after, transport.abort)
 
 
+def report_failed_callback(
+    loop: asyncio.AbstractEventLoop, kind: str, callback: object, exc: Exception
+) -> None:
+    """*callback*'s exception *exc* to *loop*'s exception handler, as the loop reports
+    its own callbacks' (*kind* names whose callback it was: ``end-of-pass``,
+    ``deadline``)."""
+    loop.call_exception_handler({
+        "message": f"Exception in {kind} callback {callback!r}",
+        "exception": exc,
+    })
+
+
 class PassEnd:
     """Callbacks for the end of the current pass of one event loop (the module's doc)."""
 
@@ -69,11 +81,8 @@ class PassEnd:
         for callback in due:
             try:
                 callback()
-            except Exception as exc:  # as the loop does for its own callbacks
-                self.loop.call_exception_handler({
-                    "message": f"Exception in end-of-pass callback {callback!r}",
-                    "exception": exc,
-                })
+            except Exception as exc:
+                report_failed_callback(self.loop, "end-of-pass", callback, exc)
 
 
 class PassEndWriter:
