@@ -18,7 +18,9 @@ under load, fewer wakes, each with its epoll_pwait() and the loop's dispatch);
 level-triggered, a socket still readable is ready again after those ready before it,
 and one past the limit at the next wake, after the loop's other callbacks. Without
 epoll (not Linux), ``ReaderHub`` gives each pump a loop reader of its own, as before
-the hub.
+the hub. (Edge-triggered, the hub would skip polling each socket it read once more
+at the next epoll_wait(), but must then requeue a socket its read did not empty and
+what a failed batch left unread; measured, it was no faster: README, round 16.)
 
 A batch's sends wait for its reads: what each read passes straight through is held
 (``pump.Held``; the C hub, in a buffer of its own) and sent at the end of the batch, in
