@@ -921,7 +921,7 @@ class Connection(asyncio.Protocol):
         assert backend is not None
         try:
             # backend_tls is live: the context and server name in force now. (No engine:
-            # a backend a link can reach never gets here, _next_backend's start_link
+            # a backend a link can reach never gets here, begin_attempt's start_link
             # took it.)
             transport = await dial_backend(
                 ctx.loop, lambda: protocol, backend, ctx.backend_ssl, ctx.config.backend_tls

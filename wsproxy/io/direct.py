@@ -26,17 +26,16 @@ hub (wsproxy.io.hub: one epoll descriptor for every fed socket of the loop, one 
 reader for all of them, each ready socket's pump called from C). A read then goes from
 recv() to the relay's checks to send() on the other socket (at the end of the hub's
 batch) with no bytes object, no transport callbacks and no loop dispatch of its own,
-as long as the other transport
-has nothing buffered (otherwise through its write, so nothing overtakes the driver's
-own frames). Reads the relay would not pass go to the driver as before. The end of a
-stream or a read error gives the reading back to the transport (after an error the
-transport is aborted, as its own read error would have it), and so does
-``stop_feed`` (the session left OPEN) and the loss of either transport; a pause of
-writing on one transport stops the pump that writes into it until its resume (the
-driver's pause and resume of the other transport's reading still happen: the feed
-takes the reading back after a resume): that socket leaves the hub meanwhile. A feed's
-end takes its sockets out of the hub before it closes them, and the hub is closed once
-no feed of its loop is left.
+as long as the other transport has nothing buffered (otherwise through its write, so
+nothing overtakes the driver's own frames). Reads the relay would not pass go to the
+driver as before. The end of a stream or a read error gives the reading back to the
+transport (after an error the transport is aborted, as its own read error would have
+it), and so do ``stop_feed`` (the session left OPEN) and the loss of either
+transport; a pause of writing on one transport stops the pump that writes into it
+until its resume (the driver's pause and resume of the other transport's reading still
+happen: the feed takes the reading back after a resume): that socket leaves the hub
+meanwhile. A feed's end takes its sockets out of the hub before it closes them, and
+the hub is closed once no feed of its loop is left.
 """
 
 from __future__ import annotations
